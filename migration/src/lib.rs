@@ -1,0 +1,21 @@
+//! The database schema of authgraph, as migrations. The same files run on SQLite
+//! and PostgreSQL; tests apply them too, so what is tested is what ships.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_create_users;
+mod m20261122_000002_create_sessions;
+mod m20261122_000003_create_refresh_tokens;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261122_000001_create_users::Migration),
+            Box::new(m20261122_000002_create_sessions::Migration),
+            Box::new(m20261122_000003_create_refresh_tokens::Migration),
+        ]
+    }
+}

@@ -1,0 +1,256 @@
+//! Builds the application (database, keys, services, schema, routes), binds it
+//! and serves it. Tests use [`spawn`] on port 0 and get the bound address back.
+
+use std::{future::Future, io, net::SocketAddr, path::Path, sync::Arc};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+use ipnet::IpNet;
+use poem::{Server, listener::TcpAcceptor};
+use thiserror::Error;
+use tokio::{sync::oneshot, task::JoinHandle};
+
+use crate::{
+    auth::{
+        password::PasswordHasher, refresh::RefreshKeys, registry::SessionRegistry, tokens::TokenKeys,
+    },
+    config::{Config, JWT_SECRET_MIN_BYTES, JwtKeySource, Secret},
+    db,
+    graphql::{self, AppSchema, Limits},
+    http::{self, cookies::CookiePolicy, site::SitePolicy},
+    service::{SessionPolicy, Services, sessions},
+};
+
+/// Everything a request handler needs, built once.
+pub struct AppState {
+    pub schema: AppSchema,
+    pub services: Services,
+    pub cookies: CookiePolicy,
+    pub site: SitePolicy,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_body_bytes: usize,
+    pub max_batch_size: usize,
+    pub graphiql: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("cannot open the database: {0}")]
+    Database(String),
+    #[error("cannot apply migrations: {0}")]
+    Migration(String),
+    #[error("signing key: {0}")]
+    Key(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Connects, migrates, loads the keys and the live sessions, and builds the schema.
+pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
+    let conn = db::connect(&config.database_url, config.database_timeout, config.database_max_connections)
+        .await
+        .map_err(|e| StartError::Database(e.to_string()))?;
+    db::migrate(&conn).await.map_err(|e| StartError::Migration(e.to_string()))?;
+    let secret = signing_key(&config.jwt_key)?;
+    let hasher = PasswordHasher::new(&config.password).map_err(|e| StartError::Other(e.to_string()))?;
+    let services = Services {
+        db: conn,
+        hasher,
+        tokens: TokenKeys::new(&secret, &config.jwt_issuer, &config.jwt_audience, config.access_token_ttl),
+        refresh: RefreshKeys::new(&secret),
+        registry: Arc::new(SessionRegistry::default()),
+        policy: SessionPolicy {
+            refresh_ttl: config.refresh_token_ttl,
+            reuse_grace: config.refresh_reuse_grace,
+            idle_timeout: config.session_idle_timeout,
+        },
+    };
+    let live = sessions::load_registry(&services).await.map_err(|e| StartError::Database(e.to_string()))?;
+    tracing::info!(live_sessions = live, "session registry loaded");
+    let cookies = CookiePolicy::new(config.refresh_cookie_name(), config.cookie_secure);
+    let limits = Limits {
+        depth: config.query_depth_limit,
+        complexity: config.query_complexity_limit,
+        introspection: config.introspection,
+    };
+    Ok(Arc::new(AppState {
+        schema: graphql::build_schema(limits, services.clone(), cookies.clone()),
+        services,
+        cookies,
+        site: SitePolicy::new(config.cors_allowed_origins.clone()),
+        trusted_proxies: config.trusted_proxies.clone(),
+        max_body_bytes: config.max_body_bytes,
+        max_batch_size: config.max_batch_size,
+        graphiql: config.graphiql,
+    }))
+}
+
+/// A server running in the background (tests, benchmarks).
+pub struct RunningApp {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<io::Result<()>>,
+}
+
+impl RunningApp {
+    /// Stops accepting, lets in-flight requests finish, and waits.
+    pub async fn stop(mut self) -> io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.handle.await.map_err(io::Error::other)?
+    }
+}
+
+/// Builds the app, binds `config.listen_addr` (port 0 picks one) and serves in
+/// the background.
+pub async fn spawn(config: &Config) -> Result<RunningApp, StartError> {
+    let state = build(config).await?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let (addr, handle) = bind_and_serve(config, state.clone(), async {
+        let _ = rx.await;
+    })
+    .await?;
+    Ok(RunningApp { addr, state, shutdown: Some(tx), handle })
+}
+
+async fn bind_and_serve(
+    config: &Config,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(SocketAddr, JoinHandle<io::Result<()>>), StartError> {
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .map_err(|source| StartError::Bind { addr: config.listen_addr, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen_addr, source })?;
+    let acceptor = TcpAcceptor::from_tokio(listener).map_err(|source| StartError::Bind { addr, source })?;
+    let purger = sessions::spawn_purger(state.services.clone(), config.cleanup_interval);
+    let app = http::routes(state);
+    let handle = tokio::spawn(async move {
+        let result = Server::new_with_acceptor(acceptor)
+            .run_with_graceful_shutdown(app, shutdown, Some(std::time::Duration::from_secs(30)))
+            .await;
+        purger.abort();
+        result
+    });
+    Ok((addr, handle))
+}
+
+/// `authgraph serve`: runs until SIGTERM or Ctrl-C, then drains in-flight requests.
+pub async fn serve(config: Config) -> Result<(), StartError> {
+    let state = build(&config).await?;
+    let (addr, handle) = bind_and_serve(&config, state, shutdown_signal()).await?;
+    tracing::info!(%addr, graphiql = config.graphiql, "authgraph listening on http://{addr}/graphql");
+    handle.await.map_err(|e| StartError::Other(e.to_string()))?.map_err(|e| StartError::Other(e.to_string()))?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+/// The configured secret, or (development only) a generated key kept in a file
+/// so that tokens survive restarts.
+fn signing_key(source: &JwtKeySource) -> Result<Secret, StartError> {
+    match source {
+        JwtKeySource::Configured(secret) => Ok(secret.clone()),
+        JwtKeySource::GeneratedFile(path) => {
+            let key = load_or_create_key_file(path)?;
+            tracing::warn!(
+                path = %path.display(),
+                "JWT_SECRET is not set: using a generated signing key kept in this file. Set JWT_SECRET in production."
+            );
+            Ok(key)
+        }
+    }
+}
+
+fn load_or_create_key_file(path: &Path) -> Result<Secret, StartError> {
+    let read = |path: &Path| -> Result<Secret, StartError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| StartError::Key(format!("cannot read {}: {e}", path.display())))?;
+        let bytes = B64.decode(text.trim()).map_err(|_| {
+            StartError::Key(format!("{} is not a key written by authgraph; remove it or set JWT_SECRET", path.display()))
+        })?;
+        if bytes.len() < JWT_SECRET_MIN_BYTES {
+            return Err(StartError::Key(format!("{} holds too short a key; remove it or set JWT_SECRET", path.display())));
+        }
+        Ok(Secret::new(bytes))
+    };
+    if path.exists() {
+        return read(path);
+    }
+    let mut bytes = vec![0u8; 64];
+    getrandom::fill(&mut bytes).map_err(|e| StartError::Key(format!("getrandom: {e}")))?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| StartError::Key(format!("cannot create {}: {e}", dir.display())))?;
+    // Write a temporary file completely, then link it into place: a crash never
+    // leaves a half-written key, and two processes starting at once agree on one.
+    let tmp = dir.join(format!(".authgraph-key-{}", uuid::Uuid::new_v4().simple()));
+    write_private(&tmp, B64.encode(&bytes).as_bytes())
+        .map_err(|e| StartError::Key(format!("cannot write {}: {e}", tmp.display())))?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(Secret::new(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read(path),
+        Err(e) => Err(StartError::Key(format!("cannot create {}: {e}", path.display()))),
+    }
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(contents)?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_key_is_created_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite.jwt-key");
+        let a = load_or_create_key_file(&path).unwrap();
+        let b = load_or_create_key_file(&path).unwrap();
+        assert_eq!(a.expose(), b.expose());
+        assert_eq!(a.expose().len(), 64);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        std::fs::write(&path, "garbage!").unwrap();
+        assert!(load_or_create_key_file(&path).is_err());
+    }
+}

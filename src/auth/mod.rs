@@ -1,0 +1,10 @@
+//! Authentication building blocks: password hashing, access tokens (JWT), refresh
+//! tokens, the live-session registry that makes revocation immediate, who is
+//! calling (principal), and the client's address.
+
+pub mod client_ip;
+pub mod password;
+pub mod principal;
+pub mod refresh;
+pub mod registry;
+pub mod tokens;

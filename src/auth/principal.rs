@@ -1,0 +1,63 @@
+//! Who is calling. Decided once per request in the HTTP layer and handed to
+//! resolvers, which ask it for the proof they need (`require_user`).
+
+use uuid::Uuid;
+
+use entity::user::Role;
+
+use crate::error::AppError;
+
+/// A caller proven by a live access token.
+#[derive(Debug, Clone)]
+pub struct UserPrincipal {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    /// The role now, from the registry (not the possibly stale claim).
+    pub role: Role,
+}
+
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// No credentials were presented.
+    Anonymous,
+    /// Credentials were presented but did not hold; the error says why. Public
+    /// fields still work (a stale header must not break `login`).
+    Rejected(RejectReason),
+    User(UserPrincipal),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    Invalid,
+    Expired,
+    Revoked,
+}
+
+impl Principal {
+    pub fn require_user(&self) -> Result<&UserPrincipal, AppError> {
+        match self {
+            Principal::User(u) => Ok(u),
+            Principal::Anonymous => Err(AppError::MissingToken),
+            Principal::Rejected(RejectReason::Invalid) => Err(AppError::InvalidToken),
+            Principal::Rejected(RejectReason::Expired) => Err(AppError::AccessTokenExpired),
+            Principal::Rejected(RejectReason::Revoked) => Err(AppError::TokenRevoked),
+        }
+    }
+
+    pub fn user(&self) -> Option<&UserPrincipal> {
+        match self {
+            Principal::User(u) => Some(u),
+            _ => None,
+        }
+    }
+
+    /// May this caller see the private fields (sessions, last login) of `user_id`?
+    pub fn may_see_private_fields_of(&self, user_id: Uuid) -> Result<(), AppError> {
+        let me = self.require_user()?;
+        if me.user_id == user_id || me.role == Role::Admin {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden("Only the user themself or an admin may see this field"))
+        }
+    }
+}

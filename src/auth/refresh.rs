@@ -1,0 +1,82 @@
+//! Refresh tokens: 256 random bits, stored only as a SHA-256 digest.
+//!
+//! A rotated token's successor is not random but derived: HMAC-SHA256 of the old
+//! token under a server key. Whoever presents the old token again inside the
+//! grace window (two tabs, a retried request whose answer was lost) is handed the
+//! very same successor, so there are never two live successors, and no plaintext
+//! token has to be stored to make that possible. Without the old token and the
+//! server key the successor cannot be computed.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::{config::Secret, error::AppError};
+
+/// Longest refresh token accepted before any work is done.
+pub const MAX_TOKEN_LEN: usize = 128;
+
+#[derive(Clone)]
+pub struct RefreshKeys {
+    successor_key: Secret,
+}
+
+impl RefreshKeys {
+    /// Derives the successor key from the signing secret, so that one secret is
+    /// all an operator manages, while the two uses never share a key.
+    pub fn new(master: &Secret) -> Self {
+        let mut mac = Hmac::<Sha256>::new_from_slice(master.expose()).expect("HMAC takes any key length");
+        mac.update(b"authgraph refresh-token successor key v1");
+        Self { successor_key: Secret::new(mac.finalize().into_bytes().to_vec()) }
+    }
+
+    /// A fresh random token (the start of a session).
+    pub fn generate(&self) -> Result<String, AppError> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| AppError::internal(format!("getrandom: {e}")))?;
+        Ok(B64.encode(bytes))
+    }
+
+    /// The one successor `token` rotates into.
+    pub fn successor(&self, token: &str) -> String {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(self.successor_key.expose()).expect("HMAC takes any key length");
+        mac.update(token.as_bytes());
+        B64.encode(mac.finalize().into_bytes())
+    }
+}
+
+/// What is stored and looked up: base64url(SHA-256(token)).
+pub fn hash_token(token: &str) -> String {
+    B64.encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Cheap shape check before any database work: 43 characters of base64url.
+pub fn well_formed(token: &str) -> bool {
+    token.len() == 43 && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_successors_deterministic() {
+        let k = RefreshKeys::new(&Secret::new(vec![1; 32]));
+        let a = k.generate().unwrap();
+        let b = k.generate().unwrap();
+        assert_ne!(a, b);
+        assert!(well_formed(&a), "{a}");
+        assert_eq!(B64.decode(&a).unwrap().len(), 32);
+        assert_eq!(k.successor(&a), k.successor(&a));
+        assert_ne!(k.successor(&a), k.successor(&b));
+        assert!(well_formed(&k.successor(&a)));
+        // A different server key gives a different successor.
+        let other = RefreshKeys::new(&Secret::new(vec![2; 32]));
+        assert_ne!(other.successor(&a), k.successor(&a));
+        assert_eq!(hash_token(&a).len(), 43);
+        assert_ne!(hash_token(&a), a);
+        assert!(!well_formed("short"));
+        assert!(!well_formed(&"a".repeat(42).replace('a', "+") ));
+    }
+}

@@ -1,0 +1,183 @@
+//! The live-session registry: which sessions may still use their access tokens,
+//! and the current role of their users.
+//!
+//! Every authenticated request asks it, so it lives in memory: a lookup instead of
+//! a database round trip. The database stays the source of truth: the registry is
+//! loaded from it at start and every change is written to the database first and
+//! applied here right after, as a [`SessionEvent`]. Revocation therefore takes
+//! effect on the very next request, not at token expiry. Several instances could
+//! share it by broadcasting the same events (for example over PostgreSQL
+//! `LISTEN/NOTIFY`) to each instance's `apply`.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::RwLock,
+};
+
+use uuid::Uuid;
+
+use entity::user::Role;
+
+#[derive(Debug, Clone)]
+pub enum SessionEvent {
+    Started { session_id: Uuid, user_id: Uuid, role: Role, expires_at: i64 },
+    Revoked { session_id: Uuid },
+    UserSessionsRevoked { user_id: Uuid, except: Option<Uuid> },
+    RoleChanged { user_id: Uuid, role: Role },
+    UserDeleted { user_id: Uuid },
+}
+
+#[derive(Default)]
+pub struct SessionRegistry {
+    inner: RwLock<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<Uuid, Live>,
+    users: HashMap<Uuid, UserEntry>,
+}
+
+struct Live {
+    user_id: Uuid,
+    expires_at: i64,
+}
+
+struct UserEntry {
+    role: Role,
+    sessions: HashSet<Uuid>,
+}
+
+impl SessionRegistry {
+    /// The user's current role if `session_id` is a live session of `user_id`.
+    pub fn check(&self, session_id: Uuid, user_id: Uuid, now: i64) -> Option<Role> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let live = inner.sessions.get(&session_id)?;
+        if live.user_id != user_id || live.expires_at <= now {
+            return None;
+        }
+        inner.users.get(&user_id).map(|u| u.role)
+    }
+
+    pub fn apply(&self, event: SessionEvent) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        match event {
+            SessionEvent::Started { session_id, user_id, role, expires_at } => {
+                inner.sessions.insert(session_id, Live { user_id, expires_at });
+                let user = inner
+                    .users
+                    .entry(user_id)
+                    .or_insert_with(|| UserEntry { role, sessions: HashSet::new() });
+                user.role = role;
+                user.sessions.insert(session_id);
+            }
+            SessionEvent::Revoked { session_id } => {
+                if let Some(live) = inner.sessions.remove(&session_id) {
+                    inner.forget_session(live.user_id, session_id);
+                }
+            }
+            SessionEvent::UserSessionsRevoked { user_id, except } => {
+                let ids: Vec<Uuid> = inner
+                    .users
+                    .get(&user_id)
+                    .map(|u| u.sessions.iter().copied().filter(|s| Some(*s) != except).collect())
+                    .unwrap_or_default();
+                for id in ids {
+                    inner.sessions.remove(&id);
+                    inner.forget_session(user_id, id);
+                }
+            }
+            SessionEvent::RoleChanged { user_id, role } => {
+                if let Some(user) = inner.users.get_mut(&user_id) {
+                    user.role = role;
+                }
+            }
+            SessionEvent::UserDeleted { user_id } => {
+                if let Some(user) = inner.users.remove(&user_id) {
+                    for id in user.sessions {
+                        inner.sessions.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops sessions past their absolute end. Returns how many went.
+    pub fn prune_expired(&self, now: i64) -> usize {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let expired: Vec<(Uuid, Uuid)> = inner
+            .sessions
+            .iter()
+            .filter(|(_, l)| l.expires_at <= now)
+            .map(|(id, l)| (*id, l.user_id))
+            .collect();
+        for (id, user_id) in &expired {
+            inner.sessions.remove(id);
+            inner.forget_session(*user_id, *id);
+        }
+        expired.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Inner {
+    fn forget_session(&mut self, user_id: Uuid, session_id: Uuid) {
+        if let Some(user) = self.users.get_mut(&user_id) {
+            user.sessions.remove(&session_id);
+            if user.sessions.is_empty() {
+                self.users.remove(&user_id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(r: &SessionRegistry, user_id: Uuid, expires_at: i64) -> Uuid {
+        let session_id = Uuid::new_v4();
+        r.apply(SessionEvent::Started { session_id, user_id, role: Role::User, expires_at });
+        session_id
+    }
+
+    #[test]
+    fn tracks_revocation_roles_and_expiry() {
+        let r = SessionRegistry::default();
+        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let a1 = start(&r, alice, 100);
+        let a2 = start(&r, alice, 100);
+        let b1 = start(&r, bob, 100);
+        assert_eq!(r.check(a1, alice, 10), Some(Role::User));
+        // A session id presented with another user's id is not accepted.
+        assert_eq!(r.check(a1, bob, 10), None);
+        assert_eq!(r.check(a1, alice, 100), None, "expired at its end");
+
+        r.apply(SessionEvent::RoleChanged { user_id: alice, role: Role::Admin });
+        assert_eq!(r.check(a2, alice, 10), Some(Role::Admin));
+
+        r.apply(SessionEvent::Revoked { session_id: a1 });
+        assert_eq!(r.check(a1, alice, 10), None);
+        assert!(r.check(a2, alice, 10).is_some());
+
+        let a3 = start(&r, alice, 100);
+        r.apply(SessionEvent::UserSessionsRevoked { user_id: alice, except: Some(a3) });
+        assert_eq!(r.check(a2, alice, 10), None);
+        assert!(r.check(a3, alice, 10).is_some());
+
+        r.apply(SessionEvent::UserDeleted { user_id: alice });
+        assert_eq!(r.check(a3, alice, 10), None);
+        assert!(r.check(b1, bob, 10).is_some());
+
+        start(&r, bob, 5);
+        assert_eq!(r.prune_expired(50), 1);
+        assert_eq!(r.len(), 1);
+    }
+}

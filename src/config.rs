@@ -1,0 +1,470 @@
+//! Configuration: read once from the environment (and `.env`) or flags, validated
+//! into typed values at start. A bad value stops the process with a message that
+//! names the variable, instead of surfacing at the first request.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{ArgAction, Args, ValueEnum};
+use ipnet::IpNet;
+use thiserror::Error;
+
+/// The smallest argon2id parameters authgraph accepts (OWASP's minimum for argon2id).
+pub const ARGON2_MIN_MEMORY_KIB: u32 = 19 * 1024;
+pub const ARGON2_MIN_ITERATIONS: u32 = 2;
+pub const JWT_SECRET_MIN_BYTES: usize = 32;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AppEnv {
+    Development,
+    Production,
+}
+
+/// Where the database is. Shared by every command that touches it.
+#[derive(Args, Debug, Clone)]
+pub struct DbArgs {
+    /// SQLite (`sqlite://path?mode=rwc`, the embedded default) or `postgres://…`
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://authgraph.db?mode=rwc")]
+    pub database_url: String,
+
+    /// How long a request waits for the database before it answers SERVICE_UNAVAILABLE
+    #[arg(long, env = "DATABASE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub database_timeout: Duration,
+
+    /// Largest number of pooled database connections
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+}
+
+/// Everything `authgraph serve` reads.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Address to serve HTTP on (port 0 picks a free port)
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8000")]
+    pub listen_addr: SocketAddr,
+
+    /// HS256 signing secret, at least 32 bytes. Without it, outside production, a
+    /// random key is generated once and stored beside the database
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// `production` refuses a missing or weak secret and insecure cookies, and turns
+    /// introspection and GraphiQL off unless enabled explicitly
+    #[arg(long, env = "APP_ENV", value_enum, default_value = "development")]
+    pub app_env: AppEnv,
+
+    /// Access token lifetime (e.g. `15m`, `1h`)
+    #[arg(long, env = "ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_duration)]
+    pub access_token_ttl: Duration,
+
+    /// Refresh token (session) absolute lifetime (e.g. `7d`)
+    #[arg(long, env = "REFRESH_TOKEN_TTL", default_value = "7d", value_parser = parse_duration)]
+    pub refresh_token_ttl: Duration,
+
+    /// How long an already-rotated refresh token still yields the same successor
+    /// (two tabs, a retry after a lost response); `0s` turns the window off
+    #[arg(long, env = "REFRESH_REUSE_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub refresh_reuse_grace: Duration,
+
+    /// End sessions unused for this long (e.g. `24h`); unset: only the absolute lifetime applies
+    #[arg(long, env = "SESSION_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub session_idle_timeout: Option<Duration>,
+
+    /// Mark cookies `Secure` (and name the refresh cookie `__Host-refresh_token`).
+    /// Set `false` only for plain-http local development
+    #[arg(long, env = "COOKIE_SECURE", default_value_t = true, action = ArgAction::Set)]
+    pub cookie_secure: bool,
+
+    /// Comma-separated exact origins (scheme://host[:port]) allowed to call with credentials
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',', default_value = "")]
+    pub cors_allowed_origins: Vec<String>,
+
+    /// Comma-separated CIDRs whose `X-Forwarded-For` is believed for client IPs
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', default_value = "")]
+    pub trusted_proxies: Vec<String>,
+
+    /// `iss` of issued access tokens, checked on every token
+    #[arg(long, env = "JWT_ISSUER", default_value = "authgraph")]
+    pub jwt_issuer: String,
+
+    /// `aud` of issued access tokens, checked on every token
+    #[arg(long, env = "JWT_AUDIENCE", default_value = "authgraph")]
+    pub jwt_audience: String,
+
+    /// argon2id memory cost in KiB (at least 19456)
+    #[arg(long, env = "ARGON2_MEMORY_KIB", default_value_t = ARGON2_MIN_MEMORY_KIB)]
+    pub argon2_memory_kib: u32,
+
+    /// argon2id iterations (at least 2)
+    #[arg(long, env = "ARGON2_ITERATIONS", default_value_t = ARGON2_MIN_ITERATIONS)]
+    pub argon2_iterations: u32,
+
+    /// argon2id parallelism (at least 1)
+    #[arg(long, env = "ARGON2_PARALLELISM", default_value_t = 1)]
+    pub argon2_parallelism: u32,
+
+    /// Serve GraphiQL at `/` (default: on, except in production)
+    #[arg(long, env = "GRAPHIQL", action = ArgAction::Set)]
+    pub graphiql: Option<bool>,
+
+    /// Answer introspection queries (default: on, except in production)
+    #[arg(long, env = "INTROSPECTION", action = ArgAction::Set)]
+    pub introspection: Option<bool>,
+
+    /// Largest accepted request body in bytes (chunked bodies included)
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Deepest accepted query
+    #[arg(long, env = "QUERY_DEPTH_LIMIT", default_value_t = 15)]
+    pub query_depth_limit: usize,
+
+    /// Largest accepted query complexity (fields counted statically)
+    #[arg(long, env = "QUERY_COMPLEXITY_LIMIT", default_value_t = 500)]
+    pub query_complexity_limit: usize,
+
+    /// Most operations in one array-batched request (1 turns batching off)
+    #[arg(long, env = "MAX_BATCH_SIZE", default_value_t = 10)]
+    pub max_batch_size: usize,
+
+    /// How often expired and long-revoked sessions are purged
+    #[arg(long, env = "CLEANUP_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub cleanup_interval: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (expected a duration such as 30s, 15m, 12h or 7d)"))
+}
+
+/// A secret value: never printed, not even by `{:?}`.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// Where the signing key comes from.
+#[derive(Debug, Clone)]
+pub enum JwtKeySource {
+    /// `JWT_SECRET` was given.
+    Configured(Secret),
+    /// Development without `JWT_SECRET`: a generated key kept in this file.
+    GeneratedFile(PathBuf),
+}
+
+/// An exact browser origin, `scheme://host[:port]`, lower-cased, no path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Origin(String);
+
+impl Origin {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let s = raw.trim().to_ascii_lowercase();
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| format!("`{raw}` is not an origin (expected scheme://host[:port])"))?;
+        if scheme != "http" && scheme != "https" {
+            return Err(format!("`{raw}`: origin scheme must be http or https"));
+        }
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ', '*']) {
+            return Err(format!(
+                "`{raw}` is not an exact origin (no path, wildcard or credentials; expected scheme://host[:port])"
+            ));
+        }
+        Ok(Self(format!("{scheme}://{rest}")))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PasswordParams {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+/// The validated configuration of a running server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub database_timeout: Duration,
+    pub database_max_connections: u32,
+    pub listen_addr: SocketAddr,
+    pub jwt_key: JwtKeySource,
+    pub app_env: AppEnv,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub refresh_reuse_grace: Duration,
+    pub session_idle_timeout: Option<Duration>,
+    pub cookie_secure: bool,
+    pub cors_allowed_origins: Vec<Origin>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub password: PasswordParams,
+    pub graphiql: bool,
+    pub introspection: bool,
+    pub max_body_bytes: usize,
+    pub query_depth_limit: usize,
+    pub query_complexity_limit: usize,
+    pub max_batch_size: usize,
+    pub cleanup_interval: Duration,
+}
+
+#[derive(Debug, Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn bad(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+impl Config {
+    pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
+        let production = args.app_env == AppEnv::Production;
+        check_database_url(&args.db.database_url)?;
+
+        let jwt_key = match args.jwt_secret {
+            Some(secret) if secret.len() >= JWT_SECRET_MIN_BYTES => {
+                JwtKeySource::Configured(Secret::new(secret.into_bytes()))
+            }
+            Some(_) => {
+                return Err(bad(format!(
+                    "JWT_SECRET must be at least {JWT_SECRET_MIN_BYTES} bytes long"
+                )));
+            }
+            None if production => {
+                return Err(bad(
+                    "JWT_SECRET is required when APP_ENV=production (at least 32 random bytes)",
+                ));
+            }
+            None => JwtKeySource::GeneratedFile(generated_key_path(&args.db.database_url)),
+        };
+        if production && !args.cookie_secure {
+            return Err(bad("COOKIE_SECURE=false is refused when APP_ENV=production"));
+        }
+
+        let positive = |name: &str, d: Duration| {
+            if d.is_zero() {
+                Err(bad(format!("{name} must be longer than zero")))
+            } else {
+                Ok(d)
+            }
+        };
+        let access_token_ttl = positive("ACCESS_TOKEN_TTL", args.access_token_ttl)?;
+        let refresh_token_ttl = positive("REFRESH_TOKEN_TTL", args.refresh_token_ttl)?;
+        if refresh_token_ttl < access_token_ttl {
+            return Err(bad("REFRESH_TOKEN_TTL must not be shorter than ACCESS_TOKEN_TTL"));
+        }
+        let database_timeout = positive("DATABASE_TIMEOUT", args.db.database_timeout)?;
+        let cleanup_interval = positive("CLEANUP_INTERVAL", args.cleanup_interval)?;
+        if let Some(idle) = args.session_idle_timeout {
+            positive("SESSION_IDLE_TIMEOUT", idle)?;
+        }
+
+        let cors_allowed_origins = args
+            .cors_allowed_origins
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| Origin::parse(s).map_err(|e| bad(format!("CORS_ALLOWED_ORIGINS: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let trusted_proxies = args
+            .trusted_proxies
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| parse_cidr(s.trim()))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        if args.argon2_memory_kib < ARGON2_MIN_MEMORY_KIB {
+            return Err(bad(format!(
+                "ARGON2_MEMORY_KIB must be at least {ARGON2_MIN_MEMORY_KIB}"
+            )));
+        }
+        if args.argon2_iterations < ARGON2_MIN_ITERATIONS {
+            return Err(bad(format!(
+                "ARGON2_ITERATIONS must be at least {ARGON2_MIN_ITERATIONS}"
+            )));
+        }
+        if args.argon2_parallelism < 1 {
+            return Err(bad("ARGON2_PARALLELISM must be at least 1"));
+        }
+        if args.max_batch_size < 1 {
+            return Err(bad("MAX_BATCH_SIZE must be at least 1"));
+        }
+        if args.max_body_bytes < 1024 {
+            return Err(bad("MAX_BODY_BYTES must be at least 1024"));
+        }
+        if args.db.database_max_connections < 1 {
+            return Err(bad("DATABASE_MAX_CONNECTIONS must be at least 1"));
+        }
+        if args.jwt_issuer.is_empty() || args.jwt_audience.is_empty() {
+            return Err(bad("JWT_ISSUER and JWT_AUDIENCE must not be empty"));
+        }
+
+        Ok(Self {
+            database_url: args.db.database_url,
+            database_timeout,
+            database_max_connections: args.db.database_max_connections,
+            listen_addr: args.listen_addr,
+            jwt_key,
+            app_env: args.app_env,
+            access_token_ttl,
+            refresh_token_ttl,
+            refresh_reuse_grace: args.refresh_reuse_grace,
+            session_idle_timeout: args.session_idle_timeout,
+            cookie_secure: args.cookie_secure,
+            cors_allowed_origins,
+            trusted_proxies,
+            jwt_issuer: args.jwt_issuer,
+            jwt_audience: args.jwt_audience,
+            password: PasswordParams {
+                memory_kib: args.argon2_memory_kib,
+                iterations: args.argon2_iterations,
+                parallelism: args.argon2_parallelism,
+            },
+            graphiql: args.graphiql.unwrap_or(!production),
+            introspection: args.introspection.unwrap_or(!production),
+            max_body_bytes: args.max_body_bytes,
+            query_depth_limit: args.query_depth_limit,
+            query_complexity_limit: args.query_complexity_limit,
+            max_batch_size: args.max_batch_size,
+            cleanup_interval,
+        })
+    }
+
+    /// The refresh cookie's name: the `__Host-` prefix makes browsers insist on
+    /// `Secure`, `Path=/` and no `Domain`.
+    pub fn refresh_cookie_name(&self) -> &'static str {
+        if self.cookie_secure {
+            "__Host-refresh_token"
+        } else {
+            "refresh_token"
+        }
+    }
+}
+
+pub fn check_database_url(url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")
+    {
+        Ok(())
+    } else {
+        Err(bad(
+            "DATABASE_URL must start with sqlite: or postgres:// (e.g. sqlite://authgraph.db?mode=rwc)",
+        ))
+    }
+}
+
+fn parse_cidr(s: &str) -> Result<IpNet, ConfigError> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| bad(format!("TRUSTED_PROXIES: `{s}` is not a CIDR (e.g. 10.0.0.0/8) or IP address")))
+}
+
+/// The file that keeps a generated development key: beside the SQLite file, or
+/// in the working directory for PostgreSQL and in-memory SQLite.
+fn generated_key_path(database_url: &str) -> PathBuf {
+    if let Some(rest) = database_url.strip_prefix("sqlite:") {
+        let path = rest.trim_start_matches("//");
+        let path = path.split('?').next().unwrap_or_default();
+        if !path.is_empty() && path != ":memory:" {
+            return PathBuf::from(format!("{path}.jwt-key"));
+        }
+    }
+    PathBuf::from("authgraph.jwt-key")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["authgraph"];
+        argv.extend_from_slice(args);
+        let t = T::try_parse_from(argv).map_err(|e| e.to_string())?;
+        Config::from_args(t.serve).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn origins_must_be_exact() {
+        assert_eq!(Origin::parse("https://App.example.com").unwrap().as_str(), "https://app.example.com");
+        assert!(Origin::parse("https://app.example.com/path").is_err());
+        assert!(Origin::parse("*").is_err());
+        assert!(Origin::parse("https://*.example.com").is_err());
+        assert!(Origin::parse("ftp://x").is_err());
+        assert!(Origin::parse("example.com").is_err());
+    }
+
+    #[test]
+    fn generated_key_lives_beside_the_sqlite_file() {
+        assert_eq!(
+            generated_key_path("sqlite://data/auth.db?mode=rwc"),
+            PathBuf::from("data/auth.db.jwt-key")
+        );
+        assert_eq!(generated_key_path("postgres://x/y"), PathBuf::from("authgraph.jwt-key"));
+    }
+
+    #[test]
+    fn rejects_bad_values_with_the_variable_named() {
+        let e = parse(&["--access-token-ttl", "soon"]).unwrap_err();
+        assert!(e.contains("expected a duration"), "{e}");
+        let e = parse(&["--trusted-proxies", "10.0.0.0/33"]).unwrap_err();
+        assert!(e.contains("TRUSTED_PROXIES"), "{e}");
+        let e = parse(&["--cors-allowed-origins", "https://a.example/x"]).unwrap_err();
+        assert!(e.contains("CORS_ALLOWED_ORIGINS"), "{e}");
+        let e = parse(&["--jwt-secret", "short"]).unwrap_err();
+        assert!(e.contains("at least 32 bytes"), "{e}");
+        assert!(!e.contains("short"), "the secret must not be echoed: {e}");
+        let e = parse(&["--argon2-memory-kib", "1024"]).unwrap_err();
+        assert!(e.contains("ARGON2_MEMORY_KIB"), "{e}");
+        let e = parse(&["--database-url", "mysql://x"]).unwrap_err();
+        assert!(e.contains("DATABASE_URL"), "{e}");
+    }
+
+    #[test]
+    fn production_refuses_missing_secret_and_insecure_cookies() {
+        let e = parse(&["--app-env", "production"]).unwrap_err();
+        assert!(e.contains("JWT_SECRET is required"), "{e}");
+        let secret = "s".repeat(40);
+        let e = parse(&["--app-env", "production", "--jwt-secret", &secret, "--cookie-secure", "false"])
+            .unwrap_err();
+        assert!(e.contains("COOKIE_SECURE"), "{e}");
+        let c = parse(&["--app-env", "production", "--jwt-secret", &secret]).unwrap();
+        assert!(!c.graphiql && !c.introspection);
+        let c = parse(&["--app-env", "production", "--jwt-secret", &secret, "--graphiql", "true"]).unwrap();
+        assert!(c.graphiql);
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.access_token_ttl, Duration::from_secs(15 * 60));
+        assert_eq!(c.refresh_token_ttl, Duration::from_secs(7 * 24 * 3600));
+        assert!(c.cookie_secure);
+        assert_eq!(c.refresh_cookie_name(), "__Host-refresh_token");
+        assert!(matches!(c.jwt_key, JwtKeySource::GeneratedFile(_)));
+        assert!(format!("{:?}", Secret::new(b"topsecret".to_vec())).contains("redacted"));
+    }
+}

@@ -1,0 +1,71 @@
+//! Accounts: register, login, me, profile and password.
+
+use async_graphql::{Context, Object, Result};
+
+use super::{
+    deliver, request, require_same_site, services,
+    types::{AuthPayload, LoginInput, RegisterInput, TokenTransport, UpdateProfileInput, User},
+};
+use crate::service::accounts::{self, NewAccount, ProfileChange};
+
+#[derive(Default)]
+pub struct AccountQuery;
+
+#[Object]
+impl AccountQuery {
+    /// The calling user.
+    async fn me(&self, ctx: &Context<'_>) -> Result<User> {
+        let me = request(ctx)?.principal.require_user()?;
+        Ok(User::new(accounts::me(services(ctx)?, me.user_id).await?))
+    }
+}
+
+#[derive(Default)]
+pub struct AccountMutation;
+
+#[Object]
+impl AccountMutation {
+    /// Creates an account (role USER) and logs it in.
+    async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> Result<AuthPayload> {
+        let req = request(ctx)?;
+        let transport = input.transport.unwrap_or_default();
+        if transport == TokenTransport::Cookie {
+            require_same_site(req)?;
+        }
+        let account = NewAccount { email: input.email, password: input.password, name: input.name };
+        let issued = accounts::register(services(ctx)?, account, &req.client).await?;
+        Ok(deliver(ctx, issued, transport)?)
+    }
+
+    /// Starts a session. A wrong password and an unknown email give the same
+    /// INVALID_CREDENTIALS error.
+    async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> Result<AuthPayload> {
+        let req = request(ctx)?;
+        let transport = input.transport.unwrap_or_default();
+        if transport == TokenTransport::Cookie {
+            require_same_site(req)?;
+        }
+        let issued = accounts::login(services(ctx)?, &input.email, input.password, &req.client).await?;
+        Ok(deliver(ctx, issued, transport)?)
+    }
+
+    /// Changes the caller's name and/or email.
+    async fn update_profile(&self, ctx: &Context<'_>, input: UpdateProfileInput) -> Result<User> {
+        let me = request(ctx)?.principal.require_user()?;
+        let change = ProfileChange { name: input.name, email: input.email };
+        Ok(User::new(accounts::update_profile(services(ctx)?, me.user_id, change).await?))
+    }
+
+    /// Changes the caller's password and ends all their other sessions.
+    async fn change_password(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(secret)] current_password: String,
+        #[graphql(secret)] new_password: String,
+    ) -> Result<bool> {
+        let me = request(ctx)?.principal.require_user()?;
+        accounts::change_password(services(ctx)?, me.user_id, me.session_id, current_password, new_password)
+            .await?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,115 @@
+//! The GraphQL API: thin resolvers split by feature and merged into one schema.
+//! A resolver reads its arguments and the caller's principal, calls one service
+//! function and maps the result.
+
+mod account;
+mod session;
+pub mod types;
+
+use std::sync::Arc;
+
+use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
+
+use crate::{
+    auth::principal::Principal,
+    error::AppError,
+    http::cookies::CookiePolicy,
+    service::{ClientInfo, Services},
+};
+
+#[derive(MergedObject, Default)]
+pub struct Query(account::AccountQuery);
+
+#[derive(MergedObject, Default)]
+pub struct Mutation(account::AccountMutation, session::SessionMutation);
+
+pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// What the HTTP layer learned about one request, handed to every resolver.
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub request_id: String,
+    pub principal: Principal,
+    pub client: ClientInfo,
+    /// The refresh token from the cookie, if one came.
+    pub refresh_cookie: Option<String>,
+    /// The request came from a site that is neither ours nor an allowed origin.
+    pub cross_site: bool,
+}
+
+pub type SharedRequestCtx = Arc<RequestCtx>;
+
+/// Query limits, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub depth: usize,
+    pub complexity: usize,
+    pub introspection: bool,
+}
+
+/// The schema without runtime data: enough for `print-schema`.
+pub fn schema_builder(limits: Limits) -> SchemaBuilder<Query, Mutation, EmptySubscription> {
+    let mut builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+        .limit_depth(limits.depth)
+        .limit_complexity(limits.complexity)
+        .limit_directives(10);
+    if !limits.introspection {
+        builder = builder.disable_introspection().disable_suggestions();
+    }
+    builder
+}
+
+/// The SDL that `schema.graphql` must equal.
+pub fn sdl() -> String {
+    schema_builder(Limits { depth: usize::MAX, complexity: usize::MAX, introspection: true })
+        .finish()
+        .sdl()
+}
+
+pub fn build_schema(limits: Limits, services: Services, cookies: CookiePolicy) -> AppSchema {
+    schema_builder(limits).data(services).data(cookies).finish()
+}
+
+pub(crate) fn services<'a>(ctx: &Context<'a>) -> Result<&'a Services, AppError> {
+    ctx.data::<Services>().map_err(|_| AppError::internal("services missing from schema data"))
+}
+
+pub(crate) fn request<'a>(ctx: &Context<'a>) -> Result<&'a RequestCtx, AppError> {
+    ctx.data::<SharedRequestCtx>()
+        .map(|r| r.as_ref())
+        .map_err(|_| AppError::internal("request context missing"))
+}
+
+pub(crate) fn cookie_policy<'a>(ctx: &Context<'a>) -> Result<&'a CookiePolicy, AppError> {
+    ctx.data::<CookiePolicy>().map_err(|_| AppError::internal("cookie policy missing"))
+}
+
+/// Cookie-reading and cookie-setting mutations refuse cross-site callers.
+pub(crate) fn require_same_site(req: &RequestCtx) -> Result<(), AppError> {
+    if req.cross_site { Err(AppError::CrossSiteRequest) } else { Ok(()) }
+}
+
+/// Hands a freshly issued session to the client by the chosen transport: the
+/// refresh token in the cookie (and never in JSON), or in the body.
+pub(crate) fn deliver(
+    ctx: &Context<'_>,
+    issued: crate::service::Issued,
+    transport: types::TokenTransport,
+) -> Result<types::AuthPayload, AppError> {
+    ctx.insert_http_header("cache-control", "no-store");
+    let refresh_token = match transport {
+        types::TokenTransport::Cookie => {
+            let max_age = (issued.refresh_expires_at - chrono::Utc::now()).num_seconds().max(0);
+            ctx.append_http_header("set-cookie", cookie_policy(ctx)?.set(&issued.refresh_token, max_age));
+            None
+        }
+        types::TokenTransport::Body => Some(issued.refresh_token),
+    };
+    Ok(types::AuthPayload {
+        access_token: issued.access.token,
+        token_type: "Bearer".to_owned(),
+        expires_in: i32::try_from(issued.access.expires_in).unwrap_or(i32::MAX),
+        refresh_token,
+        user: types::User::own(issued.user, issued.session_id),
+    })
+}

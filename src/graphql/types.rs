@@ -1,0 +1,173 @@
+//! GraphQL output and input types. They are built from entities but are not the
+//! entities: `User` has no password hash to leak.
+
+use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject};
+use chrono::{DateTime, Utc};
+
+use entity::{session, user};
+
+use super::{request, services};
+use crate::{error::AppError, service::sessions};
+
+#[derive(Enum, Copy, Clone, Debug, Eq, PartialEq)]
+pub enum Role {
+    User,
+    Admin,
+}
+
+impl From<user::Role> for Role {
+    fn from(r: user::Role) -> Self {
+        match r {
+            user::Role::User => Role::User,
+            user::Role::Admin => Role::Admin,
+        }
+    }
+}
+
+/// How the refresh token travels: in an HttpOnly cookie (browsers), or in the
+/// response body and the `refreshToken` argument (native apps, services).
+#[derive(Enum, Copy, Clone, Debug, Eq, PartialEq, Default)]
+pub enum TokenTransport {
+    #[default]
+    Cookie,
+    Body,
+}
+
+pub struct User {
+    model: user::Model,
+    /// Set when this object is handed to its own user at login or registration:
+    /// the request carried no token yet, but the caller has just proven who they
+    /// are, in this session.
+    own_session: Option<uuid::Uuid>,
+}
+
+impl User {
+    /// A user as seen by whoever the request's principal is.
+    pub fn new(model: user::Model) -> Self {
+        Self { model, own_session: None }
+    }
+
+    /// A user handed to themself in the session `session_id`.
+    pub fn own(model: user::Model, session_id: uuid::Uuid) -> Self {
+        Self { model, own_session: Some(session_id) }
+    }
+
+    /// Checks the caller may see private fields; returns the caller's session.
+    fn private_view(&self, ctx: &Context<'_>) -> Result<Option<uuid::Uuid>, AppError> {
+        if self.own_session.is_some() {
+            return Ok(self.own_session);
+        }
+        let principal = &request(ctx)?.principal;
+        principal.may_see_private_fields_of(self.model.id)?;
+        Ok(principal.user().map(|u| u.session_id))
+    }
+}
+
+/// An account.
+#[Object]
+impl User {
+    async fn id(&self) -> ID {
+        ID(self.model.id.to_string())
+    }
+    async fn email(&self) -> &str {
+        &self.model.email
+    }
+    async fn name(&self) -> &str {
+        &self.model.name
+    }
+    async fn role(&self) -> Role {
+        self.model.role.into()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.model.created_at
+    }
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.model.updated_at
+    }
+    /// The user's live sessions. Visible to the user themself and to admins only.
+    async fn sessions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Session>> {
+        let current = self.private_view(ctx)?;
+        let list = sessions::list(services(ctx)?, self.model.id).await?;
+        Ok(list.into_iter().map(|s| Session::new(s, current)).collect())
+    }
+    /// Visible to the user themself and to admins only.
+    async fn last_login_at(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<DateTime<Utc>>> {
+        self.private_view(ctx)?;
+        Ok(self.model.last_login_at)
+    }
+}
+
+/// A login of a user on one device.
+#[derive(SimpleObject)]
+pub struct Session {
+    pub id: ID,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+    /// Whether this is the session of the access token making the request.
+    pub current: bool,
+}
+
+impl Session {
+    fn new(s: session::Model, current: Option<uuid::Uuid>) -> Self {
+        Self {
+            id: ID(s.id.to_string()),
+            created_at: s.created_at,
+            last_used_at: s.last_used_at,
+            expires_at: s.expires_at,
+            user_agent: s.user_agent,
+            ip: s.ip,
+            current: Some(s.id) == current,
+        }
+    }
+}
+
+/// Tokens for a session that has just started or been refreshed.
+#[derive(SimpleObject)]
+pub struct AuthPayload {
+    /// Send as `Authorization: Bearer <accessToken>`. Keep it in memory only.
+    pub access_token: String,
+    /// Always "Bearer".
+    pub token_type: String,
+    /// Seconds until `accessToken` expires.
+    pub expires_in: i32,
+    /// Only with transport BODY; null with COOKIE (the token is in an HttpOnly cookie).
+    pub refresh_token: Option<String>,
+    pub user: User,
+}
+
+#[derive(InputObject)]
+pub struct RegisterInput {
+    /// At most 254 characters; unique regardless of case.
+    pub email: String,
+    /// 8 to 128 characters.
+    #[graphql(secret)]
+    pub password: String,
+    /// Defaults to the part of the email before the @.
+    pub name: Option<String>,
+    #[graphql(default_with = "Some(TokenTransport::Cookie)")]
+    pub transport: Option<TokenTransport>,
+}
+
+#[derive(InputObject)]
+pub struct LoginInput {
+    pub email: String,
+    #[graphql(secret)]
+    pub password: String,
+    #[graphql(default_with = "Some(TokenTransport::Cookie)")]
+    pub transport: Option<TokenTransport>,
+}
+
+#[derive(InputObject)]
+pub struct UpdateProfileInput {
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+/// Parses an `ID` argument that must be one of ours.
+pub fn parse_id(id: &ID, field: &'static str) -> Result<uuid::Uuid, AppError> {
+    uuid::Uuid::parse_str(id.as_str())
+        .map_err(|_| AppError::invalid_input("INVALID_ID", field, "Not a valid id"))
+}

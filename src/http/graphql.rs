@@ -1,0 +1,259 @@
+//! GraphQL over HTTP. POST takes `application/json` only: form, `text/plain` and
+//! multipart bodies are what a cross-site page can send without a preflight, so
+//! they get 415. GET runs queries only; a mutation over GET gets 405.
+
+use std::sync::Arc;
+
+use async_graphql::{
+    BatchRequest, BatchResponse, Request as GqlRequest, Response as GqlResponse, Value,
+    parser::types::{DocumentOperations, OperationType},
+};
+use async_graphql_poem::GraphQLBatchResponse;
+use chrono::Utc;
+use poem::{
+    Body, IntoResponse, Request, Response,
+    error::ReadBodyError,
+    handler,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    web::Data,
+};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    auth::{
+        client_ip::client_ip,
+        principal::{Principal, RejectReason, UserPrincipal},
+    },
+    error::{AppError, Code},
+    graphql::RequestCtx,
+    service::{ClientInfo, Services},
+};
+
+const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+
+#[handler]
+pub async fn graphql_post(req: &Request, body: Body, state: Data<&Arc<AppState>>) -> Response {
+    if !is_json(req.headers()) {
+        return plain_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "POST /graphql takes Content-Type: application/json",
+        );
+    }
+    let bytes = match body.into_bytes_limit(state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(ReadBodyError::PayloadTooLarge) => {
+            return plain_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large");
+        }
+        Err(_) => return plain_error(StatusCode::BAD_REQUEST, "Could not read the request body"),
+    };
+    match parse_body(&bytes, state.max_batch_size) {
+        Ok(batch) => execute(req, batch, &state).await,
+        Err(message) => plain_error(StatusCode::BAD_REQUEST, &message),
+    }
+}
+
+/// One request object, or a non-empty array of at most `max_batch` of them.
+fn parse_body(bytes: &[u8], max_batch: usize) -> Result<BatchRequest, String> {
+    const SHAPE: &str = r#"The body must be a GraphQL request: {"query": "...", "variables": {...}}"#;
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| SHAPE.to_owned())?;
+    let one = |v: serde_json::Value| -> Result<GqlRequest, String> {
+        if !v.get("query").is_some_and(serde_json::Value::is_string) {
+            return Err(SHAPE.to_owned());
+        }
+        serde_json::from_value(v).map_err(|_| SHAPE.to_owned())
+    };
+    match value {
+        serde_json::Value::Array(list) => {
+            if list.is_empty() {
+                return Err("Empty batch".to_owned());
+            }
+            if list.len() > max_batch {
+                return Err(format!("At most {max_batch} operations per batch"));
+            }
+            Ok(BatchRequest::Batch(list.into_iter().map(one).collect::<Result<_, _>>()?))
+        }
+        v => Ok(BatchRequest::Single(one(v)?)),
+    }
+}
+
+/// GraphQL over HTTP's query-string form: `query`, `operationName`, and JSON-encoded
+/// `variables` and `extensions`.
+fn parse_query_string(qs: &str) -> Result<GqlRequest, String> {
+    #[derive(serde::Deserialize)]
+    struct Params {
+        #[serde(default)]
+        query: String,
+        #[serde(rename = "operationName")]
+        operation_name: Option<String>,
+        variables: Option<String>,
+        extensions: Option<String>,
+    }
+    let p: Params = serde_urlencoded::from_str(qs).map_err(|_| "Malformed query string".to_owned())?;
+    let mut req = GqlRequest::new(p.query);
+    if let Some(name) = p.operation_name.filter(|n| !n.is_empty()) {
+        req = req.operation_name(name);
+    }
+    if let Some(vars) = p.variables.filter(|v| !v.is_empty()) {
+        let vars = serde_json::from_str(&vars).map_err(|_| "variables must be a JSON object".to_owned())?;
+        req = req.variables(async_graphql::Variables::from_json(vars));
+    }
+    if let Some(ext) = p.extensions.filter(|v| !v.is_empty()) {
+        req.extensions = serde_json::from_str(&ext).map_err(|_| "extensions must be a JSON object".to_owned())?;
+    }
+    Ok(req)
+}
+
+#[handler]
+pub async fn graphql_get(req: &Request, state: Data<&Arc<AppState>>) -> Response {
+    let gql = match parse_query_string(req.uri().query().unwrap_or_default()) {
+        Ok(r) => r,
+        Err(message) => return plain_error(StatusCode::BAD_REQUEST, &message),
+    };
+    if !is_query(&gql) {
+        let mut resp = plain_error(StatusCode::METHOD_NOT_ALLOWED, "Mutations must use POST");
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return resp;
+    }
+    execute(req, BatchRequest::Single(gql), &state).await
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// False for a document whose selected operation is a mutation or subscription.
+/// Unparsable documents count as queries: execution answers them with an error.
+fn is_query(req: &GqlRequest) -> bool {
+    let Ok(doc) = async_graphql::parser::parse_query(&req.query) else {
+        return true;
+    };
+    let op = match (&doc.operations, req.operation_name.as_deref()) {
+        (DocumentOperations::Single(op), _) => Some(op),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.iter().find(|(n, _)| n.as_str() == name).map(|(_, op)| op),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
+        (DocumentOperations::Multiple(_), None) => None,
+    };
+    op.is_none_or(|op| op.node.ty == OperationType::Query)
+}
+
+/// Decides who is calling from the `Authorization` header (never the URL).
+pub fn resolve_principal(headers: &HeaderMap, svc: &Services) -> Principal {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Principal::Anonymous;
+    };
+    let token = match value.to_str().ok().and_then(|v| v.trim().split_once(' ')) {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => return Principal::Rejected(RejectReason::Invalid),
+    };
+    match svc.tokens.verify(token) {
+        Ok(claims) => match svc.registry.check(claims.sid, claims.sub, Utc::now().timestamp()) {
+            Some(role) => Principal::User(UserPrincipal {
+                user_id: claims.sub,
+                session_id: claims.sid,
+                role,
+            }),
+            None => Principal::Rejected(RejectReason::Revoked),
+        },
+        Err(AppError::AccessTokenExpired) => Principal::Rejected(RejectReason::Expired),
+        Err(_) => Principal::Rejected(RejectReason::Invalid),
+    }
+}
+
+async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Response {
+    let request_id = Uuid::new_v4().simple().to_string();
+    let headers = req.headers();
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let ip = client_ip(req.remote_addr().as_socket_addr().map(|a| a.ip()), &forwarded, &state.trusted_proxies);
+    let ctx = Arc::new(RequestCtx {
+        request_id: request_id.clone(),
+        principal: resolve_principal(headers, &state.services),
+        client: ClientInfo {
+            ip: ip.map(|ip| ip.to_string()),
+            user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
+        },
+        refresh_cookie: state.cookies.read(headers),
+        cross_site: state.site.is_cross_site(headers),
+    });
+    let span = tracing::info_span!("graphql", request_id = %request_id, user_id = tracing::field::Empty);
+    if let Some(user) = ctx.principal.user() {
+        span.record("user_id", tracing::field::display(user.user_id));
+    }
+    let mut response = state.schema.execute_batch(batch.data(ctx)).instrument(span).await;
+    match &mut response {
+        BatchResponse::Single(r) => finish_errors(r, &request_id),
+        BatchResponse::Batch(list) => list.iter_mut().for_each(|r| finish_errors(r, &request_id)),
+    }
+    let request_error = matches!(&response, BatchResponse::Single(r) if is_request_error(r));
+    let mut http = GraphQLBatchResponse(response).into_response();
+    let h = http.headers_mut();
+    // Responses carry tokens or personal data: never cache them.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if prefers_graphql_response_json(headers) {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/graphql-response+json; charset=utf-8"));
+        if request_error {
+            http.set_status(StatusCode::BAD_REQUEST);
+        }
+    }
+    http
+}
+
+/// Every error gets a code; server-side failures get the request id that the log
+/// has too.
+fn finish_errors(resp: &mut GqlResponse, request_id: &str) {
+    for err in &mut resp.errors {
+        let ext = err.extensions.get_or_insert_with(Default::default);
+        match ext.get("code") {
+            None => {
+                // Parse and validation errors, raised by the engine before any resolver.
+                ext.set("code", Code::BadUserInput.as_str());
+                ext.set("reason", "GRAPHQL_VALIDATION_FAILED");
+            }
+            Some(Value::String(code))
+                if code == Code::InternalServerError.as_str() || code == Code::ServiceUnavailable.as_str() =>
+            {
+                ext.set("requestId", request_id);
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// The request failed before execution (parse or validation): no data, and no
+/// error that belongs to a field.
+fn is_request_error(r: &GqlResponse) -> bool {
+    r.data == Value::Null && !r.errors.is_empty() && r.errors.iter().all(|e| e.path.is_empty())
+}
+
+fn prefers_graphql_response_json(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let accept = accept.to_ascii_lowercase();
+    match (accept.find(GRAPHQL_RESPONSE_JSON), accept.find("application/json")) {
+        (Some(g), Some(j)) => g < j,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// An error answered before GraphQL runs, in the GraphQL error shape.
+fn plain_error(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({
+        "errors": [{ "message": message, "extensions": { "code": Code::BadUserInput.as_str() } }]
+    });
+    Response::builder()
+        .status(status)
+        .content_type("application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(body.to_string())
+}

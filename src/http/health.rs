@@ -1,0 +1,21 @@
+use std::sync::Arc;
+
+use poem::{handler, http::StatusCode, web::Data};
+
+use crate::{app::AppState, db};
+
+/// Liveness: the process serves.
+#[handler]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the database answers.
+#[handler]
+pub async fn readyz(state: Data<&Arc<AppState>>) -> (StatusCode, &'static str) {
+    if db::ping(&state.services.db).await {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
+    }
+}

@@ -1,0 +1,32 @@
+//! HTTP: routes, GraphQL over HTTP, GraphiQL, health, cookies, cross-site checks
+//! and CORS.
+
+pub mod cookies;
+mod graphiql;
+mod graphql;
+mod health;
+pub mod site;
+
+use std::sync::Arc;
+
+use poem::{
+    Endpoint, EndpointExt, Route, get,
+    middleware::{CatchPanic, Tracing},
+};
+
+use crate::app::AppState;
+
+pub fn routes(state: Arc<AppState>) -> impl Endpoint {
+    let mut route = Route::new()
+        .at("/graphql", get(graphql::graphql_get).post(graphql::graphql_post))
+        .at("/healthz", get(health::healthz))
+        .at("/readyz", get(health::readyz));
+    if state.graphiql {
+        route = route.at("/", get(graphiql::graphiql));
+    }
+    route
+        .with(site::Cors::new(state.site.clone()))
+        .with(CatchPanic::new())
+        .with(Tracing)
+        .data(state)
+}

@@ -1,0 +1,14 @@
+//! authgraph: a GraphQL authentication server.
+//!
+//! Data flows one way: HTTP (`http`) → GraphQL (`graphql`) → business rules
+//! (`service`) → storage (`entity`, `migration`, `db`).
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod graphql;
+pub mod http;
+pub mod service;

@@ -1,0 +1,176 @@
+//! Accounts: register, login, profile and password.
+
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, SqlErr, sea_query::Expr,
+};
+use uuid::Uuid;
+
+use entity::user::{self, Role};
+
+use super::{ClientInfo, Issued, Services, sessions, validate};
+use crate::{
+    auth::{password::Verified, registry::SessionEvent},
+    db,
+    error::{AppError, AppResult},
+};
+
+pub struct NewAccount {
+    pub email: String,
+    pub password: String,
+    pub name: Option<String>,
+}
+
+pub struct ProfileChange {
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+fn map_unique(err: sea_orm::DbErr) -> AppError {
+    match err.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(_)) => AppError::EmailTaken,
+        _ => err.into(),
+    }
+}
+
+async fn email_in_use(svc: &Services, normalized: &str) -> AppResult<bool> {
+    Ok(user::Entity::find()
+        .filter(user::Column::EmailNormalized.eq(normalized))
+        .one(&svc.db)
+        .await?
+        .is_some())
+}
+
+/// Creates an account with role USER and starts its first session.
+#[tracing::instrument(skip_all)]
+pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) -> AppResult<Issued> {
+    let (email, normalized) = validate::email(&input.email)?;
+    validate::new_password(&input.password, "password")?;
+    let name = match input.name.as_deref() {
+        Some(n) => validate::name(n)?,
+        None => validate::name(email.split('@').next().unwrap_or("user"))?,
+    };
+    // Cheap early answer; the unique index below is what really decides.
+    if email_in_use(svc, &normalized).await? {
+        return Err(AppError::EmailTaken);
+    }
+    let password_hash = svc.hasher.hash(input.password).await?;
+    let now = Utc::now();
+    let txn = db::begin_write(&svc.db).await?;
+    let user = user::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        email: Set(email),
+        email_normalized: Set(normalized),
+        name: Set(name),
+        password_hash: Set(password_hash),
+        role: Set(Role::User),
+        created_at: Set(now),
+        updated_at: Set(now),
+        last_login_at: Set(Some(now)),
+    }
+    .insert(&txn)
+    .await
+    .map_err(map_unique)?;
+    let (session, refresh) = sessions::start(svc, &txn, user.id, client, now).await?;
+    txn.commit().await?;
+    tracing::info!(user_id = %user.id, "account registered");
+    sessions::issue(svc, user, &session, refresh, now)
+}
+
+/// Checks the credentials and starts a session. A wrong password and an
+/// unknown email take the same time and give the same error.
+#[tracing::instrument(skip_all)]
+pub async fn login(svc: &Services, email: &str, password: String, client: &ClientInfo) -> AppResult<Issued> {
+    let (_, normalized) = validate::email(email)?;
+    if password.chars().count() > validate::PASSWORD_MAX {
+        // No account can have such a password; nothing about the account is revealed.
+        return Err(AppError::InvalidCredentials);
+    }
+    let found = user::Entity::find()
+        .filter(user::Column::EmailNormalized.eq(&normalized))
+        .one(&svc.db)
+        .await?;
+    let verified = svc.hasher.verify(password, found.as_ref().map(|u| u.password_hash.clone())).await?;
+    let (user, new_hash) = match (found, verified) {
+        (Some(user), Verified::Yes) => (user, None),
+        (Some(user), Verified::YesRehashed(h)) => (user, Some(h)),
+        _ => return Err(AppError::InvalidCredentials),
+    };
+    let now = Utc::now();
+    let txn = db::begin_write(&svc.db).await?;
+    let mut update = user::Entity::update_many()
+        .col_expr(user::Column::LastLoginAt, Expr::value(now))
+        .filter(user::Column::Id.eq(user.id));
+    if let Some(h) = &new_hash {
+        update = update.col_expr(user::Column::PasswordHash, Expr::value(h.clone()));
+    }
+    if update.exec(&txn).await?.rows_affected != 1 {
+        // Deleted between the check and now.
+        txn.rollback().await?;
+        return Err(AppError::InvalidCredentials);
+    }
+    let (session, refresh) = sessions::start(svc, &txn, user.id, client, now).await?;
+    txn.commit().await?;
+    if new_hash.is_some() {
+        tracing::info!(user_id = %user.id, "password hash upgraded to current parameters");
+    }
+    let user = user::Model { last_login_at: Some(now), ..user };
+    sessions::issue(svc, user, &session, refresh, now)
+}
+
+pub async fn find(svc: &Services, user_id: Uuid) -> AppResult<Option<user::Model>> {
+    Ok(user::Entity::find_by_id(user_id).one(&svc.db).await?)
+}
+
+/// The caller's own account.
+pub async fn me(svc: &Services, user_id: Uuid) -> AppResult<user::Model> {
+    find(svc, user_id).await?.ok_or(AppError::TokenRevoked)
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn update_profile(svc: &Services, user_id: Uuid, change: ProfileChange) -> AppResult<user::Model> {
+    let name = change.name.as_deref().map(validate::name).transpose()?;
+    let email = change.email.as_deref().map(validate::email).transpose()?;
+    let user = me(svc, user_id).await?;
+    let mut active: user::ActiveModel = user.into();
+    if let Some(name) = name {
+        active.name = Set(name);
+    }
+    if let Some((email, normalized)) = email {
+        active.email = Set(email);
+        active.email_normalized = Set(normalized);
+    }
+    active.updated_at = Set(Utc::now());
+    active.update(&svc.db).await.map_err(map_unique)
+}
+
+/// Changes the password after checking the current one, and ends every other
+/// session of the user (a stolen session must not survive a password change).
+#[tracing::instrument(skip_all)]
+pub async fn change_password(
+    svc: &Services,
+    user_id: Uuid,
+    current_session: Uuid,
+    current: String,
+    new: String,
+) -> AppResult<()> {
+    validate::new_password(&new, "newPassword")?;
+    let user = me(svc, user_id).await?;
+    match svc.hasher.verify(current, Some(user.password_hash.clone())).await? {
+        Verified::Yes | Verified::YesRehashed(_) => {}
+        Verified::No => return Err(AppError::InvalidCredentials),
+    }
+    let hash = svc.hasher.hash(new).await?;
+    let txn = db::begin_write(&svc.db).await?;
+    user::Entity::update_many()
+        .col_expr(user::Column::PasswordHash, Expr::value(hash))
+        .col_expr(user::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(user::Column::Id.eq(user_id))
+        .exec(&txn)
+        .await?;
+    let ended = sessions::end_user_sessions(&txn, user_id, Some(current_session)).await?;
+    txn.commit().await?;
+    svc.registry.apply(SessionEvent::UserSessionsRevoked { user_id, except: Some(current_session) });
+    tracing::info!(%user_id, other_sessions_ended = ended, "password changed");
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! Business rules. Every function here takes the [`Services`] it needs and returns
+//! `AppResult`; nothing here knows about HTTP or GraphQL, so the rules can be
+//! tested on their own.
+
+pub mod accounts;
+pub mod sessions;
+pub mod validate;
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use sea_orm::DatabaseConnection;
+use uuid::Uuid;
+
+use entity::user;
+
+use crate::auth::{
+    password::PasswordHasher, refresh::RefreshKeys, registry::SessionRegistry,
+    tokens::{IssuedAccessToken, TokenKeys},
+};
+
+/// Rules of session lifetime.
+#[derive(Debug, Clone)]
+pub struct SessionPolicy {
+    pub refresh_ttl: Duration,
+    pub reuse_grace: Duration,
+    pub idle_timeout: Option<Duration>,
+}
+
+/// What the business rules need: storage, keys and the live-session registry.
+#[derive(Clone)]
+pub struct Services {
+    pub db: DatabaseConnection,
+    pub hasher: PasswordHasher,
+    pub tokens: TokenKeys,
+    pub refresh: RefreshKeys,
+    pub registry: Arc<SessionRegistry>,
+    pub policy: SessionPolicy,
+}
+
+/// Where a request came from, recorded on the sessions it starts.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// The outcome of register, login and refresh: a live session and its tokens.
+pub struct Issued {
+    pub user: user::Model,
+    pub session_id: Uuid,
+    pub access: IssuedAccessToken,
+    pub refresh_token: String,
+    pub refresh_expires_at: DateTime<Utc>,
+}
+
+pub fn role_name(role: user::Role) -> &'static str {
+    match role {
+        user::Role::User => "USER",
+        user::Role::Admin => "ADMIN",
+    }
+}

@@ -1,0 +1,374 @@
+//! Sessions and refresh-token rotation.
+//!
+//! Every state change is one conditional statement (or one write transaction)
+//! whose row count says whether it happened: `UPDATE … WHERE rotated_at IS NULL`,
+//! never read-then-write. That is what keeps two concurrent refreshes of one
+//! token from minting two live successors on either backend.
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, QueryOrder, Set,
+    sea_query::Expr,
+};
+use uuid::Uuid;
+
+use entity::{refresh_token, session, user};
+
+use super::{ClientInfo, Issued, Services, role_name};
+use crate::{
+    auth::{
+        principal::Principal,
+        refresh::{hash_token, well_formed},
+        registry::SessionEvent,
+    },
+    db,
+    error::{AppError, AppResult},
+};
+
+/// How many successors a presented token may be followed through inside the
+/// grace window (tab A refreshed twice while tab B still held the first token).
+const MAX_GRACE_HOPS: usize = 4;
+
+/// How long ended sessions are kept before the purge deletes them, so that their
+/// tokens still answer TOKEN_REVOKED rather than INVALID_TOKEN for a while.
+const ENDED_SESSION_RETENTION_HOURS: i64 = 24;
+
+fn clip(s: Option<&str>, max: usize) -> Option<String> {
+    s.map(|s| s.chars().filter(|c| !c.is_control()).take(max).collect())
+}
+
+/// Inserts a new session and its first refresh token inside `txn`. The caller
+/// commits and then calls [`issue`].
+pub async fn start(
+    svc: &Services,
+    txn: &impl ConnectionTrait,
+    user_id: Uuid,
+    client: &ClientInfo,
+    now: DateTime<Utc>,
+) -> AppResult<(session::Model, String)> {
+    let expires_at = now
+        + ChronoDuration::from_std(svc.policy.refresh_ttl)
+            .map_err(|e| AppError::internal(format!("refresh ttl: {e}")))?;
+    let session = session::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        user_id: Set(user_id),
+        created_at: Set(now),
+        last_used_at: Set(now),
+        expires_at: Set(expires_at),
+        revoked_at: Set(None),
+        user_agent: Set(clip(client.user_agent.as_deref(), 512)),
+        ip: Set(clip(client.ip.as_deref(), 64)),
+    }
+    .insert(txn)
+    .await?;
+    let token = svc.refresh.generate()?;
+    refresh_token::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        session_id: Set(session.id),
+        token_hash: Set(hash_token(&token)),
+        issued_at: Set(now),
+        expires_at: Set(expires_at),
+        rotated_at: Set(None),
+        replaced_by: Set(None),
+    }
+    .insert(txn)
+    .await?;
+    Ok((session, token))
+}
+
+/// After the session is committed: make it live and mint its access token.
+pub fn issue(
+    svc: &Services,
+    user: user::Model,
+    session: &session::Model,
+    refresh_token: String,
+    now: DateTime<Utc>,
+) -> AppResult<Issued> {
+    let expires_at = session.expires_at.timestamp();
+    svc.registry.apply(SessionEvent::Started {
+        session_id: session.id,
+        user_id: user.id,
+        role: user.role,
+        expires_at,
+    });
+    let access = svc.tokens.issue(
+        user.id,
+        &user.email,
+        role_name(user.role),
+        session.id,
+        now.timestamp(),
+        expires_at,
+    )?;
+    Ok(Issued {
+        user,
+        session_id: session.id,
+        access,
+        refresh_token,
+        refresh_expires_at: session.expires_at,
+    })
+}
+
+/// Exchanges a refresh token for a new access token and the token's successor.
+#[tracing::instrument(skip_all)]
+pub async fn refresh(svc: &Services, presented: &str) -> AppResult<Issued> {
+    if !well_formed(presented) {
+        return Err(AppError::InvalidToken);
+    }
+    let now = Utc::now();
+    let grace = ChronoDuration::from_std(svc.policy.reuse_grace).unwrap_or(ChronoDuration::zero());
+    let mut current = presented.to_owned();
+    let mut hops = 0;
+    loop {
+        let found = refresh_token::Entity::find()
+            .filter(refresh_token::Column::TokenHash.eq(hash_token(&current)))
+            .find_also_related(session::Entity)
+            .one(&svc.db)
+            .await?;
+        let Some((row, Some(session))) = found else {
+            return Err(AppError::InvalidToken);
+        };
+        if session.revoked_at.is_some() {
+            return Err(AppError::TokenRevoked);
+        }
+        if session.expires_at <= now || row.expires_at <= now {
+            return Err(AppError::RefreshTokenExpired);
+        }
+        if let Some(idle) = svc.policy.idle_timeout {
+            let idle = ChronoDuration::from_std(idle).unwrap_or(ChronoDuration::MAX);
+            if session.last_used_at + idle <= now {
+                end_session(svc, session.id).await?;
+                return Err(AppError::RefreshTokenExpired);
+            }
+        }
+        match row.rotated_at {
+            // The presented token is live: rotate it.
+            None if current == presented => match rotate(svc, &row, &session, presented, now).await? {
+                Some(successor) => {
+                    let user = load_user(svc, session.user_id).await?;
+                    return issue(svc, user, &session, successor, now);
+                }
+                // Someone rotated it between our read and our write: look again.
+                None => continue,
+            },
+            // A successor reached inside the grace window: hand it out as it is.
+            None => {
+                let user = load_user(svc, session.user_id).await?;
+                return issue(svc, user, &session, current, now);
+            }
+            Some(rotated_at) if now - rotated_at <= grace && hops < MAX_GRACE_HOPS => {
+                hops += 1;
+                current = svc.refresh.successor(&current);
+            }
+            Some(_) => {
+                // A rotated token came back after its window: it was copied. End
+                // the whole session, the thief's copy and the owner's alike.
+                tracing::warn!(session_id = %session.id, "refresh token reuse detected; session revoked");
+                end_session(svc, session.id).await?;
+                return Err(AppError::RefreshTokenReused);
+            }
+        }
+    }
+}
+
+/// One write transaction: mark the token rotated (only if nobody else did),
+/// store its successor, touch the session (only if it is still live).
+async fn rotate(
+    svc: &Services,
+    row: &refresh_token::Model,
+    session: &session::Model,
+    presented: &str,
+    now: DateTime<Utc>,
+) -> AppResult<Option<String>> {
+    let successor = svc.refresh.successor(presented);
+    let successor_id = Uuid::now_v7();
+    let txn = db::begin_write(&svc.db).await?;
+    let marked = refresh_token::Entity::update_many()
+        .col_expr(refresh_token::Column::RotatedAt, Expr::value(now))
+        .col_expr(refresh_token::Column::ReplacedBy, Expr::value(successor_id))
+        .filter(refresh_token::Column::Id.eq(row.id))
+        .filter(refresh_token::Column::RotatedAt.is_null())
+        .exec(&txn)
+        .await?;
+    if marked.rows_affected != 1 {
+        txn.rollback().await?;
+        return Ok(None);
+    }
+    let touched = session::Entity::update_many()
+        .col_expr(session::Column::LastUsedAt, Expr::value(now))
+        .filter(session::Column::Id.eq(session.id))
+        .filter(session::Column::RevokedAt.is_null())
+        .exec(&txn)
+        .await?;
+    if touched.rows_affected != 1 {
+        txn.rollback().await?;
+        return Err(AppError::TokenRevoked);
+    }
+    refresh_token::Entity::insert(refresh_token::ActiveModel {
+        id: Set(successor_id),
+        session_id: Set(session.id),
+        token_hash: Set(hash_token(&successor)),
+        issued_at: Set(now),
+        expires_at: Set(session.expires_at),
+        rotated_at: Set(None),
+        replaced_by: Set(None),
+    })
+    .exec_without_returning(&txn)
+    .await?;
+    txn.commit().await?;
+    Ok(Some(successor))
+}
+
+async fn load_user(svc: &Services, user_id: Uuid) -> AppResult<user::Model> {
+    user::Entity::find_by_id(user_id).one(&svc.db).await?.ok_or(AppError::InvalidToken)
+}
+
+/// Ends one session (any owner). Returns whether it was live.
+pub async fn end_session(svc: &Services, session_id: Uuid) -> AppResult<bool> {
+    let res = session::Entity::update_many()
+        .col_expr(session::Column::RevokedAt, Expr::value(Utc::now()))
+        .filter(session::Column::Id.eq(session_id))
+        .filter(session::Column::RevokedAt.is_null())
+        .exec(&svc.db)
+        .await?;
+    svc.registry.apply(SessionEvent::Revoked { session_id });
+    Ok(res.rows_affected > 0)
+}
+
+/// Ends all of a user's sessions, except `except`, inside the caller's
+/// transaction. Returns how many were live. The caller applies
+/// `SessionEvent::UserSessionsRevoked` once the transaction has committed.
+pub async fn end_user_sessions(
+    conn: &impl ConnectionTrait,
+    user_id: Uuid,
+    except: Option<Uuid>,
+) -> AppResult<u64> {
+    let mut q = session::Entity::update_many()
+        .col_expr(session::Column::RevokedAt, Expr::value(Utc::now()))
+        .filter(session::Column::UserId.eq(user_id))
+        .filter(session::Column::RevokedAt.is_null());
+    if let Some(keep) = except {
+        q = q.filter(session::Column::Id.ne(keep));
+    }
+    let res = q.exec(conn).await?;
+    Ok(res.rows_affected)
+}
+
+/// Logs out: the caller's current session (from the access token, the refresh
+/// token, or both), or every session of that user. Idempotent: nothing to end is
+/// still a success.
+#[tracing::instrument(skip_all, fields(everywhere))]
+pub async fn logout(
+    svc: &Services,
+    principal: &Principal,
+    refresh_token: Option<&str>,
+    everywhere: bool,
+) -> AppResult<()> {
+    let mut targets: Vec<(Uuid, Uuid)> = Vec::new(); // (session, user)
+    if let Some(me) = principal.user() {
+        targets.push((me.session_id, me.user_id));
+    }
+    if let Some(token) = refresh_token.filter(|t| well_formed(t)) {
+        if let Some(row) = refresh_token::Entity::find()
+            .filter(refresh_token::Column::TokenHash.eq(hash_token(token)))
+            .find_also_related(session::Entity)
+            .one(&svc.db)
+            .await?
+            && let (_, Some(session)) = row
+        {
+            targets.push((session.id, session.user_id));
+        }
+    }
+    for (session_id, user_id) in targets {
+        if everywhere {
+            end_user_sessions(&svc.db, user_id, None).await?;
+            svc.registry.apply(SessionEvent::UserSessionsRevoked { user_id, except: None });
+        } else {
+            end_session(svc, session_id).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Ends one of the caller's own sessions. `false` when there is no such live
+/// session of theirs (another user's id included: nothing is revealed).
+pub async fn revoke_own(svc: &Services, user_id: Uuid, session_id: Uuid) -> AppResult<bool> {
+    let res = session::Entity::update_many()
+        .col_expr(session::Column::RevokedAt, Expr::value(Utc::now()))
+        .filter(session::Column::Id.eq(session_id))
+        .filter(session::Column::UserId.eq(user_id))
+        .filter(session::Column::RevokedAt.is_null())
+        .exec(&svc.db)
+        .await?;
+    if res.rows_affected > 0 {
+        svc.registry.apply(SessionEvent::Revoked { session_id });
+    }
+    Ok(res.rows_affected > 0)
+}
+
+/// The user's live sessions, newest first.
+pub async fn list(svc: &Services, user_id: Uuid) -> AppResult<Vec<session::Model>> {
+    Ok(session::Entity::find()
+        .filter(session::Column::UserId.eq(user_id))
+        .filter(session::Column::RevokedAt.is_null())
+        .filter(session::Column::ExpiresAt.gt(Utc::now()))
+        .order_by_desc(session::Column::CreatedAt)
+        .all(&svc.db)
+        .await?)
+}
+
+/// Fills the registry from the database at start.
+pub async fn load_registry(svc: &Services) -> AppResult<usize> {
+    let now = Utc::now();
+    let live = session::Entity::find()
+        .filter(session::Column::RevokedAt.is_null())
+        .filter(session::Column::ExpiresAt.gt(now))
+        .find_also_related(user::Entity)
+        .all(&svc.db)
+        .await?;
+    let mut n = 0;
+    for (session, user) in live {
+        if let Some(user) = user {
+            svc.registry.apply(SessionEvent::Started {
+                session_id: session.id,
+                user_id: user.id,
+                role: user.role,
+                expires_at: session.expires_at.timestamp(),
+            });
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Deletes sessions (and, by cascade, their tokens) that ended over a day ago.
+pub async fn purge(svc: &Services) -> AppResult<u64> {
+    let now = Utc::now();
+    let cutoff = now - ChronoDuration::hours(ENDED_SESSION_RETENTION_HOURS);
+    let res = session::Entity::delete_many()
+        .filter(
+            session::Column::ExpiresAt
+                .lt(cutoff)
+                .or(session::Column::RevokedAt.lt(cutoff)),
+        )
+        .exec(&svc.db)
+        .await?;
+    svc.registry.prune_expired(now.timestamp());
+    Ok(res.rows_affected)
+}
+
+/// Runs [`purge`] every `interval` until the process ends. Failures are logged
+/// and retried at the next tick; requests never wait for it.
+pub fn spawn_purger(svc: Services, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match purge(&svc).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sessions = n, "purged ended sessions"),
+                Err(e) => tracing::warn!(error = %e, "session purge failed; will retry"),
+            }
+        }
+    })
+}

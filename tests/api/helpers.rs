@@ -1,0 +1,283 @@
+//! The black-box harness: every test starts the real app on 127.0.0.1:0 with a
+//! fresh database (a temporary SQLite file, or a fresh PostgreSQL database when
+//! TEST_DATABASE_URL is set) and talks GraphQL over HTTP.
+
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use authgraph::{
+    app::{self, RunningApp},
+    cli::{Cli, Command},
+    config::Config,
+};
+use clap::Parser;
+use reqwest::{Client, Response};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+pub const PASSWORD: &str = "correct horse battery";
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub config: Config,
+    running: Option<RunningApp>,
+    pub database: TestDatabase,
+}
+
+/// A database that exists for one test.
+pub enum TestDatabase {
+    Sqlite { dir: TempDir, url: String },
+    Postgres { admin_url: String, name: String, url: String },
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        match std::env::var("TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+            Some(admin_url) => {
+                let name = format!("authgraph_t_{}", uuid::Uuid::new_v4().simple());
+                let admin = sea_orm::Database::connect(&admin_url).await.expect("connect TEST_DATABASE_URL");
+                use sea_orm::ConnectionTrait;
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create test database");
+                admin.close().await.ok();
+                let base = admin_url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin_url.clone());
+                let url = format!("{base}/{name}");
+                TestDatabase::Postgres { admin_url, name, url }
+            }
+            None => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+                TestDatabase::Sqlite { dir, url }
+            }
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        match self {
+            TestDatabase::Sqlite { url, .. } | TestDatabase::Postgres { url, .. } => url,
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, TestDatabase::Postgres { .. })
+    }
+
+    pub fn sqlite_path(&self) -> Option<std::path::PathBuf> {
+        match self {
+            TestDatabase::Sqlite { dir, .. } => Some(dir.path().join("test.db")),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let TestDatabase::Postgres { admin_url, name, .. } = self {
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            // Drop runs inside the test's runtime: use a thread with its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    use sea_orm::ConnectionTrait;
+                    if let Ok(admin) = sea_orm::Database::connect(&admin_url).await {
+                        let _ = admin
+                            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .await;
+                        let _ = admin.close().await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// A configuration as `authgraph serve` would build it from these flags.
+pub fn config_from(args: &[&str]) -> Result<Config, String> {
+    let mut argv = vec!["authgraph", "serve"];
+    argv.extend_from_slice(args);
+    let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+    let Some(Command::Serve(serve)) = cli.command else { unreachable!() };
+    Config::from_args(serve).map_err(|e| e.to_string())
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(|_| {}).await
+}
+
+/// Starts the app; `tweak` adjusts the configuration first.
+pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let database = TestDatabase::create().await;
+    let mut config = config_from(&[
+        "--database-url",
+        database.url(),
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        JWT_SECRET,
+        "--cookie-secure",
+        "false",
+        "--database-max-connections",
+        "8",
+    ])
+    .expect("test config");
+    tweak(&mut config);
+    let running = app::spawn(&config).await.expect("app starts");
+    TestApp { addr: running.addr, config, running: Some(running), database }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn state(&self) -> &authgraph::app::AppState {
+        &self.running.as_ref().expect("running").state
+    }
+
+    /// Stops the server gracefully (the database stays).
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await.expect("clean shutdown");
+        }
+    }
+
+    /// A browser-like client: keeps cookies.
+    pub fn client(&self) -> Client {
+        Client::builder().cookie_store(true).timeout(Duration::from_secs(30)).build().unwrap()
+    }
+
+    /// POSTs one GraphQL operation; returns the raw response.
+    pub async fn post(&self, client: &Client, token: Option<&str>, query: &str, variables: Value) -> Response {
+        let mut req = client.post(self.url("/graphql")).json(&json!({ "query": query, "variables": variables }));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request")
+    }
+
+    /// POSTs one GraphQL operation; returns the JSON body.
+    pub async fn gql(&self, client: &Client, token: Option<&str>, query: &str, variables: Value) -> Value {
+        self.post(client, token, query, variables).await.json().await.expect("json body")
+    }
+
+    /// Registers an account with the COOKIE transport on `client`; returns the payload.
+    pub async fn register(&self, client: &Client, email: &str) -> Value {
+        let body = self
+            .gql(
+                client,
+                None,
+                "mutation($i: RegisterInput!) { register(input: $i) { accessToken expiresIn tokenType refreshToken user { id email name role } } }",
+                json!({ "i": { "email": email, "password": PASSWORD } }),
+            )
+            .await;
+        assert!(body["errors"].is_null(), "register failed: {body}");
+        body["data"]["register"].clone()
+    }
+
+    /// Registers with the BODY transport; returns (access token, refresh token, user id).
+    pub async fn register_body(&self, email: &str) -> (String, String, String) {
+        let body = self
+            .gql(
+                &self.client(),
+                None,
+                "mutation($i: RegisterInput!) { register(input: $i) { accessToken refreshToken user { id } } }",
+                json!({ "i": { "email": email, "password": PASSWORD, "transport": "BODY" } }),
+            )
+            .await;
+        assert!(body["errors"].is_null(), "register failed: {body}");
+        let p = &body["data"]["register"];
+        (
+            p["accessToken"].as_str().unwrap().to_owned(),
+            p["refreshToken"].as_str().unwrap().to_owned(),
+            p["user"]["id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Logs in with the BODY transport; returns the body.
+    pub async fn login_body(&self, email: &str, password: &str) -> Value {
+        self.gql(
+            &self.client(),
+            None,
+            "mutation($i: LoginInput!) { login(input: $i) { accessToken refreshToken user { id } } }",
+            json!({ "i": { "email": email, "password": password, "transport": "BODY" } }),
+        )
+        .await
+    }
+}
+
+/// `extensions.code` of the first error.
+pub fn code(body: &Value) -> &str {
+    body["errors"][0]["extensions"]["code"].as_str().unwrap_or("<none>")
+}
+
+/// `extensions.reason` of the first error.
+pub fn reason(body: &Value) -> &str {
+    body["errors"][0]["extensions"]["reason"].as_str().unwrap_or("<none>")
+}
+
+/// All `Set-Cookie` values of a response.
+pub fn set_cookies(resp: &Response) -> Vec<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Makes the app's database stop serving until `restore`: SQLite is write-locked
+/// by another connection;
+/// PostgreSQL refuses connections to the test database and drops the open ones.
+pub struct Outage {
+    conn: sea_orm::DatabaseConnection,
+    postgres_db: Option<String>,
+}
+
+impl TestDatabase {
+    pub async fn outage(&self) -> Outage {
+        use sea_orm::ConnectionTrait;
+        match self {
+            TestDatabase::Sqlite { url, .. } => {
+                // Another process holding the write lock: every writer waits.
+                let mut opts = sea_orm::ConnectOptions::new(url.clone());
+                opts.max_connections(1).min_connections(1);
+                let conn = sea_orm::Database::connect(opts).await.unwrap();
+                conn.execute_unprepared("BEGIN IMMEDIATE").await.unwrap();
+                conn.execute_unprepared("UPDATE users SET name = name WHERE 1 = 0").await.unwrap();
+                Outage { conn, postgres_db: None }
+            }
+            TestDatabase::Postgres { admin_url, name, .. } => {
+                let conn = sea_orm::Database::connect(admin_url).await.unwrap();
+                conn.execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).await.unwrap();
+                conn.execute_unprepared(&format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+                ))
+                .await
+                .unwrap();
+                Outage { conn, postgres_db: Some(name.clone()) }
+            }
+        }
+    }
+}
+
+impl Outage {
+    pub async fn restore(self) {
+        use sea_orm::ConnectionTrait;
+        match &self.postgres_db {
+            Some(name) => {
+                self.conn
+                    .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+                    .await
+                    .unwrap();
+            }
+            None => {
+                self.conn.execute_unprepared("ROLLBACK").await.unwrap();
+            }
+        }
+        self.conn.close().await.unwrap();
+    }
+}

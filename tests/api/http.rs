@@ -1,0 +1,307 @@
+//! The HTTP surface: GraphQL over HTTP, GraphiQL, health, limits, errors.
+
+use std::time::{Duration, Instant};
+
+use futures_util::stream;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn health_readiness_and_typename() {
+    let app = spawn_app().await;
+    let c = app.client();
+    let r = c.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok");
+    let r = c.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    let body = app.gql(&c, None, "{ __typename }", json!({})).await;
+    assert_eq!(body, json!({ "data": { "__typename": "Query" } }));
+    let r = c.get(app.url("/graphql?query=%7B__typename%7D")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(r.json::<Value>().await.unwrap()["data"]["__typename"], "Query");
+}
+
+#[tokio::test]
+async fn graphiql_is_served_and_can_be_turned_off() {
+    let app = spawn_app().await;
+    let r = app.client().get(app.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = r.text().await.unwrap();
+    assert!(html.contains("graphiql") && html.contains("/graphql"), "{html}");
+
+    let off = spawn_with(|c| c.graphiql = false).await;
+    let r = off.client().get(off.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn mutation_over_get_is_refused_and_not_executed() {
+    let app = spawn_app().await;
+    let c = app.client();
+    let q = r#"mutation { register(input: {email: "get@example.com", password: "correct horse battery"}) { accessToken } }"#;
+    let r = c.get(app.url("/graphql")).query(&[("query", q)]).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    // Named operations are resolved too.
+    let q2 = "query A { __typename } mutation B { logout }";
+    let r = c.get(app.url("/graphql")).query(&[("query", q2), ("operationName", "B")]).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let r = c.get(app.url("/graphql")).query(&[("query", q2), ("operationName", "A")]).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Not executed: the address is still free.
+    app.register(&c, "get@example.com").await;
+}
+
+#[tokio::test]
+async fn non_json_bodies_get_415_and_are_not_executed() {
+    let app = spawn_app().await;
+    let c = app.client();
+    let q = r#"mutation { register(input: {email: "csrf@example.com", password: "correct horse battery"}) { accessToken } }"#;
+    let body = json!({ "query": q }).to_string();
+    for ct in [Some("text/plain"), Some("application/x-www-form-urlencoded"), Some("multipart/form-data; boundary=x"), None] {
+        let mut req = c.post(app.url("/graphql")).body(body.clone());
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 415, "{ct:?}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(code(&v), "BAD_USER_INPUT");
+    }
+    // charset parameters are fine
+    let r = c
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(json!({ "query": "{ __typename }" }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    app.register(&c, "csrf@example.com").await;
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_bodies_are_answered_cleanly() {
+    let app = spawn_app().await;
+    let c = app.client();
+    for bad in ["{", "[]", "null", "42", r#"{"variables": {}}"#, "\u{0}"] {
+        let r = c.post(app.url("/graphql")).header("content-type", "application/json").body(bad).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{bad:?}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(code(&v), "BAD_USER_INPUT", "{bad:?}: {v}");
+    }
+    // A syntax error in the query itself is a GraphQL error with a code.
+    let v = app.gql(&c, None, "{ me { ", json!({})).await;
+    assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
+
+    let huge = json!({ "query": format!("{{ __typename }} #{}", "x".repeat(200_000)) }).to_string();
+    let r = c.post(app.url("/graphql")).header("content-type", "application/json").body(huge.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    // Chunked, without Content-Length: the limit still holds.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        huge.into_bytes().chunks(8192).map(|c| Ok(c.to_vec())).collect();
+    let r = c
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // The server is fine afterwards.
+    assert_eq!(app.gql(&c, None, "{ __typename }", json!({})).await["data"]["__typename"], "Query");
+}
+
+#[tokio::test]
+async fn depth_and_complexity_are_limited() {
+    let app = spawn_app().await;
+    let c = app.client();
+    let mut deep = String::from("name");
+    for _ in 0..20 {
+        deep = format!("ofType {{ {deep} }}");
+    }
+    let q = format!("{{ __schema {{ types {{ fields {{ type {{ {deep} }} }} }} }} }}");
+    let v = app.gql(&c, None, &q, json!({})).await;
+    assert!(v["data"].is_null(), "{v}");
+    assert_eq!(code(&v), "BAD_USER_INPUT");
+    assert!(v["errors"][0]["message"].as_str().unwrap().contains("deep"), "{v}");
+
+    let wide = (0..300).map(|i| format!("a{i}: me {{ id }}")).collect::<Vec<_>>().join(" ");
+    let v = app.gql(&c, None, &format!("{{ {wide} }}"), json!({})).await;
+    assert!(v["data"].is_null(), "{v}");
+    assert!(v["errors"][0]["message"].as_str().unwrap().contains("complex"), "{v}");
+}
+
+#[tokio::test]
+async fn batches_are_bounded() {
+    let app = spawn_app().await;
+    let c = app.client();
+    let one = json!({ "query": "{ __typename }" });
+    let r = c.post(app.url("/graphql")).json(&json!([one, one])).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(v[1]["data"]["__typename"], "Query");
+
+    let many: Vec<Value> = (0..11).map(|_| one.clone()).collect();
+    let r = c.post(app.url("/graphql")).json(&many).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn graphql_response_json_is_negotiated() {
+    let app = spawn_app().await;
+    let c = app.client();
+    let r = c
+        .post(app.url("/graphql"))
+        .header("accept", "application/graphql-response+json, application/json;q=0.9")
+        .json(&json!({ "query": "{ nope }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/graphql-response+json"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(code(&v), "BAD_USER_INPUT");
+
+    // Plain application/json: 200 with errors, as Apollo and urql expect.
+    let r = c.post(app.url("/graphql")).json(&json!({ "query": "{ nope }" })).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    // A field error is not a request error: 200 either way.
+    let r = c
+        .post(app.url("/graphql"))
+        .header("accept", "application/graphql-response+json")
+        .json(&json!({ "query": "{ me { id } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(reason(&v), "MISSING_TOKEN");
+}
+
+#[tokio::test]
+async fn committed_schema_matches_the_code() {
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"))
+        .expect("schema.graphql is committed");
+    let current = authgraph::graphql::sdl();
+    assert!(
+        committed == current,
+        "schema.graphql differs from the code's schema: run `cargo run -- print-schema > schema.graphql`"
+    );
+    // print-schema prints exactly that.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgraph")).arg("print-schema").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), committed);
+}
+
+#[tokio::test]
+async fn bad_configuration_stops_the_binary_with_a_clear_message() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("ACCESS_TOKEN_TTL", "fifteen", "ACCESS_TOKEN_TTL"),
+        ("TRUSTED_PROXIES", "10.0.0.0/99", "TRUSTED_PROXIES"),
+        ("CORS_ALLOWED_ORIGINS", "https://app.example.com/path", "CORS_ALLOWED_ORIGINS"),
+        ("JWT_SECRET", "tooshort", "JWT_SECRET"),
+        ("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none", "cannot open the database"),
+    ];
+    for (var, value, expect) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgraph"))
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("DATABASE_TIMEOUT", "2s")
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{var}={value} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expect), "{var}={value}: {stderr}");
+        if *var == "JWT_SECRET" {
+            assert!(!stderr.contains(value), "the secret was echoed: {stderr}");
+        }
+    }
+    // Production without a secret refuses to start.
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgraph"))
+        .current_dir(dir.path())
+        .env_clear()
+        .env("APP_ENV", "production")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("JWT_SECRET is required"));
+}
+
+#[tokio::test]
+async fn readiness_and_requests_follow_the_database() {
+    let app = spawn_with(|c| c.database_timeout = Duration::from_secs(1)).await;
+    let c = app.client();
+    let token = app.register(&c, "ready@example.com").await["accessToken"].as_str().unwrap().to_owned();
+
+    let outage = app.database.outage().await;
+    let started = Instant::now();
+    let r = c.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let v = app
+        .gql(
+            &c,
+            None,
+            "mutation($i: RegisterInput!) { register(input: $i) { accessToken } }",
+            json!({ "i": { "email": "during@example.com", "password": PASSWORD, "transport": "BODY" } }),
+        )
+        .await;
+    assert_eq!(code(&v), "SERVICE_UNAVAILABLE", "{v}");
+    assert!(v["errors"][0]["extensions"]["requestId"].is_string(), "{v}");
+    let msg = v["errors"][0]["message"].as_str().unwrap();
+    assert!(!msg.to_lowercase().contains("sql") && !msg.contains("locked"), "internals leaked: {msg}");
+    assert!(started.elapsed() < Duration::from_secs(15), "outage answers must be bounded");
+    // Liveness is not readiness.
+    assert_eq!(c.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+
+    outage.restore().await;
+    let mut ready = false;
+    for _ in 0..50 {
+        if c.get(app.url("/readyz")).send().await.unwrap().status() == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "readiness did not come back without a restart");
+    let v = app.gql(&c, Some(&token), "{ me { email } }", json!({})).await;
+    assert_eq!(v["data"]["me"]["email"], "ready@example.com", "{v}");
+    // Nothing was half-stored: the address used during the outage is free.
+    app.register(&c, "during@example.com").await;
+}
+
+#[tokio::test]
+async fn graceful_stop_and_restart_keep_data_and_sessions() {
+    let mut app = spawn_app().await;
+    let c = app.client();
+    let token = app.register(&c, "restart@example.com").await["accessToken"].as_str().unwrap().to_owned();
+    app.stop().await;
+    // Same database, same key: the token is still good after a restart.
+    let config = app.config.clone();
+    let again = authgraph::app::spawn(&config).await.unwrap();
+    let url = format!("http://{}/graphql", again.addr);
+    let v: Value = c
+        .post(&url)
+        .bearer_auth(&token)
+        .json(&json!({ "query": "{ me { email } }" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["data"]["me"]["email"], "restart@example.com", "{v}");
+    again.stop().await.unwrap();
+}

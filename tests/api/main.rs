@@ -1,0 +1,5 @@
+//! All black-box tests, in one binary to keep builds fast.
+
+mod helpers;
+
+mod http;
