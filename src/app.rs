@@ -11,7 +11,8 @@ use tokio::{sync::oneshot, task::JoinHandle};
 
 use crate::{
     auth::{
-        password::PasswordHasher, refresh::RefreshKeys, registry::SessionRegistry, tokens::TokenKeys,
+        password::PasswordHasher, rate_limit::RateLimits, refresh::RefreshKeys, registry::SessionRegistry,
+        tokens::TokenKeys,
     },
     config::{Config, JWT_SECRET_MIN_BYTES, JwtKeySource, Secret},
     db,
@@ -60,6 +61,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         tokens: TokenKeys::new(&secret, &config.jwt_issuer, &config.jwt_audience, config.access_token_ttl),
         refresh: RefreshKeys::new(&secret),
         registry: Arc::new(SessionRegistry::default()),
+        limits: Arc::new(RateLimits::new(&config.rate_limits)),
         policy: SessionPolicy {
             refresh_ttl: config.refresh_token_ttl,
             reuse_grace: config.refresh_reuse_grace,
@@ -72,6 +74,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
     let limits = Limits {
         depth: config.query_depth_limit,
         complexity: config.query_complexity_limit,
+        aliases: config.query_alias_limit,
         introspection: config.introspection,
     };
     Ok(Arc::new(AppState {
@@ -127,12 +130,21 @@ async fn bind_and_serve(
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen_addr, source })?;
     let acceptor = TcpAcceptor::from_tokio(listener).map_err(|source| StartError::Bind { addr, source })?;
     let purger = sessions::spawn_purger(state.services.clone(), config.cleanup_interval);
+    let limits = state.services.limits.clone();
+    let forgetter = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            limits.forget_idle();
+        }
+    });
     let app = http::routes(state);
     let handle = tokio::spawn(async move {
         let result = Server::new_with_acceptor(acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(std::time::Duration::from_secs(30)))
             .await;
         purger.abort();
+        forgetter.abort();
         result
     });
     Ok((addr, handle))

@@ -8,6 +8,8 @@ use clap::{ArgAction, Args, ValueEnum};
 use ipnet::IpNet;
 use thiserror::Error;
 
+use crate::auth::rate_limit::{QuotaSpec, RateLimitConfig};
+
 /// The smallest argon2id parameters authgraph accepts (OWASP's minimum for argon2id).
 pub const ARGON2_MIN_MEMORY_KIB: u32 = 19 * 1024;
 pub const ARGON2_MIN_ITERATIONS: u32 = 2;
@@ -129,6 +131,26 @@ pub struct ServeArgs {
     #[arg(long, env = "MAX_BATCH_SIZE", default_value_t = 10)]
     pub max_batch_size: usize,
 
+    /// Most aliases in one operation
+    #[arg(long, env = "QUERY_ALIAS_LIMIT", default_value_t = 50)]
+    pub query_alias_limit: usize,
+
+    /// Logins per client IP (IPv6 per /64), as N/period
+    #[arg(long, env = "RATE_LIMIT_LOGIN_PER_IP", default_value = "20/1m")]
+    pub rate_limit_login_per_ip: QuotaSpec,
+
+    /// Registrations per client IP (IPv6 per /64), as N/period
+    #[arg(long, env = "RATE_LIMIT_REGISTER_PER_IP", default_value = "20/1h")]
+    pub rate_limit_register_per_ip: QuotaSpec,
+
+    /// Refreshes per client IP (IPv6 per /64), as N/period
+    #[arg(long, env = "RATE_LIMIT_REFRESH_PER_IP", default_value = "120/1m")]
+    pub rate_limit_refresh_per_ip: QuotaSpec,
+
+    /// Login attempts per account (known or not), as N/period
+    #[arg(long, env = "RATE_LIMIT_LOGIN_PER_ACCOUNT", default_value = "100/1h")]
+    pub rate_limit_login_per_account: QuotaSpec,
+
     /// How often expired and long-revoked sessions are purged
     #[arg(long, env = "CLEANUP_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub cleanup_interval: Duration,
@@ -224,6 +246,8 @@ pub struct Config {
     pub query_depth_limit: usize,
     pub query_complexity_limit: usize,
     pub max_batch_size: usize,
+    pub query_alias_limit: usize,
+    pub rate_limits: RateLimitConfig,
     pub cleanup_interval: Duration,
 }
 
@@ -344,6 +368,13 @@ impl Config {
             query_depth_limit: args.query_depth_limit,
             query_complexity_limit: args.query_complexity_limit,
             max_batch_size: args.max_batch_size,
+            query_alias_limit: args.query_alias_limit,
+            rate_limits: RateLimitConfig {
+                login_per_ip: args.rate_limit_login_per_ip,
+                register_per_ip: args.rate_limit_register_per_ip,
+                refresh_per_ip: args.rate_limit_refresh_per_ip,
+                login_per_account: args.rate_limit_login_per_account,
+            },
             cleanup_interval,
         })
     }
@@ -439,6 +470,8 @@ mod tests {
         assert!(!e.contains("short"), "the secret must not be echoed: {e}");
         let e = parse(&["--argon2-memory-kib", "1024"]).unwrap_err();
         assert!(e.contains("ARGON2_MEMORY_KIB"), "{e}");
+        let e = parse(&["--rate-limit-login-per-ip", "lots"]).unwrap_err();
+        assert!(e.contains("N/period"), "{e}");
         let e = parse(&["--database-url", "mysql://x"]).unwrap_err();
         assert!(e.contains("DATABASE_URL"), "{e}");
     }

@@ -5,6 +5,7 @@
 pub mod client_ip;
 pub mod password;
 pub mod principal;
+pub mod rate_limit;
 pub mod refresh;
 pub mod registry;
 pub mod tokens;

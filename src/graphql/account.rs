@@ -6,7 +6,10 @@ use super::{
     deliver, request, require_same_site, services,
     types::{AuthPayload, LoginInput, RegisterInput, TokenTransport, UpdateProfileInput, User},
 };
-use crate::service::accounts::{self, NewAccount, ProfileChange};
+use crate::{
+    auth::rate_limit::Action,
+    service::accounts::{self, NewAccount, ProfileChange},
+};
 
 #[derive(Default)]
 pub struct AccountQuery;
@@ -28,12 +31,14 @@ impl AccountMutation {
     /// Creates an account (role USER) and logs it in.
     async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> Result<AuthPayload> {
         let req = request(ctx)?;
+        let svc = services(ctx)?;
+        svc.limits.check_ip(Action::Register, req.ip_key)?;
         let transport = input.transport.unwrap_or_default();
         if transport == TokenTransport::Cookie {
             require_same_site(req)?;
         }
         let account = NewAccount { email: input.email, password: input.password, name: input.name };
-        let issued = accounts::register(services(ctx)?, account, &req.client).await?;
+        let issued = accounts::register(svc, account, &req.client).await?;
         Ok(deliver(ctx, issued, transport)?)
     }
 
@@ -41,11 +46,13 @@ impl AccountMutation {
     /// INVALID_CREDENTIALS error.
     async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> Result<AuthPayload> {
         let req = request(ctx)?;
+        let svc = services(ctx)?;
+        svc.limits.check_ip(Action::Login, req.ip_key)?;
         let transport = input.transport.unwrap_or_default();
         if transport == TokenTransport::Cookie {
             require_same_site(req)?;
         }
-        let issued = accounts::login(services(ctx)?, &input.email, input.password, &req.client).await?;
+        let issued = accounts::login(svc, &input.email, input.password, &req.client).await?;
         Ok(deliver(ctx, issued, transport)?)
     }
 

@@ -3,15 +3,16 @@
 //! function and maps the result.
 
 mod account;
+mod guard;
 mod session;
 pub mod types;
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::AtomicUsize};
 
 use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
 
 use crate::{
-    auth::principal::Principal,
+    auth::{principal::Principal, rate_limit::IpKey},
     error::AppError,
     http::cookies::CookiePolicy,
     service::{ClientInfo, Services},
@@ -35,6 +36,11 @@ pub struct RequestCtx {
     pub refresh_cookie: Option<String>,
     /// The request came from a site that is neither ours nor an allowed origin.
     pub cross_site: bool,
+    /// The client address as rate limits count it.
+    pub ip_key: IpKey,
+    /// Credential-checking fields seen so far in this HTTP request (all batch
+    /// operations together).
+    pub credential_fields: AtomicUsize,
 }
 
 pub type SharedRequestCtx = Arc<RequestCtx>;
@@ -44,6 +50,7 @@ pub type SharedRequestCtx = Arc<RequestCtx>;
 pub struct Limits {
     pub depth: usize,
     pub complexity: usize,
+    pub aliases: usize,
     pub introspection: bool,
 }
 
@@ -52,7 +59,8 @@ pub fn schema_builder(limits: Limits) -> SchemaBuilder<Query, Mutation, EmptySub
     let mut builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .limit_depth(limits.depth)
         .limit_complexity(limits.complexity)
-        .limit_directives(10);
+        .limit_directives(10)
+        .extension(guard::RequestGuard { max_aliases: limits.aliases });
     if !limits.introspection {
         builder = builder.disable_introspection().disable_suggestions();
     }
@@ -61,7 +69,7 @@ pub fn schema_builder(limits: Limits) -> SchemaBuilder<Query, Mutation, EmptySub
 
 /// The SDL that `schema.graphql` must equal.
 pub fn sdl() -> String {
-    schema_builder(Limits { depth: usize::MAX, complexity: usize::MAX, introspection: true })
+    schema_builder(Limits { depth: usize::MAX, complexity: usize::MAX, aliases: usize::MAX, introspection: true })
         .finish()
         .sdl()
 }

@@ -6,7 +6,7 @@ use super::{
     cookie_policy, deliver, request, require_same_site, services,
     types::{AuthPayload, TokenTransport, parse_id},
 };
-use crate::{error::AppError, service::sessions};
+use crate::{auth::rate_limit::Action, error::AppError, service::sessions};
 
 #[derive(Default)]
 pub struct SessionMutation;
@@ -22,6 +22,8 @@ impl SessionMutation {
         #[graphql(secret)] refresh_token: Option<String>,
     ) -> Result<AuthPayload> {
         let req = request(ctx)?;
+        let svc = services(ctx)?;
+        svc.limits.check_ip(Action::Refresh, req.ip_key)?;
         let (token, transport) = match refresh_token {
             Some(t) => (t, TokenTransport::Body),
             None => {
@@ -30,12 +32,12 @@ impl SessionMutation {
                 (t, TokenTransport::Cookie)
             }
         };
-        match sessions::refresh(services(ctx)?, &token).await {
+        match sessions::refresh(svc, &token).await {
             Ok(issued) => Ok(deliver(ctx, issued, transport)?),
             Err(e) => {
                 // A dead cookie is cleared so the browser stops sending it.
                 if transport == TokenTransport::Cookie
-                    && !matches!(e, AppError::Unavailable(_) | AppError::Internal(_))
+                    && !matches!(e, AppError::Unavailable(_) | AppError::Internal(_) | AppError::RateLimited { .. })
                 {
                     ctx.append_http_header("set-cookie", cookie_policy(ctx)?.clear());
                 }

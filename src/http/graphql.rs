@@ -2,7 +2,7 @@
 //! multipart bodies are what a cross-site page can send without a preflight, so
 //! they get 415. GET runs queries only; a mutation over GET gets 405.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::AtomicUsize};
 
 use async_graphql::{
     BatchRequest, BatchResponse, Request as GqlRequest, Response as GqlResponse, Value,
@@ -25,6 +25,7 @@ use crate::{
     auth::{
         client_ip::client_ip,
         principal::{Principal, RejectReason, UserPrincipal},
+        rate_limit::IpKey,
     },
     error::{AppError, Code},
     graphql::RequestCtx,
@@ -183,6 +184,8 @@ async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Respon
         },
         refresh_cookie: state.cookies.read(headers),
         cross_site: state.site.is_cross_site(headers),
+        ip_key: IpKey::from(ip),
+        credential_fields: AtomicUsize::new(0),
     });
     let span = tracing::info_span!("graphql", request_id = %request_id, user_id = tracing::field::Empty);
     if let Some(user) = ctx.principal.user() {

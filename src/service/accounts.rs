@@ -82,6 +82,8 @@ pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) ->
 #[tracing::instrument(skip_all)]
 pub async fn login(svc: &Services, email: &str, password: String, client: &ClientInfo) -> AppResult<Issued> {
     let (_, normalized) = validate::email(email)?;
+    // Counted for every address, registered or not, before any hashing.
+    svc.limits.check_account(&normalized)?;
     if password.chars().count() > validate::PASSWORD_MAX {
         // No account can have such a password; nothing about the account is revealed.
         return Err(AppError::InvalidCredentials);

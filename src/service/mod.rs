@@ -15,7 +15,7 @@ use uuid::Uuid;
 use entity::user;
 
 use crate::auth::{
-    password::PasswordHasher, refresh::RefreshKeys, registry::SessionRegistry,
+    password::PasswordHasher, rate_limit::RateLimits, refresh::RefreshKeys, registry::SessionRegistry,
     tokens::{IssuedAccessToken, TokenKeys},
 };
 
@@ -35,6 +35,7 @@ pub struct Services {
     pub tokens: TokenKeys,
     pub refresh: RefreshKeys,
     pub registry: Arc<SessionRegistry>,
+    pub limits: Arc<RateLimits>,
     pub policy: SessionPolicy,
 }
 

@@ -123,6 +123,15 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         "false",
         "--database-max-connections",
         "8",
+        // Tests make many calls from 127.0.0.1; the rate-limit tests set tight quotas.
+        "--rate-limit-login-per-ip",
+        "100000/1s",
+        "--rate-limit-register-per-ip",
+        "100000/1s",
+        "--rate-limit-refresh-per-ip",
+        "100000/1s",
+        "--rate-limit-login-per-account",
+        "100000/1s",
     ])
     .expect("test config");
     tweak(&mut config);

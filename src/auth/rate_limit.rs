@@ -1,0 +1,212 @@
+//! Rate limits on the auth mutations, counted per resolver call: an alias, a
+//! batched operation and a lone request each count once, so GraphQL's ways of
+//! packing many calls into one HTTP request do not multiply the quota.
+//!
+//! Keys: the client IP (IPv6 grouped by /64, the block one subscriber gets), and
+//! for logins also the target account, keyed by the normalised email whether or
+//! not the account exists, so the answer never tells them apart.
+
+use std::{
+    net::IpAddr,
+    num::NonZeroU32,
+    str::FromStr,
+    time::Duration,
+};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::{Clock, DefaultClock}};
+
+use crate::error::AppError;
+
+/// A quota as written in the configuration: `N/period`, e.g. `20/1m` = a burst of
+/// 20, refilled evenly over a minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaSpec {
+    pub count: NonZeroU32,
+    pub period: Duration,
+}
+
+impl FromStr for QuotaSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (count, period) = s
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not a quota (expected N/period, e.g. 20/1m)"))?;
+        let count: u32 = count.trim().parse().map_err(|_| format!("`{s}`: N must be a positive whole number"))?;
+        let count = NonZeroU32::new(count).ok_or_else(|| format!("`{s}`: N must be at least 1"))?;
+        let period = humantime::parse_duration(period.trim())
+            .map_err(|e| format!("`{s}`: {e} (expected a period such as 1m or 1h)"))?;
+        if period.is_zero() {
+            return Err(format!("`{s}`: the period must be longer than zero"));
+        }
+        Ok(Self { count, period })
+    }
+}
+
+impl QuotaSpec {
+    fn quota(&self) -> Quota {
+        let per_cell = (self.period / self.count.get()).max(Duration::from_nanos(1));
+        Quota::with_period(per_cell).expect("non-zero period").allow_burst(self.count)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitConfig {
+    pub login_per_ip: QuotaSpec,
+    pub register_per_ip: QuotaSpec,
+    pub refresh_per_ip: QuotaSpec,
+    pub login_per_account: QuotaSpec,
+}
+
+/// An IPv4 address, or the /64 an IPv6 address belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IpKey {
+    V4(u32),
+    V6Net(u64),
+    Unknown,
+}
+
+impl From<Option<IpAddr>> for IpKey {
+    fn from(ip: Option<IpAddr>) -> Self {
+        match ip.map(super::client_ip::canonical) {
+            Some(IpAddr::V4(v4)) => IpKey::V4(u32::from(v4)),
+            Some(IpAddr::V6(v6)) => IpKey::V6Net((u128::from(v6) >> 64) as u64),
+            None => IpKey::Unknown,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Login,
+    Register,
+    Refresh,
+}
+
+pub struct RateLimits {
+    login_ip: DefaultKeyedRateLimiter<IpKey>,
+    register_ip: DefaultKeyedRateLimiter<IpKey>,
+    refresh_ip: DefaultKeyedRateLimiter<IpKey>,
+    login_account: DefaultKeyedRateLimiter<String>,
+    clock: DefaultClock,
+}
+
+impl RateLimits {
+    pub fn new(c: &RateLimitConfig) -> Self {
+        Self {
+            login_ip: RateLimiter::keyed(c.login_per_ip.quota()),
+            register_ip: RateLimiter::keyed(c.register_per_ip.quota()),
+            refresh_ip: RateLimiter::keyed(c.refresh_per_ip.quota()),
+            login_account: RateLimiter::keyed(c.login_per_account.quota()),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    fn limited(&self, outcome: Result<(), governor::NotUntil<<DefaultClock as Clock>::Instant>>) -> Result<(), AppError> {
+        outcome.map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            // Whole seconds, rounded up: retrying after that many seconds succeeds.
+            AppError::RateLimited { retry_after: (wait.as_secs_f64().ceil() as u64).max(1) }
+        })
+    }
+
+    /// Counts one call of `action` from `ip`.
+    pub fn check_ip(&self, action: Action, ip: IpKey) -> Result<(), AppError> {
+        let limiter = match action {
+            Action::Login => &self.login_ip,
+            Action::Register => &self.register_ip,
+            Action::Refresh => &self.refresh_ip,
+        };
+        self.limited(limiter.check_key(&ip))
+    }
+
+    /// Counts one login attempt on the account named by `normalized_email`,
+    /// existing or not.
+    pub fn check_account(&self, normalized_email: &str) -> Result<(), AppError> {
+        self.limited(self.login_account.check_key(&normalized_email.to_owned()))
+    }
+
+    /// Forgets keys whose quota is full again, so memory follows the number of
+    /// recently active clients, not every client ever seen.
+    pub fn forget_idle(&self) -> usize {
+        for l in [&self.login_ip, &self.register_ip, &self.refresh_ip] {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+        self.login_account.retain_recent();
+        self.login_account.shrink_to_fit();
+        self.tracked_keys()
+    }
+
+    pub fn tracked_keys(&self) -> usize {
+        self.login_ip.len() + self.register_ip.len() + self.refresh_ip.len() + self.login_account.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(s: &str) -> QuotaSpec {
+        s.parse().unwrap()
+    }
+
+    fn limits(login: &str) -> RateLimits {
+        RateLimits::new(&RateLimitConfig {
+            login_per_ip: spec(login),
+            register_per_ip: spec("1/1h"),
+            refresh_per_ip: spec("100/1s"),
+            login_per_account: spec("2/1h"),
+        })
+    }
+
+    #[test]
+    fn quota_specs_parse() {
+        assert_eq!(spec("20/1m"), QuotaSpec { count: NonZeroU32::new(20).unwrap(), period: Duration::from_secs(60) });
+        for bad in ["20", "0/1m", "x/1m", "5/0s", "5/soon", ""] {
+            assert!(bad.parse::<QuotaSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn limits_per_key_with_retry_after() {
+        let l = limits("3/1h");
+        let a = IpKey::from(Some("203.0.113.1".parse().unwrap()));
+        let b = IpKey::from(Some("203.0.113.2".parse().unwrap()));
+        for _ in 0..3 {
+            l.check_ip(Action::Login, a).unwrap();
+        }
+        match l.check_ip(Action::Login, a) {
+            Err(AppError::RateLimited { retry_after }) => assert!((1..=1200).contains(&retry_after), "{retry_after}"),
+            other => panic!("expected a limit, got {other:?}"),
+        }
+        l.check_ip(Action::Login, b).unwrap();
+        // Actions have separate budgets.
+        l.check_ip(Action::Refresh, a).unwrap();
+        l.check_account("x@example.com").unwrap();
+        l.check_account("x@example.com").unwrap();
+        assert!(l.check_account("x@example.com").is_err());
+        assert!(l.check_account("y@example.com").is_ok());
+    }
+
+    #[test]
+    fn ipv6_is_grouped_by_64() {
+        let a = IpKey::from(Some("2001:db8:1:2::1".parse().unwrap()));
+        let b = IpKey::from(Some("2001:db8:1:2:ffff::9".parse().unwrap()));
+        let c = IpKey::from(Some("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(IpKey::from(Some("::ffff:192.0.2.1".parse().unwrap())), IpKey::from(Some("192.0.2.1".parse().unwrap())));
+    }
+
+    #[test]
+    fn idle_keys_are_forgotten() {
+        let l = limits("1000/1ms");
+        for i in 0..10_000u32 {
+            let _ = l.check_ip(Action::Login, IpKey::V4(i));
+        }
+        assert!(l.tracked_keys() >= 10_000);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(l.forget_idle(), 0);
+    }
+}
