@@ -18,7 +18,7 @@ use crate::{
     db,
     graphql::{self, AppSchema, Limits},
     http::{self, cookies::CookiePolicy, site::SitePolicy},
-    service::{SessionPolicy, Services, sessions},
+    service::{SessionPolicy, Services, api_keys, sessions},
 };
 
 /// Everything a request handler needs, built once.
@@ -62,6 +62,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         refresh: RefreshKeys::new(&secret),
         registry: Arc::new(SessionRegistry::default()),
         limits: Arc::new(RateLimits::new(&config.rate_limits)),
+        api_key_usage: Arc::default(),
         policy: SessionPolicy {
             refresh_ttl: config.refresh_token_ttl,
             reuse_grace: config.refresh_reuse_grace,
@@ -130,21 +131,31 @@ async fn bind_and_serve(
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen_addr, source })?;
     let acceptor = TcpAcceptor::from_tokio(listener).map_err(|source| StartError::Bind { addr, source })?;
     let purger = sessions::spawn_purger(state.services.clone(), config.cleanup_interval);
-    let limits = state.services.limits.clone();
-    let forgetter = tokio::spawn(async move {
+    let services = state.services.clone();
+    // Once a minute: forget idle rate-limit keys and write API key last-use times.
+    let minutely = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            limits.forget_idle();
+            services.limits.forget_idle();
+            if let Err(e) = api_keys::flush_usage(&services).await {
+                tracing::warn!(error = %e, "writing API key last-use times failed; will retry");
+            }
         }
     });
+    let services = state.services.clone();
     let app = http::routes(state);
     let handle = tokio::spawn(async move {
         let result = Server::new_with_acceptor(acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(std::time::Duration::from_secs(30)))
             .await;
         purger.abort();
-        forgetter.abort();
+        minutely.abort();
+        // Keep the last-use times gathered since the last tick.
+        if let Err(e) = api_keys::flush_usage(&services).await {
+            tracing::warn!(error = %e, "writing API key last-use times at shutdown failed");
+        }
         result
     });
     Ok((addr, handle))

@@ -1,6 +1,6 @@
 //! The command line: `serve` (the default), `migrate`, `print-schema`.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::{DbArgs, ServeArgs};
 
@@ -30,4 +30,22 @@ pub enum Command {
     Migrate(DbArgs),
     /// Print the GraphQL schema (SDL); identical to the committed schema.graphql
     PrintSchema,
+    /// Create an admin account, or promote an existing one. The password of a new
+    /// account comes from AUTHGRAPH_ADMIN_PASSWORD or, when unset, standard input
+    /// (never from a flag, which would land in shell history and `ps`)
+    CreateAdmin(CreateAdminArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CreateAdminArgs {
+    /// The admin's email address
+    #[arg(long)]
+    pub email: String,
+
+    /// Display name (default: the part of the email before the @)
+    #[arg(long)]
+    pub name: Option<String>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }

@@ -53,6 +53,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Some(Command::CreateAdmin(args)) => create_admin(args).await,
         Some(Command::Serve(args)) => serve(args).await,
         None => serve(cli.serve).await,
     }
@@ -61,4 +62,40 @@ async fn run(cli: Cli) -> Result<(), String> {
 async fn serve(args: authgraph::config::ServeArgs) -> Result<(), String> {
     let config = Config::from_args(args).map_err(|e| e.to_string())?;
     app::serve(config).await.map_err(|e| e.to_string())
+}
+
+/// The new admin's password: `AUTHGRAPH_ADMIN_PASSWORD`, or one line of stdin.
+fn admin_password() -> Result<String, authgraph::error::AppError> {
+    if let Ok(p) = std::env::var("AUTHGRAPH_ADMIN_PASSWORD") {
+        return Ok(p);
+    }
+    use std::io::{BufRead, IsTerminal};
+    if std::io::stdin().is_terminal() {
+        eprint!("Password for the new admin: ");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| authgraph::error::AppError::internal(format!("reading the password: {e}")))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+async fn create_admin(args: authgraph::cli::CreateAdminArgs) -> Result<(), String> {
+    let config = Config::from_args(args.serve).map_err(|e| e.to_string())?;
+    let state = app::build(&config).await.map_err(|e| e.to_string())?;
+    let (user, created) = authgraph::service::admin::create_or_promote_admin(
+        &state.services,
+        &args.email,
+        args.name.as_deref(),
+        admin_password,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if created {
+        println!("created admin {} ({})", user.email, user.id);
+    } else {
+        println!("promoted {} ({}) to admin; sessions already open see the new role at their next login", user.email, user.id);
+    }
+    Ok(())
 }

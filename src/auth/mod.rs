@@ -2,6 +2,7 @@
 //! tokens, the live-session registry that makes revocation immediate, who is
 //! calling (principal), and the client's address.
 
+pub mod access;
 pub mod client_ip;
 pub mod password;
 pub mod principal;

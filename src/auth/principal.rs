@@ -16,6 +16,13 @@ pub struct UserPrincipal {
     pub role: Role,
 }
 
+/// A service proven by an API key.
+#[derive(Debug, Clone)]
+pub struct ServicePrincipal {
+    pub key_id: Uuid,
+    pub scopes: Vec<super::access::ApiScope>,
+}
+
 #[derive(Debug, Clone)]
 pub enum Principal {
     /// No credentials were presented.
@@ -24,6 +31,7 @@ pub enum Principal {
     /// fields still work (a stale header must not break `login`).
     Rejected(RejectReason),
     User(UserPrincipal),
+    Service(ServicePrincipal),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +42,8 @@ pub enum RejectReason {
 }
 
 impl Principal {
+    /// The user behind an access token; anything else is refused with the
+    /// reason the client needs (no token, a bad one, an expired or revoked one).
     pub fn require_user(&self) -> Result<&UserPrincipal, AppError> {
         match self {
             Principal::User(u) => Ok(u),
@@ -41,6 +51,7 @@ impl Principal {
             Principal::Rejected(RejectReason::Invalid) => Err(AppError::InvalidToken),
             Principal::Rejected(RejectReason::Expired) => Err(AppError::AccessTokenExpired),
             Principal::Rejected(RejectReason::Revoked) => Err(AppError::TokenRevoked),
+            Principal::Service(_) => Err(AppError::Forbidden("This operation needs a user's access token, not an API key")),
         }
     }
 

@@ -3,6 +3,7 @@
 //! function and maps the result.
 
 mod account;
+mod admin;
 mod guard;
 mod session;
 pub mod types;
@@ -19,10 +20,10 @@ use crate::{
 };
 
 #[derive(MergedObject, Default)]
-pub struct Query(account::AccountQuery);
+pub struct Query(account::AccountQuery, admin::AdminQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(account::AccountMutation, session::SessionMutation);
+pub struct Mutation(account::AccountMutation, session::SessionMutation, admin::AdminMutation);
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
 

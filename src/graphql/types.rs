@@ -4,10 +4,14 @@
 use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 
-use entity::{session, user};
+use entity::{api_key, session, user};
 
 use super::{request, services};
-use crate::{error::AppError, service::sessions};
+use crate::{
+    auth::access,
+    error::AppError,
+    service::{api_keys, sessions},
+};
 
 #[derive(Enum, Copy, Clone, Debug, Eq, PartialEq)]
 pub enum Role {
@@ -170,4 +174,108 @@ pub struct UpdateProfileInput {
 pub fn parse_id(id: &ID, field: &'static str) -> Result<uuid::Uuid, AppError> {
     uuid::Uuid::parse_str(id.as_str())
         .map_err(|_| AppError::invalid_input("INVALID_ID", field, "Not a valid id"))
+}
+
+impl From<Role> for user::Role {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::User => user::Role::User,
+            Role::Admin => user::Role::Admin,
+        }
+    }
+}
+
+/// What a service API key may do.
+#[derive(Enum, Copy, Clone, Debug, Eq, PartialEq)]
+pub enum ApiScope {
+    UsersRead,
+    UsersWrite,
+    SessionsRevoke,
+    TokensIntrospect,
+}
+
+impl From<ApiScope> for access::ApiScope {
+    fn from(s: ApiScope) -> Self {
+        match s {
+            ApiScope::UsersRead => access::ApiScope::UsersRead,
+            ApiScope::UsersWrite => access::ApiScope::UsersWrite,
+            ApiScope::SessionsRevoke => access::ApiScope::SessionsRevoke,
+            ApiScope::TokensIntrospect => access::ApiScope::TokensIntrospect,
+        }
+    }
+}
+
+impl From<access::ApiScope> for ApiScope {
+    fn from(s: access::ApiScope) -> Self {
+        match s {
+            access::ApiScope::UsersRead => ApiScope::UsersRead,
+            access::ApiScope::UsersWrite => ApiScope::UsersWrite,
+            access::ApiScope::SessionsRevoke => ApiScope::SessionsRevoke,
+            access::ApiScope::TokensIntrospect => ApiScope::TokensIntrospect,
+        }
+    }
+}
+
+/// A service API key (without its secret).
+pub struct ApiKey(pub api_key::Model);
+
+#[Object]
+impl ApiKey {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// The non-secret start of the key, to recognise it in logs and configs.
+    async fn prefix(&self) -> &str {
+        &self.0.prefix
+    }
+    async fn scopes(&self) -> Vec<ApiScope> {
+        api_keys::scopes_of(&self.0).into_iter().map(Into::into).collect()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.0.expires_at
+    }
+    async fn last_used_at(&self) -> Option<DateTime<Utc>> {
+        self.0.last_used_at
+    }
+    async fn revoked_at(&self) -> Option<DateTime<Utc>> {
+        self.0.revoked_at
+    }
+}
+
+/// A new key and its secret. The secret is shown once: store it now.
+#[derive(SimpleObject)]
+pub struct ApiKeySecret {
+    pub api_key: ApiKey,
+    /// Send as `X-API-Key: <secret>`.
+    pub secret: String,
+}
+
+/// What an access token is worth right now.
+#[derive(SimpleObject)]
+pub struct TokenInfo {
+    /// False for a bad, expired or revoked token; the other fields are then null.
+    pub active: bool,
+    pub user_id: Option<ID>,
+    /// The user's current role.
+    pub role: Option<Role>,
+    pub session_id: Option<ID>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl From<sessions::TokenInfo> for TokenInfo {
+    fn from(t: sessions::TokenInfo) -> Self {
+        Self {
+            active: t.active,
+            user_id: t.user_id.map(|id| ID(id.to_string())),
+            role: t.role.map(Into::into),
+            session_id: t.session_id.map(|id| ID(id.to_string())),
+            expires_at: t.expires_at,
+        }
+    }
 }

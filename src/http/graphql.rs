@@ -29,7 +29,10 @@ use crate::{
     },
     error::{AppError, Code},
     graphql::RequestCtx,
-    service::{ClientInfo, Services},
+    service::{
+        ClientInfo, Services,
+        api_keys::{self, AuthFailure},
+    },
 };
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
@@ -39,19 +42,20 @@ pub async fn graphql_post(req: &Request, body: Body, state: Data<&Arc<AppState>>
     if !is_json(req.headers()) {
         return plain_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Code::BadUserInput,
             "POST /graphql takes Content-Type: application/json",
         );
     }
     let bytes = match body.into_bytes_limit(state.max_body_bytes).await {
         Ok(b) => b,
         Err(ReadBodyError::PayloadTooLarge) => {
-            return plain_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large");
+            return plain_error(StatusCode::PAYLOAD_TOO_LARGE, Code::BadUserInput, "Request body too large");
         }
-        Err(_) => return plain_error(StatusCode::BAD_REQUEST, "Could not read the request body"),
+        Err(_) => return plain_error(StatusCode::BAD_REQUEST, Code::BadUserInput, "Could not read the request body"),
     };
     match parse_body(&bytes, state.max_batch_size) {
         Ok(batch) => execute(req, batch, &state).await,
-        Err(message) => plain_error(StatusCode::BAD_REQUEST, &message),
+        Err(message) => plain_error(StatusCode::BAD_REQUEST, Code::BadUserInput, &message),
     }
 }
 
@@ -110,10 +114,10 @@ fn parse_query_string(qs: &str) -> Result<GqlRequest, String> {
 pub async fn graphql_get(req: &Request, state: Data<&Arc<AppState>>) -> Response {
     let gql = match parse_query_string(req.uri().query().unwrap_or_default()) {
         Ok(r) => r,
-        Err(message) => return plain_error(StatusCode::BAD_REQUEST, &message),
+        Err(message) => return plain_error(StatusCode::BAD_REQUEST, Code::BadUserInput, &message),
     };
     if !is_query(&gql) {
-        let mut resp = plain_error(StatusCode::METHOD_NOT_ALLOWED, "Mutations must use POST");
+        let mut resp = plain_error(StatusCode::METHOD_NOT_ALLOWED, Code::BadUserInput, "Mutations must use POST");
         resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         return resp;
     }
@@ -175,9 +179,22 @@ async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Respon
         .filter_map(|v| v.to_str().ok())
         .collect();
     let ip = client_ip(req.remote_addr().as_socket_addr().map(|a| a.ip()), &forwarded, &state.trusted_proxies);
+    let principal = match headers.get("x-api-key") {
+        None => resolve_principal(headers, &state.services),
+        // Two credentials at once is a confused or malicious client.
+        Some(_) if headers.contains_key(header::AUTHORIZATION) => Principal::Rejected(RejectReason::Invalid),
+        Some(key) => match api_keys::authenticate(&state.services, key.to_str().unwrap_or_default().trim()).await {
+            Ok(service) => Principal::Service(service),
+            Err(AuthFailure::Rejected(reason)) => Principal::Rejected(reason),
+            Err(AuthFailure::Error(e)) => {
+                tracing::warn!(request_id = %request_id, error = %e, "API key lookup failed");
+                return plain_error(StatusCode::SERVICE_UNAVAILABLE, Code::ServiceUnavailable, e.to_string().as_str());
+            }
+        },
+    };
     let ctx = Arc::new(RequestCtx {
         request_id: request_id.clone(),
-        principal: resolve_principal(headers, &state.services),
+        principal,
         client: ClientInfo {
             ip: ip.map(|ip| ip.to_string()),
             user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
@@ -250,9 +267,9 @@ fn prefers_graphql_response_json(headers: &HeaderMap) -> bool {
 }
 
 /// An error answered before GraphQL runs, in the GraphQL error shape.
-fn plain_error(status: StatusCode, message: &str) -> Response {
+fn plain_error(status: StatusCode, code: Code, message: &str) -> Response {
     let body = serde_json::json!({
-        "errors": [{ "message": message, "extensions": { "code": Code::BadUserInput.as_str() } }]
+        "errors": [{ "message": message, "extensions": { "code": code.as_str() } }]
     });
     Response::builder()
         .status(status)

@@ -3,6 +3,8 @@
 //! tested on their own.
 
 pub mod accounts;
+pub mod admin;
+pub mod api_keys;
 pub mod sessions;
 pub mod validate;
 
@@ -36,6 +38,7 @@ pub struct Services {
     pub refresh: RefreshKeys,
     pub registry: Arc<SessionRegistry>,
     pub limits: Arc<RateLimits>,
+    pub api_key_usage: Arc<api_keys::UsageTracker>,
     pub policy: SessionPolicy,
 }
 

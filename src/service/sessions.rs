@@ -372,3 +372,35 @@ pub fn spawn_purger(svc: Services, interval: std::time::Duration) -> tokio::task
         }
     })
 }
+
+/// What `tokenInfo` reports about an access token.
+pub struct TokenInfo {
+    pub active: bool,
+    pub user_id: Option<Uuid>,
+    pub role: Option<user::Role>,
+    pub session_id: Option<Uuid>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Checks an access token for a service: signature, claims, and whether its
+/// session is still live (revocation included). The role is the current one.
+pub fn introspect(
+    svc: &Services,
+    _proof: &crate::auth::access::Granted<crate::auth::access::TokensIntrospect>,
+    token: &str,
+) -> TokenInfo {
+    let inactive = TokenInfo { active: false, user_id: None, role: None, session_id: None, expires_at: None };
+    let Ok(claims) = svc.tokens.verify(token) else {
+        return inactive;
+    };
+    match svc.registry.check(claims.sid, claims.sub, Utc::now().timestamp()) {
+        Some(role) => TokenInfo {
+            active: true,
+            user_id: Some(claims.sub),
+            role: Some(role),
+            session_id: Some(claims.sid),
+            expires_at: DateTime::from_timestamp(claims.exp, 0),
+        },
+        None => inactive,
+    }
+}

@@ -1,0 +1,213 @@
+//! Administration of users: listing, roles, deletion, forced logout. Each
+//! function takes the proof of the permission it needs.
+
+use chrono::Utc;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, ExprTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Select, Set, ActiveModelTrait,
+    sea_query::{Expr, Func, LikeExpr},
+};
+use uuid::Uuid;
+
+use entity::user::{self, Role};
+
+use super::{Services, sessions};
+use crate::{
+    auth::{
+        access::{AdminOnly, Granted, SessionsRevoke, UsersRead, UsersWrite},
+        registry::SessionEvent,
+    },
+    db,
+    error::{AppError, AppResult},
+};
+
+pub const PAGE_MAX: u64 = 100;
+pub const PAGE_DEFAULT: u64 = 20;
+
+/// Filters of the user listing.
+#[derive(Debug, Default, Clone)]
+pub struct UserFilter {
+    pub search: Option<String>,
+    pub role: Option<Role>,
+}
+
+/// Which slice of the listing (keyset on the time-ordered id).
+#[derive(Debug, Clone, Copy)]
+pub enum PageRequest {
+    /// The first `n` after `after` (ascending).
+    Forward { n: u64, after: Option<Uuid> },
+    /// The last `n` before `before` (still returned ascending).
+    Backward { n: u64, before: Option<Uuid> },
+}
+
+pub struct UserPage {
+    pub users: Vec<user::Model>,
+    pub has_previous: bool,
+    pub has_next: bool,
+    pub total: u64,
+}
+
+fn filtered(filter: &UserFilter) -> Select<user::Entity> {
+    let mut q = user::Entity::find();
+    if let Some(role) = filter.role {
+        q = q.filter(user::Column::Role.eq(role));
+    }
+    if let Some(term) = filter.search.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        let escaped = term.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        let pattern = format!("%{escaped}%");
+        q = q.filter(
+            Expr::col(user::Column::EmailNormalized)
+                .like(LikeExpr::new(pattern.clone()).escape('\\'))
+                .or(Expr::expr(Func::lower(Expr::col(user::Column::Name))).like(LikeExpr::new(pattern).escape('\\'))),
+        );
+    }
+    q
+}
+
+/// One page of users in creation order (ids are UUIDv7, so id order is
+/// creation order and a stable cursor).
+pub async fn list_users(
+    svc: &Services,
+    _proof: &Granted<UsersRead>,
+    filter: &UserFilter,
+    page: PageRequest,
+) -> AppResult<UserPage> {
+    let total = filtered(filter).count(&svc.db).await?;
+    match page {
+        PageRequest::Forward { n, after } => {
+            let mut q = filtered(filter);
+            if let Some(after) = after {
+                q = q.filter(user::Column::Id.gt(after));
+            }
+            let mut users = q.order_by_asc(user::Column::Id).limit(n + 1).all(&svc.db).await?;
+            let has_next = users.len() as u64 > n;
+            users.truncate(n as usize);
+            Ok(UserPage { users, has_previous: after.is_some(), has_next, total })
+        }
+        PageRequest::Backward { n, before } => {
+            let mut q = filtered(filter);
+            if let Some(before) = before {
+                q = q.filter(user::Column::Id.lt(before));
+            }
+            let mut users = q.order_by_desc(user::Column::Id).limit(n + 1).all(&svc.db).await?;
+            let has_previous = users.len() as u64 > n;
+            users.truncate(n as usize);
+            users.reverse();
+            Ok(UserPage { users, has_previous, has_next: before.is_some(), total })
+        }
+    }
+}
+
+pub async fn get_user(svc: &Services, _proof: &Granted<UsersRead>, id: Uuid) -> AppResult<Option<user::Model>> {
+    Ok(user::Entity::find_by_id(id).one(&svc.db).await?)
+}
+
+fn last_admin() -> AppError {
+    AppError::invalid_input(
+        "LAST_ADMIN",
+        "id",
+        "This is the last admin: promote another user to ADMIN first",
+    )
+}
+
+/// Locks the admin rows (PostgreSQL) inside `txn` and counts them, so that two
+/// admins demoting each other at once cannot both succeed. On SQLite the write
+/// transaction already holds the database's write lock.
+async fn count_admins_locked(txn: &impl ConnectionTrait) -> AppResult<u64> {
+    let q = user::Entity::find().select_only().column(user::Column::Id).filter(user::Column::Role.eq(Role::Admin));
+    let q = if txn.get_database_backend() == DbBackend::Postgres { q.lock_exclusive() } else { q };
+    Ok(q.into_tuple::<Uuid>().all(txn).await?.len() as u64)
+}
+
+/// Changes a user's role; effective for their live access tokens at once.
+pub async fn set_role(svc: &Services, _proof: &Granted<AdminOnly>, id: Uuid, role: Role) -> AppResult<user::Model> {
+    let txn = db::begin_write(&svc.db).await?;
+    let admins = count_admins_locked(&txn).await?;
+    let Some(user) = user::Entity::find_by_id(id).one(&txn).await? else {
+        txn.rollback().await?;
+        return Err(AppError::invalid_input("NOT_FOUND", "id", "No such user"));
+    };
+    if user.role == Role::Admin && role != Role::Admin && admins <= 1 {
+        txn.rollback().await?;
+        return Err(last_admin());
+    }
+    let mut active: user::ActiveModel = user.into();
+    active.role = Set(role);
+    active.updated_at = Set(Utc::now());
+    let user = active.update(&txn).await?;
+    txn.commit().await?;
+    svc.registry.apply(SessionEvent::RoleChanged { user_id: id, role });
+    tracing::info!(user_id = %id, role = ?role, "role changed");
+    Ok(user)
+}
+
+/// Deletes a user; their sessions and tokens go with them (cascade) and their
+/// access tokens stop working at once. False when there was no such user.
+pub async fn delete_user(svc: &Services, _proof: &Granted<UsersWrite>, id: Uuid) -> AppResult<bool> {
+    let txn = db::begin_write(&svc.db).await?;
+    let admins = count_admins_locked(&txn).await?;
+    let Some(user) = user::Entity::find_by_id(id).one(&txn).await? else {
+        txn.rollback().await?;
+        return Ok(false);
+    };
+    if user.role == Role::Admin && admins <= 1 {
+        txn.rollback().await?;
+        return Err(last_admin());
+    }
+    let deleted = user::Entity::delete_by_id(id).exec(&txn).await?.rows_affected;
+    txn.commit().await?;
+    svc.registry.apply(SessionEvent::UserDeleted { user_id: id });
+    tracing::info!(user_id = %id, "user deleted");
+    Ok(deleted > 0)
+}
+
+/// Forced logout: ends every session of the user. Returns how many were live.
+pub async fn revoke_user_sessions(svc: &Services, _proof: &Granted<SessionsRevoke>, id: Uuid) -> AppResult<u64> {
+    let ended = sessions::end_user_sessions(&svc.db, id, None).await?;
+    svc.registry.apply(SessionEvent::UserSessionsRevoked { user_id: id, except: None });
+    tracing::info!(user_id = %id, sessions = ended, "sessions revoked by an administrator");
+    Ok(ended)
+}
+
+/// `authgraph create-admin`: creates an admin, or promotes an existing account.
+/// Returns the user and whether it was created.
+pub async fn create_or_promote_admin(
+    svc: &Services,
+    email: &str,
+    name: Option<&str>,
+    password: impl FnOnce() -> AppResult<String>,
+) -> AppResult<(user::Model, bool)> {
+    let (email, normalized) = super::validate::email(email)?;
+    if let Some(existing) = user::Entity::find()
+        .filter(user::Column::EmailNormalized.eq(&normalized))
+        .one(&svc.db)
+        .await?
+    {
+        let mut active: user::ActiveModel = existing.into();
+        active.role = Set(Role::Admin);
+        active.updated_at = Set(Utc::now());
+        return Ok((active.update(&svc.db).await?, false));
+    }
+    let password = password()?;
+    super::validate::new_password(&password, "password")?;
+    let name = match name {
+        Some(n) => super::validate::name(n)?,
+        None => super::validate::name(email.split('@').next().unwrap_or("admin"))?,
+    };
+    let hash = svc.hasher.hash(password).await?;
+    let now = Utc::now();
+    let user = user::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        email: Set(email),
+        email_normalized: Set(normalized),
+        name: Set(name),
+        password_hash: Set(hash),
+        role: Set(Role::Admin),
+        created_at: Set(now),
+        updated_at: Set(now),
+        last_login_at: Set(None),
+    }
+    .insert(&svc.db)
+    .await?;
+    Ok((user, true))
+}

@@ -1,0 +1,276 @@
+//! Service API keys: `sk_live_` + 16 hex characters of lookup prefix + 43
+//! characters of secret. Only the SHA-256 of the whole key is stored; the key is
+//! shown once, at creation or rotation. Revocation and expiry are checked on
+//! every use. `lastUsedAt` is kept in memory and written in batches, so using a
+//! key costs no database write.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, sea_query::Expr};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use entity::api_key;
+
+use super::Services;
+use crate::{
+    auth::{
+        access::{Actor, AdminOnly, ApiScope, Granted},
+        principal::{RejectReason, ServicePrincipal},
+    },
+    error::{AppError, AppResult},
+};
+
+pub const KEY_PREFIX: &str = "sk_live_";
+const LOOKUP_HEX_LEN: usize = 16;
+const SECRET_LEN: usize = 43;
+const MAX_LIFETIME_DAYS: i32 = 3650;
+const MAX_GRACE_DAYS: i32 = 365;
+
+/// Last-use times not yet written to the database.
+#[derive(Default)]
+pub struct UsageTracker {
+    pending: Mutex<HashMap<Uuid, DateTime<Utc>>>,
+}
+
+impl UsageTracker {
+    fn touch(&self, id: Uuid, at: DateTime<Utc>) {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, at);
+    }
+    fn peek(&self, id: Uuid) -> Option<DateTime<Utc>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).get(&id).copied()
+    }
+    fn take(&self) -> HashMap<Uuid, DateTime<Utc>> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+fn hash_key(raw: &str) -> String {
+    B64.encode(Sha256::digest(raw.as_bytes()))
+}
+
+/// Splits a presented key into its stored prefix, if it has the right shape.
+fn prefix_of(raw: &str) -> Option<&str> {
+    let rest = raw.strip_prefix(KEY_PREFIX)?;
+    if rest.len() != LOOKUP_HEX_LEN + SECRET_LEN || !rest.is_ascii() {
+        return None;
+    }
+    let (lookup, secret) = rest.split_at(LOOKUP_HEX_LEN);
+    let hex_ok = lookup.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let secret_ok = secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    (hex_ok && secret_ok).then(|| &raw[..KEY_PREFIX.len() + LOOKUP_HEX_LEN])
+}
+
+fn generate_key() -> AppResult<String> {
+    let mut lookup = [0u8; LOOKUP_HEX_LEN / 2];
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut lookup).map_err(|e| AppError::internal(format!("getrandom: {e}")))?;
+    getrandom::fill(&mut secret).map_err(|e| AppError::internal(format!("getrandom: {e}")))?;
+    let hex: String = lookup.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{KEY_PREFIX}{hex}{}", B64.encode(secret)))
+}
+
+pub fn scopes_of(model: &api_key::Model) -> Vec<ApiScope> {
+    model.scopes.split(',').filter_map(ApiScope::parse).collect()
+}
+
+/// Checks a presented `X-API-Key`.
+pub async fn authenticate(svc: &Services, raw: &str) -> Result<ServicePrincipal, AuthFailure> {
+    let prefix = prefix_of(raw).ok_or(AuthFailure::Rejected(RejectReason::Invalid))?;
+    let key = api_key::Entity::find()
+        .filter(api_key::Column::Prefix.eq(prefix))
+        .one(&svc.db)
+        .await
+        .map_err(|e| AuthFailure::Error(e.into()))?
+        .ok_or(AuthFailure::Rejected(RejectReason::Invalid))?;
+    if key.secret_hash != hash_key(raw) {
+        return Err(AuthFailure::Rejected(RejectReason::Invalid));
+    }
+    let now = Utc::now();
+    if key.revoked_at.is_some() {
+        return Err(AuthFailure::Rejected(RejectReason::Revoked));
+    }
+    if key.expires_at.is_some_and(|at| at <= now) {
+        return Err(AuthFailure::Rejected(RejectReason::Expired));
+    }
+    svc.api_key_usage.touch(key.id, now);
+    Ok(ServicePrincipal { key_id: key.id, scopes: scopes_of(&key) })
+}
+
+/// Why a key did not authenticate: a bad key, or the database failing.
+#[derive(Debug)]
+pub enum AuthFailure {
+    Rejected(RejectReason),
+    Error(AppError),
+}
+
+fn validate_name(name: &str) -> AppResult<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(AppError::invalid_input("INVALID_NAME", "name", "Name must be 1 to 100 characters"));
+    }
+    Ok(name.to_owned())
+}
+
+fn lifetime(expires_in_days: Option<i32>) -> AppResult<Option<ChronoDuration>> {
+    match expires_in_days {
+        None => Ok(None),
+        Some(d) if (1..=MAX_LIFETIME_DAYS).contains(&d) => Ok(Some(ChronoDuration::days(i64::from(d)))),
+        Some(_) => Err(AppError::invalid_input(
+            "INVALID_EXPIRY",
+            "expiresInDays",
+            format!("expiresInDays must be between 1 and {MAX_LIFETIME_DAYS}, or null for no expiry"),
+        )),
+    }
+}
+
+async fn insert_key(
+    svc: &Services,
+    name: String,
+    scopes: &[ApiScope],
+    created_by: Option<Uuid>,
+    expires_at: Option<DateTime<Utc>>,
+) -> AppResult<(api_key::Model, String)> {
+    let secret = generate_key()?;
+    let prefix = prefix_of(&secret).ok_or_else(|| AppError::internal("generated key has the wrong shape"))?;
+    let scopes: Vec<&str> = ApiScope::ALL.into_iter().filter(|s| scopes.contains(s)).map(ApiScope::as_str).collect();
+    let model = api_key::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        name: Set(name),
+        prefix: Set(prefix.to_owned()),
+        secret_hash: Set(hash_key(&secret)),
+        scopes: Set(scopes.join(",")),
+        created_by: Set(created_by),
+        created_at: Set(Utc::now()),
+        expires_at: Set(expires_at),
+        last_used_at: Set(None),
+        revoked_at: Set(None),
+    }
+    .insert(&svc.db)
+    .await?;
+    Ok((model, secret))
+}
+
+fn admin_id(proof: &Granted<AdminOnly>) -> Option<Uuid> {
+    match proof.actor {
+        Actor::Admin(id) => Some(id),
+        Actor::Service(_) => None,
+    }
+}
+
+pub async fn create(
+    svc: &Services,
+    proof: &Granted<AdminOnly>,
+    name: &str,
+    scopes: &[ApiScope],
+    expires_in_days: Option<i32>,
+) -> AppResult<(api_key::Model, String)> {
+    let name = validate_name(name)?;
+    if scopes.is_empty() {
+        return Err(AppError::invalid_input("INVALID_SCOPES", "scopes", "Give the key at least one scope"));
+    }
+    let expires_at = lifetime(expires_in_days)?.map(|d| Utc::now() + d);
+    let created = insert_key(svc, name, scopes, admin_id(proof), expires_at).await?;
+    tracing::info!(api_key_id = %created.0.id, "API key created");
+    Ok(created)
+}
+
+/// Issues a new key with the same name, scopes and lifetime; the old one keeps
+/// working for `grace_days`, then expires.
+pub async fn rotate(
+    svc: &Services,
+    proof: &Granted<AdminOnly>,
+    id: Uuid,
+    grace_days: i32,
+) -> AppResult<(api_key::Model, String)> {
+    if !(0..=MAX_GRACE_DAYS).contains(&grace_days) {
+        return Err(AppError::invalid_input(
+            "INVALID_GRACE",
+            "graceDays",
+            format!("graceDays must be between 0 and {MAX_GRACE_DAYS}"),
+        ));
+    }
+    let now = Utc::now();
+    let old = api_key::Entity::find_by_id(id)
+        .one(&svc.db)
+        .await?
+        .filter(|k| k.revoked_at.is_none() && k.expires_at.is_none_or(|at| at > now))
+        .ok_or_else(|| AppError::invalid_input("NOT_FOUND", "id", "No such live API key"))?;
+    let expires_at = old.expires_at.map(|at| now + (at - old.created_at));
+    let scopes = scopes_of(&old);
+    let grace_end = now + ChronoDuration::days(i64::from(grace_days));
+    let old_end = old.expires_at.map_or(grace_end, |at| at.min(grace_end));
+    let created = insert_key(svc, old.name.clone(), &scopes, admin_id(proof), expires_at).await?;
+    api_key::Entity::update_many()
+        .col_expr(api_key::Column::ExpiresAt, Expr::value(old_end))
+        .filter(api_key::Column::Id.eq(old.id))
+        .exec(&svc.db)
+        .await?;
+    tracing::info!(old = %old.id, new = %created.0.id, grace_days, "API key rotated");
+    Ok(created)
+}
+
+/// Revokes a key at once. False when it was unknown or already revoked.
+pub async fn revoke(svc: &Services, _proof: &Granted<AdminOnly>, id: Uuid) -> AppResult<bool> {
+    let res = api_key::Entity::update_many()
+        .col_expr(api_key::Column::RevokedAt, Expr::value(Utc::now()))
+        .filter(api_key::Column::Id.eq(id))
+        .filter(api_key::Column::RevokedAt.is_null())
+        .exec(&svc.db)
+        .await?;
+    if res.rows_affected > 0 {
+        tracing::info!(api_key_id = %id, "API key revoked");
+    }
+    Ok(res.rows_affected > 0)
+}
+
+/// All keys, newest first, with last-use times that may not be written yet.
+pub async fn list(svc: &Services, _proof: &Granted<AdminOnly>) -> AppResult<Vec<api_key::Model>> {
+    let mut keys = api_key::Entity::find().order_by_desc(api_key::Column::Id).all(&svc.db).await?;
+    for k in &mut keys {
+        if let Some(at) = svc.api_key_usage.peek(k.id) {
+            k.last_used_at = Some(at);
+        }
+    }
+    Ok(keys)
+}
+
+/// Writes pending last-use times. On failure they are kept for the next try.
+pub async fn flush_usage(svc: &Services) -> AppResult<usize> {
+    let pending = svc.api_key_usage.take();
+    let n = pending.len();
+    for (i, (id, at)) in pending.iter().enumerate() {
+        let res = api_key::Entity::update_many()
+            .col_expr(api_key::Column::LastUsedAt, Expr::value(*at))
+            .filter(api_key::Column::Id.eq(*id))
+            .exec(&svc.db)
+            .await;
+        if let Err(e) = res {
+            for (id, at) in pending.iter().skip(i) {
+                svc.api_key_usage.touch(*id, *at);
+            }
+            return Err(e.into());
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_a_fixed_shape() {
+        let k = generate_key().unwrap();
+        assert_eq!(k.len(), KEY_PREFIX.len() + LOOKUP_HEX_LEN + SECRET_LEN, "{}", k.len());
+        assert_eq!(prefix_of(&k), Some(&k[..24]));
+        assert_ne!(generate_key().unwrap(), k);
+        assert_eq!(prefix_of("sk_live_short"), None);
+        assert_eq!(prefix_of(&k.replace("sk_live_", "sk_test_")), None);
+        let mut upper = k.clone();
+        upper.replace_range(8..9, "G");
+        assert_eq!(prefix_of(&upper), None);
+    }
+}
