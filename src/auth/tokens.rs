@@ -225,6 +225,40 @@ mod tests {
         assert!(matches!(k.verify(&no_typ), Err(AppError::InvalidToken)));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 500, failure_persistence: None, ..Default::default() })]
+
+        /// Arbitrary text never verifies and never panics.
+        #[test]
+        fn arbitrary_text_never_verifies(s in "\\PC{0,400}") {
+            proptest::prop_assert!(keys().verify(&s).is_err());
+        }
+
+        /// JWT-shaped input (three base64url segments) never verifies either.
+        #[test]
+        fn jwt_shaped_garbage_never_verifies(a in "[A-Za-z0-9_-]{0,80}", b in "[A-Za-z0-9_-]{0,200}", c in "[A-Za-z0-9_-]{0,60}") {
+            let token = format!("{a}.{b}.{c}");
+            proptest::prop_assert!(keys().verify(&token).is_err());
+        }
+
+        /// Any single-byte change to a valid token breaks it.
+        #[test]
+        fn tampering_is_detected(pos in 0usize..1000, byte in proptest::num::u8::ANY) {
+            let k = keys();
+            let token = issue(&k).token;
+            let mut bytes = token.clone().into_bytes();
+            let i = pos % bytes.len();
+            proptest::prop_assume!(bytes[i] != byte && byte.is_ascii_graphic());
+            bytes[i] = byte;
+            let tampered = String::from_utf8_lossy(&bytes).into_owned();
+            // base64url can decode two spellings of the last character's spare bits;
+            // anything that still verifies must carry the very same claims.
+            if let Ok(claims) = k.verify(&tampered) {
+                proptest::prop_assert_eq!(claims, k.verify(&token).unwrap());
+            }
+        }
+    }
+
     #[test]
     fn garbage_is_rejected() {
         let k = keys();

@@ -3,4 +3,5 @@
 mod helpers;
 
 mod http;
+mod fuzz;
 mod resilience;
