@@ -2,6 +2,8 @@
 
 mod helpers;
 
-mod http;
+mod accounts;
 mod fuzz;
+mod http;
 mod resilience;
+mod tokens;
