@@ -3,7 +3,9 @@
 mod helpers;
 
 mod accounts;
+mod cross_site;
 mod fuzz;
 mod http;
 mod resilience;
+mod sessions;
 mod tokens;
