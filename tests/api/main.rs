@@ -3,6 +3,8 @@
 mod helpers;
 
 mod accounts;
+mod admin;
+mod api_keys;
 mod cross_site;
 mod fuzz;
 mod http;
