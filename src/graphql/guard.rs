@@ -20,22 +20,26 @@ const CREDENTIAL_FIELDS: [&str; 3] = ["login", "register", "changePassword"];
 
 pub struct RequestGuard {
     pub max_aliases: usize,
+    pub introspection: bool,
 }
 
 impl ExtensionFactory for RequestGuard {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(RequestGuardExtension { max_aliases: self.max_aliases })
+        Arc::new(RequestGuardExtension { max_aliases: self.max_aliases, introspection: self.introspection })
     }
 }
 
 struct RequestGuardExtension {
     max_aliases: usize,
+    introspection: bool,
 }
 
 #[derive(Default)]
 struct Counts {
     aliases: usize,
     credential_fields: usize,
+    /// `__schema` or `__type` selections.
+    introspection: usize,
 }
 
 fn count(set: &SelectionSet, counts: &mut Counts) {
@@ -45,8 +49,12 @@ fn count(set: &SelectionSet, counts: &mut Counts) {
                 if f.node.alias.is_some() {
                     counts.aliases += 1;
                 }
-                if CREDENTIAL_FIELDS.contains(&f.node.name.node.as_str()) {
+                let name = f.node.name.node.as_str();
+                if CREDENTIAL_FIELDS.contains(&name) {
                     counts.credential_fields += 1;
+                }
+                if name == "__schema" || name == "__type" {
+                    counts.introspection += 1;
                 }
                 count(&f.node.selection_set.node, counts);
             }
@@ -82,6 +90,11 @@ impl Extension for RequestGuardExtension {
         }
         for frag in doc.fragments.values() {
             count(&frag.node.selection_set.node, &mut counts);
+        }
+        // With introspection off the engine would answer `__schema: null` without
+        // an error, which is not a valid response for a non-null field.
+        if !self.introspection && counts.introspection > 0 {
+            return Err(refuse("Introspection is disabled on this server".to_owned(), "INTROSPECTION_DISABLED"));
         }
         if counts.aliases > self.max_aliases {
             return Err(refuse(

@@ -61,7 +61,7 @@ pub fn schema_builder(limits: Limits) -> SchemaBuilder<Query, Mutation, EmptySub
         .limit_depth(limits.depth)
         .limit_complexity(limits.complexity)
         .limit_directives(10)
-        .extension(guard::RequestGuard { max_aliases: limits.aliases });
+        .extension(guard::RequestGuard { max_aliases: limits.aliases, introspection: limits.introspection });
     if !limits.introspection {
         builder = builder.disable_introspection().disable_suggestions();
     }
