@@ -1,5 +1,6 @@
 //! The live-session registry: which sessions may still use their access tokens,
-//! and the current role of their users.
+//! the current role of their users, and a copy of those users' profiles (so `me`
+//! needs no database read).
 //!
 //! Every authenticated request asks it, so it lives in memory: a lookup instead of
 //! a database round trip. The database stays the source of truth: the registry is
@@ -11,19 +12,21 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::RwLock,
+    sync::{Arc, RwLock},
 };
 
 use uuid::Uuid;
 
-use entity::user::Role;
+use entity::user::{self, Role};
 
 #[derive(Debug, Clone)]
 pub enum SessionEvent {
-    Started { session_id: Uuid, user_id: Uuid, role: Role, expires_at: i64 },
+    /// A session went live for `user` (as stored when it started).
+    Started { session_id: Uuid, user: user::Model, expires_at: i64 },
     Revoked { session_id: Uuid },
     UserSessionsRevoked { user_id: Uuid, except: Option<Uuid> },
-    RoleChanged { user_id: Uuid, role: Role },
+    /// The user's row changed (profile, role, password): the copy is replaced.
+    UserUpdated { user: user::Model },
     UserDeleted { user_id: Uuid },
 }
 
@@ -44,8 +47,15 @@ struct Live {
 }
 
 struct UserEntry {
-    role: Role,
+    /// The stored row, without its password hash.
+    profile: Arc<user::Model>,
     sessions: HashSet<Uuid>,
+}
+
+/// The copy kept in memory never carries the password hash.
+fn profile_of(mut user: user::Model) -> Arc<user::Model> {
+    user.password_hash.clear();
+    Arc::new(user)
 }
 
 impl SessionRegistry {
@@ -56,20 +66,28 @@ impl SessionRegistry {
         if live.user_id != user_id || live.expires_at <= now {
             return None;
         }
-        inner.users.get(&user_id).map(|u| u.role)
+        inner.users.get(&user_id).map(|u| u.profile.role)
+    }
+
+    /// The profile of a user with a live session, as last written.
+    pub fn profile(&self, user_id: Uuid) -> Option<Arc<user::Model>> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner.users.get(&user_id).map(|u| u.profile.clone())
     }
 
     pub fn apply(&self, event: SessionEvent) {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         match event {
-            SessionEvent::Started { session_id, user_id, role, expires_at } => {
+            SessionEvent::Started { session_id, user, expires_at } => {
+                let user_id = user.id;
                 inner.sessions.insert(session_id, Live { user_id, expires_at });
-                let user = inner
+                let profile = profile_of(user);
+                let entry = inner
                     .users
                     .entry(user_id)
-                    .or_insert_with(|| UserEntry { role, sessions: HashSet::new() });
-                user.role = role;
-                user.sessions.insert(session_id);
+                    .or_insert_with(|| UserEntry { profile: profile.clone(), sessions: HashSet::new() });
+                entry.profile = profile;
+                entry.sessions.insert(session_id);
             }
             SessionEvent::Revoked { session_id } => {
                 if let Some(live) = inner.sessions.remove(&session_id) {
@@ -87,9 +105,9 @@ impl SessionRegistry {
                     inner.forget_session(user_id, id);
                 }
             }
-            SessionEvent::RoleChanged { user_id, role } => {
-                if let Some(user) = inner.users.get_mut(&user_id) {
-                    user.role = role;
+            SessionEvent::UserUpdated { user } => {
+                if let Some(entry) = inner.users.get_mut(&user.id) {
+                    entry.profile = profile_of(user);
                 }
             }
             SessionEvent::UserDeleted { user_id } => {
@@ -142,9 +160,24 @@ impl Inner {
 mod tests {
     use super::*;
 
+    fn model(id: Uuid, role: Role) -> user::Model {
+        let now = chrono::Utc::now();
+        user::Model {
+            id,
+            email: "a@example.com".into(),
+            email_normalized: "a@example.com".into(),
+            name: "A".into(),
+            password_hash: "$argon2id$secret".into(),
+            role,
+            created_at: now,
+            updated_at: now,
+            last_login_at: None,
+        }
+    }
+
     fn start(r: &SessionRegistry, user_id: Uuid, expires_at: i64) -> Uuid {
         let session_id = Uuid::new_v4();
-        r.apply(SessionEvent::Started { session_id, user_id, role: Role::User, expires_at });
+        r.apply(SessionEvent::Started { session_id, user: model(user_id, Role::User), expires_at });
         session_id
     }
 
@@ -160,8 +193,11 @@ mod tests {
         assert_eq!(r.check(a1, bob, 10), None);
         assert_eq!(r.check(a1, alice, 100), None, "expired at its end");
 
-        r.apply(SessionEvent::RoleChanged { user_id: alice, role: Role::Admin });
+        r.apply(SessionEvent::UserUpdated { user: model(alice, Role::Admin) });
         assert_eq!(r.check(a2, alice, 10), Some(Role::Admin));
+        let profile = r.profile(alice).unwrap();
+        assert_eq!(profile.role, Role::Admin);
+        assert!(profile.password_hash.is_empty(), "the copy must not keep the hash");
 
         r.apply(SessionEvent::Revoked { session_id: a1 });
         assert_eq!(r.check(a1, alice, 10), None);
@@ -174,6 +210,7 @@ mod tests {
 
         r.apply(SessionEvent::UserDeleted { user_id: alice });
         assert_eq!(r.check(a3, alice, 10), None);
+        assert!(r.profile(alice).is_none());
         assert!(r.check(b1, bob, 10).is_some());
 
         start(&r, bob, 5);

@@ -124,8 +124,12 @@ pub async fn find(svc: &Services, user_id: Uuid) -> AppResult<Option<user::Model
     Ok(user::Entity::find_by_id(user_id).one(&svc.db).await?)
 }
 
-/// The caller's own account.
+/// The caller's own account: from the registry's copy (a caller with a live
+/// access token always has one), or the database.
 pub async fn me(svc: &Services, user_id: Uuid) -> AppResult<user::Model> {
+    if let Some(profile) = svc.registry.profile(user_id) {
+        return Ok((*profile).clone());
+    }
     find(svc, user_id).await?.ok_or(AppError::TokenRevoked)
 }
 
@@ -133,7 +137,7 @@ pub async fn me(svc: &Services, user_id: Uuid) -> AppResult<user::Model> {
 pub async fn update_profile(svc: &Services, user_id: Uuid, change: ProfileChange) -> AppResult<user::Model> {
     let name = change.name.as_deref().map(validate::name).transpose()?;
     let email = change.email.as_deref().map(validate::email).transpose()?;
-    let user = me(svc, user_id).await?;
+    let user = find(svc, user_id).await?.ok_or(AppError::TokenRevoked)?;
     let mut active: user::ActiveModel = user.into();
     if let Some(name) = name {
         active.name = Set(name);
@@ -143,7 +147,9 @@ pub async fn update_profile(svc: &Services, user_id: Uuid, change: ProfileChange
         active.email_normalized = Set(normalized);
     }
     active.updated_at = Set(Utc::now());
-    active.update(&svc.db).await.map_err(map_unique)
+    let user = active.update(&svc.db).await.map_err(map_unique)?;
+    svc.registry.apply(SessionEvent::UserUpdated { user: user.clone() });
+    Ok(user)
 }
 
 /// Changes the password after checking the current one, and ends every other
@@ -157,22 +163,24 @@ pub async fn change_password(
     new: String,
 ) -> AppResult<()> {
     validate::new_password(&new, "newPassword")?;
-    let user = me(svc, user_id).await?;
+    let user = find(svc, user_id).await?.ok_or(AppError::TokenRevoked)?;
     match svc.hasher.verify(current, Some(user.password_hash.clone())).await? {
         Verified::Yes | Verified::YesRehashed(_) => {}
         Verified::No => return Err(AppError::InvalidCredentials),
     }
     let hash = svc.hasher.hash(new).await?;
+    let now = Utc::now();
     let txn = db::begin_write(&svc.db).await?;
     user::Entity::update_many()
         .col_expr(user::Column::PasswordHash, Expr::value(hash))
-        .col_expr(user::Column::UpdatedAt, Expr::value(Utc::now()))
+        .col_expr(user::Column::UpdatedAt, Expr::value(now))
         .filter(user::Column::Id.eq(user_id))
         .exec(&txn)
         .await?;
     let ended = sessions::end_user_sessions(&txn, user_id, Some(current_session)).await?;
     txn.commit().await?;
     svc.registry.apply(SessionEvent::UserSessionsRevoked { user_id, except: Some(current_session) });
+    svc.registry.apply(SessionEvent::UserUpdated { user: user::Model { updated_at: now, ..user } });
     tracing::info!(%user_id, other_sessions_ended = ended, "password changed");
     Ok(())
 }

@@ -136,7 +136,7 @@ pub async fn set_role(svc: &Services, _proof: &Granted<AdminOnly>, id: Uuid, rol
     active.updated_at = Set(Utc::now());
     let user = active.update(&txn).await?;
     txn.commit().await?;
-    svc.registry.apply(SessionEvent::RoleChanged { user_id: id, role });
+    svc.registry.apply(SessionEvent::UserUpdated { user: user.clone() });
     tracing::info!(user_id = %id, role = ?role, "role changed");
     Ok(user)
 }

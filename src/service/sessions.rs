@@ -85,12 +85,7 @@ pub fn issue(
     now: DateTime<Utc>,
 ) -> AppResult<Issued> {
     let expires_at = session.expires_at.timestamp();
-    svc.registry.apply(SessionEvent::Started {
-        session_id: session.id,
-        user_id: user.id,
-        role: user.role,
-        expires_at,
-    });
+    svc.registry.apply(SessionEvent::Started { session_id: session.id, user: user.clone(), expires_at });
     let access = svc.tokens.issue(
         user.id,
         &user.email,
@@ -218,7 +213,12 @@ async fn rotate(
     Ok(Some(successor))
 }
 
+/// The session's user: the registry's copy when the user has live sessions
+/// (it is kept in step with every write), the database otherwise.
 async fn load_user(svc: &Services, user_id: Uuid) -> AppResult<user::Model> {
+    if let Some(profile) = svc.registry.profile(user_id) {
+        return Ok((*profile).clone());
+    }
     user::Entity::find_by_id(user_id).one(&svc.db).await?.ok_or(AppError::InvalidToken)
 }
 
@@ -330,8 +330,7 @@ pub async fn load_registry(svc: &Services) -> AppResult<usize> {
         if let Some(user) = user {
             svc.registry.apply(SessionEvent::Started {
                 session_id: session.id,
-                user_id: user.id,
-                role: user.role,
+                user,
                 expires_at: session.expires_at.timestamp(),
             });
             n += 1;

@@ -878,20 +878,29 @@ async fn login_with_an_old_cookie_present_starts_a_new_session() {
 
 #[tokio::test]
 async fn a_deleted_users_tokens_fail_cleanly() {
-    use sea_orm::ConnectionTrait;
     let app = spawn_app().await;
-    let (access, t0, _) = app.register_body("deleted@example.com").await;
+    let (access, t0, deleted_id) = app.register_body("deleted@example.com").await;
     let (_, t1) = rotate_body(&app, &t0).await;
     let (_, cookie) = register_cookie(&app, "deleted-cookie@example.com").await;
     let (keep_access, keep_refresh, keep_id) = app.register_body("kept@example.com").await;
 
-    let db = sea_orm::Database::connect(app.database.url()).await.unwrap();
-    let res = db
-        .execute_unprepared("DELETE FROM users WHERE email IN ('deleted@example.com', 'deleted-cookie@example.com')")
-        .await
-        .unwrap();
-    assert_eq!(res.rows_affected(), 2);
-    db.close().await.unwrap();
+    // Deleted the supported way, by an admin; the cookie account through its id.
+    let (admin, _) = crate::admin::make_admin(&app, crate::admin::ADMIN_EMAIL).await;
+    let cookie_id = crate::admin::raw(
+        &app,
+        Some(&admin),
+        "query { users(search: \"deleted-cookie\") { edges { node { id } } } }",
+        json!({}),
+    )
+    .await
+    .1["data"]["users"]["edges"][0]["node"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for id in [&deleted_id, &cookie_id] {
+        let (_, v) = crate::admin::raw(&app, Some(&admin), "mutation($id: ID!) { deleteUser(id: $id) }", json!({ "id": id })).await;
+        assert_eq!(v["data"]["deleteUser"], true, "{v}");
+    }
 
     for t in [&t1, &t0] {
         let r = app.post(&bare(), None, REFRESH_BODY, json!({ "t": t })).await;
