@@ -3,7 +3,7 @@
 //! Hashing costs tens of milliseconds of CPU, so it runs on a pool of dedicated
 //! threads, one per core, fed by a queue: a login flood waits in the queue instead
 //! of occupying the runtime's workers. The pool's threads run at a lower CPU
-//! priority (nice 10), so the runtime's threads, which answer token checks, get a
+//! priority (nice 19), so the runtime's threads, which answer token checks, get a
 //! core as soon as they need one while hashing still uses every idle cycle. Each
 //! thread keeps its argon2 working memory between hashes: no 19 MiB allocation
 //! (and its page faults) per login, and a resident size that stays flat.
@@ -198,7 +198,7 @@ fn lower_this_threads_priority() {
     {
         // SAFETY: setpriority only reads its integer arguments; raising one's own
         // niceness needs no privilege. On failure the priority stays as it was.
-        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
     }
 }
 

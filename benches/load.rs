@@ -1,0 +1,381 @@
+//! Load benchmark: starts the release server (the `authgraph` binary) on a fresh
+//! SQLite database, or on PostgreSQL with `--postgres URL`, seeds users and
+//! measures, in one run on the same machine:
+//!
+//! 1. ceiling: `{ __typename }` through the whole stack;
+//! 2. `me` with a bearer token (requests/s, p50, p99);
+//! 3. login (logins/s, p99) next to the argon2 bound, measured in the same run;
+//! 4. refresh rotations/s;
+//! 5. isolation: `me` p99 while a login flood runs, next to `me` p99 idle;
+//! 6. peak RSS of the server.
+//!
+//! Run: `cargo bench --bench load` (options after `--`: `--seconds N`,
+//! `--connections N`, `--postgres URL`, `--json PATH`). Load goes to 127.0.0.1 only,
+//! each phase is bounded in time, and the server is stopped at the end.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version, password_hash::SaltString};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "benchmark passphrase";
+const JWT_SECRET: &str = "bench-secret-bench-secret-bench-secret-00";
+
+struct Options {
+    seconds: u64,
+    connections: usize,
+    postgres: Option<String>,
+    json: String,
+}
+
+fn options() -> Options {
+    let mut o = Options { seconds: 5, connections: 64, postgres: None, json: "target/bench-load.json".into() };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).cloned();
+        match args[i].as_str() {
+            "--seconds" => o.seconds = value.and_then(|v| v.parse().ok()).expect("--seconds N"),
+            "--connections" => o.connections = value.and_then(|v| v.parse().ok()).expect("--connections N"),
+            "--postgres" => o.postgres = Some(value.expect("--postgres URL")),
+            "--json" => o.json = value.expect("--json PATH"),
+            // `cargo bench` passes --bench; ignore anything else it adds.
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    o
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(database_url: &str, dir: &std::path::Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_authgraph"))
+            .current_dir(dir)
+            .env("DATABASE_URL", database_url)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("JWT_SECRET", JWT_SECRET)
+            .env("COOKIE_SECURE", "false")
+            .env("RATE_LIMIT_LOGIN_PER_IP", "100000000/1s")
+            .env("RATE_LIMIT_REGISTER_PER_IP", "100000000/1s")
+            .env("RATE_LIMIT_REFRESH_PER_IP", "100000000/1s")
+            .env("RATE_LIMIT_LOGIN_PER_ACCOUNT", "100000000/1s")
+            .env("RUST_LOG", "warn,authgraph::app=info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the authgraph binary");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(i) = line.find("listening on http://") {
+                    let addr: String =
+                        line[i + 20..].chars().take_while(|c| !c.is_whitespace() && *c != '/').collect();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(60)).expect("the server reported its address");
+        Server { child, url: format!("http://{addr}/graphql") }
+    }
+
+    /// Peak resident set size (VmHWM) in KiB.
+    fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+    }
+}
+
+#[derive(Default, Clone)]
+struct Stats {
+    ok: u64,
+    failed: u64,
+    latencies_us: Vec<u32>,
+    elapsed: Duration,
+}
+
+impl Stats {
+    fn merge(mut self, other: Stats) -> Stats {
+        self.ok += other.ok;
+        self.failed += other.failed;
+        self.latencies_us.extend(other.latencies_us);
+        self.elapsed = self.elapsed.max(other.elapsed);
+        self
+    }
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+    fn percentile_ms(&mut self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        self.latencies_us.sort_unstable();
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+}
+
+/// One keep-alive connection's worth of client.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().pool_max_idle_per_host(1).timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+async fn post(c: &reqwest::Client, url: &str, token: Option<&str>, body: &Value) -> Option<Value> {
+    let mut req = c.post(url).json(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.ok()?;
+    let v: Value = resp.json().await.ok()?;
+    v["errors"].is_null().then_some(v)
+}
+
+/// Runs `connections` loops for `seconds`; each loop iteration is one request
+/// made by `step`, which returns whether it succeeded.
+async fn run<S, F>(connections: usize, seconds: u64, make_state: impl Fn(usize) -> S, step: F) -> Stats
+where
+    S: Send + 'static,
+    F: Fn(reqwest::Client, S) -> futures_util::future::BoxFuture<'static, (bool, S)> + Send + Sync + 'static,
+{
+    let step = Arc::new(step);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|i| {
+            let step = step.clone();
+            let mut state = make_state(i);
+            tokio::spawn(async move {
+                let c = client();
+                let mut stats = Stats::default();
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    let (ok, next) = step(c.clone(), state).await;
+                    state = next;
+                    if ok {
+                        stats.ok += 1;
+                        stats.latencies_us.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    } else {
+                        stats.failed += 1;
+                    }
+                }
+                stats
+            })
+        })
+        .collect();
+    let mut total = Stats::default();
+    for t in tasks {
+        total = total.merge(t.await.unwrap());
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+/// argon2id hashes per second with the server's parameters on every core.
+fn argon2_bound(seconds: u64) -> f64 {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..cores)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let a = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(19 * 1024, 2, 1, None).unwrap());
+                let salt = SaltString::from_b64("c2FsdHNhbHRzYWx0c2FsdA").unwrap();
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    a.hash_password(PASSWORD.as_bytes(), &salt).unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let n: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+struct Seeded {
+    access: Vec<String>,
+    refresh: Vec<String>,
+    emails: Vec<String>,
+}
+
+async fn seed(url: &str, tag: &str, n: usize) -> Seeded {
+    let c = client();
+    let mut s = Seeded { access: vec![], refresh: vec![], emails: vec![] };
+    for i in 0..n {
+        let email = format!("{tag}{i}@example.com");
+        let v = post(
+            &c,
+            url,
+            None,
+            &json!({ "query": "mutation($i: RegisterInput!) { register(input: $i) { accessToken refreshToken } }",
+                     "variables": { "i": { "email": email, "password": PASSWORD, "transport": "BODY" } } }),
+        )
+        .await
+        .expect("seed registration");
+        s.access.push(v["data"]["register"]["accessToken"].as_str().unwrap().to_owned());
+        s.refresh.push(v["data"]["register"]["refreshToken"].as_str().unwrap().to_owned());
+        s.emails.push(email);
+    }
+    s
+}
+
+fn me_step(url: Arc<String>, tokens: Arc<Vec<String>>) -> impl Fn(reqwest::Client, usize) -> futures_util::future::BoxFuture<'static, (bool, usize)> {
+    move |c, i| {
+        let (url, tokens) = (url.clone(), tokens.clone());
+        Box::pin(async move {
+            let body = json!({ "query": "{ me { id email role } }" });
+            let ok = post(&c, &url, Some(&tokens[i % tokens.len()]), &body).await.is_some();
+            (ok, i)
+        })
+    }
+}
+
+fn login_step(url: Arc<String>, emails: Arc<Vec<String>>) -> impl Fn(reqwest::Client, usize) -> futures_util::future::BoxFuture<'static, (bool, usize)> {
+    move |c, i| {
+        let (url, emails) = (url.clone(), emails.clone());
+        Box::pin(async move {
+            let body = json!({ "query": "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
+                               "variables": { "i": { "email": emails[i % emails.len()], "password": PASSWORD, "transport": "BODY" } } });
+            let ok = post(&c, &url, None, &body).await.is_some();
+            (ok, i + 1)
+        })
+    }
+}
+
+async fn refresh_rate(url: &str, tokens: Vec<String>, seconds: u64) -> Stats {
+    let url = Arc::new(url.to_owned());
+    let tokens = Arc::new(tokens);
+    let connections = tokens.len();
+    run(connections, seconds, move |i| tokens[i].clone(), move |c, token: String| {
+        let url = url.clone();
+        Box::pin(async move {
+            let body = json!({ "query": "mutation($t: String) { refreshToken(refreshToken: $t) { refreshToken } }", "variables": { "t": token } });
+            match post(&c, &url, None, &body).await {
+                Some(v) => (true, v["data"]["refreshToken"]["refreshToken"].as_str().unwrap().to_owned()),
+                None => (false, token),
+            }
+        })
+    })
+    .await
+}
+
+struct Report {
+    rows: Vec<(String, String)>,
+    json: serde_json::Map<String, Value>,
+}
+
+impl Report {
+    fn add(&mut self, key: &str, label: &str, value: f64, unit: &str) {
+        self.rows.push((label.to_owned(), format!("{value:.1} {unit}")));
+        self.json.insert(key.to_owned(), json!(value));
+    }
+}
+
+async fn bench_backend(name: &str, database_url: &str, o: &Options, report: &mut Report) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(database_url, dir.path());
+    let url = Arc::new(server.url.clone());
+    let seeded = seed(&url, "bench", 16).await;
+    let conns = o.connections;
+    let secs = o.seconds;
+    let pre = |k: &str| format!("{name}.{k}");
+
+    if name == "sqlite" {
+        let u = url.clone();
+        let mut ceiling = run(conns, secs, |_| (), move |c, ()| {
+            let u = u.clone();
+            Box::pin(async move { (post(&c, &u, None, &json!({ "query": "{ __typename }" })).await.is_some(), ()) })
+        })
+        .await;
+        report.add(&pre("ceiling_rps"), "ceiling: { __typename } req/s", ceiling.rate(), "req/s");
+        report.add(&pre("ceiling_p99_ms"), "ceiling p99", ceiling.percentile_ms(0.99), "ms");
+
+        let mut me = run(conns, secs, |i| i, me_step(url.clone(), Arc::new(seeded.access.clone()))).await;
+        report.add(&pre("me_rps"), "me req/s", me.rate(), "req/s");
+        report.add(&pre("me_p50_ms"), "me p50", me.percentile_ms(0.50), "ms");
+        report.add(&pre("me_p99_ms"), "me p99", me.percentile_ms(0.99), "ms");
+        report.add(&pre("me_vs_ceiling_pct"), "me / ceiling", 100.0 * me.rate() / ceiling.rate(), "%");
+        report.add(&pre("me_failed"), "me failed requests", me.failed as f64, "");
+
+        let bound = argon2_bound(secs);
+        report.add(&pre("argon2_bound_per_s"), "argon2id bound (all cores)", bound, "hashes/s");
+        let login_conns = 8;
+        let mut login = run(login_conns, secs, |i| i, login_step(url.clone(), Arc::new(seeded.emails.clone()))).await;
+        report.add(&pre("login_per_s"), "login", login.rate(), "logins/s");
+        report.add(&pre("login_p99_ms"), "login p99", login.percentile_ms(0.99), "ms");
+        report.add(&pre("login_vs_bound_pct"), "login / argon2 bound", 100.0 * login.rate() / bound, "%");
+
+        // Isolation: `me` at a quarter of the connections, idle and during a login flood.
+        let me_conns = (conns / 4).max(1);
+        let mut idle = run(me_conns, secs, |i| i, me_step(url.clone(), Arc::new(seeded.access.clone()))).await;
+        let flood = tokio::spawn(run(32, secs, |i| i, login_step(url.clone(), Arc::new(seeded.emails.clone()))));
+        let mut busy = run(me_conns, secs, |i| i, me_step(url.clone(), Arc::new(seeded.access.clone()))).await;
+        let flood = flood.await.unwrap();
+        report.add(&pre("me_idle_p99_ms"), "me p99 idle", idle.percentile_ms(0.99), "ms");
+        report.add(&pre("me_flood_p99_ms"), "me p99 during login flood", busy.percentile_ms(0.99), "ms");
+        report.add(&pre("me_flood_vs_idle_x"), "me p99 flood / idle", busy.percentile_ms(0.99) / idle.percentile_ms(0.99), "x");
+        report.add(&pre("flood_logins_per_s"), "logins/s during the flood", flood.rate(), "logins/s");
+    }
+
+    let fresh = seed(&url, "refresh", 16).await;
+    let refresh = refresh_rate(&url, fresh.refresh, secs).await;
+    report.add(&pre("refresh_per_s"), &format!("refresh rotations ({name})"), refresh.rate(), "rotations/s");
+    report.add(&pre("refresh_failed"), &format!("refresh failures ({name})"), refresh.failed as f64, "");
+    if let Some(kib) = server.peak_rss_kib() {
+        report.add(&pre("peak_rss_mib"), &format!("server peak RSS ({name})"), kib as f64 / 1024.0, "MiB");
+    }
+}
+
+fn main() {
+    let o = options();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let mut report = Report { rows: vec![], json: serde_json::Map::new() };
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    println!(
+        "authgraph load benchmark: release server and load generator on the same {cores}-core machine, \
+         over 127.0.0.1; {} s per phase, {} connections, argon2id m=19456 KiB t=2 p=1",
+        o.seconds, o.connections
+    );
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display());
+        bench_backend("sqlite", &sqlite, &o, &mut report).await;
+        if let Some(pg) = &o.postgres {
+            bench_backend("postgres", pg, &o, &mut report).await;
+        }
+    });
+    let width = report.rows.iter().map(|(l, _)| l.len()).max().unwrap_or(10);
+    for (label, value) in &report.rows {
+        println!("{label:<width$}  {value}");
+    }
+    report.json.insert("seconds_per_phase".into(), json!(o.seconds));
+    report.json.insert("connections".into(), json!(o.connections));
+    report.json.insert("cores".into(), json!(cores));
+    if let Some(dir) = std::path::Path::new(&o.json).parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).expect("create the JSON output's folder");
+    }
+    std::fs::write(&o.json, serde_json::to_string_pretty(&Value::Object(report.json)).unwrap()).unwrap();
+    println!("written: {}", o.json);
+}

@@ -1,0 +1,30 @@
+//! Micro-benchmarks of the per-request token work: access-token verification
+//! and refresh-token hashing / successor derivation.
+
+use std::time::Duration;
+
+use authgraph::{
+    auth::{refresh::{RefreshKeys, hash_token}, tokens::TokenKeys},
+    config::Secret,
+};
+use criterion::{Criterion, criterion_group, criterion_main};
+use uuid::Uuid;
+
+fn tokens(c: &mut Criterion) {
+    let secret = Secret::new(vec![7u8; 32]);
+    let keys = TokenKeys::new(&secret, "authgraph", "authgraph", Duration::from_secs(900));
+    let now = chrono::Utc::now().timestamp();
+    let token = keys.issue(Uuid::new_v4(), "ada@example.com", "USER", Uuid::new_v4(), now, now + 3600).unwrap().token;
+    c.bench_function("access token verify (HS256 + claims)", |b| b.iter(|| keys.verify(std::hint::black_box(&token)).unwrap()));
+    c.bench_function("access token issue (HS256)", |b| {
+        b.iter(|| keys.issue(Uuid::nil(), "ada@example.com", "USER", Uuid::nil(), now, now + 3600).unwrap())
+    });
+    let refresh = RefreshKeys::new(&secret);
+    let rt = refresh.generate().unwrap();
+    c.bench_function("refresh token hash (SHA-256)", |b| b.iter(|| hash_token(std::hint::black_box(&rt))));
+    c.bench_function("refresh token successor (HMAC-SHA256)", |b| b.iter(|| refresh.successor(std::hint::black_box(&rt))));
+    c.bench_function("refresh token generate (256 random bits)", |b| b.iter(|| refresh.generate().unwrap()));
+}
+
+criterion_group!(benches, tokens);
+criterion_main!(benches);
