@@ -22,7 +22,7 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
         .at("/healthz", get(health::healthz))
         .at("/readyz", get(health::readyz));
     if state.graphiql {
-        route = route.at("/", get(graphiql::graphiql));
+        route = route.at("/", get(graphiql::graphiql)).at("/graphiql/:name", get(graphiql::asset));
     }
     route
         .with(site::Cors::new(state.site.clone()))

@@ -26,16 +26,41 @@ async fn health_readiness_and_typename() {
 }
 
 #[tokio::test]
-async fn graphiql_is_served_and_can_be_turned_off() {
+async fn graphiql_is_served_offline_and_can_be_turned_off() {
     let app = spawn_app().await;
-    let r = app.client().get(app.url("/")).send().await.unwrap();
+    let c = app.client();
+    let r = c.get(app.url("/")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let csp = r.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("script-src 'self'") && csp.contains("connect-src 'self'"), "{csp}");
     let html = r.text().await.unwrap();
-    assert!(html.contains("graphiql") && html.contains("/graphql"), "{html}");
+    // Every script and stylesheet comes from this server, none from a CDN.
+    assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("//unpkg"), "{html}");
+    let mut assets = Vec::new();
+    for attr in ["src=\"", "href=\""] {
+        for part in html.split(attr).skip(1) {
+            assets.push(part.split('"').next().unwrap().to_owned());
+        }
+    }
+    assert_eq!(assets.len(), 5, "{assets:?}");
+    for path in &assets {
+        assert!(path.starts_with("/graphiql/"), "{path}");
+        let r = c.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with(if path.ends_with(".css") { "text/css" } else { "text/javascript" }), "{path}: {ct}");
+        assert!(r.bytes().await.unwrap().len() > 100, "{path}");
+    }
+    let init = c.get(app.url("/graphiql/init.js")).send().await.unwrap().text().await.unwrap();
+    assert!(init.contains("url: '/graphql'"), "{init}");
+    assert_eq!(c.get(app.url("/graphiql/../Cargo.toml")).send().await.unwrap().status(), 404);
+    assert_eq!(c.get(app.url("/graphiql/nope.js")).send().await.unwrap().status(), 404);
 
     let off = spawn_with(|c| c.graphiql = false).await;
     let r = off.client().get(off.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = off.client().get(off.url("/graphiql/graphiql.min.js")).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }
 
