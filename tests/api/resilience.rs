@@ -239,3 +239,78 @@ async fn sigkill_during_writes_loses_no_acknowledged_registration() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_cleanly() {
+    let database = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_server(database.url(), dir.path());
+    let client = reqwest::Client::new();
+    let v: Value = client
+        .post(format!("{}/graphql", server.base))
+        .json(&json!({ "query": "{ __typename }" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["data"]["__typename"], "Query");
+    let status = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
+}
+
+#[tokio::test]
+async fn ended_sessions_are_purged_in_the_background() {
+    let app = spawn_with(|c| c.cleanup_interval = Duration::from_millis(100)).await;
+    let (_, old_refresh, _) = app.register_body("purged@example.com").await;
+    let (_, live_refresh, _) = app.register_body("kept-live@example.com").await;
+    let db = Database::connect(app.database.url()).await.unwrap();
+    let backend = db.get_database_backend();
+    // Make the first session one that ended two days ago.
+    let two_days_ago = chrono::Utc::now() - chrono::Duration::days(2);
+    db.execute_raw(Statement::from_sql_and_values(
+        backend,
+        match backend {
+            sea_orm::DbBackend::Postgres => {
+                "UPDATE sessions SET expires_at = $1 WHERE user_id = (SELECT id FROM users WHERE email = 'purged@example.com')"
+            }
+            _ => "UPDATE sessions SET expires_at = ? WHERE user_id = (SELECT id FROM users WHERE email = 'purged@example.com')",
+        },
+        [two_days_ago.into()],
+    ))
+    .await
+    .unwrap();
+    let count = |sql: &'static str| {
+        let db = &db;
+        async move {
+            let row = db.query_one_raw(Statement::from_string(backend, sql)).await.unwrap().unwrap();
+            row.try_get::<i64>("", "n").unwrap()
+        }
+    };
+    let mut remaining = i64::MAX;
+    for _ in 0..50 {
+        remaining = count("SELECT COUNT(*) AS n FROM sessions").await;
+        if remaining == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(remaining, 1, "the ended session was not purged");
+    // Its refresh tokens went with it; the live session is untouched.
+    assert_eq!(count("SELECT COUNT(*) AS n FROM refresh_tokens").await, 1);
+    let c = app.client();
+    let v = app.gql(&c, None, REFRESH, json!({ "t": old_refresh })).await;
+    assert_eq!(v["errors"][0]["extensions"]["code"], "UNAUTHENTICATED", "{v}");
+    let v = app.gql(&c, None, REFRESH, json!({ "t": live_refresh })).await;
+    assert!(v["errors"].is_null(), "{v}");
+}
