@@ -59,28 +59,23 @@ pub async fn graphql_post(req: &Request, body: Body, state: Data<&Arc<AppState>>
     }
 }
 
-/// One request object, or a non-empty array of at most `max_batch` of them.
+/// One request object, or a non-empty array of at most `max_batch` of them, each
+/// with a non-empty `query` (persisted queries are not supported).
 fn parse_body(bytes: &[u8], max_batch: usize) -> Result<BatchRequest, String> {
     const SHAPE: &str = r#"The body must be a GraphQL request: {"query": "...", "variables": {...}}"#;
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| SHAPE.to_owned())?;
-    let one = |v: serde_json::Value| -> Result<GqlRequest, String> {
-        if !v.get("query").is_some_and(serde_json::Value::is_string) {
-            return Err(SHAPE.to_owned());
+    let batch: BatchRequest = serde_json::from_slice(bytes).map_err(|_| SHAPE.to_owned())?;
+    let requests: &[GqlRequest] = match &batch {
+        BatchRequest::Single(r) => std::slice::from_ref(r),
+        BatchRequest::Batch(list) if list.is_empty() => return Err("Empty batch".to_owned()),
+        BatchRequest::Batch(list) if list.len() > max_batch => {
+            return Err(format!("At most {max_batch} operations per batch"));
         }
-        serde_json::from_value(v).map_err(|_| SHAPE.to_owned())
+        BatchRequest::Batch(list) => list,
     };
-    match value {
-        serde_json::Value::Array(list) => {
-            if list.is_empty() {
-                return Err("Empty batch".to_owned());
-            }
-            if list.len() > max_batch {
-                return Err(format!("At most {max_batch} operations per batch"));
-            }
-            Ok(BatchRequest::Batch(list.into_iter().map(one).collect::<Result<_, _>>()?))
-        }
-        v => Ok(BatchRequest::Single(one(v)?)),
+    if requests.iter().any(|r| r.query.trim().is_empty()) {
+        return Err(SHAPE.to_owned());
     }
+    Ok(batch)
 }
 
 /// GraphQL over HTTP's query-string form: `query`, `operationName`, and JSON-encoded
