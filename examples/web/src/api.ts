@@ -1,0 +1,31 @@
+import type { Role } from './gql/graphql';
+
+export interface Viewer {
+  id: string;
+  email: string;
+  role: Role;
+}
+
+/** What the UI needs from a GraphQL client; implemented with Apollo and with urql. */
+export interface AuthApi {
+  readonly name: 'apollo' | 'urql';
+  register(email: string, password: string): Promise<Viewer>;
+  login(email: string, password: string): Promise<Viewer>;
+  me(): Promise<Viewer>;
+  logout(): Promise<void>;
+}
+
+/** An error with the GraphQL `extensions.code` / `extensions.reason` kept for the UI. */
+export class ApiError extends Error {
+  constructor(message: string, readonly code?: string, readonly reason?: string) {
+    super(message);
+  }
+  static from(errors: readonly { message: string; extensions?: Record<string, unknown> }[] | undefined, fallback: unknown): ApiError {
+    const first = errors?.[0];
+    if (first) {
+      const ext = first.extensions ?? {};
+      return new ApiError(first.message, ext.code as string | undefined, ext.reason as string | undefined);
+    }
+    return new ApiError(fallback instanceof Error ? fallback.message : String(fallback));
+  }
+}
