@@ -395,6 +395,39 @@ async function unlistedFlow(browser, allowedUrl, unlistedUrl, apiUrl, client, st
   }
 }
 
+/** GraphiQL, served by authgraph from its own binary, loads and runs a query with
+ *  no request leaving 127.0.0.1 (no CDN). */
+async function graphiqlFlow(browser, apiUrl, step) {
+  const context = await browser.newContext();
+  try {
+    const page = await context.newPage();
+    const foreign = [];
+    const pageErrors = [];
+    page.on('request', (req) => {
+      const u = new URL(req.url());
+      if (u.protocol !== 'data:' && u.hostname !== '127.0.0.1') foreign.push(req.url());
+    });
+    page.on('pageerror', (e) => pageErrors.push(String(e)));
+    const calls = recordGraphql(page);
+    await page.goto(`${apiUrl}/`);
+    await page.waitForSelector('.graphiql-container', { timeout: 20_000 });
+    step('GraphiQL renders from the binary');
+    await page.click('.graphiql-execute-button');
+    await page.waitForFunction(
+      () => (document.querySelector('.result-window')?.textContent ?? '').includes('MISSING_TOKEN'),
+      null,
+      { timeout: 15_000 },
+    );
+    assert(calls.some((c) => c.body?.errors?.[0]?.extensions?.reason === 'MISSING_TOKEN'), `no query answer seen: ${JSON.stringify(calls)}`);
+    step('the default `me` query runs and shows the MISSING_TOKEN answer');
+    assert(foreign.length === 0, `requests left 127.0.0.1: ${foreign.join(', ')}`);
+    assert(pageErrors.length === 0, `uncaught errors in GraphiQL: ${pageErrors.join('; ')}`);
+    step('no request left 127.0.0.1; no page errors');
+  } finally {
+    await context.close();
+  }
+}
+
 // ---------------------------------------------------------------- main
 
 async function main() {
@@ -426,7 +459,7 @@ async function main() {
   });
   cleanups.push(() => browser.close());
 
-  const scenarios = [];
+  const scenarios = [['graphiql offline', (step) => graphiqlFlow(browser, apiUrl, step)]];
   for (const client of ['apollo', 'urql']) {
     scenarios.push([`${client} same-origin`, (step) => allowedFlow(browser, sameUrl, client, 'same', step)]);
     scenarios.push([`${client} cross-origin`, (step) => allowedFlow(browser, crossUrl, client, 'cross', step)]);
