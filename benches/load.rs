@@ -10,7 +10,8 @@
 //! 6. peak RSS of the server.
 //!
 //! Run: `cargo bench --bench load` (options after `--`: `--seconds N`,
-//! `--connections N`, `--postgres URL`, `--json PATH`). Load goes to 127.0.0.1 only,
+//! `--connections N`, `--postgres URL` of a server where a fresh database may be
+//! created and dropped, `--json PATH`). Load goes to 127.0.0.1 only,
 //! each phase is bounded in time, and the server is stopped at the end.
 
 use std::{
@@ -362,8 +363,15 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let sqlite = format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display());
         bench_backend("sqlite", &sqlite, &o, &mut report).await;
-        if let Some(pg) = &o.postgres {
-            bench_backend("postgres", pg, &o, &mut report).await;
+        if let Some(admin_url) = &o.postgres {
+            // A fresh database on that server, dropped afterwards.
+            use sea_orm::ConnectionTrait;
+            let name = format!("authgraph_bench_{}", uuid::Uuid::new_v4().simple());
+            let admin = sea_orm::Database::connect(admin_url).await.expect("connect to --postgres");
+            admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create the bench database");
+            let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
+            bench_backend("postgres", &format!("{base}/{name}"), &o, &mut report).await;
+            let _ = admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
         }
     });
     let width = report.rows.iter().map(|(l, _)| l.len()).max().unwrap_or(10);

@@ -38,7 +38,7 @@ pub enum TokenTransport {
 }
 
 pub struct User {
-    model: user::Model,
+    model: std::sync::Arc<user::Model>,
     /// Set when this object is handed to its own user at login or registration:
     /// the request carried no token yet, but the caller has just proven who they
     /// are, in this session.
@@ -47,13 +47,13 @@ pub struct User {
 
 impl User {
     /// A user as seen by whoever the request's principal is.
-    pub fn new(model: user::Model) -> Self {
-        Self { model, own_session: None }
+    pub fn new(model: impl Into<std::sync::Arc<user::Model>>) -> Self {
+        Self { model: model.into(), own_session: None }
     }
 
     /// A user handed to themself in the session `session_id`.
     pub fn own(model: user::Model, session_id: uuid::Uuid) -> Self {
-        Self { model, own_session: Some(session_id) }
+        Self { model: model.into(), own_session: Some(session_id) }
     }
 
     /// Checks the caller may see private fields; returns the caller's session.

@@ -126,11 +126,11 @@ pub async fn find(svc: &Services, user_id: Uuid) -> AppResult<Option<user::Model
 
 /// The caller's own account: from the registry's copy (a caller with a live
 /// access token always has one), or the database.
-pub async fn me(svc: &Services, user_id: Uuid) -> AppResult<user::Model> {
+pub async fn me(svc: &Services, user_id: Uuid) -> AppResult<std::sync::Arc<user::Model>> {
     if let Some(profile) = svc.registry.profile(user_id) {
-        return Ok((*profile).clone());
+        return Ok(profile);
     }
-    find(svc, user_id).await?.ok_or(AppError::TokenRevoked)
+    Ok(find(svc, user_id).await?.ok_or(AppError::TokenRevoked)?.into())
 }
 
 #[tracing::instrument(skip_all)]
