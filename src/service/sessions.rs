@@ -278,6 +278,10 @@ pub async fn logout(
             targets.push((session.id, session.user_id));
         }
     }
+    // The access token and the cookie usually name the same session: end it once.
+    let key = |&(session, user): &(Uuid, Uuid)| if everywhere { user } else { session };
+    targets.sort_unstable_by_key(key);
+    targets.dedup_by_key(|t| key(t));
     for (session_id, user_id) in targets {
         if everywhere {
             end_user_sessions(&svc.db, user_id, None).await?;
