@@ -1,6 +1,8 @@
 //! Accounts: register, login, profile and password.
 
-use chrono::Utc;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, SqlErr, sea_query::Expr,
 };
@@ -41,36 +43,58 @@ async fn email_in_use(svc: &Services, normalized: &str) -> AppResult<bool> {
         .is_some())
 }
 
+/// A new account's input, validated.
+pub(super) struct ValidNewUser {
+    email: String,
+    normalized: String,
+    name: String,
+}
+
+/// Checks a new account's email, password and name (default: the part of the
+/// email before the @), before any hashing or database work.
+pub(super) fn validate_new_user(email: &str, password: &str, name: Option<&str>) -> AppResult<ValidNewUser> {
+    let (email, normalized) = validate::email(email)?;
+    validate::new_password(password, "password")?;
+    let name = validate::name(name.unwrap_or_else(|| email.split('@').next().unwrap_or_default()))?;
+    Ok(ValidNewUser { email, normalized, name })
+}
+
+/// The row of a new account.
+pub(super) fn new_user_row(
+    new: ValidNewUser,
+    password_hash: String,
+    role: Role,
+    now: DateTime<Utc>,
+    last_login_at: Option<DateTime<Utc>>,
+) -> user::ActiveModel {
+    user::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        email: Set(new.email),
+        email_normalized: Set(new.normalized),
+        name: Set(new.name),
+        password_hash: Set(password_hash),
+        role: Set(role),
+        created_at: Set(now),
+        updated_at: Set(now),
+        last_login_at: Set(last_login_at),
+    }
+}
+
 /// Creates an account with role USER and starts its first session.
 #[tracing::instrument(skip_all)]
 pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) -> AppResult<Issued> {
-    let (email, normalized) = validate::email(&input.email)?;
-    validate::new_password(&input.password, "password")?;
-    let name = match input.name.as_deref() {
-        Some(n) => validate::name(n)?,
-        None => validate::name(email.split('@').next().unwrap_or("user"))?,
-    };
+    let new = validate_new_user(&input.email, &input.password, input.name.as_deref())?;
     // Cheap early answer; the unique index below is what really decides.
-    if email_in_use(svc, &normalized).await? {
+    if email_in_use(svc, &new.normalized).await? {
         return Err(AppError::EmailTaken);
     }
     let password_hash = svc.hasher.hash(input.password).await?;
     let now = Utc::now();
     let txn = db::begin_write(&svc.db).await?;
-    let user = user::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        email: Set(email),
-        email_normalized: Set(normalized),
-        name: Set(name),
-        password_hash: Set(password_hash),
-        role: Set(Role::User),
-        created_at: Set(now),
-        updated_at: Set(now),
-        last_login_at: Set(Some(now)),
-    }
-    .insert(&txn)
-    .await
-    .map_err(map_unique)?;
+    let user = new_user_row(new, password_hash, Role::User, now, Some(now))
+        .insert(&txn)
+        .await
+        .map_err(map_unique)?;
     let (session, refresh) = sessions::start(svc, &txn, user.id, client, now).await?;
     txn.commit().await?;
     tracing::info!(user_id = %user.id, "account registered");
@@ -124,13 +148,22 @@ pub async fn find(svc: &Services, user_id: Uuid) -> AppResult<Option<user::Model
     Ok(user::Entity::find_by_id(user_id).one(&svc.db).await?)
 }
 
-/// The caller's own account: from the registry's copy (a caller with a live
-/// access token always has one), or the database.
-pub async fn me(svc: &Services, user_id: Uuid) -> AppResult<std::sync::Arc<user::Model>> {
+/// A user's row without its password hash: the registry's copy when the user
+/// has live sessions (it is kept in step with every write), the database
+/// otherwise.
+pub async fn profile(svc: &Services, user_id: Uuid) -> AppResult<Option<Arc<user::Model>>> {
     if let Some(profile) = svc.registry.profile(user_id) {
-        return Ok(profile);
+        return Ok(Some(profile));
     }
-    Ok(find(svc, user_id).await?.ok_or(AppError::TokenRevoked)?.into())
+    Ok(find(svc, user_id).await?.map(|mut user| {
+        user.password_hash.clear();
+        Arc::new(user)
+    }))
+}
+
+/// The caller's own account.
+pub async fn me(svc: &Services, user_id: Uuid) -> AppResult<Arc<user::Model>> {
+    profile(svc, user_id).await?.ok_or(AppError::TokenRevoked)
 }
 
 #[tracing::instrument(skip_all)]

@@ -189,25 +189,8 @@ pub async fn create_or_promote_admin(
         return Ok((active.update(&svc.db).await?, false));
     }
     let password = password()?;
-    super::validate::new_password(&password, "password")?;
-    let name = match name {
-        Some(n) => super::validate::name(n)?,
-        None => super::validate::name(email.split('@').next().unwrap_or("admin"))?,
-    };
+    let new = super::accounts::validate_new_user(&email, &password, name)?;
     let hash = svc.hasher.hash(password).await?;
-    let now = Utc::now();
-    let user = user::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        email: Set(email),
-        email_normalized: Set(normalized),
-        name: Set(name),
-        password_hash: Set(hash),
-        role: Set(Role::Admin),
-        created_at: Set(now),
-        updated_at: Set(now),
-        last_login_at: Set(None),
-    }
-    .insert(&svc.db)
-    .await?;
+    let user = super::accounts::new_user_row(new, hash, Role::Admin, Utc::now(), None).insert(&svc.db).await?;
     Ok((user, true))
 }

@@ -5,6 +5,8 @@
 //! never read-then-write. That is what keeps two concurrent refreshes of one
 //! token from minting two live successors on either backend.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, QueryOrder, Set,
@@ -213,13 +215,9 @@ async fn rotate(
     Ok(Some(successor))
 }
 
-/// The session's user: the registry's copy when the user has live sessions
-/// (it is kept in step with every write), the database otherwise.
 async fn load_user(svc: &Services, user_id: Uuid) -> AppResult<user::Model> {
-    if let Some(profile) = svc.registry.profile(user_id) {
-        return Ok((*profile).clone());
-    }
-    user::Entity::find_by_id(user_id).one(&svc.db).await?.ok_or(AppError::InvalidToken)
+    let profile = super::accounts::profile(svc, user_id).await?.ok_or(AppError::InvalidToken)?;
+    Ok(Arc::unwrap_or_clone(profile))
 }
 
 /// Ends one session (any owner). Returns whether it was live.
