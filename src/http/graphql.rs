@@ -182,8 +182,13 @@ async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Respon
             Ok(service) => Principal::Service(service),
             Err(AuthFailure::Rejected(reason)) => Principal::Rejected(reason),
             Err(AuthFailure::Error(e)) => {
-                tracing::warn!(request_id = %request_id, error = %e, "API key lookup failed");
-                return plain_error(StatusCode::SERVICE_UNAVAILABLE, Code::ServiceUnavailable, e.to_string().as_str());
+                tracing::warn!(request_id = %request_id, error = ?e, "API key lookup failed");
+                let status = match e.code() {
+                    Code::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                // Like errors raised inside GraphQL: the id that is also in the log.
+                return error_response(status, e.code(), &e.to_string(), Some(&request_id));
             }
         },
     };
@@ -261,11 +266,17 @@ fn prefers_graphql_response_json(headers: &HeaderMap) -> bool {
     }
 }
 
-/// An error answered before GraphQL runs, in the GraphQL error shape.
+/// A client error answered before GraphQL runs, in the GraphQL error shape.
 fn plain_error(status: StatusCode, code: Code, message: &str) -> Response {
-    let body = serde_json::json!({
-        "errors": [{ "message": message, "extensions": { "code": code.as_str() } }]
-    });
+    error_response(status, code, message, None)
+}
+
+fn error_response(status: StatusCode, code: Code, message: &str, request_id: Option<&str>) -> Response {
+    let mut extensions = serde_json::json!({ "code": code.as_str() });
+    if let Some(id) = request_id {
+        extensions["requestId"] = id.into();
+    }
+    let body = serde_json::json!({ "errors": [{ "message": message, "extensions": extensions }] });
     Response::builder()
         .status(status)
         .content_type("application/json")

@@ -296,6 +296,16 @@ async fn readiness_and_requests_follow_the_database() {
     assert!(started.elapsed() < Duration::from_secs(15), "outage answers must be bounded");
     // Liveness is not readiness.
     assert_eq!(c.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    if app.database.is_postgres() {
+        // An API key cannot be checked without the database (on SQLite reads go on
+        // while another process holds the write lock, so this is PostgreSQL only).
+        let key = format!("sk_live_{}{}", "0".repeat(16), "a".repeat(43));
+        let r = c.post(app.url("/graphql")).header("x-api-key", key).json(&json!({ "query": "{ __typename }" })).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(code(&v), "SERVICE_UNAVAILABLE", "{v}");
+        assert!(v["errors"][0]["extensions"]["requestId"].is_string(), "{v}");
+    }
 
     outage.restore().await;
     let mut ready = false;
