@@ -418,7 +418,10 @@ async function graphiqlFlow(browser, apiUrl, step) {
       null,
       { timeout: 15_000 },
     );
-    assert(calls.some((c) => c.body?.errors?.[0]?.extensions?.reason === 'MISSING_TOKEN'), `no query answer seen: ${JSON.stringify(calls)}`);
+    // The response listener parses bodies asynchronously: give it a moment.
+    const answered = () => calls.some((c) => c.body?.errors?.[0]?.extensions?.reason === 'MISSING_TOKEN');
+    for (let i = 0; i < 50 && !answered(); i++) await settle(100);
+    assert(answered(), `no query answer seen: ${JSON.stringify(calls.map((c) => ({ op: c.op, status: c.status, errors: c.body?.errors })))}`);
     step('the default `me` query runs and shows the MISSING_TOKEN answer');
     assert(foreign.length === 0, `requests left 127.0.0.1: ${foreign.join(', ')}`);
     assert(pageErrors.length === 0, `uncaught errors in GraphiQL: ${pageErrors.join('; ')}`);
