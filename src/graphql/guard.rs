@@ -3,16 +3,28 @@
 //! names) and credential-checking fields (each costs an argon2 hash). Checked
 //! right after parsing, before any resolver runs; the credential count is shared
 //! by all operations of an array batch.
+//!
+//! The same extension answers repeated documents from the [`DocumentCache`]:
+//! on a hit, parsing and validation are skipped, and the guard's limits are
+//! applied to the counts kept with the document.
 
-use std::sync::{Arc, atomic::Ordering};
+use std::sync::{
+    Arc, Mutex,
+    atomic::Ordering,
+};
 
 use async_graphql::{
-    ServerError, ServerResult, Variables,
-    extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery},
+    Request, ServerError, ServerResult, ValidationResult, Variables,
+    extensions::{
+        Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest, NextValidation,
+    },
     parser::types::{ExecutableDocument, Selection, SelectionSet},
 };
 
-use super::SharedRequestCtx;
+use super::{
+    SharedRequestCtx,
+    documents::{Checked, Counts, DocumentCache},
+};
 use crate::error::Code;
 
 /// Fields that verify or set a password.
@@ -21,25 +33,81 @@ const CREDENTIAL_FIELDS: [&str; 3] = ["login", "register", "changePassword"];
 pub struct RequestGuard {
     pub max_aliases: usize,
     pub introspection: bool,
+    pub documents: Arc<DocumentCache>,
 }
 
 impl ExtensionFactory for RequestGuard {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(RequestGuardExtension { max_aliases: self.max_aliases, introspection: self.introspection })
+        Arc::new(RequestGuardExtension {
+            max_aliases: self.max_aliases,
+            introspection: self.introspection,
+            documents: self.documents.clone(),
+            state: Mutex::new(State::default()),
+        })
     }
 }
 
+/// One request's way through the hooks.
+#[derive(Default)]
+enum State {
+    /// Variables came, or nothing is known yet: parse and validate as usual.
+    #[default]
+    Uncached,
+    /// No variables: the document may be answered from, or kept in, the cache.
+    Cacheable { operation_name: Option<String> },
+    /// Parsed here; to be kept once it validates.
+    Pending(Box<Pending>),
+    /// Answered from the cache, validation included.
+    Hit(ValidationResult),
+}
+
+struct Pending {
+    query: String,
+    operation_name: Option<String>,
+    document: ExecutableDocument,
+    counts: Counts,
+}
+
+/// Created per request (see [`ExtensionFactory::create`]).
 struct RequestGuardExtension {
     max_aliases: usize,
     introspection: bool,
+    documents: Arc<DocumentCache>,
+    state: Mutex<State>,
 }
 
-#[derive(Default)]
-struct Counts {
-    aliases: usize,
-    credential_fields: usize,
-    /// `__schema` or `__type` selections.
-    introspection: usize,
+impl RequestGuardExtension {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The guard's limits, for counts fresh or kept.
+    fn check(&self, ctx: &ExtensionContext<'_>, counts: Counts) -> ServerResult<()> {
+        // With introspection off the engine would answer `__schema: null` without
+        // an error, which is not a valid response for a non-null field.
+        if !self.introspection && counts.introspection > 0 {
+            return Err(refuse("Introspection is disabled on this server".to_owned(), "INTROSPECTION_DISABLED"));
+        }
+        if counts.aliases > self.max_aliases {
+            return Err(refuse(
+                format!("Too many aliases: at most {} per operation", self.max_aliases),
+                "TOO_MANY_ALIASES",
+            ));
+        }
+        if counts.credential_fields > 0 {
+            let so_far = ctx
+                .data_opt::<SharedRequestCtx>()
+                .map(|r| r.credential_fields.fetch_add(counts.credential_fields, Ordering::SeqCst))
+                .unwrap_or(0);
+            if so_far + counts.credential_fields > 1 {
+                return Err(refuse(
+                    "At most one login, register or changePassword per request".to_owned(),
+                    "TOO_MANY_CREDENTIAL_FIELDS",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn count(set: &SelectionSet, counts: &mut Counts) {
@@ -76,6 +144,19 @@ fn refuse(message: String, reason: &str) -> ServerError {
 
 #[async_graphql::async_trait::async_trait]
 impl Extension for RequestGuardExtension {
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        let request = next.run(ctx, request).await?;
+        if request.variables.is_empty() {
+            *self.state() = State::Cacheable { operation_name: request.operation_name.clone() };
+        }
+        Ok(request)
+    }
+
     async fn parse_query(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -83,37 +164,51 @@ impl Extension for RequestGuardExtension {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        let doc = next.run(ctx, query, variables).await?;
+        let operation_name = match std::mem::take(&mut *self.state()) {
+            State::Cacheable { operation_name } if DocumentCache::may_keep(query) => Some(operation_name),
+            _ => None,
+        };
+        if let Some(name) = &operation_name
+            && let Some(kept) = self.documents.get(query, name.as_deref())
+        {
+            self.check(ctx, kept.counts)?;
+            *self.state() = State::Hit(kept.validation);
+            return Ok(kept.document.clone());
+        }
+        let document = next.run(ctx, query, variables).await?;
         let mut counts = Counts::default();
-        for (_, op) in doc.operations.iter() {
+        for (_, op) in document.operations.iter() {
             count(&op.node.selection_set.node, &mut counts);
         }
-        for frag in doc.fragments.values() {
+        for frag in document.fragments.values() {
             count(&frag.node.selection_set.node, &mut counts);
         }
-        // With introspection off the engine would answer `__schema: null` without
-        // an error, which is not a valid response for a non-null field.
-        if !self.introspection && counts.introspection > 0 {
-            return Err(refuse("Introspection is disabled on this server".to_owned(), "INTROSPECTION_DISABLED"));
+        self.check(ctx, counts)?;
+        if let Some(operation_name) = operation_name {
+            *self.state() = State::Pending(Box::new(Pending {
+                query: query.to_owned(),
+                operation_name,
+                document: document.clone(),
+                counts,
+            }));
         }
-        if counts.aliases > self.max_aliases {
-            return Err(refuse(
-                format!("Too many aliases: at most {} per operation", self.max_aliases),
-                "TOO_MANY_ALIASES",
-            ));
+        Ok(document)
+    }
+
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        let state = std::mem::take(&mut *self.state());
+        if let State::Hit(validation) = state {
+            return Ok(validation);
         }
-        if counts.credential_fields > 0 {
-            let so_far = ctx
-                .data_opt::<SharedRequestCtx>()
-                .map(|r| r.credential_fields.fetch_add(counts.credential_fields, Ordering::SeqCst))
-                .unwrap_or(0);
-            if so_far + counts.credential_fields > 1 {
-                return Err(refuse(
-                    "At most one login, register or changePassword per request".to_owned(),
-                    "TOO_MANY_CREDENTIAL_FIELDS",
-                ));
-            }
+        let validation = next.run(ctx).await?;
+        if let State::Pending(p) = state {
+            let Pending { query, operation_name, document, counts } = *p;
+            self.documents.put(&query, Checked { document, counts, operation_name, validation });
         }
-        Ok(doc)
+        Ok(validation)
     }
 }

@@ -4,6 +4,7 @@
 
 mod account;
 mod admin;
+mod documents;
 mod guard;
 mod session;
 pub mod types;
@@ -55,13 +56,20 @@ pub struct Limits {
     pub introspection: bool,
 }
 
+/// How many distinct documents are kept parsed and validated (see `documents.rs`).
+const DOCUMENTS_KEPT: std::num::NonZeroUsize = std::num::NonZeroUsize::new(256).unwrap();
+
 /// The schema without runtime data: enough for `print-schema`.
 pub fn schema_builder(limits: Limits) -> SchemaBuilder<Query, Mutation, EmptySubscription> {
     let mut builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .limit_depth(limits.depth)
         .limit_complexity(limits.complexity)
         .limit_directives(10)
-        .extension(guard::RequestGuard { max_aliases: limits.aliases, introspection: limits.introspection });
+        .extension(guard::RequestGuard {
+            max_aliases: limits.aliases,
+            introspection: limits.introspection,
+            documents: Arc::new(documents::DocumentCache::new(DOCUMENTS_KEPT)),
+        });
     if !limits.introspection {
         builder = builder.disable_introspection().disable_suggestions();
     }

@@ -265,16 +265,14 @@ pub async fn logout(
     if let Some(me) = principal.user() {
         targets.push((me.session_id, me.user_id));
     }
-    if let Some(token) = refresh_token.filter(|t| well_formed(t)) {
-        if let Some(row) = refresh_token::Entity::find()
+    if let Some(token) = refresh_token.filter(|t| well_formed(t))
+        && let Some((_, Some(session))) = refresh_token::Entity::find()
             .filter(refresh_token::Column::TokenHash.eq(hash_token(token)))
             .find_also_related(session::Entity)
             .one(&svc.db)
             .await?
-            && let (_, Some(session)) = row
-        {
-            targets.push((session.id, session.user_id));
-        }
+    {
+        targets.push((session.id, session.user_id));
     }
     // The access token and the cookie usually name the same session: end it once.
     let key = |&(session, user): &(Uuid, Uuid)| if everywhere { user } else { session };

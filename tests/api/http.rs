@@ -346,3 +346,50 @@ async fn graceful_stop_and_restart_keep_data_and_sessions() {
     assert_eq!(v["data"]["me"]["email"], "restart@example.com", "{v}");
     again.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn repeated_documents_answer_for_their_own_operation_variables_and_caller() {
+    // Documents without variables are kept parsed and validated after their first
+    // use; what is kept must never stand in for what a later request asks.
+    let app = spawn_app().await;
+    let c = app.client();
+    let (alice, _, _) = app.register_body("alice@example.com").await;
+    let (bob, _, _) = app.register_body("bob@example.com").await;
+
+    let two = "query A { me { email } } query B { me { name } }";
+    let named = |name: &str| json!({ "query": two, "operationName": name });
+    let send_named = |name: &'static str| {
+        let body = named(name);
+        let c = c.clone();
+        let url = app.url("/graphql");
+        let token = alice.clone();
+        async move { c.post(url).bearer_auth(token).json(&body).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    for _ in 0..2 {
+        assert_eq!(send_named("A").await, json!({ "data": { "me": { "email": "alice@example.com" } } }));
+    }
+    assert_eq!(send_named("B").await, json!({ "data": { "me": { "name": "alice" } } }));
+    assert_eq!(send_named("A").await, json!({ "data": { "me": { "email": "alice@example.com" } } }));
+    // Without a name the document is ambiguous, kept or not.
+    let v = app.gql(&c, Some(&alice), two, json!({})).await;
+    assert!(v["data"].is_null(), "{v}");
+    assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
+
+    // The same text for another caller, or for nobody, is executed for them.
+    let me = "{ me { email } }";
+    assert_eq!(app.gql(&c, Some(&alice), me, json!({})).await["data"]["me"]["email"], "alice@example.com");
+    assert_eq!(app.gql(&c, Some(&bob), me, json!({})).await["data"]["me"]["email"], "bob@example.com");
+    let v = app.gql(&c, None, me, json!({})).await;
+    assert_eq!(code(&v), "UNAUTHENTICATED", "{v}");
+
+    // Kept without variables, then sent with them: the variables count.
+    let q = "query($x: Boolean = false) { me { id email @include(if: $x) } }";
+    for _ in 0..2 {
+        let v = app.gql(&c, Some(&alice), q, json!({})).await;
+        assert!(v["data"]["me"]["email"].is_null(), "{v}");
+    }
+    let v = app.gql(&c, Some(&alice), q, json!({ "x": true })).await;
+    assert_eq!(v["data"]["me"]["email"], "alice@example.com", "{v}");
+    let v = app.gql(&c, Some(&alice), q, json!({ "x": "not a boolean" })).await;
+    assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
+}

@@ -156,7 +156,7 @@ async fn wrong_key_and_other_algorithms_are_rejected() {
     let (app, token, _, id) = setup().await;
     assert_resigned_control_accepted(&app, &token, &id).await;
     let (header, claims, _) = split(&token);
-    for key in [b"another-secret-another-secret-0123".as_slice(), b"".as_slice(), JWT_SECRET[..JWT_SECRET.len() - 1].as_bytes()] {
+    for key in [b"another-secret-another-secret-0123".as_slice(), b"".as_slice(), &JWT_SECRET.as_bytes()[..JWT_SECRET.len() - 1]] {
         let v = me_with(&app, &sign_with(&header, &claims, key)).await;
         assert_rejected(&v, "INVALID_TOKEN", &format!("key of {} bytes", key.len()));
     }
@@ -175,7 +175,8 @@ async fn edited_claims_with_the_original_signature_are_rejected() {
     let other = app.register_body("victim@example.com").await;
     let (header, claims, signature) = split(&token);
     let head = B64.encode(header.to_string());
-    let edits: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let edits: Vec<(&str, Edit)> = vec![
         ("role ADMIN", Box::new(|c: &mut Value| c["role"] = "ADMIN".into())),
         ("sub of another user", Box::new(move |c: &mut Value| c["sub"] = other.2.clone().into())),
         ("exp extended", Box::new(|c: &mut Value| c["exp"] = (c["exp"].as_i64().unwrap() + 86400).into())),
