@@ -4,19 +4,36 @@
 //! `nbf`, `iss`, `aud` and `typ`, and requires every claim authgraph issues.
 //! Whether the session behind a valid token is still alive is the registry's
 //! question (see `registry.rs`), asked by the caller.
+//!
+//! A client sends the same access token with every request until it expires, and
+//! checking its signature and claims is the most expensive part of an
+//! authenticated request. [`TokenKeys::check`] therefore remembers tokens that
+//! verified: by the SHA-256 of the token (so the cache holds nothing that can be
+//! presented as a token), at most `VERIFIED_KEPT` of them, least recently used
+//! first out, with the claims the hot path needs. A remembered token is still
+//! checked against the clock (`exp`, `nbf`) on every use; revocation and the
+//! current role are the registry's answer on every request either way.
 
-use std::time::Duration;
+use std::{
+    num::NonZeroUsize,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode, errors::ErrorKind,
 };
+use lru::LruCache;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::{config::Secret, error::AppError};
 
 pub const TOKEN_TYPE: &str = "at+jwt";
 const LEEWAY_SECS: u64 = 5;
+/// How many verified tokens are remembered (about 100 bytes each).
+const VERIFIED_KEPT: NonZeroUsize = NonZeroUsize::new(16_384).unwrap();
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
@@ -32,6 +49,21 @@ pub struct Claims {
     pub aud: String,
 }
 
+/// What a verified access token says, as the request path needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub exp: i64,
+    pub nbf: i64,
+}
+
+impl From<&Claims> for Verified {
+    fn from(c: &Claims) -> Self {
+        Self { user_id: c.sub, session_id: c.sid, exp: c.exp, nbf: c.nbf }
+    }
+}
+
 #[derive(Clone)]
 pub struct TokenKeys {
     encoding: EncodingKey,
@@ -41,6 +73,8 @@ pub struct TokenKeys {
     issuer: String,
     audience: String,
     ttl: Duration,
+    /// Tokens that verified, by the SHA-256 of their text.
+    verified: Arc<Mutex<LruCache<[u8; 32], Verified>>>,
 }
 
 pub struct IssuedAccessToken {
@@ -69,6 +103,7 @@ impl TokenKeys {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             ttl,
+            verified: Arc::new(Mutex::new(LruCache::new(VERIFIED_KEPT))),
         }
     }
 
@@ -113,6 +148,33 @@ impl TokenKeys {
             return Err(AppError::InvalidToken);
         }
         Ok(data.claims)
+    }
+
+    /// [`verify`](Self::verify), remembering tokens that passed (see the module
+    /// comment). `now` is the current Unix time.
+    pub fn check(&self, token: &str, now: i64) -> Result<Verified, AppError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let kept = self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).copied();
+        if let Some(v) = kept {
+            // The same clock rules as `verify` (jsonwebtoken's, with the leeway).
+            let leeway = LEEWAY_SECS as i64;
+            if v.exp < now - leeway {
+                self.verified.lock().unwrap_or_else(|e| e.into_inner()).pop(&digest);
+                return Err(AppError::AccessTokenExpired);
+            }
+            if v.nbf > now + leeway {
+                return Err(AppError::InvalidToken);
+            }
+            return Ok(v);
+        }
+        let v = Verified::from(&self.verify(token)?);
+        self.verified.lock().unwrap_or_else(|e| e.into_inner()).put(digest, v);
+        Ok(v)
+    }
+
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.verified.lock().unwrap().len()
     }
 }
 
@@ -257,6 +319,38 @@ mod tests {
                 proptest::prop_assert_eq!(claims, k.verify(&token).unwrap());
             }
         }
+    }
+
+    #[test]
+    fn check_remembers_verified_tokens_and_still_applies_the_clock() {
+        let k = keys();
+        let t = issue(&k);
+        let expected = Verified::from(&t.claims);
+        assert_eq!(k.check(&t.token, now()).unwrap(), expected);
+        assert_eq!(k.remembered(), 1);
+        assert_eq!(k.check(&t.token, now()).unwrap(), expected);
+        assert_eq!(k.remembered(), 1, "the second check was answered from memory");
+
+        // Remembered or not, an expired token is expired (within the same leeway)...
+        assert_eq!(k.check(&t.token, t.claims.exp + LEEWAY_SECS as i64).unwrap(), expected);
+        assert!(matches!(k.check(&t.token, t.claims.exp + LEEWAY_SECS as i64 + 1), Err(AppError::AccessTokenExpired)));
+        assert_eq!(k.remembered(), 0, "an expired token is forgotten");
+        // ...and a token used before its nbf is refused, as `verify` refuses it.
+        k.check(&t.token, now()).unwrap();
+        assert!(matches!(k.check(&t.token, t.claims.nbf - LEEWAY_SECS as i64 - 1), Err(AppError::InvalidToken)));
+
+        // Failures are never remembered, and a remembered token vouches for no other text.
+        let mut forged = t.token.clone();
+        forged.push('A');
+        assert!(k.check(&forged, now()).is_err());
+        let resigned = sign_raw(HEADER, &serde_json::to_string(&t.claims).unwrap(), &[8u8; 32]);
+        assert!(matches!(k.check(&resigned, now()), Err(AppError::InvalidToken)));
+        assert_eq!(k.remembered(), 1);
+        // Nor is the token text itself kept: only its digest.
+        let cache = k.verified.lock().unwrap();
+        let (digest, _) = cache.iter().next().unwrap();
+        let expected: [u8; 32] = Sha256::digest(t.token.as_bytes()).into();
+        assert_eq!(*digest, expected);
     }
 
     #[test]

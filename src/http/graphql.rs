@@ -151,13 +151,10 @@ pub fn resolve_principal(headers: &HeaderMap, svc: &Services) -> Principal {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
         _ => return Principal::Rejected(RejectReason::Invalid),
     };
-    match svc.tokens.verify(token) {
-        Ok(claims) => match svc.registry.check(claims.sid, claims.sub, Utc::now().timestamp()) {
-            Some(role) => Principal::User(UserPrincipal {
-                user_id: claims.sub,
-                session_id: claims.sid,
-                role,
-            }),
+    let now = Utc::now().timestamp();
+    match svc.tokens.check(token, now) {
+        Ok(v) => match svc.registry.check(v.session_id, v.user_id, now) {
+            Some(role) => Principal::User(UserPrincipal { user_id: v.user_id, session_id: v.session_id, role }),
             None => Principal::Rejected(RejectReason::Revoked),
         },
         Err(AppError::AccessTokenExpired) => Principal::Rejected(RejectReason::Expired),

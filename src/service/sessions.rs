@@ -389,16 +389,17 @@ pub fn introspect(
     token: &str,
 ) -> TokenInfo {
     let inactive = TokenInfo { active: false, user_id: None, role: None, session_id: None, expires_at: None };
-    let Ok(claims) = svc.tokens.verify(token) else {
+    let now = Utc::now().timestamp();
+    let Ok(v) = svc.tokens.check(token, now) else {
         return inactive;
     };
-    match svc.registry.check(claims.sid, claims.sub, Utc::now().timestamp()) {
+    match svc.registry.check(v.session_id, v.user_id, now) {
         Some(role) => TokenInfo {
             active: true,
-            user_id: Some(claims.sub),
+            user_id: Some(v.user_id),
             role: Some(role),
-            session_id: Some(claims.sid),
-            expires_at: DateTime::from_timestamp(claims.exp, 0),
+            session_id: Some(v.session_id),
+            expires_at: DateTime::from_timestamp(v.exp, 0),
         },
         None => inactive,
     }
