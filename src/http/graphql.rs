@@ -193,7 +193,7 @@ async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Respon
         request_id: request_id.clone(),
         principal,
         client: ClientInfo {
-            ip: ip.map(|ip| ip.to_string()),
+            ip,
             user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
         },
         refresh_cookie: state.cookies.read(headers),

@@ -45,7 +45,8 @@ pub struct Services {
 /// Where a request came from, recorded on the sessions it starts.
 #[derive(Debug, Clone, Default)]
 pub struct ClientInfo {
-    pub ip: Option<String>,
+    /// Kept as an address, and written out only when a session records it.
+    pub ip: Option<std::net::IpAddr>,
     pub user_agent: Option<String>,
 }
 

@@ -59,7 +59,7 @@ pub async fn start(
         expires_at: Set(expires_at),
         revoked_at: Set(None),
         user_agent: Set(clip(client.user_agent.as_deref(), 512)),
-        ip: Set(clip(client.ip.as_deref(), 64)),
+        ip: Set(client.ip.map(|ip| ip.to_string())),
     }
     .insert(txn)
     .await?;
