@@ -6,7 +6,8 @@
 //! 2. `me` with a bearer token (requests/s, p50, p99);
 //! 3. login (logins/s, p99) next to the argon2 bound, measured in the same run;
 //! 4. refresh rotations/s;
-//! 5. isolation: `me` p99 while a login flood runs, next to `me` p99 idle;
+//! 5. isolation: `me` p99 while a login flood runs, next to `me` p99 idle, and
+//!    beside busy loops outside the server (the machine's own floor for that ratio);
 //! 6. peak RSS of the server.
 //!
 //! Run: `cargo bench --bench load` (options after `--`: `--seconds N`,
@@ -22,9 +23,15 @@ use std::{
 };
 
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version, password_hash::SaltString};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
+use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "benchmark passphrase";
+/// The `me` phases' query.
+const ME: &str = "{ me { id email role } }";
 const JWT_SECRET: &str = "bench-secret-bench-secret-bench-secret-00";
 
 struct Options {
@@ -58,6 +65,8 @@ fn options() -> Options {
 
 struct Server {
     child: Child,
+    /// host:port
+    addr: String,
     url: String,
 }
 
@@ -98,7 +107,7 @@ impl Server {
             }
         });
         let addr = rx.recv_timeout(Duration::from_secs(60)).expect("the server reported its address");
-        Server { child, url: format!("http://{addr}/graphql") }
+        Server { child, url: format!("http://{addr}/graphql"), addr }
     }
 
     /// Peak resident set size (VmHWM) in KiB.
@@ -192,6 +201,72 @@ where
     total
 }
 
+/// The request-rate phases (ceiling and `me`) use a lighter client than `run`:
+/// one HTTP/1.1 connection per task (hyper, no pool), the body serialized once,
+/// and success judged without parsing JSON (status 200 and no `"errors"` in the
+/// body). The generator shares the cores with the server, so the less it costs
+/// per request, the more the figures say about the server. Connection `i` sends
+/// `tokens[i % tokens.len()]` as its bearer, if any.
+async fn fire(addr: &str, connections: usize, seconds: u64, query: &str, tokens: &[Option<String>]) -> Stats {
+    let body = Bytes::from(serde_json::to_vec(&json!({ "query": query })).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|i| {
+            let body = body.clone();
+            let bearer = tokens[i % tokens.len()]
+                .as_ref()
+                .map(|t| HeaderValue::from_str(&format!("Bearer {t}")).unwrap());
+            let addr = addr.to_owned();
+            tokio::spawn(async move {
+                let mut stats = Stats::default();
+                let stream = tokio::net::TcpStream::connect(&addr).await.expect("connect to the server");
+                stream.set_nodelay(true).unwrap();
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("HTTP/1.1 handshake");
+                tokio::spawn(conn);
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    let mut req = hyper::Request::post("/graphql")
+                        .header(HOST, addr.as_str())
+                        .header(CONTENT_TYPE, "application/json");
+                    if let Some(b) = &bearer {
+                        req = req.header(AUTHORIZATION, b.clone());
+                    }
+                    let req = req.body(Full::new(body.clone())).unwrap();
+                    let answer = match sender.ready().await {
+                        Ok(()) => sender.send_request(req).await.ok(),
+                        Err(_) => None,
+                    };
+                    let Some(resp) = answer else {
+                        // The connection is gone: count it and stop this task.
+                        stats.failed += 1;
+                        break;
+                    };
+                    let status = resp.status();
+                    let ok = match resp.into_body().collect().await {
+                        Ok(b) => status == 200 && !b.to_bytes().windows(8).any(|w| w == b"\"errors\""),
+                        Err(_) => false,
+                    };
+                    if ok {
+                        stats.ok += 1;
+                        stats.latencies_us.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    } else {
+                        stats.failed += 1;
+                    }
+                }
+                stats
+            })
+        })
+        .collect();
+    let mut total = Stats::default();
+    for t in tasks {
+        total = total.merge(t.await.unwrap());
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
 /// argon2id hashes per second with the server's parameters on every core.
 fn argon2_bound(seconds: u64) -> f64 {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -213,6 +288,31 @@ fn argon2_bound(seconds: u64) -> f64 {
         .collect();
     let n: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
     n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// One busy loop per core at nice 19 (the password-hashing threads' priority),
+/// outside the server, for `seconds`.
+fn busy_loops(seconds: u64) -> Vec<std::thread::JoinHandle<()>> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    (0..cores)
+        .map(|_| {
+            std::thread::spawn(move || {
+                #[cfg(target_os = "linux")]
+                // SAFETY: setpriority only reads its integer arguments; on Linux it
+                // applies to the calling thread only.
+                unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+                }
+                let mut x = 0u64;
+                while Instant::now() < deadline {
+                    for i in 0..10_000u64 {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                    }
+                }
+            })
+        })
+        .collect()
 }
 
 struct Seeded {
@@ -240,17 +340,6 @@ async fn seed(url: &str, tag: &str, n: usize) -> Seeded {
         s.emails.push(email);
     }
     s
-}
-
-fn me_step(url: Arc<String>, tokens: Arc<Vec<String>>) -> impl Fn(reqwest::Client, usize) -> futures_util::future::BoxFuture<'static, (bool, usize)> {
-    move |c, i| {
-        let (url, tokens) = (url.clone(), tokens.clone());
-        Box::pin(async move {
-            let body = json!({ "query": "{ me { id email role } }" });
-            let ok = post(&c, &url, Some(&tokens[i % tokens.len()]), &body).await.is_some();
-            (ok, i)
-        })
-    }
 }
 
 fn login_step(url: Arc<String>, emails: Arc<Vec<String>>) -> impl Fn(reqwest::Client, usize) -> futures_util::future::BoxFuture<'static, (bool, usize)> {
@@ -304,16 +393,13 @@ async fn bench_backend(name: &str, database_url: &str, o: &Options, report: &mut
     let pre = |k: &str| format!("{name}.{k}");
 
     if name == "sqlite" {
-        let u = url.clone();
-        let mut ceiling = run(conns, secs, |_| (), move |c, ()| {
-            let u = u.clone();
-            Box::pin(async move { (post(&c, &u, None, &json!({ "query": "{ __typename }" })).await.is_some(), ()) })
-        })
-        .await;
+        let anonymous = [None];
+        let bearers: Vec<Option<String>> = seeded.access.iter().cloned().map(Some).collect();
+        let mut ceiling = fire(&server.addr, conns, secs, "{ __typename }", &anonymous).await;
         report.add(&pre("ceiling_rps"), "ceiling: { __typename } req/s", ceiling.rate(), "req/s");
         report.add(&pre("ceiling_p99_ms"), "ceiling p99", ceiling.percentile_ms(0.99), "ms");
 
-        let mut me = run(conns, secs, |i| i, me_step(url.clone(), Arc::new(seeded.access.clone()))).await;
+        let mut me = fire(&server.addr, conns, secs, ME, &bearers).await;
         report.add(&pre("me_rps"), "me req/s", me.rate(), "req/s");
         report.add(&pre("me_p50_ms"), "me p50", me.percentile_ms(0.50), "ms");
         report.add(&pre("me_p99_ms"), "me p99", me.percentile_ms(0.99), "ms");
@@ -330,14 +416,22 @@ async fn bench_backend(name: &str, database_url: &str, o: &Options, report: &mut
 
         // Isolation: `me` at a quarter of the connections, idle and during a login flood.
         let me_conns = (conns / 4).max(1);
-        let mut idle = run(me_conns, secs, |i| i, me_step(url.clone(), Arc::new(seeded.access.clone()))).await;
+        let mut idle = fire(&server.addr, me_conns, secs, ME, &bearers).await;
         let flood = tokio::spawn(run(32, secs, |i| i, login_step(url.clone(), Arc::new(seeded.emails.clone()))));
-        let mut busy = run(me_conns, secs, |i| i, me_step(url.clone(), Arc::new(seeded.access.clone()))).await;
+        let mut busy = fire(&server.addr, me_conns, secs, ME, &bearers).await;
         let flood = flood.await.unwrap();
         report.add(&pre("me_idle_p99_ms"), "me p99 idle", idle.percentile_ms(0.99), "ms");
         report.add(&pre("me_flood_p99_ms"), "me p99 during login flood", busy.percentile_ms(0.99), "ms");
         report.add(&pre("me_flood_vs_idle_x"), "me p99 flood / idle", busy.percentile_ms(0.99) / idle.percentile_ms(0.99), "x");
         report.add(&pre("flood_logins_per_s"), "logins/s during the flood", flood.rate(), "logins/s");
+        // The machine's own floor for that ratio: the same `me` load beside busy
+        // loops at the hashing threads' priority that have nothing to do with the
+        // server. What the flood adds beyond this is the server's doing.
+        let spinning = busy_loops(secs + 1);
+        let mut beside = fire(&server.addr, me_conns, secs, ME, &bearers).await;
+        spinning.into_iter().for_each(|t| t.join().unwrap());
+        report.add(&pre("me_spin_p99_ms"), "me p99 beside nice-19 busy loops", beside.percentile_ms(0.99), "ms");
+        report.add(&pre("me_spin_vs_idle_x"), "me p99 busy loops / idle", beside.percentile_ms(0.99) / idle.percentile_ms(0.99), "x");
     }
 
     let fresh = seed(&url, "refresh", 16).await;
