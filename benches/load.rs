@@ -3,7 +3,8 @@
 //! measures, in one run on the same machine:
 //!
 //! 1. ceiling: `{ __typename }` through the whole stack;
-//! 2. `me` with a bearer token (requests/s, p50, p99);
+//! 2. `me` with a bearer token (requests/s, p50, p99), alternating with the
+//!    ceiling in one-second slices;
 //! 3. login (logins/s, p99) next to the argon2 bound, measured in the same run;
 //! 4. refresh rotations/s;
 //! 5. isolation: `me` p99 while a login flood runs, next to `me` p99 idle, and
@@ -22,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version, password_hash::SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
@@ -133,6 +134,24 @@ impl Stats {
         self.elapsed = self.elapsed.max(other.elapsed);
         self
     }
+    /// One request's outcome; `since` is when it was sent.
+    fn record(&mut self, ok: bool, since: Instant) {
+        if ok {
+            self.ok += 1;
+            self.latencies_us.push(since.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+        } else {
+            self.failed += 1;
+        }
+    }
+    /// All connections' stats, over the time since `started`.
+    async fn gather(tasks: Vec<tokio::task::JoinHandle<Stats>>, started: Instant) -> Stats {
+        let mut total = Stats::default();
+        for t in tasks {
+            total = total.merge(t.await.unwrap());
+        }
+        total.elapsed = started.elapsed();
+        total
+    }
     fn rate(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
@@ -182,55 +201,90 @@ where
                     let t0 = Instant::now();
                     let (ok, next) = step(c.clone(), state).await;
                     state = next;
-                    if ok {
-                        stats.ok += 1;
-                        stats.latencies_us.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-                    } else {
-                        stats.failed += 1;
-                    }
+                    stats.record(ok, t0);
                 }
                 stats
             })
         })
         .collect();
-    let mut total = Stats::default();
-    for t in tasks {
-        total = total.merge(t.await.unwrap());
-    }
-    total.elapsed = started.elapsed();
-    total
+    Stats::gather(tasks, started).await
 }
 
-/// The request-rate phases (ceiling and `me`) use a lighter client than `run`:
-/// one HTTP/1.1 connection per task (hyper, no pool), the body serialized once,
+/// One kind of request for [`fire`]: bodies sent in turn, and the bearers to
+/// send them with (connection `i` sends `bearers[i % bearers.len()]`, if any).
+struct Load<'a> {
+    bodies: Vec<Bytes>,
+    bearers: &'a [Option<String>],
+}
+
+const NO_BEARER: &[Option<String>] = &[None];
+
+impl<'a> Load<'a> {
+    fn query(query: &str, bearers: &'a [Option<String>]) -> Self {
+        Load { bodies: vec![Bytes::from(json!({ "query": query }).to_string())], bearers }
+    }
+
+    /// Logins (BODY transport) of these accounts, in turn.
+    fn logins(emails: &[String]) -> Load<'static> {
+        let bodies = emails
+            .iter()
+            .map(|email| {
+                let body = json!({ "query": "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
+                                   "variables": { "i": { "email": email, "password": PASSWORD, "transport": "BODY" } } });
+                Bytes::from(body.to_string())
+            })
+            .collect();
+        Load { bodies, bearers: NO_BEARER }
+    }
+}
+
+/// The request-rate phases (ceiling, `me`, login) use a lighter client than `run`:
+/// one HTTP/1.1 connection per task (hyper, no pool), bodies serialized once,
 /// and success judged without parsing JSON (status 200 and no `"errors"` in the
 /// body). The generator shares the cores with the server, so the less it costs
-/// per request, the more the figures say about the server. Connection `i` sends
-/// `tokens[i % tokens.len()]` as its bearer, if any.
-async fn fire(addr: &str, connections: usize, seconds: u64, query: &str, tokens: &[Option<String>]) -> Stats {
-    let body = Bytes::from(serde_json::to_vec(&json!({ "query": query })).unwrap());
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+/// per request, the more the figures say about the server.
+///
+/// With several loads, every connection takes them in turn in one-second slices,
+/// `seconds` of each, so that a change in what else the machine is doing falls on
+/// all of them alike; a request counts for the slice it was sent in.
+async fn fire(addr: &str, connections: usize, seconds: u64, loads: &[Load<'_>]) -> Vec<Stats> {
+    let slice = Duration::from_secs(1);
     let started = Instant::now();
+    let deadline = started + slice * (seconds.max(1) * loads.len() as u64) as u32;
     let tasks: Vec<_> = (0..connections)
         .map(|i| {
-            let body = body.clone();
-            let bearer = tokens[i % tokens.len()]
-                .as_ref()
-                .map(|t| HeaderValue::from_str(&format!("Bearer {t}")).unwrap());
+            let requests: Vec<(Vec<Bytes>, Option<HeaderValue>)> = loads
+                .iter()
+                .map(|load| {
+                    let bearer = load.bearers[i % load.bearers.len()]
+                        .as_ref()
+                        .map(|t| HeaderValue::from_str(&format!("Bearer {t}")).unwrap());
+                    (load.bodies.clone(), bearer)
+                })
+                .collect();
             let addr = addr.to_owned();
             tokio::spawn(async move {
-                let mut stats = Stats::default();
+                let mut stats = vec![Stats::default(); requests.len()];
+                // Connection `i` starts at body `i` and takes the next one each time.
+                let mut turn = i;
                 let stream = tokio::net::TcpStream::connect(&addr).await.expect("connect to the server");
                 stream.set_nodelay(true).unwrap();
                 let (mut sender, conn) =
                     hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("HTTP/1.1 handshake");
                 tokio::spawn(conn);
-                while Instant::now() < deadline {
+                loop {
                     let t0 = Instant::now();
+                    if t0 >= deadline {
+                        break;
+                    }
+                    let k = ((t0 - started).as_secs() as usize) % requests.len();
+                    let (bodies, bearer) = &requests[k];
+                    let body = &bodies[turn % bodies.len()];
+                    turn += 1;
                     let mut req = hyper::Request::post("/graphql")
                         .header(HOST, addr.as_str())
                         .header(CONTENT_TYPE, "application/json");
-                    if let Some(b) = &bearer {
+                    if let Some(b) = bearer {
                         req = req.header(AUTHORIZATION, b.clone());
                     }
                     let req = req.body(Full::new(body.clone())).unwrap();
@@ -240,7 +294,7 @@ async fn fire(addr: &str, connections: usize, seconds: u64, query: &str, tokens:
                     };
                     let Some(resp) = answer else {
                         // The connection is gone: count it and stop this task.
-                        stats.failed += 1;
+                        stats[k].failed += 1;
                         break;
                     };
                     let status = resp.status();
@@ -248,26 +302,31 @@ async fn fire(addr: &str, connections: usize, seconds: u64, query: &str, tokens:
                         Ok(b) => status == 200 && !b.to_bytes().windows(8).any(|w| w == b"\"errors\""),
                         Err(_) => false,
                     };
-                    if ok {
-                        stats.ok += 1;
-                        stats.latencies_us.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-                    } else {
-                        stats.failed += 1;
+                    if Instant::now() > deadline {
+                        // Answered after the measured time: not part of it.
+                        break;
                     }
+                    stats[k].record(ok, t0);
                 }
                 stats
             })
         })
         .collect();
-    let mut total = Stats::default();
+    let mut totals = vec![Stats::default(); loads.len()];
     for t in tasks {
-        total = total.merge(t.await.unwrap());
+        for (total, part) in totals.iter_mut().zip(t.await.unwrap()) {
+            *total = std::mem::take(total).merge(part);
+        }
     }
-    total.elapsed = started.elapsed();
-    total
+    for total in &mut totals {
+        total.elapsed = slice * seconds.max(1) as u32;
+    }
+    totals
 }
 
-/// argon2id hashes per second with the server's parameters on every core.
+/// argon2id hashes per second with the server's parameters on every core, each
+/// thread reusing its working memory as the server's hashing threads do (so the
+/// bound is not lowered by allocating 19 MiB per hash).
 fn argon2_bound(seconds: u64) -> f64 {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -275,11 +334,14 @@ fn argon2_bound(seconds: u64) -> f64 {
     let threads: Vec<_> = (0..cores)
         .map(|_| {
             std::thread::spawn(move || {
-                let a = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(19 * 1024, 2, 1, None).unwrap());
-                let salt = SaltString::from_b64("c2FsdHNhbHRzYWx0c2FsdA").unwrap();
+                let params = Params::new(19 * 1024, 2, 1, None).unwrap();
+                let mut memory = vec![Block::default(); params.block_count()];
+                let a = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+                let salt = b"saltsaltsaltsalt";
+                let mut out = [0u8; 32];
                 let mut n = 0u64;
                 while Instant::now() < deadline {
-                    a.hash_password(PASSWORD.as_bytes(), &salt).unwrap();
+                    a.hash_password_into_with_memory(PASSWORD.as_bytes(), salt, &mut out, &mut memory).unwrap();
                     n += 1;
                 }
                 n
@@ -342,18 +404,6 @@ async fn seed(url: &str, tag: &str, n: usize) -> Seeded {
     s
 }
 
-fn login_step(url: Arc<String>, emails: Arc<Vec<String>>) -> impl Fn(reqwest::Client, usize) -> futures_util::future::BoxFuture<'static, (bool, usize)> {
-    move |c, i| {
-        let (url, emails) = (url.clone(), emails.clone());
-        Box::pin(async move {
-            let body = json!({ "query": "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
-                               "variables": { "i": { "email": emails[i % emails.len()], "password": PASSWORD, "transport": "BODY" } } });
-            let ok = post(&c, &url, None, &body).await.is_some();
-            (ok, i + 1)
-        })
-    }
-}
-
 async fn refresh_rate(url: &str, tokens: Vec<String>, seconds: u64) -> Stats {
     let url = Arc::new(url.to_owned());
     let tokens = Arc::new(tokens);
@@ -393,13 +443,14 @@ async fn bench_backend(name: &str, database_url: &str, o: &Options, report: &mut
     let pre = |k: &str| format!("{name}.{k}");
 
     if name == "sqlite" {
-        let anonymous = [None];
         let bearers: Vec<Option<String>> = seeded.access.iter().cloned().map(Some).collect();
-        let mut ceiling = fire(&server.addr, conns, secs, "{ __typename }", &anonymous).await;
+        let mut both =
+            fire(&server.addr, conns, secs, &[Load::query("{ __typename }", NO_BEARER), Load::query(ME, &bearers)])
+                .await;
+        let (mut ceiling, mut me) = (both.remove(0), both.remove(0));
         report.add(&pre("ceiling_rps"), "ceiling: { __typename } req/s", ceiling.rate(), "req/s");
         report.add(&pre("ceiling_p99_ms"), "ceiling p99", ceiling.percentile_ms(0.99), "ms");
 
-        let mut me = fire(&server.addr, conns, secs, ME, &bearers).await;
         report.add(&pre("me_rps"), "me req/s", me.rate(), "req/s");
         report.add(&pre("me_p50_ms"), "me p50", me.percentile_ms(0.50), "ms");
         report.add(&pre("me_p99_ms"), "me p99", me.percentile_ms(0.99), "ms");
@@ -409,16 +460,17 @@ async fn bench_backend(name: &str, database_url: &str, o: &Options, report: &mut
         let bound = argon2_bound(secs);
         report.add(&pre("argon2_bound_per_s"), "argon2id bound (all cores)", bound, "hashes/s");
         let login_conns = 8;
-        let mut login = run(login_conns, secs, |i| i, login_step(url.clone(), Arc::new(seeded.emails.clone()))).await;
+        let mut login = fire(&server.addr, login_conns, secs, &[Load::logins(&seeded.emails)]).await.remove(0);
         report.add(&pre("login_per_s"), "login", login.rate(), "logins/s");
         report.add(&pre("login_p99_ms"), "login p99", login.percentile_ms(0.99), "ms");
         report.add(&pre("login_vs_bound_pct"), "login / argon2 bound", 100.0 * login.rate() / bound, "%");
 
         // Isolation: `me` at a quarter of the connections, idle and during a login flood.
         let me_conns = (conns / 4).max(1);
-        let mut idle = fire(&server.addr, me_conns, secs, ME, &bearers).await;
-        let flood = tokio::spawn(run(32, secs, |i| i, login_step(url.clone(), Arc::new(seeded.emails.clone()))));
-        let mut busy = fire(&server.addr, me_conns, secs, ME, &bearers).await;
+        let mut idle = fire(&server.addr, me_conns, secs, &[Load::query(ME, &bearers)]).await.remove(0);
+        let (addr, emails) = (server.addr.clone(), seeded.emails.clone());
+        let flood = tokio::spawn(async move { fire(&addr, 32, secs, &[Load::logins(&emails)]).await.remove(0) });
+        let mut busy = fire(&server.addr, me_conns, secs, &[Load::query(ME, &bearers)]).await.remove(0);
         let flood = flood.await.unwrap();
         report.add(&pre("me_idle_p99_ms"), "me p99 idle", idle.percentile_ms(0.99), "ms");
         report.add(&pre("me_flood_p99_ms"), "me p99 during login flood", busy.percentile_ms(0.99), "ms");
@@ -428,7 +480,7 @@ async fn bench_backend(name: &str, database_url: &str, o: &Options, report: &mut
         // loops at the hashing threads' priority that have nothing to do with the
         // server. What the flood adds beyond this is the server's doing.
         let spinning = busy_loops(secs + 1);
-        let mut beside = fire(&server.addr, me_conns, secs, ME, &bearers).await;
+        let mut beside = fire(&server.addr, me_conns, secs, &[Load::query(ME, &bearers)]).await.remove(0);
         spinning.into_iter().for_each(|t| t.join().unwrap());
         report.add(&pre("me_spin_p99_ms"), "me p99 beside nice-19 busy loops", beside.percentile_ms(0.99), "ms");
         report.add(&pre("me_spin_vs_idle_x"), "me p99 busy loops / idle", beside.percentile_ms(0.99) / idle.percentile_ms(0.99), "x");
