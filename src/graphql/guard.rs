@@ -8,10 +8,7 @@
 //! on a hit, parsing and validation are skipped, and the guard's limits are
 //! applied to the counts kept with the document.
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::Ordering,
-};
+use std::sync::{Arc, Mutex, atomic::Ordering};
 
 use async_graphql::{
     Request, ServerError, ServerResult, ValidationResult, Variables,
