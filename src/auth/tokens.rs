@@ -154,12 +154,12 @@ impl TokenKeys {
     /// comment). `now` is the current Unix time.
     pub fn check(&self, token: &str, now: i64) -> Result<Verified, AppError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let kept = self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).copied();
+        let kept = self.verified().get(&digest).copied();
         if let Some(v) = kept {
             // The same clock rules as `verify` (jsonwebtoken's, with the leeway).
             let leeway = LEEWAY_SECS as i64;
             if v.exp < now - leeway {
-                self.verified.lock().unwrap_or_else(|e| e.into_inner()).pop(&digest);
+                self.verified().pop(&digest);
                 return Err(AppError::AccessTokenExpired);
             }
             if v.nbf > now + leeway {
@@ -168,13 +168,17 @@ impl TokenKeys {
             return Ok(v);
         }
         let v = Verified::from(&self.verify(token)?);
-        self.verified.lock().unwrap_or_else(|e| e.into_inner()).put(digest, v);
+        self.verified().put(digest, v);
         Ok(v)
+    }
+
+    fn verified(&self) -> std::sync::MutexGuard<'_, LruCache<[u8; 32], Verified>> {
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     #[cfg(test)]
     fn remembered(&self) -> usize {
-        self.verified.lock().unwrap().len()
+        self.verified().len()
     }
 }
 

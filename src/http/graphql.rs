@@ -9,7 +9,6 @@ use async_graphql::{
     parser::types::{DocumentOperations, OperationType},
 };
 use async_graphql_poem::GraphQLBatchResponse;
-use chrono::Utc;
 use poem::{
     Body, IntoResponse, Request, Response,
     error::ReadBodyError,
@@ -27,11 +26,12 @@ use crate::{
         principal::{Principal, RejectReason, UserPrincipal},
         rate_limit::IpKey,
     },
-    error::{AppError, Code},
+    error::Code,
     graphql::RequestCtx,
     service::{
         ClientInfo, Services,
         api_keys::{self, AuthFailure},
+        sessions,
     },
 };
 
@@ -151,14 +151,9 @@ pub fn resolve_principal(headers: &HeaderMap, svc: &Services) -> Principal {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
         _ => return Principal::Rejected(RejectReason::Invalid),
     };
-    let now = Utc::now().timestamp();
-    match svc.tokens.check(token, now) {
-        Ok(v) => match svc.registry.check(v.session_id, v.user_id, now) {
-            Some(role) => Principal::User(UserPrincipal { user_id: v.user_id, session_id: v.session_id, role }),
-            None => Principal::Rejected(RejectReason::Revoked),
-        },
-        Err(AppError::AccessTokenExpired) => Principal::Rejected(RejectReason::Expired),
-        Err(_) => Principal::Rejected(RejectReason::Invalid),
+    match sessions::live_access(svc, token) {
+        Ok((v, role)) => Principal::User(UserPrincipal { user_id: v.user_id, session_id: v.session_id, role }),
+        Err(reason) => Principal::Rejected(reason),
     }
 }
 

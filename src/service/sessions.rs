@@ -19,9 +19,10 @@ use entity::{refresh_token, session, user};
 use super::{ClientInfo, Issued, Services, role_name};
 use crate::{
     auth::{
-        principal::Principal,
+        principal::{Principal, RejectReason},
         refresh::{hash_token, well_formed},
         registry::SessionEvent,
+        tokens::Verified,
     },
     db,
     error::{AppError, AppResult},
@@ -388,19 +389,27 @@ pub fn introspect(
     _proof: &crate::auth::access::Granted<crate::auth::access::TokensIntrospect>,
     token: &str,
 ) -> TokenInfo {
-    let inactive = TokenInfo { active: false, user_id: None, role: None, session_id: None, expires_at: None };
-    let now = Utc::now().timestamp();
-    let Ok(v) = svc.tokens.check(token, now) else {
-        return inactive;
-    };
-    match svc.registry.check(v.session_id, v.user_id, now) {
-        Some(role) => TokenInfo {
+    match live_access(svc, token) {
+        Ok((v, role)) => TokenInfo {
             active: true,
             user_id: Some(v.user_id),
             role: Some(role),
             session_id: Some(v.session_id),
             expires_at: DateTime::from_timestamp(v.exp, 0),
         },
-        None => inactive,
+        Err(_) => TokenInfo { active: false, user_id: None, role: None, session_id: None, expires_at: None },
     }
+}
+
+/// What an access token proves: its claims and the user's current role, if it
+/// verifies and its session is live; otherwise why not. Answered from memory
+/// (remembered tokens and the registry), with no database round trip.
+pub fn live_access(svc: &Services, token: &str) -> Result<(Verified, user::Role), RejectReason> {
+    let now = Utc::now().timestamp();
+    let v = svc.tokens.check(token, now).map_err(|e| match e {
+        AppError::AccessTokenExpired => RejectReason::Expired,
+        _ => RejectReason::Invalid,
+    })?;
+    let role = svc.registry.check(v.session_id, v.user_id, now).ok_or(RejectReason::Revoked)?;
+    Ok((v, role))
 }
