@@ -324,14 +324,18 @@ async fn fire(addr: &str, connections: usize, seconds: u64, loads: &[Load<'_>]) 
     totals
 }
 
+/// Cores this process may run on.
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}
+
 /// argon2id hashes per second with the server's parameters on every core, each
 /// thread reusing its working memory as the server's hashing threads do (so the
 /// bound is not lowered by allocating 19 MiB per hash).
 fn argon2_bound(seconds: u64) -> f64 {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
-    let threads: Vec<_> = (0..cores)
+    let threads: Vec<_> = (0..cores())
         .map(|_| {
             std::thread::spawn(move || {
                 let params = Params::new(19 * 1024, 2, 1, None).unwrap();
@@ -355,9 +359,8 @@ fn argon2_bound(seconds: u64) -> f64 {
 /// One busy loop per core at nice 19 (the password-hashing threads' priority),
 /// outside the server, for `seconds`.
 fn busy_loops(seconds: u64) -> Vec<std::thread::JoinHandle<()>> {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    (0..cores)
+    (0..cores())
         .map(|_| {
             std::thread::spawn(move || {
                 #[cfg(target_os = "linux")]
