@@ -5,8 +5,9 @@
 //! by all operations of an array batch.
 //!
 //! The same extension answers repeated documents from the [`DocumentCache`]:
-//! on a hit, parsing and validation are skipped, and the guard's limits are
-//! applied to the counts kept with the document.
+//! on a hit, parsing is skipped (and validation too when the request has no
+//! variables and its validation is kept), and the guard's limits are applied
+//! to the counts kept with the document.
 
 use std::sync::{Arc, Mutex, atomic::Ordering};
 
@@ -20,7 +21,7 @@ use async_graphql::{
 
 use super::{
     SharedRequestCtx,
-    documents::{Checked, Counts, DocumentCache},
+    documents::{Checked, Counts, DocumentCache, Validated},
 };
 use crate::error::Code;
 
@@ -47,12 +48,12 @@ impl ExtensionFactory for RequestGuard {
 /// One request's way through the hooks.
 #[derive(Default)]
 enum State {
-    /// Variables came, or nothing is known yet: parse and validate as usual.
+    /// Nothing is known yet: parse and validate as usual, keep nothing.
     #[default]
-    Uncached,
-    /// No variables: the document may be answered from, or kept in, the cache.
-    Cacheable { operation_name: Option<String> },
-    /// Parsed here; to be kept once it validates.
+    Unknown,
+    /// The request's operation name, and whether it came with variables.
+    Prepared { operation_name: Option<String>, has_variables: bool },
+    /// To be kept (or its validation added) once it validates.
     Pending(Box<Pending>),
     /// Answered from the cache, validation included.
     Hit(ValidationResult),
@@ -60,9 +61,11 @@ enum State {
 
 struct Pending {
     query: String,
-    operation_name: Option<String>,
     document: ExecutableDocument,
     counts: Counts,
+    /// Set when the request has no variables: its validation may be kept for
+    /// this operation name. `None` keeps the document only.
+    validated_for: Option<Option<String>>,
 }
 
 /// Created per request (see [`ExtensionFactory::create`]).
@@ -148,9 +151,10 @@ impl Extension for RequestGuardExtension {
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
         let request = next.run(ctx, request).await?;
-        if request.variables.is_empty() {
-            *self.state() = State::Cacheable { operation_name: request.operation_name.clone() };
-        }
+        *self.state() = State::Prepared {
+            operation_name: request.operation_name.clone(),
+            has_variables: !request.variables.is_empty(),
+        };
         Ok(request)
     }
 
@@ -161,15 +165,31 @@ impl Extension for RequestGuardExtension {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        let operation_name = match std::mem::take(&mut *self.state()) {
-            State::Cacheable { operation_name } if DocumentCache::may_keep(query) => Some(operation_name),
+        let prepared = match std::mem::take(&mut *self.state()) {
+            State::Prepared { operation_name, has_variables } if DocumentCache::may_keep(query) => {
+                Some((operation_name, has_variables))
+            }
             _ => None,
         };
-        if let Some(name) = &operation_name
-            && let Some(kept) = self.documents.get(query, name.as_deref())
+        // Validation may be kept only for a request without variables.
+        let validated_for = prepared.as_ref().and_then(|(name, has_variables)| (!has_variables).then(|| name.clone()));
+        if prepared.is_some()
+            && let Some(kept) = self.documents.get(query)
         {
             self.check(ctx, kept.counts)?;
-            *self.state() = State::Hit(kept.validation);
+            if let Some(name) = validated_for {
+                *self.state() = match kept.validation_for(name.as_deref()) {
+                    Some(validation) => State::Hit(validation),
+                    // Kept, but not yet validated for this operation without variables.
+                    None => State::Pending(Box::new(Pending {
+                        query: query.to_owned(),
+                        document: kept.document.clone(),
+                        counts: kept.counts,
+                        validated_for: Some(name),
+                    })),
+                };
+            }
+            // With variables, validation runs as usual, for this request's values.
             return Ok(kept.document.clone());
         }
         let document = next.run(ctx, query, variables).await?;
@@ -181,12 +201,12 @@ impl Extension for RequestGuardExtension {
             count(&frag.node.selection_set.node, &mut counts);
         }
         self.check(ctx, counts)?;
-        if let Some(operation_name) = operation_name {
+        if prepared.is_some() {
             *self.state() = State::Pending(Box::new(Pending {
                 query: query.to_owned(),
-                operation_name,
                 document: document.clone(),
                 counts,
+                validated_for,
             }));
         }
         Ok(document)
@@ -203,8 +223,9 @@ impl Extension for RequestGuardExtension {
         }
         let validation = next.run(ctx).await?;
         if let State::Pending(p) = state {
-            let Pending { query, operation_name, document, counts } = *p;
-            self.documents.put(&query, Checked { document, counts, operation_name, validation });
+            let Pending { query, document, counts, validated_for } = *p;
+            let validated = validated_for.map(|operation_name| Validated { operation_name, result: validation });
+            self.documents.put(&query, Checked { document, counts, validated });
         }
         Ok(validation)
     }

@@ -56,7 +56,7 @@ pub struct Limits {
     pub introspection: bool,
 }
 
-/// How many distinct documents are kept parsed and validated (see `documents.rs`).
+/// How many distinct documents are kept parsed (see `documents.rs`).
 const DOCUMENTS_KEPT: std::num::NonZeroUsize = std::num::NonZeroUsize::new(256).unwrap();
 
 /// The schema without runtime data: enough for `print-schema`.

@@ -392,4 +392,33 @@ async fn repeated_documents_answer_for_their_own_operation_variables_and_caller(
     assert_eq!(v["data"]["me"]["email"], "alice@example.com", "{v}");
     let v = app.gql(&c, Some(&alice), q, json!({ "x": "not a boolean" })).await;
     assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
+
+    // Kept (parsed only) from a request with variables: each later request is
+    // validated and run with its own values.
+    let q = "query($x: Boolean!) { me { id email @include(if: $x) } }";
+    let v = app.gql(&c, Some(&alice), q, json!({ "x": false })).await;
+    assert!(v["data"]["me"]["id"].is_string() && v["data"]["me"]["email"].is_null(), "{v}");
+    let v = app.gql(&c, Some(&alice), q, json!({ "x": "not a boolean" })).await;
+    assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
+    for _ in 0..2 {
+        let v = app.gql(&c, Some(&alice), q, json!({ "x": true })).await;
+        assert_eq!(v["data"]["me"]["email"], "alice@example.com", "{v}");
+        let v = app.gql(&c, Some(&alice), q, json!({ "x": 1 })).await;
+        assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
+    }
+    let v = app.gql(&c, Some(&alice), q, json!({ "x": false })).await;
+    assert!(v["data"]["me"]["email"].is_null(), "{v}");
+
+    // One login document, many credentials: each request is checked for its own.
+    let login = "mutation($i: LoginInput!) { login(input: $i) { user { email } } }";
+    let input = |email: &str, password: &str| json!({ "i": { "email": email, "password": password, "transport": "BODY" } });
+    for email in ["alice@example.com", "bob@example.com", "alice@example.com"] {
+        let v = app.gql(&c, None, login, input(email, PASSWORD)).await;
+        assert_eq!(v["data"]["login"]["user"]["email"], email, "{v}");
+    }
+    let v = app.gql(&c, None, login, input("bob@example.com", "not bob's password")).await;
+    assert_eq!(reason(&v), "INVALID_CREDENTIALS", "{v}");
+    let v = app.gql(&c, None, login, json!({ "i": { "email": "bob@example.com" } })).await;
+    assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
+    assert!(v["data"].is_null(), "{v}");
 }
