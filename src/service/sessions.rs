@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, QueryOrder, Set,
+    ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, QueryOrder, Set,
     sea_query::Expr,
 };
 use uuid::Uuid;
@@ -52,20 +52,20 @@ pub async fn start(
     let expires_at = now
         + ChronoDuration::from_std(svc.policy.refresh_ttl)
             .map_err(|e| AppError::internal(format!("refresh ttl: {e}")))?;
-    let session = session::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        user_id: Set(user_id),
-        created_at: Set(now),
-        last_used_at: Set(now),
-        expires_at: Set(expires_at),
-        revoked_at: Set(None),
-        user_agent: Set(clip(client.user_agent.as_deref(), 512)),
-        ip: Set(client.ip.map(|ip| ip.to_string())),
-    }
-    .insert(txn)
-    .await?;
+    let session = session::Model {
+        id: Uuid::now_v7(),
+        user_id,
+        created_at: now,
+        last_used_at: now,
+        expires_at,
+        revoked_at: None,
+        user_agent: clip(client.user_agent.as_deref(), 512),
+        ip: client.ip.map(|ip| ip.to_string()),
+    };
+    // Every column is set here: nothing to read back (no RETURNING, no row to decode).
+    session::Entity::insert(session::ActiveModel::from(session.clone())).exec_without_returning(txn).await?;
     let token = svc.refresh.generate()?;
-    refresh_token::ActiveModel {
+    refresh_token::Entity::insert(refresh_token::ActiveModel {
         id: Set(Uuid::now_v7()),
         session_id: Set(session.id),
         token_hash: Set(hash_token(&token)),
@@ -73,8 +73,8 @@ pub async fn start(
         expires_at: Set(expires_at),
         rotated_at: Set(None),
         replaced_by: Set(None),
-    }
-    .insert(txn)
+    })
+    .exec_without_returning(txn)
     .await?;
     Ok((session, token))
 }
