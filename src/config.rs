@@ -32,9 +32,10 @@ pub struct DbArgs {
     #[arg(long, env = "DATABASE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub database_timeout: Duration,
 
-    /// Largest number of pooled database connections
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
-    pub database_max_connections: u32,
+    /// Largest number of pooled database connections [default: 1 on SQLite, which
+    /// writes one transaction at a time; 16 on PostgreSQL]
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS")]
+    pub database_max_connections: Option<u32>,
 }
 
 /// Everything `authgraph serve` reads.
@@ -334,9 +335,15 @@ impl Config {
         if args.max_body_bytes < 1024 {
             return Err(bad("MAX_BODY_BYTES must be at least 1024"));
         }
-        if args.db.database_max_connections < 1 {
-            return Err(bad("DATABASE_MAX_CONNECTIONS must be at least 1"));
-        }
+        let database_max_connections = match args.db.database_max_connections {
+            Some(0) => return Err(bad("DATABASE_MAX_CONNECTIONS must be at least 1")),
+            Some(n) => n,
+            // SQLite lets one connection write at a time. More connections only wait
+            // for its lock (sleeping in the busy handler) and re-read the pages each
+            // other changed; one connection serves every request in turn.
+            None if args.db.database_url.starts_with("sqlite:") => 1,
+            None => 16,
+        };
         if args.jwt_issuer.is_empty() || args.jwt_audience.is_empty() {
             return Err(bad("JWT_ISSUER and JWT_AUDIENCE must not be empty"));
         }
@@ -344,7 +351,7 @@ impl Config {
         Ok(Self {
             database_url: args.db.database_url,
             database_timeout,
-            database_max_connections: args.db.database_max_connections,
+            database_max_connections,
             listen_addr: args.listen_addr,
             jwt_key,
             app_env: args.app_env,
@@ -474,6 +481,17 @@ mod tests {
         assert!(e.contains("N/period"), "{e}");
         let e = parse(&["--database-url", "mysql://x"]).unwrap_err();
         assert!(e.contains("DATABASE_URL"), "{e}");
+    }
+
+    #[test]
+    fn pool_size_follows_the_database() {
+        assert_eq!(parse(&[]).unwrap().database_max_connections, 1);
+        let pg = ["--database-url", "postgres://x/y"];
+        assert_eq!(parse(&pg).unwrap().database_max_connections, 16);
+        let c = parse(&[&pg[..], &["--database-max-connections", "4"]].concat()).unwrap();
+        assert_eq!(c.database_max_connections, 4);
+        let e = parse(&["--database-max-connections", "0"]).unwrap_err();
+        assert!(e.contains("DATABASE_MAX_CONNECTIONS"), "{e}");
     }
 
     #[test]
