@@ -12,6 +12,9 @@
 //!    beside busy loops outside the server (the machine's own floor for that ratio);
 //! 6. peak RSS of the server.
 //!
+//! It prints a table, then whether each performance target ([`TARGETS`]) was met,
+//! and writes both as JSON.
+//!
 //! Run: `cargo bench --bench load` (options after `--`: `--seconds N`,
 //! `--connections N`, `--postgres URL` of a server where a fresh database may be
 //! created and dropped, `--json PATH`). Load goes to 127.0.0.1 only,
@@ -449,6 +452,16 @@ async fn refresh_rate(url: &str, tokens: Vec<String>, seconds: u64) -> Stats {
     .await
 }
 
+/// The performance targets, as ratios measured in the same run: JSON key, what it
+/// says, the limit, and whether the figure must be at least (or at most) that.
+/// (A refresh rotation being one write transaction is a test, not a timing:
+/// `sessions::a_refresh_rotation_is_one_write_transaction`.)
+const TARGETS: [(&str, &str, f64, bool); 3] = [
+    ("sqlite.me_vs_ceiling_pct", "me at least 70 % of the ceiling", 70.0, true),
+    ("sqlite.login_vs_bound_pct", "login at least 90 % of the argon2 bound", 90.0, true),
+    ("sqlite.me_flood_vs_idle_x", "me p99 during a login flood at most 3x idle", 3.0, false),
+];
+
 struct Report {
     rows: Vec<(String, String)>,
     json: serde_json::Map<String, Value>,
@@ -562,6 +575,16 @@ fn main() {
     for (label, value) in &report.rows {
         println!("{label:<width$}  {value}");
     }
+    println!("targets:");
+    let mut targets = serde_json::Map::new();
+    let width = TARGETS.iter().map(|t| t.1.len()).max().unwrap_or(0);
+    for (key, says, limit, at_least) in TARGETS {
+        let Some(value) = report.json.get(key).and_then(Value::as_f64) else { continue };
+        let met = if at_least { value >= limit } else { value <= limit };
+        println!("  {says:<width$}  {value:.1}: {}", if met { "met" } else { "MISSED" });
+        targets.insert(key.into(), json!({ "limit": limit, "at_least": at_least, "value": value, "met": met }));
+    }
+    report.json.insert("targets".into(), Value::Object(targets));
     report.json.insert("seconds_per_phase".into(), json!(o.seconds));
     report.json.insert("connections".into(), json!(o.connections));
     report.json.insert("cores".into(), json!(cores));
