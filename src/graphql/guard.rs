@@ -4,6 +4,12 @@
 //! right after parsing, before any resolver runs; the credential count is shared
 //! by all operations of an array batch.
 //!
+//! It also gives variables their defaults before the engine runs: async-graphql
+//! 7.2 reads `@skip`/`@include` conditions from the sent variables only, so a
+//! `$withEmail: Boolean = true` left out by the client counted as false. As
+//! GraphQL's variable coercion requires, a missing variable takes its default,
+//! and a missing non-null variable without one is a request error.
+//!
 //! The same extension answers repeated documents from the [`DocumentCache`]:
 //! on a hit, parsing is skipped (and validation too when the request has no
 //! variables and its validation is kept), and the guard's limits are applied
@@ -16,7 +22,8 @@ use async_graphql::{
     extensions::{
         Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest, NextValidation,
     },
-    parser::types::{ExecutableDocument, Selection, SelectionSet},
+    Name,
+    parser::types::{DocumentOperations, ExecutableDocument, Selection, SelectionSet},
 };
 
 use super::{
@@ -51,8 +58,9 @@ enum State {
     /// Nothing is known yet: parse and validate as usual, keep nothing.
     #[default]
     Unknown,
-    /// The request's operation name, and whether it came with variables.
-    Prepared { operation_name: Option<String>, has_variables: bool },
+    /// The request's operation name, whether the client sent variables, and the
+    /// kept document for its text, if any.
+    Prepared { operation_name: Option<String>, has_variables: bool, kept: Option<Arc<Checked>> },
     /// To be kept (or its validation added) once it validates.
     Pending(Box<Pending>),
     /// Answered from the cache, validation included.
@@ -133,6 +141,35 @@ fn count(set: &SelectionSet, counts: &mut Counts) {
     }
 }
 
+/// The defaults to add for variables the request left out, or the name of a
+/// non-null variable that has no default and was left out. Nothing when the
+/// operation is not found: the engine answers that.
+fn variable_defaults(
+    document: &ExecutableDocument,
+    operation_name: Option<&str>,
+    variables: &Variables,
+) -> Result<Vec<(Name, async_graphql::Value)>, Name> {
+    let operation = match (&document.operations, operation_name) {
+        (DocumentOperations::Single(op), _) => Some(op),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
+        (DocumentOperations::Multiple(_), None) => None,
+    };
+    let mut defaults = Vec::new();
+    for def in operation.map(|op| op.node.variable_definitions.as_slice()).unwrap_or_default() {
+        let name = &def.node.name.node;
+        if variables.contains_key(name) {
+            continue;
+        }
+        match def.node.default_value() {
+            Some(value) => defaults.push((name.clone(), value.clone())),
+            None if !def.node.var_type.node.nullable => return Err(name.clone()),
+            None => {}
+        }
+    }
+    Ok(defaults)
+}
+
 fn refuse(message: String, reason: &str) -> ServerError {
     let mut err = ServerError::new(message, None);
     let mut ext = async_graphql::ErrorExtensionValues::default();
@@ -150,11 +187,26 @@ impl Extension for RequestGuardExtension {
         request: Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
-        let request = next.run(ctx, request).await?;
-        *self.state() = State::Prepared {
-            operation_name: request.operation_name.clone(),
-            has_variables: !request.variables.is_empty(),
+        let mut request = next.run(ctx, request).await?;
+        let has_variables = !request.variables.is_empty();
+        let kept = if DocumentCache::may_keep(&request.query) { self.documents.get(&request.query) } else { None };
+        // Not kept: parse here, once; the engine then uses this document. One that
+        // does not parse is left for the engine to report.
+        let parsed = match kept {
+            None => async_graphql::parser::parse_query(&request.query).ok(),
+            Some(_) => None,
         };
+        if let Some(document) = kept.as_ref().map(|k| &k.document).or(parsed.as_ref()) {
+            let defaults = variable_defaults(document, request.operation_name.as_deref(), &request.variables)
+                .map_err(|name| ServerError::new(format!("Variable ${name} is non-null and was not provided"), None))?;
+            for (name, value) in defaults {
+                request.variables.insert(name, value);
+            }
+        }
+        if let Some(document) = parsed {
+            request.set_parsed_query(document);
+        }
+        *self.state() = State::Prepared { operation_name: request.operation_name.clone(), has_variables, kept };
         Ok(request)
     }
 
@@ -165,17 +217,16 @@ impl Extension for RequestGuardExtension {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        let prepared = match std::mem::take(&mut *self.state()) {
-            State::Prepared { operation_name, has_variables } if DocumentCache::may_keep(query) => {
-                Some((operation_name, has_variables))
+        let (prepared, kept) = match std::mem::take(&mut *self.state()) {
+            State::Prepared { operation_name, has_variables, kept } if DocumentCache::may_keep(query) => {
+                (Some((operation_name, has_variables)), kept)
             }
-            _ => None,
+            _ => (None, None),
         };
-        // Validation may be kept only for a request without variables.
+        // Validation may be kept only for a request whose client sent no variables
+        // (the defaults added above follow from the document itself).
         let validated_for = prepared.as_ref().and_then(|(name, has_variables)| (!has_variables).then(|| name.clone()));
-        if prepared.is_some()
-            && let Some(kept) = self.documents.get(query)
-        {
+        if let Some(kept) = kept {
             self.check(ctx, kept.counts)?;
             if let Some(name) = validated_for {
                 *self.state() = match kept.validation_for(name.as_deref()) {

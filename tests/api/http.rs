@@ -348,6 +348,49 @@ async fn graceful_stop_and_restart_keep_data_and_sessions() {
 }
 
 #[tokio::test]
+async fn variables_left_out_take_their_defaults_or_are_refused() {
+    // The engine alone read `@skip`/`@include` conditions from the sent variables
+    // only: a left-out `$x: Boolean = true` counted as false.
+    let app = spawn_app().await;
+    let c = app.client();
+    let (alice, _, _) = app.register_body("alice@example.com").await;
+    let include = "query($x: Boolean = true) { me { id email @include(if: $x) } }";
+    let skip = "query($x: Boolean = true) { me { id email @skip(if: $x) } }";
+    // Twice: once parsed, once from the kept document.
+    for _ in 0..2 {
+        let v = app.gql(&c, Some(&alice), include, json!({})).await;
+        assert_eq!(v["data"]["me"]["email"], "alice@example.com", "{v}");
+        let v = app.gql(&c, Some(&alice), skip, json!({})).await;
+        assert!(v["data"]["me"]["id"].is_string() && v["data"]["me"]["email"].is_null(), "{v}");
+        // A value sent still wins over the default.
+        let v = app.gql(&c, Some(&alice), include, json!({ "x": false })).await;
+        assert!(v["data"]["me"]["id"].is_string() && v["data"]["me"]["email"].is_null(), "{v}");
+    }
+    // A non-null variable without a default must be sent.
+    let required = "query($x: Boolean!) { me { id email @include(if: $x) } }";
+    for _ in 0..2 {
+        let v = app.gql(&c, Some(&alice), required, json!({})).await;
+        assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
+        assert!(v["data"].is_null(), "{v}");
+        assert!(v["errors"][0]["message"].as_str().unwrap().contains("$x"), "{v}");
+    }
+    let v = app.gql(&c, Some(&alice), required, json!({ "x": true })).await;
+    assert_eq!(v["data"]["me"]["email"], "alice@example.com", "{v}");
+    // With several operations, the chosen one's definitions count.
+    let two = "query A($x: Boolean = true) { me { email @include(if: $x) } } \
+               query B($y: Boolean!) { me { id @include(if: $y) } }";
+    let named = |name: &str| json!({ "query": two, "operationName": name });
+    let send = |body: Value| {
+        let (c, url, token) = (c.clone(), app.url("/graphql"), alice.clone());
+        async move { c.post(url).bearer_auth(token).json(&body).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    assert_eq!(send(named("A")).await, json!({ "data": { "me": { "email": "alice@example.com" } } }));
+    let v = send(named("B")).await;
+    assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
+    assert!(v["errors"][0]["message"].as_str().unwrap().contains("$y"), "{v}");
+}
+
+#[tokio::test]
 async fn repeated_documents_answer_for_their_own_operation_variables_and_caller() {
     // Documents without variables are kept parsed and validated after their first
     // use; what is kept must never stand in for what a later request asks.
