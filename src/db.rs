@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait, Select, SelectTwo,
     SqliteTransactionMode, TransactionOptions, TransactionTrait, DatabaseTransaction,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
@@ -29,6 +29,49 @@ pub async fn connect(url: &str, timeout: Duration, max_connections: u32) -> Resu
         })
         .map_sqlx_postgres_opts(|o| o.application_name("authgraph"));
     Database::connect(opts).await
+}
+
+/// Reads the row that a filter on a primary key or unique index selects.
+///
+/// sea-orm's `one()` adds `LIMIT ?` with the limit as a bound parameter, and
+/// SQLite re-prepares a statement whose LIMIT is bound every time it runs (the
+/// plan may depend on the value): a full SQL parse for every login, refresh and
+/// API-key check. A unique key selects at most one row without any LIMIT.
+pub trait UniqueRow: Sized + Send {
+    type Row: Send;
+    fn unique_row<'a, C: ConnectionTrait>(
+        self,
+        db: &'a C,
+    ) -> impl Future<Output = Result<Option<Self::Row>, DbErr>> + Send + 'a
+    where
+        Self: 'a;
+}
+
+impl<E: EntityTrait> UniqueRow for Select<E> {
+    type Row = E::Model;
+    async fn unique_row<'a, C: ConnectionTrait>(self, db: &'a C) -> Result<Option<Self::Row>, DbErr>
+    where
+        Self: 'a,
+    {
+        at_most_one(self.all(db).await?)
+    }
+}
+
+impl<E: EntityTrait, F: EntityTrait> UniqueRow for SelectTwo<E, F> {
+    type Row = (E::Model, Option<F::Model>);
+    async fn unique_row<'a, C: ConnectionTrait>(self, db: &'a C) -> Result<Option<Self::Row>, DbErr>
+    where
+        Self: 'a,
+    {
+        at_most_one(self.all(db).await?)
+    }
+}
+
+fn at_most_one<T>(mut rows: Vec<T>) -> Result<Option<T>, DbErr> {
+    if rows.len() > 1 {
+        return Err(DbErr::Custom("a unique key selected more than one row".to_owned()));
+    }
+    Ok(rows.pop())
 }
 
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
@@ -62,4 +105,16 @@ pub async fn ping(db: &DatabaseConnection) -> bool {
         txn.rollback().await
     };
     check.await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_unique_key_gives_its_row_or_none_and_never_picks_among_several() {
+        assert_eq!(at_most_one(Vec::<u8>::new()).unwrap(), None);
+        assert_eq!(at_most_one(vec![7]).unwrap(), Some(7));
+        assert!(at_most_one(vec![7, 8]).is_err());
+    }
 }

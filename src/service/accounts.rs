@@ -13,7 +13,7 @@ use entity::user::{self, Role};
 use super::{ClientInfo, Issued, Services, sessions, validate};
 use crate::{
     auth::{password::Verified, registry::SessionEvent},
-    db,
+    db::{self, UniqueRow},
     error::{AppError, AppResult},
 };
 
@@ -38,7 +38,7 @@ fn map_unique(err: sea_orm::DbErr) -> AppError {
 async fn email_in_use(svc: &Services, normalized: &str) -> AppResult<bool> {
     Ok(user::Entity::find()
         .filter(user::Column::EmailNormalized.eq(normalized))
-        .one(&svc.db)
+        .unique_row(&svc.db)
         .await?
         .is_some())
 }
@@ -114,7 +114,7 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
     }
     let found = user::Entity::find()
         .filter(user::Column::EmailNormalized.eq(&normalized))
-        .one(&svc.db)
+        .unique_row(&svc.db)
         .await?;
     let verified = svc.hasher.verify(password, found.as_ref().map(|u| u.password_hash.clone())).await?;
     let (user, new_hash) = match (found, verified) {
@@ -145,7 +145,7 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
 }
 
 pub async fn find(svc: &Services, user_id: Uuid) -> AppResult<Option<user::Model>> {
-    Ok(user::Entity::find_by_id(user_id).one(&svc.db).await?)
+    Ok(user::Entity::find_by_id(user_id).unique_row(&svc.db).await?)
 }
 
 /// A user's row without its password hash: the registry's copy when the user

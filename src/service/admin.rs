@@ -17,7 +17,7 @@ use crate::{
         access::{AdminOnly, Granted, SessionsRevoke, UsersRead, UsersWrite},
         registry::SessionEvent,
     },
-    db,
+    db::{self, UniqueRow},
     error::{AppError, AppResult},
 };
 
@@ -99,7 +99,7 @@ pub async fn list_users(
 }
 
 pub async fn get_user(svc: &Services, _proof: &Granted<UsersRead>, id: Uuid) -> AppResult<Option<user::Model>> {
-    Ok(user::Entity::find_by_id(id).one(&svc.db).await?)
+    Ok(user::Entity::find_by_id(id).unique_row(&svc.db).await?)
 }
 
 fn last_admin() -> AppError {
@@ -123,7 +123,7 @@ async fn count_admins_locked(txn: &impl ConnectionTrait) -> AppResult<u64> {
 pub async fn set_role(svc: &Services, _proof: &Granted<AdminOnly>, id: Uuid, role: Role) -> AppResult<user::Model> {
     let txn = db::begin_write(&svc.db).await?;
     let admins = count_admins_locked(&txn).await?;
-    let Some(user) = user::Entity::find_by_id(id).one(&txn).await? else {
+    let Some(user) = user::Entity::find_by_id(id).unique_row(&txn).await? else {
         txn.rollback().await?;
         return Err(AppError::invalid_input("NOT_FOUND", "id", "No such user"));
     };
@@ -146,7 +146,7 @@ pub async fn set_role(svc: &Services, _proof: &Granted<AdminOnly>, id: Uuid, rol
 pub async fn delete_user(svc: &Services, _proof: &Granted<UsersWrite>, id: Uuid) -> AppResult<bool> {
     let txn = db::begin_write(&svc.db).await?;
     let admins = count_admins_locked(&txn).await?;
-    let Some(user) = user::Entity::find_by_id(id).one(&txn).await? else {
+    let Some(user) = user::Entity::find_by_id(id).unique_row(&txn).await? else {
         txn.rollback().await?;
         return Ok(false);
     };
@@ -180,7 +180,7 @@ pub async fn create_or_promote_admin(
     let (email, normalized) = super::validate::email(email)?;
     if let Some(existing) = user::Entity::find()
         .filter(user::Column::EmailNormalized.eq(&normalized))
-        .one(&svc.db)
+        .unique_row(&svc.db)
         .await?
     {
         let mut active: user::ActiveModel = existing.into();

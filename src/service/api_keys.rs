@@ -20,6 +20,7 @@ use crate::{
         access::{Actor, AdminOnly, ApiScope, Granted},
         principal::{RejectReason, ServicePrincipal},
     },
+    db::UniqueRow,
     error::{AppError, AppResult},
 };
 
@@ -81,7 +82,7 @@ pub async fn authenticate(svc: &Services, raw: &str) -> Result<ServicePrincipal,
     let prefix = prefix_of(raw).ok_or(AuthFailure::Rejected(RejectReason::Invalid))?;
     let key = api_key::Entity::find()
         .filter(api_key::Column::Prefix.eq(prefix))
-        .one(&svc.db)
+        .unique_row(&svc.db)
         .await
         .map_err(|e| AuthFailure::Error(e.into()))?
         .ok_or(AuthFailure::Rejected(RejectReason::Invalid))?;
@@ -194,7 +195,7 @@ pub async fn rotate(
     }
     let now = Utc::now();
     let old = api_key::Entity::find_by_id(id)
-        .one(&svc.db)
+        .unique_row(&svc.db)
         .await?
         .filter(|k| k.revoked_at.is_none() && k.expires_at.is_none_or(|at| at > now))
         .ok_or_else(|| AppError::invalid_input("NOT_FOUND", "id", "No such live API key"))?;

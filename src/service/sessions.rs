@@ -24,7 +24,7 @@ use crate::{
         registry::SessionEvent,
         tokens::Verified,
     },
-    db,
+    db::{self, UniqueRow},
     error::{AppError, AppResult},
 };
 
@@ -120,7 +120,7 @@ pub async fn refresh(svc: &Services, presented: &str) -> AppResult<Issued> {
         let found = refresh_token::Entity::find()
             .filter(refresh_token::Column::TokenHash.eq(hash_token(&current)))
             .find_also_related(session::Entity)
-            .one(&svc.db)
+            .unique_row(&svc.db)
             .await?;
         let Some((row, Some(session))) = found else {
             return Err(AppError::InvalidToken);
@@ -270,7 +270,7 @@ pub async fn logout(
         && let Some((_, Some(session))) = refresh_token::Entity::find()
             .filter(refresh_token::Column::TokenHash.eq(hash_token(token)))
             .find_also_related(session::Entity)
-            .one(&svc.db)
+            .unique_row(&svc.db)
             .await?
     {
         targets.push((session.id, session.user_id));
