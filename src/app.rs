@@ -16,7 +16,7 @@ use crate::{
     },
     config::{Config, JWT_SECRET_MIN_BYTES, JwtKeySource, Secret},
     db,
-    graphql::{self, AppSchema, Limits},
+    graphql::{self, AppSchema, Limits, documents::DocumentCache},
     http::{self, cookies::CookiePolicy, site::SitePolicy},
     service::{SessionPolicy, Services, api_keys, sessions},
 };
@@ -24,6 +24,8 @@ use crate::{
 /// Everything a request handler needs, built once.
 pub struct AppState {
     pub schema: AppSchema,
+    /// Parsed documents, shared with the schema's request guard.
+    pub documents: Arc<DocumentCache>,
     pub services: Services,
     pub cookies: CookiePolicy,
     pub site: SitePolicy,
@@ -78,8 +80,10 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         aliases: config.query_alias_limit,
         introspection: config.introspection,
     };
+    let documents = graphql::document_cache();
     Ok(Arc::new(AppState {
-        schema: graphql::build_schema(limits, services.clone(), cookies.clone()),
+        schema: graphql::build_schema(limits, documents.clone(), services.clone(), cookies.clone()),
+        documents,
         services,
         cookies,
         site: SitePolicy::new(config.cors_allowed_origins.clone()),

@@ -4,7 +4,7 @@
 
 mod account;
 mod admin;
-mod documents;
+pub mod documents;
 mod guard;
 mod session;
 pub mod types;
@@ -59,8 +59,16 @@ pub struct Limits {
 /// How many distinct documents are kept parsed (see `documents.rs`).
 const DOCUMENTS_KEPT: std::num::NonZeroUsize = std::num::NonZeroUsize::new(256).unwrap();
 
+/// The cache of parsed documents that the schema and the HTTP layer share.
+pub fn document_cache() -> Arc<documents::DocumentCache> {
+    Arc::new(documents::DocumentCache::new(DOCUMENTS_KEPT))
+}
+
 /// The schema without runtime data: enough for `print-schema`.
-pub fn schema_builder(limits: Limits) -> SchemaBuilder<Query, Mutation, EmptySubscription> {
+pub fn schema_builder(
+    limits: Limits,
+    documents: Arc<documents::DocumentCache>,
+) -> SchemaBuilder<Query, Mutation, EmptySubscription> {
     let mut builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .limit_depth(limits.depth)
         .limit_complexity(limits.complexity)
@@ -68,7 +76,7 @@ pub fn schema_builder(limits: Limits) -> SchemaBuilder<Query, Mutation, EmptySub
         .extension(guard::RequestGuard {
             max_aliases: limits.aliases,
             introspection: limits.introspection,
-            documents: Arc::new(documents::DocumentCache::new(DOCUMENTS_KEPT)),
+            documents,
         });
     if !limits.introspection {
         builder = builder.disable_introspection().disable_suggestions();
@@ -78,13 +86,17 @@ pub fn schema_builder(limits: Limits) -> SchemaBuilder<Query, Mutation, EmptySub
 
 /// The SDL that `schema.graphql` must equal.
 pub fn sdl() -> String {
-    schema_builder(Limits { depth: usize::MAX, complexity: usize::MAX, aliases: usize::MAX, introspection: true })
-        .finish()
-        .sdl()
+    let limits = Limits { depth: usize::MAX, complexity: usize::MAX, aliases: usize::MAX, introspection: true };
+    schema_builder(limits, document_cache()).finish().sdl()
 }
 
-pub fn build_schema(limits: Limits, services: Services, cookies: CookiePolicy) -> AppSchema {
-    schema_builder(limits).data(services).data(cookies).finish()
+pub fn build_schema(
+    limits: Limits,
+    documents: Arc<documents::DocumentCache>,
+    services: Services,
+    cookies: CookiePolicy,
+) -> AppSchema {
+    schema_builder(limits, documents).data(services).data(cookies).finish()
 }
 
 pub(crate) fn services<'a>(ctx: &Context<'a>) -> Result<&'a Services, AppError> {

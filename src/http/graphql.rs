@@ -27,7 +27,7 @@ use crate::{
         rate_limit::IpKey,
     },
     error::Code,
-    graphql::RequestCtx,
+    graphql::{RequestCtx, documents::DocumentCache},
     service::{
         ClientInfo, Services,
         api_keys::{self, AuthFailure},
@@ -111,7 +111,7 @@ pub async fn graphql_get(req: &Request, state: Data<&Arc<AppState>>) -> Response
         Ok(r) => r,
         Err(message) => return plain_error(StatusCode::BAD_REQUEST, Code::BadUserInput, &message),
     };
-    if !is_query(&gql) {
+    if !is_query(&gql, &state.documents) {
         let mut resp = plain_error(StatusCode::METHOD_NOT_ALLOWED, Code::BadUserInput, "Mutations must use POST");
         resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         return resp;
@@ -129,9 +129,19 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// False for a document whose selected operation is a mutation or subscription.
 /// Unparsable documents count as queries: execution answers them with an error.
-fn is_query(req: &GqlRequest) -> bool {
-    let Ok(doc) = async_graphql::parser::parse_query(&req.query) else {
-        return true;
+/// A kept document is read from the cache rather than parsed again.
+fn is_query(req: &GqlRequest, documents: &DocumentCache) -> bool {
+    let kept = if DocumentCache::may_keep(&req.query) { documents.get(&req.query) } else { None };
+    let parsed;
+    let doc = match &kept {
+        Some(kept) => &kept.document,
+        None => match async_graphql::parser::parse_query(&req.query) {
+            Ok(doc) => {
+                parsed = doc;
+                &parsed
+            }
+            Err(_) => return true,
+        },
     };
     let op = match (&doc.operations, req.operation_name.as_deref()) {
         (DocumentOperations::Single(op), _) => Some(op),

@@ -78,6 +78,17 @@ async fn mutation_over_get_is_refused_and_not_executed() {
     assert_eq!(r.status(), 405);
     let r = c.get(app.url("/graphql")).query(&[("query", q2), ("operationName", "A")]).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    // The same text is now kept parsed: still refused for its mutation.
+    let r = c.get(app.url("/graphql")).query(&[("query", q2), ("operationName", "B")]).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    // A mutation kept from a POST is refused over GET as well.
+    let logout = "mutation { logout }";
+    for _ in 0..2 {
+        let r = c.post(app.url("/graphql")).json(&json!({ "query": logout })).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = c.get(app.url("/graphql")).query(&[("query", logout)]).send().await.unwrap();
+    assert_eq!(r.status(), 405);
     // Not executed: the address is still free.
     app.register(&c, "get@example.com").await;
 }
