@@ -23,7 +23,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use async_graphql::{ValidationResult, parser::types::ExecutableDocument};
+use async_graphql::{
+    Positioned, ValidationResult,
+    parser::types::{DocumentOperations, ExecutableDocument, OperationDefinition},
+};
 use lru::LruCache;
 
 /// Longest query text kept.
@@ -59,6 +62,21 @@ impl Checked {
     /// names this operation.
     pub fn validation_for(&self, operation_name: Option<&str>) -> Option<ValidationResult> {
         self.validated.as_ref().filter(|v| v.operation_name.as_deref() == operation_name).map(|v| v.result)
+    }
+}
+
+/// The operation a request with this operation name runs, as the engine picks
+/// it: the only one, or the one named. `None` when that is ambiguous or absent
+/// (the engine answers those with an error).
+pub fn selected_operation<'d>(
+    document: &'d ExecutableDocument,
+    operation_name: Option<&str>,
+) -> Option<&'d Positioned<OperationDefinition>> {
+    match (&document.operations, operation_name) {
+        (DocumentOperations::Single(op), _) => Some(op),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
+        (DocumentOperations::Multiple(_), None) => None,
     }
 }
 

@@ -23,12 +23,12 @@ use async_graphql::{
         Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest, NextValidation,
     },
     Name,
-    parser::types::{DocumentOperations, ExecutableDocument, Selection, SelectionSet},
+    parser::types::{ExecutableDocument, Selection, SelectionSet},
 };
 
 use super::{
     SharedRequestCtx,
-    documents::{Checked, Counts, DocumentCache, Validated},
+    documents::{Checked, Counts, DocumentCache, Validated, selected_operation},
 };
 use crate::error::Code;
 
@@ -55,7 +55,8 @@ impl ExtensionFactory for RequestGuard {
 /// One request's way through the hooks.
 #[derive(Default)]
 enum State {
-    /// Nothing is known yet: parse and validate as usual, keep nothing.
+    /// Nothing is known yet, or the text may not be kept: parse and validate as
+    /// usual, keep nothing.
     #[default]
     Unknown,
     /// The request's operation name, whether the client sent variables, and the
@@ -149,14 +150,8 @@ fn variable_defaults(
     operation_name: Option<&str>,
     variables: &Variables,
 ) -> Result<Vec<(Name, async_graphql::Value)>, Name> {
-    let operation = match (&document.operations, operation_name) {
-        (DocumentOperations::Single(op), _) => Some(op),
-        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name),
-        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
-        (DocumentOperations::Multiple(_), None) => None,
-    };
     let mut defaults = Vec::new();
-    for def in operation.map(|op| op.node.variable_definitions.as_slice()).unwrap_or_default() {
+    for def in selected_operation(document, operation_name).map(|op| op.node.variable_definitions.as_slice()).unwrap_or_default() {
         let name = &def.node.name.node;
         if variables.contains_key(name) {
             continue;
@@ -189,24 +184,30 @@ impl Extension for RequestGuardExtension {
     ) -> ServerResult<Request> {
         let mut request = next.run(ctx, request).await?;
         let has_variables = !request.variables.is_empty();
-        let kept = if DocumentCache::may_keep(&request.query) { self.documents.get(&request.query) } else { None };
-        // Not kept: parse here, once; the engine then uses this document. One that
-        // does not parse is left for the engine to report.
-        let parsed = match kept {
-            None => async_graphql::parser::parse_query(&request.query).ok(),
-            Some(_) => None,
+        let operation_name = request.operation_name.clone();
+        let keepable = DocumentCache::may_keep(&request.query);
+        let kept = if keepable { self.documents.get(&request.query) } else { None };
+        // The variables are set aside while the document is borrowed from the
+        // request, then put back with their defaults.
+        let mut variables = std::mem::take(&mut request.variables);
+        // Not kept: parsed here (or earlier, by the GET check) and left in the
+        // request, where the engine takes it. One that does not parse is left for
+        // the engine to report.
+        let document = match &kept {
+            Some(kept) => Some(&kept.document),
+            None => request.parsed_query().ok(),
         };
-        if let Some(document) = kept.as_ref().map(|k| &k.document).or(parsed.as_ref()) {
-            let defaults = variable_defaults(document, request.operation_name.as_deref(), &request.variables)
+        if let Some(document) = document {
+            let defaults = variable_defaults(document, operation_name.as_deref(), &variables)
                 .map_err(|name| ServerError::new(format!("Variable ${name} is non-null and was not provided"), None))?;
             for (name, value) in defaults {
-                request.variables.insert(name, value);
+                variables.insert(name, value);
             }
         }
-        if let Some(document) = parsed {
-            request.set_parsed_query(document);
-        }
-        *self.state() = State::Prepared { operation_name: request.operation_name.clone(), has_variables, kept };
+        request.variables = variables;
+        // Text that may not be kept goes through the engine as usual.
+        *self.state() =
+            if keepable { State::Prepared { operation_name, has_variables, kept } } else { State::Unknown };
         Ok(request)
     }
 
@@ -218,9 +219,7 @@ impl Extension for RequestGuardExtension {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let (prepared, kept) = match std::mem::take(&mut *self.state()) {
-            State::Prepared { operation_name, has_variables, kept } if DocumentCache::may_keep(query) => {
-                (Some((operation_name, has_variables)), kept)
-            }
+            State::Prepared { operation_name, has_variables, kept } => (Some((operation_name, has_variables)), kept),
             _ => (None, None),
         };
         // Validation may be kept only for a request whose client sent no variables

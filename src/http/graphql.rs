@@ -6,7 +6,7 @@ use std::sync::{Arc, atomic::AtomicUsize};
 
 use async_graphql::{
     BatchRequest, BatchResponse, Request as GqlRequest, Response as GqlResponse, Value,
-    parser::types::{DocumentOperations, OperationType},
+    parser::types::OperationType,
 };
 use async_graphql_poem::GraphQLBatchResponse;
 use poem::{
@@ -27,7 +27,10 @@ use crate::{
         rate_limit::IpKey,
     },
     error::Code,
-    graphql::{RequestCtx, documents::DocumentCache},
+    graphql::{
+        RequestCtx,
+        documents::{DocumentCache, selected_operation},
+    },
     service::{
         ClientInfo, Services,
         api_keys::{self, AuthFailure},
@@ -107,11 +110,11 @@ fn parse_query_string(qs: &str) -> Result<GqlRequest, String> {
 
 #[handler]
 pub async fn graphql_get(req: &Request, state: Data<&Arc<AppState>>) -> Response {
-    let gql = match parse_query_string(req.uri().query().unwrap_or_default()) {
+    let mut gql = match parse_query_string(req.uri().query().unwrap_or_default()) {
         Ok(r) => r,
         Err(message) => return plain_error(StatusCode::BAD_REQUEST, Code::BadUserInput, &message),
     };
-    if !is_query(&gql, &state.documents) {
+    if !is_query(&mut gql, &state.documents) {
         let mut resp = plain_error(StatusCode::METHOD_NOT_ALLOWED, Code::BadUserInput, "Mutations must use POST");
         resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         return resp;
@@ -129,27 +132,19 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// False for a document whose selected operation is a mutation or subscription.
 /// Unparsable documents count as queries: execution answers them with an error.
-/// A kept document is read from the cache rather than parsed again.
-fn is_query(req: &GqlRequest, documents: &DocumentCache) -> bool {
+/// A kept document is read from the cache; otherwise the document parsed here is
+/// left in the request, so that execution does not parse it again.
+fn is_query(req: &mut GqlRequest, documents: &DocumentCache) -> bool {
     let kept = if DocumentCache::may_keep(&req.query) { documents.get(&req.query) } else { None };
-    let parsed;
+    let operation_name = req.operation_name.clone();
     let doc = match &kept {
         Some(kept) => &kept.document,
-        None => match async_graphql::parser::parse_query(&req.query) {
-            Ok(doc) => {
-                parsed = doc;
-                &parsed
-            }
+        None => match req.parsed_query() {
+            Ok(doc) => doc,
             Err(_) => return true,
         },
     };
-    let op = match (&doc.operations, req.operation_name.as_deref()) {
-        (DocumentOperations::Single(op), _) => Some(op),
-        (DocumentOperations::Multiple(ops), Some(name)) => ops.iter().find(|(n, _)| n.as_str() == name).map(|(_, op)| op),
-        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
-        (DocumentOperations::Multiple(_), None) => None,
-    };
-    op.is_none_or(|op| op.node.ty == OperationType::Query)
+    selected_operation(doc, operation_name.as_deref()).is_none_or(|op| op.node.ty == OperationType::Query)
 }
 
 /// Decides who is calling from the `Authorization` header (never the URL).
