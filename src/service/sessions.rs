@@ -117,12 +117,7 @@ pub async fn refresh(svc: &Services, presented: &str) -> AppResult<Issued> {
     let mut current = presented.to_owned();
     let mut hops = 0;
     loop {
-        let found = refresh_token::Entity::find()
-            .filter(refresh_token::Column::TokenHash.eq(hash_token(&current)))
-            .find_also_related(session::Entity)
-            .unique_row(&svc.db)
-            .await?;
-        let Some((row, Some(session))) = found else {
+        let Some((row, Some(session))) = token_and_session(svc, &current).await? else {
             return Err(AppError::InvalidToken);
         };
         if session.revoked_at.is_some() {
@@ -216,6 +211,18 @@ async fn rotate(
     Ok(Some(successor))
 }
 
+/// A refresh token's row, found by the token's hash, with its session.
+async fn token_and_session(
+    svc: &Services,
+    token: &str,
+) -> AppResult<Option<(refresh_token::Model, Option<session::Model>)>> {
+    Ok(refresh_token::Entity::find()
+        .filter(refresh_token::Column::TokenHash.eq(hash_token(token)))
+        .find_also_related(session::Entity)
+        .unique_row(&svc.db)
+        .await?)
+}
+
 async fn load_user(svc: &Services, user_id: Uuid) -> AppResult<user::Model> {
     let profile = super::accounts::profile(svc, user_id).await?.ok_or(AppError::InvalidToken)?;
     Ok(Arc::unwrap_or_clone(profile))
@@ -267,11 +274,7 @@ pub async fn logout(
         targets.push((me.session_id, me.user_id));
     }
     if let Some(token) = refresh_token.filter(|t| well_formed(t))
-        && let Some((_, Some(session))) = refresh_token::Entity::find()
-            .filter(refresh_token::Column::TokenHash.eq(hash_token(token)))
-            .find_also_related(session::Entity)
-            .unique_row(&svc.db)
-            .await?
+        && let Some((_, Some(session))) = token_and_session(svc, token).await?
     {
         targets.push((session.id, session.user_id));
     }
