@@ -174,6 +174,16 @@ impl TestApp {
         self.post(client, token, query, variables).await.json().await.expect("json body")
     }
 
+    /// POSTs a document naming the operation to run, without variables; returns
+    /// the JSON body.
+    pub async fn gql_named(&self, client: &Client, token: Option<&str>, query: &str, operation: &str) -> Value {
+        let mut req = client.post(self.url("/graphql")).json(&json!({ "query": query, "operationName": operation }));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request").json().await.expect("json body")
+    }
+
     /// Registers an account with the COOKIE transport on `client`; returns the payload.
     pub async fn register(&self, client: &Client, email: &str) -> Value {
         let body = self

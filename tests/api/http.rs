@@ -390,13 +390,9 @@ async fn variables_left_out_take_their_defaults_or_are_refused() {
     // With several operations, the chosen one's definitions count.
     let two = "query A($x: Boolean = true) { me { email @include(if: $x) } } \
                query B($y: Boolean!) { me { id @include(if: $y) } }";
-    let named = |name: &str| json!({ "query": two, "operationName": name });
-    let send = |body: Value| {
-        let (c, url, token) = (c.clone(), app.url("/graphql"), alice.clone());
-        async move { c.post(url).bearer_auth(token).json(&body).send().await.unwrap().json::<Value>().await.unwrap() }
-    };
-    assert_eq!(send(named("A")).await, json!({ "data": { "me": { "email": "alice@example.com" } } }));
-    let v = send(named("B")).await;
+    let v = app.gql_named(&c, Some(&alice), two, "A").await;
+    assert_eq!(v, json!({ "data": { "me": { "email": "alice@example.com" } } }));
+    let v = app.gql_named(&c, Some(&alice), two, "B").await;
     assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
     assert!(v["errors"][0]["message"].as_str().unwrap().contains("$y"), "{v}");
 }
@@ -411,14 +407,7 @@ async fn repeated_documents_answer_for_their_own_operation_variables_and_caller(
     let (bob, _, _) = app.register_body("bob@example.com").await;
 
     let two = "query A { me { email } } query B { me { name } }";
-    let named = |name: &str| json!({ "query": two, "operationName": name });
-    let send_named = |name: &'static str| {
-        let body = named(name);
-        let c = c.clone();
-        let url = app.url("/graphql");
-        let token = alice.clone();
-        async move { c.post(url).bearer_auth(token).json(&body).send().await.unwrap().json::<Value>().await.unwrap() }
-    };
+    let send_named = |name: &'static str| app.gql_named(&c, Some(&alice), two, name);
     for _ in 0..2 {
         assert_eq!(send_named("A").await, json!({ "data": { "me": { "email": "alice@example.com" } } }));
     }
