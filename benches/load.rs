@@ -28,6 +28,7 @@ use std::{
 };
 
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use authgraph::config::{ARGON2_MIN_ITERATIONS, ARGON2_MIN_MEMORY_KIB};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
@@ -349,7 +350,7 @@ impl Argon2Bound {
                 let (tx, rx) = std::sync::mpsc::channel::<Instant>();
                 let count_tx = count_tx.clone();
                 std::thread::spawn(move || {
-                    let params = Params::new(19 * 1024, 2, 1, None).unwrap();
+                    let params = Params::new(ARGON2_MIN_MEMORY_KIB, ARGON2_MIN_ITERATIONS, 1, None).unwrap();
                     let mut memory = vec![Block::default(); params.block_count()];
                     let a = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
                     let salt = b"saltsaltsaltsalt";
@@ -553,7 +554,8 @@ fn main() {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     println!(
         "authgraph load benchmark: release server and load generator on the same {cores}-core machine, \
-         over 127.0.0.1; {} s per phase, {} connections, argon2id m=19456 KiB t=2 p=1",
+         over 127.0.0.1; {} s per phase, {} connections, argon2id m={ARGON2_MIN_MEMORY_KIB} KiB \
+         t={ARGON2_MIN_ITERATIONS} p=1 (the server's defaults)",
         o.seconds, o.connections
     );
     rt.block_on(async {
