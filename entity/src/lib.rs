@@ -3,6 +3,7 @@
 //! `password_hash` can never reach the API by accident.
 
 pub mod api_key;
+pub mod keys;
 pub mod refresh_token;
 pub mod session;
 pub mod user;

@@ -7,10 +7,13 @@ pub struct Model {
     pub id: Uuid,
     /// The address as the user typed it (trimmed).
     pub email: String,
-    /// Lower-cased address; unique, so `Alice@X.com` and `alice@x.com` are one account.
+    /// The address's key ([`crate::keys::email_key`]: NFC, case folding, IDNA);
+    /// unique, so every spelling of one mailbox is one account.
     #[sea_orm(unique)]
     pub email_normalized: String,
     pub name: String,
+    /// The folded name and address the admin search matches ([`crate::keys::search_key`]).
+    pub search_key: String,
     /// PHC string (argon2id). Never leaves the service layer.
     pub password_hash: String,
     pub role: Role,

@@ -15,6 +15,7 @@ use argon2::{
     password_hash::{Output, ParamsString, SaltString, rand_core::OsRng},
 };
 use tokio::sync::oneshot;
+use unicode_normalization::UnicodeNormalization;
 
 use crate::{config::PasswordParams, error::AppError};
 
@@ -79,14 +80,20 @@ impl PasswordHasher {
         Ok(Self { inner: Arc::new(Inner { params, queue: Mutex::new(tx), dummy_hash }) })
     }
 
-    /// Hashes a new password.
+    /// Hashes a new password, in its [`normalize`]d form.
     pub async fn hash(&self, password: String) -> Result<String, AppError> {
         let params = self.inner.params.clone();
-        self.run(move |memory| hash_with(&params, password.as_bytes(), memory)).await?
+        self.run(move |memory| hash_with(&params, normalize(&password).as_bytes(), memory)).await?
     }
 
     /// Verifies `password` against `stored`, or against the dummy hash when the
     /// account does not exist (`stored` is `None`), which always answers `No`.
+    ///
+    /// The [`normalize`]d form is checked first. Hashes stored before passwords
+    /// were normalised hold the bytes as typed: when the normalised form differs
+    /// and fails, the typed bytes are checked too (for unknown accounts alike, so
+    /// the time says nothing), and a match is answered `YesRehashed` with a hash
+    /// of the normalised form, so the account moves over at its next login.
     pub async fn verify(&self, password: String, stored: Option<String>) -> Result<Verified, AppError> {
         let known = stored.is_some();
         let stored = stored.unwrap_or_else(|| self.inner.dummy_hash.clone());
@@ -95,11 +102,15 @@ impl PasswordHasher {
             let Ok(parsed) = PasswordHash::new(&stored) else {
                 return Ok(Verified::No);
             };
-            if !matches_hash(&parsed, password.as_bytes(), memory) || !known {
+            let normalized = normalize(&password);
+            let as_normalized = matches_hash(&parsed, normalized.as_bytes(), memory);
+            let as_typed =
+                !as_normalized && normalized != password && matches_hash(&parsed, password.as_bytes(), memory);
+            if !known || !(as_normalized || as_typed) {
                 return Ok(Verified::No);
             }
-            if needs_rehash(&parsed, &params) {
-                Ok(Verified::YesRehashed(hash_with(&params, password.as_bytes(), memory)?))
+            if as_typed || needs_rehash(&parsed, &params) {
+                Ok(Verified::YesRehashed(hash_with(&params, normalized.as_bytes(), memory)?))
             } else {
                 Ok(Verified::Yes)
             }
@@ -124,6 +135,13 @@ impl PasswordHasher {
             .map_err(|_| AppError::internal("password threads stopped"))?;
         rx.await.map_err(|_| AppError::internal("password thread ended without an answer"))
     }
+}
+
+/// The form of a password that is hashed and verified: NFKC (UAX #15), so that
+/// one passphrase typed on two keyboards (composed or decomposed accents,
+/// full-width letters) is one password, as NIST SP 800-63B §5.1.1.2 recommends.
+pub fn normalize(password: &str) -> String {
+    password.nfkc().collect()
 }
 
 /// Makes sure `memory` holds the blocks `params` needs and returns them.
@@ -253,6 +271,27 @@ mod tests {
             .to_string();
         assert!(matches!(h.verify("legacy pass".into(), Some(theirs.clone())).await.unwrap(), Verified::YesRehashed(_)));
         assert_eq!(h.verify("legacy pasz".into(), Some(theirs)).await.unwrap(), Verified::No);
+    }
+
+    #[tokio::test]
+    async fn passwords_are_normalised_and_raw_hashes_move_over() {
+        let h = PasswordHasher::new(&params(19 * 1024)).unwrap();
+        let composed = "Cr\u{e8}me br\u{fb}l\u{e9}e \u{e0} la fran\u{e7}aise";
+        let decomposed: String = composed.nfd().collect();
+        assert_ne!(composed, decomposed);
+        let hash = h.hash(composed.into()).await.unwrap();
+        assert_eq!(h.verify(decomposed.clone(), Some(hash.clone())).await.unwrap(), Verified::Yes);
+        assert_eq!(h.verify(composed.into(), Some(hash)).await.unwrap(), Verified::Yes);
+        // A hash of the typed (decomposed) bytes, as stored before normalisation.
+        let mut memory = Vec::new();
+        let raw = hash_with(&h.inner.params, decomposed.as_bytes(), &mut memory).unwrap();
+        match h.verify(decomposed.clone(), Some(raw.clone())).await.unwrap() {
+            Verified::YesRehashed(new_hash) => {
+                assert_eq!(h.verify(composed.into(), Some(new_hash)).await.unwrap(), Verified::Yes);
+            }
+            other => panic!("expected a rehash of the normalised form, got {other:?}"),
+        }
+        assert_eq!(h.verify("Creme brulee a la francaise".into(), Some(raw)).await.unwrap(), Verified::No);
     }
 
     #[tokio::test]

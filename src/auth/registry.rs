@@ -167,6 +167,7 @@ mod tests {
             email: "a@example.com".into(),
             email_normalized: "a@example.com".into(),
             name: "A".into(),
+            search_key: "a\na@example.com".into(),
             password_hash: "$argon2id$secret".into(),
             role,
             created_at: now,

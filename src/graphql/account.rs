@@ -47,7 +47,6 @@ impl AccountMutation {
     async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> Result<AuthPayload> {
         let req = request(ctx)?;
         let svc = services(ctx)?;
-        svc.limits.check_ip(Action::Login, req.ip_key)?;
         let transport = input.transport.unwrap_or_default();
         if transport == TokenTransport::Cookie {
             require_same_site(req)?;
@@ -70,8 +69,9 @@ impl AccountMutation {
         #[graphql(secret)] current_password: String,
         #[graphql(secret)] new_password: String,
     ) -> Result<bool> {
-        let me = request(ctx)?.principal.require_user()?;
-        accounts::change_password(services(ctx)?, me.user_id, me.session_id, current_password, new_password)
+        let req = request(ctx)?;
+        let me = req.principal.require_user()?;
+        accounts::change_password(services(ctx)?, me.user_id, me.session_id, &req.client, current_password, new_password)
             .await?;
         Ok(true)
     }

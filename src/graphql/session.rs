@@ -59,9 +59,11 @@ impl SessionMutation {
         let req = request(ctx)?;
         require_same_site(req)?;
         let token = refresh_token.as_deref().or(req.refresh_cookie.as_deref());
-        sessions::logout(services(ctx)?, &req.principal, token, everywhere.unwrap_or(false)).await?;
+        let ended = sessions::logout(services(ctx)?, &req.principal, token, everywhere.unwrap_or(false)).await;
         ctx.insert_http_header("cache-control", "no-store");
+        // Cleared also when the cookie turned out to be a reused token.
         ctx.append_http_header("set-cookie", cookie_policy(ctx)?.clear());
+        ended?;
         Ok(true)
     }
 

@@ -12,7 +12,11 @@ use entity::user::{self, Role};
 
 use super::{ClientInfo, Issued, Services, sessions, validate};
 use crate::{
-    auth::{password::Verified, registry::SessionEvent},
+    auth::{
+        password::Verified,
+        rate_limit::{Action, IpKey},
+        registry::SessionEvent,
+    },
     db::{self, UniqueRow},
     error::{AppError, AppResult},
 };
@@ -69,6 +73,7 @@ pub(super) fn new_user_row(
 ) -> user::ActiveModel {
     user::ActiveModel {
         id: Set(Uuid::now_v7()),
+        search_key: Set(entity::keys::search_key(&new.name, &new.email)),
         email: Set(new.email),
         email_normalized: Set(new.normalized),
         name: Set(new.name),
@@ -101,14 +106,32 @@ pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) ->
     sessions::issue(svc, user, &session, refresh, now)
 }
 
+/// Spends one unit of the password-check budget: the client's (IPv4 address or
+/// IPv6 /64) and the account's (by its email key, existing or not). Every
+/// operation that verifies a password calls this before hashing, so no
+/// mutation is a way around the quota (OWASP ASVS V2.2.1).
+///
+/// Errors: `RATE_LIMITED` with `retryAfter` (seconds) past either budget.
+pub fn spend_password_budget(svc: &Services, client: &ClientInfo, email_key: &str) -> AppResult<()> {
+    svc.limits.check_ip(Action::Login, IpKey::from(client.ip))?;
+    svc.limits.check_account(email_key)
+}
+
 /// Checks the credentials and starts a session. A wrong password and an
 /// unknown email take the same time and give the same error.
+///
+/// The session is written only if the stored hash is still the one that was
+/// verified (a compare-and-set inside the write transaction): a login racing a
+/// password change either commits first, and the change ends its session, or
+/// finds the hash changed and fails. An upgraded hash is written under the same
+/// condition, so it never overwrites a newer password.
 #[tracing::instrument(skip_all)]
 pub async fn login(svc: &Services, email: &str, password: String, client: &ClientInfo) -> AppResult<Issued> {
+    svc.limits.check_ip(Action::Login, IpKey::from(client.ip))?;
     let (_, normalized) = validate::email(email)?;
     // Counted for every address, registered or not, before any hashing.
     svc.limits.check_account(&normalized)?;
-    if password.chars().count() > validate::PASSWORD_MAX {
+    if crate::auth::password::normalize(&password).chars().count() > validate::PASSWORD_MAX {
         // No account can have such a password; nothing about the account is revealed.
         return Err(AppError::InvalidCredentials);
     }
@@ -126,12 +149,13 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
     let txn = db::begin_write(&svc.db).await?;
     let mut update = user::Entity::update_many()
         .col_expr(user::Column::LastLoginAt, Expr::value(now))
-        .filter(user::Column::Id.eq(user.id));
+        .filter(user::Column::Id.eq(user.id))
+        .filter(user::Column::PasswordHash.eq(user.password_hash.as_str()));
     if let Some(h) = &new_hash {
         update = update.col_expr(user::Column::PasswordHash, Expr::value(h.clone()));
     }
     if update.exec(&txn).await?.rows_affected != 1 {
-        // Deleted between the check and now.
+        // Deleted, or the password changed, between the check and now.
         txn.rollback().await?;
         return Err(AppError::InvalidCredentials);
     }
@@ -140,7 +164,7 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
     if new_hash.is_some() {
         tracing::info!(user_id = %user.id, "password hash upgraded to current parameters");
     }
-    let user = user::Model { last_login_at: Some(now), ..user };
+    let user = user::Model { last_login_at: Some(now), password_hash: new_hash.unwrap_or(user.password_hash), ..user };
     sessions::issue(svc, user, &session, refresh, now)
 }
 
@@ -171,6 +195,10 @@ pub async fn update_profile(svc: &Services, user_id: Uuid, change: ProfileChange
     let name = change.name.as_deref().map(validate::name).transpose()?;
     let email = change.email.as_deref().map(validate::email).transpose()?;
     let user = find(svc, user_id).await?.ok_or(AppError::TokenRevoked)?;
+    let search_key = entity::keys::search_key(
+        name.as_deref().unwrap_or(&user.name),
+        email.as_ref().map_or(&user.email, |(display, _)| display),
+    );
     let mut active: user::ActiveModel = user.into();
     if let Some(name) = name {
         active.name = Set(name);
@@ -179,6 +207,7 @@ pub async fn update_profile(svc: &Services, user_id: Uuid, change: ProfileChange
         active.email = Set(email);
         active.email_normalized = Set(normalized);
     }
+    active.search_key = Set(search_key);
     active.updated_at = Set(Utc::now());
     let user = active.update(&svc.db).await.map_err(map_unique)?;
     svc.registry.apply(SessionEvent::UserUpdated { user: user.clone() });
@@ -187,16 +216,28 @@ pub async fn update_profile(svc: &Services, user_id: Uuid, change: ProfileChange
 
 /// Changes the password after checking the current one, and ends every other
 /// session of the user (a stolen session must not survive a password change).
+///
+/// The check spends the same budget as a login ([`spend_password_budget`]). The
+/// new hash is written only over the hash that was verified (compare-and-set in
+/// the transaction that ends the other sessions), so of two concurrent changes
+/// only one succeeds, and no session authenticated with the old password
+/// outlives the change.
+///
+/// Errors: `WEAK_PASSWORD` (`newPassword`), `RATE_LIMITED`,
+/// `INVALID_CREDENTIALS` when `current` is wrong or the password changed
+/// meanwhile, `TOKEN_REVOKED` when the account is gone.
 #[tracing::instrument(skip_all)]
 pub async fn change_password(
     svc: &Services,
     user_id: Uuid,
     current_session: Uuid,
+    client: &ClientInfo,
     current: String,
     new: String,
 ) -> AppResult<()> {
     validate::new_password(&new, "newPassword")?;
     let user = find(svc, user_id).await?.ok_or(AppError::TokenRevoked)?;
+    spend_password_budget(svc, client, &user.email_normalized)?;
     match svc.hasher.verify(current, Some(user.password_hash.clone())).await? {
         Verified::Yes | Verified::YesRehashed(_) => {}
         Verified::No => return Err(AppError::InvalidCredentials),
@@ -204,16 +245,22 @@ pub async fn change_password(
     let hash = svc.hasher.hash(new).await?;
     let now = Utc::now();
     let txn = db::begin_write(&svc.db).await?;
-    user::Entity::update_many()
-        .col_expr(user::Column::PasswordHash, Expr::value(hash))
+    let changed = user::Entity::update_many()
+        .col_expr(user::Column::PasswordHash, Expr::value(hash.clone()))
         .col_expr(user::Column::UpdatedAt, Expr::value(now))
         .filter(user::Column::Id.eq(user_id))
+        .filter(user::Column::PasswordHash.eq(user.password_hash.as_str()))
         .exec(&txn)
         .await?;
+    if changed.rows_affected != 1 {
+        // Another change (or the account's deletion) got there first.
+        txn.rollback().await?;
+        return Err(AppError::InvalidCredentials);
+    }
     let ended = sessions::end_user_sessions(&txn, user_id, Some(current_session)).await?;
     txn.commit().await?;
     svc.registry.apply(SessionEvent::UserSessionsRevoked { user_id, except: Some(current_session) });
-    svc.registry.apply(SessionEvent::UserUpdated { user: user::Model { updated_at: now, ..user } });
+    svc.registry.apply(SessionEvent::UserUpdated { user: user::Model { updated_at: now, password_hash: hash, ..user } });
     tracing::info!(%user_id, other_sessions_ended = ended, "password changed");
     Ok(())
 }

@@ -5,7 +5,7 @@ use chrono::Utc;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, ExprTrait, PaginatorTrait, QueryFilter,
     QueryOrder, QuerySelect, Select, Set, ActiveModelTrait,
-    sea_query::{Expr, Func, LikeExpr},
+    sea_query::{Expr, LikeExpr},
 };
 use uuid::Uuid;
 
@@ -53,13 +53,11 @@ fn filtered(filter: &UserFilter) -> Select<user::Entity> {
         q = q.filter(user::Column::Role.eq(role));
     }
     if let Some(term) = filter.search.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
-        let escaped = term.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-        let pattern = format!("%{escaped}%");
-        q = q.filter(
-            Expr::col(user::Column::EmailNormalized)
-                .like(LikeExpr::new(pattern.clone()).escape('\\'))
-                .or(Expr::expr(Func::lower(Expr::col(user::Column::Name))).like(LikeExpr::new(pattern).escape('\\'))),
-        );
+        // Folded as the stored key was, so every script and spelling matches alike
+        // on both backends (no reliance on the database's `lower()`).
+        let folded = entity::keys::fold(term);
+        let escaped = folded.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        q = q.filter(Expr::col(user::Column::SearchKey).like(LikeExpr::new(format!("%{escaped}%")).escape('\\')));
     }
     q
 }

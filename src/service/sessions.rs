@@ -262,6 +262,13 @@ pub async fn end_user_sessions(
 /// Logs out: the caller's current session (from the access token, the refresh
 /// token, or both), or every session of that user. Idempotent: nothing to end is
 /// still a success.
+///
+/// A refresh token has here exactly the power `refreshToken` would give it. A
+/// live one (or a rotated one inside the grace window) names its session. A
+/// token of an ended or expired session names nothing. A rotated token past the
+/// window is a copy (RFC 9700 §4.14.2): its own session is ended, as reuse
+/// detection does, and the call fails with `REFRESH_TOKEN_REUSED`. It never
+/// ends the user's other sessions, `everywhere` or not.
 #[tracing::instrument(skip_all, fields(everywhere))]
 pub async fn logout(
     svc: &Services,
@@ -273,10 +280,18 @@ pub async fn logout(
     if let Some(me) = principal.user() {
         targets.push((me.session_id, me.user_id));
     }
+    let mut reused = None;
     if let Some(token) = refresh_token.filter(|t| well_formed(t))
-        && let Some((_, Some(session))) = token_and_session(svc, token).await?
+        && let Some((row, Some(session))) = token_and_session(svc, token).await?
     {
-        targets.push((session.id, session.user_id));
+        let now = Utc::now();
+        let grace = ChronoDuration::from_std(svc.policy.reuse_grace).unwrap_or(ChronoDuration::zero());
+        let live = session.revoked_at.is_none() && session.expires_at > now && row.expires_at > now;
+        match row.rotated_at {
+            _ if !live => {}
+            Some(rotated_at) if now - rotated_at > grace => reused = Some(session.id),
+            _ => targets.push((session.id, session.user_id)),
+        }
     }
     // The access token and the cookie usually name the same session: end it once.
     let key = |&(session, user): &(Uuid, Uuid)| if everywhere { user } else { session };
@@ -289,6 +304,11 @@ pub async fn logout(
         } else {
             end_session(svc, session_id).await?;
         }
+    }
+    if let Some(session_id) = reused {
+        tracing::warn!(%session_id, "rotated refresh token presented to logout; session revoked");
+        end_session(svc, session_id).await?;
+        return Err(AppError::RefreshTokenReused);
     }
     Ok(())
 }

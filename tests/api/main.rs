@@ -8,6 +8,7 @@ mod admin;
 mod api_keys;
 mod cross_site;
 mod fuzz;
+mod hardening;
 mod http;
 mod resilience;
 mod sessions;

@@ -1,0 +1,355 @@
+//! Faults found by trying authgraph with inputs from bugs reported against
+//! other auth servers: one mailbox is one account whatever its spelling,
+//! invisible characters are refused, passwords are normalised, search folds
+//! every script, every password check spends one budget, and credentials that
+//! change under a concurrent request leave nothing authenticated by the old ones.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::{Value, json};
+
+use crate::{
+    admin::{make_admin, ok},
+    helpers::*,
+};
+
+const REGISTER: &str = "mutation($i: RegisterInput!) { register(input: $i) { accessToken refreshToken user { id email name } } }";
+const LOGIN: &str = "mutation($i: LoginInput!) { login(input: $i) { accessToken refreshToken user { id } } }";
+const CHANGE: &str = "mutation($c: String!, $n: String!) { changePassword(currentPassword: $c, newPassword: $n) }";
+const REFRESH: &str = "mutation($t: String) { refreshToken(refreshToken: $t) { accessToken refreshToken } }";
+const ME_SESSIONS: &str = "{ me { id sessions { id } } }";
+
+async fn register_with(app: &TestApp, email: &str, password: &str, name: Option<&str>) -> Value {
+    app.gql(
+        &app.client(),
+        None,
+        REGISTER,
+        json!({ "i": { "email": email, "password": password, "name": name, "transport": "BODY" } }),
+    )
+    .await
+}
+
+async fn login_with(app: &TestApp, email: &str, password: &str) -> Value {
+    app.gql(&app.client(), None, LOGIN, json!({ "i": { "email": email, "password": password, "transport": "BODY" } }))
+        .await
+}
+
+fn data<'a>(v: &'a Value, field: &str) -> &'a Value {
+    assert!(v["errors"].is_null(), "{field}: {v}");
+    &v["data"][field]
+}
+
+async fn stored_user(app: &TestApp, id: &str) -> entity::user::Model {
+    entity::user::Entity::find_by_id(id.parse::<uuid::Uuid>().unwrap())
+        .one(&app.state().services.db)
+        .await
+        .unwrap()
+        .expect("the user row")
+}
+
+// Identity: one mailbox, one account
+
+#[tokio::test]
+async fn every_unicode_spelling_of_an_address_is_one_account() {
+    let app = spawn_app().await;
+    let composed = "jos\u{e9}@example.com";
+    let decomposed = "jose\u{301}@example.com";
+    let id = data(&register_with(&app, composed, PASSWORD, None).await, "register")["user"]["id"].clone();
+    for spelling in [decomposed, "JOSE\u{301}@EXAMPLE.COM", "Jos\u{c9}@Example.com"] {
+        let v = register_with(&app, spelling, PASSWORD, None).await;
+        assert_eq!(reason(&v), "EMAIL_TAKEN", "{spelling:?}: {v}");
+        let v = login_with(&app, spelling, PASSWORD).await;
+        assert_eq!(data(&v, "login")["user"]["id"], id, "{spelling:?} reached another account");
+    }
+
+    // A domain typed with a decomposed letter is the same domain as composed or
+    // in its ASCII (punycode) form.
+    let v = register_with(&app, "u@bu\u{308}cher.example", PASSWORD, None).await;
+    let id = data(&v, "register")["user"]["id"].clone();
+    for spelling in ["u@b\u{fc}cher.example", "U@B\u{dc}CHER.EXAMPLE", "u@xn--bcher-kva.example"] {
+        assert_eq!(reason(&register_with(&app, spelling, PASSWORD, None).await), "EMAIL_TAKEN", "{spelling:?}");
+        assert_eq!(data(&login_with(&app, spelling, PASSWORD).await, "login")["user"]["id"], id, "{spelling:?}");
+    }
+    // The profile keeps the address in NFC, and a change of address is keyed alike.
+    let (token, _, _) = app.register_body("other@example.com").await;
+    let v = app
+        .gql(&app.client(), Some(&token), "mutation($e: String) { updateProfile(input: { email: $e }) { email } }",
+             json!({ "e": decomposed }))
+        .await;
+    assert_eq!(reason(&v), "EMAIL_TAKEN", "{v}");
+}
+
+/// Rows keyed by the old rule (lower-casing only) are re-keyed by the migration;
+/// two accounts that turn out to be one mailbox stop it, named, with nothing
+/// changed, instead of being merged.
+#[tokio::test]
+async fn old_rows_are_re_keyed_and_collisions_are_reported() {
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::{ConnectionTrait, sea_query::Query};
+    let database = TestDatabase::create().await;
+    let db = authgraph::db::connect(database.url(), Duration::from_secs(5), 1).await.unwrap();
+    Migrator::up(&db, Some(4)).await.unwrap();
+    let insert = |id: uuid::Uuid, email: &str| {
+        let now = chrono::Utc::now();
+        Query::insert()
+            .into_table("users")
+            .columns(["id", "email", "email_normalized", "name", "password_hash", "role", "created_at", "updated_at"])
+            .values_panic([id.into(), email.into(), email.to_lowercase().into(), "n".into(), "$argon2id$x".into(),
+                           "user".into(), now.into(), now.into()])
+            .to_owned()
+    };
+    let (a, b, c) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    for (id, email) in [(a, "Jos\u{e9}@Example.com"), (b, "jose\u{301}@example.com"), (c, "U@B\u{dc}cher.example")] {
+        db.execute(&insert(id, email)).await.unwrap();
+    }
+    let err = Migrator::up(&db, None).await.expect_err("a collision must stop the migration").to_string();
+    assert!(err.contains(&format!("{a}, {b}")), "{err}");
+    assert!(!err.contains(&c.to_string()) && !err.contains("example"), "only the colliding ids: {err}");
+    // The operator resolves it; the next run re-keys what is left.
+    db.execute(&Query::delete().from_table("users").and_where(sea_orm::ExprTrait::eq(sea_orm::sea_query::Expr::col("id"), b)).to_owned())
+        .await
+        .unwrap();
+    Migrator::up(&db, None).await.unwrap();
+    let rows = entity::user::Entity::find().all(&db).await.unwrap();
+    let key_of = |id| rows.iter().find(|r| r.id == id).unwrap();
+    assert_eq!(key_of(a).email_normalized, "jos\u{e9}@example.com");
+    assert_eq!(key_of(a).search_key, "n\njos\u{e9}@example.com");
+    assert_eq!(key_of(c).email_normalized, "u@xn--bcher-kva.example");
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn invisible_and_direction_changing_characters_are_refused() {
+    let app = spawn_app().await;
+    data(&register_with(&app, "admin@example.com", PASSWORD, None).await, "register");
+    for email in [
+        "ad\u{200b}min@example.com",
+        "ad\u{2060}min@example.com",
+        "ad\u{ad}min@example.com",
+        "ad\u{200d}min@example.com",
+        "\u{feff}admin@example.com",
+        "\u{202e}admin@example.com",
+        "admin@exam\u{200b}ple.com",
+    ] {
+        let v = register_with(&app, email, PASSWORD, None).await;
+        assert_eq!(reason(&v), "INVALID_EMAIL", "{email:?}: {v}");
+        assert_eq!(v["errors"][0]["extensions"]["field"], "email", "{v}");
+    }
+    for name in ["Ada\u{202e}txt.exe", "\u{2066}Ada", "A\u{200b}da", "Ada\u{200f}", "\u{feff}Ada", "Ada\u{61c}"] {
+        let v = register_with(&app, "named@example.com", PASSWORD, Some(name)).await;
+        assert_eq!(reason(&v), "INVALID_NAME", "{name:?}: {v}");
+    }
+    // Emoji keep the joiners they need, and a name is kept in NFC.
+    let v = register_with(&app, "emoji@example.com", PASSWORD, Some("Ada \u{1f469}\u{200d}\u{1f4bb}")).await;
+    assert_eq!(data(&v, "register")["user"]["name"], "Ada \u{1f469}\u{200d}\u{1f4bb}");
+    let v = register_with(&app, "elodie@example.com", PASSWORD, Some("E\u{301}lodie")).await;
+    assert_eq!(data(&v, "register")["user"]["name"], "\u{c9}lodie");
+}
+
+#[tokio::test]
+async fn a_password_is_the_same_password_however_its_accents_are_typed() {
+    let app = spawn_app().await;
+    let composed = "Cr\u{e8}me br\u{fb}l\u{e9}e \u{e0} la fran\u{e7}aise";
+    let decomposed = "Cre\u{300}me bru\u{302}le\u{301}e a\u{300} la franc\u{327}aise";
+    data(&register_with(&app, "creme@example.com", composed, None).await, "register");
+    data(&login_with(&app, "creme@example.com", decomposed).await, "login");
+    data(&login_with(&app, "creme@example.com", composed).await, "login");
+    assert_eq!(reason(&login_with(&app, "creme@example.com", "Creme brulee a la francaise").await), "INVALID_CREDENTIALS");
+
+    // An account whose hash was made from the typed bytes (before passwords were
+    // normalised) keeps working, and moves to the normalised form at its next login.
+    let v = register_with(&app, "legacy@example.com", PASSWORD, None).await;
+    let id = data(&v, "register")["user"]["id"].as_str().unwrap().to_owned();
+    let raw_hash = {
+        use argon2::{PasswordHasher as _, password_hash::SaltString};
+        let salt = SaltString::encode_b64(b"a fixed test salt").unwrap();
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13,
+                            argon2::Params::new(19 * 1024, 2, 1, None).unwrap())
+            .hash_password(decomposed.as_bytes(), &salt)
+            .unwrap()
+            .to_string()
+    };
+    entity::user::Entity::update_many()
+        .col_expr(entity::user::Column::PasswordHash, sea_orm::sea_query::Expr::value(raw_hash.clone()))
+        .filter(entity::user::Column::Id.eq(id.parse::<uuid::Uuid>().unwrap()))
+        .exec(&app.state().services.db)
+        .await
+        .unwrap();
+    data(&login_with(&app, "legacy@example.com", decomposed).await, "login");
+    let rehashed = stored_user(&app, &id).await.password_hash;
+    assert_ne!(rehashed, raw_hash, "the raw-bytes hash was not replaced");
+    data(&login_with(&app, "legacy@example.com", composed).await, "login");
+}
+
+#[tokio::test]
+async fn admin_search_folds_case_and_spelling_in_every_script() {
+    let app = spawn_app().await;
+    let (admin, _) = make_admin(&app, "root@example.com").await;
+    data(&register_with(&app, "elodie@example.com", PASSWORD, Some("\u{c9}lodie \u{dc}nal")).await, "register");
+    data(&register_with(&app, "dmitry@example.com", PASSWORD, Some("\u{414}\u{43c}\u{438}\u{442}\u{440}\u{438}\u{439}")).await, "register");
+    data(&register_with(&app, "ascii@example.com", PASSWORD, Some("Plain Name")).await, "register");
+    data(&register_with(&app, "u@b\u{fc}cher.example", PASSWORD, Some("Mailer")).await, "register");
+    let search = "query($s: String) { users(search: $s) { totalCount nodes { email } } }";
+    let found = |v: Value| -> Vec<String> {
+        v["users"]["nodes"].as_array().unwrap().iter().map(|n| n["email"].as_str().unwrap().to_owned()).collect()
+    };
+    for (term, email) in [
+        ("\u{c9}lodie", "elodie@example.com"),
+        ("\u{e9}lodie", "elodie@example.com"),
+        ("\u{c9}LODIE", "elodie@example.com"),
+        ("E\u{301}LODIE", "elodie@example.com"),
+        ("\u{fc}nal", "elodie@example.com"),
+        ("\u{414}\u{43c}\u{438}\u{442}\u{440}\u{438}\u{439}", "dmitry@example.com"),
+        ("\u{434}\u{43c}\u{438}\u{442}\u{440}\u{438}\u{439}", "dmitry@example.com"),
+        ("\u{414}\u{41c}\u{418}\u{422}\u{420}\u{418}\u{419}", "dmitry@example.com"),
+        ("plain", "ascii@example.com"),
+        ("B\u{dc}CHER", "u@b\u{fc}cher.example"),
+        ("ASCII@EXAMPLE", "ascii@example.com"),
+    ] {
+        let v = ok(&app, &admin, search, json!({ "s": term })).await;
+        assert_eq!(found(v.clone()), vec![email.to_owned()], "search {term:?}: {v}");
+        assert_eq!(v["users"]["totalCount"], 1, "{term:?}: {v}");
+    }
+    // LIKE's wildcards are matched literally.
+    let v = ok(&app, &admin, search, json!({ "s": "%" })).await;
+    assert_eq!(v["users"]["totalCount"], 0, "{v}");
+}
+
+// Credentials that change under a concurrent request
+
+#[tokio::test]
+async fn change_password_spends_the_login_budget() {
+    let app = spawn_with(|c| c.rate_limits.login_per_account = "5/1h".parse().unwrap()).await;
+    let (token, _, _) = app.register_body("budget@example.com").await;
+    let c = app.client();
+    let mut outcomes = Vec::new();
+    for i in 0..12 {
+        let v = app.gql(&c, Some(&token), CHANGE, json!({ "c": format!("wrong guess {i}"), "n": "a new passphrase" })).await;
+        outcomes.push(reason(&v).to_owned() + code(&v));
+        if code(&v) == "RATE_LIMITED" {
+            assert!(v["errors"][0]["extensions"]["retryAfter"].as_u64().is_some_and(|s| s >= 1), "{v}");
+        }
+    }
+    let wrong = outcomes.iter().filter(|o| o.starts_with("INVALID_CREDENTIALS")).count();
+    assert_eq!(wrong, 5, "only the budget of 5 may be checked: {outcomes:?}");
+    // The thirteenth, correct guess is refused too: the budget is spent.
+    let v = app.gql(&c, Some(&token), CHANGE, json!({ "c": PASSWORD, "n": "a new passphrase" })).await;
+    assert_eq!(code(&v), "RATE_LIMITED", "{v}");
+    // And it is one budget: login on the same account is limited as well.
+    assert_eq!(code(&login_with(&app, "budget@example.com", PASSWORD).await), "RATE_LIMITED");
+}
+
+#[tokio::test]
+async fn change_password_spends_the_per_ip_login_budget() {
+    let app = spawn_with(|c| c.rate_limits.login_per_ip = "3/1h".parse().unwrap()).await;
+    let (token, _, _) = app.register_body("ipbudget@example.com").await;
+    let c = app.client();
+    for _ in 0..3 {
+        let v = app.gql(&c, Some(&token), CHANGE, json!({ "c": "wrong guess", "n": "a new passphrase" })).await;
+        assert_eq!(reason(&v), "INVALID_CREDENTIALS", "{v}");
+    }
+    let v = app.gql(&c, Some(&token), CHANGE, json!({ "c": PASSWORD, "n": "a new passphrase" })).await;
+    assert_eq!(code(&v), "RATE_LIMITED", "{v}");
+    assert_eq!(code(&login_with(&app, "ipbudget@example.com", PASSWORD).await), "RATE_LIMITED");
+}
+
+/// Logins with the old password fired a few milliseconds apart, with the change
+/// in the middle of them: once the change has returned, no session
+/// authenticated with the old password may be alive.
+#[tokio::test]
+async fn no_login_with_the_old_password_outlives_a_password_change() {
+    let app = spawn_app().await;
+    for round in 0..4 {
+        let email = format!("race{round}@example.com");
+        let (token, _, _) = app.register_body(&email).await;
+        let logins = (0..16).map(|i| {
+            let (app, email) = (&app, email.clone());
+            async move {
+                tokio::time::sleep(Duration::from_millis(3 * i)).await;
+                login_with(app, &email, PASSWORD).await
+            }
+        });
+        let change = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            app.gql(&app.client(), Some(&token), CHANGE, json!({ "c": PASSWORD, "n": "the new passphrase" })).await
+        };
+        let (results, changed) = tokio::join!(join_all(logins), change);
+        assert_eq!(changed["data"]["changePassword"], true, "{changed}");
+        for v in &results {
+            if !v["errors"].is_null() {
+                assert_eq!(reason(v), "INVALID_CREDENTIALS", "{v}");
+                continue;
+            }
+            let p = &v["data"]["login"];
+            let me = app.gql(&app.client(), p["accessToken"].as_str(), "{ me { id } }", json!({})).await;
+            assert_eq!(code(&me), "UNAUTHENTICATED", "round {round}: an old-password session still answers me: {me}");
+            let r = app.gql(&app.client(), None, REFRESH, json!({ "t": p["refreshToken"] })).await;
+            assert_eq!(code(&r), "UNAUTHENTICATED", "round {round}: an old-password session still refreshes: {r}");
+        }
+        let v = app.gql(&app.client(), Some(&token), ME_SESSIONS, json!({})).await;
+        assert_eq!(v["data"]["me"]["sessions"].as_array().map(Vec::len), Some(1), "round {round}: {v}");
+        // The new password works, the old one no longer does.
+        data(&login_with(&app, &email, "the new passphrase").await, "login");
+        assert_eq!(reason(&login_with(&app, &email, PASSWORD).await), "INVALID_CREDENTIALS");
+    }
+}
+
+/// Two concurrent changes from the same current password: one wins; the other
+/// is refused rather than written over it (the stored hash is compared and set).
+#[tokio::test]
+async fn concurrent_password_changes_do_not_both_succeed() {
+    let app = spawn_app().await;
+    for round in 0..3 {
+        let email = format!("twice{round}@example.com");
+        let (token, _, _) = app.register_body(&email).await;
+        let change = |n: &'static str| {
+            let (app, token) = (&app, token.clone());
+            async move { app.gql(&app.client(), Some(&token), CHANGE, json!({ "c": PASSWORD, "n": n })).await }
+        };
+        let (a, b) = tokio::join!(change("first new passphrase"), change("second new passphrase"));
+        let won: Vec<&str> = [(&a, "first new passphrase"), (&b, "second new passphrase")]
+            .into_iter()
+            .filter(|(v, _)| v["data"]["changePassword"] == true)
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(won.len(), 1, "round {round}: {a} {b}");
+        let lost = if won[0] == "first new passphrase" { &b } else { &a };
+        assert_eq!(reason(lost), "INVALID_CREDENTIALS", "{lost}");
+        data(&login_with(&app, &email, won[0]).await, "login");
+    }
+}
+
+#[tokio::test]
+async fn a_stale_refresh_token_cannot_log_out_everywhere() {
+    let app = spawn_with(|c| c.refresh_reuse_grace = Duration::ZERO).await;
+    let (_, stale, _) = app.register_body("stale@example.com").await;
+    let v = app.gql(&app.client(), None, REFRESH, json!({ "t": stale })).await;
+    let first = data(&v, "refreshToken")["accessToken"].as_str().unwrap().to_owned();
+    // Another session of the same user, on another device.
+    let other = data(&login_with(&app, "stale@example.com", PASSWORD).await, "login")["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let v = app
+        .gql(&app.client(), None, "mutation($t: String) { logout(everywhere: true, refreshToken: $t) }", json!({ "t": stale }))
+        .await;
+    assert_eq!(reason(&v), "REFRESH_TOKEN_REUSED", "{v}");
+    // Reuse detection ended the stale token's own session…
+    let me = app.gql(&app.client(), Some(&first), "{ me { id } }", json!({})).await;
+    assert_eq!(reason(&me), "TOKEN_REVOKED", "{me}");
+    // …and nothing else.
+    let me = app.gql(&app.client(), Some(&other), "{ me { id } }", json!({})).await;
+    assert!(me["errors"].is_null(), "a stale token ended another session: {me}");
+
+    // A token of an ended session has no power at all.
+    let v = app
+        .gql(&app.client(), None, "mutation($t: String) { logout(everywhere: true, refreshToken: $t) }", json!({ "t": stale }))
+        .await;
+    assert_eq!(v["data"]["logout"], true, "{v}");
+    let me = app.gql(&app.client(), Some(&other), "{ me { id } }", json!({})).await;
+    assert!(me["errors"].is_null(), "a dead session's token ended another session: {me}");
+}
