@@ -14,7 +14,7 @@ use entity::user::{self, Role};
 use super::{Services, sessions};
 use crate::{
     auth::{
-        access::{AdminOnly, Granted, SessionsRevoke, UsersRead, UsersWrite},
+        access::{Actor, AdminOnly, Granted, SessionsRevoke, UsersRead, UsersWrite},
         registry::SessionEvent,
     },
     db::{self, UniqueRow},
@@ -141,13 +141,22 @@ pub async fn set_role(svc: &Services, _proof: &Granted<AdminOnly>, id: Uuid, rol
 
 /// Deletes a user; their sessions and tokens go with them (cascade) and their
 /// access tokens stop working at once. False when there was no such user.
-pub async fn delete_user(svc: &Services, _proof: &Granted<UsersWrite>, id: Uuid) -> AppResult<bool> {
+///
+/// An admin account can be deleted by an admin only: a service key's
+/// `USERS_WRITE` covers ordinary users (a leaked key must not be a way to remove
+/// the people who could revoke it). Errors: `FORBIDDEN` for a key deleting an
+/// admin, `LAST_ADMIN` for the last admin.
+pub async fn delete_user(svc: &Services, proof: &Granted<UsersWrite>, id: Uuid) -> AppResult<bool> {
     let txn = db::begin_write(&svc.db).await?;
     let admins = count_admins_locked(&txn).await?;
     let Some(user) = user::Entity::find_by_id(id).unique_row(&txn).await? else {
         txn.rollback().await?;
         return Ok(false);
     };
+    if user.role == Role::Admin && !matches!(proof.actor, Actor::Admin(_)) {
+        txn.rollback().await?;
+        return Err(AppError::Forbidden("Only an admin can delete an admin account"));
+    }
     if user.role == Role::Admin && admins <= 1 {
         txn.rollback().await?;
         return Err(last_admin());

@@ -2,13 +2,16 @@
 //! characters of secret. Only the SHA-256 of the whole key is stored; the key is
 //! shown once, at creation or rotation. Revocation and expiry are checked on
 //! every use. `lastUsedAt` is kept in memory and written in batches, so using a
-//! key costs no database write.
+//! key costs no database write; a write never moves it backwards.
 
 use std::{collections::HashMap, sync::Mutex};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, sea_query::Expr};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, QueryOrder, Set,
+    sea_query::Expr,
+};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -20,7 +23,7 @@ use crate::{
         access::{Actor, AdminOnly, ApiScope, Granted},
         principal::{RejectReason, ServicePrincipal},
     },
-    db::UniqueRow,
+    db::{self, UniqueRow},
     error::{AppError, AppResult},
 };
 
@@ -37,8 +40,12 @@ pub struct UsageTracker {
 }
 
 impl UsageTracker {
+    /// Records a use at `at`; an older time never replaces a newer one (a
+    /// failed write puts its times back after newer uses may have come in).
     fn touch(&self, id: Uuid, at: DateTime<Utc>) {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, at);
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = pending.entry(id).or_insert(at);
+        *slot = Ord::max(*slot, at);
     }
     fn peek(&self, id: Uuid) -> Option<DateTime<Utc>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).get(&id).copied()
@@ -128,7 +135,7 @@ fn lifetime(expires_in_days: Option<i32>) -> AppResult<Option<ChronoDuration>> {
 }
 
 async fn insert_key(
-    svc: &Services,
+    conn: &impl ConnectionTrait,
     name: String,
     scopes: &[ApiScope],
     created_by: Option<Uuid>,
@@ -148,8 +155,9 @@ async fn insert_key(
         expires_at: Set(expires_at),
         last_used_at: Set(None),
         revoked_at: Set(None),
+        replaced_by: Set(None),
     }
-    .insert(&svc.db)
+    .insert(conn)
     .await?;
     Ok((model, secret))
 }
@@ -173,13 +181,23 @@ pub async fn create(
         return Err(AppError::invalid_input("INVALID_SCOPES", "scopes", "Give the key at least one scope"));
     }
     let expires_at = lifetime(expires_in_days)?.map(|d| Utc::now() + d);
-    let created = insert_key(svc, name, scopes, admin_id(proof), expires_at).await?;
+    let created = insert_key(&svc.db, name, scopes, admin_id(proof), expires_at).await?;
     tracing::info!(api_key_id = %created.0.id, "API key created");
     Ok(created)
 }
 
 /// Issues a new key with the same name, scopes and lifetime; the old one keeps
 /// working for `grace_days`, then expires.
+///
+/// One write transaction: the old key is marked replaced only if it is live and
+/// has no successor yet (a conditional update whose row count decides), and the
+/// successor is inserted beside it. A key therefore has at most one successor,
+/// a second or concurrent rotation of it is refused, and a crash leaves either
+/// the old state or the new one.
+///
+/// Errors (`BAD_USER_INPUT`, field `id` unless said): `INVALID_GRACE`
+/// (`graceDays` outside 0 to 365), `ALREADY_ROTATED` (rotate its successor
+/// instead), `NOT_FOUND` (unknown, revoked or expired).
 pub async fn rotate(
     svc: &Services,
     proof: &Granted<AdminOnly>,
@@ -194,21 +212,40 @@ pub async fn rotate(
         ));
     }
     let now = Utc::now();
+    let not_found = || AppError::invalid_input("NOT_FOUND", "id", "No such live API key");
+    let already = || {
+        AppError::invalid_input("ALREADY_ROTATED", "id", "This API key was already rotated; rotate its successor instead")
+    };
     let old = api_key::Entity::find_by_id(id)
         .unique_row(&svc.db)
         .await?
         .filter(|k| k.revoked_at.is_none() && k.expires_at.is_none_or(|at| at > now))
-        .ok_or_else(|| AppError::invalid_input("NOT_FOUND", "id", "No such live API key"))?;
+        .ok_or_else(not_found)?;
+    if old.replaced_by.is_some() {
+        return Err(already());
+    }
     let expires_at = old.expires_at.map(|at| now + (at - old.created_at));
     let scopes = scopes_of(&old);
     let grace_end = now + ChronoDuration::days(i64::from(grace_days));
-    let old_end = old.expires_at.map_or(grace_end, |at| at.min(grace_end));
-    let created = insert_key(svc, old.name.clone(), &scopes, admin_id(proof), expires_at).await?;
-    api_key::Entity::update_many()
+    let old_end = old.expires_at.map_or(grace_end, |at| Ord::min(at, grace_end));
+    let txn = db::begin_write(&svc.db).await?;
+    let created = insert_key(&txn, old.name.clone(), &scopes, admin_id(proof), expires_at).await?;
+    let marked = api_key::Entity::update_many()
         .col_expr(api_key::Column::ExpiresAt, Expr::value(old_end))
+        .col_expr(api_key::Column::ReplacedBy, Expr::value(created.0.id))
         .filter(api_key::Column::Id.eq(old.id))
-        .exec(&svc.db)
+        .filter(api_key::Column::ReplacedBy.is_null())
+        .filter(api_key::Column::RevokedAt.is_null())
+        .filter(api_key::Column::ExpiresAt.is_null().or(api_key::Column::ExpiresAt.gt(now)))
+        .exec(&txn)
         .await?;
+    if marked.rows_affected != 1 {
+        // Rotated (or revoked) by someone else since the read: nothing is kept.
+        txn.rollback().await?;
+        let current = api_key::Entity::find_by_id(id).unique_row(&svc.db).await?;
+        return Err(if current.is_some_and(|k| k.replaced_by.is_some()) { already() } else { not_found() });
+    }
+    txn.commit().await?;
     tracing::info!(old = %old.id, new = %created.0.id, grace_days, "API key rotated");
     Ok(created)
 }
@@ -239,6 +276,8 @@ pub async fn list(svc: &Services, _proof: &Granted<AdminOnly>) -> AppResult<Vec<
 }
 
 /// Writes pending last-use times. On failure they are kept for the next try.
+/// A stored time is only ever moved forward (the update is conditional), so a
+/// late or retried write, or another instance's, never replaces a newer one.
 pub async fn flush_usage(svc: &Services) -> AppResult<usize> {
     let pending = svc.api_key_usage.take();
     let n = pending.len();
@@ -246,6 +285,7 @@ pub async fn flush_usage(svc: &Services) -> AppResult<usize> {
         let res = api_key::Entity::update_many()
             .col_expr(api_key::Column::LastUsedAt, Expr::value(*at))
             .filter(api_key::Column::Id.eq(*id))
+            .filter(api_key::Column::LastUsedAt.is_null().or(api_key::Column::LastUsedAt.lt(*at)))
             .exec(&svc.db)
             .await;
         if let Err(e) = res {
@@ -261,6 +301,20 @@ pub async fn flush_usage(svc: &Services) -> AppResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pending_use_time_never_moves_backwards() {
+        let t = UsageTracker::default();
+        let id = Uuid::now_v7();
+        let newer = Utc::now();
+        let older = newer - ChronoDuration::seconds(30);
+        t.touch(id, newer);
+        // What a failed flush puts back after a newer use arrived.
+        t.touch(id, older);
+        assert_eq!(t.peek(id), Some(newer));
+        t.touch(id, newer + ChronoDuration::seconds(1));
+        assert_eq!(t.peek(id), Some(newer + ChronoDuration::seconds(1)));
+    }
 
     #[test]
     fn keys_have_a_fixed_shape() {

@@ -236,9 +236,9 @@ async fn a_key_can_do_what_its_scopes_allow_and_nothing_else() {
     assert_eq!(v["data"]["deleteUser"], true, "{v}");
     let v = app.gql(&app.client(), Some(&victim), "{ me { id } }", json!({})).await;
     assert_eq!(reason(&v), "TOKEN_REVOKED", "{v}");
-    // The last admin is protected from keys too.
+    // An admin, the last one or not, is out of a key's reach.
     let v = with_key(&app, &write.secret, "mutation($id: ID!) { deleteUser(id: $id) }", json!({ "id": admin_id })).await;
-    assert_eq!(reason(&v), "LAST_ADMIN", "{v}");
+    assert_eq!(code(&v), "FORBIDDEN", "{v}");
 
     // SESSIONS_REVOKE forces a logout, and does nothing else.
     let v = with_key(&app, &revoke.secret, "mutation($id: ID!) { deleteUser(id: $id) }", json!({ "id": target_id })).await;
@@ -498,5 +498,70 @@ async fn last_use_is_kept_in_memory_and_written_at_shutdown() {
     let stored = row.last_used_at.expect("last use written at shutdown");
     assert!((stored - shown).num_milliseconds().abs() < 1000, "stored {stored}, shown {shown}");
     assert_eq!(stored_key(&conn, &unused.id).await.last_used_at, None);
+    conn.close().await.ok();
+}
+
+#[tokio::test]
+async fn a_users_write_key_cannot_delete_an_admin() {
+    let app = spawn_app().await;
+    let (admin, _) = make_admin(&app, ADMIN_EMAIL).await;
+    let (other_admin, other_id) = make_admin(&app, "second-admin@example.com").await;
+    let write = create_key(&app, &admin, "writer", &["USERS_WRITE"]).await;
+    let delete = "mutation($id: ID!) { deleteUser(id: $id) }";
+    let v = with_key(&app, &write.secret, delete, json!({ "id": other_id })).await;
+    assert_eq!(code(&v), "FORBIDDEN", "{v}");
+    assert!(v["data"].is_null(), "{v}");
+    ok(&app, &other_admin, "{ me { id } }", json!({})).await;
+    // An admin still can.
+    assert_eq!(ok(&app, &admin, delete, json!({ "id": other_id })).await["deleteUser"], true);
+}
+
+#[tokio::test]
+async fn a_key_is_rotated_once_into_one_successor() {
+    let app = spawn_app().await;
+    let (admin, _) = make_admin(&app, ADMIN_EMAIL).await;
+    let key = create_key(&app, &admin, "crm", &["USERS_READ"]).await;
+    let v = ok(&app, &admin, ROTATE, json!({ "id": key.id, "grace": 5 })).await;
+    let successor = key_of(&v["rotateApiKey"]);
+    let v = app.gql(&app.client(), Some(&admin), ROTATE, json!({ "id": key.id, "grace": 5 })).await;
+    assert_eq!(reason(&v), "ALREADY_ROTATED", "{v}");
+    // Two live secrets at most: the old one (for its grace) and its successor.
+    let live = |keys: &Value| keys["apiKeys"].as_array().unwrap().len();
+    assert_eq!(live(&ok(&app, &admin, KEYS, json!({})).await), 2);
+    assert!(with_key(&app, &successor.secret, USERS, json!({})).await["errors"].is_null());
+
+    // Four concurrent rotations of one fresh key: exactly one succeeds.
+    let fresh = create_key(&app, &admin, "batch", &["USERS_READ"]).await;
+    let rotations = (0..4).map(|_| {
+        let (app, admin, id) = (&app, admin.clone(), fresh.id.clone());
+        async move { app.gql(&app.client(), Some(&admin), ROTATE, json!({ "id": id, "grace": 5 })).await }
+    });
+    let results = futures_util::future::join_all(rotations).await;
+    let won = results.iter().filter(|v| v["errors"].is_null()).count();
+    assert_eq!(won, 1, "{results:?}");
+    for v in results.iter().filter(|v| !v["errors"].is_null()) {
+        assert_eq!(reason(v), "ALREADY_ROTATED", "{v}");
+    }
+    assert_eq!(live(&ok(&app, &admin, KEYS, json!({})).await), 4, "one successor per rotated key");
+}
+
+#[tokio::test]
+async fn a_written_last_use_never_moves_backwards() {
+    let app = spawn_app().await;
+    let (admin, _) = make_admin(&app, ADMIN_EMAIL).await;
+    let key = create_key(&app, &admin, "poller", &["USERS_READ"]).await;
+    // Another instance (or a later write) already stored a newer time.
+    let newer = Utc::now() + ChronoDuration::hours(1);
+    let conn = db(&app).await;
+    entity::api_key::Entity::update_many()
+        .col_expr(entity::api_key::Column::LastUsedAt, Expr::value(newer))
+        .filter(entity::api_key::Column::Id.eq(uuid::Uuid::parse_str(&key.id).unwrap()))
+        .exec(&conn)
+        .await
+        .unwrap();
+    assert!(with_key(&app, &key.secret, USERS, json!({})).await["errors"].is_null());
+    assert_eq!(authgraph::service::api_keys::flush_usage(&app.state().services).await.unwrap(), 1);
+    let stored = stored_key(&conn, &key.id).await.last_used_at.unwrap();
+    assert!((stored - newer).num_milliseconds().abs() < 1000, "moved back from {newer} to {stored}");
     conn.close().await.ok();
 }
