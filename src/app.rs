@@ -27,6 +27,8 @@ pub struct AppState {
     /// Parsed documents, shared with the schema's request guard.
     pub documents: Arc<DocumentCache>,
     pub services: Services,
+    /// `/readyz`'s own database connection.
+    pub readiness: db::Readiness,
     pub cookies: CookiePolicy,
     pub site: SitePolicy,
     pub trusted_proxies: Vec<IpNet>,
@@ -55,6 +57,8 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         .await
         .map_err(|e| StartError::Database(e.to_string()))?;
     db::migrate(&conn).await.map_err(|e| StartError::Migration(e.to_string()))?;
+    let readiness =
+        db::Readiness::open(&config.database_url).await.map_err(|e| StartError::Database(e.to_string()))?;
     let secret = signing_key(&config.jwt_key)?;
     let hasher = PasswordHasher::new(&config.password).map_err(|e| StartError::Other(e.to_string()))?;
     let services = Services {
@@ -85,6 +89,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         schema: graphql::build_schema(limits, documents.clone(), services.clone(), cookies.clone()),
         documents,
         services,
+        readiness,
         cookies,
         site: SitePolicy::new(config.cors_allowed_origins.clone()),
         trusted_proxies: config.trusted_proxies.clone(),

@@ -95,16 +95,57 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
     }
 }
 
-/// Whether the database can serve us (for `/readyz`): a query on our schema, and
-/// on SQLite the write lock too, since readers there keep working while another
-/// process holds the database locked against every write.
-pub async fn ping(db: &DatabaseConnection) -> bool {
-    let check = async {
-        let txn = begin_write(db).await?;
-        txn.execute_unprepared("SELECT 1 FROM users LIMIT 1").await?;
-        txn.rollback().await
-    };
-    check.await.is_ok()
+/// The readiness probe (`/readyz`): whether the database answers, checked on a
+/// connection of its own.
+///
+/// The probe never takes a connection from the request pool (on SQLite that
+/// pool has one connection by default, and a probe there queued behind every
+/// write and held up the writes queued behind it), and it never waits long:
+/// [`PROBE_TIMEOUT`] bounds each check. On SQLite it also takes the write lock
+/// for two statements (readers keep working while another process holds the
+/// database locked against every write, so a read alone would say ready), and
+/// an answer is reused for [`PROBE_REUSE`], so a flood of probes takes that
+/// lock at most once a second.
+pub struct Readiness {
+    conn: DatabaseConnection,
+    last: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
+}
+
+/// The longest one readiness check waits (for its connection, the lock, the query).
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a readiness answer is reused.
+pub const PROBE_REUSE: Duration = Duration::from_secs(1);
+
+impl Readiness {
+    /// Opens the probe's connection.
+    pub async fn open(url: &str) -> Result<Self, DbErr> {
+        Ok(Self { conn: connect(url, PROBE_TIMEOUT, 1).await?, last: tokio::sync::Mutex::new(None) })
+    }
+
+    /// True while the database answers a query on authgraph's schema (and, on
+    /// SQLite, grants the write lock) within [`PROBE_TIMEOUT`].
+    pub async fn check(&self) -> bool {
+        // Concurrent probes wait for the one in flight and share its answer.
+        let mut last = self.last.lock().await;
+        if let Some((at, ready)) = *last
+            && at.elapsed() < PROBE_REUSE
+        {
+            return ready;
+        }
+        let probe = async {
+            let conn = &self.conn;
+            if conn.get_database_backend() == DbBackend::Sqlite {
+                let txn = begin_write(conn).await?;
+                txn.execute_unprepared("SELECT 1 FROM users LIMIT 1").await?;
+                txn.rollback().await
+            } else {
+                conn.execute_unprepared("SELECT 1 FROM users LIMIT 1").await.map(|_| ())
+            }
+        };
+        let ready = matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(())));
+        *last = Some((std::time::Instant::now(), ready));
+        ready
+    }
 }
 
 #[cfg(test)]

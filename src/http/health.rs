@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use poem::{handler, http::StatusCode, web::Data};
 
-use crate::{app::AppState, db};
+use crate::app::AppState;
 
 /// Liveness: the process serves.
 #[handler]
@@ -10,10 +10,10 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: the database answers.
+/// Readiness: the database answers (see [`crate::db::Readiness`]).
 #[handler]
 pub async fn readyz(state: Data<&Arc<AppState>>) -> (StatusCode, &'static str) {
-    if db::ping(&state.services.db).await {
+    if state.readiness.check().await {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "database unavailable")

@@ -334,6 +334,27 @@ async fn readiness_and_requests_follow_the_database() {
     app.register(&c, "during@example.com").await;
 }
 
+/// The probe has a connection of its own: with every request connection busy
+/// (on SQLite there is one), it still answers, at once, instead of queueing
+/// behind the work for DATABASE_TIMEOUT and then failing.
+#[tokio::test]
+async fn readiness_does_not_queue_behind_the_request_pool() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let app = spawn_with(|c| {
+        c.database_max_connections = 1;
+        c.database_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let c = app.client();
+    app.register(&c, "busy@example.com").await;
+    // A long read holds the pool's only connection.
+    let txn = app.state().services.db.begin().await.unwrap();
+    txn.execute_unprepared("SELECT count(*) FROM users").await.unwrap();
+    let r = c.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "readiness waited behind the request pool");
+    txn.rollback().await.unwrap();
+}
+
 #[tokio::test]
 async fn graceful_stop_and_restart_keep_data_and_sessions() {
     let mut app = spawn_app().await;
