@@ -108,6 +108,12 @@ pub struct ServeArgs {
     #[arg(long, env = "ARGON2_PARALLELISM", default_value_t = 1)]
     pub argon2_parallelism: u32,
 
+    /// Most password checks waiting for a hashing thread (one thread per core);
+    /// past it, logins and other password checks answer RATE_LIMITED with
+    /// retryAfter instead of waiting ever longer [default: 16 per core]
+    #[arg(long, env = "PASSWORD_QUEUE_DEPTH")]
+    pub password_queue_depth: Option<usize>,
+
     /// Serve GraphiQL at `/` (default: on, except in production)
     #[arg(long, env = "GRAPHIQL", action = ArgAction::Set)]
     pub graphiql: Option<bool>,
@@ -220,7 +226,21 @@ pub struct PasswordParams {
     pub memory_kib: u32,
     pub iterations: u32,
     pub parallelism: u32,
+    /// Hashing threads: one per core.
+    pub threads: usize,
+    /// Most hashing jobs waiting for a thread (not counting those running).
+    pub queue_depth: usize,
 }
+
+/// Cores available to this process (2 when that cannot be read).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}
+
+/// Default [`PasswordParams::queue_depth`] per hashing thread: with argon2id at
+/// the default cost (about 35 ms a hash) a full queue is about half a second of
+/// work.
+pub const PASSWORD_QUEUE_PER_THREAD: usize = 16;
 
 /// The validated configuration of a running server.
 #[derive(Debug, Clone)]
@@ -329,6 +349,11 @@ impl Config {
         if args.argon2_parallelism < 1 {
             return Err(bad("ARGON2_PARALLELISM must be at least 1"));
         }
+        let password_queue_depth = match args.password_queue_depth {
+            Some(0) => return Err(bad("PASSWORD_QUEUE_DEPTH must be at least 1")),
+            Some(n) => n,
+            None => PASSWORD_QUEUE_PER_THREAD * cores(),
+        };
         if args.max_batch_size < 1 {
             return Err(bad("MAX_BATCH_SIZE must be at least 1"));
         }
@@ -368,6 +393,8 @@ impl Config {
                 memory_kib: args.argon2_memory_kib,
                 iterations: args.argon2_iterations,
                 parallelism: args.argon2_parallelism,
+                threads: cores(),
+                queue_depth: password_queue_depth,
             },
             graphiql: args.graphiql.unwrap_or(!production),
             introspection: args.introspection.unwrap_or(!production),

@@ -1,14 +1,21 @@
 //! argon2id password hashing, off the async runtime.
 //!
 //! Hashing costs tens of milliseconds of CPU, so it runs on a pool of dedicated
-//! threads, one per core, fed by a queue: a login flood waits in the queue instead
-//! of occupying the runtime's workers. The pool's threads run at a lower CPU
+//! threads, one per core, fed by a bounded queue: a login flood waits in the queue
+//! instead of occupying the runtime's workers, and past the queue's depth it is
+//! refused at once (`RATE_LIMITED`, retry after a second) instead of waiting ever
+//! longer. A job whose caller went away (the client disconnected, the request
+//! was cancelled) is dropped when it reaches a thread, unhashed. The pool's threads run at a lower CPU
 //! priority (nice 19), so the runtime's threads, which answer token checks, get a
 //! core as soon as they need one while hashing still uses every idle cycle. Each
 //! thread keeps its argon2 working memory between hashes: no 19 MiB allocation
 //! (and its page faults) per login, and a resident size that stays flat.
 
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
+    mpsc,
+};
 
 use argon2::{
     Algorithm, Argon2, Block, Params, PasswordHash, Version,
@@ -39,18 +46,21 @@ pub struct PasswordHasher {
 
 struct Inner {
     params: Params,
-    queue: Mutex<mpsc::Sender<Job>>,
+    queue: mpsc::SyncSender<Job>,
+    /// Jobs skipped because their caller was gone (for tests and metrics).
+    abandoned: Arc<AtomicU64>,
     /// A hash of a random password: unknown accounts are verified against it so
     /// that they cost the same time as known ones.
     dummy_hash: String,
 }
 
 impl PasswordHasher {
+    /// Starts `p.threads` hashing threads behind a queue of `p.queue_depth` jobs.
     pub fn new(p: &PasswordParams) -> Result<Self, AppError> {
         let params = Params::new(p.memory_kib, p.iterations, p.parallelism, None)
             .map_err(|e| AppError::internal(format!("argon2 parameters: {e}")))?;
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        let (tx, rx) = mpsc::channel::<Job>();
+        let threads = p.threads.max(1);
+        let (tx, rx) = mpsc::sync_channel::<Job>(p.queue_depth.max(1));
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..threads {
             let rx = rx.clone();
@@ -77,7 +87,12 @@ impl PasswordHasher {
         let mut random = [0u8; 32];
         getrandom::fill(&mut random).map_err(|e| AppError::internal(format!("getrandom: {e}")))?;
         let dummy_hash = hash_with(&params, &random, &mut Vec::new())?;
-        Ok(Self { inner: Arc::new(Inner { params, queue: Mutex::new(tx), dummy_hash }) })
+        Ok(Self { inner: Arc::new(Inner { params, queue: tx, abandoned: Arc::default(), dummy_hash }) })
+    }
+
+    /// How many queued jobs were dropped unhashed because their caller was gone.
+    pub fn abandoned(&self) -> u64 {
+        self.inner.abandoned.load(Ordering::Relaxed)
     }
 
     /// Hashes a new password, in its [`normalize`]d form.
@@ -123,17 +138,34 @@ impl PasswordHasher {
         &self,
         f: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
     ) -> Result<T, AppError> {
+        let rx = self.submit(f)?;
+        rx.await.map_err(|_| AppError::internal("password thread ended without an answer"))
+    }
+
+    /// Queues `f` without waiting for room. Errors: `RATE_LIMITED` (retry after
+    /// 1 s) when the queue is full.
+    fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
+    ) -> Result<oneshot::Receiver<T>, AppError> {
         let (tx, rx) = oneshot::channel();
+        let abandoned = self.inner.abandoned.clone();
         let job: Job = Box::new(move |memory| {
+            if tx.is_closed() {
+                // Nobody waits for this answer any more: do not spend a hash on it.
+                abandoned.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             let _ = tx.send(f(memory));
         });
-        self.inner
-            .queue
-            .lock()
-            .map_err(|_| AppError::internal("password queue poisoned"))?
-            .send(job)
-            .map_err(|_| AppError::internal("password threads stopped"))?;
-        rx.await.map_err(|_| AppError::internal("password thread ended without an answer"))
+        match self.inner.queue.try_send(job) {
+            Ok(()) => Ok(rx),
+            Err(mpsc::TrySendError::Full(_)) => {
+                tracing::warn!("password hashing queue full; refusing a password check");
+                Err(AppError::RateLimited { retry_after: 1 })
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(AppError::internal("password threads stopped")),
+        }
     }
 }
 
@@ -227,7 +259,47 @@ mod tests {
     use super::*;
 
     fn params(memory_kib: u32) -> PasswordParams {
-        PasswordParams { memory_kib, iterations: 2, parallelism: 1 }
+        PasswordParams { memory_kib, iterations: 2, parallelism: 1, threads: 2, queue_depth: 32 }
+    }
+
+    /// Two threads held by gate jobs, then `n` jobs queued behind them.
+    #[tokio::test]
+    async fn a_full_queue_refuses_and_abandoned_jobs_are_not_hashed() {
+        let h = PasswordHasher::new(&PasswordParams { queue_depth: 4, ..params(19 * 1024) }).unwrap();
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = Arc::new(Mutex::new(gate));
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        let mut gates = Vec::new();
+        for _ in 0..2 {
+            let (gate, started_tx) = (gate.clone(), started_tx.clone());
+            gates.push(h.submit(move |_| {
+                started_tx.send(()).unwrap();
+                let _ = gate.lock().unwrap().recv();
+            }).unwrap());
+        }
+        started.recv().unwrap();
+        started.recv().unwrap();
+        // Both threads are busy: four jobs fit in the queue, the fifth is refused.
+        let ran = Arc::new(AtomicU64::new(0));
+        let mut queued = Vec::new();
+        for _ in 0..4 {
+            let ran = ran.clone();
+            queued.push(h.submit(move |_| ran.fetch_add(1, Ordering::SeqCst)).unwrap());
+        }
+        assert!(matches!(h.submit(|_| ()), Err(AppError::RateLimited { retry_after: 1 })));
+        // Three callers go away; only the one still waiting gets its job run.
+        let kept = queued.pop().unwrap();
+        drop(queued);
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        for g in gates {
+            g.await.unwrap();
+        }
+        kept.await.unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+        assert_eq!(h.abandoned(), 3);
+        // And the queue has room again.
+        assert_eq!(h.verify("x".into(), None).await.unwrap(), Verified::No);
     }
 
     #[tokio::test]

@@ -353,3 +353,33 @@ async fn a_stale_refresh_token_cannot_log_out_everywhere() {
     let me = app.gql(&app.client(), Some(&other), "{ me { id } }", json!({})).await;
     assert!(me["errors"].is_null(), "a dead session's token ended another session: {me}");
 }
+
+// Load and growth
+
+/// A burst of password checks beyond the hashing threads and the queue's depth
+/// is refused at once with RATE_LIMITED and retryAfter, not queued without end.
+#[tokio::test]
+async fn a_full_hashing_queue_answers_rate_limited() {
+    let app = spawn_with(|c| {
+        c.password.threads = 1;
+        c.password.queue_depth = 1;
+    })
+    .await;
+    app.register_body("burst@example.com").await;
+    let logins = (0..20).map(|_| login_with(&app, "burst@example.com", PASSWORD));
+    let results = join_all(logins).await;
+    let mut limited = 0;
+    for v in &results {
+        match code(v) {
+            "RATE_LIMITED" => {
+                assert_eq!(v["errors"][0]["extensions"]["retryAfter"], 1, "{v}");
+                limited += 1;
+            }
+            _ => assert!(v["errors"].is_null(), "{v}"),
+        }
+    }
+    assert!(limited > 0, "twenty concurrent logins all queued behind one thread");
+    assert!(limited < 20, "none got through");
+    // Nothing was lost: the queue drains and the next login works.
+    data(&login_with(&app, "burst@example.com", PASSWORD).await, "login");
+}
