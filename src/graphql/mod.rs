@@ -96,7 +96,8 @@ pub fn build_schema(
     services: Services,
     cookies: CookiePolicy,
 ) -> AppSchema {
-    schema_builder(limits, documents).data(services).data(cookies).finish()
+    let sessions = async_graphql::dataloader::DataLoader::new(types::SessionsByUser(services.clone()), tokio::spawn);
+    schema_builder(limits, documents).data(services).data(sessions).data(cookies).finish()
 }
 
 pub(crate) fn services<'a>(ctx: &Context<'a>) -> Result<&'a Services, AppError> {

@@ -1,16 +1,19 @@
 //! GraphQL output and input types. They are built from entities but are not the
 //! entities: `User` has no password hash to leak.
 
-use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject};
+use async_graphql::{
+    Context, Enum, ErrorExtensions, ID, InputObject, Object, SimpleObject,
+    dataloader::{DataLoader, Loader},
+};
 use chrono::{DateTime, Utc};
 
 use entity::{api_key, session, user};
 
-use super::{request, services};
+use super::request;
 use crate::{
     auth::access,
     error::AppError,
-    service::{api_keys, sessions},
+    service::{Services, api_keys, sessions},
 };
 
 #[derive(Enum, Copy, Clone, Debug, Eq, PartialEq)]
@@ -91,13 +94,33 @@ impl User {
     /// The user's live sessions. Visible to the user themself and to admins only.
     async fn sessions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Session>> {
         let current = self.private_view(ctx)?;
-        let list = sessions::list(services(ctx)?, self.model.id).await?;
+        let loader = ctx
+            .data::<DataLoader<SessionsByUser>>()
+            .map_err(|_| AppError::internal("session loader missing from schema data"))?;
+        let list = loader.load_one(self.model.id).await.map_err(|e| e.extend())?.unwrap_or_default();
         Ok(list.into_iter().map(|s| Session::new(s, current)).collect())
     }
     /// Visible to the user themself and to admins only.
     async fn last_login_at(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<DateTime<Utc>>> {
         self.private_view(ctx)?;
         Ok(self.model.last_login_at)
+    }
+}
+
+/// Loads the live sessions of many users at once: the `sessions` of every user in
+/// a listing page are read in one query (async-graphql gathers the keys asked for
+/// within a millisecond). Nothing is cached between loads.
+pub struct SessionsByUser(pub Services);
+
+impl Loader<uuid::Uuid> for SessionsByUser {
+    type Value = Vec<session::Model>;
+    type Error = std::sync::Arc<AppError>;
+
+    async fn load(
+        &self,
+        keys: &[uuid::Uuid],
+    ) -> Result<std::collections::HashMap<uuid::Uuid, Self::Value>, Self::Error> {
+        sessions::list_for_users(&self.0, keys).await.map_err(std::sync::Arc::new)
     }
 }
 

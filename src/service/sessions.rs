@@ -5,7 +5,7 @@
 //! never read-then-write. That is what keeps two concurrent refreshes of one
 //! token from minting two live successors on either backend.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sea_orm::{
@@ -329,15 +329,23 @@ pub async fn revoke_own(svc: &Services, user_id: Uuid, session_id: Uuid) -> AppR
     Ok(res.rows_affected > 0)
 }
 
-/// The user's live sessions, newest first.
-pub async fn list(svc: &Services, user_id: Uuid) -> AppResult<Vec<session::Model>> {
-    Ok(session::Entity::find()
-        .filter(session::Column::UserId.eq(user_id))
+/// The live sessions of each of `user_ids`, newest first, in one query (a page
+/// of users asking for their sessions is one round trip, not one per user).
+/// Users without live sessions are absent from the map.
+pub async fn list_for_users(svc: &Services, user_ids: &[Uuid]) -> AppResult<HashMap<Uuid, Vec<session::Model>>> {
+    let rows = session::Entity::find()
+        .filter(session::Column::UserId.is_in(user_ids.iter().copied()))
         .filter(session::Column::RevokedAt.is_null())
         .filter(session::Column::ExpiresAt.gt(Utc::now()))
         .order_by_desc(session::Column::CreatedAt)
         .all(&svc.db)
-        .await?)
+        .await?;
+    tracing::debug!(users = user_ids.len(), sessions = rows.len(), "live sessions read");
+    let mut by_user: HashMap<Uuid, Vec<session::Model>> = HashMap::new();
+    for row in rows {
+        by_user.entry(row.user_id).or_default().push(row);
+    }
+    Ok(by_user)
 }
 
 /// Fills the registry from the database at start.

@@ -383,3 +383,42 @@ async fn a_full_hashing_queue_answers_rate_limited() {
     // Nothing was lost: the queue drains and the next login works.
     data(&login_with(&app, "burst@example.com", PASSWORD).await, "login");
 }
+
+/// What the server logs on the test's thread (the test runtime is single-threaded,
+/// so the server's tasks log here too).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_page_of_users_reads_their_sessions_in_one_query() {
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("authgraph::service::sessions=debug")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let app = spawn_app().await;
+    let (admin, _) = make_admin(&app, "root@example.com").await;
+    for i in 0..30 {
+        app.register_body(&format!("member{i}@example.com")).await;
+    }
+    let reads = || String::from_utf8_lossy(&log.0.lock().unwrap()).matches("live sessions read").count();
+    let before = reads();
+    let v = ok(&app, &admin, "{ users(first: 100) { edges { node { email sessions { id } } } } }", json!({})).await;
+    let edges = v["users"]["edges"].as_array().unwrap();
+    assert_eq!(edges.len(), 31);
+    assert!(edges.iter().all(|e| e["node"]["sessions"].as_array().unwrap().len() == 1), "{v}");
+    assert_eq!(reads() - before, 1, "one query for the page's sessions, not one per user");
+}
