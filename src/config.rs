@@ -110,7 +110,7 @@ pub struct ServeArgs {
 
     /// Most password checks waiting for a hashing thread (one thread per core);
     /// past it, logins and other password checks answer RATE_LIMITED with
-    /// retryAfter instead of waiting ever longer [default: 16 per core]
+    /// retryAfter instead of waiting ever longer [default: 32 per core]
     #[arg(long, env = "PASSWORD_QUEUE_DEPTH")]
     pub password_queue_depth: Option<usize>,
 
@@ -238,9 +238,9 @@ pub fn cores() -> usize {
 }
 
 /// Default [`PasswordParams::queue_depth`] per hashing thread: with argon2id at
-/// the default cost (about 35 ms a hash) a full queue is about half a second of
-/// work.
-pub const PASSWORD_QUEUE_PER_THREAD: usize = 16;
+/// the default cost (about 35 ms a hash) a full queue is about a second of work,
+/// and a burst of 50 sign-ups on two cores still fits.
+pub const PASSWORD_QUEUE_PER_THREAD: usize = 32;
 
 /// The validated configuration of a running server.
 #[derive(Debug, Clone)]

@@ -9,6 +9,7 @@ mod m20261122_000003_create_refresh_tokens;
 mod m20261122_000004_create_api_keys;
 mod m20261129_000005_unicode_keys;
 mod m20261129_000006_api_key_successor;
+mod m20261129_000007_search_index;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000004_create_api_keys::Migration),
             Box::new(m20261129_000005_unicode_keys::Migration),
             Box::new(m20261129_000006_api_key_successor::Migration),
+            Box::new(m20261129_000007_search_index::Migration),
         ]
     }
 }

@@ -47,7 +47,11 @@ pub struct UserPage {
     pub total: u64,
 }
 
-fn filtered(filter: &UserFilter) -> Select<user::Entity> {
+/// Terms shorter than this cannot use the trigram indexes (a trigram is three
+/// characters); they are matched by reading the rows.
+const TRIGRAM: usize = 3;
+
+fn filtered(filter: &UserFilter, backend: DbBackend) -> Select<user::Entity> {
     let mut q = user::Entity::find();
     if let Some(role) = filter.role {
         q = q.filter(user::Column::Role.eq(role));
@@ -57,7 +61,18 @@ fn filtered(filter: &UserFilter) -> Select<user::Entity> {
         // on both backends (no reliance on the database's `lower()`).
         let folded = entity::keys::fold(term);
         let escaped = folded.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        // PostgreSQL's trigram index serves this LIKE itself; on SQLite it decides
+        // among the rows the FTS5 index found.
         q = q.filter(Expr::col(user::Column::SearchKey).like(LikeExpr::new(format!("%{escaped}%")).escape('\\')));
+        if backend == DbBackend::Sqlite && folded.chars().count() >= TRIGRAM {
+            // A phrase of the term's trigrams: the rows holding it as a substring.
+            let phrase = format!("\"{}\"", folded.replace('"', "\"\""));
+            q = q.filter(Expr::cust_with_values(
+                "users.id IN (SELECT m.user_id FROM user_search_ids m WHERE m.id IN \
+                 (SELECT rowid FROM users_fts WHERE users_fts MATCH ?))",
+                [phrase],
+            ));
+        }
     }
     q
 }
@@ -70,10 +85,11 @@ pub async fn list_users(
     filter: &UserFilter,
     page: PageRequest,
 ) -> AppResult<UserPage> {
-    let total = filtered(filter).count(&svc.db).await?;
+    let backend = svc.db.get_database_backend();
+    let total = filtered(filter, backend).count(&svc.db).await?;
     match page {
         PageRequest::Forward { n, after } => {
-            let mut q = filtered(filter);
+            let mut q = filtered(filter, backend);
             if let Some(after) = after {
                 q = q.filter(user::Column::Id.gt(after));
             }
@@ -83,7 +99,7 @@ pub async fn list_users(
             Ok(UserPage { users, has_previous: after.is_some(), has_next, total })
         }
         PageRequest::Backward { n, before } => {
-            let mut q = filtered(filter);
+            let mut q = filtered(filter, backend);
             if let Some(before) = before {
                 q = q.filter(user::Column::Id.lt(before));
             }

@@ -212,9 +212,60 @@ async fn admin_search_folds_case_and_spelling_in_every_script() {
         assert_eq!(found(v.clone()), vec![email.to_owned()], "search {term:?}: {v}");
         assert_eq!(v["users"]["totalCount"], 1, "{term:?}: {v}");
     }
-    // LIKE's wildcards are matched literally.
-    let v = ok(&app, &admin, search, json!({ "s": "%" })).await;
-    assert_eq!(v["users"]["totalCount"], 0, "{v}");
+    // LIKE's wildcards and the index's query syntax are matched literally.
+    for term in ["%", "_", "\"", "a\" OR \"b", "NEAR(x y)", "*"] {
+        let v = ok(&app, &admin, search, json!({ "s": term })).await;
+        assert_eq!(v["users"]["totalCount"], 0, "{term:?}: {v}");
+    }
+    // The index follows every change: a new name is found, the old one is not,
+    // and a deleted account is gone.
+    let (token, _, id) = app.register_body("renamed@example.com").await;
+    ok(&app, &token, "mutation { updateProfile(input: { name: \"Zoë Quixote\" }) { name } }", json!({})).await;
+    let v = ok(&app, &admin, search, json!({ "s": "zoë quix" })).await;
+    assert_eq!(found(v), vec!["renamed@example.com".to_owned()]);
+    let v = ok(&app, &admin, search, json!({ "s": "renamed@" })).await;
+    assert_eq!(v["users"]["totalCount"], 1, "{v}");
+    ok(&app, &token, "mutation { updateProfile(input: { email: \"moved@example.com\" }) { email } }", json!({})).await;
+    let v = ok(&app, &admin, search, json!({ "s": "renamed@" })).await;
+    assert_eq!(v["users"]["totalCount"], 0, "the old address is still found: {v}");
+    ok(&app, &admin, "mutation($id: ID!) { deleteUser(id: $id) }", json!({ "id": id })).await;
+    let v = ok(&app, &admin, search, json!({ "s": "quixote" })).await;
+    assert_eq!(v["users"]["totalCount"], 0, "a deleted account is still found: {v}");
+}
+
+/// The substring search is served by an index on both backends (a trigram GIN
+/// index on PostgreSQL, an FTS5 trigram table on SQLite), not by reading every row.
+#[tokio::test]
+async fn the_admin_search_is_served_by_an_index() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let app = spawn_app().await;
+    let db = &app.state().services.db;
+    if app.database.is_postgres() {
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT indexdef FROM pg_indexes WHERE tablename = 'users' AND indexdef LIKE '%gin_trgm_ops%'",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "no trigram index on users.search_key");
+        let def: String = rows[0].try_get("", "indexdef").unwrap();
+        assert!(def.contains("search_key"), "{def}");
+    } else {
+        // The statement the listing runs, as SQLite would run it.
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                db.get_database_backend(),
+                "EXPLAIN QUERY PLAN SELECT id FROM users WHERE search_key LIKE '%lodie%' ESCAPE '\\' AND \
+                 users.id IN (SELECT m.user_id FROM user_search_ids m WHERE m.id IN \
+                 (SELECT rowid FROM users_fts WHERE users_fts MATCH '\"lodie\"'))",
+            ))
+            .await
+            .unwrap();
+        let plan: Vec<String> = rows.iter().map(|r| r.try_get::<String>("", "detail").unwrap()).collect();
+        assert!(plan.iter().any(|d| d.contains("VIRTUAL TABLE INDEX")), "{plan:?}");
+        assert!(!plan.iter().any(|d| d == "SCAN users" || d.starts_with("SCAN users ")), "{plan:?}");
+    }
 }
 
 // Credentials that change under a concurrent request
