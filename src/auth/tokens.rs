@@ -309,12 +309,14 @@ mod tests {
 
         /// Any single-byte change to a valid token breaks it.
         #[test]
-        fn tampering_is_detected(pos in 0usize..1000, byte in proptest::num::u8::ANY) {
+        fn tampering_is_detected(pos in 0usize..1000, byte in 0x21u8..0x7f) {
             let k = keys();
             let token = issue(&k).token;
             let mut bytes = token.clone().into_bytes();
             let i = pos % bytes.len();
-            proptest::prop_assume!(bytes[i] != byte && byte.is_ascii_graphic());
+            // Drawn from the printable ASCII range itself: rejecting most draws by
+            // assumption ran past proptest's limit of global rejects now and then.
+            proptest::prop_assume!(bytes[i] != byte);
             bytes[i] = byte;
             let tampered = String::from_utf8_lossy(&bytes).into_owned();
             // base64url can decode two spellings of the last character's spare bits;
