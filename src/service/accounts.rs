@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, SqlErr, sea_query::Expr,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set, SqlErr,
+    sea_query::Expr,
 };
 use uuid::Uuid;
 
@@ -194,7 +195,18 @@ pub async fn me(svc: &Services, user_id: Uuid) -> AppResult<Arc<user::Model>> {
 pub async fn update_profile(svc: &Services, user_id: Uuid, change: ProfileChange) -> AppResult<user::Model> {
     let name = change.name.as_deref().map(validate::name).transpose()?;
     let email = change.email.as_deref().map(validate::email).transpose()?;
-    let user = find(svc, user_id).await?.ok_or(AppError::TokenRevoked)?;
+    // The row is read and written in one write transaction (and locked on
+    // PostgreSQL), so the stored search key always matches the stored name and
+    // address even when two profile changes meet.
+    let txn = db::begin_write(&svc.db).await?;
+    let mut read = user::Entity::find_by_id(user_id);
+    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        read = read.lock_exclusive();
+    }
+    let Some(user) = read.unique_row(&txn).await? else {
+        txn.rollback().await?;
+        return Err(AppError::TokenRevoked);
+    };
     let search_key = entity::keys::search_key(
         name.as_deref().unwrap_or(&user.name),
         email.as_ref().map_or(&user.email, |(display, _)| display),
@@ -209,7 +221,8 @@ pub async fn update_profile(svc: &Services, user_id: Uuid, change: ProfileChange
     }
     active.search_key = Set(search_key);
     active.updated_at = Set(Utc::now());
-    let user = active.update(&svc.db).await.map_err(map_unique)?;
+    let user = active.update(&txn).await.map_err(map_unique)?;
+    txn.commit().await?;
     svc.registry.apply(SessionEvent::UserUpdated { user: user.clone() });
     Ok(user)
 }

@@ -114,14 +114,6 @@ pub enum AuthFailure {
     Error(AppError),
 }
 
-fn validate_name(name: &str) -> AppResult<String> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(AppError::invalid_input("INVALID_NAME", "name", "Name must be 1 to 100 characters"));
-    }
-    Ok(name.to_owned())
-}
-
 fn lifetime(expires_in_days: Option<i32>) -> AppResult<Option<ChronoDuration>> {
     match expires_in_days {
         None => Ok(None),
@@ -176,7 +168,9 @@ pub async fn create(
     scopes: &[ApiScope],
     expires_in_days: Option<i32>,
 ) -> AppResult<(api_key::Model, String)> {
-    let name = validate_name(name)?;
+    // Admins read key names in listings: the rules of a person's name apply, so
+    // invisible and direction-changing characters are refused here too.
+    let name = super::validate::name(name)?;
     if scopes.is_empty() {
         return Err(AppError::invalid_input("INVALID_SCOPES", "scopes", "Give the key at least one scope"));
     }

@@ -565,3 +565,15 @@ async fn a_written_last_use_never_moves_backwards() {
     assert!((stored - newer).num_milliseconds().abs() < 1000, "moved back from {newer} to {stored}");
     conn.close().await.ok();
 }
+
+#[tokio::test]
+async fn key_names_refuse_invisible_characters_as_user_names_do() {
+    let app = spawn_app().await;
+    let (admin, _) = make_admin(&app, ADMIN_EMAIL).await;
+    for name in ["crm\u{202e}gnp.exe", "c\u{200b}rm", "\u{2066}crm"] {
+        let v = app.gql(&app.client(), Some(&admin), CREATE, json!({ "name": name, "scopes": ["USERS_READ"], "days": 1 })).await;
+        assert_eq!(reason(&v), "INVALID_NAME", "{name:?}: {v}");
+    }
+    let v = ok(&app, &admin, CREATE, json!({ "name": "Cre\u{300}me sync", "scopes": ["USERS_READ"], "days": 1 })).await;
+    assert_eq!(v["createApiKey"]["apiKey"]["name"], "Cr\u{e8}me sync", "kept in NFC");
+}

@@ -233,6 +233,37 @@ async fn admin_search_folds_case_and_spelling_in_every_script() {
     assert_eq!(v["users"]["totalCount"], 0, "a deleted account is still found: {v}");
 }
 
+/// Two profile changes at once (one of the name, one of the address): the
+/// stored search key always matches the stored name and address.
+#[tokio::test]
+async fn concurrent_profile_changes_keep_the_search_key_in_step() {
+    let app = spawn_app().await;
+    let (admin, _) = make_admin(&app, "root@example.com").await;
+    let search = "query($s: String) { users(search: $s) { totalCount } }";
+    for round in 0..5 {
+        let (token, _, _) = app.register_body(&format!("before{round}@example.com")).await;
+        let set = |input: Value| {
+            let (app, token) = (&app, token.clone());
+            async move {
+                app.gql(&app.client(), Some(&token), "mutation($i: UpdateProfileInput!) { updateProfile(input: $i) { id } }",
+                        json!({ "i": input }))
+                    .await
+            }
+        };
+        let (a, b) = tokio::join!(
+            set(json!({ "name": format!("Newname Round{round}") })),
+            set(json!({ "email": format!("after{round}@example.com") })),
+        );
+        assert!(a["errors"].is_null() && b["errors"].is_null(), "{a} {b}");
+        for term in [format!("newname round{round}"), format!("after{round}@")] {
+            let v = ok(&app, &admin, search, json!({ "s": term })).await;
+            assert_eq!(v["users"]["totalCount"], 1, "round {round}, {term}: {v}");
+        }
+        let v = ok(&app, &admin, search, json!({ "s": format!("before{round}@") })).await;
+        assert_eq!(v["users"]["totalCount"], 0, "round {round}: the old address is still found: {v}");
+    }
+}
+
 /// The substring search is served by an index on both backends (a trigram GIN
 /// index on PostgreSQL, an FTS5 trigram table on SQLite), not by reading every row.
 #[tokio::test]
