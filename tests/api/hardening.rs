@@ -346,10 +346,13 @@ async fn no_login_with_the_old_password_outlives_a_password_change() {
     for round in 0..4 {
         let email = format!("race{round}@example.com");
         let (token, _, _) = app.register_body(&email).await;
-        let logins = (0..16).map(|i| {
+        // Spread over longer than the change takes (two hashes behind the queued
+        // logins), so that some logins read the old hash before the change commits
+        // and finish verifying it after.
+        let logins = (0..40).map(|i| {
             let (app, email) = (&app, email.clone());
             async move {
-                tokio::time::sleep(Duration::from_millis(3 * i)).await;
+                tokio::time::sleep(Duration::from_millis(8 * i)).await;
                 login_with(app, &email, PASSWORD).await
             }
         });
