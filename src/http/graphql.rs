@@ -22,7 +22,6 @@ use uuid::Uuid;
 use crate::{
     app::AppState,
     auth::{
-        client_ip::client_ip,
         principal::{Principal, RejectReason, UserPrincipal},
         rate_limit::IpKey,
     },
@@ -31,6 +30,7 @@ use crate::{
         RequestCtx,
         documents::{DocumentCache, selected_operation},
     },
+    http::log::request_client_ip,
     service::{
         ClientInfo, Services,
         api_keys::{self, AuthFailure},
@@ -165,12 +165,7 @@ pub fn resolve_principal(headers: &HeaderMap, svc: &Services) -> Principal {
 async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Response {
     let request_id = Uuid::new_v4().simple().to_string();
     let headers = req.headers();
-    let forwarded: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let ip = client_ip(req.remote_addr().as_socket_addr().map(|a| a.ip()), &forwarded, &state.trusted_proxies);
+    let ip = request_client_ip(req, &state.trusted_proxies);
     let principal = match headers.get("x-api-key") {
         None => resolve_principal(headers, &state.services),
         // Two credentials at once is a confused or malicious client.

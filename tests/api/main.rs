@@ -10,6 +10,7 @@ mod cross_site;
 mod fuzz;
 mod hardening;
 mod http;
+mod logging;
 mod resilience;
 mod sessions;
 mod tokens;
