@@ -30,7 +30,7 @@ use crate::{
         RequestCtx,
         documents::{DocumentCache, selected_operation},
     },
-    http::log::request_client_ip,
+    http::{error_text::cap_client_text, log::request_client_ip},
     service::{
         ClientInfo, Services,
         api_keys::{self, AuthFailure},
@@ -220,13 +220,15 @@ async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Respon
 }
 
 /// Every error gets a code; server-side failures get the request id that the log
-/// has too.
+/// has too. Errors the engine built from the client's text (parse and
+/// validation) quote only a short excerpt of it.
 fn finish_errors(resp: &mut GqlResponse, request_id: &str) {
     for err in &mut resp.errors {
         let ext = err.extensions.get_or_insert_with(Default::default);
         match ext.get("code") {
             None => {
                 // Parse and validation errors, raised by the engine before any resolver.
+                err.message = cap_client_text(&err.message, err.locations.first().map(|p| p.column));
                 ext.set("code", Code::BadUserInput.as_str());
                 ext.set("reason", "GRAPHQL_VALIDATION_FAILED");
             }

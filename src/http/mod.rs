@@ -2,6 +2,7 @@
 //! CORS and the request log.
 
 pub mod cookies;
+pub mod error_text;
 mod graphiql;
 mod graphql;
 mod health;
