@@ -1,13 +1,10 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-use tracing_subscriber::EnvFilter;
-
 use authgraph::{
     app,
     cli::{Cli, Command},
     config::{Config, check_database_url},
-    db, graphql,
+    db, graphql, telemetry,
 };
 
 fn main() -> ExitCode {
@@ -18,10 +15,8 @@ fn main() -> ExitCode {
         eprintln!("error: cannot read .env: {e}");
         return ExitCode::FAILURE;
     }
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
+    let cli = Cli::parse_args();
+    telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

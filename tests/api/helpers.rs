@@ -11,7 +11,6 @@ use authgraph::{
     cli::{Cli, Command},
     config::Config,
 };
-use clap::Parser;
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -100,7 +99,7 @@ impl Drop for TestDatabase {
 pub fn config_from(args: &[&str]) -> Result<Config, String> {
     let mut argv = vec!["authgraph", "serve"];
     argv.extend_from_slice(args);
-    let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+    let cli = Cli::try_parse_args_from(argv).map_err(|e| e.to_string())?;
     let Some(Command::Serve(serve)) = cli.command else { unreachable!() };
     Config::from_args(serve).map_err(|e| e.to_string())
 }
@@ -404,4 +403,32 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `cmd` to its end, or kills it after `limit` (a command that should
+/// have refused to start and serves instead); returns what it wrote.
+pub fn output_within(cmd: &mut std::process::Command, limit: Duration) -> std::process::Output {
+    use std::{io::Read, process::Stdio};
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start authgraph");
+    let read = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::process::Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
 }
