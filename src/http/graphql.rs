@@ -206,17 +206,49 @@ async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Respon
         BatchResponse::Batch(list) => list.iter_mut().for_each(|r| finish_errors(r, &request_id)),
     }
     let request_error = matches!(&response, BatchResponse::Single(r) if is_request_error(r));
+    let graphql_response_json = prefers_graphql_response_json(headers);
+    // GraphQL over HTTP: in its own media type, a request error has no `data`
+    // entry at all. `application/json` keeps `"data": null`, as clients expect.
+    let body = graphql_response_json.then(|| body_without_request_data(&response)).flatten();
     let mut http = GraphQLBatchResponse(response).into_response();
+    if let Some(body) = body {
+        http.set_body(body);
+    }
     let h = http.headers_mut();
     // Responses carry tokens or personal data: never cache them.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if prefers_graphql_response_json(headers) {
+    if graphql_response_json {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/graphql-response+json; charset=utf-8"));
         if request_error {
             http.set_status(StatusCode::BAD_REQUEST);
         }
     }
     http
+}
+
+/// The JSON body with the `data` entry left out of every response that is a
+/// request error (each one of a batch on its own); `None` when there is none.
+fn body_without_request_data(response: &BatchResponse) -> Option<Vec<u8>> {
+    let responses: &[GqlResponse] = match response {
+        BatchResponse::Single(r) => std::slice::from_ref(r),
+        BatchResponse::Batch(list) => list,
+    };
+    if !responses.iter().any(is_request_error) {
+        return None;
+    }
+    let mut body = serde_json::to_value(response).ok()?;
+    let objects: Vec<&mut serde_json::Value> = match &mut body {
+        serde_json::Value::Array(list) => list.iter_mut().collect(),
+        single => vec![single],
+    };
+    for (object, r) in objects.into_iter().zip(responses) {
+        if is_request_error(r)
+            && let Some(object) = object.as_object_mut()
+        {
+            object.remove("data");
+        }
+    }
+    serde_json::to_vec(&body).ok()
 }
 
 /// Every error gets a code; server-side failures get the request id that the log

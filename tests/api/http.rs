@@ -265,6 +265,39 @@ async fn graphql_response_json_is_negotiated() {
     assert_eq!(reason(&v), "MISSING_TOKEN");
 }
 
+/// POSTs `body` asking for `accept`; returns the status and the JSON body.
+async fn post_accepting(app: &TestApp, accept: &str, body: Value) -> (u16, Value) {
+    let r = app.client().post(app.url("/graphql")).header("accept", accept).json(&body).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn request_errors_have_no_data_entry_in_graphql_response_json() {
+    let app = spawn_app().await;
+    const GQL: &str = "application/graphql-response+json";
+    // A document that does not validate, and one that does not parse.
+    for query in ["{ nope }", "{ me {"] {
+        let (status, v) = post_accepting(&app, GQL, json!({ "query": query })).await;
+        assert_eq!(status, 400, "{query}: {v}");
+        assert!(!v.as_object().unwrap().contains_key("data"), "{query}: {v}");
+        assert_eq!(code(&v), "BAD_USER_INPUT", "{query}: {v}");
+        // application/json keeps today's shape: 200 and "data": null.
+        let (status, v) = post_accepting(&app, "application/json", json!({ "query": query })).await;
+        assert_eq!(status, 200, "{query}: {v}");
+        assert!(v.as_object().unwrap().get("data").is_some_and(Value::is_null), "{query}: {v}");
+    }
+    // A field error is not a request error: `data` is there (null, as `me` is non-null).
+    let (status, v) = post_accepting(&app, GQL, json!({ "query": "{ me { id } }" })).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v.as_object().unwrap().get("data").is_some_and(Value::is_null), "{v}");
+    // In a batch, each request error on its own.
+    let batch = json!([{ "query": "{ nope }" }, { "query": "{ __typename }" }]);
+    let (status, v) = post_accepting(&app, GQL, batch).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(!v[0].as_object().unwrap().contains_key("data"), "{v}");
+    assert_eq!(v[1]["data"]["__typename"], "Query", "{v}");
+}
+
 #[tokio::test]
 async fn committed_schema_matches_the_code() {
     let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"))
