@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, error::ErrorKind, parser::ValueSource};
 
 use crate::{
-    config::{DbArgs, ServeArgs},
+    config::ServeArgs,
     telemetry::LogFormat,
 };
 
@@ -69,8 +69,12 @@ impl Cli {
 pub enum Command {
     /// Apply pending migrations, then serve HTTP (the default)
     Serve(ServeArgs),
-    /// Apply pending migrations and exit
-    Migrate(DbArgs),
+    /// Apply pending migrations and exit (after checking the whole configuration)
+    ///
+    /// The whole configuration is read and checked first, as `serve` checks it:
+    /// one that `serve` would refuse is refused here, with the same message,
+    /// before the database is touched.
+    Migrate(ServeArgs),
     /// Print the GraphQL schema (SDL); identical to the committed schema.graphql
     PrintSchema,
     /// Create an admin account, or promote an existing one. The password of a new

@@ -6,6 +6,7 @@ mod abuse;
 mod accounts;
 mod admin;
 mod api_keys;
+mod commands;
 mod cross_site;
 mod fuzz;
 mod hardening;
