@@ -308,13 +308,16 @@ pub fn authgraph_command(dir: &std::path::Path) -> std::process::Command {
     cmd
 }
 
+/// What a subprocess wrote to one stream so far.
+type Captured = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
 /// `authgraph serve` as a subprocess, its stdout and stderr captured byte for byte.
 pub struct ServerProcess {
     child: std::process::Child,
     /// `http://127.0.0.1:PORT`
     pub base: String,
-    stdout: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stdout: Captured,
+    stderr: Captured,
     readers: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -325,7 +328,6 @@ pub fn start_process(database_url: &str, dir: &std::path::Path, env: &[(&str, &s
     use std::{
         io::{BufRead, BufReader},
         process::Stdio,
-        sync::{Arc, Mutex},
     };
     let mut cmd = authgraph_command(dir);
     cmd.env("DATABASE_URL", database_url)
@@ -341,10 +343,10 @@ pub fn start_process(database_url: &str, dir: &std::path::Path, env: &[(&str, &s
         cmd.env(k, v);
     }
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start authgraph");
-    let (stdout, stderr): (Arc<Mutex<Vec<u8>>>, Arc<Mutex<Vec<u8>>>) = Default::default();
+    let (stdout, stderr): (Captured, Captured) = Default::default();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let mut readers = Vec::new();
-    let streams: [(Box<dyn std::io::Read + Send>, Arc<Mutex<Vec<u8>>>); 2] = [
+    let streams: [(Box<dyn std::io::Read + Send>, Captured); 2] = [
         (Box::new(child.stdout.take().unwrap()), stdout.clone()),
         (Box::new(child.stderr.take().unwrap()), stderr.clone()),
     ];
