@@ -12,3 +12,4 @@ pub mod error;
 pub mod graphql;
 pub mod http;
 pub mod service;
+pub mod telemetry;

@@ -1,13 +1,10 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-use tracing_subscriber::EnvFilter;
-
 use authgraph::{
     app,
     cli::{Cli, Command},
-    config::{Config, check_database_url},
-    db, graphql,
+    config::Config,
+    db, graphql, telemetry,
 };
 
 fn main() -> ExitCode {
@@ -18,10 +15,8 @@ fn main() -> ExitCode {
         eprintln!("error: cannot read .env: {e}");
         return ExitCode::FAILURE;
     }
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
+    let cli = Cli::parse_args();
+    telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -44,19 +39,23 @@ async fn run(cli: Cli) -> Result<(), String> {
             print!("{}", graphql::sdl());
             Ok(())
         }
-        Some(Command::Migrate(args)) => {
-            check_database_url(&args.database_url).map_err(|e| e.to_string())?;
-            let conn = db::connect(&args.database_url, args.database_timeout, 1)
-                .await
-                .map_err(|e| format!("cannot open the database: {e}"))?;
-            db::migrate(&conn).await.map_err(|e| format!("cannot apply migrations: {e}"))?;
-            tracing::info!("migrations applied");
-            Ok(())
-        }
+        Some(Command::Migrate(args)) => migrate(args).await,
         Some(Command::CreateAdmin(args)) => create_admin(args).await,
         Some(Command::Serve(args)) => serve(args).await,
         None => serve(cli.serve).await,
     }
+}
+
+/// `authgraph migrate`: the configuration is validated as `serve` validates it,
+/// so a deploy that migrates first fails there, not after the migration.
+async fn migrate(args: authgraph::config::ServeArgs) -> Result<(), String> {
+    let config = Config::from_args(args).map_err(|e| e.to_string())?;
+    let conn = db::connect(&config.database_url, config.database_timeout, 1)
+        .await
+        .map_err(|e| format!("cannot open the database: {e}"))?;
+    db::migrate(&conn).await.map_err(|e| format!("cannot apply migrations: {e}"))?;
+    tracing::info!("migrations applied");
+    Ok(())
 }
 
 async fn serve(args: authgraph::config::ServeArgs) -> Result<(), String> {

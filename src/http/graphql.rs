@@ -22,7 +22,6 @@ use uuid::Uuid;
 use crate::{
     app::AppState,
     auth::{
-        client_ip::client_ip,
         principal::{Principal, RejectReason, UserPrincipal},
         rate_limit::IpKey,
     },
@@ -31,6 +30,7 @@ use crate::{
         RequestCtx,
         documents::{DocumentCache, selected_operation},
     },
+    http::{error_text::cap_client_text, log::request_client_ip},
     service::{
         ClientInfo, Services,
         api_keys::{self, AuthFailure},
@@ -165,12 +165,7 @@ pub fn resolve_principal(headers: &HeaderMap, svc: &Services) -> Principal {
 async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Response {
     let request_id = Uuid::new_v4().simple().to_string();
     let headers = req.headers();
-    let forwarded: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let ip = client_ip(req.remote_addr().as_socket_addr().map(|a| a.ip()), &forwarded, &state.trusted_proxies);
+    let ip = request_client_ip(req, &state.trusted_proxies);
     let principal = match headers.get("x-api-key") {
         None => resolve_principal(headers, &state.services),
         // Two credentials at once is a confused or malicious client.
@@ -211,11 +206,18 @@ async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Respon
         BatchResponse::Batch(list) => list.iter_mut().for_each(|r| finish_errors(r, &request_id)),
     }
     let request_error = matches!(&response, BatchResponse::Single(r) if is_request_error(r));
+    let graphql_response_json = prefers_graphql_response_json(headers);
+    // GraphQL over HTTP: in its own media type, a request error has no `data`
+    // entry at all. `application/json` keeps `"data": null`, as clients expect.
+    let body = graphql_response_json.then(|| body_without_request_data(&response)).flatten();
     let mut http = GraphQLBatchResponse(response).into_response();
+    if let Some(body) = body {
+        http.set_body(body);
+    }
     let h = http.headers_mut();
     // Responses carry tokens or personal data: never cache them.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if prefers_graphql_response_json(headers) {
+    if graphql_response_json {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/graphql-response+json; charset=utf-8"));
         if request_error {
             http.set_status(StatusCode::BAD_REQUEST);
@@ -224,14 +226,41 @@ async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Respon
     http
 }
 
+/// The JSON body with the `data` entry left out of every response that is a
+/// request error (each one of a batch on its own); `None` when there is none.
+fn body_without_request_data(response: &BatchResponse) -> Option<Vec<u8>> {
+    let responses: &[GqlResponse] = match response {
+        BatchResponse::Single(r) => std::slice::from_ref(r),
+        BatchResponse::Batch(list) => list,
+    };
+    if !responses.iter().any(is_request_error) {
+        return None;
+    }
+    let mut body = serde_json::to_value(response).ok()?;
+    let objects: Vec<&mut serde_json::Value> = match &mut body {
+        serde_json::Value::Array(list) => list.iter_mut().collect(),
+        single => vec![single],
+    };
+    for (object, r) in objects.into_iter().zip(responses) {
+        if is_request_error(r)
+            && let Some(object) = object.as_object_mut()
+        {
+            object.remove("data");
+        }
+    }
+    serde_json::to_vec(&body).ok()
+}
+
 /// Every error gets a code; server-side failures get the request id that the log
-/// has too.
+/// has too. Errors the engine built from the client's text (parse and
+/// validation) quote only a short excerpt of it.
 fn finish_errors(resp: &mut GqlResponse, request_id: &str) {
     for err in &mut resp.errors {
         let ext = err.extensions.get_or_insert_with(Default::default);
         match ext.get("code") {
             None => {
                 // Parse and validation errors, raised by the engine before any resolver.
+                err.message = cap_client_text(&err.message, err.locations.first().map(|p| p.column));
                 ext.set("code", Code::BadUserInput.as_str());
                 ext.set("reason", "GRAPHQL_VALIDATION_FAILED");
             }

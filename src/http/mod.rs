@@ -1,18 +1,17 @@
-//! HTTP: routes, GraphQL over HTTP, GraphiQL, health, cookies, cross-site checks
-//! and CORS.
+//! HTTP: routes, GraphQL over HTTP, GraphiQL, health, cookies, cross-site checks,
+//! CORS and the request log.
 
 pub mod cookies;
+pub mod error_text;
 mod graphiql;
 mod graphql;
 mod health;
+pub mod log;
 pub mod site;
 
 use std::sync::Arc;
 
-use poem::{
-    Endpoint, EndpointExt, Route, get,
-    middleware::{CatchPanic, Tracing},
-};
+use poem::{Endpoint, EndpointExt, Route, get, middleware::CatchPanic};
 
 use crate::app::AppState;
 
@@ -27,6 +26,6 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
     route
         .with(site::Cors::new(state.site.clone()))
         .with(CatchPanic::new())
-        .with(Tracing)
+        .with(log::RequestLog::new(state.trusted_proxies.clone()))
         .data(state)
 }

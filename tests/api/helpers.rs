@@ -11,7 +11,6 @@ use authgraph::{
     cli::{Cli, Command},
     config::Config,
 };
-use clap::Parser;
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -100,7 +99,7 @@ impl Drop for TestDatabase {
 pub fn config_from(args: &[&str]) -> Result<Config, String> {
     let mut argv = vec!["authgraph", "serve"];
     argv.extend_from_slice(args);
-    let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+    let cli = Cli::try_parse_args_from(argv).map_err(|e| e.to_string())?;
     let Some(Command::Serve(serve)) = cli.command else { unreachable!() };
     Config::from_args(serve).map_err(|e| e.to_string())
 }
@@ -299,4 +298,139 @@ impl Outage {
         }
         self.conn.close().await.unwrap();
     }
+}
+
+/// The real binary, as an operator runs it: in `dir`, with an empty environment
+/// but `PATH`, so that nothing from the test's own environment leaks in.
+pub fn authgraph_command(dir: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_authgraph"));
+    cmd.current_dir(dir).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd
+}
+
+/// What a subprocess wrote to one stream so far.
+type Captured = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// `authgraph serve` as a subprocess, its stdout and stderr captured byte for byte.
+pub struct ServerProcess {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    stdout: Captured,
+    stderr: Captured,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Starts `authgraph serve` on `database_url` and a free port with the test
+/// quotas and a plain-http cookie; `env` adds to (or overrides) that
+/// environment. Waits until the server reports its address.
+pub fn start_process(database_url: &str, dir: &std::path::Path, env: &[(&str, &str)]) -> ServerProcess {
+    use std::{
+        io::{BufRead, BufReader},
+        process::Stdio,
+    };
+    let mut cmd = authgraph_command(dir);
+    cmd.env("DATABASE_URL", database_url)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("JWT_SECRET", JWT_SECRET)
+        .env("COOKIE_SECURE", "false")
+        .env("RATE_LIMIT_LOGIN_PER_IP", "100000/1s")
+        .env("RATE_LIMIT_REGISTER_PER_IP", "100000/1s")
+        .env("RATE_LIMIT_REFRESH_PER_IP", "100000/1s")
+        .env("RATE_LIMIT_LOGIN_PER_ACCOUNT", "100000/1s")
+        .env("RUST_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start authgraph");
+    let (stdout, stderr): (Captured, Captured) = Default::default();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let mut readers = Vec::new();
+    let streams: [(Box<dyn std::io::Read + Send>, Captured); 2] = [
+        (Box::new(child.stdout.take().unwrap()), stdout.clone()),
+        (Box::new(child.stderr.take().unwrap()), stderr.clone()),
+    ];
+    for (stream, sink) in streams {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut reader = BufReader::new(stream);
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).map(|n| n > 0).unwrap_or(false) {
+                let text = String::from_utf8_lossy(&line);
+                if let Some(i) = text.find("listening on http://") {
+                    let rest = &text[i + "listening on http://".len()..];
+                    let addr: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+                    let _ = tx.send(addr);
+                }
+                sink.lock().unwrap().extend_from_slice(&line);
+                line.clear();
+            }
+        }));
+    }
+    drop(tx);
+    let mut process = ServerProcess { child, base: String::new(), stdout, stderr, readers };
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(addr) => process.base = format!("http://{addr}"),
+        Err(_) => panic!("the server did not report its address; output:\n{}", process.stop()),
+    }
+    process
+}
+
+impl ServerProcess {
+    /// Stops the server and returns everything it wrote, stdout then stderr.
+    pub fn stop(mut self) -> String {
+        String::from_utf8_lossy(&self.stop_bytes()).into_owned()
+    }
+
+    /// Stops the server and returns everything it wrote, as bytes.
+    pub fn stop_bytes(&mut self) -> Vec<u8> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        let mut all = std::mem::take(&mut *self.stdout.lock().unwrap());
+        all.extend_from_slice(&self.stderr.lock().unwrap());
+        all
+    }
+
+    /// What the server wrote to stdout so far.
+    pub fn stdout(&self) -> Vec<u8> {
+        self.stdout.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `cmd` to its end, or kills it after `limit` (a command that should
+/// have refused to start and serves instead); returns what it wrote.
+pub fn output_within(cmd: &mut std::process::Command, limit: Duration) -> std::process::Output {
+    use std::{io::Read, process::Stdio};
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start authgraph");
+    let read = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::process::Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
 }

@@ -195,6 +195,43 @@ async fn batches_are_bounded() {
     assert_eq!(r.status(), 400);
 }
 
+/// POSTs a raw request body; returns the response's length and JSON body.
+async fn post_sized(app: &TestApp, body: &Value) -> (usize, Value) {
+    let r = app.client().post(app.url("/graphql")).json(body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let bytes = r.bytes().await.unwrap();
+    (bytes.len(), serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn errors_quote_only_an_excerpt_of_what_the_client_sent() {
+    let app = spawn_app().await;
+    // A 60 KB one-line document with a syntax error at its end.
+    let long = "x".repeat(60_000);
+    let (len, v) = post_sized(&app, &json!({ "query": format!("{{ {long} nope( }}") })).await;
+    assert!(len < 2048, "{len} bytes: {v}");
+    assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
+    assert_eq!(reason(&v), "GRAPHQL_VALIDATION_FAILED", "{v}");
+    assert_eq!(v["errors"][0]["locations"][0]["line"], 1, "{v}");
+    assert!(v["errors"][0]["locations"][0]["column"].as_u64().unwrap() > 60_000, "{v}");
+    let message = v["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("nope(") && message.contains('^') && message.contains('…'), "{message}");
+
+    // Validation errors quote names and values: a long field name, operation
+    // name and enum value are cut too.
+    for body in [
+        json!({ "query": format!("{{ {long} }}") }),
+        json!({ "query": "{ __typename }", "operationName": long }),
+        json!({ "query": "query($r: Role!) { users(role: $r) { totalCount } }", "variables": { "r": "x ".repeat(30_000) } }),
+        json!({ "query": format!("query($v{long}: Int!) {{ __typename }}") }),
+    ] {
+        let (len, v) = post_sized(&app, &body).await;
+        assert!(len < 2048, "{len} bytes: {v}");
+        assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
+        assert!(v["errors"][0]["message"].as_str().unwrap().contains('…'), "{v}");
+    }
+}
+
 #[tokio::test]
 async fn graphql_response_json_is_negotiated() {
     let app = spawn_app().await;
@@ -226,6 +263,39 @@ async fn graphql_response_json_is_negotiated() {
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(reason(&v), "MISSING_TOKEN");
+}
+
+/// POSTs `body` asking for `accept`; returns the status and the JSON body.
+async fn post_accepting(app: &TestApp, accept: &str, body: Value) -> (u16, Value) {
+    let r = app.client().post(app.url("/graphql")).header("accept", accept).json(&body).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn request_errors_have_no_data_entry_in_graphql_response_json() {
+    let app = spawn_app().await;
+    const GQL: &str = "application/graphql-response+json";
+    // A document that does not validate, and one that does not parse.
+    for query in ["{ nope }", "{ me {"] {
+        let (status, v) = post_accepting(&app, GQL, json!({ "query": query })).await;
+        assert_eq!(status, 400, "{query}: {v}");
+        assert!(!v.as_object().unwrap().contains_key("data"), "{query}: {v}");
+        assert_eq!(code(&v), "BAD_USER_INPUT", "{query}: {v}");
+        // application/json keeps today's shape: 200 and "data": null.
+        let (status, v) = post_accepting(&app, "application/json", json!({ "query": query })).await;
+        assert_eq!(status, 200, "{query}: {v}");
+        assert!(v.as_object().unwrap().get("data").is_some_and(Value::is_null), "{query}: {v}");
+    }
+    // A field error is not a request error: `data` is there (null, as `me` is non-null).
+    let (status, v) = post_accepting(&app, GQL, json!({ "query": "{ me { id } }" })).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v.as_object().unwrap().get("data").is_some_and(Value::is_null), "{v}");
+    // In a batch, each request error on its own.
+    let batch = json!([{ "query": "{ nope }" }, { "query": "{ __typename }" }]);
+    let (status, v) = post_accepting(&app, GQL, batch).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(!v[0].as_object().unwrap().contains_key("data"), "{v}");
+    assert_eq!(v[1]["data"]["__typename"], "Query", "{v}");
 }
 
 #[tokio::test]

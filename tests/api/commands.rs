@@ -1,0 +1,81 @@
+//! The commands beside `serve`, run as an operator runs them.
+
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, Database, Statement};
+
+use crate::helpers::*;
+
+/// Runs `authgraph ARGS` against `database` with `env`; never waits longer than 20 s.
+fn run(database: &TestDatabase, dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = authgraph_command(dir);
+    cmd.env("DATABASE_URL", database.url())
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("AUTHGRAPH_ADMIN_PASSWORD", PASSWORD)
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    output_within(&mut cmd, Duration::from_secs(20))
+}
+
+/// Whether any migration ran on the database (or, on SQLite, whether its file exists at all).
+async fn touched(database: &TestDatabase) -> bool {
+    if let Some(path) = database.sqlite_path() {
+        return path.exists();
+    }
+    let db = Database::connect(database.url()).await.unwrap();
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_name = 'seaql_migrations'",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let n: i64 = row.try_get("", "n").unwrap();
+    db.close().await.unwrap();
+    n > 0
+}
+
+#[tokio::test]
+async fn migrate_and_create_admin_refuse_what_serve_refuses() {
+    let database = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let weak = "weak-secret-4f2a";
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (&[("APP_ENV", "production")], "JWT_SECRET is required when APP_ENV=production"),
+        (&[("JWT_SECRET", weak)], "JWT_SECRET must be at least 32 bytes"),
+        (&[("APP_ENV", "production"), ("JWT_SECRET", JWT_SECRET), ("COOKIE_SECURE", "false")], "COOKIE_SECURE=false"),
+    ];
+    for (env, expected) in cases {
+        let serve = run(&database, dir.path(), &["serve"], env);
+        let serve_err = String::from_utf8_lossy(&serve.stderr).into_owned();
+        assert!(!serve.status.success() && serve_err.contains(expected), "serve with {env:?}: {serve_err}");
+        for args in [&["migrate"][..], &["create-admin", "--email", "root@example.com"]] {
+            let out = run(&database, dir.path(), args, env);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?} with {env:?} succeeded: {err}");
+            assert_eq!(err, serve_err, "{args:?} with {env:?} says something else than serve");
+            assert!(!err.contains(weak), "the secret was echoed: {err}");
+        }
+        assert!(!touched(&database).await, "the database was touched with {env:?}");
+    }
+
+    // A configuration that serves, migrates.
+    let ok = run(&database, dir.path(), &["migrate"], &[("APP_ENV", "production"), ("JWT_SECRET", JWT_SECRET)]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(touched(&database).await);
+}
+
+#[test]
+fn migrate_help_lists_the_whole_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = output_within(authgraph_command(dir.path()).args(["migrate", "--help"]), Duration::from_secs(20));
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for name in ["DATABASE_URL", "JWT_SECRET", "APP_ENV", "COOKIE_SECURE", "LOG_FORMAT"] {
+        assert!(help.contains(name), "{name} missing from `migrate --help`:\n{help}");
+    }
+    assert!(help.contains("as `serve` checks it"), "{help}");
+}
