@@ -4,10 +4,12 @@
 //!
 //! Two accounts whose addresses were distinct under the old key (lower-casing
 //! only) may be one mailbox under the new one (`josé` typed composed and
-//! decomposed). Such accounts are never merged silently: the migration stops
-//! before changing anything and names them, so that an operator decides which
-//! one keeps the address (change the other's `email` or delete it, then run
-//! `authgraph migrate` again).
+//! decomposed), and an address the old rules let in may be refused by the new
+//! ones (a zero-width space in it, a domain IDNA refuses), which would lock its
+//! account out. Neither is resolved silently: the migration stops before
+//! changing anything and names the accounts by id, so that an operator decides
+//! (change an `email` or delete the account, then run `authgraph migrate`
+//! again).
 
 use std::collections::BTreeMap;
 
@@ -35,14 +37,19 @@ struct Row {
     name: String,
 }
 
-/// New keys of every row, or the groups of rows that would share one key.
+/// New keys of every row; or, when some rows cannot be keyed, the report that
+/// names them: groups of rows that would share one key, and rows whose address
+/// the new rules refuse (an invisible character, a domain UTS #46 refuses, a key
+/// too long), which could no longer log in.
 fn rekey(rows: &[Row]) -> Result<Vec<(&Row, String, String)>, String> {
     let mut by_key: BTreeMap<String, Vec<&Row>> = BTreeMap::new();
+    let mut unkeyable = Vec::new();
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
-        // An address the new rules cannot key (a domain UTS #46 refuses) keeps its
-        // old key: it stays reachable as before.
-        let key = entity::keys::email_key(&row.email).unwrap_or_else(|| row.email_normalized.clone());
+        let Some(key) = entity::keys::email_key(&row.email) else {
+            unkeyable.push(row.id.to_string());
+            continue;
+        };
         by_key.entry(key.clone()).or_default().push(row);
         out.push((row, key, entity::keys::search_key(&row.name, &row.email)));
     }
@@ -51,21 +58,41 @@ fn rekey(rows: &[Row]) -> Result<Vec<(&Row, String, String)>, String> {
         .filter(|group| group.len() > 1)
         .map(|group| group.iter().map(|r| r.id.to_string()).collect::<Vec<_>>().join(", "))
         .collect();
-    if collisions.is_empty() {
-        Ok(out)
-    } else {
-        Err(format!(
-            "{} group(s) of accounts are one address under Unicode normalisation and cannot all keep it; \
-             nothing was changed. Accounts by id, one group per line:\n{}\n\
-             Give all but one account of each group another email (or delete it), then run `authgraph migrate` again.",
-            collisions.len(),
-            collisions.join("\n")
-        ))
+    if collisions.is_empty() && unkeyable.is_empty() {
+        return Ok(out);
     }
+    let mut report = String::from(
+        "some accounts cannot be keyed by the Unicode rules for addresses; nothing was changed. Accounts by id:",
+    );
+    if !collisions.is_empty() {
+        report.push_str(&format!(
+            "\n- {} group(s) that are one address under normalisation (one group per line); give all but one \
+             account of each group another email, or delete it:\n  {}",
+            collisions.len(),
+            collisions.join("\n  ")
+        ));
+    }
+    if !unkeyable.is_empty() {
+        report.push_str(&format!(
+            "\n- {} whose address the rules refuse (an invisible character, a domain IDNA refuses, or too long \
+             once encoded); give each a valid email:\n  {}",
+            unkeyable.len(),
+            unkeyable.join(", ")
+        ));
+    }
+    report.push_str("\nThen run `authgraph migrate` again.");
+    Err(report)
 }
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
+    /// All or nothing on SQLite too (sea-orm-migration wraps only PostgreSQL's
+    /// migrations by default): a crash midway leaves the database as it was, and
+    /// the next run starts again.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         let rows: Vec<Row> = user::Entity::find()
@@ -83,7 +110,7 @@ impl MigrationTrait for Migration {
 
         manager
             .alter_table(
-                Table::alter().table(Users::Table).add_column(string_len(Keys::SearchKey, 512).default("")).to_owned(),
+                Table::alter().table(Users::Table).add_column(text(Keys::SearchKey).default("")).to_owned(),
             )
             .await?;
         // Keys that change first move aside to a value no address can have, so a
@@ -130,6 +157,9 @@ mod tests {
         assert!(err.contains(&format!("{}, {}", Uuid::from_u128(1), Uuid::from_u128(2))), "{err}");
         assert!(!err.contains(&Uuid::from_u128(3).to_string()), "{err}");
         assert!(!err.contains("c@"), "addresses stay out of the message: {err}");
+        let hidden = [row(1, "ad\u{200b}min@example.com"), row(3, "c@example.com")];
+        let err = rekey(&hidden).err().expect("an unkeyable address");
+        assert!(err.contains(&Uuid::from_u128(1).to_string()) && err.contains("refuse"), "{err}");
         let fine = [row(1, "JOSÉ@Bücher.example"), row(3, "c@example.com")];
         let keys = rekey(&fine).unwrap();
         assert_eq!(keys[0].1, "josé@xn--bcher-kva.example");

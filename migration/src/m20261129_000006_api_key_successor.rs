@@ -17,6 +17,13 @@ enum ApiKeys {
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
+    /// All or nothing on SQLite too (sea-orm-migration wraps only PostgreSQL's
+    /// migrations by default): a crash midway leaves the database as it was, and
+    /// the next run starts again.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .alter_table(Table::alter().table(ApiKeys::Table).add_column(uuid_null(ApiKeys::ReplacedBy)).to_owned())

@@ -1,13 +1,14 @@
 //! Input rules, checked before any hashing or database work. The same input gets
 //! the same answer on every backend: characters a database could choke on (NUL,
-//! control characters) are refused here, and so are invisible ones (Unicode
-//! category Cf: zero-width spaces, soft hyphens, byte-order marks, the
-//! bidirectional controls), which would let `ad\u{200b}min@example.com` pass for
-//! `admin@example.com` on screen. What is kept is in NFC, and what is compared is
-//! a key derived by [`entity::keys`].
+//! control characters) are refused here, and so are invisible ones
+//! ([`entity::keys::is_invisible`]: category Cf and the default-ignorable code
+//! points, such as zero-width spaces, soft hyphens, variation selectors, Hangul
+//! fillers and the bidirectional controls), which would let
+//! `ad\u{200b}min@example.com` pass for `admin@example.com` on screen. What is
+//! kept is in NFC, and what is compared is a key derived by [`entity::keys`].
 
+use entity::keys::{is_invisible, is_pictographic};
 use unicode_normalization::UnicodeNormalization;
-use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 use crate::error::AppError;
 
@@ -16,17 +17,23 @@ pub const PASSWORD_MIN: usize = 8;
 pub const PASSWORD_MAX: usize = 128;
 pub const NAME_MAX: usize = 100;
 
-/// Invisible formatting characters (Unicode general category Cf), which include
-/// every bidirectional control (U+061C, U+200E/F, U+202A–E, U+2066–9).
-fn is_format(c: char) -> bool {
-    c.general_category() == GeneralCategory::Format
-}
-
-/// Format characters a name may hold: the zero-width joiner and non-joiner
-/// (emoji sequences such as 👩‍💻, and scripts such as Persian need them) and the
-/// tag characters of flag sequences (🏴 + tags). Never a bidirectional control.
-fn name_may_hold(c: char) -> bool {
-    matches!(c, '\u{200C}' | '\u{200D}' | '\u{E0020}'..='\u{E007F}')
+/// Whether the invisible character at `i` of `chars` is one a name needs where
+/// it stands: a zero-width joiner between pictographs (👩‍💻, ❤️‍🔥), a
+/// zero-width non-joiner between letters (Persian and Indic scripts), an emoji
+/// or text variation selector after a visible character, and the tag
+/// characters of a subdivision flag (🏴 followed by tags). Anything else
+/// invisible, a bidirectional control above all, is refused.
+fn needed_in_name(chars: &[char], i: usize) -> bool {
+    let prev = i.checked_sub(1).map(|j| chars[j]);
+    let next = chars.get(i + 1).copied();
+    let emoji_end = |c: char| is_pictographic(c) || c == '\u{FE0F}' || ('\u{1F3FB}'..='\u{1F3FF}').contains(&c);
+    match chars[i] {
+        '\u{200D}' => prev.is_some_and(emoji_end) && next.is_some_and(is_pictographic),
+        '\u{200C}' => prev.is_some_and(char::is_alphabetic) && next.is_some_and(char::is_alphabetic),
+        '\u{FE0E}' | '\u{FE0F}' => prev.is_some_and(|p| !is_invisible(p) && !p.is_whitespace()),
+        '\u{E0020}'..='\u{E007F}' => prev.is_some_and(|p| p == '\u{1F3F4}' || ('\u{E0020}'..='\u{E007E}').contains(&p)),
+        _ => false,
+    }
 }
 
 /// A valid address: (as typed, trimmed and in NFC; its key by
@@ -45,7 +52,7 @@ pub fn email(raw: &str) -> Result<(String, String), AppError> {
     if trimmed.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(invalid("Email must not contain spaces or control characters"));
     }
-    if trimmed.chars().any(is_format) {
+    if trimmed.chars().any(is_invisible) {
         return Err(invalid("Email must not contain invisible or direction-changing characters"));
     }
     let email: String = trimmed.nfc().collect();
@@ -74,7 +81,7 @@ pub fn email(raw: &str) -> Result<(String, String), AppError> {
     if !domain_ok || !local_ok {
         return Err(shape());
     }
-    let key = entity::keys::email_key(&email).ok_or_else(shape)?;
+    let key = entity::keys::email_key(&email).ok_or_else(|| invalid("Email is too long once its domain is encoded"))?;
     Ok((email, key))
 }
 
@@ -102,8 +109,9 @@ pub fn new_password(password: &str, field: &'static str) -> Result<(), AppError>
 }
 
 /// A display name, trimmed and in NFC. Errors: `INVALID_NAME` (field `name`) when
-/// empty, over 100 characters, or holding control characters or format
-/// characters other than the joiners of [`name_may_hold`].
+/// empty, over 100 characters, or holding control characters or invisible
+/// characters other than those emoji and scripts need where they stand
+/// ([`needed_in_name`]).
 pub fn name(raw: &str) -> Result<String, AppError> {
     let name: String = raw.trim().nfc().collect();
     let invalid = |msg: &str| AppError::invalid_input("INVALID_NAME", "name", msg);
@@ -116,7 +124,8 @@ pub fn name(raw: &str) -> Result<String, AppError> {
     if name.chars().any(char::is_control) {
         return Err(invalid("Name must not contain control characters"));
     }
-    if name.chars().any(|c| is_format(c) && !name_may_hold(c)) {
+    let chars: Vec<char> = name.chars().collect();
+    if (0..chars.len()).any(|i| is_invisible(chars[i]) && !needed_in_name(&chars, i)) {
         return Err(invalid("Name must not contain invisible or direction-changing characters"));
     }
     Ok(name)
@@ -140,7 +149,8 @@ mod tests {
         assert_eq!(email("u@bu\u{308}cher.example").unwrap().1, "u@xn--bcher-kva.example");
         for invisible in ["ad\u{200b}min@example.com", "ad\u{2060}min@example.com", "ad\u{ad}min@example.com",
                           "ad\u{200d}min@example.com", "\u{feff}admin@example.com", "\u{202e}admin@example.com",
-                          "admin@exa\u{200b}mple.com"] {
+                          "admin@exa\u{200b}mple.com", "ad\u{34f}min@example.com", "ad\u{fe0f}min@example.com",
+                          "\u{3164}admin@example.com", "ad\u{180b}min@example.com"] {
             assert_eq!(reason(email(invisible)), "INVALID_EMAIL", "{invisible:?}");
         }
         assert!(email("jo.doe+tag@sub.example.co.uk").is_ok());
@@ -174,7 +184,11 @@ mod tests {
         assert_eq!(name("E\u{301}lodie").unwrap(), "\u{c9}lodie");
         // Emoji sequences keep their joiners; bidi overrides and zero-width spaces go.
         assert_eq!(reason(name("Ada \u{1f469}\u{200d}\u{1f4bb}")), "ok");
-        for bad in ["Ada\u{202e}", "\u{2066}Ada", "A\u{200b}da", "Ada\u{200f}", "\u{feff}Ada"] {
+        assert_eq!(reason(name("\u{2764}\u{fe0f}\u{200d}\u{1f525} fan")), "ok");
+        assert_eq!(reason(name("\u{1f3f4}\u{e0067}\u{e0062}\u{e0073}\u{e0063}\u{e0074}\u{e007f} Ada")), "ok");
+        assert_eq!(reason(name("\u{645}\u{6cc}\u{200c}\u{62e}\u{648}\u{627}\u{647}\u{645}")), "ok");
+        for bad in ["Ada\u{202e}", "\u{2066}Ada", "A\u{200b}da", "Ada\u{200f}", "\u{feff}Ada", "A\u{200d}da",
+                    "Ada\u{e0041}", "Ada\u{34f}", "\u{3164}", "Ada \u{3164}", "A\u{200c} da", "\u{fe0f}Ada"] {
             assert_eq!(reason(name(bad)), "INVALID_NAME", "{bad:?}");
         }
     }
