@@ -58,7 +58,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         .map_err(|e| StartError::Database(e.to_string()))?;
     db::migrate(&conn).await.map_err(|e| StartError::Migration(e.to_string()))?;
     let readiness =
-        db::Readiness::open(&config.database_url).await.map_err(|e| StartError::Database(e.to_string()))?;
+        db::Readiness::open(&config.database_url, &conn).await.map_err(|e| StartError::Database(e.to_string()))?;
     let secret = signing_key(&config.jwt_key)?;
     let hasher = PasswordHasher::new(&config.password).map_err(|e| StartError::Other(e.to_string()))?;
     let services = Services {

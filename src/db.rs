@@ -117,9 +117,13 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 pub const PROBE_REUSE: Duration = Duration::from_secs(1);
 
 impl Readiness {
-    /// Opens the probe's connection.
-    pub async fn open(url: &str) -> Result<Self, DbErr> {
-        Ok(Self { conn: connect(url, PROBE_TIMEOUT, 1).await?, last: tokio::sync::Mutex::new(None) })
+    /// Opens the probe's connection. An in-memory SQLite database exists only in
+    /// the connection that made it, so there the probe uses `main` (the request
+    /// pool) instead.
+    pub async fn open(url: &str, main: &DatabaseConnection) -> Result<Self, DbErr> {
+        let in_memory = url.starts_with("sqlite:") && (url.contains(":memory:") || url.contains("mode=memory"));
+        let conn = if in_memory { main.clone() } else { connect(url, PROBE_TIMEOUT, 1).await? };
+        Ok(Self { conn, last: tokio::sync::Mutex::new(None) })
     }
 
     /// True while the database answers a query on authgraph's schema (and, on

@@ -52,6 +52,18 @@ struct UserEntry {
     sessions: HashSet<Uuid>,
 }
 
+impl UserEntry {
+    /// Events are applied after their commits, in whatever order their tasks get
+    /// here: a copy read before a newer one was applied (a login that read the
+    /// row before a role change committed) must not replace it. `updated_at` is
+    /// set by every change of the row.
+    fn replace_unless_older(&mut self, profile: Arc<user::Model>) {
+        if profile.updated_at >= self.profile.updated_at {
+            self.profile = profile;
+        }
+    }
+}
+
 /// The copy kept in memory never carries the password hash.
 fn profile_of(mut user: user::Model) -> Arc<user::Model> {
     user.password_hash.clear();
@@ -86,7 +98,7 @@ impl SessionRegistry {
                     .users
                     .entry(user_id)
                     .or_insert_with(|| UserEntry { profile: profile.clone(), sessions: HashSet::new() });
-                entry.profile = profile;
+                entry.replace_unless_older(profile);
                 entry.sessions.insert(session_id);
             }
             SessionEvent::Revoked { session_id } => {
@@ -107,7 +119,7 @@ impl SessionRegistry {
             }
             SessionEvent::UserUpdated { user } => {
                 if let Some(entry) = inner.users.get_mut(&user.id) {
-                    entry.profile = profile_of(user);
+                    entry.replace_unless_older(profile_of(user));
                 }
             }
             SessionEvent::UserDeleted { user_id } => {
@@ -180,6 +192,28 @@ mod tests {
         let session_id = Uuid::new_v4();
         r.apply(SessionEvent::Started { session_id, user: model(user_id, Role::User), expires_at });
         session_id
+    }
+
+    /// A login that read the row before a role change committed applies its
+    /// Started after the change's UserUpdated: the older copy must not win.
+    #[test]
+    fn an_older_copy_of_a_user_never_replaces_a_newer_one() {
+        let r = SessionRegistry::default();
+        let id = Uuid::new_v4();
+        let stale = model(id, Role::Admin);
+        let s1 = start(&r, id, 100);
+        let demoted = user::Model { role: Role::User, updated_at: stale.updated_at + chrono::Duration::seconds(1), ..stale.clone() };
+        r.apply(SessionEvent::UserUpdated { user: demoted.clone() });
+        let s2 = Uuid::new_v4();
+        r.apply(SessionEvent::Started { session_id: s2, user: stale.clone(), expires_at: 100 });
+        assert_eq!(r.check(s2, id, 10), Some(Role::User));
+        assert_eq!(r.check(s1, id, 10), Some(Role::User));
+        r.apply(SessionEvent::UserUpdated { user: stale });
+        assert_eq!(r.profile(id).unwrap().role, Role::User);
+        // A newer change still applies.
+        let promoted = user::Model { role: Role::Admin, updated_at: demoted.updated_at + chrono::Duration::seconds(1), ..demoted };
+        r.apply(SessionEvent::UserUpdated { user: promoted });
+        assert_eq!(r.check(s2, id, 10), Some(Role::Admin));
     }
 
     #[test]

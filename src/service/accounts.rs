@@ -125,48 +125,60 @@ pub fn spend_password_budget(svc: &Services, client: &ClientInfo, email_key: &st
 /// verified (a compare-and-set inside the write transaction): a login racing a
 /// password change either commits first, and the change ends its session, or
 /// finds the hash changed and fails. An upgraded hash is written under the same
-/// condition, so it never overwrites a newer password.
+/// condition, so it never overwrites a newer password. A hash that changed
+/// under the check is looked at once more (another login may only have
+/// upgraded it), at the cost of one more hash and no more budget. The session
+/// goes live with the row as the compare-and-set left it, so a role changed
+/// during the check is the role the session sees.
 #[tracing::instrument(skip_all)]
 pub async fn login(svc: &Services, email: &str, password: String, client: &ClientInfo) -> AppResult<Issued> {
     svc.limits.check_ip(Action::Login, IpKey::from(client.ip))?;
     let (_, normalized) = validate::email(email)?;
     // Counted for every address, registered or not, before any hashing.
     svc.limits.check_account(&normalized)?;
-    if crate::auth::password::normalize(&password).chars().count() > validate::PASSWORD_MAX {
-        // No account can have such a password; nothing about the account is revealed.
+    // Hashes hold the normalised form (or, made before normalisation, the typed
+    // one), each at most PASSWORD_MAX characters: longer in both, no account has it.
+    let length = password.chars().count().min(crate::auth::password::normalize(&password).chars().count());
+    if length > validate::PASSWORD_MAX {
+        // Nothing about the account is revealed.
         return Err(AppError::InvalidCredentials);
     }
-    let found = user::Entity::find()
-        .filter(user::Column::EmailNormalized.eq(&normalized))
-        .unique_row(&svc.db)
-        .await?;
-    let verified = svc.hasher.verify(password, found.as_ref().map(|u| u.password_hash.clone())).await?;
-    let (user, new_hash) = match (found, verified) {
-        (Some(user), Verified::Yes) => (user, None),
-        (Some(user), Verified::YesRehashed(h)) => (user, Some(h)),
-        _ => return Err(AppError::InvalidCredentials),
-    };
-    let now = Utc::now();
-    let txn = db::begin_write(&svc.db).await?;
-    let mut update = user::Entity::update_many()
-        .col_expr(user::Column::LastLoginAt, Expr::value(now))
-        .filter(user::Column::Id.eq(user.id))
-        .filter(user::Column::PasswordHash.eq(user.password_hash.as_str()));
-    if let Some(h) = &new_hash {
-        update = update.col_expr(user::Column::PasswordHash, Expr::value(h.clone()));
+    for attempt in 0..2 {
+        let found = user::Entity::find()
+            .filter(user::Column::EmailNormalized.eq(&normalized))
+            .unique_row(&svc.db)
+            .await?;
+        let verified = svc.hasher.verify(password.clone(), found.as_ref().map(|u| u.password_hash.clone())).await?;
+        let (user, new_hash) = match (found, verified) {
+            (Some(user), Verified::Yes) => (user, None),
+            (Some(user), Verified::YesRehashed(h)) => (user, Some(h)),
+            _ => return Err(AppError::InvalidCredentials),
+        };
+        let now = Utc::now();
+        let txn = db::begin_write(&svc.db).await?;
+        let mut update = user::Entity::update_many()
+            .col_expr(user::Column::LastLoginAt, Expr::value(now))
+            .filter(user::Column::Id.eq(user.id))
+            .filter(user::Column::PasswordHash.eq(user.password_hash.as_str()));
+        if let Some(h) = &new_hash {
+            update = update.col_expr(user::Column::PasswordHash, Expr::value(h.clone()));
+        }
+        let Some(current) = update.exec_with_returning(&txn).await?.pop() else {
+            // Deleted, or the hash changed, between the check and now.
+            txn.rollback().await?;
+            if attempt == 0 {
+                continue;
+            }
+            return Err(AppError::InvalidCredentials);
+        };
+        let (session, refresh) = sessions::start(svc, &txn, current.id, client, now).await?;
+        txn.commit().await?;
+        if new_hash.is_some() {
+            tracing::info!(user_id = %current.id, "password hash upgraded to current parameters");
+        }
+        return sessions::issue(svc, current, &session, refresh, now);
     }
-    if update.exec(&txn).await?.rows_affected != 1 {
-        // Deleted, or the password changed, between the check and now.
-        txn.rollback().await?;
-        return Err(AppError::InvalidCredentials);
-    }
-    let (session, refresh) = sessions::start(svc, &txn, user.id, client, now).await?;
-    txn.commit().await?;
-    if new_hash.is_some() {
-        tracing::info!(user_id = %user.id, "password hash upgraded to current parameters");
-    }
-    let user = user::Model { last_login_at: Some(now), password_hash: new_hash.unwrap_or(user.password_hash), ..user };
-    sessions::issue(svc, user, &session, refresh, now)
+    Err(AppError::InvalidCredentials)
 }
 
 pub async fn find(svc: &Services, user_id: Uuid) -> AppResult<Option<user::Model>> {
@@ -251,29 +263,48 @@ pub async fn change_password(
     validate::new_password(&new, "newPassword")?;
     let user = find(svc, user_id).await?.ok_or(AppError::TokenRevoked)?;
     spend_password_budget(svc, client, &user.email_normalized)?;
-    match svc.hasher.verify(current, Some(user.password_hash.clone())).await? {
-        Verified::Yes | Verified::YesRehashed(_) => {}
-        Verified::No => return Err(AppError::InvalidCredentials),
+    let mut stored = user.password_hash;
+    let mut hash: Option<String> = None;
+    // A hash that changed under the check is looked at once more: a login may
+    // only have upgraded it (the current password still verifies); a change
+    // made meanwhile does not verify and is not overwritten.
+    for attempt in 0..2 {
+        match svc.hasher.verify(current.clone(), Some(stored.clone())).await? {
+            Verified::Yes | Verified::YesRehashed(_) => {}
+            Verified::No => return Err(AppError::InvalidCredentials),
+        }
+        // Hashed once the current password is known to be right, and only once.
+        let hash = match &hash {
+            Some(h) => h.clone(),
+            None => hash.insert(svc.hasher.hash(new.clone()).await?).clone(),
+        };
+        let now = Utc::now();
+        let txn = db::begin_write(&svc.db).await?;
+        let changed = user::Entity::update_many()
+            .col_expr(user::Column::PasswordHash, Expr::value(hash.clone()))
+            .col_expr(user::Column::UpdatedAt, Expr::value(now))
+            .filter(user::Column::Id.eq(user_id))
+            .filter(user::Column::PasswordHash.eq(stored.as_str()))
+            .exec_with_returning(&txn)
+            .await?
+            .pop();
+        let Some(changed) = changed else {
+            txn.rollback().await?;
+            match find(svc, user_id).await? {
+                Some(now_stored) if attempt == 0 => {
+                    stored = now_stored.password_hash;
+                    continue;
+                }
+                Some(_) => return Err(AppError::InvalidCredentials),
+                None => return Err(AppError::TokenRevoked),
+            }
+        };
+        let ended = sessions::end_user_sessions(&txn, user_id, Some(current_session)).await?;
+        txn.commit().await?;
+        svc.registry.apply(SessionEvent::UserSessionsRevoked { user_id, except: Some(current_session) });
+        svc.registry.apply(SessionEvent::UserUpdated { user: changed });
+        tracing::info!(%user_id, other_sessions_ended = ended, "password changed");
+        return Ok(());
     }
-    let hash = svc.hasher.hash(new).await?;
-    let now = Utc::now();
-    let txn = db::begin_write(&svc.db).await?;
-    let changed = user::Entity::update_many()
-        .col_expr(user::Column::PasswordHash, Expr::value(hash.clone()))
-        .col_expr(user::Column::UpdatedAt, Expr::value(now))
-        .filter(user::Column::Id.eq(user_id))
-        .filter(user::Column::PasswordHash.eq(user.password_hash.as_str()))
-        .exec(&txn)
-        .await?;
-    if changed.rows_affected != 1 {
-        // Another change (or the account's deletion) got there first.
-        txn.rollback().await?;
-        return Err(AppError::InvalidCredentials);
-    }
-    let ended = sessions::end_user_sessions(&txn, user_id, Some(current_session)).await?;
-    txn.commit().await?;
-    svc.registry.apply(SessionEvent::UserSessionsRevoked { user_id, except: Some(current_session) });
-    svc.registry.apply(SessionEvent::UserUpdated { user: user::Model { updated_at: now, password_hash: hash, ..user } });
-    tracing::info!(%user_id, other_sessions_ended = ended, "password changed");
-    Ok(())
+    Err(AppError::InvalidCredentials)
 }

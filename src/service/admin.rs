@@ -79,12 +79,31 @@ fn filtered(filter: &UserFilter, backend: DbBackend) -> Select<user::Entity> {
 
 /// One page of users in creation order (ids are UUIDv7, so id order is
 /// creation order and a stable cursor).
+/// The longest search term, in characters (longer than any name or address).
+pub const SEARCH_MAX: usize = 256;
+
+/// Errors: `INVALID_SEARCH` (field `search`) for a term over [`SEARCH_MAX`]
+/// characters or holding control characters (a NUL ends an FTS5 query early, a
+/// newline would match across the stored key's lines).
+fn check_search(filter: &UserFilter) -> AppResult<()> {
+    let Some(term) = filter.search.as_deref() else { return Ok(()) };
+    if term.chars().count() > SEARCH_MAX || term.chars().any(char::is_control) {
+        return Err(AppError::invalid_input(
+            "INVALID_SEARCH",
+            "search",
+            format!("search must be at most {SEARCH_MAX} characters, without control characters"),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn list_users(
     svc: &Services,
     _proof: &Granted<UsersRead>,
     filter: &UserFilter,
     page: PageRequest,
 ) -> AppResult<UserPage> {
+    check_search(filter)?;
     let backend = svc.db.get_database_backend();
     let total = filtered(filter, backend).count(&svc.db).await?;
     match page {
@@ -185,7 +204,17 @@ pub async fn delete_user(svc: &Services, proof: &Granted<UsersWrite>, id: Uuid) 
 }
 
 /// Forced logout: ends every session of the user. Returns how many were live.
-pub async fn revoke_user_sessions(svc: &Services, _proof: &Granted<SessionsRevoke>, id: Uuid) -> AppResult<u64> {
+///
+/// An admin's sessions can be ended by an admin only: a service key's
+/// `SESSIONS_REVOKE` covers ordinary users, so a leaked key cannot keep the
+/// people who could revoke it logged out. Errors: `FORBIDDEN` for a key and an
+/// admin account.
+pub async fn revoke_user_sessions(svc: &Services, proof: &Granted<SessionsRevoke>, id: Uuid) -> AppResult<u64> {
+    if !matches!(proof.actor, Actor::Admin(_))
+        && user::Entity::find_by_id(id).unique_row(&svc.db).await?.is_some_and(|u| u.role == Role::Admin)
+    {
+        return Err(AppError::Forbidden("Only an admin can end an admin's sessions"));
+    }
     let ended = sessions::end_user_sessions(&svc.db, id, None).await?;
     svc.registry.apply(SessionEvent::UserSessionsRevoked { user_id: id, except: None });
     tracing::info!(user_id = %id, sessions = ended, "sessions revoked by an administrator");

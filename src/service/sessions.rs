@@ -265,7 +265,7 @@ pub async fn end_user_sessions(
 ///
 /// A refresh token has here exactly the power `refreshToken` would give it. A
 /// live one (or a rotated one inside the grace window) names its session. A
-/// token of an ended or expired session names nothing. A rotated token past the
+/// token of an ended, expired or idle-expired session names nothing. A rotated token past the
 /// window is a copy (RFC 9700 §4.14.2): its own session is ended, as reuse
 /// detection does, and the call fails with `REFRESH_TOKEN_REUSED`. It never
 /// ends the user's other sessions, `everywhere` or not.
@@ -286,7 +286,11 @@ pub async fn logout(
     {
         let now = Utc::now();
         let grace = ChronoDuration::from_std(svc.policy.reuse_grace).unwrap_or(ChronoDuration::zero());
-        let live = session.revoked_at.is_none() && session.expires_at > now && row.expires_at > now;
+        let idle = svc.policy.idle_timeout.map(|t| ChronoDuration::from_std(t).unwrap_or(ChronoDuration::MAX));
+        let live = session.revoked_at.is_none()
+            && session.expires_at > now
+            && row.expires_at > now
+            && idle.is_none_or(|idle| session.last_used_at + idle > now);
         match row.rotated_at {
             _ if !live => {}
             Some(rotated_at) if now - rotated_at > grace => reused = Some(session.id),

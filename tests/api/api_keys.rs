@@ -512,7 +512,13 @@ async fn a_users_write_key_cannot_delete_an_admin() {
     assert_eq!(code(&v), "FORBIDDEN", "{v}");
     assert!(v["data"].is_null(), "{v}");
     ok(&app, &other_admin, "{ me { id } }", json!({})).await;
-    // An admin still can.
+    // Nor end an admin's sessions, with SESSIONS_REVOKE.
+    let revoke = create_key(&app, &admin, "revoker", &["SESSIONS_REVOKE"]).await;
+    let v = with_key(&app, &revoke.secret, "mutation($id: ID!) { revokeUserSessions(id: $id) }", json!({ "id": other_id })).await;
+    assert_eq!(code(&v), "FORBIDDEN", "{v}");
+    ok(&app, &other_admin, "{ me { id } }", json!({})).await;
+    // An admin still can do both.
+    assert_eq!(ok(&app, &admin, "mutation($id: ID!) { revokeUserSessions(id: $id) }", json!({ "id": other_id })).await["revokeUserSessions"], 1);
     assert_eq!(ok(&app, &admin, delete, json!({ "id": other_id })).await["deleteUser"], true);
 }
 

@@ -116,8 +116,22 @@ async fn old_rows_are_re_keyed_and_collisions_are_reported() {
     let key_of = |id| rows.iter().find(|r| r.id == id).unwrap();
     assert_eq!(key_of(a).email_normalized, "jos\u{e9}@example.com");
     assert_eq!(key_of(a).search_key, "n\njos\u{e9}@example.com");
+    assert_eq!(key_of(c).search_key, "n\nu@b\u{fc}cher.example\nu@xn--bcher-kva.example");
     assert_eq!(key_of(c).email_normalized, "u@xn--bcher-kva.example");
     db.close().await.unwrap();
+}
+
+/// Case folding and IDNA lengthen an address; one whose key would not fit the
+/// key column is refused as input, on both backends, not failed as a 500.
+#[tokio::test]
+async fn an_address_whose_key_would_overflow_is_invalid_input() {
+    let app = spawn_app().await;
+    let label = "d".repeat(60);
+    let domain = format!("{label}.{label}.{label}.{}.com", "d".repeat(30));
+    let email = format!("{}@{domain}", "\u{df}".repeat(32));
+    assert!(email.chars().count() <= 254);
+    let v = register_with(&app, &email, PASSWORD, None).await;
+    assert_eq!(reason(&v), "INVALID_EMAIL", "{v}");
 }
 
 #[tokio::test]
@@ -132,12 +146,18 @@ async fn invisible_and_direction_changing_characters_are_refused() {
         "\u{feff}admin@example.com",
         "\u{202e}admin@example.com",
         "admin@exam\u{200b}ple.com",
+        "ad\u{34f}min@example.com",
+        "ad\u{fe0f}min@example.com",
+        "\u{3164}admin@example.com",
+        "ad\u{180b}min@example.com",
+        "admin\u{e0041}@example.com",
     ] {
         let v = register_with(&app, email, PASSWORD, None).await;
         assert_eq!(reason(&v), "INVALID_EMAIL", "{email:?}: {v}");
         assert_eq!(v["errors"][0]["extensions"]["field"], "email", "{v}");
     }
-    for name in ["Ada\u{202e}txt.exe", "\u{2066}Ada", "A\u{200b}da", "Ada\u{200f}", "\u{feff}Ada", "Ada\u{61c}"] {
+    for name in ["Ada\u{202e}txt.exe", "\u{2066}Ada", "A\u{200b}da", "Ada\u{200f}", "\u{feff}Ada", "Ada\u{61c}",
+                 "A\u{200d}da", "Ada\u{34f}", "\u{3164}", "Ada\u{e0041}"] {
         let v = register_with(&app, "named@example.com", PASSWORD, Some(name)).await;
         assert_eq!(reason(&v), "INVALID_NAME", "{name:?}: {v}");
     }
@@ -181,6 +201,80 @@ async fn a_password_is_the_same_password_however_its_accents_are_typed() {
     let rehashed = stored_user(&app, &id).await.password_hash;
     assert_ne!(rehashed, raw_hash, "the raw-bytes hash was not replaced");
     data(&login_with(&app, "legacy@example.com", composed).await, "login");
+
+    // Eight characters as typed, 144 once normalised (U+FDFA expands): an old
+    // account with such a password is not refused by the length limit.
+    let long = "\u{fdfa}".repeat(8);
+    let v = register_with(&app, "expands@example.com", PASSWORD, None).await;
+    let id = data(&v, "register")["user"]["id"].as_str().unwrap().to_owned();
+    set_hash(&app, &id, &raw_argon2(argon2::Algorithm::Argon2id, &long)).await;
+    data(&login_with(&app, "expands@example.com", &long).await, "login");
+}
+
+/// A PHC hash of `password`'s bytes as typed, with the server's parameters.
+fn raw_argon2(algorithm: argon2::Algorithm, password: &str) -> String {
+    use argon2::{PasswordHasher as _, password_hash::SaltString};
+    let salt = SaltString::encode_b64(b"a fixed test salt").unwrap();
+    argon2::Argon2::new(algorithm, argon2::Version::V0x13, argon2::Params::new(19 * 1024, 2, 1, None).unwrap())
+        .hash_password(password.as_bytes(), &salt)
+        .unwrap()
+        .to_string()
+}
+
+async fn set_hash(app: &TestApp, id: &str, hash: &str) {
+    entity::user::Entity::update_many()
+        .col_expr(entity::user::Column::PasswordHash, sea_orm::sea_query::Expr::value(hash.to_owned()))
+        .filter(entity::user::Column::Id.eq(id.parse::<uuid::Uuid>().unwrap()))
+        .exec(&app.state().services.db)
+        .await
+        .unwrap();
+}
+
+/// Two correct logins at once on an account whose hash is upgraded at login:
+/// both get in (the second sees the first's upgrade, not a changed password).
+#[tokio::test]
+async fn concurrent_logins_that_upgrade_one_hash_both_succeed() {
+    let app = spawn_app().await;
+    for round in 0..3 {
+        let email = format!("upgrade{round}@example.com");
+        let v = register_with(&app, &email, PASSWORD, None).await;
+        let id = data(&v, "register")["user"]["id"].as_str().unwrap().to_owned();
+        set_hash(&app, &id, &raw_argon2(argon2::Algorithm::Argon2i, PASSWORD)).await;
+        let (a, b) = tokio::join!(login_with(&app, &email, PASSWORD), login_with(&app, &email, PASSWORD));
+        data(&a, "login");
+        data(&b, "login");
+        assert!(stored_user(&app, &id).await.password_hash.starts_with("$argon2id$"), "round {round}");
+    }
+}
+
+/// A login that read the row before a role change commits must not bring the
+/// old role back: the session goes live with the row as the login wrote it.
+#[tokio::test]
+async fn a_login_racing_a_demotion_does_not_keep_the_admin_role() {
+    let app = spawn_with(|c| c.password.threads = 1).await;
+    let (root, _) = make_admin(&app, "root@example.com").await;
+    let (_, victim) = make_admin(&app, "demoted@example.com").await;
+    for i in 0..6 {
+        app.register_body(&format!("filler{i}@example.com")).await;
+    }
+    // Fillers occupy the one hashing thread, so the admin's login waits in the
+    // queue, with its row read, while the demotion commits.
+    let fillers = (0..6).map(|i| login_with(&app, Box::leak(format!("filler{i}@example.com").into_boxed_str()), PASSWORD));
+    let login = async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        login_with(&app, "demoted@example.com", PASSWORD).await
+    };
+    let demote = async {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        ok(&app, &root, "mutation($id: ID!) { setUserRole(id: $id, role: USER) { role } }", json!({ "id": victim })).await
+    };
+    let (_, v, demoted) = tokio::join!(join_all(fillers), login, demote);
+    assert_eq!(demoted["setUserRole"]["role"], "USER");
+    let token = data(&v, "login")["accessToken"].as_str().unwrap().to_owned();
+    let me = app.gql(&app.client(), Some(&token), "{ me { role } }", json!({})).await;
+    assert_eq!(me["data"]["me"]["role"], "USER", "{me}");
+    let users = app.gql(&app.client(), Some(&token), "{ users { totalCount } }", json!({})).await;
+    assert_eq!(code(&users), "FORBIDDEN", "a demoted admin's new session still acts as admin: {users}");
 }
 
 #[tokio::test]
@@ -431,6 +525,7 @@ async fn a_stale_refresh_token_cannot_log_out_everywhere() {
     assert!(me["errors"].is_null(), "a stale token ended another session: {me}");
 
     // A token of an ended session has no power at all.
+    // (See also the idle-timeout case below.)
     let v = app
         .gql(&app.client(), None, "mutation($t: String) { logout(everywhere: true, refreshToken: $t) }", json!({ "t": stale }))
         .await;
@@ -506,4 +601,48 @@ async fn a_page_of_users_reads_their_sessions_in_one_query() {
     assert_eq!(edges.len(), 31);
     assert!(edges.iter().all(|e| e["node"]["sessions"].as_array().unwrap().len() == 1), "{v}");
     assert_eq!(reads() - before, 1, "one query for the page's sessions, not one per user");
+}
+
+#[tokio::test]
+async fn an_idle_expired_refresh_token_cannot_log_out_everywhere() {
+    let app = spawn_with(|c| c.session_idle_timeout = Some(Duration::from_millis(300))).await;
+    let (_, idle, _) = app.register_body("idle@example.com").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let other = data(&login_with(&app, "idle@example.com", PASSWORD).await, "login")["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let v = app
+        .gql(&app.client(), None, "mutation($t: String) { logout(everywhere: true, refreshToken: $t) }", json!({ "t": idle }))
+        .await;
+    assert_eq!(v["data"]["logout"], true, "{v}");
+    let me = app.gql(&app.client(), Some(&other), "{ me { id } }", json!({})).await;
+    assert!(me["errors"].is_null(), "an idle-expired token ended another session: {me}");
+}
+
+#[tokio::test]
+async fn search_terms_with_control_characters_are_refused() {
+    let app = spawn_app().await;
+    let (admin, _) = make_admin(&app, "root@example.com").await;
+    for term in ["ab\u{0}cd", "line\nbreak", &"x".repeat(257)] {
+        let v = app.gql(&app.client(), Some(&admin), "query($s: String) { users(search: $s) { totalCount } }",
+                        json!({ "s": term })).await;
+        assert_eq!(reason(&v), "INVALID_SEARCH", "{v}");
+        assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
+    }
+}
+
+#[tokio::test]
+async fn an_in_memory_sqlite_database_is_ready() {
+    if std::env::var("TEST_DATABASE_URL").is_ok_and(|u| !u.is_empty()) {
+        return; // SQLite only.
+    }
+    let app = spawn_with(|c| {
+        c.database_url = "sqlite::memory:".into();
+        c.database_max_connections = 1;
+    })
+    .await;
+    let r = app.client().get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    app.register_body("memory@example.com").await;
 }
