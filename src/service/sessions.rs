@@ -9,7 +9,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, QueryOrder, Set,
+    ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect, Set,
     sea_query::Expr,
 };
 use uuid::Uuid;
@@ -352,27 +352,43 @@ pub async fn list_for_users(svc: &Services, user_ids: &[Uuid]) -> AppResult<Hash
     Ok(by_user)
 }
 
-/// Fills the registry from the database at start.
+/// Fills the registry from the database at start, a page of live sessions at a
+/// time (keyset on the session id), so that the rows read at once stay few
+/// whatever the number of live sessions.
 pub async fn load_registry(svc: &Services) -> AppResult<usize> {
+    const PAGE: u64 = 10_000;
     let now = Utc::now();
-    let live = session::Entity::find()
-        .filter(session::Column::RevokedAt.is_null())
-        .filter(session::Column::ExpiresAt.gt(now))
-        .find_also_related(user::Entity)
-        .all(&svc.db)
-        .await?;
+    let mut after: Option<Uuid> = None;
     let mut n = 0;
-    for (session, user) in live {
-        if let Some(user) = user {
-            svc.registry.apply(SessionEvent::Started {
-                session_id: session.id,
-                user,
-                expires_at: session.expires_at.timestamp(),
-            });
-            n += 1;
+    loop {
+        let mut q = session::Entity::find()
+            .filter(session::Column::RevokedAt.is_null())
+            .filter(session::Column::ExpiresAt.gt(now));
+        if let Some(after) = after {
+            q = q.filter(session::Column::Id.gt(after));
+        }
+        let page = q
+            .order_by_asc(session::Column::Id)
+            .limit(PAGE)
+            .find_also_related(user::Entity)
+            .all(&svc.db)
+            .await?;
+        let full = page.len() as u64 == PAGE;
+        after = page.last().map(|(s, _)| s.id);
+        for (session, user) in page {
+            if let Some(user) = user {
+                svc.registry.apply(SessionEvent::Started {
+                    session_id: session.id,
+                    user,
+                    expires_at: session.expires_at.timestamp(),
+                });
+                n += 1;
+            }
+        }
+        if !full {
+            return Ok(n);
         }
     }
-    Ok(n)
 }
 
 /// Deletes sessions (and, by cascade, their tokens) that ended over a day ago.

@@ -646,3 +646,55 @@ async fn an_in_memory_sqlite_database_is_ready() {
     assert_eq!(r.status(), 200);
     app.register_body("memory@example.com").await;
 }
+
+/// The registry is loaded a page of sessions at a time: sessions past the first
+/// page are live after a restart too.
+#[tokio::test]
+async fn live_sessions_past_the_first_page_are_loaded_at_start() {
+    use sea_orm::Set;
+    let mut app = spawn_app().await;
+    let (_, _, user_id) = app.register_body("many@example.com").await;
+    let user_id: uuid::Uuid = user_id.parse().unwrap();
+    let db = app.state().services.db.clone();
+    let now = chrono::Utc::now();
+    let mut last = uuid::Uuid::nil();
+    for _ in 0..11 {
+        let rows: Vec<_> = (0..1000)
+            .map(|_| {
+                last = uuid::Uuid::now_v7();
+                entity::session::ActiveModel {
+                    id: Set(last),
+                    user_id: Set(user_id),
+                    created_at: Set(now),
+                    last_used_at: Set(now),
+                    expires_at: Set(now + chrono::Duration::days(1)),
+                    revoked_at: Set(None),
+                    user_agent: Set(None),
+                    ip: Set(None),
+                }
+            })
+            .collect();
+        entity::session::Entity::insert_many(rows).exec_without_returning(&db).await.unwrap();
+    }
+    app.stop().await;
+    let again = authgraph::app::spawn(&app.config).await.unwrap();
+    let svc = &again.state.services;
+    let token = svc
+        .tokens
+        .issue(user_id, "many@example.com", "USER", last, now.timestamp(), (now + chrono::Duration::days(1)).timestamp())
+        .unwrap()
+        .token;
+    let v: Value = app
+        .client()
+        .post(format!("http://{}/graphql", again.addr))
+        .bearer_auth(&token)
+        .json(&json!({ "query": "{ me { email } }" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["data"]["me"]["email"], "many@example.com", "the 11,001st session was not loaded: {v}");
+    again.stop().await.unwrap();
+}
