@@ -13,7 +13,7 @@ const CHANGE: &str = "mutation($c: String!, $n: String!) { changePassword(curren
 const REFRESH: &str = "mutation($t: String) { refreshToken(refreshToken: $t) { accessToken refreshToken } }";
 
 /// Registers with the BODY transport; returns the whole response body.
-async fn register_raw(app: &TestApp, email: &str, password: &str, name: Option<&str>) -> Value {
+pub async fn register_raw(app: &TestApp, email: &str, password: &str, name: Option<&str>) -> Value {
     let mut input = json!({ "email": email, "password": password, "transport": "BODY" });
     if let Some(n) = name {
         input["name"] = n.into();
@@ -22,7 +22,7 @@ async fn register_raw(app: &TestApp, email: &str, password: &str, name: Option<&
 }
 
 /// Logs in with the BODY transport; returns the whole response body.
-async fn login_raw(app: &TestApp, email: &str, password: &str) -> Value {
+pub async fn login_raw(app: &TestApp, email: &str, password: &str) -> Value {
     app.gql(&app.client(), None, LOGIN, json!({ "i": { "email": email, "password": password, "transport": "BODY" } }))
         .await
 }

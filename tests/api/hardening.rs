@@ -11,30 +11,14 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
 use crate::{
+    accounts::{login_raw, register_raw},
     admin::{make_admin, ok},
     helpers::*,
 };
 
-const REGISTER: &str = "mutation($i: RegisterInput!) { register(input: $i) { accessToken refreshToken user { id email name } } }";
-const LOGIN: &str = "mutation($i: LoginInput!) { login(input: $i) { accessToken refreshToken user { id } } }";
 const CHANGE: &str = "mutation($c: String!, $n: String!) { changePassword(currentPassword: $c, newPassword: $n) }";
 const REFRESH: &str = "mutation($t: String) { refreshToken(refreshToken: $t) { accessToken refreshToken } }";
 const ME_SESSIONS: &str = "{ me { id sessions { id } } }";
-
-async fn register_with(app: &TestApp, email: &str, password: &str, name: Option<&str>) -> Value {
-    app.gql(
-        &app.client(),
-        None,
-        REGISTER,
-        json!({ "i": { "email": email, "password": password, "name": name, "transport": "BODY" } }),
-    )
-    .await
-}
-
-async fn login_with(app: &TestApp, email: &str, password: &str) -> Value {
-    app.gql(&app.client(), None, LOGIN, json!({ "i": { "email": email, "password": password, "transport": "BODY" } }))
-        .await
-}
 
 fn data<'a>(v: &'a Value, field: &str) -> &'a Value {
     assert!(v["errors"].is_null(), "{field}: {v}");
@@ -56,21 +40,21 @@ async fn every_unicode_spelling_of_an_address_is_one_account() {
     let app = spawn_app().await;
     let composed = "jos\u{e9}@example.com";
     let decomposed = "jose\u{301}@example.com";
-    let id = data(&register_with(&app, composed, PASSWORD, None).await, "register")["user"]["id"].clone();
+    let id = data(&register_raw(&app, composed, PASSWORD, None).await, "register")["user"]["id"].clone();
     for spelling in [decomposed, "JOSE\u{301}@EXAMPLE.COM", "Jos\u{c9}@Example.com"] {
-        let v = register_with(&app, spelling, PASSWORD, None).await;
+        let v = register_raw(&app, spelling, PASSWORD, None).await;
         assert_eq!(reason(&v), "EMAIL_TAKEN", "{spelling:?}: {v}");
-        let v = login_with(&app, spelling, PASSWORD).await;
+        let v = login_raw(&app, spelling, PASSWORD).await;
         assert_eq!(data(&v, "login")["user"]["id"], id, "{spelling:?} reached another account");
     }
 
     // A domain typed with a decomposed letter is the same domain as composed or
     // in its ASCII (punycode) form.
-    let v = register_with(&app, "u@bu\u{308}cher.example", PASSWORD, None).await;
+    let v = register_raw(&app, "u@bu\u{308}cher.example", PASSWORD, None).await;
     let id = data(&v, "register")["user"]["id"].clone();
     for spelling in ["u@b\u{fc}cher.example", "U@B\u{dc}CHER.EXAMPLE", "u@xn--bcher-kva.example"] {
-        assert_eq!(reason(&register_with(&app, spelling, PASSWORD, None).await), "EMAIL_TAKEN", "{spelling:?}");
-        assert_eq!(data(&login_with(&app, spelling, PASSWORD).await, "login")["user"]["id"], id, "{spelling:?}");
+        assert_eq!(reason(&register_raw(&app, spelling, PASSWORD, None).await), "EMAIL_TAKEN", "{spelling:?}");
+        assert_eq!(data(&login_raw(&app, spelling, PASSWORD).await, "login")["user"]["id"], id, "{spelling:?}");
     }
     // The profile keeps the address in NFC, and a change of address is keyed alike.
     let (token, _, _) = app.register_body("other@example.com").await;
@@ -130,14 +114,14 @@ async fn an_address_whose_key_would_overflow_is_invalid_input() {
     let domain = format!("{label}.{label}.{label}.{}.com", "d".repeat(30));
     let email = format!("{}@{domain}", "\u{df}".repeat(32));
     assert!(email.chars().count() <= 254);
-    let v = register_with(&app, &email, PASSWORD, None).await;
+    let v = register_raw(&app, &email, PASSWORD, None).await;
     assert_eq!(reason(&v), "INVALID_EMAIL", "{v}");
 }
 
 #[tokio::test]
 async fn invisible_and_direction_changing_characters_are_refused() {
     let app = spawn_app().await;
-    data(&register_with(&app, "admin@example.com", PASSWORD, None).await, "register");
+    data(&register_raw(&app, "admin@example.com", PASSWORD, None).await, "register");
     for email in [
         "ad\u{200b}min@example.com",
         "ad\u{2060}min@example.com",
@@ -152,19 +136,19 @@ async fn invisible_and_direction_changing_characters_are_refused() {
         "ad\u{180b}min@example.com",
         "admin\u{e0041}@example.com",
     ] {
-        let v = register_with(&app, email, PASSWORD, None).await;
+        let v = register_raw(&app, email, PASSWORD, None).await;
         assert_eq!(reason(&v), "INVALID_EMAIL", "{email:?}: {v}");
         assert_eq!(v["errors"][0]["extensions"]["field"], "email", "{v}");
     }
     for name in ["Ada\u{202e}txt.exe", "\u{2066}Ada", "A\u{200b}da", "Ada\u{200f}", "\u{feff}Ada", "Ada\u{61c}",
                  "A\u{200d}da", "Ada\u{34f}", "\u{3164}", "Ada\u{e0041}"] {
-        let v = register_with(&app, "named@example.com", PASSWORD, Some(name)).await;
+        let v = register_raw(&app, "named@example.com", PASSWORD, Some(name)).await;
         assert_eq!(reason(&v), "INVALID_NAME", "{name:?}: {v}");
     }
     // Emoji keep the joiners they need, and a name is kept in NFC.
-    let v = register_with(&app, "emoji@example.com", PASSWORD, Some("Ada \u{1f469}\u{200d}\u{1f4bb}")).await;
+    let v = register_raw(&app, "emoji@example.com", PASSWORD, Some("Ada \u{1f469}\u{200d}\u{1f4bb}")).await;
     assert_eq!(data(&v, "register")["user"]["name"], "Ada \u{1f469}\u{200d}\u{1f4bb}");
-    let v = register_with(&app, "elodie@example.com", PASSWORD, Some("E\u{301}lodie")).await;
+    let v = register_raw(&app, "elodie@example.com", PASSWORD, Some("E\u{301}lodie")).await;
     assert_eq!(data(&v, "register")["user"]["name"], "\u{c9}lodie");
 }
 
@@ -173,14 +157,14 @@ async fn a_password_is_the_same_password_however_its_accents_are_typed() {
     let app = spawn_app().await;
     let composed = "Cr\u{e8}me br\u{fb}l\u{e9}e \u{e0} la fran\u{e7}aise";
     let decomposed = "Cre\u{300}me bru\u{302}le\u{301}e a\u{300} la franc\u{327}aise";
-    data(&register_with(&app, "creme@example.com", composed, None).await, "register");
-    data(&login_with(&app, "creme@example.com", decomposed).await, "login");
-    data(&login_with(&app, "creme@example.com", composed).await, "login");
-    assert_eq!(reason(&login_with(&app, "creme@example.com", "Creme brulee a la francaise").await), "INVALID_CREDENTIALS");
+    data(&register_raw(&app, "creme@example.com", composed, None).await, "register");
+    data(&login_raw(&app, "creme@example.com", decomposed).await, "login");
+    data(&login_raw(&app, "creme@example.com", composed).await, "login");
+    assert_eq!(reason(&login_raw(&app, "creme@example.com", "Creme brulee a la francaise").await), "INVALID_CREDENTIALS");
 
     // An account whose hash was made from the typed bytes (before passwords were
     // normalised) keeps working, and moves to the normalised form at its next login.
-    let v = register_with(&app, "legacy@example.com", PASSWORD, None).await;
+    let v = register_raw(&app, "legacy@example.com", PASSWORD, None).await;
     let id = data(&v, "register")["user"]["id"].as_str().unwrap().to_owned();
     let raw_hash = {
         use argon2::{PasswordHasher as _, password_hash::SaltString};
@@ -197,18 +181,18 @@ async fn a_password_is_the_same_password_however_its_accents_are_typed() {
         .exec(&app.state().services.db)
         .await
         .unwrap();
-    data(&login_with(&app, "legacy@example.com", decomposed).await, "login");
+    data(&login_raw(&app, "legacy@example.com", decomposed).await, "login");
     let rehashed = stored_user(&app, &id).await.password_hash;
     assert_ne!(rehashed, raw_hash, "the raw-bytes hash was not replaced");
-    data(&login_with(&app, "legacy@example.com", composed).await, "login");
+    data(&login_raw(&app, "legacy@example.com", composed).await, "login");
 
     // Eight characters as typed, 144 once normalised (U+FDFA expands): an old
     // account with such a password is not refused by the length limit.
     let long = "\u{fdfa}".repeat(8);
-    let v = register_with(&app, "expands@example.com", PASSWORD, None).await;
+    let v = register_raw(&app, "expands@example.com", PASSWORD, None).await;
     let id = data(&v, "register")["user"]["id"].as_str().unwrap().to_owned();
     set_hash(&app, &id, &raw_argon2(argon2::Algorithm::Argon2id, &long)).await;
-    data(&login_with(&app, "expands@example.com", &long).await, "login");
+    data(&login_raw(&app, "expands@example.com", &long).await, "login");
 }
 
 /// A PHC hash of `password`'s bytes as typed, with the server's parameters.
@@ -237,10 +221,10 @@ async fn concurrent_logins_that_upgrade_one_hash_both_succeed() {
     let app = spawn_app().await;
     for round in 0..3 {
         let email = format!("upgrade{round}@example.com");
-        let v = register_with(&app, &email, PASSWORD, None).await;
+        let v = register_raw(&app, &email, PASSWORD, None).await;
         let id = data(&v, "register")["user"]["id"].as_str().unwrap().to_owned();
         set_hash(&app, &id, &raw_argon2(argon2::Algorithm::Argon2i, PASSWORD)).await;
-        let (a, b) = tokio::join!(login_with(&app, &email, PASSWORD), login_with(&app, &email, PASSWORD));
+        let (a, b) = tokio::join!(login_raw(&app, &email, PASSWORD), login_raw(&app, &email, PASSWORD));
         data(&a, "login");
         data(&b, "login");
         assert!(stored_user(&app, &id).await.password_hash.starts_with("$argon2id$"), "round {round}");
@@ -259,10 +243,10 @@ async fn a_login_racing_a_demotion_does_not_keep_the_admin_role() {
     }
     // Fillers occupy the one hashing thread, so the admin's login waits in the
     // queue, with its row read, while the demotion commits.
-    let fillers = (0..6).map(|i| login_with(&app, Box::leak(format!("filler{i}@example.com").into_boxed_str()), PASSWORD));
+    let fillers = (0..6).map(|i| login_raw(&app, Box::leak(format!("filler{i}@example.com").into_boxed_str()), PASSWORD));
     let login = async {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        login_with(&app, "demoted@example.com", PASSWORD).await
+        login_raw(&app, "demoted@example.com", PASSWORD).await
     };
     let demote = async {
         tokio::time::sleep(Duration::from_millis(40)).await;
@@ -281,10 +265,10 @@ async fn a_login_racing_a_demotion_does_not_keep_the_admin_role() {
 async fn admin_search_folds_case_and_spelling_in_every_script() {
     let app = spawn_app().await;
     let (admin, _) = make_admin(&app, "root@example.com").await;
-    data(&register_with(&app, "elodie@example.com", PASSWORD, Some("\u{c9}lodie \u{dc}nal")).await, "register");
-    data(&register_with(&app, "dmitry@example.com", PASSWORD, Some("\u{414}\u{43c}\u{438}\u{442}\u{440}\u{438}\u{439}")).await, "register");
-    data(&register_with(&app, "ascii@example.com", PASSWORD, Some("Plain Name")).await, "register");
-    data(&register_with(&app, "u@b\u{fc}cher.example", PASSWORD, Some("Mailer")).await, "register");
+    data(&register_raw(&app, "elodie@example.com", PASSWORD, Some("\u{c9}lodie \u{dc}nal")).await, "register");
+    data(&register_raw(&app, "dmitry@example.com", PASSWORD, Some("\u{414}\u{43c}\u{438}\u{442}\u{440}\u{438}\u{439}")).await, "register");
+    data(&register_raw(&app, "ascii@example.com", PASSWORD, Some("Plain Name")).await, "register");
+    data(&register_raw(&app, "u@b\u{fc}cher.example", PASSWORD, Some("Mailer")).await, "register");
     let search = "query($s: String) { users(search: $s) { totalCount nodes { email } } }";
     let found = |v: Value| -> Vec<String> {
         v["users"]["nodes"].as_array().unwrap().iter().map(|n| n["email"].as_str().unwrap().to_owned()).collect()
@@ -414,7 +398,7 @@ async fn change_password_spends_the_login_budget() {
     let v = app.gql(&c, Some(&token), CHANGE, json!({ "c": PASSWORD, "n": "a new passphrase" })).await;
     assert_eq!(code(&v), "RATE_LIMITED", "{v}");
     // And it is one budget: login on the same account is limited as well.
-    assert_eq!(code(&login_with(&app, "budget@example.com", PASSWORD).await), "RATE_LIMITED");
+    assert_eq!(code(&login_raw(&app, "budget@example.com", PASSWORD).await), "RATE_LIMITED");
 }
 
 #[tokio::test]
@@ -428,7 +412,7 @@ async fn change_password_spends_the_per_ip_login_budget() {
     }
     let v = app.gql(&c, Some(&token), CHANGE, json!({ "c": PASSWORD, "n": "a new passphrase" })).await;
     assert_eq!(code(&v), "RATE_LIMITED", "{v}");
-    assert_eq!(code(&login_with(&app, "ipbudget@example.com", PASSWORD).await), "RATE_LIMITED");
+    assert_eq!(code(&login_raw(&app, "ipbudget@example.com", PASSWORD).await), "RATE_LIMITED");
 }
 
 /// Logins with the old password fired a few milliseconds apart, with the change
@@ -447,7 +431,7 @@ async fn no_login_with_the_old_password_outlives_a_password_change() {
             let (app, email) = (&app, email.clone());
             async move {
                 tokio::time::sleep(Duration::from_millis(8 * i)).await;
-                login_with(app, &email, PASSWORD).await
+                login_raw(app, &email, PASSWORD).await
             }
         });
         let change = async {
@@ -470,8 +454,8 @@ async fn no_login_with_the_old_password_outlives_a_password_change() {
         let v = app.gql(&app.client(), Some(&token), ME_SESSIONS, json!({})).await;
         assert_eq!(v["data"]["me"]["sessions"].as_array().map(Vec::len), Some(1), "round {round}: {v}");
         // The new password works, the old one no longer does.
-        data(&login_with(&app, &email, "the new passphrase").await, "login");
-        assert_eq!(reason(&login_with(&app, &email, PASSWORD).await), "INVALID_CREDENTIALS");
+        data(&login_raw(&app, &email, "the new passphrase").await, "login");
+        assert_eq!(reason(&login_raw(&app, &email, PASSWORD).await), "INVALID_CREDENTIALS");
     }
 }
 
@@ -496,7 +480,7 @@ async fn concurrent_password_changes_do_not_both_succeed() {
         assert_eq!(won.len(), 1, "round {round}: {a} {b}");
         let lost = if won[0] == "first new passphrase" { &b } else { &a };
         assert_eq!(reason(lost), "INVALID_CREDENTIALS", "{lost}");
-        data(&login_with(&app, &email, won[0]).await, "login");
+        data(&login_raw(&app, &email, won[0]).await, "login");
     }
 }
 
@@ -507,7 +491,7 @@ async fn a_stale_refresh_token_cannot_log_out_everywhere() {
     let v = app.gql(&app.client(), None, REFRESH, json!({ "t": stale })).await;
     let first = data(&v, "refreshToken")["accessToken"].as_str().unwrap().to_owned();
     // Another session of the same user, on another device.
-    let other = data(&login_with(&app, "stale@example.com", PASSWORD).await, "login")["accessToken"]
+    let other = data(&login_raw(&app, "stale@example.com", PASSWORD).await, "login")["accessToken"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -546,7 +530,7 @@ async fn a_full_hashing_queue_answers_rate_limited() {
     })
     .await;
     app.register_body("burst@example.com").await;
-    let logins = (0..20).map(|_| login_with(&app, "burst@example.com", PASSWORD));
+    let logins = (0..20).map(|_| login_raw(&app, "burst@example.com", PASSWORD));
     let results = join_all(logins).await;
     let mut limited = 0;
     for v in &results {
@@ -561,7 +545,7 @@ async fn a_full_hashing_queue_answers_rate_limited() {
     assert!(limited > 0, "twenty concurrent logins all queued behind one thread");
     assert!(limited < 20, "none got through");
     // Nothing was lost: the queue drains and the next login works.
-    data(&login_with(&app, "burst@example.com", PASSWORD).await, "login");
+    data(&login_raw(&app, "burst@example.com", PASSWORD).await, "login");
 }
 
 /// What the server logs on the test's thread (the test runtime is single-threaded,
@@ -608,7 +592,7 @@ async fn an_idle_expired_refresh_token_cannot_log_out_everywhere() {
     let app = spawn_with(|c| c.session_idle_timeout = Some(Duration::from_millis(300))).await;
     let (_, idle, _) = app.register_body("idle@example.com").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let other = data(&login_with(&app, "idle@example.com", PASSWORD).await, "login")["accessToken"]
+    let other = data(&login_raw(&app, "idle@example.com", PASSWORD).await, "login")["accessToken"]
         .as_str()
         .unwrap()
         .to_owned();
