@@ -167,6 +167,7 @@ impl ErrorExtensions for AppError {
             }
             match self {
                 AppError::InvalidInput { field, .. } => e.set("field", *field),
+                AppError::EmailTaken => e.set("field", "email"),
                 AppError::RateLimited { retry_after } => {
                     e.set("retryAfter", Value::from(*retry_after))
                 }

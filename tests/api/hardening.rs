@@ -44,6 +44,8 @@ async fn every_unicode_spelling_of_an_address_is_one_account() {
     for spelling in [decomposed, "JOSE\u{301}@EXAMPLE.COM", "Jos\u{c9}@Example.com"] {
         let v = register_raw(&app, spelling, PASSWORD, None).await;
         assert_eq!(reason(&v), "EMAIL_TAKEN", "{spelling:?}: {v}");
+        // Like every input error, it names the field.
+        assert_eq!(v["errors"][0]["extensions"]["field"], "email", "{v}");
         let v = login_raw(&app, spelling, PASSWORD).await;
         assert_eq!(data(&v, "login")["user"]["id"], id, "{spelling:?} reached another account");
     }
