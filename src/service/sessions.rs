@@ -120,18 +120,14 @@ pub async fn refresh(svc: &Services, presented: &str) -> AppResult<Issued> {
         let Some((row, Some(session))) = token_and_session(svc, &current).await? else {
             return Err(AppError::InvalidToken);
         };
-        if session.revoked_at.is_some() {
-            return Err(AppError::TokenRevoked);
-        }
-        if session.expires_at <= now || row.expires_at <= now {
-            return Err(AppError::RefreshTokenExpired);
-        }
-        if let Some(idle) = svc.policy.idle_timeout {
-            let idle = ChronoDuration::from_std(idle).unwrap_or(ChronoDuration::MAX);
-            if session.last_used_at + idle <= now {
+        match ended(svc, &row, &session, now) {
+            Some(Ended::Revoked) => return Err(AppError::TokenRevoked),
+            Some(Ended::Expired) => return Err(AppError::RefreshTokenExpired),
+            Some(Ended::Idle) => {
                 end_session(svc, session.id).await?;
                 return Err(AppError::RefreshTokenExpired);
             }
+            None => {}
         }
         match row.rotated_at {
             // The presented token is live: rotate it.
@@ -161,6 +157,28 @@ pub async fn refresh(svc: &Services, presented: &str) -> AppResult<Issued> {
             }
         }
     }
+}
+
+/// Why a refresh token's session can no longer be refreshed.
+enum Ended {
+    Revoked,
+    /// Past the session's or the token's absolute lifetime.
+    Expired,
+    /// Unused for longer than `SESSION_IDLE_TIMEOUT`.
+    Idle,
+}
+
+/// Whether the session of a refresh token has ended, and how; `None` while it
+/// is live. The one judgement `refresh` and `logout` both apply.
+fn ended(svc: &Services, row: &refresh_token::Model, session: &session::Model, now: DateTime<Utc>) -> Option<Ended> {
+    if session.revoked_at.is_some() {
+        return Some(Ended::Revoked);
+    }
+    if session.expires_at <= now || row.expires_at <= now {
+        return Some(Ended::Expired);
+    }
+    let idle = svc.policy.idle_timeout.map(|t| ChronoDuration::from_std(t).unwrap_or(ChronoDuration::MAX));
+    idle.filter(|idle| session.last_used_at + *idle <= now).map(|_| Ended::Idle)
 }
 
 /// One write transaction: mark the token rotated (only if nobody else did),
@@ -286,13 +304,8 @@ pub async fn logout(
     {
         let now = Utc::now();
         let grace = ChronoDuration::from_std(svc.policy.reuse_grace).unwrap_or(ChronoDuration::zero());
-        let idle = svc.policy.idle_timeout.map(|t| ChronoDuration::from_std(t).unwrap_or(ChronoDuration::MAX));
-        let live = session.revoked_at.is_none()
-            && session.expires_at > now
-            && row.expires_at > now
-            && idle.is_none_or(|idle| session.last_used_at + idle > now);
         match row.rotated_at {
-            _ if !live => {}
+            _ if ended(svc, &row, &session, now).is_some() => {}
             Some(rotated_at) if now - rotated_at > grace => reused = Some(session.id),
             _ => targets.push((session.id, session.user_id)),
         }
