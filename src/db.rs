@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait, Select, SelectTwo,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait, QuerySelect, Select,
+    SelectTwo,
     SqliteTransactionMode, TransactionOptions, TransactionTrait, DatabaseTransaction,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
@@ -80,6 +81,13 @@ fn at_most_one<T>(mut rows: Vec<T>) -> Result<Option<T>, DbErr> {
 
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     Migrator::up(db, None).await
+}
+
+/// `q` with the rows it reads locked until `txn` ends (`FOR UPDATE`) on
+/// PostgreSQL, where other transactions write concurrently. On SQLite a write
+/// transaction ([`begin_write`]) already holds the database's only write lock.
+pub fn for_update<E: EntityTrait>(q: Select<E>, txn: &impl ConnectionTrait) -> Select<E> {
+    if txn.get_database_backend() == DbBackend::Postgres { q.lock_exclusive() } else { q }
 }
 
 /// Begins a transaction that writes. On SQLite it takes the write lock at BEGIN

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set, SqlErr,
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, SqlErr,
     sea_query::Expr,
 };
 use uuid::Uuid;
@@ -109,8 +109,9 @@ pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) ->
 
 /// Spends one unit of the password-check budget: the client's (IPv4 address or
 /// IPv6 /64) and the account's (by its email key, existing or not). Every
-/// operation that verifies a password calls this before hashing, so no
-/// mutation is a way around the quota (OWASP ASVS V2.2.1).
+/// operation that verifies a password spends it before hashing, so no mutation
+/// is a way around the quota (OWASP ASVS V2.2.1); `login` spends the same two
+/// units itself, the client's before the address is even validated.
 ///
 /// Errors: `RATE_LIMITED` with `retryAfter` (seconds) past either budget.
 pub fn spend_password_budget(svc: &Services, client: &ClientInfo, email_key: &str) -> AppResult<()> {
@@ -211,11 +212,7 @@ pub async fn update_profile(svc: &Services, user_id: Uuid, change: ProfileChange
     // PostgreSQL), so the stored search key always matches the stored name and
     // address even when two profile changes meet.
     let txn = db::begin_write(&svc.db).await?;
-    let mut read = user::Entity::find_by_id(user_id);
-    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
-        read = read.lock_exclusive();
-    }
-    let Some(user) = read.unique_row(&txn).await? else {
+    let Some(user) = db::for_update(user::Entity::find_by_id(user_id), &txn).unique_row(&txn).await? else {
         txn.rollback().await?;
         return Err(AppError::TokenRevoked);
     };

@@ -77,8 +77,6 @@ fn filtered(filter: &UserFilter, backend: DbBackend) -> Select<user::Entity> {
     q
 }
 
-/// One page of users in creation order (ids are UUIDv7, so id order is
-/// creation order and a stable cursor).
 /// The longest search term, in characters (longer than any name or address).
 pub const SEARCH_MAX: usize = 256;
 
@@ -97,6 +95,8 @@ fn check_search(filter: &UserFilter) -> AppResult<()> {
     Ok(())
 }
 
+/// One page of users in creation order (ids are UUIDv7, so id order is
+/// creation order and a stable cursor).
 pub async fn list_users(
     svc: &Services,
     _proof: &Granted<UsersRead>,
@@ -148,8 +148,7 @@ fn last_admin() -> AppError {
 /// transaction already holds the database's write lock.
 async fn count_admins_locked(txn: &impl ConnectionTrait) -> AppResult<u64> {
     let q = user::Entity::find().select_only().column(user::Column::Id).filter(user::Column::Role.eq(Role::Admin));
-    let q = if txn.get_database_backend() == DbBackend::Postgres { q.lock_exclusive() } else { q };
-    Ok(q.into_tuple::<Uuid>().all(txn).await?.len() as u64)
+    Ok(db::for_update(q, txn).into_tuple::<Uuid>().all(txn).await?.len() as u64)
 }
 
 /// Changes a user's role; effective for their live access tokens at once.
