@@ -670,17 +670,7 @@ async fn live_sessions_past_the_first_page_are_loaded_at_start() {
         .issue(user_id, "many@example.com", "USER", last, now.timestamp(), (now + chrono::Duration::days(1)).timestamp())
         .unwrap()
         .token;
-    let v: Value = app
-        .client()
-        .post(format!("http://{}/graphql", again.addr))
-        .bearer_auth(&token)
-        .json(&json!({ "query": "{ me { email } }" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = gql_at(again.addr, Some(&token), "{ me { email } }").await;
     assert_eq!(v["data"]["me"]["email"], "many@example.com", "the 11,001st session was not loaded: {v}");
     again.stop().await.unwrap();
 }

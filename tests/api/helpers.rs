@@ -228,6 +228,17 @@ impl TestApp {
     }
 }
 
+/// POSTs `query` (no variables) to the GraphQL endpoint of a server at `addr`
+/// (one started apart from a `TestApp`, such as a restarted one); returns the
+/// JSON body.
+pub async fn gql_at(addr: SocketAddr, token: Option<&str>, query: &str) -> Value {
+    let mut req = Client::new().post(format!("http://{addr}/graphql")).json(&json!({ "query": query }));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.expect("request").json().await.expect("json body")
+}
+
 /// `extensions.code` of the first error.
 pub fn code(body: &Value) -> &str {
     body["errors"][0]["extensions"]["code"].as_str().unwrap_or("<none>")

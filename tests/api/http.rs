@@ -434,17 +434,7 @@ async fn graceful_stop_and_restart_keep_data_and_sessions() {
     // Same database, same key: the token is still good after a restart.
     let config = app.config.clone();
     let again = authgraph::app::spawn(&config).await.unwrap();
-    let url = format!("http://{}/graphql", again.addr);
-    let v: Value = c
-        .post(&url)
-        .bearer_auth(&token)
-        .json(&json!({ "query": "{ me { email } }" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = gql_at(again.addr, Some(&token), "{ me { email } }").await;
     assert_eq!(v["data"]["me"]["email"], "restart@example.com", "{v}");
     again.stop().await.unwrap();
 }
