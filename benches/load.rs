@@ -121,8 +121,7 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(i) = line.find("listening on http://") {
-                    let addr: String =
-                        line[i + 20..].chars().take_while(|c| !c.is_whitespace() && *c != '/').collect();
+                    let addr: String = line[i + 20..].chars().take_while(|c| !c.is_whitespace() && *c != '/').collect();
                     let _ = tx.send(addr);
                 }
             }
@@ -374,8 +373,7 @@ impl Argon2Bound {
                     for deadline in rx {
                         let mut n = 0u64;
                         loop {
-                            a.hash_password_into_with_memory(PASSWORD.as_bytes(), salt, &mut out, &mut memory)
-                                .unwrap();
+                            a.hash_password_into_with_memory(PASSWORD.as_bytes(), salt, &mut out, &mut memory).unwrap();
                             if Instant::now() > deadline {
                                 // Finished after the slice, like a login answered late: not counted.
                                 break;
@@ -604,7 +602,12 @@ async fn bench_backend(name: &str, database_url: &str, o: &Options, report: &mut
         let flood = flood.await.unwrap();
         report.add(&pre("me_idle_p99_ms"), "me p99 idle", idle.percentile_ms(0.99), "ms");
         report.add(&pre("me_flood_p99_ms"), "me p99 during login flood", busy.percentile_ms(0.99), "ms");
-        report.add(&pre("me_flood_vs_idle_x"), "me p99 flood / idle", busy.percentile_ms(0.99) / idle.percentile_ms(0.99), "x");
+        report.add(
+            &pre("me_flood_vs_idle_x"),
+            "me p99 flood / idle",
+            busy.percentile_ms(0.99) / idle.percentile_ms(0.99),
+            "x",
+        );
         report.add(&pre("flood_logins_per_s"), "logins/s during the flood", flood.rate(), "logins/s");
         // The machine's own floor for that ratio: the same `me` load beside busy
         // loops at the hashing threads' priority that have nothing to do with the
@@ -613,7 +616,12 @@ async fn bench_backend(name: &str, database_url: &str, o: &Options, report: &mut
         let mut beside = fire(&server.addr, me_conns, secs, &[Load::query(ME, &bearers)]).await.remove(0);
         spinning.into_iter().for_each(|t| t.join().unwrap());
         report.add(&pre("me_spin_p99_ms"), "me p99 beside nice-19 busy loops", beside.percentile_ms(0.99), "ms");
-        report.add(&pre("me_spin_vs_idle_x"), "me p99 busy loops / idle", beside.percentile_ms(0.99) / idle.percentile_ms(0.99), "x");
+        report.add(
+            &pre("me_spin_vs_idle_x"),
+            "me p99 busy loops / idle",
+            beside.percentile_ms(0.99) / idle.percentile_ms(0.99),
+            "x",
+        );
     }
 
     // Overload: logins sent open-loop at three times what the cores can hash. The
@@ -623,8 +631,18 @@ async fn bench_backend(name: &str, database_url: &str, o: &Options, report: &mut
     let flood = open_loop_logins(&url, &seeded.emails, 3.0 * bound, secs).await;
     let mut answered = flood.answered.clone();
     report.add(&pre("overload_sent_per_s"), "overload: logins sent (3x bound)", 3.0 * bound, "logins/s");
-    report.add(&pre("overload_ok_per_s"), "overload: logins succeeded", flood.ok as f64 / secs.max(1) as f64, "logins/s");
-    report.add(&pre("overload_refused_pct"), "overload: refused (RATE_LIMITED)", 100.0 * flood.limited as f64 / flood.sent as f64, "%");
+    report.add(
+        &pre("overload_ok_per_s"),
+        "overload: logins succeeded",
+        flood.ok as f64 / secs.max(1) as f64,
+        "logins/s",
+    );
+    report.add(
+        &pre("overload_refused_pct"),
+        "overload: refused (RATE_LIMITED)",
+        100.0 * flood.limited as f64 / flood.sent as f64,
+        "%",
+    );
     report.add(&pre("overload_failed"), "overload: other failures", flood.failed as f64, "");
     report.add(&pre("overload_p99_ms"), "overload: p99 of all answers", answered.percentile_ms(0.99), "ms");
 
@@ -636,7 +654,6 @@ async fn bench_backend(name: &str, database_url: &str, o: &Options, report: &mut
         report.add(&pre("peak_rss_mib"), &format!("server peak RSS ({name})"), kib as f64 / 1024.0, "MiB");
     }
 }
-
 
 /// A small deterministic generator (splitmix64), so that seeded names and the
 /// search terms drawn from them are the same in every run.
@@ -683,7 +700,10 @@ fn seeded_email(i: usize) -> String {
 /// Every account has the password [`PASSWORD`] through one real argon2id hash with
 /// the server's parameters; account 0 is an admin.
 async fn seed_bulk(url: &str, n: usize) {
-    use argon2::{PasswordHasher as _, password_hash::{SaltString, rand_core::OsRng}};
+    use argon2::{
+        PasswordHasher as _,
+        password_hash::{SaltString, rand_core::OsRng},
+    };
     use entity::{refresh_token, session, user};
     use sea_orm::{EntityTrait, Set, TransactionTrait};
     let db = authgraph::db::connect(url, Duration::from_secs(60), 1).await.expect("connect to the scale database");
@@ -697,7 +717,8 @@ async fn seed_bulk(url: &str, n: usize) {
     let expires = now + chrono::Duration::days(7);
     for start in (0..n).step_by(1000) {
         let end = (start + 1000).min(n);
-        let ids: Vec<(uuid::Uuid, uuid::Uuid)> = (start..end).map(|_| (uuid::Uuid::now_v7(), uuid::Uuid::now_v7())).collect();
+        let ids: Vec<(uuid::Uuid, uuid::Uuid)> =
+            (start..end).map(|_| (uuid::Uuid::now_v7(), uuid::Uuid::now_v7())).collect();
         let users = (start..end).zip(&ids).map(|(i, (id, _))| {
             let (email, name) = (seeded_email(i), seeded_name(i));
             user::ActiveModel {
@@ -779,8 +800,10 @@ async fn scale_at(name: &str, url: &str, n: usize, o: &Options, report: &mut Rep
             let body = json!({ "query": "mutation($i: LoginInput!) { login(input: $i) { accessToken refreshToken } }",
                                "variables": { "i": { "email": email, "password": PASSWORD, "transport": "BODY" } } });
             let v = post(&c, &url, None, &body).await.expect("login of a seeded account");
-            (v["data"]["login"]["accessToken"].as_str().unwrap().to_owned(),
-             v["data"]["login"]["refreshToken"].as_str().unwrap().to_owned())
+            (
+                v["data"]["login"]["accessToken"].as_str().unwrap().to_owned(),
+                v["data"]["login"]["refreshToken"].as_str().unwrap().to_owned(),
+            )
         }
     };
     let admin = login(seeded_email(0)).await.0;
@@ -812,30 +835,48 @@ async fn scale_at(name: &str, url: &str, n: usize, o: &Options, report: &mut Rep
             })
         }
     };
-    let mut listing = run(4, o.seconds, |i| i as u64, query(
-        "{ users(first: 20) { totalCount edges { cursor node { id email } } } }",
-        |_| json!({}),
-    ))
+    let mut listing = run(
+        4,
+        o.seconds,
+        |i| i as u64,
+        query("{ users(first: 20) { totalCount edges { cursor node { id email } } } }", |_| json!({})),
+    )
     .await;
-    report.add(&pre("list_p99_ms"), &format!("scale {name} {n}: users(first: 20) + totalCount p99"), listing.percentile_ms(0.99), "ms");
+    report.add(
+        &pre("list_p99_ms"),
+        &format!("scale {name} {n}: users(first: 20) + totalCount p99"),
+        listing.percentile_ms(0.99),
+        "ms",
+    );
     // What an admin types: five letters from the middle of a seeded surname.
     static SIZE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
     SIZE.store(n, std::sync::atomic::Ordering::Relaxed);
-    let mut search = run(4, o.seconds, |i| 1000 * i as u64, query(
-        "query($s: String) { users(first: 20, search: $s) { totalCount edges { node { id email } } } }",
-        |k| {
+    let mut search = run(
+        4,
+        o.seconds,
+        |i| 1000 * i as u64,
+        query("query($s: String) { users(first: 20, search: $s) { totalCount edges { node { id email } } } }", |k| {
             let n = SIZE.load(std::sync::atomic::Ordering::Relaxed);
             let name = seeded_name(mix(k) as usize % n);
             let last: Vec<char> = name.split(' ').nth(1).unwrap().chars().collect();
             let at = last.len().saturating_sub(5) / 2;
             json!({ "s": last[at..(at + 5).min(last.len())].iter().collect::<String>() })
-        },
-    ))
+        }),
+    )
     .await;
-    report.add(&pre("search_p99_ms"), &format!("scale {name} {n}: users(search:) p99"), search.percentile_ms(0.99), "ms");
+    report.add(
+        &pre("search_p99_ms"),
+        &format!("scale {name} {n}: users(search:) p99"),
+        search.percentile_ms(0.99),
+        "ms",
+    );
     report.add(&pre("search_per_s"), &format!("scale {name} {n}: users(search:)"), search.rate(), "req/s");
-    report.add(&pre("failed"), &format!("scale {name} {n}: failed requests"),
-               (me.failed + logins.failed + refreshes.failed + listing.failed + search.failed) as f64, "");
+    report.add(
+        &pre("failed"),
+        &format!("scale {name} {n}: failed requests"),
+        (me.failed + logins.failed + refreshes.failed + listing.failed + search.failed) as f64,
+        "",
+    );
     if let Some(kib) = server.peak_rss_kib() {
         report.add(&pre("peak_rss_mib"), &format!("scale {name} {n}: server peak RSS"), kib as f64 / 1024.0, "MiB");
     }
@@ -901,7 +942,14 @@ fn main() {
             bench_scale("sqlite", n, &o, &mut report, || {
                 let file = path.join(format!("scale-{}.db", uuid::Uuid::new_v4().simple()));
                 let url = format!("sqlite://{}?mode=rwc", file.display());
-                async move { (url, Box::new(move || { let _ = std::fs::remove_file(file); }) as Box<dyn FnOnce() + Send>) }
+                async move {
+                    (
+                        url,
+                        Box::new(move || {
+                            let _ = std::fs::remove_file(file);
+                        }) as Box<dyn FnOnce() + Send>,
+                    )
+                }
             })
             .await;
             if let Some(admin_url) = &o.postgres {
@@ -912,7 +960,10 @@ fn main() {
                         use sea_orm::ConnectionTrait;
                         let name = format!("authgraph_scale_{}", uuid::Uuid::new_v4().simple());
                         let admin = sea_orm::Database::connect(&admin_url).await.expect("connect to --postgres");
-                        admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create a scale database");
+                        admin
+                            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                            .await
+                            .expect("create a scale database");
                         let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b).to_owned();
                         let url = format!("{base}/{name}");
                         let drop_db = move || {
@@ -920,7 +971,9 @@ fn main() {
                             let _ = std::thread::spawn(move || {
                                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                                 rt.block_on(async {
-                                    let _ = admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                                    let _ = admin
+                                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                        .await;
                                 });
                             })
                             .join();

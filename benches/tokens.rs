@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use authgraph::{
-    auth::{refresh::{RefreshKeys, hash_token}, tokens::TokenKeys},
+    auth::{
+        refresh::{RefreshKeys, hash_token},
+        tokens::TokenKeys,
+    },
     config::Secret,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -16,7 +19,9 @@ fn tokens(c: &mut Criterion) {
     let keys = TokenKeys::new(&secret, "authgraph", "authgraph", Duration::from_secs(900));
     let now = chrono::Utc::now().timestamp();
     let token = keys.issue(Uuid::new_v4(), "ada@example.com", "USER", Uuid::new_v4(), now, now + 3600).unwrap().token;
-    c.bench_function("access token verify (HS256 + claims)", |b| b.iter(|| keys.verify(std::hint::black_box(&token)).unwrap()));
+    c.bench_function("access token verify (HS256 + claims)", |b| {
+        b.iter(|| keys.verify(std::hint::black_box(&token)).unwrap())
+    });
     // What a request pays for a token it has presented before (the usual case).
     keys.check(&token, now).unwrap();
     c.bench_function("access token check, remembered (SHA-256 + claims)", |b| {
@@ -28,7 +33,9 @@ fn tokens(c: &mut Criterion) {
     let refresh = RefreshKeys::new(&secret);
     let rt = refresh.generate().unwrap();
     c.bench_function("refresh token hash (SHA-256)", |b| b.iter(|| hash_token(std::hint::black_box(&rt))));
-    c.bench_function("refresh token successor (HMAC-SHA256)", |b| b.iter(|| refresh.successor(std::hint::black_box(&rt))));
+    c.bench_function("refresh token successor (HMAC-SHA256)", |b| {
+        b.iter(|| refresh.successor(std::hint::black_box(&rt)))
+    });
     c.bench_function("refresh token generate (256 random bits)", |b| b.iter(|| refresh.generate().unwrap()));
 }
 

@@ -18,7 +18,7 @@ use crate::{
     db,
     graphql::{self, AppSchema, Limits, documents::DocumentCache},
     http::{self, cookies::CookiePolicy, site::SitePolicy},
-    service::{SessionPolicy, Services, api_keys, sessions},
+    service::{Services, SessionPolicy, api_keys, sessions},
 };
 
 /// Everything a request handler needs, built once.
@@ -223,10 +223,16 @@ fn load_or_create_key_file(path: &Path) -> Result<Secret, StartError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| StartError::Key(format!("cannot read {}: {e}", path.display())))?;
         let bytes = B64.decode(text.trim()).map_err(|_| {
-            StartError::Key(format!("{} is not a key written by authgraph; remove it or set JWT_SECRET", path.display()))
+            StartError::Key(format!(
+                "{} is not a key written by authgraph; remove it or set JWT_SECRET",
+                path.display()
+            ))
         })?;
         if bytes.len() < JWT_SECRET_MIN_BYTES {
-            return Err(StartError::Key(format!("{} holds too short a key; remove it or set JWT_SECRET", path.display())));
+            return Err(StartError::Key(format!(
+                "{} holds too short a key; remove it or set JWT_SECRET",
+                path.display()
+            )));
         }
         Ok(Secret::new(bytes))
     };

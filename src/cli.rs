@@ -5,10 +5,7 @@ use std::ffi::OsString;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, error::ErrorKind, parser::ValueSource};
 
-use crate::{
-    config::ServeArgs,
-    telemetry::LogFormat,
-};
+use crate::{config::ServeArgs, telemetry::LogFormat};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -57,7 +54,9 @@ impl Cli {
                 let flag = arg.get_long().map(|l| format!("--{l}")).unwrap_or_else(|| arg.get_id().to_string());
                 return Err(cmd.error(
                     ErrorKind::ArgumentConflict,
-                    format!("'{flag}' cannot come before the subcommand '{name}'; a subcommand's options follow its name"),
+                    format!(
+                        "'{flag}' cannot come before the subcommand '{name}'; a subcommand's options follow its name"
+                    ),
                 ));
             }
         }

@@ -164,8 +164,7 @@ pub struct ServeArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{e} (expected a duration such as 30s, 15m, 12h or 7d)"))
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (expected a duration such as 30s, 15m, 12h or 7d)"))
 }
 
 /// A secret value: never printed, not even by `{:?}`.
@@ -203,9 +202,8 @@ pub struct Origin(String);
 impl Origin {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let s = raw.trim().to_ascii_lowercase();
-        let (scheme, rest) = s
-            .split_once("://")
-            .ok_or_else(|| format!("`{raw}` is not an origin (expected scheme://host[:port])"))?;
+        let (scheme, rest) =
+            s.split_once("://").ok_or_else(|| format!("`{raw}` is not an origin (expected scheme://host[:port])"))?;
         if scheme != "http" && scheme != "https" {
             return Err(format!("`{raw}`: origin scheme must be http or https"));
         }
@@ -290,14 +288,10 @@ impl Config {
                 JwtKeySource::Configured(Secret::new(secret.into_bytes()))
             }
             Some(_) => {
-                return Err(bad(format!(
-                    "JWT_SECRET must be at least {JWT_SECRET_MIN_BYTES} bytes long"
-                )));
+                return Err(bad(format!("JWT_SECRET must be at least {JWT_SECRET_MIN_BYTES} bytes long")));
             }
             None if production => {
-                return Err(bad(
-                    "JWT_SECRET is required when APP_ENV=production (at least 32 random bytes)",
-                ));
+                return Err(bad("JWT_SECRET is required when APP_ENV=production (at least 32 random bytes)"));
             }
             None => JwtKeySource::GeneratedFile(generated_key_path(&args.db.database_url)),
         };
@@ -306,11 +300,7 @@ impl Config {
         }
 
         let positive = |name: &str, d: Duration| {
-            if d.is_zero() {
-                Err(bad(format!("{name} must be longer than zero")))
-            } else {
-                Ok(d)
-            }
+            if d.is_zero() { Err(bad(format!("{name} must be longer than zero"))) } else { Ok(d) }
         };
         let access_token_ttl = positive("ACCESS_TOKEN_TTL", args.access_token_ttl)?;
         let refresh_token_ttl = positive("REFRESH_TOKEN_TTL", args.refresh_token_ttl)?;
@@ -337,14 +327,10 @@ impl Config {
             .collect::<Result<Vec<_>, _>>()?;
 
         if args.argon2_memory_kib < ARGON2_MIN_MEMORY_KIB {
-            return Err(bad(format!(
-                "ARGON2_MEMORY_KIB must be at least {ARGON2_MIN_MEMORY_KIB}"
-            )));
+            return Err(bad(format!("ARGON2_MEMORY_KIB must be at least {ARGON2_MIN_MEMORY_KIB}")));
         }
         if args.argon2_iterations < ARGON2_MIN_ITERATIONS {
-            return Err(bad(format!(
-                "ARGON2_ITERATIONS must be at least {ARGON2_MIN_ITERATIONS}"
-            )));
+            return Err(bad(format!("ARGON2_ITERATIONS must be at least {ARGON2_MIN_ITERATIONS}")));
         }
         if args.argon2_parallelism < 1 {
             return Err(bad("ARGON2_PARALLELISM must be at least 1"));
@@ -416,22 +402,15 @@ impl Config {
     /// The refresh cookie's name: the `__Host-` prefix makes browsers insist on
     /// `Secure`, `Path=/` and no `Domain`.
     pub fn refresh_cookie_name(&self) -> &'static str {
-        if self.cookie_secure {
-            "__Host-refresh_token"
-        } else {
-            "refresh_token"
-        }
+        if self.cookie_secure { "__Host-refresh_token" } else { "refresh_token" }
     }
 }
 
 pub fn check_database_url(url: &str) -> Result<(), ConfigError> {
-    if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")
-    {
+    if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(())
     } else {
-        Err(bad(
-            "DATABASE_URL must start with sqlite: or postgres:// (e.g. sqlite://authgraph.db?mode=rwc)",
-        ))
+        Err(bad("DATABASE_URL must start with sqlite: or postgres:// (e.g. sqlite://authgraph.db?mode=rwc)"))
     }
 }
 
@@ -484,10 +463,7 @@ mod tests {
 
     #[test]
     fn generated_key_lives_beside_the_sqlite_file() {
-        assert_eq!(
-            generated_key_path("sqlite://data/auth.db?mode=rwc"),
-            PathBuf::from("data/auth.db.jwt-key")
-        );
+        assert_eq!(generated_key_path("sqlite://data/auth.db?mode=rwc"), PathBuf::from("data/auth.db.jwt-key"));
         assert_eq!(generated_key_path("postgres://x/y"), PathBuf::from("authgraph.jwt-key"));
     }
 
@@ -526,8 +502,7 @@ mod tests {
         let e = parse(&["--app-env", "production"]).unwrap_err();
         assert!(e.contains("JWT_SECRET is required"), "{e}");
         let secret = "s".repeat(40);
-        let e = parse(&["--app-env", "production", "--jwt-secret", &secret, "--cookie-secure", "false"])
-            .unwrap_err();
+        let e = parse(&["--app-env", "production", "--jwt-secret", &secret, "--cookie-secure", "false"]).unwrap_err();
         assert!(e.contains("COOKIE_SECURE"), "{e}");
         let c = parse(&["--app-env", "production", "--jwt-secret", &secret]).unwrap();
         assert!(!c.graphiql && !c.introspection);

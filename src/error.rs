@@ -53,11 +53,7 @@ pub enum AppError {
     #[error("This email address is already registered")]
     EmailTaken,
     #[error("{message}")]
-    InvalidInput {
-        reason: &'static str,
-        field: &'static str,
-        message: String,
-    },
+    InvalidInput { reason: &'static str, field: &'static str, message: String },
     #[error("Too many requests; retry in {retry_after} seconds")]
     RateLimited { retry_after: u64 },
     #[error("The service is temporarily unavailable; retry shortly")]
@@ -70,8 +66,8 @@ impl AppError {
     pub fn code(&self) -> Code {
         use AppError::*;
         match self {
-            InvalidCredentials | AccessTokenExpired | RefreshTokenExpired | TokenRevoked
-            | InvalidToken | RefreshTokenReused | MissingToken => Code::Unauthenticated,
+            InvalidCredentials | AccessTokenExpired | RefreshTokenExpired | TokenRevoked | InvalidToken
+            | RefreshTokenReused | MissingToken => Code::Unauthenticated,
             Forbidden(_) | CrossSiteRequest => Code::Forbidden,
             EmailTaken | InvalidInput { .. } => Code::BadUserInput,
             RateLimited { .. } => Code::RateLimited,
@@ -123,11 +119,7 @@ impl AppError {
 /// may retry (SERVICE_UNAVAILABLE); anything else is a bug (INTERNAL).
 impl From<DbErr> for AppError {
     fn from(err: DbErr) -> Self {
-        if is_outage(&err) {
-            AppError::Unavailable(err)
-        } else {
-            AppError::Internal(format!("database: {err}"))
-        }
+        if is_outage(&err) { AppError::Unavailable(err) } else { AppError::Internal(format!("database: {err}")) }
     }
 }
 
@@ -168,9 +160,7 @@ impl ErrorExtensions for AppError {
             match self {
                 AppError::InvalidInput { field, .. } => e.set("field", *field),
                 AppError::EmailTaken => e.set("field", "email"),
-                AppError::RateLimited { retry_after } => {
-                    e.set("retryAfter", Value::from(*retry_after))
-                }
+                AppError::RateLimited { retry_after } => e.set("retryAfter", Value::from(*retry_after)),
                 _ => {}
             }
         })

@@ -94,7 +94,10 @@ async fn create_admin(args: authgraph::cli::CreateAdminArgs) -> Result<(), Strin
     if created {
         println!("created admin {} ({})", user.email, user.id);
     } else {
-        println!("promoted {} ({}) to admin; sessions already open see the new role at their next login", user.email, user.id);
+        println!(
+            "promoted {} ({}) to admin; sessions already open see the new role at their next login",
+            user.email, user.id
+        );
     }
     Ok(())
 }

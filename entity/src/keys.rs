@@ -99,8 +99,15 @@ mod tests {
         assert_eq!(fold(&fold("ǰ")), fold("ǰ"));
         assert_eq!(email_key("no-at-sign"), None);
         assert_eq!(email_key("a@under_score.example"), None);
-        for invisible in ["ad\u{200b}min@x.com", "ad\u{34f}min@x.com", "ad\u{fe0f}min@x.com", "\u{3164}a@x.com",
-                          "a\u{180b}b@x.com", "a\u{e0041}@x.com", "\u{202e}a@x.com"] {
+        for invisible in [
+            "ad\u{200b}min@x.com",
+            "ad\u{34f}min@x.com",
+            "ad\u{fe0f}min@x.com",
+            "\u{3164}a@x.com",
+            "a\u{180b}b@x.com",
+            "a\u{e0041}@x.com",
+            "\u{202e}a@x.com",
+        ] {
             assert_eq!(email_key(invisible), None, "{invisible:?}");
         }
         // Folding (ß to ss) and IDNA lengthen an address: a key past the column's

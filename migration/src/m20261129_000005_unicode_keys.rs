@@ -109,9 +109,7 @@ impl MigrationTrait for Migration {
         let rekeyed = rekey(&rows).map_err(DbErr::Migration)?;
 
         manager
-            .alter_table(
-                Table::alter().table(Users::Table).add_column(text(Keys::SearchKey).default("")).to_owned(),
-            )
+            .alter_table(Table::alter().table(Users::Table).add_column(text(Keys::SearchKey).default("")).to_owned())
             .await?;
         // Keys that change first move aside to a value no address can have, so a
         // row's new key never meets another row's old one under the unique index.
@@ -136,9 +134,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .alter_table(Table::alter().table(Users::Table).drop_column(Keys::SearchKey).to_owned())
-            .await
+        manager.alter_table(Table::alter().table(Users::Table).drop_column(Keys::SearchKey).to_owned()).await
     }
 }
 

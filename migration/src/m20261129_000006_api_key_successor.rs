@@ -31,8 +31,6 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .alter_table(Table::alter().table(ApiKeys::Table).drop_column(ApiKeys::ReplacedBy).to_owned())
-            .await
+        manager.alter_table(Table::alter().table(ApiKeys::Table).drop_column(ApiKeys::ReplacedBy).to_owned()).await
     }
 }

@@ -10,7 +10,10 @@
 //!   renumber it). Triggers keep both in step with every insert, change of
 //!   `search_key` and delete on `users`, in the writing transaction itself.
 
-use sea_orm_migration::{prelude::*, sea_orm::{ConnectionTrait, DbBackend}};
+use sea_orm_migration::{
+    prelude::*,
+    sea_orm::{ConnectionTrait, DbBackend},
+};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;

@@ -13,12 +13,8 @@ pub fn client_ip(peer: Option<IpAddr>, forwarded_for: &[&str], trusted: &[IpNet]
     if !is_trusted(&peer) {
         return Some(peer);
     }
-    let hops = forwarded_for
-        .iter()
-        .flat_map(|h| h.split(','))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>();
+    let hops =
+        forwarded_for.iter().flat_map(|h| h.split(',')).map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>();
     let mut client = peer;
     for hop in hops.iter().rev() {
         match parse_hop(hop) {
@@ -70,10 +66,7 @@ mod tests {
     fn trusted_proxy_chain_yields_rightmost_untrusted_hop() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         // client spoofs 6.6.6.6, real client 198.51.100.7, then an inner proxy 10.0.0.2
-        assert_eq!(
-            client_ip(ip("10.0.0.1"), &["6.6.6.6, 198.51.100.7", "10.0.0.2"], &trusted),
-            ip("198.51.100.7")
-        );
+        assert_eq!(client_ip(ip("10.0.0.1"), &["6.6.6.6, 198.51.100.7", "10.0.0.2"], &trusted), ip("198.51.100.7"));
         assert_eq!(client_ip(ip("10.0.0.1"), &[], &trusted), ip("10.0.0.1"));
         assert_eq!(client_ip(ip("10.0.0.1"), &["garbage"], &trusted), ip("10.0.0.1"));
         assert_eq!(client_ip(ip("10.0.0.1"), &["[2001:db8::1]:443"], &trusted), ip("2001:db8::1"));

@@ -208,12 +208,9 @@ fn hash_with(params: &Params, password: &[u8], memory: &mut Vec<Block>) -> Resul
 /// Recomputes a stored hash with its own algorithm and parameters and compares
 /// the outputs in constant time.
 fn matches_hash(parsed: &PasswordHash<'_>, password: &[u8], memory: &mut Vec<Block>) -> bool {
-    let (Ok(algorithm), Ok(params), Some(salt), Some(expected)) = (
-        Algorithm::try_from(parsed.algorithm),
-        Params::try_from(parsed),
-        parsed.salt,
-        parsed.hash,
-    ) else {
+    let (Ok(algorithm), Ok(params), Some(salt), Some(expected)) =
+        (Algorithm::try_from(parsed.algorithm), Params::try_from(parsed), parsed.salt, parsed.hash)
+    else {
         return false;
     };
     let version = parsed.version.and_then(|v| Version::try_from(v).ok()).unwrap_or(Version::V0x13);
@@ -222,8 +219,12 @@ fn matches_hash(parsed: &PasswordHash<'_>, password: &[u8], memory: &mut Vec<Blo
         return false;
     };
     let mut out = vec![0u8; expected.len()];
-    let computed = Argon2::new(algorithm, version, params.clone())
-        .hash_password_into_with_memory(password, salt_bytes, &mut out, blocks(memory, &params));
+    let computed = Argon2::new(algorithm, version, params.clone()).hash_password_into_with_memory(
+        password,
+        salt_bytes,
+        &mut out,
+        blocks(memory, &params),
+    );
     computed.is_ok() && Output::new(&out).is_ok_and(|o| o == expected)
 }
 
@@ -233,9 +234,7 @@ fn needs_rehash(parsed: &PasswordHash<'_>, current: &Params) -> bool {
     }
     match Params::try_from(parsed) {
         Ok(old) => {
-            old.m_cost() < current.m_cost()
-                || old.t_cost() < current.t_cost()
-                || old.p_cost() < current.p_cost()
+            old.m_cost() < current.m_cost() || old.t_cost() < current.t_cost() || old.p_cost() < current.p_cost()
         }
         Err(_) => true,
     }
@@ -272,10 +271,13 @@ mod tests {
         let mut gates = Vec::new();
         for _ in 0..2 {
             let (gate, started_tx) = (gate.clone(), started_tx.clone());
-            gates.push(h.submit(move |_| {
-                started_tx.send(()).unwrap();
-                let _ = gate.lock().unwrap().recv();
-            }).unwrap());
+            gates.push(
+                h.submit(move |_| {
+                    started_tx.send(()).unwrap();
+                    let _ = gate.lock().unwrap().recv();
+                })
+                .unwrap(),
+            );
         }
         started.recv().unwrap();
         started.recv().unwrap();
@@ -316,10 +318,7 @@ mod tests {
         match stronger.verify("correct horse".into(), Some(hash)).await.unwrap() {
             Verified::YesRehashed(new_hash) => {
                 assert!(new_hash.contains("m=20480"), "{new_hash}");
-                assert_eq!(
-                    stronger.verify("correct horse".into(), Some(new_hash)).await.unwrap(),
-                    Verified::Yes
-                );
+                assert_eq!(stronger.verify("correct horse".into(), Some(new_hash)).await.unwrap(), Verified::Yes);
             }
             other => panic!("expected a rehash, got {other:?}"),
         }
@@ -341,7 +340,10 @@ mod tests {
             .hash_password(b"legacy pass", &salt)
             .unwrap()
             .to_string();
-        assert!(matches!(h.verify("legacy pass".into(), Some(theirs.clone())).await.unwrap(), Verified::YesRehashed(_)));
+        assert!(matches!(
+            h.verify("legacy pass".into(), Some(theirs.clone())).await.unwrap(),
+            Verified::YesRehashed(_)
+        ));
         assert_eq!(h.verify("legacy pasz".into(), Some(theirs)).await.unwrap(), Verified::No);
     }
 
@@ -370,6 +372,9 @@ mod tests {
     async fn garbage_hash_does_not_verify() {
         let h = PasswordHasher::new(&params(19 * 1024)).unwrap();
         assert_eq!(h.verify("x".into(), Some("not a hash".into())).await.unwrap(), Verified::No);
-        assert_eq!(h.verify("x".into(), Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$AAAA".into())).await.unwrap(), Verified::No);
+        assert_eq!(
+            h.verify("x".into(), Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$AAAA".into())).await.unwrap(),
+            Verified::No
+        );
     }
 }

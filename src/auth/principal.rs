@@ -51,7 +51,9 @@ impl Principal {
             Principal::Rejected(RejectReason::Invalid) => Err(AppError::InvalidToken),
             Principal::Rejected(RejectReason::Expired) => Err(AppError::AccessTokenExpired),
             Principal::Rejected(RejectReason::Revoked) => Err(AppError::TokenRevoked),
-            Principal::Service(_) => Err(AppError::Forbidden("This operation needs a user's access token, not an API key")),
+            Principal::Service(_) => {
+                Err(AppError::Forbidden("This operation needs a user's access token, not an API key"))
+            }
         }
     }
 

@@ -6,14 +6,12 @@
 //! for logins also the target account, keyed by the normalised email whether or
 //! not the account exists, so the answer never tells them apart.
 
-use std::{
-    net::IpAddr,
-    num::NonZeroU32,
-    str::FromStr,
-    time::Duration,
-};
+use std::{net::IpAddr, num::NonZeroU32, str::FromStr, time::Duration};
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::{Clock, DefaultClock}};
+use governor::{
+    DefaultKeyedRateLimiter, Quota, RateLimiter,
+    clock::{Clock, DefaultClock},
+};
 
 use crate::error::AppError;
 
@@ -28,10 +26,8 @@ pub struct QuotaSpec {
 impl FromStr for QuotaSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (count, period) = s
-            .trim()
-            .split_once('/')
-            .ok_or_else(|| format!("`{s}` is not a quota (expected N/period, e.g. 20/1m)"))?;
+        let (count, period) =
+            s.trim().split_once('/').ok_or_else(|| format!("`{s}` is not a quota (expected N/period, e.g. 20/1m)"))?;
         let count: u32 = count.trim().parse().map_err(|_| format!("`{s}`: N must be a positive whole number"))?;
         let count = NonZeroU32::new(count).ok_or_else(|| format!("`{s}`: N must be at least 1"))?;
         let period = humantime::parse_duration(period.trim())
@@ -102,7 +98,10 @@ impl RateLimits {
         }
     }
 
-    fn limited(&self, outcome: Result<(), governor::NotUntil<<DefaultClock as Clock>::Instant>>) -> Result<(), AppError> {
+    fn limited(
+        &self,
+        outcome: Result<(), governor::NotUntil<<DefaultClock as Clock>::Instant>>,
+    ) -> Result<(), AppError> {
         outcome.map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
             // Whole seconds, rounded up: retrying after that many seconds succeeds.
@@ -196,7 +195,10 @@ mod tests {
         let c = IpKey::from(Some("2001:db8:1:3::1".parse().unwrap()));
         assert_eq!(a, b);
         assert_ne!(a, c);
-        assert_eq!(IpKey::from(Some("::ffff:192.0.2.1".parse().unwrap())), IpKey::from(Some("192.0.2.1".parse().unwrap())));
+        assert_eq!(
+            IpKey::from(Some("::ffff:192.0.2.1".parse().unwrap())),
+            IpKey::from(Some("192.0.2.1".parse().unwrap()))
+        );
     }
 
     #[test]

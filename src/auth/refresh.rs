@@ -39,8 +39,7 @@ impl RefreshKeys {
 
     /// The one successor `token` rotates into.
     pub fn successor(&self, token: &str) -> String {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(self.successor_key.expose()).expect("HMAC takes any key length");
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.successor_key.expose()).expect("HMAC takes any key length");
         mac.update(token.as_bytes());
         B64.encode(mac.finalize().into_bytes())
     }
@@ -77,6 +76,6 @@ mod tests {
         assert_eq!(hash_token(&a).len(), 43);
         assert_ne!(hash_token(&a), a);
         assert!(!well_formed("short"));
-        assert!(!well_formed(&"a".repeat(42).replace('a', "+") ));
+        assert!(!well_formed(&"a".repeat(42).replace('a', "+")));
     }
 }

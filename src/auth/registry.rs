@@ -22,12 +22,25 @@ use entity::user::{self, Role};
 #[derive(Debug, Clone)]
 pub enum SessionEvent {
     /// A session went live for `user` (as stored when it started).
-    Started { session_id: Uuid, user: user::Model, expires_at: i64 },
-    Revoked { session_id: Uuid },
-    UserSessionsRevoked { user_id: Uuid, except: Option<Uuid> },
+    Started {
+        session_id: Uuid,
+        user: user::Model,
+        expires_at: i64,
+    },
+    Revoked {
+        session_id: Uuid,
+    },
+    UserSessionsRevoked {
+        user_id: Uuid,
+        except: Option<Uuid>,
+    },
     /// The user's row changed (profile, role, password): the copy is replaced.
-    UserUpdated { user: user::Model },
-    UserDeleted { user_id: Uuid },
+    UserUpdated {
+        user: user::Model,
+    },
+    UserDeleted {
+        user_id: Uuid,
+    },
 }
 
 #[derive(Default)]
@@ -135,12 +148,8 @@ impl SessionRegistry {
     /// Drops sessions past their absolute end. Returns how many went.
     pub fn prune_expired(&self, now: i64) -> usize {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        let expired: Vec<(Uuid, Uuid)> = inner
-            .sessions
-            .iter()
-            .filter(|(_, l)| l.expires_at <= now)
-            .map(|(id, l)| (*id, l.user_id))
-            .collect();
+        let expired: Vec<(Uuid, Uuid)> =
+            inner.sessions.iter().filter(|(_, l)| l.expires_at <= now).map(|(id, l)| (*id, l.user_id)).collect();
         for (id, user_id) in &expired {
             inner.sessions.remove(id);
             inner.forget_session(*user_id, *id);
@@ -202,7 +211,11 @@ mod tests {
         let id = Uuid::new_v4();
         let stale = model(id, Role::Admin);
         let s1 = start(&r, id, 100);
-        let demoted = user::Model { role: Role::User, updated_at: stale.updated_at + chrono::Duration::seconds(1), ..stale.clone() };
+        let demoted = user::Model {
+            role: Role::User,
+            updated_at: stale.updated_at + chrono::Duration::seconds(1),
+            ..stale.clone()
+        };
         r.apply(SessionEvent::UserUpdated { user: demoted.clone() });
         let s2 = Uuid::new_v4();
         r.apply(SessionEvent::Started { session_id: s2, user: stale.clone(), expires_at: 100 });
@@ -211,7 +224,8 @@ mod tests {
         r.apply(SessionEvent::UserUpdated { user: stale });
         assert_eq!(r.profile(id).unwrap().role, Role::User);
         // A newer change still applies.
-        let promoted = user::Model { role: Role::Admin, updated_at: demoted.updated_at + chrono::Duration::seconds(1), ..demoted };
+        let promoted =
+            user::Model { role: Role::Admin, updated_at: demoted.updated_at + chrono::Duration::seconds(1), ..demoted };
         r.apply(SessionEvent::UserUpdated { user: promoted });
         assert_eq!(r.check(s2, id, 10), Some(Role::Admin));
     }

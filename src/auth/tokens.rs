@@ -20,9 +20,7 @@ use std::{
     time::Duration,
 };
 
-use jsonwebtoken::{
-    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode, errors::ErrorKind,
-};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode, errors::ErrorKind};
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -138,11 +136,9 @@ impl TokenKeys {
 
     /// Checks a token's signature and claims. Says nothing about revocation.
     pub fn verify(&self, token: &str) -> Result<Claims, AppError> {
-        let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
-            match e.kind() {
-                ErrorKind::ExpiredSignature => AppError::AccessTokenExpired,
-                _ => AppError::InvalidToken,
-            }
+        let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AppError::AccessTokenExpired,
+            _ => AppError::InvalidToken,
         })?;
         if data.header.typ.as_deref() != Some(TOKEN_TYPE) {
             return Err(AppError::InvalidToken);

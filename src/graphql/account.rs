@@ -71,8 +71,15 @@ impl AccountMutation {
     ) -> Result<bool> {
         let req = request(ctx)?;
         let me = req.principal.require_user()?;
-        accounts::change_password(services(ctx)?, me.user_id, me.session_id, &req.client, current_password, new_password)
-            .await?;
+        accounts::change_password(
+            services(ctx)?,
+            me.user_id,
+            me.session_id,
+            &req.client,
+            current_password,
+            new_password,
+        )
+        .await?;
         Ok(true)
     }
 }

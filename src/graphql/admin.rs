@@ -79,10 +79,9 @@ impl AdminQuery {
             (Some(_), Some(_)) => {
                 return Err(AppError::invalid_input("INVALID_PAGE_SIZE", "last", "Give first or last, not both").into());
             }
-            (_, Some(n)) => PageRequest::Backward {
-                n,
-                before: before.as_deref().map(|c| decode_cursor(c, "before")).transpose()?,
-            },
+            (_, Some(n)) => {
+                PageRequest::Backward { n, before: before.as_deref().map(|c| decode_cursor(c, "before")).transpose()? }
+            }
             (n, None) => PageRequest::Forward {
                 n: n.unwrap_or(PAGE_DEFAULT),
                 after: after.as_deref().map(|c| decode_cursor(c, "after")).transpose()?,

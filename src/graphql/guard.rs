@@ -18,11 +18,8 @@
 use std::sync::{Arc, Mutex, atomic::Ordering};
 
 use async_graphql::{
-    Request, ServerError, ServerResult, ValidationResult, Variables,
-    extensions::{
-        Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest, NextValidation,
-    },
-    Name,
+    Name, Request, ServerError, ServerResult, ValidationResult, Variables,
+    extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest, NextValidation},
     parser::types::{ExecutableDocument, Selection, SelectionSet},
 };
 
@@ -151,7 +148,10 @@ fn variable_defaults(
     variables: &Variables,
 ) -> Result<Vec<(Name, async_graphql::Value)>, Name> {
     let mut defaults = Vec::new();
-    for def in selected_operation(document, operation_name).map(|op| op.node.variable_definitions.as_slice()).unwrap_or_default() {
+    for def in selected_operation(document, operation_name)
+        .map(|op| op.node.variable_definitions.as_slice())
+        .unwrap_or_default()
+    {
         let name = &def.node.name.node;
         if variables.contains_key(name) {
             continue;
@@ -206,8 +206,7 @@ impl Extension for RequestGuardExtension {
         }
         request.variables = variables;
         // Text that may not be kept goes through the engine as usual.
-        *self.state() =
-            if keepable { State::Prepared { operation_name, has_variables, kept } } else { State::Unknown };
+        *self.state() = if keepable { State::Prepared { operation_name, has_variables, kept } } else { State::Unknown };
         Ok(request)
     }
 

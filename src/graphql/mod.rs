@@ -73,11 +73,7 @@ pub fn schema_builder(
         .limit_depth(limits.depth)
         .limit_complexity(limits.complexity)
         .limit_directives(10)
-        .extension(guard::RequestGuard {
-            max_aliases: limits.aliases,
-            introspection: limits.introspection,
-            documents,
-        });
+        .extension(guard::RequestGuard { max_aliases: limits.aliases, introspection: limits.introspection, documents });
     if !limits.introspection {
         builder = builder.disable_introspection().disable_suggestions();
     }
@@ -105,9 +101,7 @@ pub(crate) fn services<'a>(ctx: &Context<'a>) -> Result<&'a Services, AppError> 
 }
 
 pub(crate) fn request<'a>(ctx: &Context<'a>) -> Result<&'a RequestCtx, AppError> {
-    ctx.data::<SharedRequestCtx>()
-        .map(|r| r.as_ref())
-        .map_err(|_| AppError::internal("request context missing"))
+    ctx.data::<SharedRequestCtx>().map(|r| r.as_ref()).map_err(|_| AppError::internal("request context missing"))
 }
 
 pub(crate) fn cookie_policy<'a>(ctx: &Context<'a>) -> Result<&'a CookiePolicy, AppError> {

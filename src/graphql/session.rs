@@ -53,8 +53,9 @@ impl SessionMutation {
         &self,
         ctx: &Context<'_>,
         #[graphql(default_with = "Some(false)")] everywhere: Option<bool>,
-        #[graphql(secret, desc = "For native clients: the refresh token of the session to end")]
-        refresh_token: Option<String>,
+        #[graphql(secret, desc = "For native clients: the refresh token of the session to end")] refresh_token: Option<
+            String,
+        >,
     ) -> Result<bool> {
         let req = request(ctx)?;
         require_same_site(req)?;

@@ -195,8 +195,7 @@ pub struct UpdateProfileInput {
 
 /// Parses an `ID` argument that must be one of ours.
 pub fn parse_id(id: &ID, field: &'static str) -> Result<uuid::Uuid, AppError> {
-    uuid::Uuid::parse_str(id.as_str())
-        .map_err(|_| AppError::invalid_input("INVALID_ID", field, "Not a valid id"))
+    uuid::Uuid::parse_str(id.as_str()).map_err(|_| AppError::invalid_input("INVALID_ID", field, "Not a valid id"))
 }
 
 impl From<Role> for user::Role {

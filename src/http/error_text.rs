@@ -113,7 +113,11 @@ fn underline(line: &str) -> Option<Underline<'_>> {
     let gutter = &line[..bar + 2];
     let marks = rest.trim_start_matches([' ', '\t']);
     let padding = &rest[..rest.len() - marks.len()];
-    (marks.starts_with('^') && marks.bytes().all(|b| b == b'^' || b == b'-')).then_some(Underline { gutter, padding, marks })
+    (marks.starts_with('^') && marks.bytes().all(|b| b == b'^' || b == b'-')).then_some(Underline {
+        gutter,
+        padding,
+        marks,
+    })
 }
 
 /// Cuts every run of characters that are neither white space nor `"` (a name

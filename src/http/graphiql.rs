@@ -15,7 +15,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
     ("init.js", "text/javascript; charset=utf-8", include_bytes!("../../assets/graphiql/init.js")),
     ("graphiql.min.js", "text/javascript; charset=utf-8", include_bytes!("../../assets/graphiql/graphiql.min.js")),
     ("graphiql.min.css", "text/css; charset=utf-8", include_bytes!("../../assets/graphiql/graphiql.min.css")),
-    ("react.production.min.js", "text/javascript; charset=utf-8", include_bytes!("../../assets/graphiql/react.production.min.js")),
+    (
+        "react.production.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/graphiql/react.production.min.js"),
+    ),
     (
         "react-dom.production.min.js",
         "text/javascript; charset=utf-8",

@@ -5,8 +5,7 @@
 use std::sync::{Arc, atomic::AtomicUsize};
 
 use async_graphql::{
-    BatchRequest, BatchResponse, Request as GqlRequest, Response as GqlResponse, Value,
-    parser::types::OperationType,
+    BatchRequest, BatchResponse, Request as GqlRequest, Response as GqlResponse, Value, parser::types::OperationType,
 };
 use async_graphql_poem::GraphQLBatchResponse;
 use poem::{

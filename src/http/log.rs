@@ -21,12 +21,8 @@ const MAX_LOGGED_PATH_CHARS: usize = 200;
 /// of `trusted` proxies (then its `X-Forwarded-For`, see
 /// [`crate::auth::client_ip`]). `None` when the peer is not an IP socket.
 pub fn request_client_ip(req: &Request, trusted: &[IpNet]) -> Option<IpAddr> {
-    let forwarded: Vec<&str> = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
+    let forwarded: Vec<&str> =
+        req.headers().get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
     client_ip(req.remote_addr().as_socket_addr().map(|a| a.ip()), &forwarded, trusted)
 }
 

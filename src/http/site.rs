@@ -107,8 +107,8 @@ impl<E: Endpoint> Endpoint for CorsEndpoint<E> {
             .get(header::ORIGIN)
             .filter(|o| o.to_str().is_ok_and(|o| self.policy.allowed_origin(o)))
             .cloned();
-        let preflight = req.method() == Method::OPTIONS
-            && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let preflight =
+            req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
         if preflight {
             let mut resp = StatusCode::NO_CONTENT.into_response();
             let h = resp.headers_mut();
@@ -168,6 +168,8 @@ mod tests {
         assert!(!p.is_cross_site(&headers(&[host, ("referer", "https://auth.example.com/x?y")])));
         assert!(!p.is_cross_site(&headers(&[("host", "127.0.0.1:8000"), ("origin", "http://127.0.0.1:8000")])));
         assert!(p.is_cross_site(&headers(&[("host", "127.0.0.1:8000"), ("origin", "http://127.0.0.1:9000")])));
-        assert!(!p.is_cross_site(&headers(&[("host", "auth.example.com:443"), ("origin", "https://auth.example.com")])));
+        assert!(
+            !p.is_cross_site(&headers(&[("host", "auth.example.com:443"), ("origin", "https://auth.example.com")]))
+        );
     }
 }

@@ -3,10 +3,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, SqlErr,
-    sea_query::Expr,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, SqlErr, sea_query::Expr};
 use uuid::Uuid;
 
 use entity::user::{self, Role};
@@ -41,11 +38,7 @@ fn map_unique(err: sea_orm::DbErr) -> AppError {
 }
 
 async fn email_in_use(svc: &Services, normalized: &str) -> AppResult<bool> {
-    Ok(user::Entity::find()
-        .filter(user::Column::EmailNormalized.eq(normalized))
-        .unique_row(&svc.db)
-        .await?
-        .is_some())
+    Ok(user::Entity::find().filter(user::Column::EmailNormalized.eq(normalized)).unique_row(&svc.db).await?.is_some())
 }
 
 /// A new account's input, validated.
@@ -97,10 +90,7 @@ pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) ->
     let password_hash = svc.hasher.hash(input.password).await?;
     let now = Utc::now();
     let txn = db::begin_write(&svc.db).await?;
-    let user = new_user_row(new, password_hash, Role::User, now, Some(now))
-        .insert(&txn)
-        .await
-        .map_err(map_unique)?;
+    let user = new_user_row(new, password_hash, Role::User, now, Some(now)).insert(&txn).await.map_err(map_unique)?;
     let (session, refresh) = sessions::start(svc, &txn, user.id, client, now).await?;
     txn.commit().await?;
     tracing::info!(user_id = %user.id, "account registered");
@@ -145,10 +135,8 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
         return Err(AppError::InvalidCredentials);
     }
     for attempt in 0..2 {
-        let found = user::Entity::find()
-            .filter(user::Column::EmailNormalized.eq(&normalized))
-            .unique_row(&svc.db)
-            .await?;
+        let found =
+            user::Entity::find().filter(user::Column::EmailNormalized.eq(&normalized)).unique_row(&svc.db).await?;
         let verified = svc.hasher.verify(password.clone(), found.as_ref().map(|u| u.password_hash.clone())).await?;
         let (user, new_hash) = match (found, verified) {
             (Some(user), Verified::Yes) => (user, None),

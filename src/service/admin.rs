@@ -3,8 +3,8 @@
 
 use chrono::Utc;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, ExprTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Select, Set, ActiveModelTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, ExprTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Select, Set,
     sea_query::{Expr, LikeExpr},
 };
 use uuid::Uuid;
@@ -136,11 +136,7 @@ pub async fn get_user(svc: &Services, _proof: &Granted<UsersRead>, id: Uuid) -> 
 }
 
 fn last_admin() -> AppError {
-    AppError::invalid_input(
-        "LAST_ADMIN",
-        "id",
-        "This is the last admin: promote another user to ADMIN first",
-    )
+    AppError::invalid_input("LAST_ADMIN", "id", "This is the last admin: promote another user to ADMIN first")
 }
 
 /// Locks the admin rows (PostgreSQL) inside `txn` and counts them, so that two
@@ -229,10 +225,8 @@ pub async fn create_or_promote_admin(
     password: impl FnOnce() -> AppResult<String>,
 ) -> AppResult<(user::Model, bool)> {
     let (email, normalized) = super::validate::email(email)?;
-    if let Some(existing) = user::Entity::find()
-        .filter(user::Column::EmailNormalized.eq(&normalized))
-        .unique_row(&svc.db)
-        .await?
+    if let Some(existing) =
+        user::Entity::find().filter(user::Column::EmailNormalized.eq(&normalized)).unique_row(&svc.db).await?
     {
         let mut active: user::ActiveModel = existing.into();
         active.role = Set(Role::Admin);

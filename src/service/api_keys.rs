@@ -208,7 +208,11 @@ pub async fn rotate(
     let now = Utc::now();
     let not_found = || AppError::invalid_input("NOT_FOUND", "id", "No such live API key");
     let already = || {
-        AppError::invalid_input("ALREADY_ROTATED", "id", "This API key was already rotated; rotate its successor instead")
+        AppError::invalid_input(
+            "ALREADY_ROTATED",
+            "id",
+            "This API key was already rotated; rotate its successor instead",
+        )
     };
     let old = api_key::Entity::find_by_id(id)
         .unique_row(&svc.db)

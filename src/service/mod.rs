@@ -17,7 +17,10 @@ use uuid::Uuid;
 use entity::user;
 
 use crate::auth::{
-    password::PasswordHasher, rate_limit::RateLimits, refresh::RefreshKeys, registry::SessionRegistry,
+    password::PasswordHasher,
+    rate_limit::RateLimits,
+    refresh::RefreshKeys,
+    registry::SessionRegistry,
     tokens::{IssuedAccessToken, TokenKeys},
 };
 

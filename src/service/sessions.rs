@@ -9,8 +9,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    sea_query::Expr,
+    ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect, Set, sea_query::Expr,
 };
 use uuid::Uuid;
 
@@ -89,21 +88,9 @@ pub fn issue(
 ) -> AppResult<Issued> {
     let expires_at = session.expires_at.timestamp();
     svc.registry.apply(SessionEvent::Started { session_id: session.id, user: user.clone(), expires_at });
-    let access = svc.tokens.issue(
-        user.id,
-        &user.email,
-        role_name(user.role),
-        session.id,
-        now.timestamp(),
-        expires_at,
-    )?;
-    Ok(Issued {
-        user,
-        session_id: session.id,
-        access,
-        refresh_token,
-        refresh_expires_at: session.expires_at,
-    })
+    let access =
+        svc.tokens.issue(user.id, &user.email, role_name(user.role), session.id, now.timestamp(), expires_at)?;
+    Ok(Issued { user, session_id: session.id, access, refresh_token, refresh_expires_at: session.expires_at })
 }
 
 /// Exchanges a refresh token for a new access token and the token's successor.
@@ -261,11 +248,7 @@ pub async fn end_session(svc: &Services, session_id: Uuid) -> AppResult<bool> {
 /// Ends all of a user's sessions, except `except`, inside the caller's
 /// transaction. Returns how many were live. The caller applies
 /// `SessionEvent::UserSessionsRevoked` once the transaction has committed.
-pub async fn end_user_sessions(
-    conn: &impl ConnectionTrait,
-    user_id: Uuid,
-    except: Option<Uuid>,
-) -> AppResult<u64> {
+pub async fn end_user_sessions(conn: &impl ConnectionTrait, user_id: Uuid, except: Option<Uuid>) -> AppResult<u64> {
     let mut q = session::Entity::update_many()
         .col_expr(session::Column::RevokedAt, Expr::value(Utc::now()))
         .filter(session::Column::UserId.eq(user_id))
@@ -380,12 +363,7 @@ pub async fn load_registry(svc: &Services) -> AppResult<usize> {
         if let Some(after) = after {
             q = q.filter(session::Column::Id.gt(after));
         }
-        let page = q
-            .order_by_asc(session::Column::Id)
-            .limit(PAGE)
-            .find_also_related(user::Entity)
-            .all(&svc.db)
-            .await?;
+        let page = q.order_by_asc(session::Column::Id).limit(PAGE).find_also_related(user::Entity).all(&svc.db).await?;
         let full = page.len() as u64 == PAGE;
         after = page.last().map(|(s, _)| s.id);
         for (session, user) in page {
@@ -409,11 +387,7 @@ pub async fn purge(svc: &Services) -> AppResult<u64> {
     let now = Utc::now();
     let cutoff = now - ChronoDuration::hours(ENDED_SESSION_RETENTION_HOURS);
     let res = session::Entity::delete_many()
-        .filter(
-            session::Column::ExpiresAt
-                .lt(cutoff)
-                .or(session::Column::RevokedAt.lt(cutoff)),
-        )
+        .filter(session::Column::ExpiresAt.lt(cutoff).or(session::Column::RevokedAt.lt(cutoff)))
         .exec(&svc.db)
         .await?;
     svc.registry.prune_expired(now.timestamp());

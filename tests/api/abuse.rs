@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 
 const LOGIN: &str = "mutation($i: LoginInput!) { login(input: $i) { accessToken user { email } } }";
-const REGISTER: &str = "mutation($i: RegisterInput!) { register(input: $i) { accessToken refreshToken user { email } } }";
+const REGISTER: &str =
+    "mutation($i: RegisterInput!) { register(input: $i) { accessToken refreshToken user { email } } }";
 const REFRESH: &str = "mutation($t: String) { refreshToken(refreshToken: $t) { accessToken refreshToken } }";
 
 fn spec(s: &str) -> QuotaSpec {
@@ -107,7 +108,9 @@ async fn a_thousand_aliased_logins_are_refused_before_any_hashing() {
 
     // Inline arguments: every alias guesses a different password (~90 KB).
     let inline = aliased(1000, |i| {
-        format!(r#"login(input: {{email: "victim@example.com", password: "guess-number-{i}", transport: BODY}}) {{ accessToken }}"#)
+        format!(
+            r#"login(input: {{email: "victim@example.com", password: "guess-number-{i}", transport: BODY}}) {{ accessToken }}"#
+        )
     });
     // The same through one variable: small enough for the default body limit.
     let with_var = aliased(1000, |_| "login(input: $i) { accessToken }".to_owned());
@@ -129,10 +132,7 @@ async fn a_thousand_aliased_logins_are_refused_before_any_hashing() {
         let v: Value = serde_json::from_str(&text).unwrap();
         assert!(v["data"].is_null(), "{v}");
         assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
-        assert!(
-            ["TOO_MANY_ALIASES", "TOO_MANY_CREDENTIAL_FIELDS"].contains(&reason(&v)),
-            "unexpected reason: {v}"
-        );
+        assert!(["TOO_MANY_ALIASES", "TOO_MANY_CREDENTIAL_FIELDS"].contains(&reason(&v)), "unexpected reason: {v}");
         assert_eq!(all_errors(&v).len(), 1, "one request error, no per-field errors: {v}");
     }
 
@@ -151,7 +151,9 @@ async fn two_credential_fields_in_one_operation_are_refused() {
     let app = spawn_app().await;
     let c = app.client();
     let login = |alias: &str| {
-        format!(r#"{alias}: login(input: {{email: "two@example.com", password: "correct horse battery", transport: BODY}}) {{ accessToken }}"#)
+        format!(
+            r#"{alias}: login(input: {{email: "two@example.com", password: "correct horse battery", transport: BODY}}) {{ accessToken }}"#
+        )
     };
     let register = r#"register(input: {email: "two@example.com", password: "correct horse battery", transport: BODY}) { accessToken }"#;
     let cases = [
@@ -159,7 +161,11 @@ async fn two_credential_fields_in_one_operation_are_refused() {
         format!("mutation {{ {} {register} }}", login("a")),
         format!(r#"mutation {{ {} changePassword(currentPassword: "x", newPassword: "yyyyyyyyyy") }}"#, login("a")),
         // Fragments do not hide them.
-        format!("mutation {{ ...F ...G }} fragment F on Mutation {{ {} }} fragment G on Mutation {{ {} }}", login("a"), login("b")),
+        format!(
+            "mutation {{ ...F ...G }} fragment F on Mutation {{ {} }} fragment G on Mutation {{ {} }}",
+            login("a"),
+            login("b")
+        ),
         format!("mutation {{ ... on Mutation {{ {} }} ... on Mutation {{ {register} }} }}", login("a")),
     ];
     for q in &cases {
@@ -313,7 +319,10 @@ async fn behind_a_trusted_proxy_the_forwarded_client_is_limited() {
         assert_limited(&login_from(&app, &c, &xff, "chain@example.com", "guess").await, 1200);
     }
     // An inner trusted hop (127.0.0.1 again) is skipped: still keyed on 198.51.100.7.
-    assert_limited(&login_from(&app, &c, &["6.6.6.6, 198.51.100.7, 127.0.0.1"], "chain@example.com", "guess").await, 1200);
+    assert_limited(
+        &login_from(&app, &c, &["6.6.6.6, 198.51.100.7, 127.0.0.1"], "chain@example.com", "guess").await,
+        1200,
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -510,7 +519,8 @@ async fn deep_and_wide_queries_are_refused_before_resolvers_run() {
     assert!(all_errors(&v).iter().all(|e| e["extensions"]["reason"] != "MISSING_TOKEN"), "{text:.500}");
 
     // Under the limits the same field runs (control): its resolver answers MISSING_TOKEN.
-    let v = send_json(&app, &c, &[], &json!({ "query": format!("{{ {} }}", aliased(3, |_| "me { id }".to_owned())) })).await;
+    let v = send_json(&app, &c, &[], &json!({ "query": format!("{{ {} }}", aliased(3, |_| "me { id }".to_owned())) }))
+        .await;
     assert_eq!(reason(&v), "MISSING_TOKEN", "{v}");
 }
 

@@ -101,12 +101,7 @@ async fn register_returns_the_payload_and_sets_the_refresh_cookie() {
         assert!(lower.contains(part), "cookie attributes {attrs:?} lack {part}");
     }
     assert!(!lower.contains("domain"), "{attrs:?}");
-    let max_age: i64 = lower
-        .split(';')
-        .find_map(|a| a.trim().strip_prefix("max-age="))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let max_age: i64 = lower.split(';').find_map(|a| a.trim().strip_prefix("max-age=")).unwrap().parse().unwrap();
     assert!((7 * 86400 - 60..=7 * 86400).contains(&max_age), "Max-Age {max_age}");
 
     // The cookie is the session's refresh token, and the access token is good.
@@ -217,7 +212,8 @@ async fn password_length_counts_characters_and_is_never_truncated() {
     let last_changed = format!("{}y", "é".repeat(127));
     let prefix: String = long.chars().take(127).collect();
     let longer = format!("{long}x");
-    for (pw, what) in [(&last_changed, "last character changed"), (&prefix, "127-character prefix"), (&longer, "129 characters")]
+    for (pw, what) in
+        [(&last_changed, "last character changed"), (&prefix, "127-character prefix"), (&longer, "129 characters")]
     {
         let v = login_raw(&app, "long@example.com", pw).await;
         assert_eq!(code(&v), "UNAUTHENTICATED", "{what}: {v}");
@@ -395,7 +391,12 @@ async fn login_works_with_both_transports() {
     assert!(me["data"]["me"]["lastLoginAt"].is_string(), "{me}");
 
     let r = app
-        .post(&app.client(), None, LOGIN, json!({ "i": { "email": "bob@example.com", "password": PASSWORD, "transport": "BODY" } }))
+        .post(
+            &app.client(),
+            None,
+            LOGIN,
+            json!({ "i": { "email": "bob@example.com", "password": PASSWORD, "transport": "BODY" } }),
+        )
         .await;
     assert!(set_cookies(&r).is_empty(), "BODY transport set a cookie");
     let v: Value = r.json().await.unwrap();
@@ -422,7 +423,11 @@ async fn wrong_password_and_unknown_email_look_the_same() {
     assert!(wrong_password["data"].is_null(), "{wrong_password}");
     assert!(wrong_password["errors"][0]["message"].is_string());
     assert_eq!(wrong_password["errors"].as_array().unwrap().len(), 1);
-    for (other, what) in [(&unknown_email, "unknown email"), (&wrong_case_wrong_password, "other case"), (&too_long, "overlong password")] {
+    for (other, what) in [
+        (&unknown_email, "unknown email"),
+        (&wrong_case_wrong_password, "other case"),
+        (&too_long, "overlong password"),
+    ] {
         assert_eq!(wrong_password["errors"], other["errors"], "{what}");
         assert_eq!(
             serde_json::to_string(&wrong_password).unwrap(),
@@ -438,12 +443,18 @@ async fn a_stale_or_foreign_authorization_header_does_not_break_login() {
     let (token, refresh_token, id) = app.register_body("dave@example.com").await;
     // Make the real token stale: the session is ended.
     let c = app.client();
-    let v = app.gql(&c, Some(&token), "mutation($t: String) { logout(refreshToken: $t) }", json!({ "t": refresh_token })).await;
+    let v = app
+        .gql(&c, Some(&token), "mutation($t: String) { logout(refreshToken: $t) }", json!({ "t": refresh_token }))
+        .await;
     assert_eq!(v["data"]["logout"], true, "{v}");
     let v = app.gql(&c, Some(&token), ME, json!({})).await;
     assert_eq!(reason(&v), "TOKEN_REVOKED", "{v}");
 
-    for header in ["Bearer junk", "Basic eHl6", "Bearer ", "Bearer a.b.c"].into_iter().map(String::from).chain([format!("Bearer {token}")]) {
+    for header in ["Bearer junk", "Basic eHl6", "Bearer ", "Bearer a.b.c"]
+        .into_iter()
+        .map(String::from)
+        .chain([format!("Bearer {token}")])
+    {
         let v: Value = c
             .post(app.url("/graphql"))
             .header("authorization", &header)
@@ -477,7 +488,11 @@ async fn clients_cannot_choose_their_role_or_id() {
     let app = spawn_app().await;
     let c = app.client();
     // In variables and as literals: unknown input fields are schema errors.
-    for extra in [json!({ "role": "ADMIN" }), json!({ "id": "00000000-0000-0000-0000-000000000001" }), json!({ "isAdmin": true })] {
+    for extra in [
+        json!({ "role": "ADMIN" }),
+        json!({ "id": "00000000-0000-0000-0000-000000000001" }),
+        json!({ "isAdmin": true }),
+    ] {
         let mut input = json!({ "email": "mallory@example.com", "password": PASSWORD, "transport": "BODY" });
         input.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         let v = app.gql(&c, None, REGISTER, json!({ "i": input })).await;
@@ -498,7 +513,11 @@ async fn clients_cannot_choose_their_role_or_id() {
     let token = access(&v, "register");
     let id = v["data"]["register"]["user"]["id"].clone();
 
-    for input in [json!({ "role": "ADMIN" }), json!({ "name": "M", "role": "ADMIN" }), json!({ "id": "00000000-0000-0000-0000-000000000001" })] {
+    for input in [
+        json!({ "role": "ADMIN" }),
+        json!({ "name": "M", "role": "ADMIN" }),
+        json!({ "id": "00000000-0000-0000-0000-000000000001" }),
+    ] {
         let v = app.gql(&c, Some(&token), UPDATE, json!({ "i": input })).await;
         assert_eq!(code(&v), "BAD_USER_INPUT", "{input}: {v}");
         assert!(v["data"].is_null(), "{input}: {v}");
@@ -601,7 +620,11 @@ async fn update_profile_changes_name_and_email() {
     assert_eq!(reason(&v), "INVALID_TOKEN", "{v}");
 
     let v = app.gql(&c, Some(&token), UPDATE, json!({ "i": { "name": "Frank Ñ" } })).await;
-    assert_eq!(v["data"]["updateProfile"], json!({ "id": id, "email": "frank@example.com", "name": "Frank Ñ", "role": "USER" }), "{v}");
+    assert_eq!(
+        v["data"]["updateProfile"],
+        json!({ "id": id, "email": "frank@example.com", "name": "Frank Ñ", "role": "USER" }),
+        "{v}"
+    );
 
     // Validation, and a refused change changes nothing.
     for (input, r, f) in [
@@ -625,7 +648,11 @@ async fn update_profile_changes_name_and_email() {
         assert!(v["data"].is_null());
     }
     let v = app.gql(&c, Some(&token), ME, json!({})).await;
-    assert_eq!(v["data"]["me"], json!({ "id": id, "email": "frank@example.com", "name": "Frank Ñ", "role": "USER" }), "{v}");
+    assert_eq!(
+        v["data"]["me"],
+        json!({ "id": id, "email": "frank@example.com", "name": "Frank Ñ", "role": "USER" }),
+        "{v}"
+    );
 
     // A new address: shown as typed, normalised for login and uniqueness.
     let v = app.gql(&c, Some(&token), UPDATE, json!({ "i": { "email": "  Frank.New@Example.ORG " } })).await;
@@ -638,7 +665,9 @@ async fn update_profile_changes_name_and_email() {
     let v = register_raw(&app, "FRANK.NEW@example.org", PASSWORD, None).await;
     assert_eq!(reason(&v), "EMAIL_TAKEN", "{v}");
     // The old address is free again; one's own address in another case is fine.
-    let v = app.gql(&c, Some(&token), UPDATE, json!({ "i": { "email": "FRANK.NEW@example.org", "name": "  Frank  " } })).await;
+    let v = app
+        .gql(&c, Some(&token), UPDATE, json!({ "i": { "email": "FRANK.NEW@example.org", "name": "  Frank  " } }))
+        .await;
     assert_eq!(v["data"]["updateProfile"]["email"], "FRANK.NEW@example.org", "{v}");
     assert_eq!(v["data"]["updateProfile"]["name"], "Frank", "{v}");
     assert_email_free(&app, "frank@example.com").await;

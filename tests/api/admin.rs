@@ -88,11 +88,12 @@ async fn a_user_cannot_reach_admin_fields_by_any_route() {
     let (admin, _) = make_admin(&app, ADMIN_EMAIL).await;
     let (victim_token, _, victim_id) = app.register_body("victim@example.com").await;
     let (mallory, _, mallory_id) = app.register_body("mallory@example.com").await;
-    let key = ok(&app, &admin, r#"mutation { createApiKey(name: "ci", scopes: [USERS_READ]) { apiKey { id } } }"#, json!({}))
-        .await["createApiKey"]["apiKey"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key =
+        ok(&app, &admin, r#"mutation { createApiKey(name: "ci", scopes: [USERS_READ]) { apiKey { id } } }"#, json!({}))
+            .await["createApiKey"]["apiKey"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
     let others = ["victim@example.com", ADMIN_EMAIL, "victim", "admin@"];
 
     // (response key, operation): each must be refused with FORBIDDEN.
@@ -149,7 +150,8 @@ async fn a_user_cannot_reach_admin_fields_by_any_route() {
         { "query": format!(r#"mutation {{ setUserRole(id: "{mallory_id}", role: ADMIN) {{ role }} }}"#) },
         { "query": "{ me { role } }" },
     ]);
-    let text = c.post(app.url("/graphql")).bearer_auth(&mallory).json(&batch).send().await.unwrap().text().await.unwrap();
+    let text =
+        c.post(app.url("/graphql")).bearer_auth(&mallory).json(&batch).send().await.unwrap().text().await.unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v[0]["data"]["me"], json!({ "email": "mallory@example.com", "role": "USER" }), "{v}");
     assert_eq!(code(&v[1]), "FORBIDDEN", "{v}");
@@ -215,7 +217,10 @@ async fn a_role_cannot_be_chosen_at_registration_or_in_the_profile() {
             "mutation($i: UpdateProfileInput!) { updateProfile(input: $i) { role } }",
             json!({ "i": { "name": "Boss", "role": "ADMIN" } }),
         ),
-        ("mutation($i: UpdateProfileInput!) { updateProfile(input: $i) { role } }", json!({ "i": { "role": "ADMIN" } })),
+        (
+            "mutation($i: UpdateProfileInput!) { updateProfile(input: $i) { role } }",
+            json!({ "i": { "role": "ADMIN" } }),
+        ),
     ] {
         let v = app.gql(&c, Some(token), query, vars).await;
         assert_eq!(code(&v), "BAD_USER_INPUT", "{query}: {v}");
@@ -259,7 +264,14 @@ async fn admins_search_and_filter_the_user_listing() {
     assert_eq!(all["totalCount"], 6, "{all}");
     assert_eq!(
         emails(&all),
-        [ADMIN_EMAIL, "ada@example.com", "GRACE.Hopper@Example.com", "percent@example.com", "snake@example.com", "plain@example.com"]
+        [
+            ADMIN_EMAIL,
+            "ada@example.com",
+            "GRACE.Hopper@Example.com",
+            "percent@example.com",
+            "snake@example.com",
+            "plain@example.com"
+        ]
     );
     assert_eq!(all["edges"][0]["node"]["id"], admin_id.as_str());
     assert_eq!(all["edges"][0]["node"]["role"], "ADMIN");
@@ -269,15 +281,15 @@ async fn admins_search_and_filter_the_user_listing() {
     assert_eq!(all["pageInfo"]["endCursor"], all["edges"][5]["cursor"]);
 
     for (search, expect) in [
-        ("ADA", vec!["ada@example.com"]),                       // name and email, any case
-        ("lovelace", vec!["ada@example.com"]),                  // name only
+        ("ADA", vec!["ada@example.com"]),      // name and email, any case
+        ("lovelace", vec!["ada@example.com"]), // name only
         ("grace", vec!["GRACE.Hopper@Example.com"]),
-        ("hopper@EXAMPLE", vec!["GRACE.Hopper@Example.com"]),   // email, any case
-        ("  amazing ", vec!["GRACE.Hopper@Example.com"]),       // trimmed
-        ("%", vec!["percent@example.com"]),                     // literal, not a wildcard
+        ("hopper@EXAMPLE", vec!["GRACE.Hopper@Example.com"]), // email, any case
+        ("  amazing ", vec!["GRACE.Hopper@Example.com"]),     // trimmed
+        ("%", vec!["percent@example.com"]),                   // literal, not a wildcard
         ("100%", vec!["percent@example.com"]),
         ("_", vec!["snake@example.com"]),
-        ("e_c", vec!["snake@example.com"]),                     // `_` as a wildcard would match every "e.c"om
+        ("e_c", vec!["snake@example.com"]), // `_` as a wildcard would match every "e.c"om
         ("\\", vec![]),
         ("nobody", vec![]),
     ] {
@@ -360,7 +372,8 @@ async fn cursor_pagination_walks_every_user_once_both_ways() {
     let again = ok(&app, &admin, LIST, json!({ "first": 1, "after": cursor })).await["users"].clone();
     assert_eq!(emails(&again), [expected[3].clone()]);
     let last = ok(&app, &admin, LIST, json!({ "last": 1 })).await["users"].clone();
-    let end = ok(&app, &admin, LIST, json!({ "first": 5, "after": last["pageInfo"]["endCursor"] })).await["users"].clone();
+    let end =
+        ok(&app, &admin, LIST, json!({ "first": 5, "after": last["pageInfo"]["endCursor"] })).await["users"].clone();
     assert_eq!(end["edges"], json!([]), "{end}");
     assert_eq!(end["pageInfo"]["hasNextPage"], false);
 
@@ -423,10 +436,19 @@ async fn role_changes_apply_to_live_tokens_at_once() {
     // Promotion: the token Dave already holds may list users on its next request.
     let d = ok(&app, &admin, SET_ROLE, json!({ "id": dave_id, "role": "ADMIN" })).await;
     assert_eq!(d["setUserRole"], json!({ "id": dave_id, "role": "ADMIN" }));
-    let d = ok(&app, &dave, &format!("{{ me {{ role }} {} }}", "users(role: ADMIN) { totalCount nodes { email role } }"), json!({})).await;
+    let d = ok(
+        &app,
+        &dave,
+        &format!("{{ me {{ role }} {} }}", "users(role: ADMIN) { totalCount nodes { email role } }"),
+        json!({}),
+    )
+    .await;
     assert_eq!(d["me"]["role"], "ADMIN");
     assert_eq!(d["users"]["totalCount"], 3, "{d}");
-    assert!(d["users"]["nodes"].as_array().unwrap().contains(&json!({ "email": "dave@example.com", "role": "ADMIN" })), "{d}");
+    assert!(
+        d["users"]["nodes"].as_array().unwrap().contains(&json!({ "email": "dave@example.com", "role": "ADMIN" })),
+        "{d}"
+    );
 
     // Demotion of an admin whose token was issued while an admin.
     assert_eq!(ok(&app, &second, "{ apiKeys { id } }", json!({})).await["apiKeys"], json!([]));
@@ -447,7 +469,8 @@ async fn role_changes_apply_to_live_tokens_at_once() {
     assert_eq!(code(&v), "FORBIDDEN", "{v}");
 
     // Unknown and malformed ids.
-    let v = app.gql(&app.client(), Some(&admin), SET_ROLE, json!({ "id": uuid::Uuid::now_v7(), "role": "ADMIN" })).await;
+    let v =
+        app.gql(&app.client(), Some(&admin), SET_ROLE, json!({ "id": uuid::Uuid::now_v7(), "role": "ADMIN" })).await;
     assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
     let v = app.gql(&app.client(), Some(&admin), SET_ROLE, json!({ "id": "nope", "role": "ADMIN" })).await;
     assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
@@ -459,10 +482,7 @@ async fn role_changes_apply_to_live_tokens_at_once() {
 async fn the_last_admin_cannot_be_demoted_or_deleted() {
     let app = spawn_app().await;
     let (admin, admin_id) = make_admin(&app, ADMIN_EMAIL).await;
-    for (query, vars) in [
-        (SET_ROLE, json!({ "id": admin_id, "role": "USER" })),
-        (DELETE, json!({ "id": admin_id })),
-    ] {
+    for (query, vars) in [(SET_ROLE, json!({ "id": admin_id, "role": "USER" })), (DELETE, json!({ "id": admin_id }))] {
         let v = app.gql(&app.client(), Some(&admin), query, vars).await;
         assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
         assert_eq!(reason(&v), "LAST_ADMIN", "{v}");
@@ -479,10 +499,7 @@ async fn the_last_admin_cannot_be_demoted_or_deleted() {
     assert_eq!(d["setUserRole"]["role"], "USER");
     assert_eq!(code(&app.gql(&app.client(), Some(&admin), USER_COUNT, json!({})).await), "FORBIDDEN");
     // Now Erin is the last one.
-    for (query, vars) in [
-        (SET_ROLE, json!({ "id": erin_id, "role": "USER" })),
-        (DELETE, json!({ "id": erin_id })),
-    ] {
+    for (query, vars) in [(SET_ROLE, json!({ "id": erin_id, "role": "USER" })), (DELETE, json!({ "id": erin_id }))] {
         let v = app.gql(&app.client(), Some(&erin), query, vars).await;
         assert_eq!(reason(&v), "LAST_ADMIN", "{v}");
     }
@@ -502,13 +519,16 @@ async fn two_admins_demoting_each_other_at_once_leave_one_admin() {
     let tokens = [(&a, &a_id), (&b, &b_id)];
 
     for round in 0..6 {
-        let results = join_all([(&a, &b_id), (&b, &a_id)].map(|(token, target)| {
-            let app = &app;
-            async move {
-                app.gql(&app.client(), Some(token), SET_ROLE, json!({ "id": target, "role": "USER" })).await
-            }
-        }))
-        .await;
+        let results =
+            join_all(
+                [(&a, &b_id), (&b, &a_id)].map(|(token, target)| {
+                    let app = &app;
+                    async move {
+                        app.gql(&app.client(), Some(token), SET_ROLE, json!({ "id": target, "role": "USER" })).await
+                    }
+                }),
+            )
+            .await;
         let winners: Vec<usize> = (0..2).filter(|i| results[*i]["errors"].is_null()).collect();
         assert_eq!(winners.len(), 1, "round {round}: {results:?}");
         let loser = &results[1 - winners[0]];
@@ -555,7 +575,12 @@ async fn deleting_a_user_ends_their_tokens_at_once() {
     assert_eq!(reason(&v), "TOKEN_REVOKED", "{v}");
     assert!(v["data"].is_null(), "{v}");
     let v = app
-        .gql(&app.client(), None, "mutation($r: String) { refreshToken(refreshToken: $r) { accessToken } }", json!({ "r": refresh }))
+        .gql(
+            &app.client(),
+            None,
+            "mutation($r: String) { refreshToken(refreshToken: $r) { accessToken } }",
+            json!({ "r": refresh }),
+        )
         .await;
     assert_eq!(code(&v), "UNAUTHENTICATED", "{v}");
     assert!(v["data"].is_null(), "{v}");
@@ -603,7 +628,12 @@ async fn revoking_a_users_sessions_logs_them_out_everywhere() {
         assert_eq!(reason(&v), "TOKEN_REVOKED", "{v}");
     }
     let v = app
-        .gql(&app.client(), None, "mutation($r: String) { refreshToken(refreshToken: $r) { accessToken } }", json!({ "r": refresh }))
+        .gql(
+            &app.client(),
+            None,
+            "mutation($r: String) { refreshToken(refreshToken: $r) { accessToken } }",
+            json!({ "r": refresh }),
+        )
         .await;
     assert_eq!(code(&v), "UNAUTHENTICATED", "{v}");
     // Other users and the admin are untouched.
@@ -691,8 +721,17 @@ async fn create_admin_command_creates_and_promotes_admins() {
     let out = create_admin(url, "BOSS@example.com", Some("another-password-1"), None).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let config = config_from(&["--database-url", url, "--listen-addr", "127.0.0.1:0", "--jwt-secret", JWT_SECRET, "--cookie-secure", "false"])
-        .unwrap();
+    let config = config_from(&[
+        "--database-url",
+        url,
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        JWT_SECRET,
+        "--cookie-secure",
+        "false",
+    ])
+    .unwrap();
     let running = authgraph::app::spawn(&config).await.expect("app starts");
     let c = reqwest::Client::new();
     let addr = running.addr;

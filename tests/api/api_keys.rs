@@ -23,7 +23,8 @@ const CREATE_DEFAULT: &str = "mutation($name: String!, $scopes: [ApiScope!]!) {
 }";
 const KEYS: &str = "{ apiKeys { id name prefix scopes createdAt expiresAt lastUsedAt revokedAt } }";
 const ROTATE: &str = "mutation($id: ID!, $grace: Int) { rotateApiKey(id: $id, graceDays: $grace) { secret apiKey { id name prefix scopes expiresAt } } }";
-const ROTATE_DEFAULT: &str = "mutation($id: ID!) { rotateApiKey(id: $id) { secret apiKey { id name prefix scopes expiresAt } } }";
+const ROTATE_DEFAULT: &str =
+    "mutation($id: ID!) { rotateApiKey(id: $id) { secret apiKey { id name prefix scopes expiresAt } } }";
 const REVOKE: &str = "mutation($id: ID!) { revokeApiKey(id: $id) }";
 const USERS: &str = "{ users { totalCount nodes { email } } }";
 const TOKEN_INFO: &str = "query($t: String!) { tokenInfo(accessToken: $t) { active userId role sessionId expiresAt } }";
@@ -101,7 +102,12 @@ async fn a_new_key_is_shown_once_and_stored_only_as_a_hash() {
     let app = spawn_app().await;
     let (admin, admin_id) = make_admin(&app, ADMIN_EMAIL).await;
     let r = app
-        .post(&app.client(), Some(&admin), CREATE_DEFAULT, json!({ "name": "billing", "scopes": ["USERS_READ", "SESSIONS_REVOKE"] }))
+        .post(
+            &app.client(),
+            Some(&admin),
+            CREATE_DEFAULT,
+            json!({ "name": "billing", "scopes": ["USERS_READ", "SESSIONS_REVOKE"] }),
+        )
         .await;
     assert_eq!(r.headers()["cache-control"], "no-store");
     let v: Value = r.json().await.unwrap();
@@ -197,10 +203,18 @@ async fn a_key_can_do_what_its_scopes_allow_and_nothing_else() {
     let v = with_key(&app, &read.secret, USERS, json!({})).await;
     assert!(v["errors"].is_null(), "{v}");
     assert_eq!(v["data"]["users"]["totalCount"], 3);
-    let v = with_key(&app, &read.secret, "query($id: ID!) { user(id: $id) { email role } }", json!({ "id": target_id })).await;
+    let v =
+        with_key(&app, &read.secret, "query($id: ID!) { user(id: $id) { email role } }", json!({ "id": target_id }))
+            .await;
     assert_eq!(v["data"]["user"], json!({ "email": "target@example.com", "role": "USER" }), "{v}");
     // Private fields stay with the user themself and admins.
-    let v = with_key(&app, &read.secret, "query($id: ID!) { user(id: $id) { email sessions { id } } }", json!({ "id": target_id })).await;
+    let v = with_key(
+        &app,
+        &read.secret,
+        "query($id: ID!) { user(id: $id) { email sessions { id } } }",
+        json!({ "id": target_id }),
+    )
+    .await;
     assert_eq!(code(&v), "FORBIDDEN", "{v}");
     // Nothing else: a key is no user, and USERS_READ writes nothing.
     let refused = [
@@ -230,20 +244,31 @@ async fn a_key_can_do_what_its_scopes_allow_and_nothing_else() {
     // USERS_WRITE deletes, and reads nothing.
     let v = with_key(&app, &write.secret, USERS, json!({})).await;
     assert_eq!(code(&v), "FORBIDDEN", "{v}");
-    let v = with_key(&app, &write.secret, "mutation($id: ID!) { revokeUserSessions(id: $id) }", json!({ "id": target_id })).await;
+    let v =
+        with_key(&app, &write.secret, "mutation($id: ID!) { revokeUserSessions(id: $id) }", json!({ "id": target_id }))
+            .await;
     assert_eq!(code(&v), "FORBIDDEN", "{v}");
-    let v = with_key(&app, &write.secret, "mutation($id: ID!) { deleteUser(id: $id) }", json!({ "id": victim_id })).await;
+    let v =
+        with_key(&app, &write.secret, "mutation($id: ID!) { deleteUser(id: $id) }", json!({ "id": victim_id })).await;
     assert_eq!(v["data"]["deleteUser"], true, "{v}");
     let v = app.gql(&app.client(), Some(&victim), "{ me { id } }", json!({})).await;
     assert_eq!(reason(&v), "TOKEN_REVOKED", "{v}");
     // An admin, the last one or not, is out of a key's reach.
-    let v = with_key(&app, &write.secret, "mutation($id: ID!) { deleteUser(id: $id) }", json!({ "id": admin_id })).await;
+    let v =
+        with_key(&app, &write.secret, "mutation($id: ID!) { deleteUser(id: $id) }", json!({ "id": admin_id })).await;
     assert_eq!(code(&v), "FORBIDDEN", "{v}");
 
     // SESSIONS_REVOKE forces a logout, and does nothing else.
-    let v = with_key(&app, &revoke.secret, "mutation($id: ID!) { deleteUser(id: $id) }", json!({ "id": target_id })).await;
+    let v =
+        with_key(&app, &revoke.secret, "mutation($id: ID!) { deleteUser(id: $id) }", json!({ "id": target_id })).await;
     assert_eq!(code(&v), "FORBIDDEN", "{v}");
-    let v = with_key(&app, &revoke.secret, "mutation($id: ID!) { revokeUserSessions(id: $id) }", json!({ "id": target_id })).await;
+    let v = with_key(
+        &app,
+        &revoke.secret,
+        "mutation($id: ID!) { revokeUserSessions(id: $id) }",
+        json!({ "id": target_id }),
+    )
+    .await;
     assert_eq!(v["data"]["revokeUserSessions"], 1, "{v}");
     let v = app.gql(&app.client(), Some(&target), "{ me { id } }", json!({})).await;
     assert_eq!(reason(&v), "TOKEN_REVOKED", "{v}");
@@ -289,10 +314,14 @@ async fn introspection_tells_services_whether_a_token_is_live() {
     let control = services.tokens.issue(uid, "judy@example.com", "USER", sid, now, now + 600).unwrap().token;
     assert_eq!(info(control).await["active"], true);
     assert_eq!(info(expired.clone()).await, inactive);
-    assert_eq!(reason(&app.gql(&app.client(), Some(&expired), "{ me { id } }", json!({})).await), "ACCESS_TOKEN_EXPIRED");
+    assert_eq!(
+        reason(&app.gql(&app.client(), Some(&expired), "{ me { id } }", json!({})).await),
+        "ACCESS_TOKEN_EXPIRED"
+    );
 
     // The role is the current one.
-    ok(&app, &admin, "mutation($id: ID!) { setUserRole(id: $id, role: ADMIN) { role } }", json!({ "id": user_id })).await;
+    ok(&app, &admin, "mutation($id: ID!) { setUserRole(id: $id, role: ADMIN) { role } }", json!({ "id": user_id }))
+        .await;
     assert_eq!(info(token.clone()).await["role"], "ADMIN");
 
     // Revocation counts: after logout the token is inactive at once.
@@ -329,7 +358,8 @@ async fn keys_are_taken_from_the_header_only_and_must_match_exactly() {
         let v: Value = c.post(&url).json(&json!({ "query": USERS })).send().await.unwrap().json().await.unwrap();
         assert_eq!(reason(&v), "MISSING_TOKEN", "POST ?{param}=: {v}");
         assert!(v["data"].is_null(), "{v}");
-        let r = c.get(app.url("/graphql")).query(&[("query", USERS), (param, key.secret.as_str())]).send().await.unwrap();
+        let r =
+            c.get(app.url("/graphql")).query(&[("query", USERS), (param, key.secret.as_str())]).send().await.unwrap();
         let v: Value = r.json().await.unwrap();
         assert_eq!(reason(&v), "MISSING_TOKEN", "GET ?{param}=: {v}");
     }
@@ -514,11 +544,16 @@ async fn a_users_write_key_cannot_delete_an_admin() {
     ok(&app, &other_admin, "{ me { id } }", json!({})).await;
     // Nor end an admin's sessions, with SESSIONS_REVOKE.
     let revoke = create_key(&app, &admin, "revoker", &["SESSIONS_REVOKE"]).await;
-    let v = with_key(&app, &revoke.secret, "mutation($id: ID!) { revokeUserSessions(id: $id) }", json!({ "id": other_id })).await;
+    let v =
+        with_key(&app, &revoke.secret, "mutation($id: ID!) { revokeUserSessions(id: $id) }", json!({ "id": other_id }))
+            .await;
     assert_eq!(code(&v), "FORBIDDEN", "{v}");
     ok(&app, &other_admin, "{ me { id } }", json!({})).await;
     // An admin still can do both.
-    assert_eq!(ok(&app, &admin, "mutation($id: ID!) { revokeUserSessions(id: $id) }", json!({ "id": other_id })).await["revokeUserSessions"], 1);
+    assert_eq!(
+        ok(&app, &admin, "mutation($id: ID!) { revokeUserSessions(id: $id) }", json!({ "id": other_id })).await["revokeUserSessions"],
+        1
+    );
     assert_eq!(ok(&app, &admin, delete, json!({ "id": other_id })).await["deleteUser"], true);
 }
 
@@ -577,7 +612,9 @@ async fn key_names_refuse_invisible_characters_as_user_names_do() {
     let app = spawn_app().await;
     let (admin, _) = make_admin(&app, ADMIN_EMAIL).await;
     for name in ["crm\u{202e}gnp.exe", "c\u{200b}rm", "\u{2066}crm"] {
-        let v = app.gql(&app.client(), Some(&admin), CREATE, json!({ "name": name, "scopes": ["USERS_READ"], "days": 1 })).await;
+        let v = app
+            .gql(&app.client(), Some(&admin), CREATE, json!({ "name": name, "scopes": ["USERS_READ"], "days": 1 }))
+            .await;
         assert_eq!(reason(&v), "INVALID_NAME", "{name:?}: {v}");
     }
     let v = ok(&app, &admin, CREATE, json!({ "name": "Cre\u{300}me sync", "scopes": ["USERS_READ"], "days": 1 })).await;

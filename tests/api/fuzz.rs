@@ -2,7 +2,10 @@
 //! well-formed client error or a result, never a 5xx, a panic or a leaked
 //! internal message. Bounded case counts keep it a few seconds long.
 
-use proptest::{prelude::*, test_runner::{Config, TestRunner}};
+use proptest::{
+    prelude::*,
+    test_runner::{Config, TestRunner},
+};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -50,10 +53,8 @@ fn arbitrary_requests_get_clean_answers() {
         .unwrap();
 
     // Arbitrary query text, with and without GraphQL-ish structure.
-    let query = prop_oneof![
-        "\\PC{0,200}",
-        "(query|mutation|subscription|fragment)? ?[{}()a-zA-Z_ :$!@.\"0-9,\\[\\]]{0,120}",
-    ];
+    let query =
+        prop_oneof!["\\PC{0,200}", "(query|mutation|subscription|fragment)? ?[{}()a-zA-Z_ :$!@.\"0-9,\\[\\]]{0,120}",];
     runner(200)
         .run(&query, |q| {
             let (status, body) = post(json!({ "query": q }).to_string().into_bytes());
@@ -71,8 +72,12 @@ fn arbitrary_requests_get_clean_answers() {
         "[\\u{0}-\\u{1f}\\u{7f}]{1,20}",
     ];
     let op = prop_oneof![
-        Just("mutation($a: String!, $b: String!) { register(input: {email: $a, password: $b, transport: BODY}) { accessToken } }"),
-        Just("mutation($a: String!, $b: String!) { login(input: {email: $a, password: $b, transport: BODY}) { accessToken } }"),
+        Just(
+            "mutation($a: String!, $b: String!) { register(input: {email: $a, password: $b, transport: BODY}) { accessToken } }"
+        ),
+        Just(
+            "mutation($a: String!, $b: String!) { login(input: {email: $a, password: $b, transport: BODY}) { accessToken } }"
+        ),
         Just("mutation($a: String!, $b: String!) { refreshToken(refreshToken: $a) { accessToken } }"),
         Just("mutation($a: String!, $b: String!) { logout(refreshToken: $b) }"),
         Just("query($a: String!, $b: String!) { me { id } }"),

@@ -61,8 +61,12 @@ async fn every_unicode_spelling_of_an_address_is_one_account() {
     // The profile keeps the address in NFC, and a change of address is keyed alike.
     let (token, _, _) = app.register_body("other@example.com").await;
     let v = app
-        .gql(&app.client(), Some(&token), "mutation($e: String) { updateProfile(input: { email: $e }) { email } }",
-             json!({ "e": decomposed }))
+        .gql(
+            &app.client(),
+            Some(&token),
+            "mutation($e: String) { updateProfile(input: { email: $e }) { email } }",
+            json!({ "e": decomposed }),
+        )
         .await;
     assert_eq!(reason(&v), "EMAIL_TAKEN", "{v}");
 }
@@ -82,8 +86,16 @@ async fn old_rows_are_re_keyed_and_collisions_are_reported() {
         Query::insert()
             .into_table("users")
             .columns(["id", "email", "email_normalized", "name", "password_hash", "role", "created_at", "updated_at"])
-            .values_panic([id.into(), email.into(), email.to_lowercase().into(), "n".into(), "$argon2id$x".into(),
-                           "user".into(), now.into(), now.into()])
+            .values_panic([
+                id.into(),
+                email.into(),
+                email.to_lowercase().into(),
+                "n".into(),
+                "$argon2id$x".into(),
+                "user".into(),
+                now.into(),
+                now.into(),
+            ])
             .to_owned()
     };
     let (a, b, c) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
@@ -94,9 +106,14 @@ async fn old_rows_are_re_keyed_and_collisions_are_reported() {
     assert!(err.contains(&format!("{a}, {b}")), "{err}");
     assert!(!err.contains(&c.to_string()) && !err.contains("example"), "only the colliding ids: {err}");
     // The operator resolves it; the next run re-keys what is left.
-    db.execute(&Query::delete().from_table("users").and_where(sea_orm::ExprTrait::eq(sea_orm::sea_query::Expr::col("id"), b)).to_owned())
-        .await
-        .unwrap();
+    db.execute(
+        &Query::delete()
+            .from_table("users")
+            .and_where(sea_orm::ExprTrait::eq(sea_orm::sea_query::Expr::col("id"), b))
+            .to_owned(),
+    )
+    .await
+    .unwrap();
     Migrator::up(&db, None).await.unwrap();
     let rows = entity::user::Entity::find().all(&db).await.unwrap();
     let key_of = |id| rows.iter().find(|r| r.id == id).unwrap();
@@ -142,8 +159,18 @@ async fn invisible_and_direction_changing_characters_are_refused() {
         assert_eq!(reason(&v), "INVALID_EMAIL", "{email:?}: {v}");
         assert_eq!(v["errors"][0]["extensions"]["field"], "email", "{v}");
     }
-    for name in ["Ada\u{202e}txt.exe", "\u{2066}Ada", "A\u{200b}da", "Ada\u{200f}", "\u{feff}Ada", "Ada\u{61c}",
-                 "A\u{200d}da", "Ada\u{34f}", "\u{3164}", "Ada\u{e0041}"] {
+    for name in [
+        "Ada\u{202e}txt.exe",
+        "\u{2066}Ada",
+        "A\u{200b}da",
+        "Ada\u{200f}",
+        "\u{feff}Ada",
+        "Ada\u{61c}",
+        "A\u{200d}da",
+        "Ada\u{34f}",
+        "\u{3164}",
+        "Ada\u{e0041}",
+    ] {
         let v = register_raw(&app, "named@example.com", PASSWORD, Some(name)).await;
         assert_eq!(reason(&v), "INVALID_NAME", "{name:?}: {v}");
     }
@@ -162,7 +189,10 @@ async fn a_password_is_the_same_password_however_its_accents_are_typed() {
     data(&register_raw(&app, "creme@example.com", composed, None).await, "register");
     data(&login_raw(&app, "creme@example.com", decomposed).await, "login");
     data(&login_raw(&app, "creme@example.com", composed).await, "login");
-    assert_eq!(reason(&login_raw(&app, "creme@example.com", "Creme brulee a la francaise").await), "INVALID_CREDENTIALS");
+    assert_eq!(
+        reason(&login_raw(&app, "creme@example.com", "Creme brulee a la francaise").await),
+        "INVALID_CREDENTIALS"
+    );
 
     // An account whose hash was made from the typed bytes (before passwords were
     // normalised) keeps working, and moves to the normalised form at its next login.
@@ -171,11 +201,14 @@ async fn a_password_is_the_same_password_however_its_accents_are_typed() {
     let raw_hash = {
         use argon2::{PasswordHasher as _, password_hash::SaltString};
         let salt = SaltString::encode_b64(b"a fixed test salt").unwrap();
-        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13,
-                            argon2::Params::new(19 * 1024, 2, 1, None).unwrap())
-            .hash_password(decomposed.as_bytes(), &salt)
-            .unwrap()
-            .to_string()
+        argon2::Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            argon2::Params::new(19 * 1024, 2, 1, None).unwrap(),
+        )
+        .hash_password(decomposed.as_bytes(), &salt)
+        .unwrap()
+        .to_string()
     };
     entity::user::Entity::update_many()
         .col_expr(entity::user::Column::PasswordHash, sea_orm::sea_query::Expr::value(raw_hash.clone()))
@@ -245,14 +278,16 @@ async fn a_login_racing_a_demotion_does_not_keep_the_admin_role() {
     }
     // Fillers occupy the one hashing thread, so the admin's login waits in the
     // queue, with its row read, while the demotion commits.
-    let fillers = (0..6).map(|i| login_raw(&app, Box::leak(format!("filler{i}@example.com").into_boxed_str()), PASSWORD));
+    let fillers =
+        (0..6).map(|i| login_raw(&app, Box::leak(format!("filler{i}@example.com").into_boxed_str()), PASSWORD));
     let login = async {
         tokio::time::sleep(Duration::from_millis(5)).await;
         login_raw(&app, "demoted@example.com", PASSWORD).await
     };
     let demote = async {
         tokio::time::sleep(Duration::from_millis(40)).await;
-        ok(&app, &root, "mutation($id: ID!) { setUserRole(id: $id, role: USER) { role } }", json!({ "id": victim })).await
+        ok(&app, &root, "mutation($id: ID!) { setUserRole(id: $id, role: USER) { role } }", json!({ "id": victim }))
+            .await
     };
     let (_, v, demoted) = tokio::join!(join_all(fillers), login, demote);
     assert_eq!(demoted["setUserRole"]["role"], "USER");
@@ -268,7 +303,11 @@ async fn admin_search_folds_case_and_spelling_in_every_script() {
     let app = spawn_app().await;
     let (admin, _) = make_admin(&app, "root@example.com").await;
     data(&register_raw(&app, "elodie@example.com", PASSWORD, Some("\u{c9}lodie \u{dc}nal")).await, "register");
-    data(&register_raw(&app, "dmitry@example.com", PASSWORD, Some("\u{414}\u{43c}\u{438}\u{442}\u{440}\u{438}\u{439}")).await, "register");
+    data(
+        &register_raw(&app, "dmitry@example.com", PASSWORD, Some("\u{414}\u{43c}\u{438}\u{442}\u{440}\u{438}\u{439}"))
+            .await,
+        "register",
+    );
     data(&register_raw(&app, "ascii@example.com", PASSWORD, Some("Plain Name")).await, "register");
     data(&register_raw(&app, "u@b\u{fc}cher.example", PASSWORD, Some("Mailer")).await, "register");
     let search = "query($s: String) { users(search: $s) { totalCount nodes { email } } }";
@@ -325,9 +364,13 @@ async fn concurrent_profile_changes_keep_the_search_key_in_step() {
         let set = |input: Value| {
             let (app, token) = (&app, token.clone());
             async move {
-                app.gql(&app.client(), Some(&token), "mutation($i: UpdateProfileInput!) { updateProfile(input: $i) { id } }",
-                        json!({ "i": input }))
-                    .await
+                app.gql(
+                    &app.client(),
+                    Some(&token),
+                    "mutation($i: UpdateProfileInput!) { updateProfile(input: $i) { id } }",
+                    json!({ "i": input }),
+                )
+                .await
             }
         };
         let (a, b) = tokio::join!(
@@ -388,7 +431,9 @@ async fn change_password_spends_the_login_budget() {
     let c = app.client();
     let mut outcomes = Vec::new();
     for i in 0..12 {
-        let v = app.gql(&c, Some(&token), CHANGE, json!({ "c": format!("wrong guess {i}"), "n": "a new passphrase" })).await;
+        let v = app
+            .gql(&c, Some(&token), CHANGE, json!({ "c": format!("wrong guess {i}"), "n": "a new passphrase" }))
+            .await;
         outcomes.push(reason(&v).to_owned() + code(&v));
         if code(&v) == "RATE_LIMITED" {
             assert!(v["errors"][0]["extensions"]["retryAfter"].as_u64().is_some_and(|s| s >= 1), "{v}");
@@ -500,7 +545,12 @@ async fn a_stale_refresh_token_cannot_log_out_everywhere() {
     tokio::time::sleep(Duration::from_millis(20)).await;
 
     let v = app
-        .gql(&app.client(), None, "mutation($t: String) { logout(everywhere: true, refreshToken: $t) }", json!({ "t": stale }))
+        .gql(
+            &app.client(),
+            None,
+            "mutation($t: String) { logout(everywhere: true, refreshToken: $t) }",
+            json!({ "t": stale }),
+        )
         .await;
     assert_eq!(reason(&v), "REFRESH_TOKEN_REUSED", "{v}");
     // Reuse detection ended the stale token's own session…
@@ -513,7 +563,12 @@ async fn a_stale_refresh_token_cannot_log_out_everywhere() {
     // A token of an ended session has no power at all.
     // (See also the idle-timeout case below.)
     let v = app
-        .gql(&app.client(), None, "mutation($t: String) { logout(everywhere: true, refreshToken: $t) }", json!({ "t": stale }))
+        .gql(
+            &app.client(),
+            None,
+            "mutation($t: String) { logout(everywhere: true, refreshToken: $t) }",
+            json!({ "t": stale }),
+        )
         .await;
     assert_eq!(v["data"]["logout"], true, "{v}");
     let me = app.gql(&app.client(), Some(&other), "{ me { id } }", json!({})).await;
@@ -594,12 +649,15 @@ async fn an_idle_expired_refresh_token_cannot_log_out_everywhere() {
     let app = spawn_with(|c| c.session_idle_timeout = Some(Duration::from_millis(300))).await;
     let (_, idle, _) = app.register_body("idle@example.com").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let other = data(&login_raw(&app, "idle@example.com", PASSWORD).await, "login")["accessToken"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let other =
+        data(&login_raw(&app, "idle@example.com", PASSWORD).await, "login")["accessToken"].as_str().unwrap().to_owned();
     let v = app
-        .gql(&app.client(), None, "mutation($t: String) { logout(everywhere: true, refreshToken: $t) }", json!({ "t": idle }))
+        .gql(
+            &app.client(),
+            None,
+            "mutation($t: String) { logout(everywhere: true, refreshToken: $t) }",
+            json!({ "t": idle }),
+        )
         .await;
     assert_eq!(v["data"]["logout"], true, "{v}");
     let me = app.gql(&app.client(), Some(&other), "{ me { id } }", json!({})).await;
@@ -611,8 +669,14 @@ async fn search_terms_with_control_characters_are_refused() {
     let app = spawn_app().await;
     let (admin, _) = make_admin(&app, "root@example.com").await;
     for term in ["ab\u{0}cd", "line\nbreak", &"x".repeat(257)] {
-        let v = app.gql(&app.client(), Some(&admin), "query($s: String) { users(search: $s) { totalCount } }",
-                        json!({ "s": term })).await;
+        let v = app
+            .gql(
+                &app.client(),
+                Some(&admin),
+                "query($s: String) { users(search: $s) { totalCount } }",
+                json!({ "s": term }),
+            )
+            .await;
         assert_eq!(reason(&v), "INVALID_SEARCH", "{v}");
         assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
     }
@@ -667,7 +731,14 @@ async fn live_sessions_past_the_first_page_are_loaded_at_start() {
     let svc = &again.state.services;
     let token = svc
         .tokens
-        .issue(user_id, "many@example.com", "USER", last, now.timestamp(), (now + chrono::Duration::days(1)).timestamp())
+        .issue(
+            user_id,
+            "many@example.com",
+            "USER",
+            last,
+            now.timestamp(),
+            (now + chrono::Duration::days(1)).timestamp(),
+        )
         .unwrap()
         .token;
     let v = gql_at(again.addr, Some(&token), "{ me { email } }").await;

@@ -38,10 +38,7 @@ impl TestDatabase {
                 let name = format!("authgraph_t_{}", uuid::Uuid::new_v4().simple());
                 let admin = sea_orm::Database::connect(&admin_url).await.expect("connect TEST_DATABASE_URL");
                 use sea_orm::ConnectionTrait;
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
-                    .await
-                    .expect("create test database");
+                admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create test database");
                 admin.close().await.ok();
                 let base = admin_url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin_url.clone());
                 let url = format!("{base}/{name}");
@@ -83,9 +80,7 @@ impl Drop for TestDatabase {
                 rt.block_on(async {
                     use sea_orm::ConnectionTrait;
                     if let Ok(admin) = sea_orm::Database::connect(&admin_url).await {
-                        let _ = admin
-                            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                            .await;
+                        let _ = admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
                         let _ = admin.close().await;
                     }
                 });
@@ -251,11 +246,7 @@ pub fn reason(body: &Value) -> &str {
 
 /// All `Set-Cookie` values of a response.
 pub fn set_cookies(resp: &Response) -> Vec<String> {
-    resp.headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .collect()
+    resp.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect()
 }
 
 /// Makes the app's database stop serving until `restore`: SQLite is write-locked
@@ -298,10 +289,7 @@ impl Outage {
         use sea_orm::ConnectionTrait;
         match &self.postgres_db {
             Some(name) => {
-                self.conn
-                    .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
-                    .await
-                    .unwrap();
+                self.conn.execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await.unwrap();
             }
             None => {
                 self.conn.execute_unprepared("ROLLBACK").await.unwrap();
@@ -370,7 +358,8 @@ pub fn start_process(database_url: &str, dir: &std::path::Path, env: &[(&str, &s
                 let text = String::from_utf8_lossy(&line);
                 if let Some(i) = text.find("listening on http://") {
                     let rest = &text[i + "listening on http://".len()..];
-                    let addr: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+                    let addr: String =
+                        rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
                     let _ = tx.send(addr);
                 }
                 sink.lock().unwrap().extend_from_slice(&line);

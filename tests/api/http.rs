@@ -99,7 +99,9 @@ async fn non_json_bodies_get_415_and_are_not_executed() {
     let c = app.client();
     let q = r#"mutation { register(input: {email: "csrf@example.com", password: "correct horse battery"}) { accessToken } }"#;
     let body = json!({ "query": q }).to_string();
-    for ct in [Some("text/plain"), Some("application/x-www-form-urlencoded"), Some("multipart/form-data; boundary=x"), None] {
+    for ct in
+        [Some("text/plain"), Some("application/x-www-form-urlencoded"), Some("multipart/form-data; boundary=x"), None]
+    {
         let mut req = c.post(app.url("/graphql")).body(body.clone());
         if let Some(ct) = ct {
             req = req.header("content-type", ct);
@@ -136,11 +138,11 @@ async fn malformed_and_oversized_bodies_are_answered_cleanly() {
     assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
 
     let huge = json!({ "query": format!("{{ __typename }} #{}", "x".repeat(200_000)) }).to_string();
-    let r = c.post(app.url("/graphql")).header("content-type", "application/json").body(huge.clone()).send().await.unwrap();
+    let r =
+        c.post(app.url("/graphql")).header("content-type", "application/json").body(huge.clone()).send().await.unwrap();
     assert_eq!(r.status(), 413);
     // Chunked, without Content-Length: the limit still holds.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        huge.into_bytes().chunks(8192).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = huge.into_bytes().chunks(8192).map(|c| Ok(c.to_vec())).collect();
     let r = c
         .post(app.url("/graphql"))
         .header("content-type", "application/json")
@@ -381,7 +383,13 @@ async fn readiness_and_requests_follow_the_database() {
         // An API key cannot be checked without the database (on SQLite reads go on
         // while another process holds the write lock, so this is PostgreSQL only).
         let key = format!("sk_live_{}{}", "0".repeat(16), "a".repeat(43));
-        let r = c.post(app.url("/graphql")).header("x-api-key", key).json(&json!({ "query": "{ __typename }" })).send().await.unwrap();
+        let r = c
+            .post(app.url("/graphql"))
+            .header("x-api-key", key)
+            .json(&json!({ "query": "{ __typename }" }))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 503);
         let v: Value = r.json().await.unwrap();
         assert_eq!(code(&v), "SERVICE_UNAVAILABLE", "{v}");
@@ -535,7 +543,8 @@ async fn repeated_documents_answer_for_their_own_operation_variables_and_caller(
 
     // One login document, many credentials: each request is checked for its own.
     let login = "mutation($i: LoginInput!) { login(input: $i) { user { email } } }";
-    let input = |email: &str, password: &str| json!({ "i": { "email": email, "password": password, "transport": "BODY" } });
+    let input =
+        |email: &str, password: &str| json!({ "i": { "email": email, "password": password, "transport": "BODY" } });
     for email in ["alice@example.com", "bob@example.com", "alice@example.com"] {
         let v = app.gql(&c, None, login, input(email, PASSWORD)).await;
         assert_eq!(v["data"]["login"]["user"]["email"], email, "{v}");

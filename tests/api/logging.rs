@@ -120,7 +120,10 @@ async fn json_logs_are_one_object_per_line() {
         assert!(line["level"].is_string(), "no level: {line}");
         assert!(line["fields"].is_object(), "no fields: {line}");
     }
-    assert!(lines.iter().any(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains("listening on"))), "{text}");
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains("listening on"))),
+        "{text}"
+    );
     // The request line: the status with the event, the rest with its span.
     let request = lines
         .iter()

@@ -25,8 +25,13 @@ async fn fifty_concurrent_registrations_and_refreshes_never_see_a_locked_databas
     let regs = join_all((0..50).map(|i| {
         let (app, c) = (&app, c.clone());
         async move {
-            app.gql(&c, None, REGISTER, json!({ "i": { "email": format!("u{i}@example.com"), "password": PASSWORD, "transport": "BODY" } }))
-                .await
+            app.gql(
+                &c,
+                None,
+                REGISTER,
+                json!({ "i": { "email": format!("u{i}@example.com"), "password": PASSWORD, "transport": "BODY" } }),
+            )
+            .await
         }
     }))
     .await;
@@ -209,10 +214,7 @@ async fn sigkill_during_writes_loses_no_acknowledged_registration() {
     };
     assert_eq!(count("SELECT COUNT(*) AS n FROM users WHERE password_hash NOT LIKE '$argon2id$%'").await, 0);
     let stored: HashSet<String> = {
-        let rows = db
-            .query_all_raw(Statement::from_string(backend, "SELECT email FROM users"))
-            .await
-            .unwrap();
+        let rows = db.query_all_raw(Statement::from_string(backend, "SELECT email FROM users")).await.unwrap();
         rows.iter().map(|r| r.try_get::<String>("", "email").unwrap()).collect()
     };
     for email in &emails {
@@ -220,11 +222,7 @@ async fn sigkill_during_writes_loses_no_acknowledged_registration() {
     }
     assert_eq!(live_successor_violations(&db).await, 0, "a refresh token has two live successors");
     if database.sqlite_path().is_some() {
-        let row = db
-            .query_one_raw(Statement::from_string(backend, "PRAGMA integrity_check"))
-            .await
-            .unwrap()
-            .unwrap();
+        let row = db.query_one_raw(Statement::from_string(backend, "PRAGMA integrity_check")).await.unwrap().unwrap();
         assert_eq!(row.try_get::<String>("", "integrity_check").unwrap(), "ok");
     }
     db.close().await.unwrap();

@@ -17,7 +17,8 @@ const COOKIE: &str = "refresh_token";
 const SECURE_COOKIE: &str = "__Host-refresh_token";
 const REFRESH_COOKIE: &str = "mutation { refreshToken { accessToken expiresIn refreshToken } }";
 const REFRESH_BODY: &str = "mutation($t: String) { refreshToken(refreshToken: $t) { accessToken refreshToken } }";
-const REGISTER_COOKIE: &str = "mutation($i: RegisterInput!) { register(input: $i) { accessToken refreshToken user { id } } }";
+const REGISTER_COOKIE: &str =
+    "mutation($i: RegisterInput!) { register(input: $i) { accessToken refreshToken user { id } } }";
 const LOGIN: &str = "mutation($i: LoginInput!) { login(input: $i) { accessToken refreshToken user { id } } }";
 const ME: &str = "{ me { id email } }";
 const SESSIONS: &str = "{ me { id sessions { id current userAgent ip createdAt lastUsedAt expiresAt } } }";
@@ -98,7 +99,14 @@ async fn json_of(resp: Response) -> Value {
 }
 
 /// POSTs `query` with an explicit refresh cookie (named `name`) and no jar.
-async fn post_cookie(app: &TestApp, name: &str, value: &str, token: Option<&str>, query: &str, vars: Value) -> Response {
+async fn post_cookie(
+    app: &TestApp,
+    name: &str,
+    value: &str,
+    token: Option<&str>,
+    query: &str,
+    vars: Value,
+) -> Response {
     let mut req = bare()
         .post(app.url("/graphql"))
         .header("cookie", format!("{name}={value}"))
@@ -420,9 +428,7 @@ async fn the_grace_window_ends() {
 async fn parallel_body_round(app: &TestApp, token: &str, user_id: &str) -> String {
     let client = bare();
     let calls = (0..20).map(|_| {
-        let req = client
-            .post(app.url("/graphql"))
-            .json(&json!({ "query": REFRESH_BODY, "variables": { "t": token } }));
+        let req = client.post(app.url("/graphql")).json(&json!({ "query": REFRESH_BODY, "variables": { "t": token } }));
         async move {
             let r = req.send().await.expect("request");
             let status = r.status();
@@ -441,7 +447,11 @@ async fn parallel_body_round(app: &TestApp, token: &str, user_id: &str) -> Strin
             assert_eq!(code(v), "UNAUTHENTICATED", "a concurrent refresh failed uncleanly: {v}");
         }
     }
-    assert_eq!(successors.len(), 1, "concurrent refreshes minted several successors (or none): {successors:?} / {results:?}");
+    assert_eq!(
+        successors.len(),
+        1,
+        "concurrent refreshes minted several successors (or none): {successors:?} / {results:?}"
+    );
     let next = successors.into_iter().next().unwrap();
     assert_ne!(next, token);
     for a in &accesses {
@@ -496,7 +506,11 @@ async fn parallel_cookie_round(app: &TestApp, cookie: &str) -> String {
             assert_eq!(code(v), "UNAUTHENTICATED", "a concurrent refresh failed uncleanly: {v}");
         }
     }
-    assert_eq!(successors.len(), 1, "concurrent refreshes set several successors (or none): {successors:?} / {results:?}");
+    assert_eq!(
+        successors.len(),
+        1,
+        "concurrent refreshes set several successors (or none): {successors:?} / {results:?}"
+    );
     let next = successors.into_iter().next().unwrap();
     assert_ne!(next, cookie);
     next
@@ -578,10 +592,14 @@ async fn logout_is_idempotent() {
     clear_and_true(app.post(&bare(), None, "mutation { logout(everywhere: true) }", json!({})).await).await;
     // Garbage cookie, garbage bearer, garbage native token.
     clear_and_true(post_cookie(&app, COOKIE, "garbage", None, "mutation { logout }", json!({})).await).await;
-    clear_and_true(post_cookie(&app, COOKIE, &"A".repeat(43), Some("not.a.jwt"), "mutation { logout }", json!({})).await)
-        .await;
-    clear_and_true(app.post(&bare(), None, "mutation($t: String) { logout(refreshToken: $t) }", json!({ "t": "x" })).await)
-        .await;
+    clear_and_true(
+        post_cookie(&app, COOKIE, &"A".repeat(43), Some("not.a.jwt"), "mutation { logout }", json!({})).await,
+    )
+    .await;
+    clear_and_true(
+        app.post(&bare(), None, "mutation($t: String) { logout(refreshToken: $t) }", json!({ "t": "x" })).await,
+    )
+    .await;
 
     // Repeated logout of a real session.
     let (access, cookie) = register_cookie(&app, "again@example.com").await;
@@ -668,7 +686,12 @@ async fn me_sessions_lists_live_sessions_with_exactly_one_current() {
     let (a1, _, _) = app.register_body("list@example.com").await;
     let ua_client = Client::builder().user_agent("agent-two/1.0").build().unwrap();
     let v = app
-        .gql(&ua_client, None, LOGIN, json!({ "i": { "email": "list@example.com", "password": PASSWORD, "transport": "BODY" } }))
+        .gql(
+            &ua_client,
+            None,
+            LOGIN,
+            json!({ "i": { "email": "list@example.com", "password": PASSWORD, "transport": "BODY" } }),
+        )
         .await;
     let a2 = v["data"]["login"]["accessToken"].as_str().unwrap().to_owned();
 
@@ -853,9 +876,7 @@ async fn login_with_an_old_cookie_present_starts_a_new_session() {
     assert!(json_of(r).await["errors"].is_null());
 
     // The jar sends c1 along with the login.
-    let r = app
-        .post(&c, None, LOGIN, json!({ "i": { "email": "relogin@example.com", "password": PASSWORD } }))
-        .await;
+    let r = app.post(&c, None, LOGIN, json!({ "i": { "email": "relogin@example.com", "password": PASSWORD } })).await;
     let c2 = the_cookie(&r, COOKIE);
     assert_ne!(c2.value, c1.value);
     let v = json_of(r).await;
@@ -898,7 +919,9 @@ async fn a_deleted_users_tokens_fail_cleanly() {
         .unwrap()
         .to_owned();
     for id in [&deleted_id, &cookie_id] {
-        let (_, v) = crate::admin::raw(&app, Some(&admin), "mutation($id: ID!) { deleteUser(id: $id) }", json!({ "id": id })).await;
+        let (_, v) =
+            crate::admin::raw(&app, Some(&admin), "mutation($id: ID!) { deleteUser(id: $id) }", json!({ "id": id }))
+                .await;
         assert_eq!(v["data"]["deleteUser"], true, "{v}");
     }
 

@@ -143,7 +143,9 @@ async fn alg_none_is_rejected_in_every_spelling() {
                 header["typ"] = t.into();
             }
             let head = B64.encode(header.to_string());
-            for forged in [format!("{head}.{payload}."), format!("{head}.{payload}"), format!("{head}.{payload}.{signature}")] {
+            for forged in
+                [format!("{head}.{payload}."), format!("{head}.{payload}"), format!("{head}.{payload}.{signature}")]
+            {
                 let v = me_with(&app, &forged).await;
                 assert_rejected(&v, "INVALID_TOKEN", &format!("alg {alg}, typ {typ:?}"));
             }
@@ -156,7 +158,11 @@ async fn wrong_key_and_other_algorithms_are_rejected() {
     let (app, token, _, id) = setup().await;
     assert_resigned_control_accepted(&app, &token, &id).await;
     let (header, claims, _) = split(&token);
-    for key in [b"another-secret-another-secret-0123".as_slice(), b"".as_slice(), &JWT_SECRET.as_bytes()[..JWT_SECRET.len() - 1]] {
+    for key in [
+        b"another-secret-another-secret-0123".as_slice(),
+        b"".as_slice(),
+        &JWT_SECRET.as_bytes()[..JWT_SECRET.len() - 1],
+    ] {
         let v = me_with(&app, &sign_with(&header, &claims, key)).await;
         assert_rejected(&v, "INVALID_TOKEN", &format!("key of {} bytes", key.len()));
     }
@@ -274,15 +280,7 @@ async fn refresh_tokens_garbage_and_empty_bearers_are_rejected() {
     let v = me_with(&app, &refresh).await;
     assert_rejected(&v, "INVALID_TOKEN", "refresh token as bearer");
     let long = "x".repeat(4000);
-    let garbage = [
-        "junk",
-        "a.b.c",
-        "....",
-        "eyJhbGciOiJIUzI1NiJ9",
-        "eyJhbGciOiJIUzI1NiJ9.e30.",
-        "null",
-        long.as_str(),
-    ];
+    let garbage = ["junk", "a.b.c", "....", "eyJhbGciOiJIUzI1NiJ9", "eyJhbGciOiJIUzI1NiJ9.e30.", "null", long.as_str()];
     for g in garbage {
         let v = me_with(&app, g).await;
         assert_rejected(&v, "INVALID_TOKEN", &format!("garbage {}", &g[..g.len().min(30)]));
