@@ -31,6 +31,9 @@
 //! created and dropped, `--users N`, `--json PATH`). Load goes to 127.0.0.1 only,
 //! each phase is bounded in time, and the server is stopped at the end.
 
+// A benchmark that cannot set up stops with a panic that says why.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},

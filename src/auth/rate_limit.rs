@@ -40,6 +40,7 @@ impl FromStr for QuotaSpec {
 }
 
 impl QuotaSpec {
+    #[expect(clippy::expect_used, reason = "the period is at least 1 ns, and only a zero period is refused")]
     fn quota(&self) -> Quota {
         let per_cell = (self.period / self.count.get()).max(Duration::from_nanos(1));
         Quota::with_period(per_cell).expect("non-zero period").allow_burst(self.count)

@@ -25,7 +25,7 @@ impl RefreshKeys {
     /// Derives the successor key from the signing secret, so that one secret is
     /// all an operator manages, while the two uses never share a key.
     pub fn new(master: &Secret) -> Self {
-        let mut mac = Hmac::<Sha256>::new_from_slice(master.expose()).expect("HMAC takes any key length");
+        let mut mac = keyed(master.expose());
         mac.update(b"authgraph refresh-token successor key v1");
         Self { successor_key: Secret::new(mac.finalize().into_bytes().to_vec()) }
     }
@@ -39,10 +39,16 @@ impl RefreshKeys {
 
     /// The one successor `token` rotates into.
     pub fn successor(&self, token: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(self.successor_key.expose()).expect("HMAC takes any key length");
+        let mut mac = keyed(self.successor_key.expose());
         mac.update(token.as_bytes());
         B64.encode(mac.finalize().into_bytes())
     }
+}
+
+/// HMAC-SHA-256 under `key`.
+#[expect(clippy::expect_used, reason = "HMAC takes a key of any length (RFC 2104 section 2): this never fails")]
+fn keyed(key: &[u8]) -> Hmac<Sha256> {
+    Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length")
 }
 
 /// What is stored and looked up: base64url(SHA-256(token)).

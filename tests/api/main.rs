@@ -1,5 +1,8 @@
 //! All black-box tests, in one binary to keep builds fast.
 
+// Tests fail loudly: a panic is their way to report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod helpers;
 
 mod abuse;
