@@ -15,13 +15,14 @@ use authgraph::{
     config::Secret,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
-use uuid::Uuid;
+use authgraph::domain::{SessionId, UserId};
+use entity::user::Role;
 
 fn tokens(c: &mut Criterion) {
     let secret = Secret::new(vec![7u8; 32]);
     let keys = TokenKeys::new(&secret, "authgraph", "authgraph", Duration::from_secs(900));
     let now = chrono::Utc::now().timestamp();
-    let token = keys.issue(Uuid::new_v4(), "ada@example.com", "USER", Uuid::new_v4(), now, now + 3600).unwrap().token;
+    let token = keys.issue(UserId::new(), "ada@example.com", Role::User, SessionId::new(), now, now + 3600).unwrap().token;
     c.bench_function("access token verify (HS256 + claims)", |b| {
         b.iter(|| keys.verify(std::hint::black_box(&token)).unwrap())
     });
@@ -31,7 +32,7 @@ fn tokens(c: &mut Criterion) {
         b.iter(|| keys.check(std::hint::black_box(&token), now).unwrap())
     });
     c.bench_function("access token issue (HS256)", |b| {
-        b.iter(|| keys.issue(Uuid::nil(), "ada@example.com", "USER", Uuid::nil(), now, now + 3600).unwrap())
+        b.iter(|| keys.issue(UserId::new(), "ada@example.com", Role::User, SessionId::new(), now, now + 3600).unwrap())
     });
     let refresh = RefreshKeys::new(&secret);
     let rt = refresh.generate().unwrap();

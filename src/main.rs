@@ -92,11 +92,12 @@ async fn create_admin(args: authgraph::cli::CreateAdminArgs) -> Result<(), Strin
     .await
     .map_err(|e| e.to_string())?;
     if created {
-        println!("created admin {} ({})", user.email, user.id);
+        println!("created admin {} ({})", user.email.display(), user.id);
     } else {
         println!(
             "promoted {} ({}) to admin; sessions already open see the new role at their next login",
-            user.email, user.id
+            user.email.display(),
+            user.id
         );
     }
     Ok(())

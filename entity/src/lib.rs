@@ -1,6 +1,9 @@
-//! Database entities of authgraph. Only storage concerns live here: the GraphQL
-//! types are separate (see `src/graphql/types.rs`), so a column such as
-//! `password_hash` can never reach the API by accident.
+//! Database entities of authgraph, and the keys stored with them (`keys`: how
+//! an address or a search term is folded, shared by the server and the
+//! migrations). Rows stay in the service layer: it hands out the domain types
+//! of `src/domain.rs`, which have no `password_hash` or `secret_hash`, and the
+//! GraphQL types wrap those, so a secret column can never reach the API by
+//! accident.
 
 pub mod api_key;
 pub mod keys;

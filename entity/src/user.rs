@@ -14,7 +14,8 @@ pub struct Model {
     pub name: String,
     /// The folded name and address the admin search matches ([`crate::keys::search_key`]).
     pub search_key: String,
-    /// PHC string (argon2id). Never leaves the service layer.
+    /// PHC string (argon2id). Read only by the service layer, which hands out
+    /// `authgraph::domain::Account` (no hash) instead of this row.
     pub password_hash: String,
     pub role: Role,
     pub created_at: DateTimeUtc,

@@ -6,39 +6,15 @@
 
 use std::marker::PhantomData;
 
-use uuid::Uuid;
-
 use entity::user::Role;
 
 use super::principal::Principal;
-use crate::error::AppError;
+use crate::{
+    domain::{ApiKeyId, UserId},
+    error::AppError,
+};
 
-/// What a service API key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ApiScope {
-    UsersRead,
-    UsersWrite,
-    SessionsRevoke,
-    TokensIntrospect,
-}
-
-impl ApiScope {
-    pub const ALL: [ApiScope; 4] =
-        [ApiScope::UsersRead, ApiScope::UsersWrite, ApiScope::SessionsRevoke, ApiScope::TokensIntrospect];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApiScope::UsersRead => "USERS_READ",
-            ApiScope::UsersWrite => "USERS_WRITE",
-            ApiScope::SessionsRevoke => "SESSIONS_REVOKE",
-            ApiScope::TokensIntrospect => "TOKENS_INTROSPECT",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|scope| scope.as_str() == s)
-    }
-}
+pub use crate::domain::ApiScope;
 
 /// A permission: which API scope grants it, if any (admins hold them all).
 pub trait Permission {
@@ -78,8 +54,8 @@ impl Permission for AdminOnly {
 /// Who exercised a permission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Actor {
-    Admin(Uuid),
-    Service(Uuid),
+    Admin(UserId),
+    Service(ApiKeyId),
 }
 
 /// Proof that the caller holds permission `P`.

@@ -1,17 +1,18 @@
 //! Who is calling. Decided once per request in the HTTP layer and handed to
 //! resolvers, which ask it for the proof they need (`require_user`).
 
-use uuid::Uuid;
-
 use entity::user::Role;
 
-use crate::error::AppError;
+use crate::{
+    domain::{ApiKeyId, SessionId, UserId},
+    error::AppError,
+};
 
 /// A caller proven by a live access token.
 #[derive(Debug, Clone)]
 pub struct UserPrincipal {
-    pub user_id: Uuid,
-    pub session_id: Uuid,
+    pub user_id: UserId,
+    pub session_id: SessionId,
     /// The role now, from the registry (not the possibly stale claim).
     pub role: Role,
 }
@@ -19,7 +20,7 @@ pub struct UserPrincipal {
 /// A service proven by an API key.
 #[derive(Debug, Clone)]
 pub struct ServicePrincipal {
-    pub key_id: Uuid,
+    pub key_id: ApiKeyId,
     pub scopes: Vec<super::access::ApiScope>,
 }
 
@@ -65,7 +66,7 @@ impl Principal {
     }
 
     /// May this caller see the private fields (sessions, last login) of `user_id`?
-    pub fn may_see_private_fields_of(&self, user_id: Uuid) -> Result<(), AppError> {
+    pub fn may_see_private_fields_of(&self, user_id: UserId) -> Result<(), AppError> {
         let me = self.require_user()?;
         if me.user_id == user_id || me.role == Role::Admin {
             Ok(())

@@ -15,31 +15,33 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use uuid::Uuid;
 
-use entity::user::{self, Role};
+
+use entity::user::Role;
+
+use crate::domain::{Account, SessionId, UserId};
 
 #[derive(Debug, Clone)]
 pub enum SessionEvent {
     /// A session went live for `user` (as stored when it started).
     Started {
-        session_id: Uuid,
-        user: user::Model,
+        session_id: SessionId,
+        user: Account,
         expires_at: i64,
     },
     Revoked {
-        session_id: Uuid,
+        session_id: SessionId,
     },
     UserSessionsRevoked {
-        user_id: Uuid,
-        except: Option<Uuid>,
+        user_id: UserId,
+        except: Option<SessionId>,
     },
     /// The user's row changed (profile, role, password): the copy is replaced.
     UserUpdated {
-        user: user::Model,
+        user: Account,
     },
     UserDeleted {
-        user_id: Uuid,
+        user_id: UserId,
     },
 }
 
@@ -50,19 +52,19 @@ pub struct SessionRegistry {
 
 #[derive(Default)]
 struct Inner {
-    sessions: HashMap<Uuid, Live>,
-    users: HashMap<Uuid, UserEntry>,
+    sessions: HashMap<SessionId, Live>,
+    users: HashMap<UserId, UserEntry>,
 }
 
 struct Live {
-    user_id: Uuid,
+    user_id: UserId,
     expires_at: i64,
 }
 
 struct UserEntry {
-    /// The stored row, without its password hash.
-    profile: Arc<user::Model>,
-    sessions: HashSet<Uuid>,
+    /// The account as last written (an [`Account`] has no password hash).
+    profile: Arc<Account>,
+    sessions: HashSet<SessionId>,
 }
 
 impl UserEntry {
@@ -70,22 +72,16 @@ impl UserEntry {
     /// here: a copy read before a newer one was applied (a login that read the
     /// row before a role change committed) must not replace it. `updated_at` is
     /// set by every change of the row.
-    fn replace_unless_older(&mut self, profile: Arc<user::Model>) {
+    fn replace_unless_older(&mut self, profile: Arc<Account>) {
         if profile.updated_at >= self.profile.updated_at {
             self.profile = profile;
         }
     }
 }
 
-/// The copy kept in memory never carries the password hash.
-fn profile_of(mut user: user::Model) -> Arc<user::Model> {
-    user.password_hash.clear();
-    Arc::new(user)
-}
-
 impl SessionRegistry {
     /// The user's current role if `session_id` is a live session of `user_id`.
-    pub fn check(&self, session_id: Uuid, user_id: Uuid, now: i64) -> Option<Role> {
+    pub fn check(&self, session_id: SessionId, user_id: UserId, now: i64) -> Option<Role> {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
         let live = inner.sessions.get(&session_id)?;
         if live.user_id != user_id || live.expires_at <= now {
@@ -95,7 +91,7 @@ impl SessionRegistry {
     }
 
     /// The profile of a user with a live session, as last written.
-    pub fn profile(&self, user_id: Uuid) -> Option<Arc<user::Model>> {
+    pub fn profile(&self, user_id: UserId) -> Option<Arc<Account>> {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
         inner.users.get(&user_id).map(|u| u.profile.clone())
     }
@@ -106,7 +102,7 @@ impl SessionRegistry {
             SessionEvent::Started { session_id, user, expires_at } => {
                 let user_id = user.id;
                 inner.sessions.insert(session_id, Live { user_id, expires_at });
-                let profile = profile_of(user);
+                let profile = Arc::new(user);
                 let entry = inner
                     .users
                     .entry(user_id)
@@ -120,7 +116,7 @@ impl SessionRegistry {
                 }
             }
             SessionEvent::UserSessionsRevoked { user_id, except } => {
-                let ids: Vec<Uuid> = inner
+                let ids: Vec<SessionId> = inner
                     .users
                     .get(&user_id)
                     .map(|u| u.sessions.iter().copied().filter(|s| Some(*s) != except).collect())
@@ -132,7 +128,7 @@ impl SessionRegistry {
             }
             SessionEvent::UserUpdated { user } => {
                 if let Some(entry) = inner.users.get_mut(&user.id) {
-                    entry.replace_unless_older(profile_of(user));
+                    entry.replace_unless_older(Arc::new(user));
                 }
             }
             SessionEvent::UserDeleted { user_id } => {
@@ -148,7 +144,7 @@ impl SessionRegistry {
     /// Drops sessions past their absolute end. Returns how many went.
     pub fn prune_expired(&self, now: i64) -> usize {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        let expired: Vec<(Uuid, Uuid)> =
+        let expired: Vec<(SessionId, UserId)> =
             inner.sessions.iter().filter(|(_, l)| l.expires_at <= now).map(|(id, l)| (*id, l.user_id)).collect();
         for (id, user_id) in &expired {
             inner.sessions.remove(id);
@@ -167,7 +163,7 @@ impl SessionRegistry {
 }
 
 impl Inner {
-    fn forget_session(&mut self, user_id: Uuid, session_id: Uuid) {
+    fn forget_session(&mut self, user_id: UserId, session_id: SessionId) {
         if let Some(user) = self.users.get_mut(&user_id) {
             user.sessions.remove(&session_id);
             if user.sessions.is_empty() {
@@ -180,16 +176,14 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Email;
 
-    fn model(id: Uuid, role: Role) -> user::Model {
+    fn model(id: UserId, role: Role) -> Account {
         let now = chrono::Utc::now();
-        user::Model {
+        Account {
             id,
-            email: "a@example.com".into(),
-            email_normalized: "a@example.com".into(),
+            email: Email::from_parts("a@example.com".into(), "a@example.com".into()),
             name: "A".into(),
-            search_key: "a\na@example.com".into(),
-            password_hash: "$argon2id$secret".into(),
             role,
             created_at: now,
             updated_at: now,
@@ -197,8 +191,8 @@ mod tests {
         }
     }
 
-    fn start(r: &SessionRegistry, user_id: Uuid, expires_at: i64) -> Uuid {
-        let session_id = Uuid::new_v4();
+    fn start(r: &SessionRegistry, user_id: UserId, expires_at: i64) -> SessionId {
+        let session_id = SessionId::new();
         r.apply(SessionEvent::Started { session_id, user: model(user_id, Role::User), expires_at });
         session_id
     }
@@ -208,16 +202,16 @@ mod tests {
     #[test]
     fn an_older_copy_of_a_user_never_replaces_a_newer_one() {
         let r = SessionRegistry::default();
-        let id = Uuid::new_v4();
+        let id = UserId::new();
         let stale = model(id, Role::Admin);
         let s1 = start(&r, id, 100);
-        let demoted = user::Model {
+        let demoted = Account {
             role: Role::User,
             updated_at: stale.updated_at + chrono::Duration::seconds(1),
             ..stale.clone()
         };
         r.apply(SessionEvent::UserUpdated { user: demoted.clone() });
-        let s2 = Uuid::new_v4();
+        let s2 = SessionId::new();
         r.apply(SessionEvent::Started { session_id: s2, user: stale.clone(), expires_at: 100 });
         assert_eq!(r.check(s2, id, 10), Some(Role::User));
         assert_eq!(r.check(s1, id, 10), Some(Role::User));
@@ -225,7 +219,7 @@ mod tests {
         assert_eq!(r.profile(id).unwrap().role, Role::User);
         // A newer change still applies.
         let promoted =
-            user::Model { role: Role::Admin, updated_at: demoted.updated_at + chrono::Duration::seconds(1), ..demoted };
+            Account { role: Role::Admin, updated_at: demoted.updated_at + chrono::Duration::seconds(1), ..demoted };
         r.apply(SessionEvent::UserUpdated { user: promoted });
         assert_eq!(r.check(s2, id, 10), Some(Role::Admin));
     }
@@ -233,7 +227,7 @@ mod tests {
     #[test]
     fn tracks_revocation_roles_and_expiry() {
         let r = SessionRegistry::default();
-        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let (alice, bob) = (UserId::new(), UserId::new());
         let a1 = start(&r, alice, 100);
         let a2 = start(&r, alice, 100);
         let b1 = start(&r, bob, 100);
@@ -246,7 +240,6 @@ mod tests {
         assert_eq!(r.check(a2, alice, 10), Some(Role::Admin));
         let profile = r.profile(alice).unwrap();
         assert_eq!(profile.role, Role::Admin);
-        assert!(profile.password_hash.is_empty(), "the copy must not keep the hash");
 
         r.apply(SessionEvent::Revoked { session_id: a1 });
         assert_eq!(r.check(a1, alice, 10), None);

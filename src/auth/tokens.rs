@@ -26,7 +26,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::{config::Secret, error::AppError};
+use entity::user::Role;
+
+use crate::{
+    config::Secret,
+    domain::{SessionId, UserId, role_name},
+    error::AppError,
+};
 
 pub const TOKEN_TYPE: &str = "at+jwt";
 const LEEWAY_SECS: u64 = 5;
@@ -50,15 +56,15 @@ pub struct Claims {
 /// What a verified access token says, as the request path needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verified {
-    pub user_id: Uuid,
-    pub session_id: Uuid,
+    pub user_id: UserId,
+    pub session_id: SessionId,
     pub exp: i64,
     pub nbf: i64,
 }
 
 impl From<&Claims> for Verified {
     fn from(c: &Claims) -> Self {
-        Self { user_id: c.sub, session_id: c.sid, exp: c.exp, nbf: c.nbf }
+        Self { user_id: c.sub.into(), session_id: c.sid.into(), exp: c.exp, nbf: c.nbf }
     }
 }
 
@@ -109,19 +115,19 @@ impl TokenKeys {
     /// session's own end).
     pub fn issue(
         &self,
-        user_id: Uuid,
+        user_id: UserId,
         email: &str,
-        role: &str,
-        session_id: Uuid,
+        role: Role,
+        session_id: SessionId,
         now: i64,
         not_after: i64,
     ) -> Result<IssuedAccessToken, AppError> {
         let exp = (now + self.ttl.as_secs() as i64).min(not_after).max(now + 1);
         let claims = Claims {
-            sub: user_id,
+            sub: user_id.uuid(),
             email: email.to_owned(),
-            role: role.to_owned(),
-            sid: session_id,
+            role: role_name(role).to_owned(),
+            sid: session_id.uuid(),
             jti: Uuid::new_v4(),
             iat: now,
             nbf: now,
@@ -193,7 +199,7 @@ mod tests {
     }
 
     fn issue(k: &TokenKeys) -> IssuedAccessToken {
-        k.issue(Uuid::new_v4(), "a@example.com", "USER", Uuid::new_v4(), now(), now() + 3600).unwrap()
+        k.issue(UserId::new(), "a@example.com", Role::User, SessionId::new(), now(), now() + 3600).unwrap()
     }
 
     /// Re-signs arbitrary header and claims JSON with `key`.
@@ -228,7 +234,7 @@ mod tests {
     #[test]
     fn token_never_outlives_its_session() {
         let k = keys();
-        let t = k.issue(Uuid::new_v4(), "a@x.io", "USER", Uuid::new_v4(), now(), now() + 60).unwrap();
+        let t = k.issue(UserId::new(), "a@x.io", Role::User, SessionId::new(), now(), now() + 60).unwrap();
         assert_eq!(t.expires_in, 60);
     }
 

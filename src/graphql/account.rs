@@ -8,7 +8,10 @@ use super::{
 };
 use crate::{
     auth::rate_limit::Action,
-    service::accounts::{self, NewAccount, ProfileChange},
+    service::{
+        accounts::{self, NewAccount, ProfileChange},
+        users,
+    },
 };
 
 #[derive(Default)]
@@ -19,7 +22,7 @@ impl AccountQuery {
     /// The calling user.
     async fn me(&self, ctx: &Context<'_>) -> Result<User> {
         let me = request(ctx)?.principal.require_user()?;
-        Ok(User::new(accounts::me(services(ctx)?, me.user_id).await?))
+        Ok(User::new(users::me(services(ctx)?, me.user_id).await?))
     }
 }
 

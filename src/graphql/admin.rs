@@ -15,6 +15,7 @@ use super::{
 };
 use crate::{
     auth::access::{AdminOnly, SessionsRevoke, TokensIntrospect, UsersRead, UsersWrite},
+    domain::UserId,
     error::AppError,
     service::{
         admin::{self, PAGE_DEFAULT, PAGE_MAX, PageRequest, UserFilter},
@@ -31,14 +32,15 @@ pub struct UserConnectionFields {
 
 pub type UserConnection = Connection<String, User, UserConnectionFields>;
 
-fn encode_cursor(id: Uuid) -> String {
-    B64.encode(id.as_bytes())
+fn encode_cursor(id: UserId) -> String {
+    B64.encode(id.uuid().as_bytes())
 }
 
-fn decode_cursor(cursor: &str, field: &'static str) -> Result<Uuid, AppError> {
+fn decode_cursor(cursor: &str, field: &'static str) -> Result<UserId, AppError> {
     B64.decode(cursor)
         .ok()
         .and_then(|b| Uuid::from_slice(&b).ok())
+        .map(UserId::from)
         .ok_or_else(|| AppError::invalid_input("INVALID_CURSOR", field, "Not a cursor from this listing"))
 }
 

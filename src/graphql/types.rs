@@ -1,5 +1,6 @@
-//! GraphQL output and input types. They are built from entities but are not the
-//! entities: `User` has no password hash to leak.
+//! GraphQL output and input types. They wrap the service layer's domain types
+//! (`crate::domain`), never entities: `User` wraps an `Account`, which has no
+//! password hash, and `ApiKey` a key without its secret's hash.
 
 use async_graphql::{
     Context, Enum, ErrorExtensions, ID, InputObject, Object, SimpleObject,
@@ -7,13 +8,14 @@ use async_graphql::{
 };
 use chrono::{DateTime, Utc};
 
-use entity::{api_key, session, user};
+use entity::{session, user};
 
 use super::request;
 use crate::{
     auth::access,
+    domain::{self, Account, SessionId, UserId},
     error::AppError,
-    service::{Services, api_keys, sessions},
+    service::{Services, sessions},
 };
 
 #[derive(Enum, Copy, Clone, Debug, Eq, PartialEq)]
@@ -41,26 +43,26 @@ pub enum TokenTransport {
 }
 
 pub struct User {
-    model: std::sync::Arc<user::Model>,
+    model: std::sync::Arc<Account>,
     /// Set when this object is handed to its own user at login or registration:
     /// the request carried no token yet, but the caller has just proven who they
     /// are, in this session.
-    own_session: Option<uuid::Uuid>,
+    own_session: Option<SessionId>,
 }
 
 impl User {
     /// A user as seen by whoever the request's principal is.
-    pub fn new(model: impl Into<std::sync::Arc<user::Model>>) -> Self {
+    pub fn new(model: impl Into<std::sync::Arc<Account>>) -> Self {
         Self { model: model.into(), own_session: None }
     }
 
     /// A user handed to themself in the session `session_id`.
-    pub fn own(model: user::Model, session_id: uuid::Uuid) -> Self {
+    pub fn own(model: Account, session_id: SessionId) -> Self {
         Self { model: model.into(), own_session: Some(session_id) }
     }
 
     /// Checks the caller may see private fields; returns the caller's session.
-    fn private_view(&self, ctx: &Context<'_>) -> Result<Option<uuid::Uuid>, AppError> {
+    fn private_view(&self, ctx: &Context<'_>) -> Result<Option<SessionId>, AppError> {
         if self.own_session.is_some() {
             return Ok(self.own_session);
         }
@@ -77,7 +79,7 @@ impl User {
         ID(self.model.id.to_string())
     }
     async fn email(&self) -> &str {
-        &self.model.email
+        self.model.email.display()
     }
     async fn name(&self) -> &str {
         &self.model.name
@@ -112,14 +114,14 @@ impl User {
 /// within a millisecond). Nothing is cached between loads.
 pub struct SessionsByUser(pub Services);
 
-impl Loader<uuid::Uuid> for SessionsByUser {
+impl Loader<UserId> for SessionsByUser {
     type Value = Vec<session::Model>;
     type Error = std::sync::Arc<AppError>;
 
     async fn load(
         &self,
-        keys: &[uuid::Uuid],
-    ) -> Result<std::collections::HashMap<uuid::Uuid, Self::Value>, Self::Error> {
+        keys: &[UserId],
+    ) -> Result<std::collections::HashMap<UserId, Self::Value>, Self::Error> {
         sessions::list_for_users(&self.0, keys).await.map_err(std::sync::Arc::new)
     }
 }
@@ -138,7 +140,7 @@ pub struct Session {
 }
 
 impl Session {
-    fn new(s: session::Model, current: Option<uuid::Uuid>) -> Self {
+    fn new(s: session::Model, current: Option<SessionId>) -> Self {
         Self {
             id: ID(s.id.to_string()),
             created_at: s.created_at,
@@ -146,7 +148,7 @@ impl Session {
             expires_at: s.expires_at,
             user_agent: s.user_agent,
             ip: s.ip,
-            current: Some(s.id) == current,
+            current: Some(SessionId::from(s.id)) == current,
         }
     }
 }
@@ -193,9 +195,12 @@ pub struct UpdateProfileInput {
     pub email: Option<String>,
 }
 
-/// Parses an `ID` argument that must be one of ours.
-pub fn parse_id(id: &ID, field: &'static str) -> Result<uuid::Uuid, AppError> {
-    uuid::Uuid::parse_str(id.as_str()).map_err(|_| AppError::invalid_input("INVALID_ID", field, "Not a valid id"))
+/// Parses an `ID` argument that must be one of ours, as the id type `T` the
+/// service expects. Errors: `INVALID_ID` on `field`.
+pub fn parse_id<T: From<uuid::Uuid>>(id: &ID, field: &'static str) -> Result<T, AppError> {
+    uuid::Uuid::parse_str(id.as_str())
+        .map(T::from)
+        .map_err(|_| AppError::invalid_input("INVALID_ID", field, "Not a valid id"))
 }
 
 impl From<Role> for user::Role {
@@ -238,8 +243,8 @@ impl From<access::ApiScope> for ApiScope {
     }
 }
 
-/// A service API key (without its secret).
-pub struct ApiKey(pub api_key::Model);
+/// A service API key (without its secret, or its secret's hash).
+pub struct ApiKey(pub domain::ApiKey);
 
 #[Object]
 impl ApiKey {
@@ -254,7 +259,7 @@ impl ApiKey {
         &self.0.prefix
     }
     async fn scopes(&self) -> Vec<ApiScope> {
-        api_keys::scopes_of(&self.0).into_iter().map(Into::into).collect()
+        self.0.scopes.iter().copied().map(Into::into).collect()
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at

@@ -1,14 +1,11 @@
 //! Accounts: register, login, profile and password.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, SqlErr, sea_query::Expr};
-use uuid::Uuid;
 
 use entity::user::{self, Role};
 
-use super::{ClientInfo, Issued, Services, sessions, validate};
+use super::{ClientInfo, Issued, Services, sessions, users, validate};
 use crate::{
     auth::{
         password::Verified,
@@ -16,6 +13,7 @@ use crate::{
         registry::SessionEvent,
     },
     db::{self, UniqueRow},
+    domain::{Account, Email, SessionId, UserId},
     error::{AppError, AppResult},
 };
 
@@ -43,18 +41,17 @@ async fn email_in_use(svc: &Services, normalized: &str) -> AppResult<bool> {
 
 /// A new account's input, validated.
 pub(super) struct ValidNewUser {
-    email: String,
-    normalized: String,
+    email: Email,
     name: String,
 }
 
 /// Checks a new account's email, password and name (default: the part of the
 /// email before the @), before any hashing or database work.
 pub(super) fn validate_new_user(email: &str, password: &str, name: Option<&str>) -> AppResult<ValidNewUser> {
-    let (email, normalized) = validate::email(email)?;
+    let email = validate::email(email)?;
     validate::new_password(password, "password")?;
-    let name = validate::name(name.unwrap_or_else(|| email.split('@').next().unwrap_or_default()))?;
-    Ok(ValidNewUser { email, normalized, name })
+    let name = validate::name(name.unwrap_or_else(|| email.display().split('@').next().unwrap_or_default()))?;
+    Ok(ValidNewUser { email, name })
 }
 
 /// The row of a new account.
@@ -66,10 +63,10 @@ pub(super) fn new_user_row(
     last_login_at: Option<DateTime<Utc>>,
 ) -> user::ActiveModel {
     user::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        search_key: Set(entity::keys::search_key(&new.name, &new.email)),
-        email: Set(new.email),
-        email_normalized: Set(new.normalized),
+        id: Set(UserId::new().uuid()),
+        search_key: Set(entity::keys::search_key(&new.name, new.email.display())),
+        email_normalized: Set(new.email.key().to_owned()),
+        email: Set(new.email.display().to_owned()),
         name: Set(new.name),
         password_hash: Set(password_hash),
         role: Set(role),
@@ -84,17 +81,17 @@ pub(super) fn new_user_row(
 pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) -> AppResult<Issued> {
     let new = validate_new_user(&input.email, &input.password, input.name.as_deref())?;
     // Cheap early answer; the unique index below is what really decides.
-    if email_in_use(svc, &new.normalized).await? {
+    if email_in_use(svc, new.email.key()).await? {
         return Err(AppError::EmailTaken);
     }
     let password_hash = svc.hasher.hash(input.password).await?;
     let now = Utc::now();
     let txn = db::begin_write(&svc.db).await?;
     let user = new_user_row(new, password_hash, Role::User, now, Some(now)).insert(&txn).await.map_err(map_unique)?;
-    let (session, refresh) = sessions::start(svc, &txn, user.id, client, now).await?;
+    let (session, refresh) = sessions::start(svc, &txn, user.id.into(), client, now).await?;
     txn.commit().await?;
     tracing::info!(user_id = %user.id, "account registered");
-    sessions::issue(svc, user, &session, refresh, now)
+    sessions::issue(svc, user.into(), &session, refresh, now)
 }
 
 /// Spends one unit of the password-check budget: the client's (IPv4 address or
@@ -124,9 +121,9 @@ pub fn spend_password_budget(svc: &Services, client: &ClientInfo, email_key: &st
 #[tracing::instrument(skip_all)]
 pub async fn login(svc: &Services, email: &str, password: String, client: &ClientInfo) -> AppResult<Issued> {
     svc.limits.check_ip(Action::Login, IpKey::from(client.ip))?;
-    let (_, normalized) = validate::email(email)?;
+    let email = validate::email(email)?;
     // Counted for every address, registered or not, before any hashing.
-    svc.limits.check_account(&normalized)?;
+    svc.limits.check_account(email.key())?;
     // Hashes hold the normalised form (or, made before normalisation, the typed
     // one), each at most PASSWORD_MAX characters: longer in both, no account has it.
     let length = password.chars().count().min(crate::auth::password::normalize(&password).chars().count());
@@ -136,7 +133,7 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
     }
     for attempt in 0..2 {
         let found =
-            user::Entity::find().filter(user::Column::EmailNormalized.eq(&normalized)).unique_row(&svc.db).await?;
+            user::Entity::find().filter(user::Column::EmailNormalized.eq(email.key())).unique_row(&svc.db).await?;
         let verified = svc.hasher.verify(password.clone(), found.as_ref().map(|u| u.password_hash.clone())).await?;
         let (user, new_hash) = match (found, verified) {
             (Some(user), Verified::Yes) => (user, None),
@@ -160,65 +157,43 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
             }
             return Err(AppError::InvalidCredentials);
         };
-        let (session, refresh) = sessions::start(svc, &txn, current.id, client, now).await?;
+        let (session, refresh) = sessions::start(svc, &txn, current.id.into(), client, now).await?;
         txn.commit().await?;
         if new_hash.is_some() {
             tracing::info!(user_id = %current.id, "password hash upgraded to current parameters");
         }
-        return sessions::issue(svc, current, &session, refresh, now);
+        return sessions::issue(svc, current.into(), &session, refresh, now);
     }
     Err(AppError::InvalidCredentials)
 }
 
-pub async fn find(svc: &Services, user_id: Uuid) -> AppResult<Option<user::Model>> {
-    Ok(user::Entity::find_by_id(user_id).unique_row(&svc.db).await?)
-}
-
-/// A user's row without its password hash: the registry's copy when the user
-/// has live sessions (it is kept in step with every write), the database
-/// otherwise.
-pub async fn profile(svc: &Services, user_id: Uuid) -> AppResult<Option<Arc<user::Model>>> {
-    if let Some(profile) = svc.registry.profile(user_id) {
-        return Ok(Some(profile));
-    }
-    Ok(find(svc, user_id).await?.map(|mut user| {
-        user.password_hash.clear();
-        Arc::new(user)
-    }))
-}
-
-/// The caller's own account.
-pub async fn me(svc: &Services, user_id: Uuid) -> AppResult<Arc<user::Model>> {
-    profile(svc, user_id).await?.ok_or(AppError::TokenRevoked)
-}
-
 #[tracing::instrument(skip_all)]
-pub async fn update_profile(svc: &Services, user_id: Uuid, change: ProfileChange) -> AppResult<user::Model> {
+pub async fn update_profile(svc: &Services, user_id: UserId, change: ProfileChange) -> AppResult<Account> {
     let name = change.name.as_deref().map(validate::name).transpose()?;
     let email = change.email.as_deref().map(validate::email).transpose()?;
     // The row is read and written in one write transaction (and locked on
     // PostgreSQL), so the stored search key always matches the stored name and
     // address even when two profile changes meet.
     let txn = db::begin_write(&svc.db).await?;
-    let Some(user) = db::for_update(user::Entity::find_by_id(user_id), &txn).unique_row(&txn).await? else {
+    let Some(user) = db::for_update(user::Entity::find_by_id(user_id.uuid()), &txn).unique_row(&txn).await? else {
         txn.rollback().await?;
         return Err(AppError::TokenRevoked);
     };
     let search_key = entity::keys::search_key(
         name.as_deref().unwrap_or(&user.name),
-        email.as_ref().map_or(&user.email, |(display, _)| display),
+        email.as_ref().map_or(&user.email, |email| email.display()),
     );
     let mut active: user::ActiveModel = user.into();
     if let Some(name) = name {
         active.name = Set(name);
     }
-    if let Some((email, normalized)) = email {
-        active.email = Set(email);
-        active.email_normalized = Set(normalized);
+    if let Some(email) = email {
+        active.email_normalized = Set(email.key().to_owned());
+        active.email = Set(email.display().to_owned());
     }
     active.search_key = Set(search_key);
     active.updated_at = Set(Utc::now());
-    let user = active.update(&txn).await.map_err(map_unique)?;
+    let user = Account::from(active.update(&txn).await.map_err(map_unique)?);
     txn.commit().await?;
     svc.registry.apply(SessionEvent::UserUpdated { user: user.clone() });
     Ok(user)
@@ -239,14 +214,14 @@ pub async fn update_profile(svc: &Services, user_id: Uuid, change: ProfileChange
 #[tracing::instrument(skip_all)]
 pub async fn change_password(
     svc: &Services,
-    user_id: Uuid,
-    current_session: Uuid,
+    user_id: UserId,
+    current_session: SessionId,
     client: &ClientInfo,
     current: String,
     new: String,
 ) -> AppResult<()> {
     validate::new_password(&new, "newPassword")?;
-    let user = find(svc, user_id).await?.ok_or(AppError::TokenRevoked)?;
+    let user = users::row(svc, user_id).await?.ok_or(AppError::TokenRevoked)?;
     spend_password_budget(svc, client, &user.email_normalized)?;
     let mut stored = user.password_hash;
     let mut hash: Option<String> = None;
@@ -275,7 +250,7 @@ pub async fn change_password(
             .pop();
         let Some(changed) = changed else {
             txn.rollback().await?;
-            match find(svc, user_id).await? {
+            match users::row(svc, user_id).await? {
                 Some(now_stored) if attempt == 0 => {
                     stored = now_stored.password_hash;
                     continue;
@@ -287,7 +262,7 @@ pub async fn change_password(
         let ended = sessions::end_user_sessions(&txn, user_id, Some(current_session)).await?;
         txn.commit().await?;
         svc.registry.apply(SessionEvent::UserSessionsRevoked { user_id, except: Some(current_session) });
-        svc.registry.apply(SessionEvent::UserUpdated { user: changed });
+        svc.registry.apply(SessionEvent::UserUpdated { user: changed.into() });
         tracing::info!(%user_id, other_sessions_ended = ended, "password changed");
         return Ok(());
     }

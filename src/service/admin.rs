@@ -7,7 +7,6 @@ use sea_orm::{
     QueryOrder, QuerySelect, Select, Set,
     sea_query::{Expr, LikeExpr},
 };
-use uuid::Uuid;
 
 use entity::user::{self, Role};
 
@@ -18,6 +17,7 @@ use crate::{
         registry::SessionEvent,
     },
     db::{self, UniqueRow},
+    domain::{Account, UserId},
     error::{AppError, AppResult},
 };
 
@@ -35,13 +35,13 @@ pub struct UserFilter {
 #[derive(Debug, Clone, Copy)]
 pub enum PageRequest {
     /// The first `n` after `after` (ascending).
-    Forward { n: u64, after: Option<Uuid> },
+    Forward { n: u64, after: Option<UserId> },
     /// The last `n` before `before` (still returned ascending).
-    Backward { n: u64, before: Option<Uuid> },
+    Backward { n: u64, before: Option<UserId> },
 }
 
 pub struct UserPage {
-    pub users: Vec<user::Model>,
+    pub users: Vec<Account>,
     pub has_previous: bool,
     pub has_next: bool,
     pub total: u64,
@@ -115,7 +115,7 @@ pub async fn list_users(
             let mut users = q.order_by_asc(user::Column::Id).limit(n + 1).all(&svc.db).await?;
             let has_next = users.len() as u64 > n;
             users.truncate(n as usize);
-            Ok(UserPage { users, has_previous: after.is_some(), has_next, total })
+            Ok(UserPage { users: users.into_iter().map(Account::from).collect(), has_previous: after.is_some(), has_next, total })
         }
         PageRequest::Backward { n, before } => {
             let mut q = filtered(filter, backend);
@@ -126,13 +126,13 @@ pub async fn list_users(
             let has_previous = users.len() as u64 > n;
             users.truncate(n as usize);
             users.reverse();
-            Ok(UserPage { users, has_previous, has_next: before.is_some(), total })
+            Ok(UserPage { users: users.into_iter().map(Account::from).collect(), has_previous, has_next: before.is_some(), total })
         }
     }
 }
 
-pub async fn get_user(svc: &Services, _proof: &Granted<UsersRead>, id: Uuid) -> AppResult<Option<user::Model>> {
-    Ok(user::Entity::find_by_id(id).unique_row(&svc.db).await?)
+pub async fn get_user(svc: &Services, _proof: &Granted<UsersRead>, id: UserId) -> AppResult<Option<Account>> {
+    Ok(user::Entity::find_by_id(id.uuid()).unique_row(&svc.db).await?.map(Account::from))
 }
 
 fn last_admin() -> AppError {
@@ -144,14 +144,14 @@ fn last_admin() -> AppError {
 /// transaction already holds the database's write lock.
 async fn count_admins_locked(txn: &impl ConnectionTrait) -> AppResult<u64> {
     let q = user::Entity::find().select_only().column(user::Column::Id).filter(user::Column::Role.eq(Role::Admin));
-    Ok(db::for_update(q, txn).into_tuple::<Uuid>().all(txn).await?.len() as u64)
+    Ok(db::for_update(q, txn).into_tuple::<uuid::Uuid>().all(txn).await?.len() as u64)
 }
 
 /// Changes a user's role; effective for their live access tokens at once.
-pub async fn set_role(svc: &Services, _proof: &Granted<AdminOnly>, id: Uuid, role: Role) -> AppResult<user::Model> {
+pub async fn set_role(svc: &Services, _proof: &Granted<AdminOnly>, id: UserId, role: Role) -> AppResult<Account> {
     let txn = db::begin_write(&svc.db).await?;
     let admins = count_admins_locked(&txn).await?;
-    let Some(user) = user::Entity::find_by_id(id).unique_row(&txn).await? else {
+    let Some(user) = user::Entity::find_by_id(id.uuid()).unique_row(&txn).await? else {
         txn.rollback().await?;
         return Err(AppError::invalid_input("NOT_FOUND", "id", "No such user"));
     };
@@ -162,7 +162,7 @@ pub async fn set_role(svc: &Services, _proof: &Granted<AdminOnly>, id: Uuid, rol
     let mut active: user::ActiveModel = user.into();
     active.role = Set(role);
     active.updated_at = Set(Utc::now());
-    let user = active.update(&txn).await?;
+    let user = Account::from(active.update(&txn).await?);
     txn.commit().await?;
     svc.registry.apply(SessionEvent::UserUpdated { user: user.clone() });
     tracing::info!(user_id = %id, role = ?role, "role changed");
@@ -176,10 +176,10 @@ pub async fn set_role(svc: &Services, _proof: &Granted<AdminOnly>, id: Uuid, rol
 /// `USERS_WRITE` covers ordinary users (a leaked key must not be a way to remove
 /// the people who could revoke it). Errors: `FORBIDDEN` for a key deleting an
 /// admin, `LAST_ADMIN` for the last admin.
-pub async fn delete_user(svc: &Services, proof: &Granted<UsersWrite>, id: Uuid) -> AppResult<bool> {
+pub async fn delete_user(svc: &Services, proof: &Granted<UsersWrite>, id: UserId) -> AppResult<bool> {
     let txn = db::begin_write(&svc.db).await?;
     let admins = count_admins_locked(&txn).await?;
-    let Some(user) = user::Entity::find_by_id(id).unique_row(&txn).await? else {
+    let Some(user) = user::Entity::find_by_id(id.uuid()).unique_row(&txn).await? else {
         txn.rollback().await?;
         return Ok(false);
     };
@@ -191,7 +191,7 @@ pub async fn delete_user(svc: &Services, proof: &Granted<UsersWrite>, id: Uuid) 
         txn.rollback().await?;
         return Err(last_admin());
     }
-    let deleted = user::Entity::delete_by_id(id).exec(&txn).await?.rows_affected;
+    let deleted = user::Entity::delete_by_id(id.uuid()).exec(&txn).await?.rows_affected;
     txn.commit().await?;
     svc.registry.apply(SessionEvent::UserDeleted { user_id: id });
     tracing::info!(user_id = %id, "user deleted");
@@ -204,9 +204,9 @@ pub async fn delete_user(svc: &Services, proof: &Granted<UsersWrite>, id: Uuid) 
 /// `SESSIONS_REVOKE` covers ordinary users, so a leaked key cannot keep the
 /// people who could revoke it logged out. Errors: `FORBIDDEN` for a key and an
 /// admin account.
-pub async fn revoke_user_sessions(svc: &Services, proof: &Granted<SessionsRevoke>, id: Uuid) -> AppResult<u64> {
+pub async fn revoke_user_sessions(svc: &Services, proof: &Granted<SessionsRevoke>, id: UserId) -> AppResult<u64> {
     if !matches!(proof.actor, Actor::Admin(_))
-        && user::Entity::find_by_id(id).unique_row(&svc.db).await?.is_some_and(|u| u.role == Role::Admin)
+        && user::Entity::find_by_id(id.uuid()).unique_row(&svc.db).await?.is_some_and(|u| u.role == Role::Admin)
     {
         return Err(AppError::Forbidden("Only an admin can end an admin's sessions"));
     }
@@ -223,19 +223,19 @@ pub async fn create_or_promote_admin(
     email: &str,
     name: Option<&str>,
     password: impl FnOnce() -> AppResult<String>,
-) -> AppResult<(user::Model, bool)> {
-    let (email, normalized) = super::validate::email(email)?;
+) -> AppResult<(Account, bool)> {
+    let email = super::validate::email(email)?;
     if let Some(existing) =
-        user::Entity::find().filter(user::Column::EmailNormalized.eq(&normalized)).unique_row(&svc.db).await?
+        user::Entity::find().filter(user::Column::EmailNormalized.eq(email.key())).unique_row(&svc.db).await?
     {
         let mut active: user::ActiveModel = existing.into();
         active.role = Set(Role::Admin);
         active.updated_at = Set(Utc::now());
-        return Ok((active.update(&svc.db).await?, false));
+        return Ok((active.update(&svc.db).await?.into(), false));
     }
     let password = password()?;
-    let new = super::accounts::validate_new_user(&email, &password, name)?;
+    let new = super::accounts::validate_new_user(email.display(), &password, name)?;
     let hash = svc.hasher.hash(password).await?;
     let user = super::accounts::new_user_row(new, hash, Role::Admin, Utc::now(), None).insert(&svc.db).await?;
-    Ok((user, true))
+    Ok((user.into(), true))
 }

@@ -13,7 +13,6 @@ use sea_orm::{
     sea_query::Expr,
 };
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
 use entity::api_key;
 
@@ -24,6 +23,7 @@ use crate::{
         principal::{RejectReason, ServicePrincipal},
     },
     db::{self, UniqueRow},
+    domain::{ApiKey, ApiKeyId, UserId},
     error::{AppError, AppResult},
 };
 
@@ -36,21 +36,21 @@ const MAX_GRACE_DAYS: i32 = 365;
 /// Last-use times not yet written to the database.
 #[derive(Default)]
 pub struct UsageTracker {
-    pending: Mutex<HashMap<Uuid, DateTime<Utc>>>,
+    pending: Mutex<HashMap<ApiKeyId, DateTime<Utc>>>,
 }
 
 impl UsageTracker {
     /// Records a use at `at`; an older time never replaces a newer one (a
     /// failed write puts its times back after newer uses may have come in).
-    fn touch(&self, id: Uuid, at: DateTime<Utc>) {
+    fn touch(&self, id: ApiKeyId, at: DateTime<Utc>) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let slot = pending.entry(id).or_insert(at);
         *slot = Ord::max(*slot, at);
     }
-    fn peek(&self, id: Uuid) -> Option<DateTime<Utc>> {
+    fn peek(&self, id: ApiKeyId) -> Option<DateTime<Utc>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).get(&id).copied()
     }
-    fn take(&self) -> HashMap<Uuid, DateTime<Utc>> {
+    fn take(&self) -> HashMap<ApiKeyId, DateTime<Utc>> {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
@@ -80,10 +80,6 @@ fn generate_key() -> AppResult<String> {
     Ok(format!("{KEY_PREFIX}{hex}{}", B64.encode(secret)))
 }
 
-pub fn scopes_of(model: &api_key::Model) -> Vec<ApiScope> {
-    model.scopes.split(',').filter_map(ApiScope::parse).collect()
-}
-
 /// Checks a presented `X-API-Key`.
 pub async fn authenticate(svc: &Services, raw: &str) -> Result<ServicePrincipal, AuthFailure> {
     let prefix = prefix_of(raw).ok_or(AuthFailure::Rejected(RejectReason::Invalid))?;
@@ -103,8 +99,8 @@ pub async fn authenticate(svc: &Services, raw: &str) -> Result<ServicePrincipal,
     if key.expires_at.is_some_and(|at| at <= now) {
         return Err(AuthFailure::Rejected(RejectReason::Expired));
     }
-    svc.api_key_usage.touch(key.id, now);
-    Ok(ServicePrincipal { key_id: key.id, scopes: scopes_of(&key) })
+    svc.api_key_usage.touch(key.id.into(), now);
+    Ok(ServicePrincipal { key_id: key.id.into(), scopes: ApiScope::parse_list(&key.scopes) })
 }
 
 /// Why a key did not authenticate: a bad key, or the database failing.
@@ -130,19 +126,19 @@ async fn insert_key(
     conn: &impl ConnectionTrait,
     name: String,
     scopes: &[ApiScope],
-    created_by: Option<Uuid>,
+    created_by: Option<UserId>,
     expires_at: Option<DateTime<Utc>>,
-) -> AppResult<(api_key::Model, String)> {
+) -> AppResult<(ApiKey, String)> {
     let secret = generate_key()?;
     let prefix = prefix_of(&secret).ok_or_else(|| AppError::internal("generated key has the wrong shape"))?;
     let scopes: Vec<&str> = ApiScope::ALL.into_iter().filter(|s| scopes.contains(s)).map(ApiScope::as_str).collect();
     let model = api_key::ActiveModel {
-        id: Set(Uuid::now_v7()),
+        id: Set(ApiKeyId::new().uuid()),
         name: Set(name),
         prefix: Set(prefix.to_owned()),
         secret_hash: Set(hash_key(&secret)),
         scopes: Set(scopes.join(",")),
-        created_by: Set(created_by),
+        created_by: Set(created_by.map(UserId::uuid)),
         created_at: Set(Utc::now()),
         expires_at: Set(expires_at),
         last_used_at: Set(None),
@@ -151,10 +147,10 @@ async fn insert_key(
     }
     .insert(conn)
     .await?;
-    Ok((model, secret))
+    Ok((model.into(), secret))
 }
 
-fn admin_id(proof: &Granted<AdminOnly>) -> Option<Uuid> {
+fn admin_id(proof: &Granted<AdminOnly>) -> Option<UserId> {
     match proof.actor {
         Actor::Admin(id) => Some(id),
         Actor::Service(_) => None,
@@ -167,7 +163,7 @@ pub async fn create(
     name: &str,
     scopes: &[ApiScope],
     expires_in_days: Option<i32>,
-) -> AppResult<(api_key::Model, String)> {
+) -> AppResult<(ApiKey, String)> {
     // Admins read key names in listings: the rules of a person's name apply, so
     // invisible and direction-changing characters are refused here too.
     let name = super::validate::name(name)?;
@@ -195,9 +191,9 @@ pub async fn create(
 pub async fn rotate(
     svc: &Services,
     proof: &Granted<AdminOnly>,
-    id: Uuid,
+    id: ApiKeyId,
     grace_days: i32,
-) -> AppResult<(api_key::Model, String)> {
+) -> AppResult<(ApiKey, String)> {
     if !(0..=MAX_GRACE_DAYS).contains(&grace_days) {
         return Err(AppError::invalid_input(
             "INVALID_GRACE",
@@ -214,7 +210,7 @@ pub async fn rotate(
             "This API key was already rotated; rotate its successor instead",
         )
     };
-    let old = api_key::Entity::find_by_id(id)
+    let old = api_key::Entity::find_by_id(id.uuid())
         .unique_row(&svc.db)
         .await?
         .filter(|k| k.revoked_at.is_none() && k.expires_at.is_none_or(|at| at > now))
@@ -223,7 +219,7 @@ pub async fn rotate(
         return Err(already());
     }
     let expires_at = old.expires_at.map(|at| now + (at - old.created_at));
-    let scopes = scopes_of(&old);
+    let scopes = ApiScope::parse_list(&old.scopes);
     let grace_end = now + ChronoDuration::days(i64::from(grace_days));
     let old_end = old.expires_at.map_or(grace_end, |at| Ord::min(at, grace_end));
     let txn = db::begin_write(&svc.db).await?;
@@ -240,7 +236,7 @@ pub async fn rotate(
     if marked.rows_affected != 1 {
         // Rotated (or revoked) by someone else since the read: nothing is kept.
         txn.rollback().await?;
-        let current = api_key::Entity::find_by_id(id).unique_row(&svc.db).await?;
+        let current = api_key::Entity::find_by_id(id.uuid()).unique_row(&svc.db).await?;
         return Err(if current.is_some_and(|k| k.replaced_by.is_some()) { already() } else { not_found() });
     }
     txn.commit().await?;
@@ -249,7 +245,7 @@ pub async fn rotate(
 }
 
 /// Revokes a key at once. False when it was unknown or already revoked.
-pub async fn revoke(svc: &Services, _proof: &Granted<AdminOnly>, id: Uuid) -> AppResult<bool> {
+pub async fn revoke(svc: &Services, _proof: &Granted<AdminOnly>, id: ApiKeyId) -> AppResult<bool> {
     let res = api_key::Entity::update_many()
         .col_expr(api_key::Column::RevokedAt, Expr::value(Utc::now()))
         .filter(api_key::Column::Id.eq(id))
@@ -263,8 +259,9 @@ pub async fn revoke(svc: &Services, _proof: &Granted<AdminOnly>, id: Uuid) -> Ap
 }
 
 /// All keys, newest first, with last-use times that may not be written yet.
-pub async fn list(svc: &Services, _proof: &Granted<AdminOnly>) -> AppResult<Vec<api_key::Model>> {
-    let mut keys = api_key::Entity::find().order_by_desc(api_key::Column::Id).all(&svc.db).await?;
+pub async fn list(svc: &Services, _proof: &Granted<AdminOnly>) -> AppResult<Vec<ApiKey>> {
+    let mut keys: Vec<ApiKey> =
+        api_key::Entity::find().order_by_desc(api_key::Column::Id).all(&svc.db).await?.into_iter().map(Into::into).collect();
     for k in &mut keys {
         if let Some(at) = svc.api_key_usage.peek(k.id) {
             k.last_used_at = Some(at);
@@ -303,7 +300,7 @@ mod tests {
     #[test]
     fn a_pending_use_time_never_moves_backwards() {
         let t = UsageTracker::default();
-        let id = Uuid::now_v7();
+        let id = ApiKeyId::new();
         let newer = Utc::now();
         let older = newer - ChronoDuration::seconds(30);
         t.touch(id, newer);

@@ -6,16 +6,14 @@ pub mod accounts;
 pub mod admin;
 pub mod api_keys;
 pub mod sessions;
+pub mod users;
 pub mod validate;
 
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
-use uuid::Uuid;
-
-use entity::user;
-
+use crate::domain::{Account, SessionId};
 use crate::auth::{
     password::PasswordHasher,
     rate_limit::RateLimits,
@@ -55,16 +53,9 @@ pub struct ClientInfo {
 
 /// The outcome of register, login and refresh: a live session and its tokens.
 pub struct Issued {
-    pub user: user::Model,
-    pub session_id: Uuid,
+    pub user: Account,
+    pub session_id: SessionId,
     pub access: IssuedAccessToken,
     pub refresh_token: String,
     pub refresh_expires_at: DateTime<Utc>,
-}
-
-pub fn role_name(role: user::Role) -> &'static str {
-    match role {
-        user::Role::User => "USER",
-        user::Role::Admin => "ADMIN",
-    }
 }

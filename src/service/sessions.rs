@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use entity::{refresh_token, session, user};
 
-use super::{ClientInfo, Issued, Services, role_name};
+use super::{ClientInfo, Issued, Services, users};
 use crate::{
     auth::{
         principal::{Principal, RejectReason},
@@ -24,6 +24,7 @@ use crate::{
         tokens::Verified,
     },
     db::{self, UniqueRow},
+    domain::{Account, SessionId, UserId},
     error::{AppError, AppResult},
 };
 
@@ -44,7 +45,7 @@ fn clip(s: Option<&str>, max: usize) -> Option<String> {
 pub async fn start(
     svc: &Services,
     txn: &impl ConnectionTrait,
-    user_id: Uuid,
+    user_id: UserId,
     client: &ClientInfo,
     now: DateTime<Utc>,
 ) -> AppResult<(session::Model, String)> {
@@ -52,8 +53,8 @@ pub async fn start(
         + ChronoDuration::from_std(svc.policy.refresh_ttl)
             .map_err(|e| AppError::internal(format!("refresh ttl: {e}")))?;
     let session = session::Model {
-        id: Uuid::now_v7(),
-        user_id,
+        id: SessionId::new().uuid(),
+        user_id: user_id.uuid(),
         created_at: now,
         last_used_at: now,
         expires_at,
@@ -81,16 +82,16 @@ pub async fn start(
 /// After the session is committed: make it live and mint its access token.
 pub fn issue(
     svc: &Services,
-    user: user::Model,
+    user: Account,
     session: &session::Model,
     refresh_token: String,
     now: DateTime<Utc>,
 ) -> AppResult<Issued> {
     let expires_at = session.expires_at.timestamp();
-    svc.registry.apply(SessionEvent::Started { session_id: session.id, user: user.clone(), expires_at });
+    svc.registry.apply(SessionEvent::Started { session_id: session.id.into(), user: user.clone(), expires_at });
     let access =
-        svc.tokens.issue(user.id, &user.email, role_name(user.role), session.id, now.timestamp(), expires_at)?;
-    Ok(Issued { user, session_id: session.id, access, refresh_token, refresh_expires_at: session.expires_at })
+        svc.tokens.issue(user.id, user.email.display(), user.role, session.id.into(), now.timestamp(), expires_at)?;
+    Ok(Issued { user, session_id: session.id.into(), access, refresh_token, refresh_expires_at: session.expires_at })
 }
 
 /// Exchanges a refresh token for a new access token and the token's successor.
@@ -111,7 +112,7 @@ pub async fn refresh(svc: &Services, presented: &str) -> AppResult<Issued> {
             Some(Ended::Revoked) => return Err(AppError::TokenRevoked),
             Some(Ended::Expired) => return Err(AppError::RefreshTokenExpired),
             Some(Ended::Idle) => {
-                end_session(svc, session.id).await?;
+                end_session(svc, session.id.into()).await?;
                 return Err(AppError::RefreshTokenExpired);
             }
             None => {}
@@ -120,7 +121,7 @@ pub async fn refresh(svc: &Services, presented: &str) -> AppResult<Issued> {
             // The presented token is live: rotate it.
             None if current == presented => match rotate(svc, &row, &session, presented, now).await? {
                 Some(successor) => {
-                    let user = load_user(svc, session.user_id).await?;
+                    let user = load_user(svc, session.user_id.into()).await?;
                     return issue(svc, user, &session, successor, now);
                 }
                 // Someone rotated it between our read and our write: look again.
@@ -128,7 +129,7 @@ pub async fn refresh(svc: &Services, presented: &str) -> AppResult<Issued> {
             },
             // A successor reached inside the grace window: hand it out as it is.
             None => {
-                let user = load_user(svc, session.user_id).await?;
+                let user = load_user(svc, session.user_id.into()).await?;
                 return issue(svc, user, &session, current, now);
             }
             Some(rotated_at) if now - rotated_at <= grace && hops < MAX_GRACE_HOPS => {
@@ -139,7 +140,7 @@ pub async fn refresh(svc: &Services, presented: &str) -> AppResult<Issued> {
                 // A rotated token came back after its window: it was copied. End
                 // the whole session, the thief's copy and the owner's alike.
                 tracing::warn!(session_id = %session.id, "refresh token reuse detected; session revoked");
-                end_session(svc, session.id).await?;
+                end_session(svc, session.id.into()).await?;
                 return Err(AppError::RefreshTokenReused);
             }
         }
@@ -228,13 +229,13 @@ async fn token_and_session(
         .await?)
 }
 
-async fn load_user(svc: &Services, user_id: Uuid) -> AppResult<user::Model> {
-    let profile = super::accounts::profile(svc, user_id).await?.ok_or(AppError::InvalidToken)?;
+async fn load_user(svc: &Services, user_id: UserId) -> AppResult<Account> {
+    let profile = users::account(svc, user_id).await?.ok_or(AppError::InvalidToken)?;
     Ok(Arc::unwrap_or_clone(profile))
 }
 
 /// Ends one session (any owner). Returns whether it was live.
-pub async fn end_session(svc: &Services, session_id: Uuid) -> AppResult<bool> {
+pub async fn end_session(svc: &Services, session_id: SessionId) -> AppResult<bool> {
     let res = session::Entity::update_many()
         .col_expr(session::Column::RevokedAt, Expr::value(Utc::now()))
         .filter(session::Column::Id.eq(session_id))
@@ -248,7 +249,7 @@ pub async fn end_session(svc: &Services, session_id: Uuid) -> AppResult<bool> {
 /// Ends all of a user's sessions, except `except`, inside the caller's
 /// transaction. Returns how many were live. The caller applies
 /// `SessionEvent::UserSessionsRevoked` once the transaction has committed.
-pub async fn end_user_sessions(conn: &impl ConnectionTrait, user_id: Uuid, except: Option<Uuid>) -> AppResult<u64> {
+pub async fn end_user_sessions(conn: &impl ConnectionTrait, user_id: UserId, except: Option<SessionId>) -> AppResult<u64> {
     let mut q = session::Entity::update_many()
         .col_expr(session::Column::RevokedAt, Expr::value(Utc::now()))
         .filter(session::Column::UserId.eq(user_id))
@@ -277,7 +278,7 @@ pub async fn logout(
     refresh_token: Option<&str>,
     everywhere: bool,
 ) -> AppResult<()> {
-    let mut targets: Vec<(Uuid, Uuid)> = Vec::new(); // (session, user)
+    let mut targets: Vec<(SessionId, UserId)> = Vec::new(); // (session, user)
     if let Some(me) = principal.user() {
         targets.push((me.session_id, me.user_id));
     }
@@ -289,12 +290,12 @@ pub async fn logout(
         let grace = ChronoDuration::from_std(svc.policy.reuse_grace).unwrap_or(ChronoDuration::zero());
         match row.rotated_at {
             _ if ended(svc, &row, &session, now).is_some() => {}
-            Some(rotated_at) if now - rotated_at > grace => reused = Some(session.id),
-            _ => targets.push((session.id, session.user_id)),
+            Some(rotated_at) if now - rotated_at > grace => reused = Some(SessionId::from(session.id)),
+            _ => targets.push((session.id.into(), session.user_id.into())),
         }
     }
     // The access token and the cookie usually name the same session: end it once.
-    let key = |&(session, user): &(Uuid, Uuid)| if everywhere { user } else { session };
+    let key = |&(session, user): &(SessionId, UserId)| if everywhere { user.uuid() } else { session.uuid() };
     targets.sort_unstable_by_key(key);
     targets.dedup_by_key(|t| key(t));
     for (session_id, user_id) in targets {
@@ -315,7 +316,7 @@ pub async fn logout(
 
 /// Ends one of the caller's own sessions. `false` when there is no such live
 /// session of theirs (another user's id included: nothing is revealed).
-pub async fn revoke_own(svc: &Services, user_id: Uuid, session_id: Uuid) -> AppResult<bool> {
+pub async fn revoke_own(svc: &Services, user_id: UserId, session_id: SessionId) -> AppResult<bool> {
     let res = session::Entity::update_many()
         .col_expr(session::Column::RevokedAt, Expr::value(Utc::now()))
         .filter(session::Column::Id.eq(session_id))
@@ -332,18 +333,18 @@ pub async fn revoke_own(svc: &Services, user_id: Uuid, session_id: Uuid) -> AppR
 /// The live sessions of each of `user_ids`, newest first, in one query (a page
 /// of users asking for their sessions is one round trip, not one per user).
 /// Users without live sessions are absent from the map.
-pub async fn list_for_users(svc: &Services, user_ids: &[Uuid]) -> AppResult<HashMap<Uuid, Vec<session::Model>>> {
+pub async fn list_for_users(svc: &Services, user_ids: &[UserId]) -> AppResult<HashMap<UserId, Vec<session::Model>>> {
     let rows = session::Entity::find()
-        .filter(session::Column::UserId.is_in(user_ids.iter().copied()))
+        .filter(session::Column::UserId.is_in(user_ids.iter().map(|id| id.uuid())))
         .filter(session::Column::RevokedAt.is_null())
         .filter(session::Column::ExpiresAt.gt(Utc::now()))
         .order_by_desc(session::Column::CreatedAt)
         .all(&svc.db)
         .await?;
     tracing::debug!(users = user_ids.len(), sessions = rows.len(), "live sessions read");
-    let mut by_user: HashMap<Uuid, Vec<session::Model>> = HashMap::new();
+    let mut by_user: HashMap<UserId, Vec<session::Model>> = HashMap::new();
     for row in rows {
-        by_user.entry(row.user_id).or_default().push(row);
+        by_user.entry(row.user_id.into()).or_default().push(row);
     }
     Ok(by_user)
 }
@@ -369,8 +370,8 @@ pub async fn load_registry(svc: &Services) -> AppResult<usize> {
         for (session, user) in page {
             if let Some(user) = user {
                 svc.registry.apply(SessionEvent::Started {
-                    session_id: session.id,
-                    user,
+                    session_id: session.id.into(),
+                    user: user.into(),
                     expires_at: session.expires_at.timestamp(),
                 });
                 n += 1;
@@ -414,9 +415,9 @@ pub fn spawn_purger(svc: Services, interval: std::time::Duration) -> tokio::task
 /// What `tokenInfo` reports about an access token.
 pub struct TokenInfo {
     pub active: bool,
-    pub user_id: Option<Uuid>,
+    pub user_id: Option<UserId>,
     pub role: Option<user::Role>,
-    pub session_id: Option<Uuid>,
+    pub session_id: Option<SessionId>,
     pub expires_at: Option<DateTime<Utc>>,
 }
 

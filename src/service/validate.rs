@@ -10,7 +10,7 @@
 use entity::keys::{is_invisible, is_pictographic};
 use unicode_normalization::UnicodeNormalization;
 
-use crate::error::AppError;
+use crate::{domain::Email, error::AppError};
 
 pub const EMAIL_MAX: usize = 254;
 pub const PASSWORD_MIN: usize = 8;
@@ -43,7 +43,7 @@ fn needed_in_name(chars: &[char], i: usize) -> bool {
 /// (254 characters, RFC 5321 §4.5.3.1.3), spaces, control or invisible
 /// characters, a local part over 64 bytes or with characters that need quoting,
 /// and a domain that IDNA UTS #46 (with the STD3 rules) refuses.
-pub fn email(raw: &str) -> Result<(String, String), AppError> {
+pub fn email(raw: &str) -> Result<Email, AppError> {
     let trimmed = raw.trim();
     let invalid = |msg: &str| AppError::invalid_input("INVALID_EMAIL", "email", msg);
     if trimmed.is_empty() {
@@ -82,7 +82,7 @@ pub fn email(raw: &str) -> Result<(String, String), AppError> {
         return Err(shape());
     }
     let key = entity::keys::email_key(&email).ok_or_else(|| invalid("Email is too long once its domain is encoded"))?;
-    Ok((email, key))
+    Ok(Email::from_parts(email, key))
 }
 
 /// Length only, counted in characters of the form that is hashed (NFKC, see
@@ -144,12 +144,10 @@ mod tests {
 
     #[test]
     fn emails() {
-        assert_eq!(email("  Alice@X.com ").unwrap(), ("Alice@X.com".into(), "alice@x.com".into()));
-        assert_eq!(
-            email("jose\u{301}@example.com").unwrap(),
-            ("jos\u{e9}@example.com".into(), "jos\u{e9}@example.com".into())
-        );
-        assert_eq!(email("u@bu\u{308}cher.example").unwrap().1, "u@xn--bcher-kva.example");
+        let forms = |raw: &str| email(raw).map(|e| (e.display().to_owned(), e.key().to_owned())).unwrap();
+        assert_eq!(forms("  Alice@X.com "), ("Alice@X.com".into(), "alice@x.com".into()));
+        assert_eq!(forms("jose\u{301}@example.com"), ("jos\u{e9}@example.com".into(), "jos\u{e9}@example.com".into()));
+        assert_eq!(forms("u@bu\u{308}cher.example").1, "u@xn--bcher-kva.example");
         for invisible in [
             "ad\u{200b}min@example.com",
             "ad\u{2060}min@example.com",

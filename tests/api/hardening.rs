@@ -732,10 +732,10 @@ async fn live_sessions_past_the_first_page_are_loaded_at_start() {
     let token = svc
         .tokens
         .issue(
-            user_id,
+            user_id.into(),
             "many@example.com",
-            "USER",
-            last,
+            entity::user::Role::User,
+            last.into(),
             now.timestamp(),
             (now + chrono::Duration::days(1)).timestamp(),
         )
