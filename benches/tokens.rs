@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use authgraph::domain::{SessionId, UserId};
 use authgraph::{
     auth::{
         refresh::{RefreshKeys, hash_token},
@@ -15,14 +16,14 @@ use authgraph::{
     config::Secret,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
-use authgraph::domain::{SessionId, UserId};
 use entity::user::Role;
 
 fn tokens(c: &mut Criterion) {
     let secret = Secret::new(vec![7u8; 32]);
     let keys = TokenKeys::new(&secret, "authgraph", "authgraph", Duration::from_secs(900));
     let now = chrono::Utc::now().timestamp();
-    let token = keys.issue(UserId::new(), "ada@example.com", Role::User, SessionId::new(), now, now + 3600).unwrap().token;
+    let token =
+        keys.issue(UserId::new(), "ada@example.com", Role::User, SessionId::new(), now, now + 3600).unwrap().token;
     c.bench_function("access token verify (HS256 + claims)", |b| {
         b.iter(|| keys.verify(std::hint::black_box(&token)).unwrap())
     });

@@ -30,6 +30,211 @@ impl Code {
     }
 }
 
+/// Every `extensions.reason` the server sends: the one catalogue. Each reason
+/// has one code; the README's table of reasons is generated from [`Reason::ALL`]
+/// and a test holds the two equal. Errors without a reason (a generic
+/// `FORBIDDEN`, `RATE_LIMITED`, `SERVICE_UNAVAILABLE`, `INTERNAL_SERVER_ERROR`,
+/// and a malformed HTTP request) carry the code alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    InvalidCredentials,
+    AccessTokenExpired,
+    RefreshTokenExpired,
+    TokenRevoked,
+    InvalidToken,
+    RefreshTokenReused,
+    MissingToken,
+    CrossSiteRequest,
+    EmailTaken,
+    InvalidEmail,
+    WeakPassword,
+    InvalidName,
+    InvalidId,
+    NotFound,
+    LastAdmin,
+    InvalidCursor,
+    InvalidPageSize,
+    InvalidSearch,
+    InvalidScopes,
+    InvalidExpiry,
+    InvalidGrace,
+    AlreadyRotated,
+    TooManyAliases,
+    TooManyCredentialFields,
+    IntrospectionDisabled,
+    GraphqlValidationFailed,
+}
+
+impl Reason {
+    /// Every reason, in the order of the README's table.
+    pub const ALL: [Reason; 26] = {
+        use Reason::*;
+        [
+            InvalidCredentials,
+            AccessTokenExpired,
+            RefreshTokenExpired,
+            TokenRevoked,
+            InvalidToken,
+            RefreshTokenReused,
+            MissingToken,
+            CrossSiteRequest,
+            EmailTaken,
+            InvalidEmail,
+            WeakPassword,
+            InvalidName,
+            InvalidId,
+            NotFound,
+            LastAdmin,
+            InvalidCursor,
+            InvalidPageSize,
+            InvalidSearch,
+            InvalidScopes,
+            InvalidExpiry,
+            InvalidGrace,
+            AlreadyRotated,
+            TooManyAliases,
+            TooManyCredentialFields,
+            IntrospectionDisabled,
+            GraphqlValidationFailed,
+        ]
+    };
+
+    /// The wire name (`extensions.reason`), its code, the older numeric name
+    /// some clients know it by, and what it means to a client.
+    const fn entry(self) -> (&'static str, Code, Option<&'static str>, &'static str) {
+        use Code::*;
+        use Reason::*;
+        match self {
+            InvalidCredentials => (
+                "INVALID_CREDENTIALS",
+                Unauthenticated,
+                Some("AUTH_001"),
+                "Wrong email or password (the same answer for an unknown email).",
+            ),
+            AccessTokenExpired => {
+                ("ACCESS_TOKEN_EXPIRED", Unauthenticated, Some("AUTH_002"), "Refresh, then retry the request.")
+            }
+            RefreshTokenExpired => (
+                "REFRESH_TOKEN_EXPIRED",
+                Unauthenticated,
+                Some("AUTH_003"),
+                "The session ended by age or idleness: log in again.",
+            ),
+            TokenRevoked => (
+                "TOKEN_REVOKED",
+                Unauthenticated,
+                Some("AUTH_004"),
+                "The session was ended (logout, revocation, password change, deletion): log in again.",
+            ),
+            InvalidToken => (
+                "INVALID_TOKEN",
+                Unauthenticated,
+                Some("AUTH_005"),
+                "The token is malformed, forged or unknown: log in again.",
+            ),
+            RefreshTokenReused => (
+                "REFRESH_TOKEN_REUSED",
+                Unauthenticated,
+                None,
+                "A rotated refresh token came back after its grace window; the session was ended.",
+            ),
+            MissingToken => ("MISSING_TOKEN", Unauthenticated, None, "The operation needs an access token."),
+            CrossSiteRequest => (
+                "CROSS_SITE_REQUEST",
+                Forbidden,
+                None,
+                "A cookie-using operation came from a site that is neither this one nor an allowed origin.",
+            ),
+            EmailTaken => ("EMAIL_TAKEN", BadUserInput, None, "The address already has an account (field `email`)."),
+            InvalidEmail => {
+                ("INVALID_EMAIL", BadUserInput, None, "The address is malformed or has invisible characters.")
+            }
+            WeakPassword => {
+                ("WEAK_PASSWORD", BadUserInput, None, "The password is shorter than 8 or longer than 128 characters.")
+            }
+            InvalidName => (
+                "INVALID_NAME",
+                BadUserInput,
+                None,
+                "The name is empty, too long, or has control or invisible characters.",
+            ),
+            InvalidId => ("INVALID_ID", BadUserInput, None, "The `ID` argument is not one of this server's ids."),
+            NotFound => ("NOT_FOUND", BadUserInput, None, "No such user, or no such live API key."),
+            LastAdmin => ("LAST_ADMIN", BadUserInput, None, "The last admin cannot be demoted or deleted."),
+            InvalidCursor => {
+                ("INVALID_CURSOR", BadUserInput, None, "`after`/`before` is not a cursor of this listing.")
+            }
+            InvalidPageSize => {
+                ("INVALID_PAGE_SIZE", BadUserInput, None, "`first`/`last` is outside 0 to 100, or both were given.")
+            }
+            InvalidSearch => (
+                "INVALID_SEARCH",
+                BadUserInput,
+                None,
+                "The search term is over 256 characters or has control characters.",
+            ),
+            InvalidScopes => ("INVALID_SCOPES", BadUserInput, None, "An API key needs at least one scope."),
+            InvalidExpiry => ("INVALID_EXPIRY", BadUserInput, None, "`expiresInDays` is outside 1 to 3650."),
+            InvalidGrace => ("INVALID_GRACE", BadUserInput, None, "`graceDays` is outside 0 to 365."),
+            AlreadyRotated => {
+                ("ALREADY_ROTATED", BadUserInput, None, "The API key was already rotated: rotate its successor.")
+            }
+            TooManyAliases => {
+                ("TOO_MANY_ALIASES", BadUserInput, None, "The operation has more aliases than the server allows.")
+            }
+            TooManyCredentialFields => (
+                "TOO_MANY_CREDENTIAL_FIELDS",
+                BadUserInput,
+                None,
+                "More than one login, register or changePassword in one HTTP request.",
+            ),
+            IntrospectionDisabled => {
+                ("INTROSPECTION_DISABLED", BadUserInput, None, "Introspection is off on this server.")
+            }
+            GraphqlValidationFailed => (
+                "GRAPHQL_VALIDATION_FAILED",
+                BadUserInput,
+                None,
+                "The document does not parse or validate against the schema, or exceeds the depth or complexity limit.",
+            ),
+        }
+    }
+
+    /// The wire name, as in `extensions.reason`.
+    pub const fn as_str(self) -> &'static str {
+        self.entry().0
+    }
+
+    pub const fn code(self) -> Code {
+        self.entry().1
+    }
+
+    /// The older numeric name (`extensions.legacyCode`), for the five reasons that have one.
+    pub const fn legacy_code(self) -> Option<&'static str> {
+        self.entry().2
+    }
+
+    /// What the reason tells a client, in one sentence.
+    pub const fn meaning(self) -> &'static str {
+        self.entry().3
+    }
+
+    /// The README's table of reasons, generated from [`Reason::ALL`].
+    pub fn markdown_table() -> String {
+        let mut out = String::from("| reason | code | also known as | meaning |\n|---|---|---|---|\n");
+        for r in Reason::ALL {
+            out.push_str(&format!(
+                "| `{}` | {} | {} | {} |\n",
+                r.as_str(),
+                r.code().as_str(),
+                r.legacy_code().unwrap_or(""),
+                r.meaning()
+            ));
+        }
+        out
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum AppError {
     #[error("Invalid email or password")]
@@ -46,14 +251,24 @@ pub enum AppError {
     RefreshTokenReused,
     #[error("Authentication required")]
     MissingToken,
+    /// Refused for who the caller is (a role or scope it lacks); no reason.
     #[error("{0}")]
     Forbidden(&'static str),
     #[error("Cross-site request refused")]
     CrossSiteRequest,
     #[error("This email address is already registered")]
     EmailTaken,
+    /// A bad argument: `field` names it (GraphQL's argument name).
     #[error("{message}")]
-    InvalidInput { reason: &'static str, field: &'static str, message: String },
+    InvalidInput { reason: Reason, field: &'static str, message: String },
+    /// A request the guard refuses for its shape (aliases, credential fields,
+    /// introspection), or the engine for its document; no field.
+    #[error("{message}")]
+    Refused { reason: Reason, message: String },
+    /// A malformed HTTP request, refused before GraphQL runs (wrong media type,
+    /// body too large, not a GraphQL request); code only.
+    #[error("{0}")]
+    BadRequest(String),
     #[error("Too many requests; retry in {retry_after} seconds")]
     RateLimited { retry_after: u64 },
     #[error("The service is temporarily unavailable; retry shortly")]
@@ -66,52 +281,75 @@ impl AppError {
     pub fn code(&self) -> Code {
         use AppError::*;
         match self {
-            InvalidCredentials | AccessTokenExpired | RefreshTokenExpired | TokenRevoked | InvalidToken
-            | RefreshTokenReused | MissingToken => Code::Unauthenticated,
-            Forbidden(_) | CrossSiteRequest => Code::Forbidden,
-            EmailTaken | InvalidInput { .. } => Code::BadUserInput,
+            Forbidden(_) => Code::Forbidden,
+            BadRequest(_) => Code::BadUserInput,
             RateLimited { .. } => Code::RateLimited,
             Unavailable(_) => Code::ServiceUnavailable,
             Internal(_) => Code::InternalServerError,
+            _ => self.reason().map_or(Code::InternalServerError, Reason::code),
         }
     }
 
-    pub fn reason(&self) -> Option<&'static str> {
+    pub fn reason(&self) -> Option<Reason> {
         use AppError::*;
         Some(match self {
-            InvalidCredentials => "INVALID_CREDENTIALS",
-            AccessTokenExpired => "ACCESS_TOKEN_EXPIRED",
-            RefreshTokenExpired => "REFRESH_TOKEN_EXPIRED",
-            TokenRevoked => "TOKEN_REVOKED",
-            InvalidToken => "INVALID_TOKEN",
-            RefreshTokenReused => "REFRESH_TOKEN_REUSED",
-            MissingToken => "MISSING_TOKEN",
-            CrossSiteRequest => "CROSS_SITE_REQUEST",
-            EmailTaken => "EMAIL_TAKEN",
-            InvalidInput { reason, .. } => reason,
-            Forbidden(_) | RateLimited { .. } | Unavailable(_) | Internal(_) => return None,
+            InvalidCredentials => Reason::InvalidCredentials,
+            AccessTokenExpired => Reason::AccessTokenExpired,
+            RefreshTokenExpired => Reason::RefreshTokenExpired,
+            TokenRevoked => Reason::TokenRevoked,
+            InvalidToken => Reason::InvalidToken,
+            RefreshTokenReused => Reason::RefreshTokenReused,
+            MissingToken => Reason::MissingToken,
+            CrossSiteRequest => Reason::CrossSiteRequest,
+            EmailTaken => Reason::EmailTaken,
+            InvalidInput { reason, .. } | Refused { reason, .. } => *reason,
+            Forbidden(_) | BadRequest(_) | RateLimited { .. } | Unavailable(_) | Internal(_) => return None,
         })
     }
 
-    /// The older numeric names some clients know these reasons by.
-    fn legacy_code(&self) -> Option<&'static str> {
-        use AppError::*;
-        Some(match self {
-            InvalidCredentials => "AUTH_001",
-            AccessTokenExpired => "AUTH_002",
-            RefreshTokenExpired => "AUTH_003",
-            TokenRevoked => "AUTH_004",
-            InvalidToken => "AUTH_005",
-            _ => return None,
-        })
-    }
-
-    pub fn invalid_input(reason: &'static str, field: &'static str, message: impl Into<String>) -> Self {
+    /// A bad argument. `field` is the argument's GraphQL name.
+    pub fn invalid_input(reason: Reason, field: &'static str, message: impl Into<String>) -> Self {
         AppError::InvalidInput { reason, field, message: message.into() }
     }
 
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         AppError::Internal(detail.to_string())
+    }
+
+    /// The `extensions` of this error, in the order they are written: `code`,
+    /// then `reason`, `legacyCode`, `field` and `retryAfter` where they apply.
+    /// The one mapping every error the server sends goes through: resolver
+    /// errors, the guard's refusals and the HTTP layer's early answers.
+    pub fn extensions(&self) -> Vec<(&'static str, Value)> {
+        let mut ext = vec![("code", Value::from(self.code().as_str()))];
+        if let Some(reason) = self.reason() {
+            ext.push(("reason", Value::from(reason.as_str())));
+            if let Some(legacy) = reason.legacy_code() {
+                ext.push(("legacyCode", Value::from(legacy)));
+            }
+        }
+        match self {
+            AppError::InvalidInput { field, .. } => ext.push(("field", Value::from(*field))),
+            AppError::EmailTaken => ext.push(("field", Value::from("email"))),
+            AppError::RateLimited { retry_after } => ext.push(("retryAfter", Value::from(*retry_after))),
+            _ => {}
+        }
+        ext
+    }
+
+    /// The error as the engine reports it from an extension (the guard).
+    pub fn into_server_error(self) -> async_graphql::ServerError {
+        let mut err = async_graphql::ServerError::new(self.to_string(), None);
+        err.extensions = Some(self.extension_values());
+        err
+    }
+
+    fn extension_values(&self) -> async_graphql::ErrorExtensionValues {
+        let mut values = async_graphql::ErrorExtensionValues::default();
+        for (name, value) in self.extensions() {
+            values.set(name, value);
+        }
+        values
     }
 }
 
@@ -123,20 +361,33 @@ impl From<DbErr> for AppError {
     }
 }
 
+/// Whether a database error is an outage (the database is unreachable, busy
+/// or shutting down) rather than a bug, judged by the driver's error kinds,
+/// never by its message:
+/// - the pool gave no connection, or the connection broke (I/O, TLS, a
+///   crashed SQLite worker, a closed pool);
+/// - PostgreSQL SQLSTATE class 08 (connection exception), 53 (insufficient
+///   resources: too many connections, out of memory or disk) and 57P01 to
+///   57P03 (the server is shutting down or starting);
+/// - SQLite's primary result codes BUSY (5) and LOCKED (6) past the busy
+///   timeout, IOERR (10), FULL (13) and CANTOPEN (14).
 pub fn is_outage(err: &DbErr) -> bool {
-    match err {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::Exec(e) | DbErr::Query(e) => {
-            let s = e.to_string();
-            // SQLite busy past the busy timeout, or a dropped connection mid-statement.
-            s.contains("database is locked")
-                || s.contains("database is busy")
-                || s.contains("Connection refused")
-                || s.contains("connection closed")
-                || s.contains("broken pipe")
-                || s.contains("terminating connection")
-                || s.contains("PoolTimedOut")
-                || s.contains("pool timed out")
+    use sea_orm::{RuntimeErr, sqlx::Error as Sqlx};
+    let sqlx = match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => e,
+        _ => return false,
+    };
+    match sqlx.as_ref() {
+        Sqlx::Io(_) | Sqlx::Tls(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed => true,
+        Sqlx::Database(db) => {
+            let Some(code) = db.code() else { return false };
+            if db.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>().is_some() {
+                // Extended result codes carry the primary code in their low byte.
+                code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14))
+            } else {
+                code.starts_with("08") || code.starts_with("53") || matches!(&*code, "57P01" | "57P02" | "57P03")
+            }
         }
         _ => false,
     }
@@ -149,21 +400,9 @@ impl ErrorExtensions for AppError {
             AppError::Unavailable(err) => tracing::warn!(error = %err, "database unavailable"),
             _ => {}
         }
-        async_graphql::Error::new(self.to_string()).extend_with(|_, e| {
-            e.set("code", self.code().as_str());
-            if let Some(reason) = self.reason() {
-                e.set("reason", reason);
-            }
-            if let Some(legacy) = self.legacy_code() {
-                e.set("legacyCode", legacy);
-            }
-            match self {
-                AppError::InvalidInput { field, .. } => e.set("field", *field),
-                AppError::EmailTaken => e.set("field", "email"),
-                AppError::RateLimited { retry_after } => e.set("retryAfter", Value::from(*retry_after)),
-                _ => {}
-            }
-        })
+        let mut err = async_graphql::Error::new(self.to_string());
+        err.extensions = Some(self.extension_values());
+        err
     }
 }
 
@@ -174,3 +413,73 @@ impl From<AppError> for async_graphql::Error {
 }
 
 pub type AppResult<T> = Result<T, AppError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's table of reasons is this enum's: set `UPDATE_README=1` to
+    /// write it after adding a reason.
+    #[test]
+    fn reasons_table_matches_the_readme() {
+        const BEGIN: &str = "<!-- reasons:begin (generated: cargo test reasons_table_matches_the_readme) -->\n";
+        const END: &str = "<!-- reasons:end -->";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let start = readme.find(BEGIN).expect("the README marks where the table goes") + BEGIN.len();
+        let end = readme[start..].find(END).expect("the README marks where the table ends") + start;
+        let table = Reason::markdown_table();
+        if std::env::var_os("UPDATE_README").is_some() {
+            std::fs::write(path, format!("{}{table}{}", &readme[..start], &readme[end..])).unwrap();
+            return;
+        }
+        assert_eq!(&readme[start..end], table, "README's table of reasons is stale: run with UPDATE_README=1");
+    }
+
+    #[test]
+    fn every_reason_has_one_wire_name() {
+        let mut names: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Reason::ALL.len());
+        assert!(names.iter().all(|n| n.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')));
+    }
+
+    /// Outages are told by the driver's kinds: a pool time-out, a broken
+    /// connection and SQLite's BUSY are; a constraint violation and a missing
+    /// row are not.
+    #[tokio::test]
+    async fn outages_are_told_by_error_kind() {
+        use std::sync::Arc;
+
+        use sea_orm::{ConnectOptions, ConnectionTrait, Database, RuntimeErr, sqlx::Error as Sqlx};
+
+        let wrap = |e: Sqlx| DbErr::Query(RuntimeErr::SqlxError(Arc::new(e)));
+        assert!(is_outage(&wrap(Sqlx::PoolTimedOut)));
+        assert!(is_outage(&wrap(Sqlx::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)))));
+        assert!(!is_outage(&wrap(Sqlx::RowNotFound)));
+
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("busy.db").display());
+        // One connection each, so the pragma below holds for every statement.
+        let single = || {
+            let mut options = ConnectOptions::new(url.clone());
+            options.max_connections(1).sqlx_logging(false);
+            options
+        };
+        let holder = Database::connect(single()).await.unwrap();
+        let other = Database::connect(single()).await.unwrap();
+        holder.execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY)").await.unwrap();
+        other.execute_unprepared("PRAGMA busy_timeout = 0").await.unwrap();
+        // The first connection holds the write lock; the second's write is BUSY.
+        holder.execute_unprepared("BEGIN IMMEDIATE").await.unwrap();
+        let busy = other.execute_unprepared("INSERT INTO t (id) VALUES (1)").await.unwrap_err();
+        assert!(is_outage(&busy), "{busy}");
+        holder.execute_unprepared("INSERT INTO t (id) VALUES (1)").await.unwrap();
+        holder.execute_unprepared("COMMIT").await.unwrap();
+        let unique = other.execute_unprepared("INSERT INTO t (id) VALUES (1)").await.unwrap_err();
+        assert!(!is_outage(&unique), "{unique}");
+        assert!(matches!(AppError::from(unique), AppError::Internal(_)));
+        assert!(matches!(AppError::from(busy), AppError::Unavailable(_)));
+    }
+}

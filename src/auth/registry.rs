@@ -15,8 +15,6 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-
-
 use entity::user::Role;
 
 use crate::domain::{Account, SessionId, UserId};
@@ -205,11 +203,8 @@ mod tests {
         let id = UserId::new();
         let stale = model(id, Role::Admin);
         let s1 = start(&r, id, 100);
-        let demoted = Account {
-            role: Role::User,
-            updated_at: stale.updated_at + chrono::Duration::seconds(1),
-            ..stale.clone()
-        };
+        let demoted =
+            Account { role: Role::User, updated_at: stale.updated_at + chrono::Duration::seconds(1), ..stale.clone() };
         r.apply(SessionEvent::UserUpdated { user: demoted.clone() });
         let s2 = SessionId::new();
         r.apply(SessionEvent::Started { session_id: s2, user: stale.clone(), expires_at: 100 });

@@ -16,7 +16,7 @@ use super::{
 use crate::{
     auth::access::{AdminOnly, SessionsRevoke, TokensIntrospect, UsersRead, UsersWrite},
     domain::UserId,
-    error::AppError,
+    error::{AppError, Reason},
     service::{
         admin::{self, PAGE_DEFAULT, PAGE_MAX, PageRequest, UserFilter},
         api_keys, sessions,
@@ -41,7 +41,7 @@ fn decode_cursor(cursor: &str, field: &'static str) -> Result<UserId, AppError> 
         .ok()
         .and_then(|b| Uuid::from_slice(&b).ok())
         .map(UserId::from)
-        .ok_or_else(|| AppError::invalid_input("INVALID_CURSOR", field, "Not a cursor from this listing"))
+        .ok_or_else(|| AppError::invalid_input(Reason::InvalidCursor, field, "Not a cursor from this listing"))
 }
 
 fn page_size(n: Option<i32>, field: &'static str) -> Result<Option<u64>, AppError> {
@@ -49,7 +49,7 @@ fn page_size(n: Option<i32>, field: &'static str) -> Result<Option<u64>, AppErro
         None => Ok(None),
         Some(n) if (0..=PAGE_MAX as i32).contains(&n) => Ok(Some(n as u64)),
         Some(_) => Err(AppError::invalid_input(
-            "INVALID_PAGE_SIZE",
+            Reason::InvalidPageSize,
             field,
             format!("{field} must be between 0 and {PAGE_MAX}"),
         )),
@@ -79,7 +79,9 @@ impl AdminQuery {
         let last = page_size(last, "last")?;
         let page = match (first, last) {
             (Some(_), Some(_)) => {
-                return Err(AppError::invalid_input("INVALID_PAGE_SIZE", "last", "Give first or last, not both").into());
+                return Err(
+                    AppError::invalid_input(Reason::InvalidPageSize, "last", "Give first or last, not both").into()
+                );
             }
             (_, Some(n)) => {
                 PageRequest::Backward { n, before: before.as_deref().map(|c| decode_cursor(c, "before")).transpose()? }

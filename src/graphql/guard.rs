@@ -27,7 +27,7 @@ use super::{
     SharedRequestCtx,
     documents::{Checked, Counts, DocumentCache, Validated, selected_operation},
 };
-use crate::error::Code;
+use crate::error::{AppError, Reason};
 
 /// Fields that verify or set a password.
 const CREDENTIAL_FIELDS: [&str; 3] = ["login", "register", "changePassword"];
@@ -92,12 +92,12 @@ impl RequestGuardExtension {
         // With introspection off the engine would answer `__schema: null` without
         // an error, which is not a valid response for a non-null field.
         if !self.introspection && counts.introspection > 0 {
-            return Err(refuse("Introspection is disabled on this server".to_owned(), "INTROSPECTION_DISABLED"));
+            return Err(refuse(Reason::IntrospectionDisabled, "Introspection is disabled on this server".to_owned()));
         }
         if counts.aliases > self.max_aliases {
             return Err(refuse(
+                Reason::TooManyAliases,
                 format!("Too many aliases: at most {} per operation", self.max_aliases),
-                "TOO_MANY_ALIASES",
             ));
         }
         if counts.credential_fields > 0 {
@@ -107,8 +107,8 @@ impl RequestGuardExtension {
                 .unwrap_or(0);
             if so_far + counts.credential_fields > 1 {
                 return Err(refuse(
+                    Reason::TooManyCredentialFields,
                     "At most one login, register or changePassword per request".to_owned(),
-                    "TOO_MANY_CREDENTIAL_FIELDS",
                 ));
             }
         }
@@ -165,13 +165,8 @@ fn variable_defaults(
     Ok(defaults)
 }
 
-fn refuse(message: String, reason: &str) -> ServerError {
-    let mut err = ServerError::new(message, None);
-    let mut ext = async_graphql::ErrorExtensionValues::default();
-    ext.set("code", Code::BadUserInput.as_str());
-    ext.set("reason", reason);
-    err.extensions = Some(ext);
-    err
+fn refuse(reason: Reason, message: String) -> ServerError {
+    AppError::Refused { reason, message }.into_server_error()
 }
 
 #[async_graphql::async_trait::async_trait]

@@ -14,7 +14,7 @@ use super::request;
 use crate::{
     auth::access,
     domain::{self, Account, SessionId, UserId},
-    error::AppError,
+    error::{AppError, Reason},
     service::{Services, sessions},
 };
 
@@ -118,10 +118,7 @@ impl Loader<UserId> for SessionsByUser {
     type Value = Vec<session::Model>;
     type Error = std::sync::Arc<AppError>;
 
-    async fn load(
-        &self,
-        keys: &[UserId],
-    ) -> Result<std::collections::HashMap<UserId, Self::Value>, Self::Error> {
+    async fn load(&self, keys: &[UserId]) -> Result<std::collections::HashMap<UserId, Self::Value>, Self::Error> {
         sessions::list_for_users(&self.0, keys).await.map_err(std::sync::Arc::new)
     }
 }
@@ -200,7 +197,7 @@ pub struct UpdateProfileInput {
 pub fn parse_id<T: From<uuid::Uuid>>(id: &ID, field: &'static str) -> Result<T, AppError> {
     uuid::Uuid::parse_str(id.as_str())
         .map(T::from)
-        .map_err(|_| AppError::invalid_input("INVALID_ID", field, "Not a valid id"))
+        .map_err(|_| AppError::invalid_input(Reason::InvalidId, field, "Not a valid id"))
 }
 
 impl From<Role> for user::Role {

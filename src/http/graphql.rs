@@ -24,7 +24,7 @@ use crate::{
         principal::{Principal, RejectReason, UserPrincipal},
         rate_limit::IpKey,
     },
-    error::Code,
+    error::{AppError, Code, Reason},
     graphql::{
         RequestCtx,
         documents::{DocumentCache, selected_operation},
@@ -44,20 +44,27 @@ pub async fn graphql_post(req: &Request, body: Body, state: Data<&Arc<AppState>>
     if !is_json(req.headers()) {
         return plain_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Code::BadUserInput,
-            "POST /graphql takes Content-Type: application/json",
+            AppError::BadRequest("POST /graphql takes Content-Type: application/json".to_owned()),
         );
     }
     let bytes = match body.into_bytes_limit(state.max_body_bytes).await {
         Ok(b) => b,
         Err(ReadBodyError::PayloadTooLarge) => {
-            return plain_error(StatusCode::PAYLOAD_TOO_LARGE, Code::BadUserInput, "Request body too large");
+            return plain_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                AppError::BadRequest("Request body too large".to_owned()),
+            );
         }
-        Err(_) => return plain_error(StatusCode::BAD_REQUEST, Code::BadUserInput, "Could not read the request body"),
+        Err(_) => {
+            return plain_error(
+                StatusCode::BAD_REQUEST,
+                AppError::BadRequest("Could not read the request body".to_owned()),
+            );
+        }
     };
     match parse_body(&bytes, state.max_batch_size) {
         Ok(batch) => execute(req, batch, &state).await,
-        Err(message) => plain_error(StatusCode::BAD_REQUEST, Code::BadUserInput, &message),
+        Err(message) => plain_error(StatusCode::BAD_REQUEST, AppError::BadRequest(message)),
     }
 }
 
@@ -111,10 +118,11 @@ fn parse_query_string(qs: &str) -> Result<GqlRequest, String> {
 pub async fn graphql_get(req: &Request, state: Data<&Arc<AppState>>) -> Response {
     let mut gql = match parse_query_string(req.uri().query().unwrap_or_default()) {
         Ok(r) => r,
-        Err(message) => return plain_error(StatusCode::BAD_REQUEST, Code::BadUserInput, &message),
+        Err(message) => return plain_error(StatusCode::BAD_REQUEST, AppError::BadRequest(message)),
     };
     if !is_query(&mut gql, &state.documents) {
-        let mut resp = plain_error(StatusCode::METHOD_NOT_ALLOWED, Code::BadUserInput, "Mutations must use POST");
+        let mut resp =
+            plain_error(StatusCode::METHOD_NOT_ALLOWED, AppError::BadRequest("Mutations must use POST".to_owned()));
         resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         return resp;
     }
@@ -179,7 +187,7 @@ async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Respon
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 };
                 // Like errors raised inside GraphQL: the id that is also in the log.
-                return error_response(status, e.code(), &e.to_string(), Some(&request_id));
+                return error_response(status, &e, Some(&request_id));
             }
         },
     };
@@ -260,8 +268,10 @@ fn finish_errors(resp: &mut GqlResponse, request_id: &str) {
             None => {
                 // Parse and validation errors, raised by the engine before any resolver.
                 err.message = cap_client_text(&err.message, err.locations.first().map(|p| p.column));
-                ext.set("code", Code::BadUserInput.as_str());
-                ext.set("reason", "GRAPHQL_VALIDATION_FAILED");
+                let refused = AppError::Refused { reason: Reason::GraphqlValidationFailed, message: String::new() };
+                for (name, value) in refused.extensions() {
+                    ext.set(name, value);
+                }
             }
             Some(Value::String(code))
                 if code == Code::InternalServerError.as_str() || code == Code::ServiceUnavailable.as_str() =>
@@ -292,16 +302,21 @@ fn prefers_graphql_response_json(headers: &HeaderMap) -> bool {
 }
 
 /// A client error answered before GraphQL runs, in the GraphQL error shape.
-fn plain_error(status: StatusCode, code: Code, message: &str) -> Response {
-    error_response(status, code, message, None)
+fn plain_error(status: StatusCode, err: AppError) -> Response {
+    error_response(status, &err, None)
 }
 
-fn error_response(status: StatusCode, code: Code, message: &str, request_id: Option<&str>) -> Response {
-    let mut extensions = serde_json::json!({ "code": code.as_str() });
-    if let Some(id) = request_id {
-        extensions["requestId"] = id.into();
+/// The error's message and extensions ([`AppError::extensions`], as inside
+/// GraphQL), with the request id that is also in the log when there is one.
+fn error_response(status: StatusCode, err: &AppError, request_id: Option<&str>) -> Response {
+    let mut extensions = serde_json::Map::new();
+    for (name, value) in err.extensions() {
+        extensions.insert(name.to_owned(), value.into_json().unwrap_or_default());
     }
-    let body = serde_json::json!({ "errors": [{ "message": message, "extensions": extensions }] });
+    if let Some(id) = request_id {
+        extensions.insert("requestId".to_owned(), id.into());
+    }
+    let body = serde_json::json!({ "errors": [{ "message": err.to_string(), "extensions": extensions }] });
     Response::builder()
         .status(status)
         .content_type("application/json")

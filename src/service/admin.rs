@@ -18,7 +18,7 @@ use crate::{
     },
     db::{self, UniqueRow},
     domain::{Account, UserId},
-    error::{AppError, AppResult},
+    error::{AppError, AppResult, Reason},
 };
 
 pub const PAGE_MAX: u64 = 100;
@@ -87,7 +87,7 @@ fn check_search(filter: &UserFilter) -> AppResult<()> {
     let Some(term) = filter.search.as_deref() else { return Ok(()) };
     if term.chars().count() > SEARCH_MAX || term.chars().any(char::is_control) {
         return Err(AppError::invalid_input(
-            "INVALID_SEARCH",
+            Reason::InvalidSearch,
             "search",
             format!("search must be at most {SEARCH_MAX} characters, without control characters"),
         ));
@@ -115,7 +115,12 @@ pub async fn list_users(
             let mut users = q.order_by_asc(user::Column::Id).limit(n + 1).all(&svc.db).await?;
             let has_next = users.len() as u64 > n;
             users.truncate(n as usize);
-            Ok(UserPage { users: users.into_iter().map(Account::from).collect(), has_previous: after.is_some(), has_next, total })
+            Ok(UserPage {
+                users: users.into_iter().map(Account::from).collect(),
+                has_previous: after.is_some(),
+                has_next,
+                total,
+            })
         }
         PageRequest::Backward { n, before } => {
             let mut q = filtered(filter, backend);
@@ -126,7 +131,12 @@ pub async fn list_users(
             let has_previous = users.len() as u64 > n;
             users.truncate(n as usize);
             users.reverse();
-            Ok(UserPage { users: users.into_iter().map(Account::from).collect(), has_previous, has_next: before.is_some(), total })
+            Ok(UserPage {
+                users: users.into_iter().map(Account::from).collect(),
+                has_previous,
+                has_next: before.is_some(),
+                total,
+            })
         }
     }
 }
@@ -136,7 +146,7 @@ pub async fn get_user(svc: &Services, _proof: &Granted<UsersRead>, id: UserId) -
 }
 
 fn last_admin() -> AppError {
-    AppError::invalid_input("LAST_ADMIN", "id", "This is the last admin: promote another user to ADMIN first")
+    AppError::invalid_input(Reason::LastAdmin, "id", "This is the last admin: promote another user to ADMIN first")
 }
 
 /// Locks the admin rows (PostgreSQL) inside `txn` and counts them, so that two
@@ -153,7 +163,7 @@ pub async fn set_role(svc: &Services, _proof: &Granted<AdminOnly>, id: UserId, r
     let admins = count_admins_locked(&txn).await?;
     let Some(user) = user::Entity::find_by_id(id.uuid()).unique_row(&txn).await? else {
         txn.rollback().await?;
-        return Err(AppError::invalid_input("NOT_FOUND", "id", "No such user"));
+        return Err(AppError::invalid_input(Reason::NotFound, "id", "No such user"));
     };
     if user.role == Role::Admin && role != Role::Admin && admins <= 1 {
         txn.rollback().await?;

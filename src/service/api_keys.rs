@@ -24,7 +24,7 @@ use crate::{
     },
     db::{self, UniqueRow},
     domain::{ApiKey, ApiKeyId, UserId},
-    error::{AppError, AppResult},
+    error::{AppError, AppResult, Reason},
 };
 
 pub const KEY_PREFIX: &str = "sk_live_";
@@ -115,7 +115,7 @@ fn lifetime(expires_in_days: Option<i32>) -> AppResult<Option<ChronoDuration>> {
         None => Ok(None),
         Some(d) if (1..=MAX_LIFETIME_DAYS).contains(&d) => Ok(Some(ChronoDuration::days(i64::from(d)))),
         Some(_) => Err(AppError::invalid_input(
-            "INVALID_EXPIRY",
+            Reason::InvalidExpiry,
             "expiresInDays",
             format!("expiresInDays must be between 1 and {MAX_LIFETIME_DAYS}, or null for no expiry"),
         )),
@@ -168,7 +168,7 @@ pub async fn create(
     // invisible and direction-changing characters are refused here too.
     let name = super::validate::name(name)?;
     if scopes.is_empty() {
-        return Err(AppError::invalid_input("INVALID_SCOPES", "scopes", "Give the key at least one scope"));
+        return Err(AppError::invalid_input(Reason::InvalidScopes, "scopes", "Give the key at least one scope"));
     }
     let expires_at = lifetime(expires_in_days)?.map(|d| Utc::now() + d);
     let created = insert_key(&svc.db, name, scopes, admin_id(proof), expires_at).await?;
@@ -196,16 +196,16 @@ pub async fn rotate(
 ) -> AppResult<(ApiKey, String)> {
     if !(0..=MAX_GRACE_DAYS).contains(&grace_days) {
         return Err(AppError::invalid_input(
-            "INVALID_GRACE",
+            Reason::InvalidGrace,
             "graceDays",
             format!("graceDays must be between 0 and {MAX_GRACE_DAYS}"),
         ));
     }
     let now = Utc::now();
-    let not_found = || AppError::invalid_input("NOT_FOUND", "id", "No such live API key");
+    let not_found = || AppError::invalid_input(Reason::NotFound, "id", "No such live API key");
     let already = || {
         AppError::invalid_input(
-            "ALREADY_ROTATED",
+            Reason::AlreadyRotated,
             "id",
             "This API key was already rotated; rotate its successor instead",
         )
@@ -260,8 +260,13 @@ pub async fn revoke(svc: &Services, _proof: &Granted<AdminOnly>, id: ApiKeyId) -
 
 /// All keys, newest first, with last-use times that may not be written yet.
 pub async fn list(svc: &Services, _proof: &Granted<AdminOnly>) -> AppResult<Vec<ApiKey>> {
-    let mut keys: Vec<ApiKey> =
-        api_key::Entity::find().order_by_desc(api_key::Column::Id).all(&svc.db).await?.into_iter().map(Into::into).collect();
+    let mut keys: Vec<ApiKey> = api_key::Entity::find()
+        .order_by_desc(api_key::Column::Id)
+        .all(&svc.db)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
     for k in &mut keys {
         if let Some(at) = svc.api_key_usage.peek(k.id) {
             k.last_used_at = Some(at);

@@ -11,9 +11,6 @@ pub mod validate;
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::{DateTime, Utc};
-use sea_orm::DatabaseConnection;
-use crate::domain::{Account, SessionId};
 use crate::auth::{
     password::PasswordHasher,
     rate_limit::RateLimits,
@@ -21,6 +18,9 @@ use crate::auth::{
     registry::SessionRegistry,
     tokens::{IssuedAccessToken, TokenKeys},
 };
+use crate::domain::{Account, SessionId};
+use chrono::{DateTime, Utc};
+use sea_orm::DatabaseConnection;
 
 /// Rules of session lifetime.
 #[derive(Debug, Clone)]

@@ -249,7 +249,11 @@ pub async fn end_session(svc: &Services, session_id: SessionId) -> AppResult<boo
 /// Ends all of a user's sessions, except `except`, inside the caller's
 /// transaction. Returns how many were live. The caller applies
 /// `SessionEvent::UserSessionsRevoked` once the transaction has committed.
-pub async fn end_user_sessions(conn: &impl ConnectionTrait, user_id: UserId, except: Option<SessionId>) -> AppResult<u64> {
+pub async fn end_user_sessions(
+    conn: &impl ConnectionTrait,
+    user_id: UserId,
+    except: Option<SessionId>,
+) -> AppResult<u64> {
     let mut q = session::Entity::update_many()
         .col_expr(session::Column::RevokedAt, Expr::value(Utc::now()))
         .filter(session::Column::UserId.eq(user_id))

@@ -10,7 +10,10 @@
 use entity::keys::{is_invisible, is_pictographic};
 use unicode_normalization::UnicodeNormalization;
 
-use crate::{domain::Email, error::AppError};
+use crate::{
+    domain::Email,
+    error::{AppError, Reason},
+};
 
 pub const EMAIL_MAX: usize = 254;
 pub const PASSWORD_MIN: usize = 8;
@@ -45,7 +48,7 @@ fn needed_in_name(chars: &[char], i: usize) -> bool {
 /// and a domain that IDNA UTS #46 (with the STD3 rules) refuses.
 pub fn email(raw: &str) -> Result<Email, AppError> {
     let trimmed = raw.trim();
-    let invalid = |msg: &str| AppError::invalid_input("INVALID_EMAIL", "email", msg);
+    let invalid = |msg: &str| AppError::invalid_input(Reason::InvalidEmail, "email", msg);
     if trimmed.is_empty() {
         return Err(invalid("Email is required"));
     }
@@ -93,14 +96,14 @@ pub fn new_password(password: &str, field: &'static str) -> Result<(), AppError>
     let n = password.nfkc().count();
     if n < PASSWORD_MIN {
         return Err(AppError::invalid_input(
-            "WEAK_PASSWORD",
+            Reason::WeakPassword,
             field,
             format!("Password must be at least {PASSWORD_MIN} characters"),
         ));
     }
     if n > PASSWORD_MAX {
         return Err(AppError::invalid_input(
-            "WEAK_PASSWORD",
+            Reason::WeakPassword,
             field,
             format!("Password must be at most {PASSWORD_MAX} characters"),
         ));
@@ -114,7 +117,7 @@ pub fn new_password(password: &str, field: &'static str) -> Result<(), AppError>
 /// ([`needed_in_name`]).
 pub fn name(raw: &str) -> Result<String, AppError> {
     let name: String = raw.trim().nfc().collect();
-    let invalid = |msg: &str| AppError::invalid_input("INVALID_NAME", "name", msg);
+    let invalid = |msg: &str| AppError::invalid_input(Reason::InvalidName, "name", msg);
     if name.is_empty() {
         return Err(invalid("Name must not be empty"));
     }
@@ -137,7 +140,7 @@ mod tests {
 
     fn reason(r: Result<impl Sized, AppError>) -> &'static str {
         match r {
-            Err(e) => e.reason().unwrap_or("none"),
+            Err(e) => e.reason().map_or("none", Reason::as_str),
             Ok(_) => "ok",
         }
     }

@@ -3,8 +3,8 @@
 //! rotation, revocation, expiry and last-use tracking.
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
 use entity::user::Role;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
 use serde_json::{Value, json};
 
 use crate::{
@@ -311,8 +311,13 @@ async fn introspection_tells_services_whether_a_token_is_live() {
     let services = &app.state().services;
     let (uid, sid) = (uuid::Uuid::parse_str(&user_id).unwrap(), uuid::Uuid::parse_str(&session_id).unwrap());
     let now = Utc::now().timestamp();
-    let expired = services.tokens.issue(uid.into(), "judy@example.com", Role::User, sid.into(), now - 1000, now - 100).unwrap().token;
-    let control = services.tokens.issue(uid.into(), "judy@example.com", Role::User, sid.into(), now, now + 600).unwrap().token;
+    let expired = services
+        .tokens
+        .issue(uid.into(), "judy@example.com", Role::User, sid.into(), now - 1000, now - 100)
+        .unwrap()
+        .token;
+    let control =
+        services.tokens.issue(uid.into(), "judy@example.com", Role::User, sid.into(), now, now + 600).unwrap().token;
     assert_eq!(info(control).await["active"], true);
     assert_eq!(info(expired.clone()).await, inactive);
     assert_eq!(
