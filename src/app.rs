@@ -74,6 +74,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
             reuse_grace: config.refresh_reuse_grace,
             idle_timeout: config.session_idle_timeout,
         },
+        clock: config.clock.clone(),
     };
     let live = sessions::load_registry(&services).await.map_err(|e| StartError::Database(e.to_string()))?;
     tracing::info!(live_sessions = live, "session registry loaded");

@@ -2,13 +2,13 @@
 //! into typed values at start. A bad value stops the process with a message that
 //! names the variable, instead of surfacing at the first request.
 
-use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{fmt, net::SocketAddr, num::NonZeroU32, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{ArgAction, Args, ValueEnum};
 use ipnet::IpNet;
 use thiserror::Error;
 
-use crate::auth::rate_limit::{QuotaSpec, RateLimitConfig};
+use crate::clock::Clock;
 
 /// The smallest argon2id parameters authgraph accepts (OWASP's minimum for argon2id).
 pub const ARGON2_MIN_MEMORY_KIB: u32 = 19 * 1024;
@@ -240,6 +240,39 @@ pub fn cores() -> usize {
 /// and a burst of 50 sign-ups on two cores still fits.
 pub const PASSWORD_QUEUE_PER_THREAD: usize = 32;
 
+/// A quota as written in the configuration: `N/period`, e.g. `20/1m` = a burst of
+/// 20, refilled evenly over a minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaSpec {
+    pub count: NonZeroU32,
+    pub period: Duration,
+}
+
+impl FromStr for QuotaSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (count, period) =
+            s.trim().split_once('/').ok_or_else(|| format!("`{s}` is not a quota (expected N/period, e.g. 20/1m)"))?;
+        let count: u32 = count.trim().parse().map_err(|_| format!("`{s}`: N must be a positive whole number"))?;
+        let count = NonZeroU32::new(count).ok_or_else(|| format!("`{s}`: N must be at least 1"))?;
+        let period = humantime::parse_duration(period.trim())
+            .map_err(|e| format!("`{s}`: {e} (expected a period such as 1m or 1h)"))?;
+        if period.is_zero() {
+            return Err(format!("`{s}`: the period must be longer than zero"));
+        }
+        Ok(Self { count, period })
+    }
+}
+
+/// The four rate limits (see `auth::rate_limit`).
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitConfig {
+    pub login_per_ip: QuotaSpec,
+    pub register_per_ip: QuotaSpec,
+    pub refresh_per_ip: QuotaSpec,
+    pub login_per_account: QuotaSpec,
+}
+
 /// The validated configuration of a running server.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -248,7 +281,6 @@ pub struct Config {
     pub database_max_connections: u32,
     pub listen_addr: SocketAddr,
     pub jwt_key: JwtKeySource,
-    pub app_env: AppEnv,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
     pub refresh_reuse_grace: Duration,
@@ -268,6 +300,9 @@ pub struct Config {
     pub query_alias_limit: usize,
     pub rate_limits: RateLimitConfig,
     pub cleanup_interval: Duration,
+    /// The time the server's rules read: the system clock, always, from the
+    /// command line; tests give a [`crate::clock::ClockControl`]'s clock.
+    pub clock: Clock,
 }
 
 #[derive(Debug, Error)]
@@ -365,7 +400,6 @@ impl Config {
             database_max_connections,
             listen_addr: args.listen_addr,
             jwt_key,
-            app_env: args.app_env,
             access_token_ttl,
             refresh_token_ttl,
             refresh_reuse_grace: args.refresh_reuse_grace,
@@ -396,6 +430,7 @@ impl Config {
                 login_per_account: args.rate_limit_login_per_account,
             },
             cleanup_interval,
+            clock: Clock::system(),
         })
     }
 

@@ -6,53 +6,22 @@
 //! for logins also the target account, keyed by the normalised email whether or
 //! not the account exists, so the answer never tells them apart.
 
-use std::{net::IpAddr, num::NonZeroU32, str::FromStr, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use governor::{
     DefaultKeyedRateLimiter, Quota, RateLimiter,
     clock::{Clock, DefaultClock},
 };
 
-use crate::error::AppError;
+use crate::{
+    config::{QuotaSpec, RateLimitConfig},
+    error::AppError,
+};
 
-/// A quota as written in the configuration: `N/period`, e.g. `20/1m` = a burst of
-/// 20, refilled evenly over a minute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QuotaSpec {
-    pub count: NonZeroU32,
-    pub period: Duration,
-}
-
-impl FromStr for QuotaSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (count, period) =
-            s.trim().split_once('/').ok_or_else(|| format!("`{s}` is not a quota (expected N/period, e.g. 20/1m)"))?;
-        let count: u32 = count.trim().parse().map_err(|_| format!("`{s}`: N must be a positive whole number"))?;
-        let count = NonZeroU32::new(count).ok_or_else(|| format!("`{s}`: N must be at least 1"))?;
-        let period = humantime::parse_duration(period.trim())
-            .map_err(|e| format!("`{s}`: {e} (expected a period such as 1m or 1h)"))?;
-        if period.is_zero() {
-            return Err(format!("`{s}`: the period must be longer than zero"));
-        }
-        Ok(Self { count, period })
-    }
-}
-
-impl QuotaSpec {
-    #[expect(clippy::expect_used, reason = "the period is at least 1 ns, and only a zero period is refused")]
-    fn quota(&self) -> Quota {
-        let per_cell = (self.period / self.count.get()).max(Duration::from_nanos(1));
-        Quota::with_period(per_cell).expect("non-zero period").allow_burst(self.count)
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct RateLimitConfig {
-    pub login_per_ip: QuotaSpec,
-    pub register_per_ip: QuotaSpec,
-    pub refresh_per_ip: QuotaSpec,
-    pub login_per_account: QuotaSpec,
+#[expect(clippy::expect_used, reason = "the period is at least 1 ns, and only a zero period is refused")]
+fn quota(spec: &QuotaSpec) -> Quota {
+    let per_cell = (spec.period / spec.count.get()).max(Duration::from_nanos(1));
+    Quota::with_period(per_cell).expect("non-zero period").allow_burst(spec.count)
 }
 
 /// An IPv4 address, or the /64 an IPv6 address belongs to.
@@ -91,10 +60,10 @@ pub struct RateLimits {
 impl RateLimits {
     pub fn new(c: &RateLimitConfig) -> Self {
         Self {
-            login_ip: RateLimiter::keyed(c.login_per_ip.quota()),
-            register_ip: RateLimiter::keyed(c.register_per_ip.quota()),
-            refresh_ip: RateLimiter::keyed(c.refresh_per_ip.quota()),
-            login_account: RateLimiter::keyed(c.login_per_account.quota()),
+            login_ip: RateLimiter::keyed(quota(&c.login_per_ip)),
+            register_ip: RateLimiter::keyed(quota(&c.register_per_ip)),
+            refresh_ip: RateLimiter::keyed(quota(&c.refresh_per_ip)),
+            login_account: RateLimiter::keyed(quota(&c.login_per_account)),
             clock: DefaultClock::default(),
         }
     }
@@ -145,6 +114,8 @@ impl RateLimits {
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroU32;
+
     use super::*;
 
     fn spec(s: &str) -> QuotaSpec {

@@ -123,7 +123,7 @@ pub(crate) fn deliver(
     ctx.insert_http_header("cache-control", "no-store");
     let refresh_token = match transport {
         types::TokenTransport::Cookie => {
-            let max_age = (issued.refresh_expires_at - chrono::Utc::now()).num_seconds().max(0);
+            let max_age = (issued.refresh_expires_at - services(ctx)?.clock.now()).num_seconds().max(0);
             ctx.append_http_header("set-cookie", cookie_policy(ctx)?.set(&issued.refresh_token, max_age));
             None
         }

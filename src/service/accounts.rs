@@ -85,7 +85,7 @@ pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) ->
         return Err(AppError::EmailTaken);
     }
     let password_hash = svc.hasher.hash(input.password).await?;
-    let now = Utc::now();
+    let now = svc.clock.now();
     let txn = db::begin_write(&svc.db).await?;
     let user = new_user_row(new, password_hash, Role::User, now, Some(now)).insert(&txn).await.map_err(map_unique)?;
     let (session, refresh) = sessions::start(svc, &txn, user.id.into(), client, now).await?;
@@ -140,7 +140,7 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
             (Some(user), Verified::YesRehashed(h)) => (user, Some(h)),
             _ => return Err(AppError::InvalidCredentials),
         };
-        let now = Utc::now();
+        let now = svc.clock.now();
         let txn = db::begin_write(&svc.db).await?;
         let mut update = user::Entity::update_many()
             .col_expr(user::Column::LastLoginAt, Expr::value(now))
@@ -192,7 +192,7 @@ pub async fn update_profile(svc: &Services, user_id: UserId, change: ProfileChan
         active.email = Set(email.display().to_owned());
     }
     active.search_key = Set(search_key);
-    active.updated_at = Set(Utc::now());
+    active.updated_at = Set(svc.clock.now());
     let user = Account::from(active.update(&txn).await.map_err(map_unique)?);
     txn.commit().await?;
     svc.registry.apply(SessionEvent::UserUpdated { user: user.clone() });
@@ -238,7 +238,7 @@ pub async fn change_password(
             Some(h) => h.clone(),
             None => hash.insert(svc.hasher.hash(new.clone()).await?).clone(),
         };
-        let now = Utc::now();
+        let now = svc.clock.now();
         let txn = db::begin_write(&svc.db).await?;
         let changed = user::Entity::update_many()
             .col_expr(user::Column::PasswordHash, Expr::value(hash.clone()))
@@ -259,7 +259,7 @@ pub async fn change_password(
                 None => return Err(AppError::TokenRevoked),
             }
         };
-        let ended = sessions::end_user_sessions(&txn, user_id, Some(current_session)).await?;
+        let ended = sessions::end_user_sessions(svc, &txn, user_id, Some(current_session)).await?;
         txn.commit().await?;
         svc.registry.apply(SessionEvent::UserSessionsRevoked { user_id, except: Some(current_session) });
         svc.registry.apply(SessionEvent::UserUpdated { user: changed.into() });

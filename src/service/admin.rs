@@ -1,7 +1,6 @@
 //! Administration of users: listing, roles, deletion, forced logout. Each
 //! function takes the proof of the permission it needs.
 
-use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, ExprTrait, PaginatorTrait, QueryFilter,
     QueryOrder, QuerySelect, Select, Set,
@@ -171,7 +170,7 @@ pub async fn set_role(svc: &Services, _proof: &Granted<AdminOnly>, id: UserId, r
     }
     let mut active: user::ActiveModel = user.into();
     active.role = Set(role);
-    active.updated_at = Set(Utc::now());
+    active.updated_at = Set(svc.clock.now());
     let user = Account::from(active.update(&txn).await?);
     txn.commit().await?;
     svc.registry.apply(SessionEvent::UserUpdated { user: user.clone() });
@@ -220,7 +219,7 @@ pub async fn revoke_user_sessions(svc: &Services, proof: &Granted<SessionsRevoke
     {
         return Err(AppError::Forbidden("Only an admin can end an admin's sessions"));
     }
-    let ended = sessions::end_user_sessions(&svc.db, id, None).await?;
+    let ended = sessions::end_user_sessions(svc, &svc.db, id, None).await?;
     svc.registry.apply(SessionEvent::UserSessionsRevoked { user_id: id, except: None });
     tracing::info!(user_id = %id, sessions = ended, "sessions revoked by an administrator");
     Ok(ended)
@@ -240,12 +239,12 @@ pub async fn create_or_promote_admin(
     {
         let mut active: user::ActiveModel = existing.into();
         active.role = Set(Role::Admin);
-        active.updated_at = Set(Utc::now());
+        active.updated_at = Set(svc.clock.now());
         return Ok((active.update(&svc.db).await?.into(), false));
     }
     let password = password()?;
     let new = super::accounts::validate_new_user(email.display(), &password, name)?;
     let hash = svc.hasher.hash(password).await?;
-    let user = super::accounts::new_user_row(new, hash, Role::Admin, Utc::now(), None).insert(&svc.db).await?;
+    let user = super::accounts::new_user_row(new, hash, Role::Admin, svc.clock.now(), None).insert(&svc.db).await?;
     Ok((user.into(), true))
 }

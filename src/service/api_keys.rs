@@ -92,7 +92,7 @@ pub async fn authenticate(svc: &Services, raw: &str) -> Result<ServicePrincipal,
     if key.secret_hash != hash_key(raw) {
         return Err(AuthFailure::Rejected(RejectReason::Invalid));
     }
-    let now = Utc::now();
+    let now = svc.clock.now();
     if key.revoked_at.is_some() {
         return Err(AuthFailure::Rejected(RejectReason::Revoked));
     }
@@ -123,6 +123,7 @@ fn lifetime(expires_in_days: Option<i32>) -> AppResult<Option<ChronoDuration>> {
 }
 
 async fn insert_key(
+    svc: &Services,
     conn: &impl ConnectionTrait,
     name: String,
     scopes: &[ApiScope],
@@ -139,7 +140,7 @@ async fn insert_key(
         secret_hash: Set(hash_key(&secret)),
         scopes: Set(scopes.join(",")),
         created_by: Set(created_by.map(UserId::uuid)),
-        created_at: Set(Utc::now()),
+        created_at: Set(svc.clock.now()),
         expires_at: Set(expires_at),
         last_used_at: Set(None),
         revoked_at: Set(None),
@@ -170,8 +171,8 @@ pub async fn create(
     if scopes.is_empty() {
         return Err(AppError::invalid_input(Reason::InvalidScopes, "scopes", "Give the key at least one scope"));
     }
-    let expires_at = lifetime(expires_in_days)?.map(|d| Utc::now() + d);
-    let created = insert_key(&svc.db, name, scopes, admin_id(proof), expires_at).await?;
+    let expires_at = lifetime(expires_in_days)?.map(|d| svc.clock.now() + d);
+    let created = insert_key(svc, &svc.db, name, scopes, admin_id(proof), expires_at).await?;
     tracing::info!(api_key_id = %created.0.id, "API key created");
     Ok(created)
 }
@@ -201,7 +202,7 @@ pub async fn rotate(
             format!("graceDays must be between 0 and {MAX_GRACE_DAYS}"),
         ));
     }
-    let now = Utc::now();
+    let now = svc.clock.now();
     let not_found = || AppError::invalid_input(Reason::NotFound, "id", "No such live API key");
     let already = || {
         AppError::invalid_input(
@@ -223,7 +224,7 @@ pub async fn rotate(
     let grace_end = now + ChronoDuration::days(i64::from(grace_days));
     let old_end = old.expires_at.map_or(grace_end, |at| Ord::min(at, grace_end));
     let txn = db::begin_write(&svc.db).await?;
-    let created = insert_key(&txn, old.name.clone(), &scopes, admin_id(proof), expires_at).await?;
+    let created = insert_key(svc, &txn, old.name.clone(), &scopes, admin_id(proof), expires_at).await?;
     let marked = api_key::Entity::update_many()
         .col_expr(api_key::Column::ExpiresAt, Expr::value(old_end))
         .col_expr(api_key::Column::ReplacedBy, Expr::value(created.0.id))
@@ -247,7 +248,7 @@ pub async fn rotate(
 /// Revokes a key at once. False when it was unknown or already revoked.
 pub async fn revoke(svc: &Services, _proof: &Granted<AdminOnly>, id: ApiKeyId) -> AppResult<bool> {
     let res = api_key::Entity::update_many()
-        .col_expr(api_key::Column::RevokedAt, Expr::value(Utc::now()))
+        .col_expr(api_key::Column::RevokedAt, Expr::value(svc.clock.now()))
         .filter(api_key::Column::Id.eq(id))
         .filter(api_key::Column::RevokedAt.is_null())
         .exec(&svc.db)

@@ -18,6 +18,7 @@ use crate::auth::{
     registry::SessionRegistry,
     tokens::{IssuedAccessToken, TokenKeys},
 };
+use crate::clock::Clock;
 use crate::domain::{Account, SessionId};
 use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
@@ -41,6 +42,8 @@ pub struct Services {
     pub limits: Arc<RateLimits>,
     pub api_key_usage: Arc<api_keys::UsageTracker>,
     pub policy: SessionPolicy,
+    /// The time every rule and timestamp takes ([`Clock::system`] on a server).
+    pub clock: Clock,
 }
 
 /// Where a request came from, recorded on the sessions it starts.

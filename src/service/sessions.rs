@@ -100,7 +100,7 @@ pub async fn refresh(svc: &Services, presented: &str) -> AppResult<Issued> {
     if !well_formed(presented) {
         return Err(AppError::InvalidToken);
     }
-    let now = Utc::now();
+    let now = svc.clock.now();
     let grace = ChronoDuration::from_std(svc.policy.reuse_grace).unwrap_or(ChronoDuration::zero());
     let mut current = presented.to_owned();
     let mut hops = 0;
@@ -237,7 +237,7 @@ async fn load_user(svc: &Services, user_id: UserId) -> AppResult<Account> {
 /// Ends one session (any owner). Returns whether it was live.
 pub async fn end_session(svc: &Services, session_id: SessionId) -> AppResult<bool> {
     let res = session::Entity::update_many()
-        .col_expr(session::Column::RevokedAt, Expr::value(Utc::now()))
+        .col_expr(session::Column::RevokedAt, Expr::value(svc.clock.now()))
         .filter(session::Column::Id.eq(session_id))
         .filter(session::Column::RevokedAt.is_null())
         .exec(&svc.db)
@@ -250,12 +250,13 @@ pub async fn end_session(svc: &Services, session_id: SessionId) -> AppResult<boo
 /// transaction. Returns how many were live. The caller applies
 /// `SessionEvent::UserSessionsRevoked` once the transaction has committed.
 pub async fn end_user_sessions(
+    svc: &Services,
     conn: &impl ConnectionTrait,
     user_id: UserId,
     except: Option<SessionId>,
 ) -> AppResult<u64> {
     let mut q = session::Entity::update_many()
-        .col_expr(session::Column::RevokedAt, Expr::value(Utc::now()))
+        .col_expr(session::Column::RevokedAt, Expr::value(svc.clock.now()))
         .filter(session::Column::UserId.eq(user_id))
         .filter(session::Column::RevokedAt.is_null());
     if let Some(keep) = except {
@@ -290,7 +291,7 @@ pub async fn logout(
     if let Some(token) = refresh_token.filter(|t| well_formed(t))
         && let Some((row, Some(session))) = token_and_session(svc, token).await?
     {
-        let now = Utc::now();
+        let now = svc.clock.now();
         let grace = ChronoDuration::from_std(svc.policy.reuse_grace).unwrap_or(ChronoDuration::zero());
         match row.rotated_at {
             _ if ended(svc, &row, &session, now).is_some() => {}
@@ -304,7 +305,7 @@ pub async fn logout(
     targets.dedup_by_key(|t| key(t));
     for (session_id, user_id) in targets {
         if everywhere {
-            end_user_sessions(&svc.db, user_id, None).await?;
+            end_user_sessions(svc, &svc.db, user_id, None).await?;
             svc.registry.apply(SessionEvent::UserSessionsRevoked { user_id, except: None });
         } else {
             end_session(svc, session_id).await?;
@@ -322,7 +323,7 @@ pub async fn logout(
 /// session of theirs (another user's id included: nothing is revealed).
 pub async fn revoke_own(svc: &Services, user_id: UserId, session_id: SessionId) -> AppResult<bool> {
     let res = session::Entity::update_many()
-        .col_expr(session::Column::RevokedAt, Expr::value(Utc::now()))
+        .col_expr(session::Column::RevokedAt, Expr::value(svc.clock.now()))
         .filter(session::Column::Id.eq(session_id))
         .filter(session::Column::UserId.eq(user_id))
         .filter(session::Column::RevokedAt.is_null())
@@ -341,7 +342,7 @@ pub async fn list_for_users(svc: &Services, user_ids: &[UserId]) -> AppResult<Ha
     let rows = session::Entity::find()
         .filter(session::Column::UserId.is_in(user_ids.iter().map(|id| id.uuid())))
         .filter(session::Column::RevokedAt.is_null())
-        .filter(session::Column::ExpiresAt.gt(Utc::now()))
+        .filter(session::Column::ExpiresAt.gt(svc.clock.now()))
         .order_by_desc(session::Column::CreatedAt)
         .all(&svc.db)
         .await?;
@@ -358,7 +359,7 @@ pub async fn list_for_users(svc: &Services, user_ids: &[UserId]) -> AppResult<Ha
 /// whatever the number of live sessions.
 pub async fn load_registry(svc: &Services) -> AppResult<usize> {
     const PAGE: u64 = 10_000;
-    let now = Utc::now();
+    let now = svc.clock.now();
     let mut after: Option<Uuid> = None;
     let mut n = 0;
     loop {
@@ -389,7 +390,7 @@ pub async fn load_registry(svc: &Services) -> AppResult<usize> {
 
 /// Deletes sessions (and, by cascade, their tokens) that ended over a day ago.
 pub async fn purge(svc: &Services) -> AppResult<u64> {
-    let now = Utc::now();
+    let now = svc.clock.now();
     let cutoff = now - ChronoDuration::hours(ENDED_SESSION_RETENTION_HOURS);
     let res = session::Entity::delete_many()
         .filter(session::Column::ExpiresAt.lt(cutoff).or(session::Column::RevokedAt.lt(cutoff)))
@@ -448,7 +449,7 @@ pub fn introspect(
 /// verifies and its session is live; otherwise why not. Answered from memory
 /// (remembered tokens and the registry), with no database round trip.
 pub fn live_access(svc: &Services, token: &str) -> Result<(Verified, user::Role), RejectReason> {
-    let now = Utc::now().timestamp();
+    let now = svc.clock.unix();
     let v = svc.tokens.check(token, now).map_err(|e| match e {
         AppError::AccessTokenExpired => RejectReason::Expired,
         _ => RejectReason::Invalid,

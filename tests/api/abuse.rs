@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use authgraph::auth::rate_limit::QuotaSpec;
+use authgraph::config::QuotaSpec;
 use futures_util::future::join_all;
 use reqwest::Client;
 use serde_json::{Value, json};

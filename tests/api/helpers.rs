@@ -9,6 +9,7 @@ use std::{net::SocketAddr, time::Duration};
 use authgraph::{
     app::{self, RunningApp},
     cli::{Cli, Command},
+    clock::ClockControl,
     config::Config,
 };
 use reqwest::{Client, Response};
@@ -23,6 +24,9 @@ pub struct TestApp {
     pub config: Config,
     running: Option<RunningApp>,
     pub database: TestDatabase,
+    /// Moves the server's clock forward: expiry, grace and idle rules are tested
+    /// by jumping ahead, never by sleeping.
+    pub clock: ClockControl,
 }
 
 /// A database that exists for one test.
@@ -128,9 +132,11 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         "100000/1s",
     ])
     .expect("test config");
+    let clock = ClockControl::new();
+    config.clock = clock.clock();
     tweak(&mut config);
     let running = app::spawn(&config).await.expect("app starts");
-    TestApp { addr: running.addr, config, running: Some(running), database }
+    TestApp { addr: running.addr, config, running: Some(running), database, clock }
 }
 
 impl TestApp {
