@@ -4,7 +4,6 @@
 use std::{future::Future, io, net::SocketAddr, path::Path, sync::Arc};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
-use ipnet::IpNet;
 use poem::{Server, listener::TcpAcceptor};
 use thiserror::Error;
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -16,26 +15,10 @@ use crate::{
     },
     config::{Config, JWT_SECRET_MIN_BYTES, JwtKeySource, Secret},
     db,
-    graphql::{self, AppSchema, Limits, documents::DocumentCache},
-    http::{self, cookies::CookiePolicy, site::SitePolicy},
+    graphql::{self, Limits},
+    http::{self, AppState, cookies::CookiePolicy, site::SitePolicy},
     service::{Services, SessionPolicy, api_keys, sessions},
 };
-
-/// Everything a request handler needs, built once.
-pub struct AppState {
-    pub schema: AppSchema,
-    /// Parsed documents, shared with the schema's request guard.
-    pub documents: Arc<DocumentCache>,
-    pub services: Services,
-    /// `/readyz`'s own database connection.
-    pub readiness: db::Readiness,
-    pub cookies: CookiePolicy,
-    pub site: SitePolicy,
-    pub trusted_proxies: Vec<IpNet>,
-    pub max_body_bytes: usize,
-    pub max_batch_size: usize,
-    pub graphiql: bool,
-}
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -87,7 +70,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
     };
     let documents = graphql::document_cache();
     Ok(Arc::new(AppState {
-        schema: graphql::build_schema(limits, documents.clone(), services.clone(), cookies.clone()),
+        schema: graphql::build_schema(limits, documents.clone(), services.clone()),
         documents,
         services,
         readiness,

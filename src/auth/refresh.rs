@@ -13,9 +13,6 @@ use sha2::{Digest, Sha256};
 
 use crate::{config::Secret, error::AppError};
 
-/// Longest refresh token accepted before any work is done.
-pub const MAX_TOKEN_LEN: usize = 128;
-
 #[derive(Clone)]
 pub struct RefreshKeys {
     successor_key: Secret,
@@ -82,6 +79,12 @@ mod tests {
         assert_eq!(hash_token(&a).len(), 43);
         assert_ne!(hash_token(&a), a);
         assert!(!well_formed("short"));
-        assert!(!well_formed(&"a".repeat(42).replace('a', "+")));
+        // Right length, wrong alphabet: base64url has no `+`, `/` or `=`.
+        let good = k.generate().unwrap();
+        assert!(well_formed(&good));
+        for bad in ['+', '/', '=', ' ', '.'] {
+            let token: String = good.chars().take(42).chain(std::iter::once(bad)).collect();
+            assert!(!well_formed(&token), "{token:?}");
+        }
     }
 }

@@ -151,12 +151,10 @@ impl SessionRegistry {
         expired.len()
     }
 
-    pub fn len(&self) -> usize {
+    /// How many sessions are live (tests).
+    #[cfg(test)]
+    fn live_count(&self) -> usize {
         self.inner.read().unwrap_or_else(|e| e.into_inner()).sessions.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -252,6 +250,6 @@ mod tests {
 
         start(&r, bob, 5);
         assert_eq!(r.prune_expired(50), 1);
-        assert_eq!(r.len(), 1);
+        assert_eq!(r.live_count(), 1);
     }
 }

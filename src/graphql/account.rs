@@ -6,12 +6,9 @@ use super::{
     deliver, request, require_same_site, services,
     types::{AuthPayload, LoginInput, RegisterInput, TokenTransport, UpdateProfileInput, User},
 };
-use crate::{
-    auth::rate_limit::Action,
-    service::{
-        accounts::{self, NewAccount, ProfileChange},
-        users,
-    },
+use crate::service::{
+    accounts::{self, NewAccount, ProfileChange},
+    users,
 };
 
 #[derive(Default)]
@@ -35,7 +32,6 @@ impl AccountMutation {
     async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> Result<AuthPayload> {
         let req = request(ctx)?;
         let svc = services(ctx)?;
-        svc.limits.check_ip(Action::Register, req.ip_key)?;
         let transport = input.transport.unwrap_or_default();
         if transport == TokenTransport::Cookie {
             require_same_site(req)?;
@@ -72,17 +68,8 @@ impl AccountMutation {
         #[graphql(secret)] current_password: String,
         #[graphql(secret)] new_password: String,
     ) -> Result<bool> {
-        let req = request(ctx)?;
-        let me = req.principal.require_user()?;
-        accounts::change_password(
-            services(ctx)?,
-            me.user_id,
-            me.session_id,
-            &req.client,
-            current_password,
-            new_password,
-        )
-        .await?;
+        let me = request(ctx)?.principal.require_user()?;
+        accounts::change_password(services(ctx)?, me.user_id, me.session_id, current_password, new_password).await?;
         Ok(true)
     }
 }

@@ -164,7 +164,6 @@ impl AdminMutation {
         let proof = request(ctx)?.principal.grant::<AdminOnly>()?;
         let scopes: Vec<_> = scopes.into_iter().map(Into::into).collect();
         let (key, secret) = api_keys::create(services(ctx)?, &proof, &name, &scopes, expires_in_days).await?;
-        ctx.insert_http_header("cache-control", "no-store");
         Ok(ApiKeySecret { api_key: ApiKey(key), secret })
     }
 
@@ -179,7 +178,6 @@ impl AdminMutation {
         let proof = request(ctx)?.principal.grant::<AdminOnly>()?;
         let id = parse_id(&id, "id")?;
         let (key, secret) = api_keys::rotate(services(ctx)?, &proof, id, grace_days.unwrap_or(30)).await?;
-        ctx.insert_http_header("cache-control", "no-store");
         Ok(ApiKeySecret { api_key: ApiKey(key), secret })
     }
 

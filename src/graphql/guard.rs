@@ -19,15 +19,21 @@ use std::sync::{Arc, Mutex, atomic::Ordering};
 
 use async_graphql::{
     Name, Request, ServerError, ServerResult, ValidationResult, Variables,
-    extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest, NextValidation},
+    extensions::{
+        Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest, NextResolve, NextValidation,
+        ResolveInfo,
+    },
     parser::types::{ExecutableDocument, Selection, SelectionSet},
 };
 
 use super::{
-    SharedRequestCtx,
+    SharedRequestCtx, budget,
     documents::{Checked, Counts, DocumentCache, Validated, selected_operation},
 };
-use crate::error::{AppError, Reason};
+use crate::{
+    error::{AppError, Reason},
+    service::Services,
+};
 
 /// Fields that verify or set a password.
 const CREDENTIAL_FIELDS: [&str; 3] = ["login", "register", "changePassword"];
@@ -171,6 +177,22 @@ fn refuse(reason: Reason, message: String) -> ServerError {
 
 #[async_graphql::async_trait::async_trait]
 impl Extension for RequestGuardExtension {
+    /// Spends each root field's rate-limit budget before its resolver runs
+    /// (see [`budget`]).
+    async fn resolve(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        info: ResolveInfo<'_>,
+        next: NextResolve<'_>,
+    ) -> ServerResult<Option<async_graphql::Value>> {
+        if info.path_node.parent.is_none()
+            && let (Some(services), Some(req)) = (ctx.data_opt::<Services>(), ctx.data_opt::<SharedRequestCtx>())
+        {
+            budget::spend(&info, &services.limits, req.ip_key)?;
+        }
+        next.run(ctx, info).await
+    }
+
     async fn prepare_request(
         &self,
         ctx: &ExtensionContext<'_>,

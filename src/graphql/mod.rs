@@ -4,19 +4,19 @@
 
 mod account;
 mod admin;
+pub mod budget;
 pub mod documents;
 mod guard;
 mod session;
 pub mod types;
 
-use std::sync::{Arc, atomic::AtomicUsize};
+use std::sync::{Arc, Mutex, atomic::AtomicUsize};
 
 use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
 
 use crate::{
     auth::{principal::Principal, rate_limit::IpKey},
     error::AppError,
-    http::cookies::CookiePolicy,
     service::{ClientInfo, Services},
 };
 
@@ -28,10 +28,10 @@ pub struct Mutation(account::AccountMutation, session::SessionMutation, admin::A
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
 
-/// What the HTTP layer learned about one request, handed to every resolver.
+/// What the HTTP layer learned about one request, handed to every resolver,
+/// and what the resolvers want done to the refresh cookie.
 #[derive(Debug)]
 pub struct RequestCtx {
-    pub request_id: String,
     pub principal: Principal,
     pub client: ClientInfo,
     /// The refresh token from the cookie, if one came.
@@ -43,6 +43,31 @@ pub struct RequestCtx {
     /// Credential-checking fields seen so far in this HTTP request (all batch
     /// operations together).
     pub credential_fields: AtomicUsize,
+    /// What resolvers decided about the refresh cookie, in order; the HTTP
+    /// layer writes one `Set-Cookie` for each.
+    pub cookie_changes: Mutex<Vec<CookieChange>>,
+}
+
+/// What should happen to the refresh cookie: a resolver records it, the HTTP
+/// layer (which owns the cookie's name and attributes) writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CookieChange {
+    /// Carry this refresh token for `max_age_secs` seconds (its remaining lifetime).
+    Set { refresh_token: String, max_age_secs: i64 },
+    /// Delete the cookie.
+    Clear,
+}
+
+impl RequestCtx {
+    /// Records a change of the refresh cookie for the HTTP layer to write.
+    pub fn change_cookie(&self, change: CookieChange) {
+        self.cookie_changes.lock().unwrap_or_else(|e| e.into_inner()).push(change);
+    }
+
+    /// The recorded changes, in the order they were made.
+    pub fn take_cookie_changes(&self) -> Vec<CookieChange> {
+        std::mem::take(&mut *self.cookie_changes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 pub type SharedRequestCtx = Arc<RequestCtx>;
@@ -86,14 +111,9 @@ pub fn sdl() -> String {
     schema_builder(limits, document_cache()).finish().sdl()
 }
 
-pub fn build_schema(
-    limits: Limits,
-    documents: Arc<documents::DocumentCache>,
-    services: Services,
-    cookies: CookiePolicy,
-) -> AppSchema {
+pub fn build_schema(limits: Limits, documents: Arc<documents::DocumentCache>, services: Services) -> AppSchema {
     let sessions = async_graphql::dataloader::DataLoader::new(types::SessionsByUser(services.clone()), tokio::spawn);
-    schema_builder(limits, documents).data(services).data(sessions).data(cookies).finish()
+    schema_builder(limits, documents).data(services).data(sessions).finish()
 }
 
 pub(crate) fn services<'a>(ctx: &Context<'a>) -> Result<&'a Services, AppError> {
@@ -102,10 +122,6 @@ pub(crate) fn services<'a>(ctx: &Context<'a>) -> Result<&'a Services, AppError> 
 
 pub(crate) fn request<'a>(ctx: &Context<'a>) -> Result<&'a RequestCtx, AppError> {
     ctx.data::<SharedRequestCtx>().map(|r| r.as_ref()).map_err(|_| AppError::internal("request context missing"))
-}
-
-pub(crate) fn cookie_policy<'a>(ctx: &Context<'a>) -> Result<&'a CookiePolicy, AppError> {
-    ctx.data::<CookiePolicy>().map_err(|_| AppError::internal("cookie policy missing"))
 }
 
 /// Cookie-reading and cookie-setting mutations refuse cross-site callers.
@@ -120,11 +136,10 @@ pub(crate) fn deliver(
     issued: crate::service::Issued,
     transport: types::TokenTransport,
 ) -> Result<types::AuthPayload, AppError> {
-    ctx.insert_http_header("cache-control", "no-store");
     let refresh_token = match transport {
         types::TokenTransport::Cookie => {
-            let max_age = (issued.refresh_expires_at - services(ctx)?.clock.now()).num_seconds().max(0);
-            ctx.append_http_header("set-cookie", cookie_policy(ctx)?.set(&issued.refresh_token, max_age));
+            let max_age_secs = (issued.refresh_expires_at - services(ctx)?.clock.now()).num_seconds().max(0);
+            request(ctx)?.change_cookie(CookieChange::Set { refresh_token: issued.refresh_token, max_age_secs });
             None
         }
         types::TokenTransport::Body => Some(issued.refresh_token),

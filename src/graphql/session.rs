@@ -3,10 +3,10 @@
 use async_graphql::{Context, ID, Object, Result};
 
 use super::{
-    cookie_policy, deliver, request, require_same_site, services,
+    CookieChange, deliver, request, require_same_site, services,
     types::{AuthPayload, TokenTransport, parse_id},
 };
-use crate::{auth::rate_limit::Action, error::AppError, service::sessions};
+use crate::{error::AppError, service::sessions};
 
 #[derive(Default)]
 pub struct SessionMutation;
@@ -23,7 +23,6 @@ impl SessionMutation {
     ) -> Result<AuthPayload> {
         let req = request(ctx)?;
         let svc = services(ctx)?;
-        svc.limits.check_ip(Action::Refresh, req.ip_key)?;
         let (token, transport) = match refresh_token {
             Some(t) => (t, TokenTransport::Body),
             None => {
@@ -36,10 +35,9 @@ impl SessionMutation {
             Ok(issued) => Ok(deliver(ctx, issued, transport)?),
             Err(e) => {
                 // A dead cookie is cleared so the browser stops sending it.
-                if transport == TokenTransport::Cookie
-                    && !matches!(e, AppError::Unavailable(_) | AppError::Internal(_) | AppError::RateLimited { .. })
+                if transport == TokenTransport::Cookie && !matches!(e, AppError::Unavailable(_) | AppError::Internal(_))
                 {
-                    ctx.append_http_header("set-cookie", cookie_policy(ctx)?.clear());
+                    req.change_cookie(CookieChange::Clear);
                 }
                 Err(e.into())
             }
@@ -61,9 +59,8 @@ impl SessionMutation {
         require_same_site(req)?;
         let token = refresh_token.as_deref().or(req.refresh_cookie.as_deref());
         let ended = sessions::logout(services(ctx)?, &req.principal, token, everywhere.unwrap_or(false)).await;
-        ctx.insert_http_header("cache-control", "no-store");
         // Cleared also when the cookie turned out to be a reused token.
-        ctx.append_http_header("set-cookie", cookie_policy(ctx)?.clear());
+        req.change_cookie(CookieChange::Clear);
         ended?;
         Ok(true)
     }

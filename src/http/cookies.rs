@@ -15,10 +15,6 @@ impl CookiePolicy {
         Self { name, secure }
     }
 
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
     fn build(&self, value: &str, max_age: i64) -> String {
         let mut c = Cookie::new_with_str(self.name, value);
         c.set_http_only(true);

@@ -2,7 +2,7 @@
 //! multipart bodies are what a cross-site page can send without a preflight, so
 //! they get 415. GET runs queries only; a mutation over GET gets 405.
 
-use std::sync::{Arc, atomic::AtomicUsize};
+use std::sync::{Arc, Mutex, atomic::AtomicUsize};
 
 use async_graphql::{
     BatchRequest, BatchResponse, Request as GqlRequest, Response as GqlResponse, Value, parser::types::OperationType,
@@ -19,17 +19,16 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
-    app::AppState,
     auth::{
         principal::{Principal, RejectReason, UserPrincipal},
         rate_limit::IpKey,
     },
     error::{AppError, Code, Reason},
     graphql::{
-        RequestCtx,
+        CookieChange, RequestCtx,
         documents::{DocumentCache, selected_operation},
     },
-    http::{error_text::cap_client_text, log::request_client_ip},
+    http::{AppState, error_text::cap_client_text, log::request_client_ip},
     service::{
         ClientInfo, Services,
         api_keys::{self, AuthFailure},
@@ -192,7 +191,6 @@ async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Respon
         },
     };
     let ctx = Arc::new(RequestCtx {
-        request_id: request_id.clone(),
         principal,
         client: ClientInfo {
             ip,
@@ -202,12 +200,13 @@ async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Respon
         cross_site: state.site.is_cross_site(headers),
         ip_key: IpKey::from(ip),
         credential_fields: AtomicUsize::new(0),
+        cookie_changes: Mutex::default(),
     });
     let span = tracing::info_span!("graphql", request_id = %request_id, user_id = tracing::field::Empty);
     if let Some(user) = ctx.principal.user() {
         span.record("user_id", tracing::field::display(user.user_id));
     }
-    let mut response = state.schema.execute_batch(batch.data(ctx)).instrument(span).await;
+    let mut response = state.schema.execute_batch(batch.data(ctx.clone())).instrument(span).await;
     match &mut response {
         BatchResponse::Single(r) => finish_errors(r, &request_id),
         BatchResponse::Batch(list) => list.iter_mut().for_each(|r| finish_errors(r, &request_id)),
@@ -224,6 +223,18 @@ async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Respon
     let h = http.headers_mut();
     // Responses carry tokens or personal data: never cache them.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for change in ctx.take_cookie_changes() {
+        let value = match change {
+            CookieChange::Set { refresh_token, max_age_secs } => state.cookies.set(&refresh_token, max_age_secs),
+            CookieChange::Clear => state.cookies.clear(),
+        };
+        match HeaderValue::from_str(&value) {
+            Ok(value) => {
+                h.append(header::SET_COOKIE, value);
+            }
+            Err(_) => tracing::error!("a Set-Cookie value was not a valid header value"),
+        }
+    }
     if graphql_response_json {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/graphql-response+json; charset=utf-8"));
         if request_error {

@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use poem::{handler, http::StatusCode, web::Data};
 
-use crate::app::AppState;
+use super::AppState;
 
 /// Liveness: the process serves.
 #[handler]

@@ -13,7 +13,14 @@ use std::sync::Arc;
 
 use poem::{Endpoint, EndpointExt, Route, get, middleware::CatchPanic};
 
-use crate::app::AppState;
+use ipnet::IpNet;
+
+use crate::{
+    db,
+    graphql::{AppSchema, documents::DocumentCache},
+    http::{cookies::CookiePolicy, site::SitePolicy},
+    service::Services,
+};
 
 pub fn routes(state: Arc<AppState>) -> impl Endpoint {
     let mut route = Route::new()
@@ -28,4 +35,20 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
         .with(CatchPanic::new())
         .with(log::RequestLog::new(state.trusted_proxies.clone()))
         .data(state)
+}
+
+/// Everything a request handler needs, built once.
+pub struct AppState {
+    pub schema: AppSchema,
+    /// Parsed documents, shared with the schema's request guard.
+    pub documents: Arc<DocumentCache>,
+    pub services: Services,
+    /// `/readyz`'s own database connection.
+    pub readiness: db::Readiness,
+    pub cookies: CookiePolicy,
+    pub site: SitePolicy,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_body_bytes: usize,
+    pub max_batch_size: usize,
+    pub graphiql: bool,
 }

@@ -144,7 +144,7 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
-    pub fn state(&self) -> &authgraph::app::AppState {
+    pub fn state(&self) -> &authgraph::http::AppState {
         &self.running.as_ref().expect("running").state
     }
 

@@ -1,0 +1,124 @@
+//! Which rate-limit budget each operation draws from, in one table.
+//!
+//! Every root field of the schema (a query or a mutation) is listed in
+//! [`BUDGETS`]: either the per-client budget it spends before its resolver runs,
+//! or why it has none. The request guard spends it for each call of the field
+//! (an alias and each operation of a batch count once, a field skipped by
+//! `@skip` not at all), and refuses a root field that is missing from the
+//! table, so a new operation cannot ship without a decision; a test holds the
+//! table and the schema equal.
+//!
+//! Two budgets are spent deeper, where their key is known: the per-account
+//! budget of `login` and `changePassword` (keyed by the address's key, see
+//! `service::accounts::spend_account_budget`), and the password-hashing queue
+//! (`auth::password`), which answers `RATE_LIMITED` when full.
+
+use async_graphql::{PathSegment, ServerError, ServerResult, extensions::ResolveInfo};
+
+use crate::{
+    auth::rate_limit::{Action, IpKey, RateLimits},
+    error::AppError,
+};
+
+/// What a root field costs its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// One unit of the client's budget for this action (per IPv4 address or
+    /// IPv6 /64; `RATE_LIMIT_*_PER_IP`).
+    PerIp(Action),
+    /// Not rate limited; the reason is kept here for the reader.
+    Unmetered(&'static str),
+}
+
+const TOKEN: &str = "needs a live access token or API key, and checks no password";
+
+/// Every root field and its budget. Sorted by type, then as in the schema.
+pub const BUDGETS: &[(&str, Budget)] = &[
+    // Query
+    ("me", Budget::Unmetered(TOKEN)),
+    ("users", Budget::Unmetered(TOKEN)),
+    ("user", Budget::Unmetered(TOKEN)),
+    ("apiKeys", Budget::Unmetered(TOKEN)),
+    ("tokenInfo", Budget::Unmetered("an API key's check of a token; answered from memory")),
+    // Mutation
+    ("register", Budget::PerIp(Action::Register)),
+    ("login", Budget::PerIp(Action::Login)),
+    ("updateProfile", Budget::Unmetered(TOKEN)),
+    ("changePassword", Budget::PerIp(Action::Login)),
+    ("refreshToken", Budget::PerIp(Action::Refresh)),
+    ("logout", Budget::Unmetered("ends sessions; a refresh token presented to it has only refresh's power")),
+    ("revokeSession", Budget::Unmetered(TOKEN)),
+    ("setUserRole", Budget::Unmetered(TOKEN)),
+    ("deleteUser", Budget::Unmetered(TOKEN)),
+    ("revokeUserSessions", Budget::Unmetered(TOKEN)),
+    ("createApiKey", Budget::Unmetered(TOKEN)),
+    ("rotateApiKey", Budget::Unmetered(TOKEN)),
+    ("revokeApiKey", Budget::Unmetered(TOKEN)),
+];
+
+/// The budget of a root field, if the table has one.
+pub fn of(field: &str) -> Option<Budget> {
+    BUDGETS.iter().find(|(name, _)| *name == field).map(|(_, b)| *b)
+}
+
+/// Spends the budget of the field being resolved, if it is a root field.
+/// Errors: `RATE_LIMITED` past the budget; `INTERNAL_SERVER_ERROR` for a root
+/// field missing from [`BUDGETS`] (fails closed).
+pub(super) fn spend(info: &ResolveInfo<'_>, limits: &RateLimits, ip: IpKey) -> ServerResult<()> {
+    if info.path_node.parent.is_some() || info.is_for_introspection || info.name.starts_with("__") {
+        return Ok(());
+    }
+    let outcome = match of(info.name) {
+        Some(Budget::PerIp(action)) => limits.check_ip(action, ip),
+        Some(Budget::Unmetered(_)) => Ok(()),
+        None => Err(AppError::internal(format!("no rate-limit budget is declared for `{}`", info.name))),
+    };
+    outcome.map_err(|err| {
+        // Logged as a resolver's internal error would be.
+        if let AppError::Internal(detail) = &err {
+            tracing::error!(error = %detail, "internal error");
+        }
+        // The field's own position and path, as an error from its resolver has.
+        let pos = info.field.alias.as_ref().map_or(info.field.name.pos, |alias| alias.pos);
+        let mut server_error: ServerError = err.into_server_error();
+        server_error.locations = vec![pos];
+        server_error.path = vec![PathSegment::Field(info.alias.unwrap_or(info.name).to_owned())];
+        server_error
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every root field of the schema has a declared budget, and the table names
+    /// no field the schema lacks.
+    #[tokio::test]
+    async fn every_operation_declares_its_budget() {
+        let limits = crate::graphql::Limits {
+            depth: usize::MAX,
+            complexity: usize::MAX,
+            aliases: usize::MAX,
+            introspection: true,
+        };
+        let schema = crate::graphql::schema_builder(limits, crate::graphql::document_cache()).finish();
+        let v = schema
+            .execute("{ __schema { queryType { fields { name } } mutationType { fields { name } } } }")
+            .await
+            .data
+            .into_json()
+            .unwrap();
+        let mut fields: Vec<String> = Vec::new();
+        for root in ["queryType", "mutationType"] {
+            for f in v["__schema"][root]["fields"].as_array().unwrap() {
+                fields.push(f["name"].as_str().unwrap().to_owned());
+            }
+        }
+        assert!(fields.len() > 10, "{v}");
+        let missing: Vec<&String> = fields.iter().filter(|f| of(f).is_none()).collect();
+        assert!(missing.is_empty(), "root fields without a budget in BUDGETS: {missing:?}");
+        for (name, _) in BUDGETS {
+            assert!(fields.iter().any(|f| f == name), "BUDGETS lists `{name}`, which the schema does not have");
+        }
+    }
+}
