@@ -9,6 +9,11 @@ pub mod sessions;
 pub mod users;
 pub mod validate;
 
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
+
 use std::{sync::Arc, time::Duration};
 
 use crate::auth::{
@@ -61,4 +66,15 @@ pub struct Issued {
     pub access: IssuedAccessToken,
     pub refresh_token: String,
     pub refresh_expires_at: DateTime<Utc>,
+}
+
+/// Shows who and which session, never the tokens.
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("user_id", &self.user.id)
+            .field("session_id", &self.session_id)
+            .field("refresh_expires_at", &self.refresh_expires_at)
+            .finish_non_exhaustive()
+    }
 }
