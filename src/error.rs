@@ -35,171 +35,58 @@ impl Code {
 /// and a test holds the two equal. Errors without a reason (a generic
 /// `FORBIDDEN`, `RATE_LIMITED`, `SERVICE_UNAVAILABLE`, `INTERNAL_SERVER_ERROR`,
 /// and a malformed HTTP request) carry the code alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    InvalidCredentials,
-    AccessTokenExpired,
-    RefreshTokenExpired,
-    TokenRevoked,
-    InvalidToken,
-    RefreshTokenReused,
-    MissingToken,
-    CrossSiteRequest,
-    EmailTaken,
-    InvalidEmail,
-    WeakPassword,
-    InvalidName,
-    InvalidId,
-    NotFound,
-    LastAdmin,
-    InvalidCursor,
-    InvalidPageSize,
-    InvalidSearch,
-    InvalidScopes,
-    InvalidExpiry,
-    InvalidGrace,
-    AlreadyRotated,
-    TooManyAliases,
-    TooManyCredentialFields,
-    IntrospectionDisabled,
-    GraphqlValidationFailed,
+macro_rules! reasons {
+    ($($variant:ident => ($wire:literal, $code:ident, $legacy:expr, $meaning:literal),)+) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Reason {
+            $($variant,)+
+        }
+
+        impl Reason {
+            /// Every reason, in the order of the README's table.
+            pub const ALL: &[Reason] = &[$(Reason::$variant,)+];
+
+            /// The wire name (`extensions.reason`), its code, the older numeric
+            /// name some clients know it by, and what it means to a client.
+            const fn entry(self) -> (&'static str, Code, Option<&'static str>, &'static str) {
+                match self {
+                    $(Reason::$variant => ($wire, Code::$code, $legacy, $meaning),)+
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    InvalidCredentials => ("INVALID_CREDENTIALS", Unauthenticated, Some("AUTH_001"), "Wrong email or password (the same answer for an unknown email)."),
+    AccessTokenExpired => ("ACCESS_TOKEN_EXPIRED", Unauthenticated, Some("AUTH_002"), "Refresh, then retry the request."),
+    RefreshTokenExpired => ("REFRESH_TOKEN_EXPIRED", Unauthenticated, Some("AUTH_003"), "The session ended by age or idleness: log in again."),
+    TokenRevoked => ("TOKEN_REVOKED", Unauthenticated, Some("AUTH_004"), "The session was ended (logout, revocation, password change, deletion): log in again."),
+    InvalidToken => ("INVALID_TOKEN", Unauthenticated, Some("AUTH_005"), "The token is malformed, forged or unknown: log in again."),
+    RefreshTokenReused => ("REFRESH_TOKEN_REUSED", Unauthenticated, None, "A rotated refresh token came back after its grace window; the session was ended."),
+    MissingToken => ("MISSING_TOKEN", Unauthenticated, None, "The operation needs an access token."),
+    CrossSiteRequest => ("CROSS_SITE_REQUEST", Forbidden, None, "A cookie-using operation came from a site that is neither this one nor an allowed origin."),
+    EmailTaken => ("EMAIL_TAKEN", BadUserInput, None, "The address already has an account (field `email`)."),
+    InvalidEmail => ("INVALID_EMAIL", BadUserInput, None, "The address is malformed or has invisible characters."),
+    WeakPassword => ("WEAK_PASSWORD", BadUserInput, None, "The password is shorter than 8 or longer than 128 characters."),
+    InvalidName => ("INVALID_NAME", BadUserInput, None, "The name is empty, too long, or has control or invisible characters."),
+    InvalidId => ("INVALID_ID", BadUserInput, None, "The `ID` argument is not one of this server's ids."),
+    NotFound => ("NOT_FOUND", BadUserInput, None, "No such user, or no such live API key."),
+    LastAdmin => ("LAST_ADMIN", BadUserInput, None, "The last admin cannot be demoted or deleted."),
+    InvalidCursor => ("INVALID_CURSOR", BadUserInput, None, "`after`/`before` is not a cursor of this listing."),
+    InvalidPageSize => ("INVALID_PAGE_SIZE", BadUserInput, None, "`first`/`last` is outside 0 to 100, or both were given."),
+    InvalidSearch => ("INVALID_SEARCH", BadUserInput, None, "The search term is over 256 characters or has control characters."),
+    InvalidScopes => ("INVALID_SCOPES", BadUserInput, None, "An API key needs at least one scope."),
+    InvalidExpiry => ("INVALID_EXPIRY", BadUserInput, None, "`expiresInDays` is outside 1 to 3650."),
+    InvalidGrace => ("INVALID_GRACE", BadUserInput, None, "`graceDays` is outside 0 to 365."),
+    AlreadyRotated => ("ALREADY_ROTATED", BadUserInput, None, "The API key was already rotated: rotate its successor."),
+    TooManyAliases => ("TOO_MANY_ALIASES", BadUserInput, None, "The operation has more aliases than the server allows."),
+    TooManyCredentialFields => ("TOO_MANY_CREDENTIAL_FIELDS", BadUserInput, None, "More than one login, register or changePassword in one HTTP request."),
+    IntrospectionDisabled => ("INTROSPECTION_DISABLED", BadUserInput, None, "Introspection is off on this server."),
+    GraphqlValidationFailed => ("GRAPHQL_VALIDATION_FAILED", BadUserInput, None, "The document does not parse or validate against the schema, or exceeds the depth or complexity limit."),
 }
 
 impl Reason {
-    /// Every reason, in the order of the README's table.
-    pub const ALL: [Reason; 26] = {
-        use Reason::*;
-        [
-            InvalidCredentials,
-            AccessTokenExpired,
-            RefreshTokenExpired,
-            TokenRevoked,
-            InvalidToken,
-            RefreshTokenReused,
-            MissingToken,
-            CrossSiteRequest,
-            EmailTaken,
-            InvalidEmail,
-            WeakPassword,
-            InvalidName,
-            InvalidId,
-            NotFound,
-            LastAdmin,
-            InvalidCursor,
-            InvalidPageSize,
-            InvalidSearch,
-            InvalidScopes,
-            InvalidExpiry,
-            InvalidGrace,
-            AlreadyRotated,
-            TooManyAliases,
-            TooManyCredentialFields,
-            IntrospectionDisabled,
-            GraphqlValidationFailed,
-        ]
-    };
-
-    /// The wire name (`extensions.reason`), its code, the older numeric name
-    /// some clients know it by, and what it means to a client.
-    const fn entry(self) -> (&'static str, Code, Option<&'static str>, &'static str) {
-        use Code::*;
-        use Reason::*;
-        match self {
-            InvalidCredentials => (
-                "INVALID_CREDENTIALS",
-                Unauthenticated,
-                Some("AUTH_001"),
-                "Wrong email or password (the same answer for an unknown email).",
-            ),
-            AccessTokenExpired => {
-                ("ACCESS_TOKEN_EXPIRED", Unauthenticated, Some("AUTH_002"), "Refresh, then retry the request.")
-            }
-            RefreshTokenExpired => (
-                "REFRESH_TOKEN_EXPIRED",
-                Unauthenticated,
-                Some("AUTH_003"),
-                "The session ended by age or idleness: log in again.",
-            ),
-            TokenRevoked => (
-                "TOKEN_REVOKED",
-                Unauthenticated,
-                Some("AUTH_004"),
-                "The session was ended (logout, revocation, password change, deletion): log in again.",
-            ),
-            InvalidToken => (
-                "INVALID_TOKEN",
-                Unauthenticated,
-                Some("AUTH_005"),
-                "The token is malformed, forged or unknown: log in again.",
-            ),
-            RefreshTokenReused => (
-                "REFRESH_TOKEN_REUSED",
-                Unauthenticated,
-                None,
-                "A rotated refresh token came back after its grace window; the session was ended.",
-            ),
-            MissingToken => ("MISSING_TOKEN", Unauthenticated, None, "The operation needs an access token."),
-            CrossSiteRequest => (
-                "CROSS_SITE_REQUEST",
-                Forbidden,
-                None,
-                "A cookie-using operation came from a site that is neither this one nor an allowed origin.",
-            ),
-            EmailTaken => ("EMAIL_TAKEN", BadUserInput, None, "The address already has an account (field `email`)."),
-            InvalidEmail => {
-                ("INVALID_EMAIL", BadUserInput, None, "The address is malformed or has invisible characters.")
-            }
-            WeakPassword => {
-                ("WEAK_PASSWORD", BadUserInput, None, "The password is shorter than 8 or longer than 128 characters.")
-            }
-            InvalidName => (
-                "INVALID_NAME",
-                BadUserInput,
-                None,
-                "The name is empty, too long, or has control or invisible characters.",
-            ),
-            InvalidId => ("INVALID_ID", BadUserInput, None, "The `ID` argument is not one of this server's ids."),
-            NotFound => ("NOT_FOUND", BadUserInput, None, "No such user, or no such live API key."),
-            LastAdmin => ("LAST_ADMIN", BadUserInput, None, "The last admin cannot be demoted or deleted."),
-            InvalidCursor => {
-                ("INVALID_CURSOR", BadUserInput, None, "`after`/`before` is not a cursor of this listing.")
-            }
-            InvalidPageSize => {
-                ("INVALID_PAGE_SIZE", BadUserInput, None, "`first`/`last` is outside 0 to 100, or both were given.")
-            }
-            InvalidSearch => (
-                "INVALID_SEARCH",
-                BadUserInput,
-                None,
-                "The search term is over 256 characters or has control characters.",
-            ),
-            InvalidScopes => ("INVALID_SCOPES", BadUserInput, None, "An API key needs at least one scope."),
-            InvalidExpiry => ("INVALID_EXPIRY", BadUserInput, None, "`expiresInDays` is outside 1 to 3650."),
-            InvalidGrace => ("INVALID_GRACE", BadUserInput, None, "`graceDays` is outside 0 to 365."),
-            AlreadyRotated => {
-                ("ALREADY_ROTATED", BadUserInput, None, "The API key was already rotated: rotate its successor.")
-            }
-            TooManyAliases => {
-                ("TOO_MANY_ALIASES", BadUserInput, None, "The operation has more aliases than the server allows.")
-            }
-            TooManyCredentialFields => (
-                "TOO_MANY_CREDENTIAL_FIELDS",
-                BadUserInput,
-                None,
-                "More than one login, register or changePassword in one HTTP request.",
-            ),
-            IntrospectionDisabled => {
-                ("INTROSPECTION_DISABLED", BadUserInput, None, "Introspection is off on this server.")
-            }
-            GraphqlValidationFailed => (
-                "GRAPHQL_VALIDATION_FAILED",
-                BadUserInput,
-                None,
-                "The document does not parse or validate against the schema, or exceeds the depth or complexity limit.",
-            ),
-        }
-    }
-
     /// The wire name, as in `extensions.reason`.
     pub const fn as_str(self) -> &'static str {
         self.entry().0
@@ -222,7 +109,7 @@ impl Reason {
     /// The README's table of reasons, generated from [`Reason::ALL`].
     pub fn markdown_table() -> String {
         let mut out = String::from("| reason | code | also known as | meaning |\n|---|---|---|---|\n");
-        for r in Reason::ALL {
+        for &r in Reason::ALL {
             out.push_str(&format!(
                 "| `{}` | {} | {} | {} |\n",
                 r.as_str(),
