@@ -154,7 +154,7 @@ pub struct ServeArgs {
     #[arg(long, env = "RATE_LIMIT_REFRESH_PER_IP", default_value = "120/1m")]
     pub rate_limit_refresh_per_ip: QuotaSpec,
 
-    /// Login attempts per account (known or not), as N/period
+    /// Password checks (login, changePassword) per account, known or not, as N/period
     #[arg(long, env = "RATE_LIMIT_LOGIN_PER_ACCOUNT", default_value = "100/1h")]
     pub rate_limit_login_per_account: QuotaSpec,
 

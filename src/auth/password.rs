@@ -47,7 +47,7 @@ pub struct PasswordHasher {
 struct Inner {
     params: Params,
     queue: mpsc::SyncSender<Job>,
-    /// Jobs skipped because their caller was gone (for tests and metrics).
+    /// Jobs skipped because their caller was gone (read by tests).
     abandoned: Arc<AtomicU64>,
     /// A hash of a random password: unknown accounts are verified against it so
     /// that they cost the same time as known ones.

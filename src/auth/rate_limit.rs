@@ -1,10 +1,12 @@
-//! Rate limits on the auth mutations, counted per resolver call: an alias, a
+//! Rate limits on the auth mutations, counted per field call: an alias, a
 //! batched operation and a lone request each count once, so GraphQL's ways of
-//! packing many calls into one HTTP request do not multiply the quota.
+//! packing many calls into one HTTP request do not multiply the quota. Which
+//! operation spends which budget is declared in `graphql::budget`.
 //!
 //! Keys: the client IP (IPv6 grouped by /64, the block one subscriber gets), and
-//! for logins also the target account, keyed by the normalised email whether or
-//! not the account exists, so the answer never tells them apart.
+//! for password checks (`login`, `changePassword`) also the target account,
+//! keyed by the address's key whether or not the account exists, so the answer
+//! never tells them apart.
 
 use std::{net::IpAddr, time::Duration};
 

@@ -45,8 +45,9 @@ impl SessionMutation {
     }
 
     /// Ends the current session, or all of the user's sessions with
-    /// `everywhere: true`, and clears the refresh cookie. Always true, also when
-    /// there was nothing to end.
+    /// `everywhere: true`, and clears the refresh cookie. True also when there
+    /// was nothing to end; REFRESH_TOKEN_REUSED when the refresh token given was
+    /// rotated long ago (its session is ended).
     async fn logout(
         &self,
         ctx: &Context<'_>,

@@ -246,9 +246,9 @@ pub async fn end_session(svc: &Services, session_id: SessionId) -> AppResult<boo
     Ok(res.rows_affected > 0)
 }
 
-/// Ends all of a user's sessions, except `except`, inside the caller's
-/// transaction. Returns how many were live. The caller applies
-/// `SessionEvent::UserSessionsRevoked` once the transaction has committed.
+/// Ends all of a user's sessions, except `except`, on `conn` (the pool, or the
+/// caller's transaction). Returns how many were live. The caller applies
+/// `SessionEvent::UserSessionsRevoked` once the change has committed.
 pub async fn end_user_sessions(
     svc: &Services,
     conn: &impl ConnectionTrait,
