@@ -50,7 +50,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         tokens: TokenKeys::new(&secret, &config.jwt_issuer, &config.jwt_audience, config.access_token_ttl),
         refresh: RefreshKeys::new(&secret),
         registry: Arc::new(SessionRegistry::default()),
-        limits: Arc::new(RateLimits::new(&config.rate_limits)),
+        limits: Arc::new(RateLimits::new(&config.rate_limits, config.clock.clone())),
         api_key_usage: Arc::default(),
         policy: SessionPolicy {
             refresh_ttl: config.refresh_token_ttl,

@@ -8,9 +8,12 @@
 //! passes, and a test can jump it ahead (an hour of refresh-token lifetime in
 //! no time). Timers (the purge interval, rate-limit refill) keep real time.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicI64, Ordering},
+use std::{
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
@@ -40,6 +43,28 @@ impl Clock {
     /// Now, as Unix time in seconds (what JWT claims hold).
     pub fn unix(&self) -> i64 {
         self.now().timestamp()
+    }
+
+    /// Time since a fixed point early in the process, monotonic (never moved
+    /// back by the system clock being set), plus the offset: what the rate
+    /// limiters count their refills in.
+    pub fn elapsed(&self) -> Duration {
+        static START: OnceLock<Instant> = OnceLock::new();
+        let monotonic = START.get_or_init(Instant::now).elapsed();
+        match &self.offset_ms {
+            None => monotonic,
+            Some(offset) => monotonic + Duration::from_millis(offset.load(Ordering::SeqCst).max(0) as u64),
+        }
+    }
+}
+
+/// The rate limiters (governor) read the same clock, so their refill can be
+/// tested by moving it too.
+impl governor::clock::Clock for Clock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        self.elapsed()
     }
 }
 

@@ -10,12 +10,10 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use governor::{
-    DefaultKeyedRateLimiter, Quota, RateLimiter,
-    clock::{Clock, DefaultClock},
-};
+use governor::{Quota, RateLimiter, middleware::NoOpMiddleware, state::keyed::DefaultKeyedStateStore};
 
 use crate::{
+    clock::Clock,
     config::{QuotaSpec, RateLimitConfig},
     error::AppError,
 };
@@ -51,31 +49,36 @@ pub enum Action {
     Refresh,
 }
 
+/// A keyed limiter on the service's [`Clock`].
+type Limiter<K> = RateLimiter<K, DefaultKeyedStateStore<K>, Clock, NoOpMiddleware<Duration>>;
+
+fn keyed<K: Clone + std::hash::Hash + Eq>(spec: &QuotaSpec, clock: &Clock) -> Limiter<K> {
+    RateLimiter::new(quota(spec), DefaultKeyedStateStore::default(), clock.clone())
+}
+
 pub struct RateLimits {
-    login_ip: DefaultKeyedRateLimiter<IpKey>,
-    register_ip: DefaultKeyedRateLimiter<IpKey>,
-    refresh_ip: DefaultKeyedRateLimiter<IpKey>,
-    login_account: DefaultKeyedRateLimiter<String>,
-    clock: DefaultClock,
+    login_ip: Limiter<IpKey>,
+    register_ip: Limiter<IpKey>,
+    refresh_ip: Limiter<IpKey>,
+    login_account: Limiter<String>,
+    clock: Clock,
 }
 
 impl RateLimits {
-    pub fn new(c: &RateLimitConfig) -> Self {
+    /// The four limiters of `c`, refilled by `clock`.
+    pub fn new(c: &RateLimitConfig, clock: Clock) -> Self {
         Self {
-            login_ip: RateLimiter::keyed(quota(&c.login_per_ip)),
-            register_ip: RateLimiter::keyed(quota(&c.register_per_ip)),
-            refresh_ip: RateLimiter::keyed(quota(&c.refresh_per_ip)),
-            login_account: RateLimiter::keyed(quota(&c.login_per_account)),
-            clock: DefaultClock::default(),
+            login_ip: keyed(&c.login_per_ip, &clock),
+            register_ip: keyed(&c.register_per_ip, &clock),
+            refresh_ip: keyed(&c.refresh_per_ip, &clock),
+            login_account: keyed(&c.login_per_account, &clock),
+            clock,
         }
     }
 
-    fn limited(
-        &self,
-        outcome: Result<(), governor::NotUntil<<DefaultClock as Clock>::Instant>>,
-    ) -> Result<(), AppError> {
+    fn limited(&self, outcome: Result<(), governor::NotUntil<Duration>>) -> Result<(), AppError> {
         outcome.map_err(|not_until| {
-            let wait = not_until.wait_time_from(self.clock.now());
+            let wait = not_until.wait_time_from(self.clock.elapsed());
             // Whole seconds, rounded up: retrying after that many seconds succeeds.
             AppError::RateLimited { retry_after: (wait.as_secs_f64().ceil() as u64).max(1) }
         })
@@ -124,13 +127,17 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn limits(login: &str) -> RateLimits {
-        RateLimits::new(&RateLimitConfig {
+    fn config(login: &str) -> RateLimitConfig {
+        RateLimitConfig {
             login_per_ip: spec(login),
             register_per_ip: spec("1/1h"),
             refresh_per_ip: spec("100/1s"),
             login_per_account: spec("2/1h"),
-        })
+        }
+    }
+
+    fn limits(login: &str) -> RateLimits {
+        RateLimits::new(&config(login), Clock::system())
     }
 
     #[test]
@@ -177,12 +184,13 @@ mod tests {
 
     #[test]
     fn idle_keys_are_forgotten() {
-        let l = limits("1000/1ms");
+        let control = crate::clock::ClockControl::new();
+        let l = RateLimits::new(&config("5/1h"), control.clock());
         for i in 0..10_000u32 {
             let _ = l.check_ip(Action::Login, IpKey::V4(i));
         }
-        assert!(l.tracked_keys() >= 10_000);
-        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(l.forget_idle(), 10_000, "no quota is full again yet");
+        control.advance(Duration::from_secs(3600));
         assert_eq!(l.forget_idle(), 0);
     }
 }

@@ -77,12 +77,15 @@ impl TestKit {
             tokens: TokenKeys::new(&secret, "authgraph", "authgraph", Duration::from_secs(900)),
             refresh: RefreshKeys::new(&secret),
             registry: Arc::new(SessionRegistry::default()),
-            limits: Arc::new(RateLimits::new(&RateLimitConfig {
-                login_per_ip: unlimited,
-                register_per_ip: unlimited,
-                refresh_per_ip: unlimited,
-                login_per_account: unlimited,
-            })),
+            limits: Arc::new(RateLimits::new(
+                &RateLimitConfig {
+                    login_per_ip: unlimited,
+                    register_per_ip: unlimited,
+                    refresh_per_ip: unlimited,
+                    login_per_account: unlimited,
+                },
+                clock.clock(),
+            )),
             api_key_usage: Arc::default(),
             policy,
             clock: clock.clock(),
