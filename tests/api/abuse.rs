@@ -9,12 +9,11 @@ use futures_util::future::join_all;
 use reqwest::Client;
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use crate::{helpers::*, ops};
 
 const LOGIN: &str = "mutation($i: LoginInput!) { login(input: $i) { accessToken user { email } } }";
 const REGISTER: &str =
     "mutation($i: RegisterInput!) { register(input: $i) { accessToken refreshToken user { email } } }";
-const REFRESH: &str = "mutation($t: String) { refreshToken(refreshToken: $t) { accessToken refreshToken } }";
 
 fn spec(s: &str) -> QuotaSpec {
     s.parse().unwrap()
@@ -50,7 +49,7 @@ fn register_req(email: &str, password: &str) -> Value {
 }
 
 fn refresh_body(token: &str) -> Value {
-    json!({ "query": REFRESH, "variables": { "t": token } })
+    json!({ "query": ops::REFRESH_BODY, "variables": { "t": token } })
 }
 
 /// One login with the BODY transport from the given forwarded addresses.
@@ -223,7 +222,7 @@ async fn a_batch_runs_at_most_one_credential_field() {
     app.register(&c, "mix@example.com").await;
 
     // Non-credential operations in a batch are unaffected by a login in it.
-    let batch = json!([login_body("other@example.com", "guess"), { "query": "{ __typename }" }]);
+    let batch = json!([login_body("other@example.com", "guess"), { "query": ops::TYPENAME }]);
     let v = send_json(&app, &c, &[], &batch).await;
     assert_eq!(reason(&v[0]), "INVALID_CREDENTIALS", "{v}");
     assert_eq!(v[1]["data"]["__typename"], "Query", "{v}");
@@ -550,7 +549,7 @@ async fn introspection_and_suggestions_can_be_turned_off() {
         assert!(!text.contains("Did you mean"), "suggestion leaked: {text}");
     }
     // __typename is not introspection: it still works.
-    let v = send_json(&off, &c, &[], &json!({ "query": "{ __typename }" })).await;
+    let v = send_json(&off, &c, &[], &json!({ "query": ops::TYPENAME })).await;
     assert_eq!(v["data"]["__typename"], "Query", "{v}");
 
     // Control: with introspection on, both work.
@@ -637,6 +636,6 @@ async fn the_server_stays_healthy_through_a_flood() {
     assert_eq!(r.status(), 200);
     let r = c.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let v = app.gql(&c, Some(&token), "{ me { email } }", json!({})).await;
+    let v = app.gql(&c, Some(&token), ops::ME_EMAIL, json!({})).await;
     assert_eq!(v["data"]["me"]["email"], "survivor@example.com", "{v}");
 }

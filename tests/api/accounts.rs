@@ -3,14 +3,12 @@
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use crate::{helpers::*, ops};
 
 const REGISTER: &str = "mutation($i: RegisterInput!) { register(input: $i) { accessToken tokenType expiresIn refreshToken user { id email name role } } }";
 const LOGIN: &str = "mutation($i: LoginInput!) { login(input: $i) { accessToken tokenType expiresIn refreshToken user { id email name role } } }";
 const ME: &str = "{ me { id email name role } }";
 const UPDATE: &str = "mutation($i: UpdateProfileInput!) { updateProfile(input: $i) { id email name role } }";
-const CHANGE: &str = "mutation($c: String!, $n: String!) { changePassword(currentPassword: $c, newPassword: $n) }";
-const REFRESH: &str = "mutation($t: String) { refreshToken(refreshToken: $t) { accessToken refreshToken } }";
 
 /// Registers with the BODY transport; returns the whole response body.
 pub async fn register_raw(app: &TestApp, email: &str, password: &str, name: Option<&str>) -> Value {
@@ -107,7 +105,7 @@ async fn register_returns_the_payload_and_sets_the_refresh_cookie() {
     // The cookie is the session's refresh token, and the access token is good.
     let me = app.gql(&c, Some(p["accessToken"].as_str().unwrap()), ME, json!({})).await;
     assert_eq!(me["data"]["me"]["id"], user["id"], "{me}");
-    let rotated = app.gql(&c, None, "mutation { refreshToken { accessToken refreshToken } }", json!({})).await;
+    let rotated = app.gql(&c, None, ops::REFRESH_COOKIE, json!({})).await;
     assert!(rotated["data"]["refreshToken"]["accessToken"].is_string(), "{rotated}");
     assert!(rotated["data"]["refreshToken"]["refreshToken"].is_null(), "{rotated}");
 
@@ -279,7 +277,8 @@ async fn odd_characters_get_the_same_answer_on_every_backend() {
     assert_input_error(&v, "INVALID_NAME", "name", "updateProfile name with NUL");
     let v = app.gql(&c, Some(&token), UPDATE, json!({ "i": { "email": "x\0y@example.com" } })).await;
     assert_input_error(&v, "INVALID_EMAIL", "email", "updateProfile email with NUL");
-    let v = app.gql(&c, Some(&token), CHANGE, json!({ "c": password, "n": "new\0password with NUL" })).await;
+    let v =
+        app.gql(&c, Some(&token), ops::CHANGE_PASSWORD, json!({ "c": password, "n": "new\0password with NUL" })).await;
     assert!(v["errors"].is_null() && v["data"]["changePassword"] == true, "{v}");
     assert!(login_raw(&app, email, "new\0password with NUL").await["errors"].is_null());
 
@@ -405,7 +404,7 @@ async fn login_works_with_both_transports() {
     let me = app.gql(&c, Some(p["accessToken"].as_str().unwrap()), ME, json!({})).await;
     assert_eq!(me["data"]["me"]["id"], id.as_str(), "{me}");
     // The refresh token from the body works as the argument.
-    let v = app.gql(&app.client(), None, REFRESH, json!({ "t": p["refreshToken"] })).await;
+    let v = app.gql(&app.client(), None, ops::REFRESH_BODY, json!({ "t": p["refreshToken"] })).await;
     assert!(v["data"]["refreshToken"]["refreshToken"].is_string(), "{v}");
 }
 
@@ -443,9 +442,7 @@ async fn a_stale_or_foreign_authorization_header_does_not_break_login() {
     let (token, refresh_token, id) = app.register_body("dave@example.com").await;
     // Make the real token stale: the session is ended.
     let c = app.client();
-    let v = app
-        .gql(&c, Some(&token), "mutation($t: String) { logout(refreshToken: $t) }", json!({ "t": refresh_token }))
-        .await;
+    let v = app.gql(&c, Some(&token), ops::LOGOUT_TOKEN, json!({ "t": refresh_token })).await;
     assert_eq!(v["data"]["logout"], true, "{v}");
     let v = app.gql(&c, Some(&token), ME, json!({})).await;
     assert_eq!(reason(&v), "TOKEN_REVOKED", "{v}");
@@ -472,7 +469,7 @@ async fn a_stale_or_foreign_authorization_header_does_not_break_login() {
         let v: Value = c
             .post(app.url("/graphql"))
             .header("authorization", &header)
-            .json(&json!({ "query": "{ __typename }" }))
+            .json(&json!({ "query": ops::TYPENAME }))
             .send()
             .await
             .unwrap()
@@ -682,22 +679,23 @@ async fn change_password_checks_the_old_one_and_ends_other_sessions() {
     let (token_b, refresh_b) = (access(&second, "login"), refresh(&second, "login"));
     let new_password = "a brand new passphrase";
 
-    let v = app.gql(&c, None, CHANGE, json!({ "c": PASSWORD, "n": new_password })).await;
+    let v = app.gql(&c, None, ops::CHANGE_PASSWORD, json!({ "c": PASSWORD, "n": new_password })).await;
     assert_eq!(reason(&v), "MISSING_TOKEN", "{v}");
 
-    let v = app.gql(&c, Some(&token_a), CHANGE, json!({ "c": "not the password", "n": new_password })).await;
+    let v =
+        app.gql(&c, Some(&token_a), ops::CHANGE_PASSWORD, json!({ "c": "not the password", "n": new_password })).await;
     assert_eq!(code(&v), "UNAUTHENTICATED", "{v}");
     assert_eq!(reason(&v), "INVALID_CREDENTIALS", "{v}");
     assert!(v["data"].is_null(), "{v}");
     for weak in ["short", &"x".repeat(129)] {
-        let v = app.gql(&c, Some(&token_a), CHANGE, json!({ "c": PASSWORD, "n": weak })).await;
+        let v = app.gql(&c, Some(&token_a), ops::CHANGE_PASSWORD, json!({ "c": PASSWORD, "n": weak })).await;
         assert_input_error(&v, "WEAK_PASSWORD", "newPassword", "weak new password");
     }
     // The refused attempts changed nothing: session B is alive, the password is old.
     let v = app.gql(&c, Some(&token_b), ME, json!({})).await;
     assert_eq!(v["data"]["me"]["id"], id.as_str(), "{v}");
 
-    let v = app.gql(&c, Some(&token_a), CHANGE, json!({ "c": PASSWORD, "n": new_password })).await;
+    let v = app.gql(&c, Some(&token_a), ops::CHANGE_PASSWORD, json!({ "c": PASSWORD, "n": new_password })).await;
     assert_eq!(v, json!({ "data": { "changePassword": true } }));
 
     // The caller's own session keeps working, access and refresh.
@@ -708,10 +706,10 @@ async fn change_password_checks_the_old_one_and_ends_other_sessions() {
     assert_eq!(code(&v), "UNAUTHENTICATED", "{v}");
     assert_eq!(reason(&v), "TOKEN_REVOKED", "{v}");
     assert!(v["data"].is_null(), "{v}");
-    let v = app.gql(&app.client(), None, REFRESH, json!({ "t": refresh_b })).await;
+    let v = app.gql(&app.client(), None, ops::REFRESH_BODY, json!({ "t": refresh_b })).await;
     assert_eq!(code(&v), "UNAUTHENTICATED", "the other session's refresh token still works: {v}");
     assert!(v["data"].is_null(), "{v}");
-    let v = app.gql(&app.client(), None, REFRESH, json!({ "t": refresh_a })).await;
+    let v = app.gql(&app.client(), None, ops::REFRESH_BODY, json!({ "t": refresh_a })).await;
     assert!(v["data"]["refreshToken"]["accessToken"].is_string(), "the caller's session was ended: {v}");
 
     let v = login_raw(&app, "heidi@example.com", PASSWORD).await;

@@ -10,7 +10,7 @@ use std::{
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use crate::{helpers::*, ops};
 
 pub const ADMIN_EMAIL: &str = "admin@example.com";
 
@@ -72,10 +72,7 @@ async fn register_named(app: &TestApp, email: &str, name: &str) -> String {
     v["data"]["register"]["user"]["id"].as_str().unwrap().to_owned()
 }
 
-const ME_ROLE: &str = "{ me { role } }";
 const SET_ROLE: &str = "mutation($id: ID!, $role: Role!) { setUserRole(id: $id, role: $role) { id role } }";
-const DELETE: &str = "mutation($id: ID!) { deleteUser(id: $id) }";
-const REVOKE_SESSIONS: &str = "mutation($id: ID!) { revokeUserSessions(id: $id) }";
 const USER_COUNT: &str = "query($role: Role) { users(role: $role) { totalCount nodes { email role } } }";
 
 // ---------------------------------------------------------------------------
@@ -148,7 +145,7 @@ async fn a_user_cannot_reach_admin_fields_by_any_route() {
         { "query": "{ me { email role } }" },
         { "query": "{ users { nodes { email } } }" },
         { "query": format!(r#"mutation {{ setUserRole(id: "{mallory_id}", role: ADMIN) {{ role }} }}"#) },
-        { "query": "{ me { role } }" },
+        { "query": ops::ME_ROLE },
     ]);
     let text =
         c.post(app.url("/graphql")).bearer_auth(&mallory).json(&batch).send().await.unwrap().text().await.unwrap();
@@ -176,8 +173,8 @@ async fn a_user_cannot_reach_admin_fields_by_any_route() {
 
     // Nothing changed: mallory is still a USER, the victim still logged in and
     // present, the only API key the admin's and live, no new key.
-    assert_eq!(ok(&app, &mallory, ME_ROLE, json!({})).await["me"]["role"], "USER");
-    assert_eq!(ok(&app, &victim_token, "{ me { email } }", json!({})).await["me"]["email"], "victim@example.com");
+    assert_eq!(ok(&app, &mallory, ops::ME_ROLE, json!({})).await["me"]["role"], "USER");
+    assert_eq!(ok(&app, &victim_token, ops::ME_EMAIL, json!({})).await["me"]["email"], "victim@example.com");
     let keys = ok(&app, &admin, "{ apiKeys { id name revokedAt } }", json!({})).await;
     assert_eq!(keys["apiKeys"], json!([{ "id": key, "name": "ci", "revokedAt": null }]));
     let users = ok(&app, &admin, USER_COUNT, json!({ "role": "ADMIN" })).await;
@@ -451,15 +448,15 @@ async fn role_changes_apply_to_live_tokens_at_once() {
     );
 
     // Demotion of an admin whose token was issued while an admin.
-    assert_eq!(ok(&app, &second, "{ apiKeys { id } }", json!({})).await["apiKeys"], json!([]));
+    assert_eq!(ok(&app, &second, ops::API_KEY_IDS, json!({})).await["apiKeys"], json!([]));
     let d = ok(&app, &admin, SET_ROLE, json!({ "id": second_id, "role": "USER" })).await;
     assert_eq!(d["setUserRole"]["role"], "USER");
     let v = app.gql(&app.client(), Some(&second), USER_COUNT, json!({})).await;
     assert_eq!(code(&v), "FORBIDDEN", "{v}");
     assert!(v["data"].is_null(), "{v}");
-    let v = app.gql(&app.client(), Some(&second), "{ apiKeys { id } }", json!({})).await;
+    let v = app.gql(&app.client(), Some(&second), ops::API_KEY_IDS, json!({})).await;
     assert_eq!(code(&v), "FORBIDDEN", "{v}");
-    assert_eq!(ok(&app, &second, ME_ROLE, json!({})).await["me"]["role"], "USER");
+    assert_eq!(ok(&app, &second, ops::ME_ROLE, json!({})).await["me"]["role"], "USER");
     // The demoted user cannot promote themself back.
     let v = app.gql(&app.client(), Some(&second), SET_ROLE, json!({ "id": second_id, "role": "ADMIN" })).await;
     assert_eq!(code(&v), "FORBIDDEN", "{v}");
@@ -482,13 +479,15 @@ async fn role_changes_apply_to_live_tokens_at_once() {
 async fn the_last_admin_cannot_be_demoted_or_deleted() {
     let app = spawn_app().await;
     let (admin, admin_id) = make_admin(&app, ADMIN_EMAIL).await;
-    for (query, vars) in [(SET_ROLE, json!({ "id": admin_id, "role": "USER" })), (DELETE, json!({ "id": admin_id }))] {
+    for (query, vars) in
+        [(SET_ROLE, json!({ "id": admin_id, "role": "USER" })), (ops::DELETE_USER, json!({ "id": admin_id }))]
+    {
         let v = app.gql(&app.client(), Some(&admin), query, vars).await;
         assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
         assert_eq!(reason(&v), "LAST_ADMIN", "{v}");
         assert!(v["data"].is_null(), "{v}");
     }
-    assert_eq!(ok(&app, &admin, ME_ROLE, json!({})).await["me"]["role"], "ADMIN");
+    assert_eq!(ok(&app, &admin, ops::ME_ROLE, json!({})).await["me"]["role"], "ADMIN");
     // Re-affirming the role is not a demotion.
     ok(&app, &admin, SET_ROLE, json!({ "id": admin_id, "role": "ADMIN" })).await;
 
@@ -499,7 +498,9 @@ async fn the_last_admin_cannot_be_demoted_or_deleted() {
     assert_eq!(d["setUserRole"]["role"], "USER");
     assert_eq!(code(&app.gql(&app.client(), Some(&admin), USER_COUNT, json!({})).await), "FORBIDDEN");
     // Now Erin is the last one.
-    for (query, vars) in [(SET_ROLE, json!({ "id": erin_id, "role": "USER" })), (DELETE, json!({ "id": erin_id }))] {
+    for (query, vars) in
+        [(SET_ROLE, json!({ "id": erin_id, "role": "USER" })), (ops::DELETE_USER, json!({ "id": erin_id }))]
+    {
         let v = app.gql(&app.client(), Some(&erin), query, vars).await;
         assert_eq!(reason(&v), "LAST_ADMIN", "{v}");
     }
@@ -507,7 +508,7 @@ async fn the_last_admin_cannot_be_demoted_or_deleted() {
     assert_eq!(admins["users"]["nodes"], json!([{ "email": "erin@example.com", "role": "ADMIN" }]));
     // Deleting an admin while another remains is allowed.
     ok(&app, &erin, SET_ROLE, json!({ "id": admin_id, "role": "ADMIN" })).await;
-    assert_eq!(ok(&app, &erin, DELETE, json!({ "id": admin_id })).await["deleteUser"], true);
+    assert_eq!(ok(&app, &erin, ops::DELETE_USER, json!({ "id": admin_id })).await["deleteUser"], true);
     assert_eq!(ok(&app, &erin, USER_COUNT, json!({ "role": "ADMIN" })).await["users"]["totalCount"], 1);
 }
 
@@ -547,7 +548,7 @@ async fn two_admins_demoting_each_other_at_once_leave_one_admin() {
     // The same for deletion.
     let results = join_all([(&a, &b_id), (&b, &a_id)].map(|(token, target)| {
         let app = &app;
-        async move { app.gql(&app.client(), Some(token), DELETE, json!({ "id": target })).await }
+        async move { app.gql(&app.client(), Some(token), ops::DELETE_USER, json!({ "id": target })).await }
     }))
     .await;
     let winners: Vec<usize> = (0..2).filter(|i| results[*i]["data"]["deleteUser"] == true).collect();
@@ -567,10 +568,10 @@ async fn deleting_a_user_ends_their_tokens_at_once() {
     let app = spawn_app().await;
     let (admin, _) = make_admin(&app, ADMIN_EMAIL).await;
     let (access, refresh, id) = app.register_body("frank@example.com").await;
-    assert_eq!(ok(&app, &access, "{ me { email } }", json!({})).await["me"]["email"], "frank@example.com");
+    assert_eq!(ok(&app, &access, ops::ME_EMAIL, json!({})).await["me"]["email"], "frank@example.com");
 
-    assert_eq!(ok(&app, &admin, DELETE, json!({ "id": id })).await["deleteUser"], true);
-    let v = app.gql(&app.client(), Some(&access), "{ me { email } }", json!({})).await;
+    assert_eq!(ok(&app, &admin, ops::DELETE_USER, json!({ "id": id })).await["deleteUser"], true);
+    let v = app.gql(&app.client(), Some(&access), ops::ME_EMAIL, json!({})).await;
     assert_eq!(code(&v), "UNAUTHENTICATED", "{v}");
     assert_eq!(reason(&v), "TOKEN_REVOKED", "{v}");
     assert!(v["data"].is_null(), "{v}");
@@ -593,20 +594,20 @@ async fn deleting_a_user_ends_their_tokens_at_once() {
     // which reads the account).
     let (doomed, doomed_id) = make_admin(&app, "doomed@example.com").await;
     ok(&app, &doomed, USER_COUNT, json!({})).await;
-    assert_eq!(ok(&app, &admin, DELETE, json!({ "id": doomed_id })).await["deleteUser"], true);
-    for query in [USER_COUNT, "{ apiKeys { id } }"] {
+    assert_eq!(ok(&app, &admin, ops::DELETE_USER, json!({ "id": doomed_id })).await["deleteUser"], true);
+    for query in [USER_COUNT, ops::API_KEY_IDS] {
         let (text, v) = raw(&app, Some(&doomed), query, json!({})).await;
         assert_eq!(code(&v), "UNAUTHENTICATED", "{query}: {v}");
         assert_eq!(reason(&v), "TOKEN_REVOKED", "{query}: {v}");
         assert!(!text.contains(ADMIN_EMAIL), "{text}");
     }
-    let v = app.gql(&app.client(), Some(&doomed), DELETE, json!({ "id": uuid::Uuid::now_v7() })).await;
+    let v = app.gql(&app.client(), Some(&doomed), ops::DELETE_USER, json!({ "id": uuid::Uuid::now_v7() })).await;
     assert_eq!(reason(&v), "TOKEN_REVOKED", "{v}");
 
     // Nothing to delete: false, not an error.
-    assert_eq!(ok(&app, &admin, DELETE, json!({ "id": id })).await["deleteUser"], false);
-    assert_eq!(ok(&app, &admin, DELETE, json!({ "id": uuid::Uuid::now_v7() })).await["deleteUser"], false);
-    let v = app.gql(&app.client(), Some(&admin), DELETE, json!({ "id": "garbage" })).await;
+    assert_eq!(ok(&app, &admin, ops::DELETE_USER, json!({ "id": id })).await["deleteUser"], false);
+    assert_eq!(ok(&app, &admin, ops::DELETE_USER, json!({ "id": uuid::Uuid::now_v7() })).await["deleteUser"], false);
+    let v = app.gql(&app.client(), Some(&admin), ops::DELETE_USER, json!({ "id": "garbage" })).await;
     assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
     // The address is free again.
     app.register_body("frank@example.com").await;
@@ -620,10 +621,10 @@ async fn revoking_a_users_sessions_logs_them_out_everywhere() {
     let second = login_token(&app, "gina@example.com").await;
     let (bystander, _, _) = app.register_body("henry@example.com").await;
 
-    let v = ok(&app, &admin, REVOKE_SESSIONS, json!({ "id": id })).await;
+    let v = ok(&app, &admin, ops::REVOKE_USER_SESSIONS, json!({ "id": id })).await;
     assert_eq!(v["revokeUserSessions"], 2);
     for token in [&first, &second] {
-        let v = app.gql(&app.client(), Some(token), "{ me { email } }", json!({})).await;
+        let v = app.gql(&app.client(), Some(token), ops::ME_EMAIL, json!({})).await;
         assert_eq!(code(&v), "UNAUTHENTICATED", "{v}");
         assert_eq!(reason(&v), "TOKEN_REVOKED", "{v}");
     }
@@ -637,11 +638,14 @@ async fn revoking_a_users_sessions_logs_them_out_everywhere() {
         .await;
     assert_eq!(code(&v), "UNAUTHENTICATED", "{v}");
     // Other users and the admin are untouched.
-    ok(&app, &bystander, "{ me { email } }", json!({})).await;
-    ok(&app, &admin, "{ me { email } }", json!({})).await;
+    ok(&app, &bystander, ops::ME_EMAIL, json!({})).await;
+    ok(&app, &admin, ops::ME_EMAIL, json!({})).await;
     // Nothing left to end.
-    assert_eq!(ok(&app, &admin, REVOKE_SESSIONS, json!({ "id": id })).await["revokeUserSessions"], 0);
-    assert_eq!(ok(&app, &admin, REVOKE_SESSIONS, json!({ "id": uuid::Uuid::now_v7() })).await["revokeUserSessions"], 0);
+    assert_eq!(ok(&app, &admin, ops::REVOKE_USER_SESSIONS, json!({ "id": id })).await["revokeUserSessions"], 0);
+    assert_eq!(
+        ok(&app, &admin, ops::REVOKE_USER_SESSIONS, json!({ "id": uuid::Uuid::now_v7() })).await["revokeUserSessions"],
+        0
+    );
 
     // Not a ban: the user logs in again.
     let again = login_token(&app, "gina@example.com").await;

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::{
     admin::{ADMIN_EMAIL, make_admin, ok, raw},
     helpers::*,
+    ops,
 };
 
 const CREATE: &str = "mutation($name: String!, $scopes: [ApiScope!]!, $days: Int) {
@@ -187,7 +188,7 @@ async fn a_new_key_is_shown_once_and_stored_only_as_a_hash() {
         let v = app.gql(&app.client(), Some(&admin), CREATE, vars.clone()).await;
         assert_eq!(code(&v), "BAD_USER_INPUT", "{vars}: {v}");
     }
-    assert_eq!(ok(&app, &admin, "{ apiKeys { id } }", json!({})).await["apiKeys"].as_array().unwrap().len(), 2);
+    assert_eq!(ok(&app, &admin, ops::API_KEY_IDS, json!({})).await["apiKeys"].as_array().unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -219,8 +220,8 @@ async fn a_key_can_do_what_its_scopes_allow_and_nothing_else() {
     assert_eq!(code(&v), "FORBIDDEN", "{v}");
     // Nothing else: a key is no user, and USERS_READ writes nothing.
     let refused = [
-        "{ me { id email } }".to_owned(),
-        "{ apiKeys { id } }".to_owned(),
+        ops::ME_ID_EMAIL.to_owned(),
+        ops::API_KEY_IDS.to_owned(),
         format!(r#"{{ tokenInfo(accessToken: "{target}") {{ active }} }}"#),
         format!(r#"mutation {{ deleteUser(id: "{victim_id}") }}"#),
         format!(r#"mutation {{ revokeUserSessions(id: "{target_id}") }}"#),
@@ -236,8 +237,8 @@ async fn a_key_can_do_what_its_scopes_allow_and_nothing_else() {
         assert_eq!(code(&v), "FORBIDDEN", "{q}: {v}");
     }
     // Nothing happened.
-    ok(&app, &victim, "{ me { id } }", json!({})).await;
-    assert_eq!(ok(&app, &target, "{ me { role } }", json!({})).await["me"]["role"], "USER");
+    ok(&app, &victim, ops::ME_ID, json!({})).await;
+    assert_eq!(ok(&app, &target, ops::ME_ROLE, json!({})).await["me"]["role"], "USER");
     let keys = ok(&app, &admin, "{ apiKeys { name revokedAt } }", json!({})).await;
     assert_eq!(keys["apiKeys"].as_array().unwrap().len(), 3, "{keys}");
     assert!(keys["apiKeys"].as_array().unwrap().iter().all(|k| k["revokedAt"].is_null()), "{keys}");
@@ -245,35 +246,24 @@ async fn a_key_can_do_what_its_scopes_allow_and_nothing_else() {
     // USERS_WRITE deletes, and reads nothing.
     let v = with_key(&app, &write.secret, USERS, json!({})).await;
     assert_eq!(code(&v), "FORBIDDEN", "{v}");
-    let v =
-        with_key(&app, &write.secret, "mutation($id: ID!) { revokeUserSessions(id: $id) }", json!({ "id": target_id }))
-            .await;
+    let v = with_key(&app, &write.secret, ops::REVOKE_USER_SESSIONS, json!({ "id": target_id })).await;
     assert_eq!(code(&v), "FORBIDDEN", "{v}");
-    let v =
-        with_key(&app, &write.secret, "mutation($id: ID!) { deleteUser(id: $id) }", json!({ "id": victim_id })).await;
+    let v = with_key(&app, &write.secret, ops::DELETE_USER, json!({ "id": victim_id })).await;
     assert_eq!(v["data"]["deleteUser"], true, "{v}");
-    let v = app.gql(&app.client(), Some(&victim), "{ me { id } }", json!({})).await;
+    let v = app.gql(&app.client(), Some(&victim), ops::ME_ID, json!({})).await;
     assert_eq!(reason(&v), "TOKEN_REVOKED", "{v}");
     // An admin, the last one or not, is out of a key's reach.
-    let v =
-        with_key(&app, &write.secret, "mutation($id: ID!) { deleteUser(id: $id) }", json!({ "id": admin_id })).await;
+    let v = with_key(&app, &write.secret, ops::DELETE_USER, json!({ "id": admin_id })).await;
     assert_eq!(code(&v), "FORBIDDEN", "{v}");
 
     // SESSIONS_REVOKE forces a logout, and does nothing else.
-    let v =
-        with_key(&app, &revoke.secret, "mutation($id: ID!) { deleteUser(id: $id) }", json!({ "id": target_id })).await;
+    let v = with_key(&app, &revoke.secret, ops::DELETE_USER, json!({ "id": target_id })).await;
     assert_eq!(code(&v), "FORBIDDEN", "{v}");
-    let v = with_key(
-        &app,
-        &revoke.secret,
-        "mutation($id: ID!) { revokeUserSessions(id: $id) }",
-        json!({ "id": target_id }),
-    )
-    .await;
+    let v = with_key(&app, &revoke.secret, ops::REVOKE_USER_SESSIONS, json!({ "id": target_id })).await;
     assert_eq!(v["data"]["revokeUserSessions"], 1, "{v}");
-    let v = app.gql(&app.client(), Some(&target), "{ me { id } }", json!({})).await;
+    let v = app.gql(&app.client(), Some(&target), ops::ME_ID, json!({})).await;
     assert_eq!(reason(&v), "TOKEN_REVOKED", "{v}");
-    ok(&app, &admin, "{ me { id } }", json!({})).await;
+    ok(&app, &admin, ops::ME_ID, json!({})).await;
 }
 
 #[tokio::test]
@@ -292,7 +282,7 @@ async fn introspection_tells_services_whether_a_token_is_live() {
     };
     let inactive = json!({ "active": false, "userId": null, "role": null, "sessionId": null, "expiresAt": null });
 
-    let session_id = ok(&app, &token, "{ me { sessions { id current } } }", json!({})).await["me"]["sessions"][0]["id"]
+    let session_id = ok(&app, &token, ops::ME_SESSIONS_CURRENT, json!({})).await["me"]["sessions"][0]["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -320,10 +310,7 @@ async fn introspection_tells_services_whether_a_token_is_live() {
         services.tokens.issue(uid.into(), "judy@example.com", Role::User, sid.into(), now, now + 600).unwrap().token;
     assert_eq!(info(control).await["active"], true);
     assert_eq!(info(expired.clone()).await, inactive);
-    assert_eq!(
-        reason(&app.gql(&app.client(), Some(&expired), "{ me { id } }", json!({})).await),
-        "ACCESS_TOKEN_EXPIRED"
-    );
+    assert_eq!(reason(&app.gql(&app.client(), Some(&expired), ops::ME_ID, json!({})).await), "ACCESS_TOKEN_EXPIRED");
 
     // The role is the current one.
     ok(&app, &admin, "mutation($id: ID!) { setUserRole(id: $id, role: ADMIN) { role } }", json!({ "id": user_id }))
@@ -331,7 +318,7 @@ async fn introspection_tells_services_whether_a_token_is_live() {
     assert_eq!(info(token.clone()).await["role"], "ADMIN");
 
     // Revocation counts: after logout the token is inactive at once.
-    assert_eq!(ok(&app, &token, "mutation { logout }", json!({})).await["logout"], true);
+    assert_eq!(ok(&app, &token, ops::LOGOUT, json!({})).await["logout"], true);
     assert_eq!(info(token.clone()).await, inactive);
 
     // Only keys with the scope may ask; admins (who hold every other
@@ -460,7 +447,7 @@ async fn rotation_keeps_the_old_secret_for_the_grace_period() {
     }
     let v = app.gql(&app.client(), Some(&admin), ROTATE, json!({ "id": uuid::Uuid::now_v7(), "grace": 1 })).await;
     assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
-    assert_eq!(ok(&app, &admin, "{ apiKeys { id } }", json!({})).await["apiKeys"].as_array().unwrap().len(), 3);
+    assert_eq!(ok(&app, &admin, ops::API_KEY_IDS, json!({})).await["apiKeys"].as_array().unwrap().len(), 3);
 }
 
 #[tokio::test]
@@ -543,23 +530,18 @@ async fn a_users_write_key_cannot_delete_an_admin() {
     let (admin, _) = make_admin(&app, ADMIN_EMAIL).await;
     let (other_admin, other_id) = make_admin(&app, "second-admin@example.com").await;
     let write = create_key(&app, &admin, "writer", &["USERS_WRITE"]).await;
-    let delete = "mutation($id: ID!) { deleteUser(id: $id) }";
+    let delete = ops::DELETE_USER;
     let v = with_key(&app, &write.secret, delete, json!({ "id": other_id })).await;
     assert_eq!(code(&v), "FORBIDDEN", "{v}");
     assert!(v["data"].is_null(), "{v}");
-    ok(&app, &other_admin, "{ me { id } }", json!({})).await;
+    ok(&app, &other_admin, ops::ME_ID, json!({})).await;
     // Nor end an admin's sessions, with SESSIONS_REVOKE.
     let revoke = create_key(&app, &admin, "revoker", &["SESSIONS_REVOKE"]).await;
-    let v =
-        with_key(&app, &revoke.secret, "mutation($id: ID!) { revokeUserSessions(id: $id) }", json!({ "id": other_id }))
-            .await;
+    let v = with_key(&app, &revoke.secret, ops::REVOKE_USER_SESSIONS, json!({ "id": other_id })).await;
     assert_eq!(code(&v), "FORBIDDEN", "{v}");
-    ok(&app, &other_admin, "{ me { id } }", json!({})).await;
+    ok(&app, &other_admin, ops::ME_ID, json!({})).await;
     // An admin still can do both.
-    assert_eq!(
-        ok(&app, &admin, "mutation($id: ID!) { revokeUserSessions(id: $id) }", json!({ "id": other_id })).await["revokeUserSessions"],
-        1
-    );
+    assert_eq!(ok(&app, &admin, ops::REVOKE_USER_SESSIONS, json!({ "id": other_id })).await["revokeUserSessions"], 1);
     assert_eq!(ok(&app, &admin, delete, json!({ "id": other_id })).await["deleteUser"], true);
 }
 

@@ -7,16 +7,11 @@ use authgraph::config::Origin;
 use reqwest::{Client, Method, Response};
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use crate::{helpers::*, ops};
 
 const COOKIE: &str = "refresh_token";
 const ALLOWED: &str = "http://app.example.test";
 const LOOKALIKE: &str = "http://app.example.test.evil.io";
-const REFRESH_COOKIE: &str = "mutation { refreshToken { accessToken refreshToken } }";
-const LOGOUT: &str = "mutation { logout }";
-const LOGOUT_ALL: &str = "mutation { logout(everywhere: true) }";
-const LOGIN: &str = "mutation($i: LoginInput!) { login(input: $i) { accessToken refreshToken } }";
-const REGISTER: &str = "mutation($i: RegisterInput!) { register(input: $i) { accessToken refreshToken } }";
 
 fn bare() -> Client {
     Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
@@ -79,7 +74,7 @@ async fn register_cookie(app: &TestApp, email: &str) -> (String, String) {
         &[("origin", own.as_str())],
         None,
         None,
-        REGISTER,
+        ops::REGISTER_TOKENS,
         json!({ "i": { "email": email, "password": PASSWORD } }),
     )
     .await;
@@ -96,14 +91,14 @@ fn own_origin(app: &TestApp) -> String {
 
 /// Refreshes with `cookie` from `headers`; returns (body, new cookie values).
 async fn refresh_from(app: &TestApp, headers: &[(&str, &str)], cookie: &str) -> (Value, Vec<String>) {
-    let r = post_from(app, headers, Some(cookie), None, REFRESH_COOKIE, json!({})).await;
+    let r = post_from(app, headers, Some(cookie), None, ops::REFRESH_COOKIE, json!({})).await;
     assert_eq!(r.status(), 200);
     let cookies = refresh_cookies(&r);
     (r.json().await.unwrap(), cookies)
 }
 
 async fn me_works(app: &TestApp, token: &str) -> bool {
-    let v = app.gql(&bare(), Some(token), "{ me { id } }", json!({})).await;
+    let v = app.gql(&bare(), Some(token), ops::ME_ID, json!({})).await;
     v["data"]["me"]["id"].is_string()
 }
 
@@ -122,7 +117,7 @@ async fn cookie_mutations_from_foreign_sites_are_refused_and_change_nothing() {
         assert!(set.iter().all(String::is_empty), "refused refresh set a live cookie: {set:?}");
 
         // Logout (with the cookie and the access token, as a browser tab would have).
-        for q in [LOGOUT, LOGOUT_ALL] {
+        for q in [ops::LOGOUT, ops::LOGOUT_EVERYWHERE] {
             let r = post_from(&app, &headers, Some(&c0), Some(&access), q, json!({})).await;
             assert!(refresh_cookies(&r).is_empty(), "refused logout touched the cookie: {:?}", set_cookies(&r));
             assert_cross_site_refused(&r.json().await.unwrap(), &format!("logout {what}"));
@@ -134,7 +129,7 @@ async fn cookie_mutations_from_foreign_sites_are_refused_and_change_nothing() {
             &headers,
             None,
             None,
-            LOGIN,
+            ops::LOGIN_TOKENS,
             json!({ "i": { "email": "csrf@example.com", "password": PASSWORD } }),
         )
         .await;
@@ -145,7 +140,7 @@ async fn cookie_mutations_from_foreign_sites_are_refused_and_change_nothing() {
             &headers,
             None,
             None,
-            REGISTER,
+            ops::REGISTER_TOKENS,
             json!({ "i": { "email": "csrf-new@example.com", "password": PASSWORD, "transport": "COOKIE" } }),
         )
         .await;
@@ -223,14 +218,14 @@ async fn same_origin_and_allowed_origins_may_use_the_cookie() {
         &[("origin", ALLOWED)],
         None,
         None,
-        LOGIN,
+        ops::LOGIN_TOKENS,
         json!({ "i": { "email": "allowed@example.com", "password": PASSWORD } }),
     )
     .await;
     assert_eq!(refresh_cookies(&r).len(), 1);
     let v: Value = r.json().await.unwrap();
     assert!(v["errors"].is_null(), "{v}");
-    let r = post_from(&app, &[("origin", ALLOWED)], Some(&cookie), Some(&access), LOGOUT, json!({})).await;
+    let r = post_from(&app, &[("origin", ALLOWED)], Some(&cookie), Some(&access), ops::LOGOUT, json!({})).await;
     assert_eq!(refresh_cookies(&r), vec![String::new()], "logout clears the cookie");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v, json!({ "data": { "logout": true } }));
@@ -285,7 +280,7 @@ async fn preflight(app: &TestApp, origin: &str) -> Response {
 }
 
 async fn post_origin(app: &TestApp, origin: &str) -> Response {
-    post_from(app, &[("origin", origin)], None, None, "{ __typename }", json!({})).await
+    post_from(app, &[("origin", origin)], None, None, ops::TYPENAME, json!({})).await
 }
 
 fn assert_no_cors(r: &Response, what: &str) {

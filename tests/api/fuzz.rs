@@ -8,7 +8,7 @@ use proptest::{
 };
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use crate::{helpers::*, ops};
 
 fn runner(cases: u32) -> TestRunner {
     TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() })
@@ -95,13 +95,8 @@ fn arbitrary_requests_get_clean_answers() {
         .run(&(header, prop::bool::ANY), |(value, as_key)| {
             let (status, body) = rt.block_on(async {
                 let name = if as_key { "x-api-key" } else { "authorization" };
-                let r = client
-                    .post(&url)
-                    .header(name, value)
-                    .json(&json!({ "query": "{ me { id } }" }))
-                    .send()
-                    .await
-                    .unwrap();
+                let r =
+                    client.post(&url).header(name, value).json(&json!({ "query": ops::ME_ID })).send().await.unwrap();
                 let status = r.status().as_u16();
                 (status, r.text().await.unwrap())
             });

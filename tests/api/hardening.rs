@@ -14,10 +14,9 @@ use crate::{
     accounts::{login_raw, register_raw},
     admin::{make_admin, ok},
     helpers::*,
+    ops,
 };
 
-const CHANGE: &str = "mutation($c: String!, $n: String!) { changePassword(currentPassword: $c, newPassword: $n) }";
-const REFRESH: &str = "mutation($t: String) { refreshToken(refreshToken: $t) { accessToken refreshToken } }";
 const ME_SESSIONS: &str = "{ me { id sessions { id } } }";
 
 fn data<'a>(v: &'a Value, field: &str) -> &'a Value {
@@ -292,7 +291,7 @@ async fn a_login_racing_a_demotion_does_not_keep_the_admin_role() {
     let (_, v, demoted) = tokio::join!(join_all(fillers), login, demote);
     assert_eq!(demoted["setUserRole"]["role"], "USER");
     let token = data(&v, "login")["accessToken"].as_str().unwrap().to_owned();
-    let me = app.gql(&app.client(), Some(&token), "{ me { role } }", json!({})).await;
+    let me = app.gql(&app.client(), Some(&token), ops::ME_ROLE, json!({})).await;
     assert_eq!(me["data"]["me"]["role"], "USER", "{me}");
     let users = app.gql(&app.client(), Some(&token), "{ users { totalCount } }", json!({})).await;
     assert_eq!(code(&users), "FORBIDDEN", "a demoted admin's new session still acts as admin: {users}");
@@ -347,7 +346,7 @@ async fn admin_search_folds_case_and_spelling_in_every_script() {
     ok(&app, &token, "mutation { updateProfile(input: { email: \"moved@example.com\" }) { email } }", json!({})).await;
     let v = ok(&app, &admin, search, json!({ "s": "renamed@" })).await;
     assert_eq!(v["users"]["totalCount"], 0, "the old address is still found: {v}");
-    ok(&app, &admin, "mutation($id: ID!) { deleteUser(id: $id) }", json!({ "id": id })).await;
+    ok(&app, &admin, ops::DELETE_USER, json!({ "id": id })).await;
     let v = ok(&app, &admin, search, json!({ "s": "quixote" })).await;
     assert_eq!(v["users"]["totalCount"], 0, "a deleted account is still found: {v}");
 }
@@ -432,7 +431,12 @@ async fn change_password_spends_the_login_budget() {
     let mut outcomes = Vec::new();
     for i in 0..12 {
         let v = app
-            .gql(&c, Some(&token), CHANGE, json!({ "c": format!("wrong guess {i}"), "n": "a new passphrase" }))
+            .gql(
+                &c,
+                Some(&token),
+                ops::CHANGE_PASSWORD,
+                json!({ "c": format!("wrong guess {i}"), "n": "a new passphrase" }),
+            )
             .await;
         outcomes.push(reason(&v).to_owned() + code(&v));
         if code(&v) == "RATE_LIMITED" {
@@ -442,7 +446,7 @@ async fn change_password_spends_the_login_budget() {
     let wrong = outcomes.iter().filter(|o| o.starts_with("INVALID_CREDENTIALS")).count();
     assert_eq!(wrong, 5, "only the budget of 5 may be checked: {outcomes:?}");
     // The thirteenth, correct guess is refused too: the budget is spent.
-    let v = app.gql(&c, Some(&token), CHANGE, json!({ "c": PASSWORD, "n": "a new passphrase" })).await;
+    let v = app.gql(&c, Some(&token), ops::CHANGE_PASSWORD, json!({ "c": PASSWORD, "n": "a new passphrase" })).await;
     assert_eq!(code(&v), "RATE_LIMITED", "{v}");
     // And it is one budget: login on the same account is limited as well.
     assert_eq!(code(&login_raw(&app, "budget@example.com", PASSWORD).await), "RATE_LIMITED");
@@ -454,10 +458,12 @@ async fn change_password_spends_the_per_ip_login_budget() {
     let (token, _, _) = app.register_body("ipbudget@example.com").await;
     let c = app.client();
     for _ in 0..3 {
-        let v = app.gql(&c, Some(&token), CHANGE, json!({ "c": "wrong guess", "n": "a new passphrase" })).await;
+        let v = app
+            .gql(&c, Some(&token), ops::CHANGE_PASSWORD, json!({ "c": "wrong guess", "n": "a new passphrase" }))
+            .await;
         assert_eq!(reason(&v), "INVALID_CREDENTIALS", "{v}");
     }
-    let v = app.gql(&c, Some(&token), CHANGE, json!({ "c": PASSWORD, "n": "a new passphrase" })).await;
+    let v = app.gql(&c, Some(&token), ops::CHANGE_PASSWORD, json!({ "c": PASSWORD, "n": "a new passphrase" })).await;
     assert_eq!(code(&v), "RATE_LIMITED", "{v}");
     assert_eq!(code(&login_raw(&app, "ipbudget@example.com", PASSWORD).await), "RATE_LIMITED");
 }
@@ -483,7 +489,13 @@ async fn no_login_with_the_old_password_outlives_a_password_change() {
         });
         let change = async {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            app.gql(&app.client(), Some(&token), CHANGE, json!({ "c": PASSWORD, "n": "the new passphrase" })).await
+            app.gql(
+                &app.client(),
+                Some(&token),
+                ops::CHANGE_PASSWORD,
+                json!({ "c": PASSWORD, "n": "the new passphrase" }),
+            )
+            .await
         };
         let (results, changed) = tokio::join!(join_all(logins), change);
         assert_eq!(changed["data"]["changePassword"], true, "{changed}");
@@ -493,9 +505,9 @@ async fn no_login_with_the_old_password_outlives_a_password_change() {
                 continue;
             }
             let p = &v["data"]["login"];
-            let me = app.gql(&app.client(), p["accessToken"].as_str(), "{ me { id } }", json!({})).await;
+            let me = app.gql(&app.client(), p["accessToken"].as_str(), ops::ME_ID, json!({})).await;
             assert_eq!(code(&me), "UNAUTHENTICATED", "round {round}: an old-password session still answers me: {me}");
-            let r = app.gql(&app.client(), None, REFRESH, json!({ "t": p["refreshToken"] })).await;
+            let r = app.gql(&app.client(), None, ops::REFRESH_BODY, json!({ "t": p["refreshToken"] })).await;
             assert_eq!(code(&r), "UNAUTHENTICATED", "round {round}: an old-password session still refreshes: {r}");
         }
         let v = app.gql(&app.client(), Some(&token), ME_SESSIONS, json!({})).await;
@@ -516,7 +528,7 @@ async fn concurrent_password_changes_do_not_both_succeed() {
         let (token, _, _) = app.register_body(&email).await;
         let change = |n: &'static str| {
             let (app, token) = (&app, token.clone());
-            async move { app.gql(&app.client(), Some(&token), CHANGE, json!({ "c": PASSWORD, "n": n })).await }
+            async move { app.gql(&app.client(), Some(&token), ops::CHANGE_PASSWORD, json!({ "c": PASSWORD, "n": n })).await }
         };
         let (a, b) = tokio::join!(change("first new passphrase"), change("second new passphrase"));
         let won: Vec<&str> = [(&a, "first new passphrase"), (&b, "second new passphrase")]
@@ -536,7 +548,7 @@ async fn a_stale_refresh_token_cannot_log_out_everywhere() {
     let grace = Duration::from_secs(10);
     let app = spawn_with(|c| c.refresh_reuse_grace = grace).await;
     let (_, stale, _) = app.register_body("stale@example.com").await;
-    let v = app.gql(&app.client(), None, REFRESH, json!({ "t": stale })).await;
+    let v = app.gql(&app.client(), None, ops::REFRESH_BODY, json!({ "t": stale })).await;
     let first = data(&v, "refreshToken")["accessToken"].as_str().unwrap().to_owned();
     // Another session of the same user, on another device.
     let other = data(&login_raw(&app, "stale@example.com", PASSWORD).await, "login")["accessToken"]
@@ -545,34 +557,20 @@ async fn a_stale_refresh_token_cannot_log_out_everywhere() {
         .to_owned();
     app.clock.advance(grace + Duration::from_secs(1));
 
-    let v = app
-        .gql(
-            &app.client(),
-            None,
-            "mutation($t: String) { logout(everywhere: true, refreshToken: $t) }",
-            json!({ "t": stale }),
-        )
-        .await;
+    let v = app.gql(&app.client(), None, ops::LOGOUT_EVERYWHERE_TOKEN, json!({ "t": stale })).await;
     assert_eq!(reason(&v), "REFRESH_TOKEN_REUSED", "{v}");
     // Reuse detection ended the stale token's own session…
-    let me = app.gql(&app.client(), Some(&first), "{ me { id } }", json!({})).await;
+    let me = app.gql(&app.client(), Some(&first), ops::ME_ID, json!({})).await;
     assert_eq!(reason(&me), "TOKEN_REVOKED", "{me}");
     // …and nothing else.
-    let me = app.gql(&app.client(), Some(&other), "{ me { id } }", json!({})).await;
+    let me = app.gql(&app.client(), Some(&other), ops::ME_ID, json!({})).await;
     assert!(me["errors"].is_null(), "a stale token ended another session: {me}");
 
     // A token of an ended session has no power at all.
     // (See also the idle-timeout case below.)
-    let v = app
-        .gql(
-            &app.client(),
-            None,
-            "mutation($t: String) { logout(everywhere: true, refreshToken: $t) }",
-            json!({ "t": stale }),
-        )
-        .await;
+    let v = app.gql(&app.client(), None, ops::LOGOUT_EVERYWHERE_TOKEN, json!({ "t": stale })).await;
     assert_eq!(v["data"]["logout"], true, "{v}");
-    let me = app.gql(&app.client(), Some(&other), "{ me { id } }", json!({})).await;
+    let me = app.gql(&app.client(), Some(&other), ops::ME_ID, json!({})).await;
     assert!(me["errors"].is_null(), "a dead session's token ended another session: {me}");
 }
 
@@ -653,16 +651,9 @@ async fn an_idle_expired_refresh_token_cannot_log_out_everywhere() {
     app.clock.advance(timeout + Duration::from_secs(1));
     let other =
         data(&login_raw(&app, "idle@example.com", PASSWORD).await, "login")["accessToken"].as_str().unwrap().to_owned();
-    let v = app
-        .gql(
-            &app.client(),
-            None,
-            "mutation($t: String) { logout(everywhere: true, refreshToken: $t) }",
-            json!({ "t": idle }),
-        )
-        .await;
+    let v = app.gql(&app.client(), None, ops::LOGOUT_EVERYWHERE_TOKEN, json!({ "t": idle })).await;
     assert_eq!(v["data"]["logout"], true, "{v}");
-    let me = app.gql(&app.client(), Some(&other), "{ me { id } }", json!({})).await;
+    let me = app.gql(&app.client(), Some(&other), ops::ME_ID, json!({})).await;
     assert!(me["errors"].is_null(), "an idle-expired token ended another session: {me}");
 }
 
@@ -743,7 +734,7 @@ async fn live_sessions_past_the_first_page_are_loaded_at_start() {
         )
         .unwrap()
         .token;
-    let v = gql_at(again.addr, Some(&token), "{ me { email } }").await;
+    let v = gql_at(again.addr, Some(&token), ops::ME_EMAIL).await;
     assert_eq!(v["data"]["me"]["email"], "many@example.com", "the 11,001st session was not loaded: {v}");
     again.stop().await.unwrap();
 }

@@ -16,6 +16,8 @@ use reqwest::{Client, Response};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+use crate::ops;
+
 pub const PASSWORD: &str = "correct horse battery";
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
 
@@ -204,7 +206,7 @@ impl TestApp {
             .gql(
                 &self.client(),
                 None,
-                "mutation($i: RegisterInput!) { register(input: $i) { accessToken refreshToken user { id } } }",
+                ops::REGISTER_TOKENS_USER_ID,
                 json!({ "i": { "email": email, "password": PASSWORD, "transport": "BODY" } }),
             )
             .await;
@@ -222,7 +224,7 @@ impl TestApp {
         self.gql(
             &self.client(),
             None,
-            "mutation($i: LoginInput!) { login(input: $i) { accessToken refreshToken user { id } } }",
+            ops::LOGIN_TOKENS_USER_ID,
             json!({ "i": { "email": email, "password": password, "transport": "BODY" } }),
         )
         .await

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream;
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use crate::{helpers::*, ops};
 
 #[tokio::test]
 async fn health_readiness_and_typename() {
@@ -17,7 +17,7 @@ async fn health_readiness_and_typename() {
     let r = c.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
 
-    let body = app.gql(&c, None, "{ __typename }", json!({})).await;
+    let body = app.gql(&c, None, ops::TYPENAME, json!({})).await;
     assert_eq!(body, json!({ "data": { "__typename": "Query" } }));
     let r = c.get(app.url("/graphql?query=%7B__typename%7D")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -82,7 +82,7 @@ async fn mutation_over_get_is_refused_and_not_executed() {
     let r = c.get(app.url("/graphql")).query(&[("query", q2), ("operationName", "B")]).send().await.unwrap();
     assert_eq!(r.status(), 405);
     // A mutation kept from a POST is refused over GET as well.
-    let logout = "mutation { logout }";
+    let logout = ops::LOGOUT;
     for _ in 0..2 {
         let r = c.post(app.url("/graphql")).json(&json!({ "query": logout })).send().await.unwrap();
         assert_eq!(r.status(), 200);
@@ -115,7 +115,7 @@ async fn non_json_bodies_get_415_and_are_not_executed() {
     let r = c
         .post(app.url("/graphql"))
         .header("content-type", "application/json; charset=utf-8")
-        .body(json!({ "query": "{ __typename }" }).to_string())
+        .body(json!({ "query": ops::TYPENAME }).to_string())
         .send()
         .await
         .unwrap();
@@ -152,7 +152,7 @@ async fn malformed_and_oversized_bodies_are_answered_cleanly() {
         .unwrap();
     assert_eq!(r.status(), 413);
     // The server is fine afterwards.
-    assert_eq!(app.gql(&c, None, "{ __typename }", json!({})).await["data"]["__typename"], "Query");
+    assert_eq!(app.gql(&c, None, ops::TYPENAME, json!({})).await["data"]["__typename"], "Query");
 }
 
 #[tokio::test]
@@ -185,7 +185,7 @@ async fn depth_and_complexity_are_limited() {
 async fn batches_are_bounded() {
     let app = spawn_app().await;
     let c = app.client();
-    let one = json!({ "query": "{ __typename }" });
+    let one = json!({ "query": ops::TYPENAME });
     let r = c.post(app.url("/graphql")).json(&json!([one, one])).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
@@ -223,7 +223,7 @@ async fn errors_quote_only_an_excerpt_of_what_the_client_sent() {
     // name and enum value are cut too.
     for body in [
         json!({ "query": format!("{{ {long} }}") }),
-        json!({ "query": "{ __typename }", "operationName": long }),
+        json!({ "query": ops::TYPENAME, "operationName": long }),
         json!({ "query": "query($r: Role!) { users(role: $r) { totalCount } }", "variables": { "r": "x ".repeat(30_000) } }),
         json!({ "query": format!("query($v{long}: Int!) {{ __typename }}") }),
     ] {
@@ -258,7 +258,7 @@ async fn graphql_response_json_is_negotiated() {
     let r = c
         .post(app.url("/graphql"))
         .header("accept", "application/graphql-response+json")
-        .json(&json!({ "query": "{ me { id } }" }))
+        .json(&json!({ "query": ops::ME_ID }))
         .send()
         .await
         .unwrap();
@@ -289,11 +289,11 @@ async fn request_errors_have_no_data_entry_in_graphql_response_json() {
         assert!(v.as_object().unwrap().get("data").is_some_and(Value::is_null), "{query}: {v}");
     }
     // A field error is not a request error: `data` is there (null, as `me` is non-null).
-    let (status, v) = post_accepting(&app, GQL, json!({ "query": "{ me { id } }" })).await;
+    let (status, v) = post_accepting(&app, GQL, json!({ "query": ops::ME_ID })).await;
     assert_eq!(status, 200, "{v}");
     assert!(v.as_object().unwrap().get("data").is_some_and(Value::is_null), "{v}");
     // In a batch, each request error on its own.
-    let batch = json!([{ "query": "{ nope }" }, { "query": "{ __typename }" }]);
+    let batch = json!([{ "query": "{ nope }" }, { "query": ops::TYPENAME }]);
     let (status, v) = post_accepting(&app, GQL, batch).await;
     assert_eq!(status, 200, "{v}");
     assert!(!v[0].as_object().unwrap().contains_key("data"), "{v}");
@@ -386,7 +386,7 @@ async fn readiness_and_requests_follow_the_database() {
         let r = c
             .post(app.url("/graphql"))
             .header("x-api-key", key)
-            .json(&json!({ "query": "{ __typename }" }))
+            .json(&json!({ "query": ops::TYPENAME }))
             .send()
             .await
             .unwrap();
@@ -406,7 +406,7 @@ async fn readiness_and_requests_follow_the_database() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ready, "readiness did not come back without a restart");
-    let v = app.gql(&c, Some(&token), "{ me { email } }", json!({})).await;
+    let v = app.gql(&c, Some(&token), ops::ME_EMAIL, json!({})).await;
     assert_eq!(v["data"]["me"]["email"], "ready@example.com", "{v}");
     // Nothing was half-stored: the address used during the outage is free.
     app.register(&c, "during@example.com").await;
@@ -442,7 +442,7 @@ async fn graceful_stop_and_restart_keep_data_and_sessions() {
     // Same database, same key: the token is still good after a restart.
     let config = app.config.clone();
     let again = authgraph::app::spawn(&config).await.unwrap();
-    let v = gql_at(again.addr, Some(&token), "{ me { email } }").await;
+    let v = gql_at(again.addr, Some(&token), ops::ME_EMAIL).await;
     assert_eq!(v["data"]["me"]["email"], "restart@example.com", "{v}");
     again.stop().await.unwrap();
 }
@@ -508,7 +508,7 @@ async fn repeated_documents_answer_for_their_own_operation_variables_and_caller(
     assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
 
     // The same text for another caller, or for nobody, is executed for them.
-    let me = "{ me { email } }";
+    let me = ops::ME_EMAIL;
     assert_eq!(app.gql(&c, Some(&alice), me, json!({})).await["data"]["me"]["email"], "alice@example.com");
     assert_eq!(app.gql(&c, Some(&bob), me, json!({})).await["data"]["me"]["email"], "bob@example.com");
     let v = app.gql(&c, None, me, json!({})).await;

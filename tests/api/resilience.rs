@@ -12,11 +12,7 @@ use futures_util::future::join_all;
 use sea_orm::{ConnectionTrait, Database, Statement};
 use serde_json::{Value, json};
 
-use crate::helpers::*;
-
-const REGISTER: &str = "mutation($i: RegisterInput!) { register(input: $i) { accessToken refreshToken } }";
-const LOGIN: &str = "mutation($i: LoginInput!) { login(input: $i) { accessToken refreshToken } }";
-const REFRESH: &str = "mutation($t: String) { refreshToken(refreshToken: $t) { accessToken refreshToken } }";
+use crate::{helpers::*, ops};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_registrations_and_refreshes_never_see_a_locked_database() {
@@ -28,7 +24,7 @@ async fn fifty_concurrent_registrations_and_refreshes_never_see_a_locked_databas
             app.gql(
                 &c,
                 None,
-                REGISTER,
+                ops::REGISTER_TOKENS,
                 json!({ "i": { "email": format!("u{i}@example.com"), "password": PASSWORD, "transport": "BODY" } }),
             )
             .await
@@ -42,7 +38,7 @@ async fn fifty_concurrent_registrations_and_refreshes_never_see_a_locked_databas
     }
     let refreshes = join_all(tokens.iter().map(|t| {
         let (app, c) = (&app, c.clone());
-        async move { app.gql(&c, None, REFRESH, json!({ "t": t })).await }
+        async move { app.gql(&c, None, ops::REFRESH_BODY, json!({ "t": t })).await }
     }))
     .await;
     for v in &refreshes {
@@ -61,7 +57,7 @@ async fn graceful_shutdown_under_load_leaves_no_rotation_half_done() {
         let (c, url, t) = (c.clone(), url.clone(), refresh.clone());
         async move {
             tokio::time::sleep(Duration::from_millis(i * 3)).await;
-            match c.post(&url).json(&json!({ "query": REFRESH, "variables": { "t": t } })).send().await {
+            match c.post(&url).json(&json!({ "query": ops::REFRESH_BODY, "variables": { "t": t } })).send().await {
                 Ok(r) => {
                     assert!(r.status().as_u16() < 500, "status {}", r.status());
                     let v: Value = r.json().await.expect("a complete JSON answer");
@@ -164,7 +160,7 @@ async fn sigkill_during_writes_loses_no_acknowledged_registration() {
                 while Instant::now() < deadline {
                     i += 1;
                     let email = format!("r{round}-{}@example.com", base + i);
-                    let body = json!({ "query": REGISTER, "variables": { "i": { "email": email, "password": PASSWORD, "transport": "BODY" } } });
+                    let body = json!({ "query": ops::REGISTER_TOKENS, "variables": { "i": { "email": email, "password": PASSWORD, "transport": "BODY" } } });
                     let Ok(resp) = client.post(&url).json(&body).send().await else { break };
                     let Ok(v) = resp.json::<Value>().await else { break };
                     if v["errors"].is_null() {
@@ -172,7 +168,7 @@ async fn sigkill_during_writes_loses_no_acknowledged_registration() {
                         refresh = v["data"]["register"]["refreshToken"].as_str().map(str::to_owned);
                     }
                     if let Some(t) = refresh.clone() {
-                        let body = json!({ "query": REFRESH, "variables": { "t": t } });
+                        let body = json!({ "query": ops::REFRESH_BODY, "variables": { "t": t } });
                         let Ok(resp) = client.post(&url).json(&body).send().await else { break };
                         let Ok(v) = resp.json::<Value>().await else { break };
                         refresh = v["data"]["refreshToken"]["refreshToken"].as_str().map(str::to_owned);
@@ -196,7 +192,7 @@ async fn sigkill_during_writes_loses_no_acknowledged_registration() {
     assert!(emails.len() >= 8, "the load did not get going: {} registrations", emails.len());
     let sample: Vec<&String> = emails.iter().step_by((emails.len() / 12).max(1)).collect();
     for email in sample {
-        let body = json!({ "query": LOGIN, "variables": { "i": { "email": email, "password": PASSWORD, "transport": "BODY" } } });
+        let body = json!({ "query": ops::LOGIN_TOKENS, "variables": { "i": { "email": email, "password": PASSWORD, "transport": "BODY" } } });
         let v: Value = client.post(&url).json(&body).send().await.unwrap().json().await.unwrap();
         assert!(v["errors"].is_null(), "acknowledged account {email} cannot log in: {v}");
     }
@@ -246,7 +242,7 @@ async fn sigterm_drains_and_exits_cleanly() {
     let client = reqwest::Client::new();
     let v: Value = client
         .post(format!("{}/graphql", server.base))
-        .json(&json!({ "query": "{ __typename }" }))
+        .json(&json!({ "query": ops::TYPENAME }))
         .send()
         .await
         .unwrap()
@@ -307,8 +303,8 @@ async fn ended_sessions_are_purged_in_the_background() {
     // Its refresh tokens went with it; the live session is untouched.
     assert_eq!(count("SELECT COUNT(*) AS n FROM refresh_tokens").await, 1);
     let c = app.client();
-    let v = app.gql(&c, None, REFRESH, json!({ "t": old_refresh })).await;
+    let v = app.gql(&c, None, ops::REFRESH_BODY, json!({ "t": old_refresh })).await;
     assert_eq!(v["errors"][0]["extensions"]["code"], "UNAUTHENTICATED", "{v}");
-    let v = app.gql(&c, None, REFRESH, json!({ "t": live_refresh })).await;
+    let v = app.gql(&c, None, ops::REFRESH_BODY, json!({ "t": live_refresh })).await;
     assert!(v["errors"].is_null(), "{v}");
 }

@@ -8,16 +8,11 @@ use futures_util::future::join_all;
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use crate::{helpers::*, ops};
 
 const COOKIE: &str = "refresh_token";
 const SECURE_COOKIE: &str = "__Host-refresh_token";
 const REFRESH_COOKIE: &str = "mutation { refreshToken { accessToken expiresIn refreshToken } }";
-const REFRESH_BODY: &str = "mutation($t: String) { refreshToken(refreshToken: $t) { accessToken refreshToken } }";
-const REGISTER_COOKIE: &str =
-    "mutation($i: RegisterInput!) { register(input: $i) { accessToken refreshToken user { id } } }";
-const LOGIN: &str = "mutation($i: LoginInput!) { login(input: $i) { accessToken refreshToken user { id } } }";
-const ME: &str = "{ me { id email } }";
 const SESSIONS: &str = "{ me { id sessions { id current userAgent ip createdAt lastUsedAt expiresAt } } }";
 
 /// One `Set-Cookie` header, split up.
@@ -116,7 +111,7 @@ async fn post_cookie(
 
 /// Refreshes with the BODY transport; returns the JSON body.
 async fn refresh_body(app: &TestApp, token: &str) -> Value {
-    app.gql(&bare(), None, REFRESH_BODY, json!({ "t": token })).await
+    app.gql(&bare(), None, ops::REFRESH_BODY, json!({ "t": token })).await
 }
 
 /// Refreshes with the BODY transport; panics unless it worked; returns (access, refresh).
@@ -128,7 +123,7 @@ async fn rotate_body(app: &TestApp, token: &str) -> (String, String) {
 }
 
 async fn me(app: &TestApp, token: &str) -> Value {
-    app.gql(&bare(), Some(token), ME, json!({})).await
+    app.gql(&bare(), Some(token), ops::ME_ID_EMAIL, json!({})).await
 }
 
 /// Panics unless `token` works on `me`; returns the user id.
@@ -169,7 +164,7 @@ async fn login_pair(app: &TestApp, email: &str) -> (String, String) {
 async fn register_cookie(app: &TestApp, email: &str) -> (String, SetCookie) {
     let r = bare()
         .post(app.url("/graphql"))
-        .json(&json!({ "query": REGISTER_COOKIE, "variables": { "i": { "email": email, "password": PASSWORD } } }))
+        .json(&json!({ "query": ops::REGISTER_TOKENS_USER_ID, "variables": { "i": { "email": email, "password": PASSWORD } } }))
         .send()
         .await
         .unwrap();
@@ -216,7 +211,12 @@ async fn cookie_refresh_rotates_the_cookie_and_never_returns_the_token_in_json()
     let app = spawn_app().await;
     let c = app.client();
     let r = app
-        .post(&c, None, REGISTER_COOKIE, json!({ "i": { "email": "rot-cookie@example.com", "password": PASSWORD } }))
+        .post(
+            &c,
+            None,
+            ops::REGISTER_TOKENS_USER_ID,
+            json!({ "i": { "email": "rot-cookie@example.com", "password": PASSWORD } }),
+        )
         .await;
     no_store(&r);
     let first = the_cookie(&r, COOKIE);
@@ -265,7 +265,7 @@ async fn body_refresh_rotates_the_token_and_sets_no_cookie() {
     let mut seen = HashSet::from([token.clone()]);
     let mut last_access = access0;
     for _ in 0..3 {
-        let r = app.post(&bare(), None, REFRESH_BODY, json!({ "t": token })).await;
+        let r = app.post(&bare(), None, ops::REFRESH_BODY, json!({ "t": token })).await;
         assert_eq!(r.status(), 200);
         no_store(&r);
         assert!(cookies_named(&r, COOKIE).is_empty(), "BODY transport set a cookie: {:?}", set_cookies(&r));
@@ -307,7 +307,7 @@ async fn secure_cookies_are_host_prefixed_and_secure() {
     assert_eq!(reason(&json_of(r).await), "MISSING_TOKEN");
 
     // Logout clears it with the same name and flags.
-    let r = post_cookie(&app, SECURE_COOKIE, &next.value, Some(&access), "mutation { logout }", json!({})).await;
+    let r = post_cookie(&app, SECURE_COOKIE, &next.value, Some(&access), ops::LOGOUT, json!({})).await;
     let cleared = the_cookie(&r, SECURE_COOKIE);
     cleared.assert_strict();
     assert!(cleared.has("secure"), "{}", cleared.raw);
@@ -423,7 +423,8 @@ async fn the_grace_window_ends() {
 async fn parallel_body_round(app: &TestApp, token: &str, user_id: &str) -> String {
     let client = bare();
     let calls = (0..20).map(|_| {
-        let req = client.post(app.url("/graphql")).json(&json!({ "query": REFRESH_BODY, "variables": { "t": token } }));
+        let req =
+            client.post(app.url("/graphql")).json(&json!({ "query": ops::REFRESH_BODY, "variables": { "t": token } }));
         async move {
             let r = req.send().await.expect("request");
             let status = r.status();
@@ -540,7 +541,7 @@ async fn logout_ends_the_session_at_once_and_clears_the_cookie() {
     let access1 = json_of(r).await["data"]["refreshToken"]["accessToken"].as_str().unwrap().to_owned();
     assert_live(&app, &access1).await;
 
-    let r = app.post(&c, Some(&access1), "mutation { logout }", json!({})).await;
+    let r = app.post(&c, Some(&access1), ops::LOGOUT, json!({})).await;
     no_store(&r);
     let cleared = the_cookie(&r, COOKIE);
     cleared.assert_strict();
@@ -565,7 +566,7 @@ async fn logout_with_only_the_cookie_ends_that_session() {
     let app = spawn_app().await;
     let (access, cookie) = register_cookie(&app, "logout-cookie@example.com").await;
     // No bearer token: the cookie alone says which session.
-    let r = post_cookie(&app, COOKIE, &cookie.value, None, "mutation { logout }", json!({})).await;
+    let r = post_cookie(&app, COOKIE, &cookie.value, None, ops::LOGOUT, json!({})).await;
     assert_eq!(the_cookie(&r, COOKIE).max_age(), 0);
     assert_eq!(json_of(r).await["data"]["logout"], true);
     assert_refused(&app, &access, "TOKEN_REVOKED").await;
@@ -583,24 +584,17 @@ async fn logout_is_idempotent() {
         assert_eq!(v, json!({ "data": { "logout": true } }));
     };
     // Nothing at all.
-    clear_and_true(app.post(&bare(), None, "mutation { logout }", json!({})).await).await;
-    clear_and_true(app.post(&bare(), None, "mutation { logout(everywhere: true) }", json!({})).await).await;
+    clear_and_true(app.post(&bare(), None, ops::LOGOUT, json!({})).await).await;
+    clear_and_true(app.post(&bare(), None, ops::LOGOUT_EVERYWHERE, json!({})).await).await;
     // Garbage cookie, garbage bearer, garbage native token.
-    clear_and_true(post_cookie(&app, COOKIE, "garbage", None, "mutation { logout }", json!({})).await).await;
-    clear_and_true(
-        post_cookie(&app, COOKIE, &"A".repeat(43), Some("not.a.jwt"), "mutation { logout }", json!({})).await,
-    )
-    .await;
-    clear_and_true(
-        app.post(&bare(), None, "mutation($t: String) { logout(refreshToken: $t) }", json!({ "t": "x" })).await,
-    )
-    .await;
+    clear_and_true(post_cookie(&app, COOKIE, "garbage", None, ops::LOGOUT, json!({})).await).await;
+    clear_and_true(post_cookie(&app, COOKIE, &"A".repeat(43), Some("not.a.jwt"), ops::LOGOUT, json!({})).await).await;
+    clear_and_true(app.post(&bare(), None, ops::LOGOUT_TOKEN, json!({ "t": "x" })).await).await;
 
     // Repeated logout of a real session.
     let (access, cookie) = register_cookie(&app, "again@example.com").await;
     for _ in 0..3 {
-        clear_and_true(post_cookie(&app, COOKIE, &cookie.value, Some(&access), "mutation { logout }", json!({})).await)
-            .await;
+        clear_and_true(post_cookie(&app, COOKIE, &cookie.value, Some(&access), ops::LOGOUT, json!({})).await).await;
     }
     assert_refused(&app, &access, "TOKEN_REVOKED").await;
 }
@@ -614,7 +608,7 @@ async fn logout_everywhere_ends_every_session_of_the_user_only() {
         // A browser session too.
         let r = bare()
             .post(app.url("/graphql"))
-            .json(&json!({ "query": LOGIN, "variables": { "i": { "email": "everywhere@example.com", "password": PASSWORD } } }))
+            .json(&json!({ "query": ops::LOGIN_TOKENS_USER_ID, "variables": { "i": { "email": "everywhere@example.com", "password": PASSWORD } } }))
             .send()
             .await
             .unwrap();
@@ -625,7 +619,7 @@ async fn logout_everywhere_ends_every_session_of_the_user_only() {
     let (other_access, other_refresh, other_id) = app.register_body("bystander@example.com").await;
     assert_eq!(sessions_of(&app, &a1).await.len(), 3);
 
-    let v = app.gql(&bare(), Some(&a1), "mutation { logout(everywhere: true) }", json!({})).await;
+    let v = app.gql(&bare(), Some(&a1), ops::LOGOUT_EVERYWHERE, json!({})).await;
     assert_eq!(v, json!({ "data": { "logout": true } }));
 
     assert_refused(&app, &a1, "TOKEN_REVOKED").await;
@@ -646,9 +640,7 @@ async fn native_logout_everywhere_with_a_refresh_token() {
     let app = spawn_app().await;
     let (a1, r1, _) = app.register_body("native-all@example.com").await;
     let (a2, r2) = login_pair(&app, "native-all@example.com").await;
-    let v = app
-        .gql(&bare(), None, "mutation($t: String) { logout(everywhere: true, refreshToken: $t) }", json!({ "t": r2 }))
-        .await;
+    let v = app.gql(&bare(), None, ops::LOGOUT_EVERYWHERE_TOKEN, json!({ "t": r2 })).await;
     assert_eq!(v["data"]["logout"], true, "{v}");
     assert_refused(&app, &a1, "TOKEN_REVOKED").await;
     assert_refused(&app, &a2, "TOKEN_REVOKED").await;
@@ -662,7 +654,7 @@ async fn native_logout_with_a_refresh_token_ends_that_session() {
     let (a1, r1, user_id) = app.register_body("native@example.com").await;
     let (a2, r2) = login_pair(&app, "native@example.com").await;
     // No bearer token: a native client ending its own session by its refresh token.
-    let v = app.gql(&bare(), None, "mutation($t: String) { logout(refreshToken: $t) }", json!({ "t": r1 })).await;
+    let v = app.gql(&bare(), None, ops::LOGOUT_TOKEN, json!({ "t": r1 })).await;
     assert_eq!(v, json!({ "data": { "logout": true } }));
     assert_refused(&app, &a1, "TOKEN_REVOKED").await;
     assert_refresh_fails(&app, &r1, Some("TOKEN_REVOKED")).await;
@@ -684,7 +676,7 @@ async fn me_sessions_lists_live_sessions_with_exactly_one_current() {
         .gql(
             &ua_client,
             None,
-            LOGIN,
+            ops::LOGIN_TOKENS_USER_ID,
             json!({ "i": { "email": "list@example.com", "password": PASSWORD, "transport": "BODY" } }),
         )
         .await;
@@ -871,7 +863,14 @@ async fn login_with_an_old_cookie_present_starts_a_new_session() {
     assert!(json_of(r).await["errors"].is_null());
 
     // The jar sends c1 along with the login.
-    let r = app.post(&c, None, LOGIN, json!({ "i": { "email": "relogin@example.com", "password": PASSWORD } })).await;
+    let r = app
+        .post(
+            &c,
+            None,
+            ops::LOGIN_TOKENS_USER_ID,
+            json!({ "i": { "email": "relogin@example.com", "password": PASSWORD } }),
+        )
+        .await;
     let c2 = the_cookie(&r, COOKIE);
     assert_ne!(c2.value, c1.value);
     let v = json_of(r).await;
@@ -914,14 +913,12 @@ async fn a_deleted_users_tokens_fail_cleanly() {
         .unwrap()
         .to_owned();
     for id in [&deleted_id, &cookie_id] {
-        let (_, v) =
-            crate::admin::raw(&app, Some(&admin), "mutation($id: ID!) { deleteUser(id: $id) }", json!({ "id": id }))
-                .await;
+        let (_, v) = crate::admin::raw(&app, Some(&admin), ops::DELETE_USER, json!({ "id": id })).await;
         assert_eq!(v["data"]["deleteUser"], true, "{v}");
     }
 
     for t in [&t1, &t0] {
-        let r = app.post(&bare(), None, REFRESH_BODY, json!({ "t": t })).await;
+        let r = app.post(&bare(), None, ops::REFRESH_BODY, json!({ "t": t })).await;
         assert_eq!(r.status(), 200);
         let v = json_of(r).await;
         assert_eq!(code(&v), "UNAUTHENTICATED", "{v}");

@@ -7,9 +7,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 
-use crate::helpers::*;
-
-const ME: &str = "{ me { id } }";
+use crate::{helpers::*, ops};
 
 fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
@@ -54,7 +52,7 @@ async fn me_with_header(app: &TestApp, authorization: &str) -> Value {
     app.client()
         .post(app.url("/graphql"))
         .header("authorization", authorization)
-        .json(&json!({ "query": ME }))
+        .json(&json!({ "query": ops::ME_ID }))
         .send()
         .await
         .unwrap()
@@ -109,7 +107,7 @@ async fn issued_access_token_has_the_contract_header_and_claims() {
         assert!(uuid::Uuid::parse_str(s).is_ok(), "{claim} is not a UUID: {s}");
     }
     // sid is the session; jti is unique per token.
-    let v = app.gql(&app.client(), Some(&token), "{ me { sessions { id current } } }", json!({})).await;
+    let v = app.gql(&app.client(), Some(&token), ops::ME_SESSIONS_CURRENT, json!({})).await;
     let sessions = v["data"]["me"]["sessions"].as_array().unwrap_or_else(|| panic!("{v}"));
     let current: Vec<&Value> = sessions.iter().filter(|s| s["current"] == true).collect();
     assert_eq!(current.len(), 1, "{v}");
