@@ -5,25 +5,8 @@ use serde_json::{Value, json};
 
 use crate::{helpers::*, ops};
 
-const REGISTER: &str = "mutation($i: RegisterInput!) { register(input: $i) { accessToken tokenType expiresIn refreshToken user { id email name role } } }";
-const LOGIN: &str = "mutation($i: LoginInput!) { login(input: $i) { accessToken tokenType expiresIn refreshToken user { id email name role } } }";
 const ME: &str = "{ me { id email name role } }";
 const UPDATE: &str = "mutation($i: UpdateProfileInput!) { updateProfile(input: $i) { id email name role } }";
-
-/// Registers with the BODY transport; returns the whole response body.
-pub async fn register_raw(app: &TestApp, email: &str, password: &str, name: Option<&str>) -> Value {
-    let mut input = json!({ "email": email, "password": password, "transport": "BODY" });
-    if let Some(n) = name {
-        input["name"] = n.into();
-    }
-    app.gql(&app.client(), None, REGISTER, json!({ "i": input })).await
-}
-
-/// Logs in with the BODY transport; returns the whole response body.
-pub async fn login_raw(app: &TestApp, email: &str, password: &str) -> Value {
-    app.gql(&app.client(), None, LOGIN, json!({ "i": { "email": email, "password": password, "transport": "BODY" } }))
-        .await
-}
 
 /// `extensions.field` of the first error.
 fn field(body: &Value) -> &str {
@@ -114,7 +97,7 @@ async fn register_returns_the_payload_and_sets_the_refresh_cookie() {
         .post(
             &app.client(),
             None,
-            REGISTER,
+            ops::REGISTER_PAYLOAD,
             json!({ "i": { "email": "native@example.com", "password": PASSWORD, "transport": "BODY", "name": "Native" } }),
         )
         .await;
@@ -298,7 +281,7 @@ async fn odd_characters_get_the_same_answer_on_every_backend() {
     let r = c
         .post(app.url("/graphql"))
         .header("user-agent", reqwest::header::HeaderValue::from_bytes(b"agent \xff\xfe/1.0").unwrap())
-        .json(&json!({ "query": LOGIN, "variables": { "i": { "email": email, "password": "new\0password with NUL", "transport": "BODY" } } }))
+        .json(&json!({ "query": ops::LOGIN_PAYLOAD, "variables": { "i": { "email": email, "password": "new\0password with NUL", "transport": "BODY" } } }))
         .send()
         .await
         .unwrap();
@@ -341,7 +324,12 @@ async fn concurrent_registrations_of_one_email_create_one_account() {
         let (app, c) = (&app, &c);
         async move {
             let r = app
-                .post(c, None, REGISTER, json!({ "i": { "email": email, "password": PASSWORD, "transport": "BODY" } }))
+                .post(
+                    c,
+                    None,
+                    ops::REGISTER_PAYLOAD,
+                    json!({ "i": { "email": email, "password": PASSWORD, "transport": "BODY" } }),
+                )
                 .await;
             let status = r.status();
             (status, r.json::<Value>().await.unwrap())
@@ -372,7 +360,9 @@ async fn login_works_with_both_transports() {
     let (_, _, id) = app.register_body("bob@example.com").await;
 
     let c = app.client();
-    let r = app.post(&c, None, LOGIN, json!({ "i": { "email": "bob@example.com", "password": PASSWORD } })).await;
+    let r = app
+        .post(&c, None, ops::LOGIN_PAYLOAD, json!({ "i": { "email": "bob@example.com", "password": PASSWORD } }))
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["cache-control"], "no-store");
     let cookies = set_cookies(&r);
@@ -393,7 +383,7 @@ async fn login_works_with_both_transports() {
         .post(
             &app.client(),
             None,
-            LOGIN,
+            ops::LOGIN_PAYLOAD,
             json!({ "i": { "email": "bob@example.com", "password": PASSWORD, "transport": "BODY" } }),
         )
         .await;
@@ -455,7 +445,7 @@ async fn a_stale_or_foreign_authorization_header_does_not_break_login() {
         let v: Value = c
             .post(app.url("/graphql"))
             .header("authorization", &header)
-            .json(&json!({ "query": LOGIN, "variables": { "i": { "email": "dave@example.com", "password": PASSWORD, "transport": "BODY" } } }))
+            .json(&json!({ "query": ops::LOGIN_PAYLOAD, "variables": { "i": { "email": "dave@example.com", "password": PASSWORD, "transport": "BODY" } } }))
             .send()
             .await
             .unwrap()
@@ -492,7 +482,7 @@ async fn clients_cannot_choose_their_role_or_id() {
     ] {
         let mut input = json!({ "email": "mallory@example.com", "password": PASSWORD, "transport": "BODY" });
         input.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        let v = app.gql(&c, None, REGISTER, json!({ "i": input })).await;
+        let v = app.gql(&c, None, ops::REGISTER_PAYLOAD, json!({ "i": input })).await;
         assert_eq!(code(&v), "BAD_USER_INPUT", "{extra}: {v}");
         assert!(v["data"].is_null() || v["data"]["register"].is_null(), "{extra}: {v}");
     }
@@ -749,7 +739,7 @@ async fn login_upgrades_an_old_password_hash() {
         let url = format!("http://{}/graphql", again.addr);
         async move {
             c.post(url)
-                .json(&json!({ "query": LOGIN, "variables": { "i": { "email": "ivan@example.com", "password": password, "transport": "BODY" } } }))
+                .json(&json!({ "query": ops::LOGIN_PAYLOAD, "variables": { "i": { "email": "ivan@example.com", "password": password, "transport": "BODY" } } }))
                 .send()
                 .await
                 .unwrap()

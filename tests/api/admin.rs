@@ -12,53 +12,6 @@ use serde_json::{Value, json};
 
 use crate::{helpers::*, ops};
 
-pub const ADMIN_EMAIL: &str = "admin@example.com";
-
-/// Makes `email` an admin the way `authgraph create-admin` does, then logs in.
-/// Returns (access token, user id).
-pub async fn make_admin(app: &TestApp, email: &str) -> (String, String) {
-    let (user, _) = authgraph::service::admin::create_or_promote_admin(&app.state().services, email, None, || {
-        Ok(PASSWORD.to_owned())
-    })
-    .await
-    .expect("create admin");
-    (login_token(app, email).await, user.id.to_string())
-}
-
-/// Logs in with the BODY transport; returns the access token.
-pub async fn login_token(app: &TestApp, email: &str) -> String {
-    let v = app.login_body(email, PASSWORD).await;
-    assert!(v["errors"].is_null(), "login {email} failed: {v}");
-    v["data"]["login"]["accessToken"].as_str().unwrap().to_owned()
-}
-
-/// Runs an operation that must succeed; returns `data`.
-pub async fn ok(app: &TestApp, token: &str, query: &str, variables: Value) -> Value {
-    let v = app.gql(&app.client(), Some(token), query, variables).await;
-    assert!(v["errors"].is_null(), "{query}: {v}");
-    v["data"].clone()
-}
-
-/// The raw body and its JSON.
-pub async fn raw(app: &TestApp, token: Option<&str>, query: &str, variables: Value) -> (String, Value) {
-    let text = app.post(&app.client(), token, query, variables).await.text().await.unwrap();
-    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
-    (text, v)
-}
-
-/// Every error of the response has `code` (and `reason`, when given).
-#[track_caller]
-pub fn assert_all_errors(v: &Value, code_: &str, reason_: Option<&str>, what: &str) {
-    let errors = v["errors"].as_array().unwrap_or_else(|| panic!("{what}: no errors: {v}"));
-    assert!(!errors.is_empty(), "{what}: {v}");
-    for e in errors {
-        assert_eq!(e["extensions"]["code"], code_, "{what}: {v}");
-        if let Some(r) = reason_ {
-            assert_eq!(e["extensions"]["reason"], r, "{what}: {v}");
-        }
-    }
-}
-
 async fn register_named(app: &TestApp, email: &str, name: &str) -> String {
     let v = app
         .gql(

@@ -7,11 +7,7 @@ use entity::user::Role;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
 use serde_json::{Value, json};
 
-use crate::{
-    admin::{ADMIN_EMAIL, make_admin, ok, raw},
-    helpers::*,
-    ops,
-};
+use crate::{helpers::*, ops};
 
 const CREATE: &str = "mutation($name: String!, $scopes: [ApiScope!]!, $days: Int) {
   createApiKey(name: $name, scopes: $scopes, expiresInDays: $days) {

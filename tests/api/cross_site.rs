@@ -4,18 +4,13 @@
 use std::time::Duration;
 
 use authgraph::config::Origin;
-use reqwest::{Client, Method, Response};
+use reqwest::{Method, Response};
 use serde_json::{Value, json};
 
 use crate::{helpers::*, ops};
 
-const COOKIE: &str = "refresh_token";
 const ALLOWED: &str = "http://app.example.test";
 const LOOKALIKE: &str = "http://app.example.test.evil.io";
-
-fn bare() -> Client {
-    Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
-}
 
 /// What a page on a foreign site makes a browser send, one way or another.
 fn foreign_sites() -> Vec<Vec<(&'static str, &'static str)>> {

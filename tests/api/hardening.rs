@@ -10,12 +10,7 @@ use futures_util::future::join_all;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
-use crate::{
-    accounts::{login_raw, register_raw},
-    admin::{make_admin, ok},
-    helpers::*,
-    ops,
-};
+use crate::{helpers::*, ops};
 
 const ME_SESSIONS: &str = "{ me { id sessions { id } } }";
 

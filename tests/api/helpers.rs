@@ -20,6 +20,10 @@ use crate::ops;
 
 pub const PASSWORD: &str = "correct horse battery";
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+/// The address `make_admin` is most often given.
+pub const ADMIN_EMAIL: &str = "admin@example.com";
+/// The refresh cookie's name while cookies are not Secure (the harness's default).
+pub const COOKIE: &str = "refresh_token";
 
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -242,6 +246,63 @@ pub async fn gql_at(addr: SocketAddr, token: Option<&str>, query: &str) -> Value
     req.send().await.expect("request").json().await.expect("json body")
 }
 
+/// A client without a cookie jar: the test decides which cookie goes.
+pub fn bare() -> Client {
+    Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// Makes `email` an admin the way `authgraph create-admin` does, then logs in.
+/// Returns (access token, user id).
+pub async fn make_admin(app: &TestApp, email: &str) -> (String, String) {
+    let (user, _) = authgraph::service::admin::create_or_promote_admin(&app.state().services, email, None, || {
+        Ok(PASSWORD.to_owned())
+    })
+    .await
+    .expect("create admin");
+    (login_token(app, email).await, user.id.to_string())
+}
+
+/// Logs in with the BODY transport; returns the access token.
+pub async fn login_token(app: &TestApp, email: &str) -> String {
+    let v = app.login_body(email, PASSWORD).await;
+    assert!(v["errors"].is_null(), "login {email} failed: {v}");
+    v["data"]["login"]["accessToken"].as_str().unwrap().to_owned()
+}
+
+/// Runs an operation that must succeed; returns `data`.
+pub async fn ok(app: &TestApp, token: &str, query: &str, variables: Value) -> Value {
+    let v = app.gql(&app.client(), Some(token), query, variables).await;
+    assert!(v["errors"].is_null(), "{query}: {v}");
+    v["data"].clone()
+}
+
+/// The raw body and its JSON.
+pub async fn raw(app: &TestApp, token: Option<&str>, query: &str, variables: Value) -> (String, Value) {
+    let text = app.post(&app.client(), token, query, variables).await.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    (text, v)
+}
+
+/// Registers with the BODY transport; returns the whole response body.
+pub async fn register_raw(app: &TestApp, email: &str, password: &str, name: Option<&str>) -> Value {
+    let mut input = json!({ "email": email, "password": password, "transport": "BODY" });
+    if let Some(n) = name {
+        input["name"] = n.into();
+    }
+    app.gql(&app.client(), None, ops::REGISTER_PAYLOAD, json!({ "i": input })).await
+}
+
+/// Logs in with the BODY transport; returns the whole response body.
+pub async fn login_raw(app: &TestApp, email: &str, password: &str) -> Value {
+    app.gql(
+        &app.client(),
+        None,
+        ops::LOGIN_PAYLOAD,
+        json!({ "i": { "email": email, "password": password, "transport": "BODY" } }),
+    )
+    .await
+}
+
 /// `extensions.code` of the first error.
 pub fn code(body: &Value) -> &str {
     body["errors"][0]["extensions"]["code"].as_str().unwrap_or("<none>")
@@ -250,6 +311,19 @@ pub fn code(body: &Value) -> &str {
 /// `extensions.reason` of the first error.
 pub fn reason(body: &Value) -> &str {
     body["errors"][0]["extensions"]["reason"].as_str().unwrap_or("<none>")
+}
+
+/// Every error of the response has `code` (and `reason`, when given).
+#[track_caller]
+pub fn assert_all_errors(v: &Value, code_: &str, reason_: Option<&str>, what: &str) {
+    let errors = v["errors"].as_array().unwrap_or_else(|| panic!("{what}: no errors: {v}"));
+    assert!(!errors.is_empty(), "{what}: {v}");
+    for e in errors {
+        assert_eq!(e["extensions"]["code"], code_, "{what}: {v}");
+        if let Some(r) = reason_ {
+            assert_eq!(e["extensions"]["reason"], r, "{what}: {v}");
+        }
+    }
 }
 
 /// All `Set-Cookie` values of a response.

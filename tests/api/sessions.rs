@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 
 use crate::{helpers::*, ops};
 
-const COOKIE: &str = "refresh_token";
 const SECURE_COOKIE: &str = "__Host-refresh_token";
 const REFRESH_COOKIE: &str = "mutation { refreshToken { accessToken expiresIn refreshToken } }";
 const SESSIONS: &str = "{ me { id sessions { id current userAgent ip createdAt lastUsedAt expiresAt } } }";
@@ -79,11 +78,6 @@ fn no_store(resp: &Response) {
         "{:?}",
         resp.headers()
     );
-}
-
-/// A client without a cookie jar: the test decides which cookie goes.
-fn bare() -> Client {
-    Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
 async fn json_of(resp: Response) -> Value {
@@ -900,20 +894,16 @@ async fn a_deleted_users_tokens_fail_cleanly() {
     let (keep_access, keep_refresh, keep_id) = app.register_body("kept@example.com").await;
 
     // Deleted the supported way, by an admin; the cookie account through its id.
-    let (admin, _) = crate::admin::make_admin(&app, crate::admin::ADMIN_EMAIL).await;
-    let cookie_id = crate::admin::raw(
-        &app,
-        Some(&admin),
-        "query { users(search: \"deleted-cookie\") { edges { node { id } } } }",
-        json!({}),
-    )
-    .await
-    .1["data"]["users"]["edges"][0]["node"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (admin, _) = make_admin(&app, ADMIN_EMAIL).await;
+    let cookie_id =
+        raw(&app, Some(&admin), "query { users(search: \"deleted-cookie\") { edges { node { id } } } }", json!({}))
+            .await
+            .1["data"]["users"]["edges"][0]["node"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
     for id in [&deleted_id, &cookie_id] {
-        let (_, v) = crate::admin::raw(&app, Some(&admin), ops::DELETE_USER, json!({ "id": id })).await;
+        let (_, v) = raw(&app, Some(&admin), ops::DELETE_USER, json!({ "id": id })).await;
         assert_eq!(v["data"]["deleteUser"], true, "{v}");
     }
 
