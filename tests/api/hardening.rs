@@ -53,14 +53,9 @@ async fn every_unicode_spelling_of_an_address_is_one_account() {
         assert_eq!(data(&login_raw(&app, spelling, PASSWORD).await, "login")["user"]["id"], id, "{spelling:?}");
     }
     // The profile keeps the address in NFC, and a change of address is keyed alike.
-    let (token, _, _) = app.register_body("other@example.com").await;
-    let v = app
-        .gql(
-            &app.client(),
-            Some(&token),
-            "mutation($e: String) { updateProfile(input: { email: $e }) { email } }",
-            json!({ "e": decomposed }),
-        )
+    let other = app.user("other@example.com").await;
+    let v = other
+        .gql(&app, "mutation($e: String) { updateProfile(input: { email: $e }) { email } }", json!({ "e": decomposed }))
         .await;
     assert_eq!(reason(&v), "EMAIL_TAKEN", "{v}");
 }
@@ -332,16 +327,23 @@ async fn admin_search_folds_case_and_spelling_in_every_script() {
     }
     // The index follows every change: a new name is found, the old one is not,
     // and a deleted account is gone.
-    let (token, _, id) = app.register_body("renamed@example.com").await;
-    ok(&app, &token, "mutation { updateProfile(input: { name: \"Zoë Quixote\" }) { name } }", json!({})).await;
+    let renamed = app.user("renamed@example.com").await;
+    ok(&app, &renamed.access_token, "mutation { updateProfile(input: { name: \"Zoë Quixote\" }) { name } }", json!({}))
+        .await;
     let v = ok(&app, &admin, search, json!({ "s": "zoë quix" })).await;
     assert_eq!(found(v), vec!["renamed@example.com".to_owned()]);
     let v = ok(&app, &admin, search, json!({ "s": "renamed@" })).await;
     assert_eq!(v["users"]["totalCount"], 1, "{v}");
-    ok(&app, &token, "mutation { updateProfile(input: { email: \"moved@example.com\" }) { email } }", json!({})).await;
+    ok(
+        &app,
+        &renamed.access_token,
+        "mutation { updateProfile(input: { email: \"moved@example.com\" }) { email } }",
+        json!({}),
+    )
+    .await;
     let v = ok(&app, &admin, search, json!({ "s": "renamed@" })).await;
     assert_eq!(v["users"]["totalCount"], 0, "the old address is still found: {v}");
-    ok(&app, &admin, ops::DELETE_USER, json!({ "id": id })).await;
+    ok(&app, &admin, ops::DELETE_USER, json!({ "id": renamed.id })).await;
     let v = ok(&app, &admin, search, json!({ "s": "quixote" })).await;
     assert_eq!(v["users"]["totalCount"], 0, "a deleted account is still found: {v}");
 }
@@ -354,13 +356,12 @@ async fn concurrent_profile_changes_keep_the_search_key_in_step() {
     let (admin, _) = make_admin(&app, "root@example.com").await;
     let search = "query($s: String) { users(search: $s) { totalCount } }";
     for round in 0..5 {
-        let (token, _, _) = app.register_body(&format!("before{round}@example.com")).await;
+        let user = app.user(&format!("before{round}@example.com")).await;
         let set = |input: Value| {
-            let (app, token) = (&app, token.clone());
+            let (app, user) = (&app, &user);
             async move {
-                app.gql(
-                    &app.client(),
-                    Some(&token),
+                user.gql(
+                    app,
                     "mutation($i: UpdateProfileInput!) { updateProfile(input: $i) { id } }",
                     json!({ "i": input }),
                 )
@@ -471,7 +472,7 @@ async fn no_login_with_the_old_password_outlives_a_password_change() {
     let app = spawn_app().await;
     for round in 0..4 {
         let email = format!("race{round}@example.com");
-        let (token, _, _) = app.register_body(&email).await;
+        let user = app.user(&email).await;
         // Spread over longer than the change takes (two hashes behind the queued
         // logins), so that some logins read the old hash before the change commits
         // and finish verifying it after.
@@ -484,13 +485,7 @@ async fn no_login_with_the_old_password_outlives_a_password_change() {
         });
         let change = async {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            app.gql(
-                &app.client(),
-                Some(&token),
-                ops::CHANGE_PASSWORD,
-                json!({ "c": PASSWORD, "n": "the new passphrase" }),
-            )
-            .await
+            user.gql(&app, ops::CHANGE_PASSWORD, json!({ "c": PASSWORD, "n": "the new passphrase" })).await
         };
         let (results, changed) = tokio::join!(join_all(logins), change);
         assert_eq!(changed["data"]["changePassword"], true, "{changed}");
@@ -505,7 +500,7 @@ async fn no_login_with_the_old_password_outlives_a_password_change() {
             let r = app.gql(&app.client(), None, ops::REFRESH_BODY, json!({ "t": p["refreshToken"] })).await;
             assert_eq!(code(&r), "UNAUTHENTICATED", "round {round}: an old-password session still refreshes: {r}");
         }
-        let v = app.gql(&app.client(), Some(&token), ME_SESSIONS, json!({})).await;
+        let v = user.gql(&app, ME_SESSIONS, json!({})).await;
         assert_eq!(v["data"]["me"]["sessions"].as_array().map(Vec::len), Some(1), "round {round}: {v}");
         // The new password works, the old one no longer does.
         data(&login_raw(&app, &email, "the new passphrase").await, "login");
@@ -520,10 +515,10 @@ async fn concurrent_password_changes_do_not_both_succeed() {
     let app = spawn_app().await;
     for round in 0..3 {
         let email = format!("twice{round}@example.com");
-        let (token, _, _) = app.register_body(&email).await;
+        let user = app.user(&email).await;
         let change = |n: &'static str| {
-            let (app, token) = (&app, token.clone());
-            async move { app.gql(&app.client(), Some(&token), ops::CHANGE_PASSWORD, json!({ "c": PASSWORD, "n": n })).await }
+            let (app, user) = (&app, &user);
+            async move { user.gql(app, ops::CHANGE_PASSWORD, json!({ "c": PASSWORD, "n": n })).await }
         };
         let (a, b) = tokio::join!(change("first new passphrase"), change("second new passphrase"));
         let won: Vec<&str> = [(&a, "first new passphrase"), (&b, "second new passphrase")]
@@ -542,14 +537,12 @@ async fn concurrent_password_changes_do_not_both_succeed() {
 async fn a_stale_refresh_token_cannot_log_out_everywhere() {
     let grace = Duration::from_secs(10);
     let app = spawn_with(|c| c.refresh_reuse_grace = grace).await;
-    let (_, stale, _) = app.register_body("stale@example.com").await;
+    let user = app.user("stale@example.com").await;
+    let stale = &user.refresh_token;
     let v = app.gql(&app.client(), None, ops::REFRESH_BODY, json!({ "t": stale })).await;
     let first = data(&v, "refreshToken")["accessToken"].as_str().unwrap().to_owned();
     // Another session of the same user, on another device.
-    let other = data(&login_raw(&app, "stale@example.com", PASSWORD).await, "login")["accessToken"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let other = user.login(&app).await;
     app.clock.advance(grace + Duration::from_secs(1));
 
     let v = app.gql(&app.client(), None, ops::LOGOUT_EVERYWHERE_TOKEN, json!({ "t": stale })).await;
@@ -558,14 +551,14 @@ async fn a_stale_refresh_token_cannot_log_out_everywhere() {
     let me = app.gql(&app.client(), Some(&first), ops::ME_ID, json!({})).await;
     assert_eq!(reason(&me), "TOKEN_REVOKED", "{me}");
     // …and nothing else.
-    let me = app.gql(&app.client(), Some(&other), ops::ME_ID, json!({})).await;
+    let me = other.gql(&app, ops::ME_ID, json!({})).await;
     assert!(me["errors"].is_null(), "a stale token ended another session: {me}");
 
     // A token of an ended session has no power at all.
     // (See also the idle-timeout case below.)
     let v = app.gql(&app.client(), None, ops::LOGOUT_EVERYWHERE_TOKEN, json!({ "t": stale })).await;
     assert_eq!(v["data"]["logout"], true, "{v}");
-    let me = app.gql(&app.client(), Some(&other), ops::ME_ID, json!({})).await;
+    let me = other.gql(&app, ops::ME_ID, json!({})).await;
     assert!(me["errors"].is_null(), "a dead session's token ended another session: {me}");
 }
 
@@ -642,13 +635,12 @@ async fn a_page_of_users_reads_their_sessions_in_one_query() {
 async fn an_idle_expired_refresh_token_cannot_log_out_everywhere() {
     let timeout = Duration::from_secs(1800);
     let app = spawn_with(|c| c.session_idle_timeout = Some(timeout)).await;
-    let (_, idle, _) = app.register_body("idle@example.com").await;
+    let idle = app.user("idle@example.com").await;
     app.clock.advance(timeout + Duration::from_secs(1));
-    let other =
-        data(&login_raw(&app, "idle@example.com", PASSWORD).await, "login")["accessToken"].as_str().unwrap().to_owned();
-    let v = app.gql(&app.client(), None, ops::LOGOUT_EVERYWHERE_TOKEN, json!({ "t": idle })).await;
+    let other = idle.login(&app).await;
+    let v = app.gql(&app.client(), None, ops::LOGOUT_EVERYWHERE_TOKEN, json!({ "t": idle.refresh_token })).await;
     assert_eq!(v["data"]["logout"], true, "{v}");
-    let me = app.gql(&app.client(), Some(&other), ops::ME_ID, json!({})).await;
+    let me = other.gql(&app, ops::ME_ID, json!({})).await;
     assert!(me["errors"].is_null(), "an idle-expired token ended another session: {me}");
 }
 

@@ -235,6 +235,47 @@ impl TestApp {
     }
 }
 
+/// An account registered with the BODY transport, and the tokens of one of its
+/// sessions: what a native client holds.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: String,
+    pub email: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+impl TestApp {
+    /// Registers `email` (with [`PASSWORD`]) with the BODY transport; returns the
+    /// account with the tokens of its first session.
+    pub async fn user(&self, email: &str) -> TestUser {
+        let (access_token, refresh_token, id) = self.register_body(email).await;
+        TestUser { id, email: email.to_owned(), access_token, refresh_token }
+    }
+}
+
+impl TestUser {
+    /// POSTs one GraphQL operation with this session's access token (on a fresh
+    /// client); returns the JSON body.
+    pub async fn gql(&self, app: &TestApp, query: &str, variables: Value) -> Value {
+        app.gql(&app.client(), Some(&self.access_token), query, variables).await
+    }
+
+    /// Logs in again with the BODY transport and [`PASSWORD`]: the same account in
+    /// a new session (another device). Panics unless the login works.
+    pub async fn login(&self, app: &TestApp) -> TestUser {
+        let v = app.login_body(&self.email, PASSWORD).await;
+        assert!(v["errors"].is_null(), "login {} failed: {v}", self.email);
+        let p = &v["data"]["login"];
+        TestUser {
+            id: p["user"]["id"].as_str().unwrap().to_owned(),
+            email: self.email.clone(),
+            access_token: p["accessToken"].as_str().unwrap().to_owned(),
+            refresh_token: p["refreshToken"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
 /// POSTs `query` (no variables) to the GraphQL endpoint of a server at `addr`
 /// (one started apart from a `TestApp`, such as a restarted one); returns the
 /// JSON body.

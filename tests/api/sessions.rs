@@ -146,14 +146,6 @@ async fn assert_refresh_fails(app: &TestApp, token: &str, reason_: Option<&str>)
     }
 }
 
-/// Logs in with the BODY transport; returns (access, refresh).
-async fn login_pair(app: &TestApp, email: &str) -> (String, String) {
-    let v = app.login_body(email, PASSWORD).await;
-    assert!(v["errors"].is_null(), "login failed: {v}");
-    let p = &v["data"]["login"];
-    (p["accessToken"].as_str().unwrap().to_owned(), p["refreshToken"].as_str().unwrap().to_owned())
-}
-
 /// Registers with the COOKIE transport on a bare client; returns (access, cookie).
 async fn register_cookie(app: &TestApp, email: &str) -> (String, SetCookie) {
     let r = bare()
@@ -353,14 +345,15 @@ async fn a_rotated_token_inside_the_grace_window_gets_the_same_successor() {
 #[tokio::test]
 async fn replaying_a_rotated_token_ends_the_whole_session_but_not_others() {
     let app = spawn_with(|c| c.refresh_reuse_grace = Duration::ZERO).await;
-    let (a0, t0, user_id) = app.register_body("reuse@example.com").await;
+    let first = app.user("reuse@example.com").await;
     // A second session of the same user (another device).
-    let (b0, u0) = login_pair(&app, "reuse@example.com").await;
+    let second = first.login(&app).await;
 
-    let (a1, t1) = rotate_body(&app, &t0).await;
+    let t0 = &first.refresh_token;
+    let (a1, t1) = rotate_body(&app, t0).await;
     assert_live(&app, &a1).await;
     // The thief (or the owner) replays t0.
-    let v = refresh_body(&app, &t0).await;
+    let v = refresh_body(&app, t0).await;
     assert_eq!(code(&v), "UNAUTHENTICATED", "{v}");
     assert_eq!(reason(&v), "REFRESH_TOKEN_REUSED", "{v}");
     assert!(v["data"].is_null() || v["data"]["refreshToken"].is_null(), "{v}");
@@ -368,13 +361,13 @@ async fn replaying_a_rotated_token_ends_the_whole_session_but_not_others() {
     // The newest token of that session is dead too, and so are its access tokens, at once.
     assert_refresh_fails(&app, &t1, Some("TOKEN_REVOKED")).await;
     assert_refused(&app, &a1, "TOKEN_REVOKED").await;
-    assert_refused(&app, &a0, "TOKEN_REVOKED").await;
+    assert_refused(&app, &first.access_token, "TOKEN_REVOKED").await;
     // Replaying again is still refused (not a fresh session).
-    assert_refresh_fails(&app, &t0, None).await;
+    assert_refresh_fails(&app, t0, None).await;
 
     // The other session is untouched.
-    assert_eq!(assert_live(&app, &b0).await, user_id);
-    let (b1, _) = rotate_body(&app, &u0).await;
+    assert_eq!(assert_live(&app, &second.access_token).await, first.id);
+    let (b1, _) = rotate_body(&app, &second.refresh_token).await;
     assert_live(&app, &b1).await;
     assert_eq!(sessions_of(&app, &b1).await.len(), 1, "only the second session is still listed");
 }
@@ -596,8 +589,8 @@ async fn logout_is_idempotent() {
 #[tokio::test]
 async fn logout_everywhere_ends_every_session_of_the_user_only() {
     let app = spawn_app().await;
-    let (a1, r1, _) = app.register_body("everywhere@example.com").await;
-    let (a2, r2) = login_pair(&app, "everywhere@example.com").await;
+    let first = app.user("everywhere@example.com").await;
+    let second = first.login(&app).await;
     let (_, c3) = {
         // A browser session too.
         let r = bare()
@@ -610,51 +603,55 @@ async fn logout_everywhere_ends_every_session_of_the_user_only() {
         let v = json_of(r).await;
         (v["data"]["login"]["accessToken"].as_str().unwrap().to_owned(), cookie)
     };
-    let (other_access, other_refresh, other_id) = app.register_body("bystander@example.com").await;
-    assert_eq!(sessions_of(&app, &a1).await.len(), 3);
+    let bystander = app.user("bystander@example.com").await;
+    assert_eq!(sessions_of(&app, &first.access_token).await.len(), 3);
 
-    let v = app.gql(&bare(), Some(&a1), ops::LOGOUT_EVERYWHERE, json!({})).await;
+    let v = first.gql(&app, ops::LOGOUT_EVERYWHERE, json!({})).await;
     assert_eq!(v, json!({ "data": { "logout": true } }));
 
-    assert_refused(&app, &a1, "TOKEN_REVOKED").await;
-    assert_refused(&app, &a2, "TOKEN_REVOKED").await;
-    assert_refresh_fails(&app, &r1, Some("TOKEN_REVOKED")).await;
-    assert_refresh_fails(&app, &r2, Some("TOKEN_REVOKED")).await;
+    for session in [&first, &second] {
+        assert_refused(&app, &session.access_token, "TOKEN_REVOKED").await;
+    }
+    for session in [&first, &second] {
+        assert_refresh_fails(&app, &session.refresh_token, Some("TOKEN_REVOKED")).await;
+    }
     let v = json_of(post_cookie(&app, COOKIE, &c3.value, None, REFRESH_COOKIE, json!({})).await).await;
     assert_eq!(code(&v), "UNAUTHENTICATED", "{v}");
 
     // Another user is unaffected.
-    assert_eq!(assert_live(&app, &other_access).await, other_id);
-    let (na, _) = rotate_body(&app, &other_refresh).await;
+    assert_eq!(assert_live(&app, &bystander.access_token).await, bystander.id);
+    let (na, _) = rotate_body(&app, &bystander.refresh_token).await;
     assert_live(&app, &na).await;
 }
 
 #[tokio::test]
 async fn native_logout_everywhere_with_a_refresh_token() {
     let app = spawn_app().await;
-    let (a1, r1, _) = app.register_body("native-all@example.com").await;
-    let (a2, r2) = login_pair(&app, "native-all@example.com").await;
-    let v = app.gql(&bare(), None, ops::LOGOUT_EVERYWHERE_TOKEN, json!({ "t": r2 })).await;
+    let first = app.user("native-all@example.com").await;
+    let second = first.login(&app).await;
+    let v = app.gql(&bare(), None, ops::LOGOUT_EVERYWHERE_TOKEN, json!({ "t": second.refresh_token })).await;
     assert_eq!(v["data"]["logout"], true, "{v}");
-    assert_refused(&app, &a1, "TOKEN_REVOKED").await;
-    assert_refused(&app, &a2, "TOKEN_REVOKED").await;
-    assert_refresh_fails(&app, &r1, Some("TOKEN_REVOKED")).await;
-    assert_refresh_fails(&app, &r2, Some("TOKEN_REVOKED")).await;
+    for session in [&first, &second] {
+        assert_refused(&app, &session.access_token, "TOKEN_REVOKED").await;
+    }
+    for session in [&first, &second] {
+        assert_refresh_fails(&app, &session.refresh_token, Some("TOKEN_REVOKED")).await;
+    }
 }
 
 #[tokio::test]
 async fn native_logout_with_a_refresh_token_ends_that_session() {
     let app = spawn_app().await;
-    let (a1, r1, user_id) = app.register_body("native@example.com").await;
-    let (a2, r2) = login_pair(&app, "native@example.com").await;
+    let first = app.user("native@example.com").await;
+    let second = first.login(&app).await;
     // No bearer token: a native client ending its own session by its refresh token.
-    let v = app.gql(&bare(), None, ops::LOGOUT_TOKEN, json!({ "t": r1 })).await;
+    let v = app.gql(&bare(), None, ops::LOGOUT_TOKEN, json!({ "t": first.refresh_token })).await;
     assert_eq!(v, json!({ "data": { "logout": true } }));
-    assert_refused(&app, &a1, "TOKEN_REVOKED").await;
-    assert_refresh_fails(&app, &r1, Some("TOKEN_REVOKED")).await;
+    assert_refused(&app, &first.access_token, "TOKEN_REVOKED").await;
+    assert_refresh_fails(&app, &first.refresh_token, Some("TOKEN_REVOKED")).await;
     // The other device is still logged in.
-    assert_eq!(assert_live(&app, &a2).await, user_id);
-    let (a3, _) = rotate_body(&app, &r2).await;
+    assert_eq!(assert_live(&app, &second.access_token).await, first.id);
+    let (a3, _) = rotate_body(&app, &second.refresh_token).await;
     assert_live(&app, &a3).await;
 }
 
@@ -699,37 +696,37 @@ async fn me_sessions_lists_live_sessions_with_exactly_one_current() {
 #[tokio::test]
 async fn revoke_session_ends_own_sessions_only() {
     let app = spawn_app().await;
-    let (a1, _, user_id) = app.register_body("revoke@example.com").await;
-    let (a2, r2) = login_pair(&app, "revoke@example.com").await;
-    let s1 = current_session(&app, &a1).await;
-    let s2 = current_session(&app, &a2).await;
-    let (b, _, _) = app.register_body("revoke-other@example.com").await;
-    let sb = current_session(&app, &b).await;
+    let first = app.user("revoke@example.com").await;
+    let second = first.login(&app).await;
+    let s1 = current_session(&app, &first.access_token).await;
+    let s2 = current_session(&app, &second.access_token).await;
+    let other = app.user("revoke-other@example.com").await;
+    let sb = current_session(&app, &other.access_token).await;
     const REVOKE: &str = "mutation($id: ID!) { revokeSession(id: $id) }";
 
     // Someone else's session: false, and it lives on.
-    let v = app.gql(&bare(), Some(&b), REVOKE, json!({ "id": s1 })).await;
+    let v = other.gql(&app, REVOKE, json!({ "id": s1 })).await;
     assert_eq!(v, json!({ "data": { "revokeSession": false } }));
-    assert_eq!(assert_live(&app, &a1).await, user_id);
-    let v = app.gql(&bare(), Some(&a1), REVOKE, json!({ "id": sb })).await;
+    assert_eq!(assert_live(&app, &first.access_token).await, first.id);
+    let v = first.gql(&app, REVOKE, json!({ "id": sb })).await;
     assert_eq!(v["data"]["revokeSession"], false, "{v}");
-    assert_live(&app, &b).await;
+    assert_live(&app, &other.access_token).await;
 
     // Own other session: true, and its tokens die at once.
-    let v = app.gql(&bare(), Some(&a1), REVOKE, json!({ "id": s2 })).await;
+    let v = first.gql(&app, REVOKE, json!({ "id": s2 })).await;
     assert_eq!(v, json!({ "data": { "revokeSession": true } }));
-    assert_refused(&app, &a2, "TOKEN_REVOKED").await;
-    assert_refresh_fails(&app, &r2, Some("TOKEN_REVOKED")).await;
-    let left = sessions_of(&app, &a1).await;
+    assert_refused(&app, &second.access_token, "TOKEN_REVOKED").await;
+    assert_refresh_fails(&app, &second.refresh_token, Some("TOKEN_REVOKED")).await;
+    let left = sessions_of(&app, &first.access_token).await;
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0]["id"], s1.as_str());
     // Already ended: false.
-    let v = app.gql(&bare(), Some(&a1), REVOKE, json!({ "id": s2 })).await;
+    let v = first.gql(&app, REVOKE, json!({ "id": s2 })).await;
     assert_eq!(v["data"]["revokeSession"], false, "{v}");
 
     // Unknown and malformed ids: false or BAD_USER_INPUT, never a server error.
     for id in [uuid::Uuid::new_v4().to_string(), "not-an-id".to_owned(), String::new(), "x".repeat(500)] {
-        let r = app.post(&bare(), Some(&a1), REVOKE, json!({ "id": id })).await;
+        let r = app.post(&bare(), Some(&first.access_token), REVOKE, json!({ "id": id })).await;
         assert_eq!(r.status(), 200);
         let v = json_of(r).await;
         if v["errors"].is_null() {
@@ -741,12 +738,12 @@ async fn revoke_session_ends_own_sessions_only() {
     // Without a token: UNAUTHENTICATED.
     let v = app.gql(&bare(), None, REVOKE, json!({ "id": s1 })).await;
     assert_eq!(code(&v), "UNAUTHENTICATED", "{v}");
-    assert_live(&app, &a1).await;
+    assert_live(&app, &first.access_token).await;
 
     // Own current session: allowed, and the caller's token dies with it.
-    let v = app.gql(&bare(), Some(&a1), REVOKE, json!({ "id": s1 })).await;
+    let v = first.gql(&app, REVOKE, json!({ "id": s1 })).await;
     assert_eq!(v["data"]["revokeSession"], true, "{v}");
-    assert_refused(&app, &a1, "TOKEN_REVOKED").await;
+    assert_refused(&app, &first.access_token, "TOKEN_REVOKED").await;
 }
 
 // ---------------------------------------------------------------------------
@@ -888,10 +885,11 @@ async fn login_with_an_old_cookie_present_starts_a_new_session() {
 #[tokio::test]
 async fn a_deleted_users_tokens_fail_cleanly() {
     let app = spawn_app().await;
-    let (access, t0, deleted_id) = app.register_body("deleted@example.com").await;
-    let (_, t1) = rotate_body(&app, &t0).await;
+    let deleted = app.user("deleted@example.com").await;
+    let t0 = &deleted.refresh_token;
+    let (_, t1) = rotate_body(&app, t0).await;
     let (_, cookie) = register_cookie(&app, "deleted-cookie@example.com").await;
-    let (keep_access, keep_refresh, keep_id) = app.register_body("kept@example.com").await;
+    let kept = app.user("kept@example.com").await;
 
     // Deleted the supported way, by an admin; the cookie account through its id.
     let (admin, _) = make_admin(&app, ADMIN_EMAIL).await;
@@ -902,12 +900,12 @@ async fn a_deleted_users_tokens_fail_cleanly() {
             .as_str()
             .unwrap()
             .to_owned();
-    for id in [&deleted_id, &cookie_id] {
+    for id in [&deleted.id, &cookie_id] {
         let (_, v) = raw(&app, Some(&admin), ops::DELETE_USER, json!({ "id": id })).await;
         assert_eq!(v["data"]["deleteUser"], true, "{v}");
     }
 
-    for t in [&t1, &t0] {
+    for t in [&t1, t0] {
         let r = app.post(&bare(), None, ops::REFRESH_BODY, json!({ "t": t })).await;
         assert_eq!(r.status(), 200);
         let v = json_of(r).await;
@@ -917,12 +915,12 @@ async fn a_deleted_users_tokens_fail_cleanly() {
     assert_eq!(r.status(), 200);
     let v = json_of(r).await;
     assert_eq!(code(&v), "UNAUTHENTICATED", "{v}");
-    let v = me(&app, &access).await;
+    let v = me(&app, &deleted.access_token).await;
     assert_eq!(code(&v), "UNAUTHENTICATED", "{v}");
 
     // The other account is untouched.
-    assert_eq!(assert_live(&app, &keep_access).await, keep_id);
-    rotate_body(&app, &keep_refresh).await;
+    assert_eq!(assert_live(&app, &kept.access_token).await, kept.id);
+    rotate_body(&app, &kept.refresh_token).await;
 }
 
 /// Commit records in an SQLite write-ahead log: frames whose "database size after
