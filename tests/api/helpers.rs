@@ -1,6 +1,14 @@
 //! The black-box harness: every test starts the real app on 127.0.0.1:0 with a
 //! fresh database (a temporary SQLite file, or a fresh PostgreSQL database when
 //! TEST_DATABASE_URL is set) and talks GraphQL over HTTP.
+//!
+//! `TEST_LOG` shows the server's log: set it to an `EnvFilter` directive
+//! (`TEST_LOG=debug`, `TEST_LOG=authgraph=debug,sqlx=warn`) and the first
+//! `spawn_with` in the process installs a subscriber that writes through the
+//! test writer, so `TEST_LOG=debug cargo test --test api some_test` prints the
+//! log of the tests that fail (or of all of them with `-- --nocapture`). A
+//! server started as a subprocess (`start_process`) logs by its own `RUST_LOG`
+//! instead.
 
 #![allow(dead_code)]
 
@@ -15,6 +23,7 @@ use authgraph::{
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
 use tempfile::TempDir;
+use tracing_subscriber::EnvFilter;
 
 use crate::ops;
 
@@ -113,8 +122,23 @@ pub async fn spawn_app() -> TestApp {
     spawn_with(|_| {}).await
 }
 
+/// With `TEST_LOG` set, installs (once per process) a global subscriber that
+/// writes the server's log, filtered by `TEST_LOG`, through the test writer; a
+/// global subscriber set already is left in place. A test that sets its own
+/// subscriber for its thread (`tracing::subscriber::set_default`) still sees
+/// its log there.
+fn init_test_log() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        if let Some(filter) = std::env::var("TEST_LOG").ok().filter(|f| !f.is_empty()) {
+            let _ = tracing_subscriber::fmt().with_env_filter(EnvFilter::new(filter)).with_test_writer().try_init();
+        }
+    });
+}
+
 /// Starts the app; `tweak` adjusts the configuration first.
 pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    init_test_log();
     let database = TestDatabase::create().await;
     let mut config = config_from(&[
         "--database-url",
