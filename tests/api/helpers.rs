@@ -10,8 +10,6 @@
 //! server started as a subprocess (`start_process`) logs by its own `RUST_LOG`
 //! instead.
 
-#![allow(dead_code)]
-
 use std::{net::SocketAddr, time::Duration};
 
 use authgraph::{
@@ -539,11 +537,6 @@ impl ServerProcess {
         let mut all = std::mem::take(&mut *self.stdout.lock().unwrap());
         all.extend_from_slice(&self.stderr.lock().unwrap());
         all
-    }
-
-    /// What the server wrote to stdout so far.
-    pub fn stdout(&self) -> Vec<u8> {
-        self.stdout.lock().unwrap().clone()
     }
 }
 
