@@ -4,11 +4,9 @@
 
 // Accounts
 
-/// Registers (`$i: RegisterInput!`); asks for the whole payload: tokens, their
-/// type and lifetime, and the user.
+/// Registers (`$i: RegisterInput!`); asks for the whole payload: tokens, type, lifetime, user.
 pub const REGISTER_PAYLOAD: &str = "mutation($i: RegisterInput!) { register(input: $i) { accessToken tokenType expiresIn refreshToken user { id email name role } } }";
-/// Logs in (`$i: LoginInput!`); asks for the whole payload: tokens, their type
-/// and lifetime, and the user.
+/// Logs in (`$i: LoginInput!`); asks for the whole payload: tokens, type, lifetime, user.
 pub const LOGIN_PAYLOAD: &str = "mutation($i: LoginInput!) { login(input: $i) { accessToken tokenType expiresIn refreshToken user { id email name role } } }";
 /// Registers (`$i: RegisterInput!`); asks for the two tokens only.
 pub const REGISTER_TOKENS: &str = "mutation($i: RegisterInput!) { register(input: $i) { accessToken refreshToken } }";

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use crate::{helpers::*, ops};
 
 const SECURE_COOKIE: &str = "__Host-refresh_token";
+/// `ops::REFRESH_COOKIE`, asking for `expiresIn` as well.
 const REFRESH_COOKIE: &str = "mutation { refreshToken { accessToken expiresIn refreshToken } }";
 const SESSIONS: &str = "{ me { id sessions { id current userAgent ip createdAt lastUsedAt expiresAt } } }";
 
