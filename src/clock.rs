@@ -6,7 +6,8 @@
 //! A server always runs on [`Clock::system`]. [`ClockControl`] makes a clock
 //! that reads the system time plus an offset that only grows: time still
 //! passes, and a test can jump it ahead (an hour of refresh-token lifetime in
-//! no time). Timers (the purge interval, rate-limit refill) keep real time.
+//! no time). The rate limiters refill on it too ([`Clock::elapsed`]); timers
+//! (the purge and flush intervals) keep real time.
 
 use std::{
     sync::{

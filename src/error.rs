@@ -33,8 +33,9 @@ impl Code {
 /// Every `extensions.reason` the server sends: the one catalogue. Each reason
 /// has one code; the README's table of reasons is generated from [`Reason::ALL`]
 /// and a test holds the two equal. Errors without a reason (a generic
-/// `FORBIDDEN`, `RATE_LIMITED`, `SERVICE_UNAVAILABLE`, `INTERNAL_SERVER_ERROR`,
-/// and a malformed HTTP request) carry the code alone.
+/// `FORBIDDEN`, `RATE_LIMITED` with its `retryAfter`, `SERVICE_UNAVAILABLE` and
+/// `INTERNAL_SERVER_ERROR` with their `requestId`, and a malformed HTTP
+/// request) carry no `reason`.
 macro_rules! reasons {
     ($($variant:ident => ($wire:literal, $code:ident, $legacy:expr, $meaning:literal),)+) => {
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,8 +255,9 @@ impl From<DbErr> for AppError {
 /// - the pool gave no connection, or the connection broke (I/O, TLS, a
 ///   crashed SQLite worker, a closed pool);
 /// - PostgreSQL SQLSTATE class 08 (connection exception), 53 (insufficient
-///   resources: too many connections, out of memory or disk) and 57P01 to
-///   57P03 (the server is shutting down or starting);
+///   resources: too many connections, out of memory or disk), 57P01 to 57P03
+///   (the server is shutting down or starting), and the server ending a
+///   session or transaction on a time-out (57P05, 25P03, 25P04);
 /// - SQLite's primary result codes BUSY (5) and LOCKED (6) past the busy
 ///   timeout, IOERR (10), FULL (13) and CANTOPEN (14).
 pub fn is_outage(err: &DbErr) -> bool {
@@ -273,7 +275,9 @@ pub fn is_outage(err: &DbErr) -> bool {
                 // Extended result codes carry the primary code in their low byte.
                 code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14))
             } else {
-                code.starts_with("08") || code.starts_with("53") || matches!(&*code, "57P01" | "57P02" | "57P03")
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || matches!(&*code, "57P01" | "57P02" | "57P03" | "57P05" | "25P03" | "25P04")
             }
         }
         _ => false,

@@ -68,8 +68,10 @@ impl AccountMutation {
         #[graphql(secret)] current_password: String,
         #[graphql(secret)] new_password: String,
     ) -> Result<bool> {
-        let me = request(ctx)?.principal.require_user()?;
-        accounts::change_password(services(ctx)?, me.user_id, me.session_id, current_password, new_password).await?;
+        let req = request(ctx)?;
+        let me = req.principal.require_user()?;
+        let svc = services(ctx)?;
+        accounts::change_password(svc, me.user_id, me.session_id, &req.client, current_password, new_password).await?;
         Ok(true)
     }
 }

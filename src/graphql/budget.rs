@@ -1,17 +1,16 @@
 //! Which rate-limit budget each operation draws from, in one table.
 //!
 //! Every root field of the schema (a query or a mutation) is listed in
-//! [`BUDGETS`]: either the per-client budget it spends before its resolver runs,
-//! or why it has none. The request guard spends it for each call of the field
-//! (an alias and each operation of a batch count once, a field skipped by
-//! `@skip` not at all), and refuses a root field that is missing from the
-//! table, so a new operation cannot ship without a decision; a test holds the
-//! table and the schema equal.
+//! [`BUDGETS`]: the per-client budget it spends before its resolver runs, the
+//! password-check budgets its service spends, or why it has none. The request
+//! guard spends a [`Budget::PerIp`] for each call of the field (an alias and
+//! each operation of a batch count once, a field skipped by `@skip` not at all),
+//! and a served request naming a root field missing from the table is refused,
+//! so a new operation cannot ship without a decision; a test holds the table
+//! and the schema equal.
 //!
-//! Two budgets are spent deeper, where their key is known: the per-account
-//! budget of `login` and `changePassword` (keyed by the address's key, see
-//! `service::accounts::spend_account_budget`), and the password-hashing queue
-//! (`auth::password`), which answers `RATE_LIMITED` when full.
+//! The password-hashing queue (`auth::password`) is a budget too: full, it
+//! answers `RATE_LIMITED`.
 
 use async_graphql::{PathSegment, ServerError, ServerResult, extensions::ResolveInfo};
 
@@ -24,8 +23,14 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Budget {
     /// One unit of the client's budget for this action (per IPv4 address or
-    /// IPv6 /64; `RATE_LIMIT_*_PER_IP`).
+    /// IPv6 /64; `RATE_LIMIT_*_PER_IP`), spent before the resolver runs.
     PerIp(Action),
+    /// A password check: one unit of the client's login budget and one of the
+    /// account's (`RATE_LIMIT_LOGIN_PER_ACCOUNT`, keyed by the address's key,
+    /// registered or not), spent by the service before it hashes
+    /// (`service::accounts::spend_password_budget`), where the account is known
+    /// and after the checks that cost nothing (same-site, the caller's token).
+    PasswordCheck,
     /// Not rate limited; the reason is kept here for the reader.
     Unmetered(&'static str),
 }
@@ -42,9 +47,9 @@ pub const BUDGETS: &[(&str, Budget)] = &[
     ("tokenInfo", Budget::Unmetered("an API key's check of a token; answered from memory")),
     // Mutation
     ("register", Budget::PerIp(Action::Register)),
-    ("login", Budget::PerIp(Action::Login)),
+    ("login", Budget::PasswordCheck),
     ("updateProfile", Budget::Unmetered(TOKEN)),
-    ("changePassword", Budget::PerIp(Action::Login)),
+    ("changePassword", Budget::PasswordCheck),
     ("refreshToken", Budget::PerIp(Action::Refresh)),
     ("logout", Budget::Unmetered("ends sessions; a refresh token presented to it has only refresh's power")),
     ("revokeSession", Budget::Unmetered(TOKEN)),
@@ -70,7 +75,7 @@ pub(super) fn spend(info: &ResolveInfo<'_>, limits: &RateLimits, ip: IpKey) -> S
     }
     let outcome = match of(info.name) {
         Some(Budget::PerIp(action)) => limits.check_ip(action, ip),
-        Some(Budget::Unmetered(_)) => Ok(()),
+        Some(Budget::PasswordCheck | Budget::Unmetered(_)) => Ok(()),
         None => Err(AppError::internal(format!("no rate-limit budget is declared for `{}`", info.name))),
     };
     outcome.map_err(|err| {

@@ -14,6 +14,9 @@
 //! on a hit, parsing is skipped (and validation too when the request has no
 //! variables and its validation is kept), and the guard's limits are applied
 //! to the counts kept with the document.
+//!
+//! And it spends each root field's rate-limit budget, as `budget::BUDGETS`
+//! declares it, right before the field's resolver runs.
 
 use std::sync::{Arc, Mutex, atomic::Ordering};
 

@@ -44,18 +44,30 @@ pub struct RequestCtx {
     /// operations together).
     pub credential_fields: AtomicUsize,
     /// What resolvers decided about the refresh cookie, in order; the HTTP
-    /// layer writes one `Set-Cookie` for each.
+    /// layer writes the last one.
     pub cookie_changes: Mutex<Vec<CookieChange>>,
 }
 
 /// What should happen to the refresh cookie: a resolver records it, the HTTP
-/// layer (which owns the cookie's name and attributes) writes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// layer (which owns the cookie's name and attributes) writes the last one.
+#[derive(Clone, PartialEq, Eq)]
 pub enum CookieChange {
     /// Carry this refresh token for `max_age_secs` seconds (its remaining lifetime).
     Set { refresh_token: String, max_age_secs: i64 },
     /// Delete the cookie.
     Clear,
+}
+
+/// Says what happens to the cookie, never the token.
+impl std::fmt::Debug for CookieChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CookieChange::Set { max_age_secs, .. } => {
+                f.debug_struct("Set").field("max_age_secs", max_age_secs).finish_non_exhaustive()
+            }
+            CookieChange::Clear => f.write_str("Clear"),
+        }
+    }
 }
 
 impl RequestCtx {

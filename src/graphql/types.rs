@@ -1,6 +1,7 @@
 //! GraphQL output and input types. They wrap the service layer's domain types
-//! (`crate::domain`), never entities: `User` wraps an `Account`, which has no
-//! password hash, and `ApiKey` a key without its secret's hash.
+//! (`crate::domain`): `User` wraps an `Account`, which has no password hash,
+//! and `ApiKey` a key without its secret's hash. `Session` is built from a
+//! session row, which holds no secret (its tokens live in `refresh_tokens`).
 
 use async_graphql::{
     Context, Enum, ErrorExtensions, ID, InputObject, Object, SimpleObject,

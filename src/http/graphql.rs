@@ -223,7 +223,10 @@ async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Respon
     let h = http.headers_mut();
     // Responses carry tokens or personal data: never cache them.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    for change in ctx.take_cookie_changes() {
+    // The last change decides: a browser keeps only the last Set-Cookie of a
+    // name, and a server sends at most one per name (RFC 6265 section 4.1.1),
+    // whatever number of operations of a batch touched the cookie.
+    if let Some(change) = ctx.take_cookie_changes().pop() {
         let value = match change {
             CookieChange::Set { refresh_token, max_age_secs } => state.cookies.set(&refresh_token, max_age_secs),
             CookieChange::Clear => state.cookies.clear(),

@@ -7,7 +7,11 @@ use entity::user::{self, Role};
 
 use super::{ClientInfo, Issued, Services, sessions, users, validate};
 use crate::{
-    auth::{password::Verified, registry::SessionEvent},
+    auth::{
+        password::Verified,
+        rate_limit::{Action, IpKey},
+        registry::SessionEvent,
+    },
     db::{self, UniqueRow},
     domain::{Account, Email, SessionId, UserId},
     error::{AppError, AppResult},
@@ -90,15 +94,22 @@ pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) ->
     sessions::issue(svc, user.into(), &session, refresh, now)
 }
 
-/// Spends one unit of the account's password-check budget (by its email key,
+/// Spends one unit of the password-check budget ([`Budget::PasswordCheck`]):
+/// the client's (IPv4 address or IPv6 /64) and the account's (by its email key,
 /// existing or not). Every operation that verifies a password spends it before
-/// hashing, so no mutation is a way around the quota (OWASP ASVS V2.2.1); the
-/// client's per-IP budget is spent before the resolver runs
-/// (`graphql::budget`).
+/// hashing, so no mutation is a way around the quota (OWASP ASVS V2.2.1);
+/// `login` spends the client's unit before the address is even validated.
 ///
-/// Errors: `RATE_LIMITED` with `retryAfter` (seconds) past the budget.
-pub fn spend_account_budget(svc: &Services, email_key: &str) -> AppResult<()> {
+/// Errors: `RATE_LIMITED` with `retryAfter` (seconds) past either budget.
+///
+/// [`Budget::PasswordCheck`]: crate::graphql::budget::Budget::PasswordCheck
+pub fn spend_password_budget(svc: &Services, client: &ClientInfo, email_key: &str) -> AppResult<()> {
+    spend_client_password_budget(svc, client)?;
     svc.limits.check_account(email_key)
+}
+
+fn spend_client_password_budget(svc: &Services, client: &ClientInfo) -> AppResult<()> {
+    svc.limits.check_ip(Action::Login, IpKey::from(client.ip))
 }
 
 /// Checks the credentials and starts a session. A wrong password and an
@@ -115,9 +126,10 @@ pub fn spend_account_budget(svc: &Services, email_key: &str) -> AppResult<()> {
 /// during the check is the role the session sees.
 #[tracing::instrument(skip_all)]
 pub async fn login(svc: &Services, email: &str, password: String, client: &ClientInfo) -> AppResult<Issued> {
+    spend_client_password_budget(svc, client)?;
     let email = validate::email(email)?;
     // Counted for every address, registered or not, before any hashing.
-    spend_account_budget(svc, email.key())?;
+    svc.limits.check_account(email.key())?;
     // Hashes hold the normalised form (or, made before normalisation, the typed
     // one), each at most PASSWORD_MAX characters: longer in both, no account has it.
     let length = password.chars().count().min(crate::auth::password::normalize(&password).chars().count());
@@ -196,8 +208,7 @@ pub async fn update_profile(svc: &Services, user_id: UserId, change: ProfileChan
 /// Changes the password after checking the current one, and ends every other
 /// session of the user (a stolen session must not survive a password change).
 ///
-/// The check spends the same budgets as a login ([`spend_account_budget`], and
-/// the per-IP one before the resolver runs). The
+/// The check spends the same budget as a login ([`spend_password_budget`]). The
 /// new hash is written only over the hash that was verified (compare-and-set in
 /// the transaction that ends the other sessions), so of two concurrent changes
 /// only one succeeds, and no session authenticated with the old password
@@ -211,12 +222,13 @@ pub async fn change_password(
     svc: &Services,
     user_id: UserId,
     current_session: SessionId,
+    client: &ClientInfo,
     current: String,
     new: String,
 ) -> AppResult<()> {
     validate::new_password(&new, "newPassword")?;
     let user = users::row(svc, user_id).await?.ok_or(AppError::TokenRevoked)?;
-    spend_account_budget(svc, &user.email_normalized)?;
+    spend_password_budget(svc, client, &user.email_normalized)?;
     let mut stored = user.password_hash;
     let mut hash: Option<String> = None;
     // A hash that changed under the check is looked at once more: a login may

@@ -172,6 +172,7 @@ async fn the_registry_follows_every_change() {
         &kit.svc,
         a.user.id,
         a3.session_id,
+        &ClientInfo::default(),
         PASSWORD.to_owned(),
         "new horse battery".into(),
     )
