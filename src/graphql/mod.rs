@@ -43,13 +43,11 @@ pub struct RequestCtx {
     /// Credential-checking fields seen so far in this HTTP request (all batch
     /// operations together).
     pub credential_fields: AtomicUsize,
-    /// What resolvers decided about the refresh cookie, in order; the HTTP
-    /// layer writes the last one.
-    pub cookie_changes: Mutex<Vec<CookieChange>>,
 }
 
-/// What should happen to the refresh cookie: a resolver records it, the HTTP
-/// layer (which owns the cookie's name and attributes) writes the last one.
+/// What should happen to the refresh cookie: a resolver records it in its
+/// operation's [`CookieChanges`], the HTTP layer (which owns the cookie's name
+/// and attributes) writes it.
 #[derive(Clone, PartialEq, Eq)]
 pub enum CookieChange {
     /// Carry this refresh token for `max_age_secs` seconds (its remaining lifetime).
@@ -70,16 +68,29 @@ impl std::fmt::Debug for CookieChange {
     }
 }
 
-impl RequestCtx {
-    /// Records a change of the refresh cookie for the HTTP layer to write.
-    pub fn change_cookie(&self, change: CookieChange) {
-        self.cookie_changes.lock().unwrap_or_else(|e| e.into_inner()).push(change);
+/// The cookie changes of one operation, in the order its resolvers made them.
+/// Each operation of a batch has its own: the operations of a batch run
+/// concurrently, and the HTTP layer writes the changes of the last operation,
+/// in request order, that made any.
+#[derive(Debug, Default)]
+pub struct CookieChanges(Mutex<Vec<CookieChange>>);
+
+impl CookieChanges {
+    pub fn record(&self, change: CookieChange) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(change);
     }
 
-    /// The recorded changes, in the order they were made.
-    pub fn take_cookie_changes(&self) -> Vec<CookieChange> {
-        std::mem::take(&mut *self.cookie_changes.lock().unwrap_or_else(|e| e.into_inner()))
+    pub fn take(&self) -> Vec<CookieChange> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
+}
+
+/// Records a change of the refresh cookie for the HTTP layer to write.
+pub(crate) fn change_cookie(ctx: &Context<'_>, change: CookieChange) -> Result<(), AppError> {
+    ctx.data::<Arc<CookieChanges>>()
+        .map_err(|_| AppError::internal("cookie changes missing from request data"))?
+        .record(change);
+    Ok(())
 }
 
 pub type SharedRequestCtx = Arc<RequestCtx>;
@@ -151,7 +162,7 @@ pub(crate) fn deliver(
     let refresh_token = match transport {
         types::TokenTransport::Cookie => {
             let max_age_secs = (issued.refresh_expires_at - services(ctx)?.clock.now()).num_seconds().max(0);
-            request(ctx)?.change_cookie(CookieChange::Set { refresh_token: issued.refresh_token, max_age_secs });
+            change_cookie(ctx, CookieChange::Set { refresh_token: issued.refresh_token, max_age_secs })?;
             None
         }
         types::TokenTransport::Body => Some(issued.refresh_token),

@@ -3,7 +3,7 @@
 use async_graphql::{Context, ID, Object, Result};
 
 use super::{
-    CookieChange, deliver, request, require_same_site, services,
+    CookieChange, change_cookie, deliver, request, require_same_site, services,
     types::{AuthPayload, TokenTransport, parse_id},
 };
 use crate::{error::AppError, service::sessions};
@@ -37,7 +37,7 @@ impl SessionMutation {
                 // A dead cookie is cleared so the browser stops sending it.
                 if transport == TokenTransport::Cookie && !matches!(e, AppError::Unavailable(_) | AppError::Internal(_))
                 {
-                    req.change_cookie(CookieChange::Clear);
+                    change_cookie(ctx, CookieChange::Clear)?;
                 }
                 Err(e.into())
             }
@@ -61,7 +61,7 @@ impl SessionMutation {
         let token = refresh_token.as_deref().or(req.refresh_cookie.as_deref());
         let ended = sessions::logout(services(ctx)?, &req.principal, token, everywhere.unwrap_or(false)).await;
         // Cleared also when the cookie turned out to be a reused token.
-        req.change_cookie(CookieChange::Clear);
+        change_cookie(ctx, CookieChange::Clear)?;
         ended?;
         Ok(true)
     }

@@ -2,7 +2,7 @@
 //! multipart bodies are what a cross-site page can send without a preflight, so
 //! they get 415. GET runs queries only; a mutation over GET gets 405.
 
-use std::sync::{Arc, Mutex, atomic::AtomicUsize};
+use std::sync::{Arc, atomic::AtomicUsize};
 
 use async_graphql::{
     BatchRequest, BatchResponse, Request as GqlRequest, Response as GqlResponse, Value, parser::types::OperationType,
@@ -25,7 +25,7 @@ use crate::{
     },
     error::{AppError, Code, Reason},
     graphql::{
-        CookieChange, RequestCtx,
+        CookieChange, CookieChanges, RequestCtx,
         documents::{DocumentCache, selected_operation},
     },
     http::{AppState, error_text::cap_client_text, log::request_client_ip},
@@ -200,13 +200,23 @@ async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Respon
         cross_site: state.site.is_cross_site(headers),
         ip_key: IpKey::from(ip),
         credential_fields: AtomicUsize::new(0),
-        cookie_changes: Mutex::default(),
     });
     let span = tracing::info_span!("graphql", request_id = %request_id, user_id = tracing::field::Empty);
     if let Some(user) = ctx.principal.user() {
         span.record("user_id", tracing::field::display(user.user_id));
     }
-    let mut response = state.schema.execute_batch(batch.data(ctx.clone())).instrument(span).await;
+    // Each operation records its own cookie changes (a batch's run concurrently).
+    let mut cookie_changes: Vec<Arc<CookieChanges>> = Vec::new();
+    let mut per_operation = |request: GqlRequest| {
+        let changes = Arc::new(CookieChanges::default());
+        cookie_changes.push(changes.clone());
+        request.data(ctx.clone()).data(changes)
+    };
+    let batch = match batch {
+        BatchRequest::Single(request) => BatchRequest::Single(per_operation(request)),
+        BatchRequest::Batch(list) => BatchRequest::Batch(list.into_iter().map(per_operation).collect()),
+    };
+    let mut response = state.schema.execute_batch(batch).instrument(span).await;
     match &mut response {
         BatchResponse::Single(r) => finish_errors(r, &request_id),
         BatchResponse::Batch(list) => list.iter_mut().for_each(|r| finish_errors(r, &request_id)),
@@ -223,10 +233,10 @@ async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Respon
     let h = http.headers_mut();
     // Responses carry tokens or personal data: never cache them.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    // The last change decides: a browser keeps only the last Set-Cookie of a
-    // name, and a server sends at most one per name (RFC 6265 section 4.1.1),
-    // whatever number of operations of a batch touched the cookie.
-    if let Some(change) = ctx.take_cookie_changes().pop() {
+    // The last operation (in request order) that touched the cookie decides,
+    // as when each operation's headers replaced the previous one's.
+    let last = cookie_changes.iter().rev().map(|changes| changes.take()).find(|changes| !changes.is_empty());
+    for change in last.unwrap_or_default() {
         let value = match change {
             CookieChange::Set { refresh_token, max_age_secs } => state.cookies.set(&refresh_token, max_age_secs),
             CookieChange::Clear => state.cookies.clear(),
