@@ -388,7 +388,8 @@ async fn one_account_attacked_from_many_ips_is_limited_alike_whether_it_exists_o
 
 /// Drains a "2/2s" budget with `cheap` calls (they count, but do no hashing, so
 /// the burst is spent well within a second), then checks that the answer's
-/// retryAfter is exactly enough: after sleeping it, `real` passes.
+/// retryAfter is exactly enough: with the server's clock moved that far ahead,
+/// `real` passes.
 async fn drain_and_recover(app: &TestApp, c: &Client, cheap: &Value, real: &Value) {
     for _ in 0..2 {
         let v = send_json(app, c, &[], cheap).await;
@@ -399,8 +400,8 @@ async fn drain_and_recover(app: &TestApp, c: &Client, cheap: &Value, real: &Valu
     let ra = assert_limited(&v, 1);
     assert_eq!(ra, 1);
 
-    // Waiting exactly retryAfter seconds is enough.
-    tokio::time::sleep(Duration::from_secs(ra)).await;
+    // Exactly retryAfter seconds later is enough.
+    app.clock.advance(Duration::from_secs(ra));
     let v = send_json(app, c, &[], real).await;
     assert_ne!(code(&v), "RATE_LIMITED", "after {ra} s: {v}");
     assert_eq!(code(&v), "UNAUTHENTICATED", "{v}");
@@ -421,22 +422,19 @@ async fn limits_recover_after_retry_after_seconds() {
     // An invalid address is refused before hashing, but after the per-IP count.
     let (bad_login, real_login) = (login_body("not-an-email", "guess"), login_body("r@example.com", "guess"));
     let bogus_refresh = refresh_body("bogus");
-    // The three limiters side by side, so the waits overlap.
-    tokio::join!(
-        drain_and_recover(&app, &c, &bad_login, &real_login),
-        drain_and_recover(&app, &c, &bogus_refresh, &bogus_refresh),
-        async {
-            // Registration: the recovery call is a real one and must succeed.
-            let bad = register_req("not-an-email", PASSWORD);
-            for _ in 0..2 {
-                assert_eq!(reason(&send_json(&app, &c, &[], &bad).await), "INVALID_EMAIL");
-            }
-            let ra = assert_limited(&send_json(&app, &c, &[], &bad).await, 1);
-            tokio::time::sleep(Duration::from_secs(ra)).await;
-            let v = send_json(&app, &c, &[], &register_req("recovered@example.com", PASSWORD)).await;
-            assert!(v["data"]["register"]["accessToken"].is_string(), "after {ra} s: {v}");
-        }
-    );
+    // One limiter after the other: moving the clock refills them all, so a
+    // drained one must not see another's jump.
+    drain_and_recover(&app, &c, &bad_login, &real_login).await;
+    drain_and_recover(&app, &c, &bogus_refresh, &bogus_refresh).await;
+    // Registration: the recovery call is a real one and must succeed.
+    let bad = register_req("not-an-email", PASSWORD);
+    for _ in 0..2 {
+        assert_eq!(reason(&send_json(&app, &c, &[], &bad).await), "INVALID_EMAIL");
+    }
+    let ra = assert_limited(&send_json(&app, &c, &[], &bad).await, 1);
+    app.clock.advance(Duration::from_secs(ra));
+    let v = send_json(&app, &c, &[], &register_req("recovered@example.com", PASSWORD)).await;
+    assert!(v["data"]["register"]["accessToken"].is_string(), "after {ra} s: {v}");
 }
 
 // ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ const SESSIONS: &str = "{ me { id sessions { id current userAgent ip createdAt l
 /// One `Set-Cookie` header, split up.
 #[derive(Debug, Clone)]
 struct SetCookie {
+    /// The header as messages show it: its value (a refresh token) left out.
     raw: String,
     name: String,
     value: String,
@@ -36,7 +37,16 @@ impl SetCookie {
                 None => (p.to_ascii_lowercase(), String::new()),
             })
             .collect();
-        Self { raw: raw.to_owned(), name: name.to_owned(), value: value.to_owned(), attrs }
+        let attrs: Vec<(String, String)> = attrs;
+        let shown: Vec<String> =
+            attrs.iter().map(|(k, v)| if v.is_empty() { k.clone() } else { format!("{k}={v}") }).collect();
+        let kind = if value.is_empty() { "" } else { "<token>" };
+        Self {
+            raw: format!("{name}={kind}; {}", shown.join("; ")),
+            name: name.to_owned(),
+            value: value.to_owned(),
+            attrs,
+        }
     }
 
     fn attr(&self, name: &str) -> Option<&str> {
@@ -68,7 +78,8 @@ fn cookies_named(resp: &Response, name: &str) -> Vec<SetCookie> {
 /// The one `Set-Cookie` for `name` in a response.
 fn the_cookie(resp: &Response, name: &str) -> SetCookie {
     let mut all = cookies_named(resp, name);
-    assert_eq!(all.len(), 1, "expected one {name} cookie, got {:?}", set_cookies(resp));
+    let shown: Vec<String> = set_cookies(resp).iter().map(|c| SetCookie::parse(c).raw).collect();
+    assert_eq!(all.len(), 1, "expected one {name} cookie, got {shown:?}");
     all.pop().unwrap()
 }
 
@@ -961,4 +972,27 @@ async fn a_refresh_rotation_is_one_write_transaction() {
         refresh = rotate_body(&app, &refresh).await.1;
     }
     assert_eq!(wal_commits(&wal) - before, 3, "three rotations, three commits");
+}
+
+/// An array batch answers with the cookie changes of its last operation that
+/// made any, as when each operation's headers replaced the previous one's:
+/// two concurrent refreshes of one cookie send one Set-Cookie, and an
+/// operation that leaves the cookie alone does not drop an earlier change.
+#[tokio::test]
+async fn a_batch_sends_the_cookie_of_its_last_operation_that_changed_it() {
+    let app = spawn_app().await;
+    let (_, cookie) = register_cookie(&app, "batch-cookie@example.com").await;
+    let batch = |ops: Value| {
+        bare().post(app.url("/graphql")).header("cookie", format!("{COOKIE}={}", cookie.value)).json(&ops).send()
+    };
+    let r = batch(json!([{ "query": REFRESH_COOKIE }, { "query": REFRESH_COOKIE }])).await.unwrap();
+    let set = the_cookie(&r, COOKIE);
+    assert!(set.max_age() > 0, "{}", set.raw);
+    let v = json_of(r).await;
+    assert!(v[0]["errors"].is_null() && v[1]["errors"].is_null(), "{v}");
+
+    // Inside the grace window the old cookie still leads to the same successor.
+    let r = batch(json!([{ "query": REFRESH_COOKIE }, { "query": "{ __typename }" }])).await.unwrap();
+    let again = the_cookie(&r, COOKIE);
+    assert_eq!(again.value, set.value, "the refresh's cookie survives the operation after it");
 }
