@@ -9,15 +9,12 @@ use thiserror::Error;
 use tokio::{sync::oneshot, task::JoinHandle};
 
 use crate::{
-    auth::{
-        password::PasswordHasher, rate_limit::RateLimits, refresh::RefreshKeys, registry::SessionRegistry,
-        tokens::TokenKeys,
-    },
+    auth::{password::PasswordHasher, rate_limit::RateLimits, refresh::RefreshKeys, tokens::TokenKeys},
     config::{Config, JWT_SECRET_MIN_BYTES, JwtKeySource, Secret},
     db,
     graphql::{self, Limits},
     http::{self, AppState, cookies::CookiePolicy, site::SitePolicy},
-    service::{Services, SessionPolicy, api_keys, sessions},
+    service::{Services, SessionPolicy, api_keys, sessions, store},
 };
 
 #[derive(Debug, Error)]
@@ -49,7 +46,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         hasher,
         tokens: TokenKeys::new(&secret, &config.jwt_issuer, &config.jwt_audience, config.access_token_ttl),
         refresh: RefreshKeys::new(&secret),
-        registry: Arc::new(SessionRegistry::default()),
+        registry: Arc::default(),
         limits: Arc::new(RateLimits::new(&config.rate_limits, config.clock.clone())),
         api_key_usage: Arc::default(),
         policy: SessionPolicy {
@@ -58,8 +55,9 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
             idle_timeout: config.session_idle_timeout,
         },
         clock: config.clock.clone(),
+        hooks: Default::default(),
     };
-    let live = sessions::load_registry(&services).await.map_err(|e| StartError::Database(e.to_string()))?;
+    let live = store::load(&services).await.map_err(|e| StartError::Database(e.to_string()))?;
     tracing::info!(live_sessions = live, "session registry loaded");
     let cookies = CookiePolicy::new(config.refresh_cookie_name(), config.cookie_secure);
     let limits = Limits {

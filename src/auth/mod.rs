@@ -1,6 +1,6 @@
 //! Authentication building blocks: password hashing, access tokens (JWT), refresh
-//! tokens, the live-session registry that makes revocation immediate, who is
-//! calling (principal), and the client's address.
+//! tokens, who is calling (principal), rate limits, and the client's address.
+//! The live-session registry belongs to the session store (`service::store`).
 
 pub mod access;
 pub mod client_ip;
@@ -8,5 +8,4 @@ pub mod password;
 pub mod principal;
 pub mod rate_limit;
 pub mod refresh;
-pub mod registry;
 pub mod tokens;

@@ -5,12 +5,11 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, SqlE
 
 use entity::user::{self, Role};
 
-use super::{ClientInfo, Issued, Services, sessions, users, validate};
+use super::{ClientInfo, Issued, Services, sessions, store, users, validate};
 use crate::{
     auth::{
         password::Verified,
         rate_limit::{Action, IpKey},
-        registry::SessionEvent,
     },
     db::{self, UniqueRow},
     domain::{Account, Email, SessionId, UserId},
@@ -86,12 +85,14 @@ pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) ->
     }
     let password_hash = svc.hasher.hash(input.password).await?;
     let now = svc.clock.now();
-    let txn = db::begin_write(&svc.db).await?;
-    let user = new_user_row(new, password_hash, Role::User, now, Some(now)).insert(&txn).await.map_err(map_unique)?;
-    let (session, refresh) = sessions::start(svc, &txn, user.id.into(), client, now).await?;
-    txn.commit().await?;
+    let mut tx = store::Write::begin(svc).await?;
+    let row =
+        new_user_row(new, password_hash, Role::User, now, Some(now)).insert(tx.conn()).await.map_err(map_unique)?;
+    let user = Account::from(row);
+    let (session, refresh) = tx.start_session(&user, client, now).await?;
+    tx.commit().await?;
     tracing::info!(user_id = %user.id, "account registered");
-    sessions::issue(svc, user.into(), &session, refresh, now)
+    sessions::issue(svc, user, &session, refresh, now)
 }
 
 /// Spends one unit of the password-check budget ([`Budget::PasswordCheck`]):
@@ -147,7 +148,7 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
             _ => return Err(AppError::InvalidCredentials),
         };
         let now = svc.clock.now();
-        let txn = db::begin_write(&svc.db).await?;
+        let mut tx = store::Write::begin(svc).await?;
         let mut update = user::Entity::update_many()
             .col_expr(user::Column::LastLoginAt, Expr::value(now))
             .filter(user::Column::Id.eq(user.id))
@@ -155,20 +156,21 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
         if let Some(h) = &new_hash {
             update = update.col_expr(user::Column::PasswordHash, Expr::value(h.clone()));
         }
-        let Some(current) = update.exec_with_returning(&txn).await?.pop() else {
+        let Some(current) = update.exec_with_returning(tx.conn()).await?.pop() else {
             // Deleted, or the hash changed, between the check and now.
-            txn.rollback().await?;
+            tx.rollback().await?;
             if attempt == 0 {
                 continue;
             }
             return Err(AppError::InvalidCredentials);
         };
-        let (session, refresh) = sessions::start(svc, &txn, current.id.into(), client, now).await?;
-        txn.commit().await?;
+        let current = Account::from(current);
+        let (session, refresh) = tx.start_session(&current, client, now).await?;
+        tx.commit().await?;
         if new_hash.is_some() {
             tracing::info!(user_id = %current.id, "password hash upgraded to current parameters");
         }
-        return sessions::issue(svc, current.into(), &session, refresh, now);
+        return sessions::issue(svc, current, &session, refresh, now);
     }
     Err(AppError::InvalidCredentials)
 }
@@ -180,9 +182,10 @@ pub async fn update_profile(svc: &Services, user_id: UserId, change: ProfileChan
     // The row is read and written in one write transaction (and locked on
     // PostgreSQL), so the stored search key always matches the stored name and
     // address even when two profile changes meet.
-    let txn = db::begin_write(&svc.db).await?;
-    let Some(user) = db::for_update(user::Entity::find_by_id(user_id.uuid()), &txn).unique_row(&txn).await? else {
-        txn.rollback().await?;
+    let mut tx = store::Write::begin(svc).await?;
+    let Some(user) = db::for_update(user::Entity::find_by_id(user_id.uuid()), tx.conn()).unique_row(tx.conn()).await?
+    else {
+        tx.rollback().await?;
         return Err(AppError::TokenRevoked);
     };
     let search_key = entity::keys::search_key(
@@ -199,9 +202,9 @@ pub async fn update_profile(svc: &Services, user_id: UserId, change: ProfileChan
     }
     active.search_key = Set(search_key);
     active.updated_at = Set(svc.clock.now());
-    let user = Account::from(active.update(&txn).await.map_err(map_unique)?);
-    txn.commit().await?;
-    svc.registry.apply(SessionEvent::UserUpdated { user: user.clone() });
+    let user = Account::from(active.update(tx.conn()).await.map_err(map_unique)?);
+    tx.user_changed(user.clone());
+    tx.commit().await?;
     Ok(user)
 }
 
@@ -245,17 +248,17 @@ pub async fn change_password(
             None => hash.insert(svc.hasher.hash(new.clone()).await?).clone(),
         };
         let now = svc.clock.now();
-        let txn = db::begin_write(&svc.db).await?;
+        let mut tx = store::Write::begin(svc).await?;
         let changed = user::Entity::update_many()
             .col_expr(user::Column::PasswordHash, Expr::value(hash.clone()))
             .col_expr(user::Column::UpdatedAt, Expr::value(now))
             .filter(user::Column::Id.eq(user_id))
             .filter(user::Column::PasswordHash.eq(stored.as_str()))
-            .exec_with_returning(&txn)
+            .exec_with_returning(tx.conn())
             .await?
             .pop();
         let Some(changed) = changed else {
-            txn.rollback().await?;
+            tx.rollback().await?;
             match users::row(svc, user_id).await? {
                 Some(now_stored) if attempt == 0 => {
                     stored = now_stored.password_hash;
@@ -265,10 +268,9 @@ pub async fn change_password(
                 None => return Err(AppError::TokenRevoked),
             }
         };
-        let ended = sessions::end_user_sessions(svc, &txn, user_id, Some(current_session)).await?;
-        txn.commit().await?;
-        svc.registry.apply(SessionEvent::UserSessionsRevoked { user_id, except: Some(current_session) });
-        svc.registry.apply(SessionEvent::UserUpdated { user: changed.into() });
+        let ended = tx.end_user_sessions(user_id, Some(current_session)).await?;
+        tx.user_changed(changed.into());
+        tx.commit().await?;
         tracing::info!(%user_id, other_sessions_ended = ended, "password changed");
         return Ok(());
     }

@@ -9,12 +9,9 @@ use sea_orm::{
 
 use entity::user::{self, Role};
 
-use super::{Services, sessions};
+use super::{Services, store};
 use crate::{
-    auth::{
-        access::{Actor, AdminOnly, Granted, SessionsRevoke, UsersRead, UsersWrite},
-        registry::SessionEvent,
-    },
+    auth::access::{Actor, AdminOnly, Granted, SessionsRevoke, UsersRead, UsersWrite},
     db::{self, UniqueRow},
     domain::{Account, UserId},
     error::{AppError, AppResult, Reason},
@@ -158,22 +155,22 @@ async fn count_admins_locked(txn: &impl ConnectionTrait) -> AppResult<u64> {
 
 /// Changes a user's role; effective for their live access tokens at once.
 pub async fn set_role(svc: &Services, _proof: &Granted<AdminOnly>, id: UserId, role: Role) -> AppResult<Account> {
-    let txn = db::begin_write(&svc.db).await?;
-    let admins = count_admins_locked(&txn).await?;
-    let Some(user) = user::Entity::find_by_id(id.uuid()).unique_row(&txn).await? else {
-        txn.rollback().await?;
+    let mut tx = store::Write::begin(svc).await?;
+    let admins = count_admins_locked(tx.conn()).await?;
+    let Some(user) = user::Entity::find_by_id(id.uuid()).unique_row(tx.conn()).await? else {
+        tx.rollback().await?;
         return Err(AppError::invalid_input(Reason::NotFound, "id", "No such user"));
     };
     if user.role == Role::Admin && role != Role::Admin && admins <= 1 {
-        txn.rollback().await?;
+        tx.rollback().await?;
         return Err(last_admin());
     }
     let mut active: user::ActiveModel = user.into();
     active.role = Set(role);
     active.updated_at = Set(svc.clock.now());
-    let user = Account::from(active.update(&txn).await?);
-    txn.commit().await?;
-    svc.registry.apply(SessionEvent::UserUpdated { user: user.clone() });
+    let user = Account::from(active.update(tx.conn()).await?);
+    tx.user_changed(user.clone());
+    tx.commit().await?;
     tracing::info!(user_id = %id, role = ?role, "role changed");
     Ok(user)
 }
@@ -186,23 +183,26 @@ pub async fn set_role(svc: &Services, _proof: &Granted<AdminOnly>, id: UserId, r
 /// the people who could revoke it). Errors: `FORBIDDEN` for a key deleting an
 /// admin, `LAST_ADMIN` for the last admin.
 pub async fn delete_user(svc: &Services, proof: &Granted<UsersWrite>, id: UserId) -> AppResult<bool> {
-    let txn = db::begin_write(&svc.db).await?;
-    let admins = count_admins_locked(&txn).await?;
-    let Some(user) = user::Entity::find_by_id(id.uuid()).unique_row(&txn).await? else {
-        txn.rollback().await?;
+    let mut tx = store::Write::begin(svc).await?;
+    let admins = count_admins_locked(tx.conn()).await?;
+    let Some(user) = user::Entity::find_by_id(id.uuid()).unique_row(tx.conn()).await? else {
+        tx.rollback().await?;
         return Ok(false);
     };
     if user.role == Role::Admin && !matches!(proof.actor, Actor::Admin(_)) {
-        txn.rollback().await?;
+        tx.rollback().await?;
         return Err(AppError::Forbidden("Only an admin can delete an admin account"));
     }
     if user.role == Role::Admin && admins <= 1 {
-        txn.rollback().await?;
+        tx.rollback().await?;
         return Err(last_admin());
     }
-    let deleted = user::Entity::delete_by_id(id.uuid()).exec(&txn).await?.rows_affected;
-    txn.commit().await?;
-    svc.registry.apply(SessionEvent::UserDeleted { user_id: id });
+    // Ended first, so each session is remembered as ended; the rows then go
+    // with the user (cascade).
+    tx.end_user_sessions(id, None).await?;
+    let deleted = user::Entity::delete_by_id(id.uuid()).exec(tx.conn()).await?.rows_affected;
+    tx.user_deleted(id);
+    tx.commit().await?;
     tracing::info!(user_id = %id, "user deleted");
     Ok(deleted > 0)
 }
@@ -214,13 +214,16 @@ pub async fn delete_user(svc: &Services, proof: &Granted<UsersWrite>, id: UserId
 /// people who could revoke it logged out. Errors: `FORBIDDEN` for a key and an
 /// admin account.
 pub async fn revoke_user_sessions(svc: &Services, proof: &Granted<SessionsRevoke>, id: UserId) -> AppResult<u64> {
+    // The role is read in the transaction that ends the sessions.
+    let mut tx = store::Write::begin(svc).await?;
     if !matches!(proof.actor, Actor::Admin(_))
-        && user::Entity::find_by_id(id.uuid()).unique_row(&svc.db).await?.is_some_and(|u| u.role == Role::Admin)
+        && user::Entity::find_by_id(id.uuid()).unique_row(tx.conn()).await?.is_some_and(|u| u.role == Role::Admin)
     {
+        tx.rollback().await?;
         return Err(AppError::Forbidden("Only an admin can end an admin's sessions"));
     }
-    let ended = sessions::end_user_sessions(svc, &svc.db, id, None).await?;
-    svc.registry.apply(SessionEvent::UserSessionsRevoked { user_id: id, except: None });
+    let ended = tx.end_user_sessions(id, None).await?;
+    tx.commit().await?;
     tracing::info!(user_id = %id, sessions = ended, "sessions revoked by an administrator");
     Ok(ended)
 }

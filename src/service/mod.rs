@@ -6,9 +6,12 @@ pub mod accounts;
 pub mod admin;
 pub mod api_keys;
 pub mod sessions;
+pub mod store;
 pub mod users;
 pub mod validate;
 
+#[cfg(test)]
+mod race_tests;
 #[cfg(test)]
 mod testkit;
 #[cfg(test)]
@@ -20,7 +23,6 @@ use crate::auth::{
     password::PasswordHasher,
     rate_limit::RateLimits,
     refresh::RefreshKeys,
-    registry::SessionRegistry,
     tokens::{IssuedAccessToken, TokenKeys},
 };
 use crate::clock::Clock;
@@ -43,12 +45,27 @@ pub struct Services {
     pub hasher: PasswordHasher,
     pub tokens: TokenKeys,
     pub refresh: RefreshKeys,
-    pub registry: Arc<SessionRegistry>,
+    /// Read by every request; changed only through [`store`].
+    pub registry: Arc<store::SessionRegistry>,
     pub limits: Arc<RateLimits>,
     pub api_key_usage: Arc<api_keys::UsageTracker>,
     pub policy: SessionPolicy,
     /// The time every rule and timestamp takes ([`Clock::system`] on a server).
     pub clock: Clock,
+    /// Seams for tests; none on a server.
+    pub hooks: Hooks,
+}
+
+/// A pause a test can put between a commit and the in-memory update after it,
+/// to widen the window in which a concurrent change may land.
+pub type Pause = Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// Test seams (all empty on a server).
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Runs after a session's start or refresh has committed, before the
+    /// registry learns of it.
+    pub before_live: Option<Pause>,
 }
 
 /// Where a request came from, recorded on the sessions it starts.

@@ -8,19 +8,16 @@
 use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect, Set, sea_query::Expr,
-};
+use sea_orm::{ColumnTrait, EntityTrait, ExprTrait, QueryFilter, QueryOrder, Set, sea_query::Expr};
 use uuid::Uuid;
 
 use entity::{refresh_token, session, user};
 
-use super::{ClientInfo, Issued, Services, users};
+use super::{Issued, Services, store, users};
 use crate::{
     auth::{
         principal::{Principal, RejectReason},
         refresh::{hash_token, well_formed},
-        registry::SessionEvent,
         tokens::Verified,
     },
     db::{self, UniqueRow},
@@ -36,50 +33,8 @@ const MAX_GRACE_HOPS: usize = 4;
 /// tokens still answer TOKEN_REVOKED rather than INVALID_TOKEN for a while.
 const ENDED_SESSION_RETENTION_HOURS: i64 = 24;
 
-fn clip(s: Option<&str>, max: usize) -> Option<String> {
-    s.map(|s| s.chars().filter(|c| !c.is_control()).take(max).collect())
-}
-
-/// Inserts a new session and its first refresh token inside `txn`. The caller
-/// commits and then calls [`issue`].
-pub async fn start(
-    svc: &Services,
-    txn: &impl ConnectionTrait,
-    user_id: UserId,
-    client: &ClientInfo,
-    now: DateTime<Utc>,
-) -> AppResult<(session::Model, String)> {
-    let expires_at = now
-        + ChronoDuration::from_std(svc.policy.refresh_ttl)
-            .map_err(|e| AppError::internal(format!("refresh ttl: {e}")))?;
-    let session = session::Model {
-        id: SessionId::new().uuid(),
-        user_id: user_id.uuid(),
-        created_at: now,
-        last_used_at: now,
-        expires_at,
-        revoked_at: None,
-        user_agent: clip(client.user_agent.as_deref(), 512),
-        ip: client.ip.map(|ip| ip.to_string()),
-    };
-    // Every column is set here: nothing to read back (no RETURNING, no row to decode).
-    session::Entity::insert(session::ActiveModel::from(session.clone())).exec_without_returning(txn).await?;
-    let token = svc.refresh.generate()?;
-    refresh_token::Entity::insert(refresh_token::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        session_id: Set(session.id),
-        token_hash: Set(hash_token(&token)),
-        issued_at: Set(now),
-        expires_at: Set(expires_at),
-        rotated_at: Set(None),
-        replaced_by: Set(None),
-    })
-    .exec_without_returning(txn)
-    .await?;
-    Ok((session, token))
-}
-
-/// After the session is committed: make it live and mint its access token.
+/// Mints the access token of a session that is live (its start committed and
+/// applied by the [`store`]).
 pub fn issue(
     svc: &Services,
     user: Account,
@@ -88,7 +43,6 @@ pub fn issue(
     now: DateTime<Utc>,
 ) -> AppResult<Issued> {
     let expires_at = session.expires_at.timestamp();
-    svc.registry.apply(SessionEvent::Started { session_id: session.id.into(), user: user.clone(), expires_at });
     let access =
         svc.tokens.issue(user.id, user.email.display(), user.role, session.id.into(), now.timestamp(), expires_at)?;
     Ok(Issued { user, session_id: session.id.into(), access, refresh_token, refresh_expires_at: session.expires_at })
@@ -112,7 +66,7 @@ pub async fn refresh(svc: &Services, presented: &str) -> AppResult<Issued> {
             Some(Ended::Revoked) => return Err(AppError::TokenRevoked),
             Some(Ended::Expired) => return Err(AppError::RefreshTokenExpired),
             Some(Ended::Idle) => {
-                end_session(svc, session.id.into()).await?;
+                store::end_session(svc, session.id.into()).await?;
                 return Err(AppError::RefreshTokenExpired);
             }
             None => {}
@@ -122,6 +76,7 @@ pub async fn refresh(svc: &Services, presented: &str) -> AppResult<Issued> {
             None if current == presented => match rotate(svc, &row, &session, presented, now).await? {
                 Some(successor) => {
                     let user = load_user(svc, session.user_id.into()).await?;
+                    store::refreshed(svc, &session, &user).await;
                     return issue(svc, user, &session, successor, now);
                 }
                 // Someone rotated it between our read and our write: look again.
@@ -130,6 +85,7 @@ pub async fn refresh(svc: &Services, presented: &str) -> AppResult<Issued> {
             // A successor reached inside the grace window: hand it out as it is.
             None => {
                 let user = load_user(svc, session.user_id.into()).await?;
+                store::refreshed(svc, &session, &user).await;
                 return issue(svc, user, &session, current, now);
             }
             Some(rotated_at) if now - rotated_at <= grace && hops < MAX_GRACE_HOPS => {
@@ -140,7 +96,7 @@ pub async fn refresh(svc: &Services, presented: &str) -> AppResult<Issued> {
                 // A rotated token came back after its window: it was copied. End
                 // the whole session, the thief's copy and the owner's alike.
                 tracing::warn!(session_id = %session.id, "refresh token reuse detected; session revoked");
-                end_session(svc, session.id.into()).await?;
+                store::end_session(svc, session.id.into()).await?;
                 return Err(AppError::RefreshTokenReused);
             }
         }
@@ -192,13 +148,7 @@ async fn rotate(
         txn.rollback().await?;
         return Ok(None);
     }
-    let touched = session::Entity::update_many()
-        .col_expr(session::Column::LastUsedAt, Expr::value(now))
-        .filter(session::Column::Id.eq(session.id))
-        .filter(session::Column::RevokedAt.is_null())
-        .exec(&txn)
-        .await?;
-    if touched.rows_affected != 1 {
+    if !store::touch(&txn, session.id.into(), now).await? {
         txn.rollback().await?;
         return Err(AppError::TokenRevoked);
     }
@@ -232,38 +182,6 @@ async fn token_and_session(
 async fn load_user(svc: &Services, user_id: UserId) -> AppResult<Account> {
     let profile = users::account(svc, user_id).await?.ok_or(AppError::InvalidToken)?;
     Ok(Arc::unwrap_or_clone(profile))
-}
-
-/// Ends one session (any owner). Returns whether it was live.
-pub async fn end_session(svc: &Services, session_id: SessionId) -> AppResult<bool> {
-    let res = session::Entity::update_many()
-        .col_expr(session::Column::RevokedAt, Expr::value(svc.clock.now()))
-        .filter(session::Column::Id.eq(session_id))
-        .filter(session::Column::RevokedAt.is_null())
-        .exec(&svc.db)
-        .await?;
-    svc.registry.apply(SessionEvent::Revoked { session_id });
-    Ok(res.rows_affected > 0)
-}
-
-/// Ends all of a user's sessions, except `except`, on `conn` (the pool, or the
-/// caller's transaction). Returns how many were live. The caller applies
-/// `SessionEvent::UserSessionsRevoked` once the change has committed.
-pub async fn end_user_sessions(
-    svc: &Services,
-    conn: &impl ConnectionTrait,
-    user_id: UserId,
-    except: Option<SessionId>,
-) -> AppResult<u64> {
-    let mut q = session::Entity::update_many()
-        .col_expr(session::Column::RevokedAt, Expr::value(svc.clock.now()))
-        .filter(session::Column::UserId.eq(user_id))
-        .filter(session::Column::RevokedAt.is_null());
-    if let Some(keep) = except {
-        q = q.filter(session::Column::Id.ne(keep));
-    }
-    let res = q.exec(conn).await?;
-    Ok(res.rows_affected)
 }
 
 /// Logs out: the caller's current session (from the access token, the refresh
@@ -303,17 +221,20 @@ pub async fn logout(
     let key = |&(session, user): &(SessionId, UserId)| if everywhere { user.uuid() } else { session.uuid() };
     targets.sort_unstable_by_key(key);
     targets.dedup_by_key(|t| key(t));
+    let mut tx = store::Write::begin(svc).await?;
     for (session_id, user_id) in targets {
         if everywhere {
-            end_user_sessions(svc, &svc.db, user_id, None).await?;
-            svc.registry.apply(SessionEvent::UserSessionsRevoked { user_id, except: None });
+            tx.end_user_sessions(user_id, None).await?;
         } else {
-            end_session(svc, session_id).await?;
+            tx.end_session(session_id, None).await?;
         }
     }
     if let Some(session_id) = reused {
         tracing::warn!(%session_id, "rotated refresh token presented to logout; session revoked");
-        end_session(svc, session_id).await?;
+        tx.end_session(session_id, None).await?;
+    }
+    tx.commit().await?;
+    if reused.is_some() {
         return Err(AppError::RefreshTokenReused);
     }
     Ok(())
@@ -322,17 +243,10 @@ pub async fn logout(
 /// Ends one of the caller's own sessions. `false` when there is no such live
 /// session of theirs (another user's id included: nothing is revealed).
 pub async fn revoke_own(svc: &Services, user_id: UserId, session_id: SessionId) -> AppResult<bool> {
-    let res = session::Entity::update_many()
-        .col_expr(session::Column::RevokedAt, Expr::value(svc.clock.now()))
-        .filter(session::Column::Id.eq(session_id))
-        .filter(session::Column::UserId.eq(user_id))
-        .filter(session::Column::RevokedAt.is_null())
-        .exec(&svc.db)
-        .await?;
-    if res.rows_affected > 0 {
-        svc.registry.apply(SessionEvent::Revoked { session_id });
-    }
-    Ok(res.rows_affected > 0)
+    let mut tx = store::Write::begin(svc).await?;
+    let ended = tx.end_session(session_id, Some(user_id)).await?;
+    tx.commit().await?;
+    Ok(ended)
 }
 
 /// The live sessions of each of `user_ids`, newest first, in one query (a page
@@ -354,40 +268,6 @@ pub async fn list_for_users(svc: &Services, user_ids: &[UserId]) -> AppResult<Ha
     Ok(by_user)
 }
 
-/// Fills the registry from the database at start, a page of live sessions at a
-/// time (keyset on the session id), so that the rows read at once stay few
-/// whatever the number of live sessions.
-pub async fn load_registry(svc: &Services) -> AppResult<usize> {
-    const PAGE: u64 = 10_000;
-    let now = svc.clock.now();
-    let mut after: Option<Uuid> = None;
-    let mut n = 0;
-    loop {
-        let mut q = session::Entity::find()
-            .filter(session::Column::RevokedAt.is_null())
-            .filter(session::Column::ExpiresAt.gt(now));
-        if let Some(after) = after {
-            q = q.filter(session::Column::Id.gt(after));
-        }
-        let page = q.order_by_asc(session::Column::Id).limit(PAGE).find_also_related(user::Entity).all(&svc.db).await?;
-        let full = page.len() as u64 == PAGE;
-        after = page.last().map(|(s, _)| s.id);
-        for (session, user) in page {
-            if let Some(user) = user {
-                svc.registry.apply(SessionEvent::Started {
-                    session_id: session.id.into(),
-                    user: user.into(),
-                    expires_at: session.expires_at.timestamp(),
-                });
-                n += 1;
-            }
-        }
-        if !full {
-            return Ok(n);
-        }
-    }
-}
-
 /// Deletes sessions (and, by cascade, their tokens) that ended over a day ago.
 pub async fn purge(svc: &Services) -> AppResult<u64> {
     let now = svc.clock.now();
@@ -396,7 +276,7 @@ pub async fn purge(svc: &Services) -> AppResult<u64> {
         .filter(session::Column::ExpiresAt.lt(cutoff).or(session::Column::RevokedAt.lt(cutoff)))
         .exec(&svc.db)
         .await?;
-    svc.registry.prune_expired(now.timestamp());
+    store::prune(svc, now);
     Ok(res.rows_affected)
 }
 

@@ -16,7 +16,6 @@ use crate::{
         principal::{Principal, UserPrincipal},
         rate_limit::RateLimits,
         refresh::RefreshKeys,
-        registry::SessionRegistry,
         tokens::TokenKeys,
     },
     clock::ClockControl,
@@ -76,7 +75,7 @@ impl TestKit {
             .expect("hasher"),
             tokens: TokenKeys::new(&secret, "authgraph", "authgraph", Duration::from_secs(900)),
             refresh: RefreshKeys::new(&secret),
-            registry: Arc::new(SessionRegistry::default()),
+            registry: Arc::default(),
             limits: Arc::new(RateLimits::new(
                 &RateLimitConfig {
                     login_per_ip: unlimited,
@@ -89,6 +88,7 @@ impl TestKit {
             api_key_usage: Arc::default(),
             policy,
             clock: clock.clock(),
+            hooks: Default::default(),
         };
         Self { svc, clock, _dir: dir }
     }

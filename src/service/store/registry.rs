@@ -3,12 +3,14 @@
 //! needs no database read).
 //!
 //! Every authenticated request asks it, so it lives in memory: a lookup instead of
-//! a database round trip. The database stays the source of truth: the registry is
-//! loaded from it at start and every change is written to the database first and
-//! applied here right after, as a [`SessionEvent`]. Revocation therefore takes
-//! effect on the very next request, not at token expiry. Several instances could
-//! share it by broadcasting the same events (for example over PostgreSQL
-//! `LISTEN/NOTIFY`) to each instance's `apply`.
+//! a database round trip. The database stays the source of truth, and only the
+//! session store (`super`) changes what the registry holds, after the
+//! database: [`SessionRegistry::apply`] is visible to it alone.
+//!
+//! An ended session is remembered (a tombstone, until the session's own end),
+//! so a `Started` that arrives after the end (a login or refresh that committed
+//! before a revocation, but told the registry after it) is ignored: a revoked
+//! session never comes back to life.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -19,28 +21,19 @@ use entity::user::Role;
 
 use crate::domain::{Account, SessionId, UserId};
 
+/// A change of what the registry holds, applied after its commit.
 #[derive(Debug, Clone)]
-pub enum SessionEvent {
-    /// A session went live for `user` (as stored when it started).
-    Started {
-        session_id: SessionId,
-        user: Account,
-        expires_at: i64,
-    },
-    Revoked {
-        session_id: SessionId,
-    },
-    UserSessionsRevoked {
-        user_id: UserId,
-        except: Option<SessionId>,
-    },
+pub(super) enum SessionEvent {
+    /// A session is live for `user` (as stored when it started or was
+    /// refreshed). Ignored for a session that has ended.
+    Started { session_id: SessionId, user: Account, expires_at: i64 },
+    /// A session ended (revoked, or its user deleted): refused from now on, and
+    /// remembered until `expires_at` so that no late `Started` revives it.
+    Ended { session_id: SessionId, expires_at: i64 },
     /// The user's row changed (profile, role, password): the copy is replaced.
-    UserUpdated {
-        user: Account,
-    },
-    UserDeleted {
-        user_id: UserId,
-    },
+    UserUpdated { user: Account },
+    /// The user is gone (their sessions end by their own `Ended` events).
+    UserDeleted { user_id: UserId },
 }
 
 #[derive(Default)]
@@ -52,6 +45,8 @@ pub struct SessionRegistry {
 struct Inner {
     sessions: HashMap<SessionId, Live>,
     users: HashMap<UserId, UserEntry>,
+    /// Ended sessions, until their own end (Unix seconds).
+    ended: HashMap<SessionId, i64>,
 }
 
 struct Live {
@@ -94,10 +89,13 @@ impl SessionRegistry {
         inner.users.get(&user_id).map(|u| u.profile.clone())
     }
 
-    pub fn apply(&self, event: SessionEvent) {
+    pub(super) fn apply(&self, event: SessionEvent) {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         match event {
             SessionEvent::Started { session_id, user, expires_at } => {
+                if inner.ended.contains_key(&session_id) {
+                    return;
+                }
                 let user_id = user.id;
                 inner.sessions.insert(session_id, Live { user_id, expires_at });
                 let profile = Arc::new(user);
@@ -108,21 +106,11 @@ impl SessionRegistry {
                 entry.replace_unless_older(profile);
                 entry.sessions.insert(session_id);
             }
-            SessionEvent::Revoked { session_id } => {
+            SessionEvent::Ended { session_id, expires_at } => {
                 if let Some(live) = inner.sessions.remove(&session_id) {
                     inner.forget_session(live.user_id, session_id);
                 }
-            }
-            SessionEvent::UserSessionsRevoked { user_id, except } => {
-                let ids: Vec<SessionId> = inner
-                    .users
-                    .get(&user_id)
-                    .map(|u| u.sessions.iter().copied().filter(|s| Some(*s) != except).collect())
-                    .unwrap_or_default();
-                for id in ids {
-                    inner.sessions.remove(&id);
-                    inner.forget_session(user_id, id);
-                }
+                inner.ended.insert(session_id, expires_at);
             }
             SessionEvent::UserUpdated { user } => {
                 if let Some(entry) = inner.users.get_mut(&user.id) {
@@ -132,16 +120,21 @@ impl SessionRegistry {
             SessionEvent::UserDeleted { user_id } => {
                 if let Some(user) = inner.users.remove(&user_id) {
                     for id in user.sessions {
-                        inner.sessions.remove(&id);
+                        if let Some(live) = inner.sessions.remove(&id) {
+                            inner.ended.insert(id, live.expires_at);
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Drops sessions past their absolute end. Returns how many went.
-    pub fn prune_expired(&self, now: i64) -> usize {
+    /// Drops sessions past their absolute end, and the tombstones of ended
+    /// sessions that could no longer start anyway. Returns how many live
+    /// sessions went.
+    pub(super) fn prune_expired(&self, now: i64) -> usize {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.ended.retain(|_, expires_at| *expires_at > now);
         let expired: Vec<(SessionId, UserId)> =
             inner.sessions.iter().filter(|(_, l)| l.expires_at <= now).map(|(id, l)| (*id, l.user_id)).collect();
         for (id, user_id) in &expired {
@@ -234,12 +227,12 @@ mod tests {
         let profile = r.profile(alice).unwrap();
         assert_eq!(profile.role, Role::Admin);
 
-        r.apply(SessionEvent::Revoked { session_id: a1 });
+        r.apply(SessionEvent::Ended { session_id: a1, expires_at: 100 });
         assert_eq!(r.check(a1, alice, 10), None);
         assert!(r.check(a2, alice, 10).is_some());
 
         let a3 = start(&r, alice, 100);
-        r.apply(SessionEvent::UserSessionsRevoked { user_id: alice, except: Some(a3) });
+        r.apply(SessionEvent::Ended { session_id: a2, expires_at: 100 });
         assert_eq!(r.check(a2, alice, 10), None);
         assert!(r.check(a3, alice, 10).is_some());
 
@@ -251,5 +244,30 @@ mod tests {
         start(&r, bob, 5);
         assert_eq!(r.prune_expired(50), 1);
         assert_eq!(r.live_count(), 1);
+    }
+
+    /// A `Started` that arrives after its session's end (the login committed
+    /// before the revocation, and told the registry after it) is ignored, for
+    /// an ended session and for one of a deleted user alike, until the
+    /// session's own end.
+    #[test]
+    fn an_ended_session_never_starts_again() {
+        let r = SessionRegistry::default();
+        let alice = UserId::new();
+        let late = SessionId::new();
+        r.apply(SessionEvent::Ended { session_id: late, expires_at: 100 });
+        r.apply(SessionEvent::Started { session_id: late, user: model(alice, Role::User), expires_at: 100 });
+        assert_eq!(r.check(late, alice, 10), None);
+        assert!(r.profile(alice).is_none(), "no copy kept for a user with no live session");
+
+        let bob = UserId::new();
+        let b1 = start(&r, bob, 100);
+        r.apply(SessionEvent::UserDeleted { user_id: bob });
+        r.apply(SessionEvent::Started { session_id: b1, user: model(bob, Role::User), expires_at: 100 });
+        assert_eq!(r.check(b1, bob, 10), None);
+
+        // Tombstones go with the sessions' ends.
+        assert_eq!(r.prune_expired(100), 0);
+        assert!(r.inner.read().unwrap().ended.is_empty());
     }
 }

@@ -1,0 +1,245 @@
+//! The session store: the one way to start, end and refresh sessions and to
+//! change what the live-session registry holds.
+//!
+//! A change is made in a [`Write`]: a write transaction that records, beside
+//! its statements, what the registry must learn from them, and applies that
+//! after the transaction commits (and never when it rolls back). Callers write
+//! other rows through [`Write::conn`], but can reach the registry only through
+//! these methods, so none can forget the memory step or take it before the
+//! commit. Ending a session takes the ids from the database (`UPDATE …
+//! RETURNING`), and the registry remembers them until the sessions' own ends,
+//! so a login or refresh that committed before the end but tells the registry
+//! after it cannot bring the session back.
+
+mod registry;
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    sea_query::Expr,
+};
+use uuid::Uuid;
+
+use entity::{refresh_token, session, user};
+
+use self::registry::SessionEvent;
+pub use self::registry::SessionRegistry;
+use super::{ClientInfo, Services};
+use crate::{
+    auth::refresh::hash_token,
+    db,
+    domain::{Account, SessionId, UserId},
+    error::{AppError, AppResult},
+};
+
+/// A write transaction and the registry changes it implies (see the module
+/// comment).
+pub struct Write<'a> {
+    svc: &'a Services,
+    txn: DatabaseTransaction,
+    changes: Vec<SessionEvent>,
+}
+
+impl<'a> Write<'a> {
+    /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite).
+    pub async fn begin(svc: &'a Services) -> AppResult<Self> {
+        Ok(Self { svc, txn: db::begin_write(&svc.db).await?, changes: Vec::new() })
+    }
+
+    /// The transaction, for rows other than sessions (users, API keys).
+    pub fn conn(&self) -> &DatabaseTransaction {
+        &self.txn
+    }
+
+    /// Inserts a session for `user` and its first refresh token; it goes live
+    /// when the transaction commits. Returns the session and the token.
+    pub async fn start_session(
+        &mut self,
+        user: &Account,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) -> AppResult<(session::Model, String)> {
+        let expires_at = now
+            + ChronoDuration::from_std(self.svc.policy.refresh_ttl)
+                .map_err(|e| AppError::internal(format!("refresh ttl: {e}")))?;
+        let session = session::Model {
+            id: SessionId::new().uuid(),
+            user_id: user.id.uuid(),
+            created_at: now,
+            last_used_at: now,
+            expires_at,
+            revoked_at: None,
+            user_agent: clip(client.user_agent.as_deref(), 512),
+            ip: client.ip.map(|ip| ip.to_string()),
+        };
+        // Every column is set here: nothing to read back (no RETURNING, no row to decode).
+        session::Entity::insert(session::ActiveModel::from(session.clone())).exec_without_returning(&self.txn).await?;
+        let token = self.svc.refresh.generate()?;
+        refresh_token::Entity::insert(refresh_token::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            session_id: Set(session.id),
+            token_hash: Set(hash_token(&token)),
+            issued_at: Set(now),
+            expires_at: Set(expires_at),
+            rotated_at: Set(None),
+            replaced_by: Set(None),
+        })
+        .exec_without_returning(&self.txn)
+        .await?;
+        self.changes.push(SessionEvent::Started {
+            session_id: session.id.into(),
+            user: user.clone(),
+            expires_at: expires_at.timestamp(),
+        });
+        Ok((session, token))
+    }
+
+    /// Ends one live session (of `owner` only, when given). Returns whether it
+    /// was live.
+    pub async fn end_session(&mut self, session_id: SessionId, owner: Option<UserId>) -> AppResult<bool> {
+        let mut q = session::Entity::update_many()
+            .col_expr(session::Column::RevokedAt, Expr::value(self.svc.clock.now()))
+            .filter(session::Column::Id.eq(session_id))
+            .filter(session::Column::RevokedAt.is_null());
+        if let Some(owner) = owner {
+            q = q.filter(session::Column::UserId.eq(owner));
+        }
+        let ended = q.exec_with_returning(&self.txn).await?;
+        let any = !ended.is_empty();
+        self.ended(ended);
+        Ok(any)
+    }
+
+    /// Ends every live session of `user_id` but `except`. Returns how many.
+    pub async fn end_user_sessions(&mut self, user_id: UserId, except: Option<SessionId>) -> AppResult<u64> {
+        let mut q = session::Entity::update_many()
+            .col_expr(session::Column::RevokedAt, Expr::value(self.svc.clock.now()))
+            .filter(session::Column::UserId.eq(user_id))
+            .filter(session::Column::RevokedAt.is_null());
+        if let Some(keep) = except {
+            q = q.filter(session::Column::Id.ne(keep));
+        }
+        let ended = q.exec_with_returning(&self.txn).await?;
+        let n = ended.len() as u64;
+        self.ended(ended);
+        Ok(n)
+    }
+
+    fn ended(&mut self, rows: Vec<session::Model>) {
+        self.changes.extend(
+            rows.into_iter()
+                .map(|s| SessionEvent::Ended { session_id: s.id.into(), expires_at: s.expires_at.timestamp() }),
+        );
+    }
+
+    /// The user's row was written in this transaction: live sessions see the
+    /// new copy (role, profile) once it commits.
+    pub fn user_changed(&mut self, user: Account) {
+        self.changes.push(SessionEvent::UserUpdated { user });
+    }
+
+    /// The user is deleted in this transaction. End their sessions first
+    /// ([`Write::end_user_sessions`]), so that each is remembered as ended.
+    pub fn user_deleted(&mut self, user_id: UserId) {
+        self.changes.push(SessionEvent::UserDeleted { user_id });
+    }
+
+    /// Commits, then applies the recorded changes to the registry.
+    pub async fn commit(self) -> AppResult<()> {
+        self.txn.commit().await?;
+        if self.changes.iter().any(|c| matches!(c, SessionEvent::Started { .. })) {
+            pause(self.svc).await;
+        }
+        for change in self.changes {
+            self.svc.registry.apply(change);
+        }
+        Ok(())
+    }
+
+    /// Rolls back; the registry learns nothing.
+    pub async fn rollback(self) -> AppResult<()> {
+        Ok(self.txn.rollback().await?)
+    }
+}
+
+/// The test seam between a commit and the registry update that follows it.
+async fn pause(svc: &Services) {
+    if let Some(pause) = &svc.hooks.before_live {
+        pause().await;
+    }
+}
+
+fn clip(s: Option<&str>, max: usize) -> Option<String> {
+    s.map(|s| s.chars().filter(|c| !c.is_control()).take(max).collect())
+}
+
+/// After a refresh's rotation committed: the session is live with its user's
+/// current row (unless it has ended meanwhile).
+pub async fn refreshed(svc: &Services, session: &session::Model, user: &Account) {
+    pause(svc).await;
+    svc.registry.apply(SessionEvent::Started {
+        session_id: session.id.into(),
+        user: user.clone(),
+        expires_at: session.expires_at.timestamp(),
+    });
+}
+
+/// Ends one session (any owner) in a transaction of its own. Returns whether
+/// it was live.
+pub async fn end_session(svc: &Services, session_id: SessionId) -> AppResult<bool> {
+    let mut tx = Write::begin(svc).await?;
+    let ended = tx.end_session(session_id, None).await?;
+    tx.commit().await?;
+    Ok(ended)
+}
+
+/// Fills the registry from the database at start, a page of live sessions at a
+/// time (keyset on the session id), so that the rows read at once stay few
+/// whatever the number of live sessions. Returns how many were loaded.
+pub async fn load(svc: &Services) -> AppResult<usize> {
+    const PAGE: u64 = 10_000;
+    let now = svc.clock.now();
+    let mut after: Option<Uuid> = None;
+    let mut n = 0;
+    loop {
+        let mut q = session::Entity::find()
+            .filter(session::Column::RevokedAt.is_null())
+            .filter(session::Column::ExpiresAt.gt(now));
+        if let Some(after) = after {
+            q = q.filter(session::Column::Id.gt(after));
+        }
+        let page = q.order_by_asc(session::Column::Id).limit(PAGE).find_also_related(user::Entity).all(&svc.db).await?;
+        let full = page.len() as u64 == PAGE;
+        after = page.last().map(|(s, _)| s.id);
+        for (session, user) in page {
+            if let Some(user) = user {
+                svc.registry.apply(SessionEvent::Started {
+                    session_id: session.id.into(),
+                    user: user.into(),
+                    expires_at: session.expires_at.timestamp(),
+                });
+                n += 1;
+            }
+        }
+        if !full {
+            return Ok(n);
+        }
+    }
+}
+
+/// Forgets sessions (and ended sessions' tombstones) past their end.
+pub fn prune(svc: &Services, now: DateTime<Utc>) -> usize {
+    svc.registry.prune_expired(now.timestamp())
+}
+
+/// Statements that touch sessions outside a [`Write`] must not change what
+/// the registry believes; this one only moves `last_used_at`.
+pub(super) async fn touch(conn: &impl ConnectionTrait, session_id: SessionId, now: DateTime<Utc>) -> AppResult<bool> {
+    let touched = session::Entity::update_many()
+        .col_expr(session::Column::LastUsedAt, Expr::value(now))
+        .filter(session::Column::Id.eq(session_id))
+        .filter(session::Column::RevokedAt.is_null())
+        .exec(conn)
+        .await?;
+    Ok(touched.rows_affected == 1)
+}
