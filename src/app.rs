@@ -25,6 +25,11 @@ pub enum StartError {
     Migration(String),
     #[error("signing key: {0}")]
     Key(String),
+    #[error(
+        "{path} is already served by another authgraph process; SQLite allows one instance per \
+         database file (run several instances on PostgreSQL)"
+    )]
+    SqliteInUse { path: String },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
     #[error("{0}")]
@@ -102,18 +107,46 @@ impl RunningApp {
 /// Builds the app, binds `config.listen_addr` (port 0 picks one) and serves in
 /// the background.
 pub async fn spawn(config: &Config) -> Result<RunningApp, StartError> {
+    let lock = lock_sqlite_file(config)?;
     let state = build(config).await?;
     let (tx, rx) = oneshot::channel::<()>();
-    let (addr, handle) = bind_and_serve(config, state.clone(), async {
+    let (addr, handle) = bind_and_serve(config, state.clone(), lock, async {
         let _ = rx.await;
     })
     .await?;
     Ok(RunningApp { addr, state, shutdown: Some(tx), handle })
 }
 
+/// Takes an exclusive lock on the SQLite file (`flock`, which SQLite's own
+/// `fcntl` locks do not touch) for as long as the server runs: one SQLite
+/// database has one serving instance, whose in-memory state is the only one.
+/// `None` for PostgreSQL and in-memory SQLite. Errors: `SqliteInUse` when
+/// another process holds it.
+fn lock_sqlite_file(config: &Config) -> Result<Option<std::fs::File>, StartError> {
+    let Some(path) = crate::config::sqlite_file(&config.database_url) else {
+        return Ok(None);
+    };
+    if config.database_url.contains("mode=memory") {
+        return Ok(None);
+    }
+    let shown = path.display().to_string();
+    let cannot = |e: io::Error| StartError::Database(format!("cannot open {shown}: {e}"));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(cannot)?;
+    }
+    let file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(cannot)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::SqliteInUse { path: shown }),
+        Err(std::fs::TryLockError::Error(e)) => Err(cannot(e)),
+    }
+}
+
 async fn bind_and_serve(
     config: &Config,
     state: Arc<AppState>,
+    lock: Option<std::fs::File>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, JoinHandle<io::Result<()>>), StartError> {
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
@@ -147,6 +180,8 @@ async fn bind_and_serve(
         if let Err(e) = api_keys::flush_usage(&services).await {
             tracing::warn!(error = %e, "writing API key last-use times at shutdown failed");
         }
+        // Held until the server has stopped.
+        drop(lock);
         result
     });
     Ok((addr, handle))
@@ -154,8 +189,9 @@ async fn bind_and_serve(
 
 /// `authgraph serve`: runs until SIGTERM or Ctrl-C, then drains in-flight requests.
 pub async fn serve(config: Config) -> Result<(), StartError> {
+    let lock = lock_sqlite_file(&config)?;
     let state = build(&config).await?;
-    let (addr, handle) = bind_and_serve(&config, state, shutdown_signal()).await?;
+    let (addr, handle) = bind_and_serve(&config, state, lock, shutdown_signal()).await?;
     tracing::info!(%addr, graphiql = config.graphiql, "authgraph listening on http://{addr}/graphql");
     handle.await.map_err(|e| StartError::Other(e.to_string()))?.map_err(|e| StartError::Other(e.to_string()))?;
     tracing::info!("shut down cleanly");

@@ -455,17 +455,21 @@ fn parse_cidr(s: &str) -> Result<IpNet, ConfigError> {
         .map_err(|_| bad(format!("TRUSTED_PROXIES: `{s}` is not a CIDR (e.g. 10.0.0.0/8) or IP address")))
 }
 
+/// The file named by a SQLite `DATABASE_URL`; `None` for PostgreSQL and
+/// `sqlite::memory:`.
+pub fn sqlite_file(database_url: &str) -> Option<PathBuf> {
+    let rest = database_url.strip_prefix("sqlite:")?;
+    let path = rest.trim_start_matches("//").split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+}
+
 /// The file that keeps a generated development key: beside the SQLite file, or
 /// in the working directory for PostgreSQL and in-memory SQLite.
 fn generated_key_path(database_url: &str) -> PathBuf {
-    if let Some(rest) = database_url.strip_prefix("sqlite:") {
-        let path = rest.trim_start_matches("//");
-        let path = path.split('?').next().unwrap_or_default();
-        if !path.is_empty() && path != ":memory:" {
-            return PathBuf::from(format!("{path}.jwt-key"));
-        }
+    match sqlite_file(database_url) {
+        Some(path) => PathBuf::from(format!("{}.jwt-key", path.display())),
+        None => PathBuf::from("authgraph.jwt-key"),
     }
-    PathBuf::from("authgraph.jwt-key")
 }
 
 #[cfg(test)]

@@ -555,3 +555,35 @@ async fn repeated_documents_answer_for_their_own_operation_variables_and_caller(
     assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
     assert!(v["data"].is_null(), "{v}");
 }
+
+/// SQLite is one instance's: a second `serve` of the same file, in this
+/// process or another, refuses to start and names the file; once the first
+/// stops, the file can be served again. PostgreSQL runs several instances.
+#[tokio::test]
+async fn a_second_server_on_one_sqlite_file_refuses_to_start() {
+    let mut app = spawn_app().await;
+    let TestDatabase::Sqlite { dir, .. } = &app.database else {
+        return; // Several instances on PostgreSQL are the point.
+    };
+    let file = dir.path().join("test.db").display().to_string();
+    let mut second = app.config.clone();
+    second.listen_addr = "127.0.0.1:0".parse().unwrap();
+    let err = authgraph::app::spawn(&second).await.err().expect("a second server started on the same file");
+    let message = err.to_string();
+    assert!(message.contains(&file) && message.contains("one instance"), "{message}");
+
+    // Another process gets the same answer, and exits with failure.
+    let mut cmd = authgraph_command(dir.path());
+    cmd.args(["serve", "--listen-addr", "127.0.0.1:0"])
+        .env("DATABASE_URL", app.database.url())
+        .env("JWT_SECRET", JWT_SECRET)
+        .env("COOKIE_SECURE", "false");
+    let out = output_within(&mut cmd, Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second process served the same file: {stderr}");
+    assert!(stderr.contains("already served by another authgraph process"), "{stderr}");
+
+    app.stop().await;
+    let again = authgraph::app::spawn(&app.config).await.expect("the file is free once the first server stopped");
+    again.stop().await.unwrap();
+}
