@@ -62,7 +62,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         clock: config.clock.clone(),
         hooks: Default::default(),
     };
-    let live = store::load(&services).await.map_err(|e| StartError::Database(e.to_string()))?;
+    let (live, feed_from) = store::start(&services).await.map_err(|e| StartError::Database(e.to_string()))?;
     tracing::info!(live_sessions = live, "session registry loaded");
     let cookies = CookiePolicy::new(config.refresh_cookie_name(), config.cookie_secure);
     let limits = Limits {
@@ -83,6 +83,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         max_body_bytes: config.max_body_bytes,
         max_batch_size: config.max_batch_size,
         graphiql: config.graphiql,
+        feed_from,
     }))
 }
 
@@ -155,6 +156,7 @@ async fn bind_and_serve(
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen_addr, source })?;
     let acceptor = TcpAcceptor::from_tokio(listener).map_err(|source| StartError::Bind { addr, source })?;
     let purger = sessions::spawn_purger(state.services.clone(), config.cleanup_interval);
+    let follower = state.feed_from.map(|from| store::follow(&state.services, &config.database_url, from));
     let services = state.services.clone();
     // Once a minute: forget idle rate-limit keys and write API key last-use times.
     let minutely = tokio::spawn(async move {
@@ -176,6 +178,9 @@ async fn bind_and_serve(
             .await;
         purger.abort();
         minutely.abort();
+        if let Some(follower) = follower {
+            follower.abort();
+        }
         // Keep the last-use times gathered since the last tick.
         if let Err(e) = api_keys::flush_usage(&services).await {
             tracing::warn!(error = %e, "writing API key last-use times at shutdown failed");

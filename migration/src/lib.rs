@@ -10,6 +10,7 @@ mod m20261122_000004_create_api_keys;
 mod m20261129_000005_unicode_keys;
 mod m20261129_000006_api_key_successor;
 mod m20261129_000007_search_index;
+mod m20261129_000008_session_changes;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000005_unicode_keys::Migration),
             Box::new(m20261129_000006_api_key_successor::Migration),
             Box::new(m20261129_000007_search_index::Migration),
+            Box::new(m20261129_000008_session_changes::Migration),
         ]
     }
 }

@@ -118,7 +118,7 @@ impl AdminQuery {
     /// Whether an access token is live, and whose it is. API key with TOKENS_INTROSPECT.
     async fn token_info(&self, ctx: &Context<'_>, #[graphql(secret)] access_token: String) -> Result<TokenInfo> {
         let proof = request(ctx)?.principal.grant::<TokensIntrospect>()?;
-        Ok(sessions::introspect(services(ctx)?, &proof, &access_token).into())
+        Ok(sessions::introspect(services(ctx)?, &proof, &access_token).await.into())
     }
 }
 

@@ -154,7 +154,7 @@ fn is_query(req: &mut GqlRequest, documents: &DocumentCache) -> bool {
 }
 
 /// Decides who is calling from the `Authorization` header (never the URL).
-pub fn resolve_principal(headers: &HeaderMap, svc: &Services) -> Principal {
+pub async fn resolve_principal(headers: &HeaderMap, svc: &Services) -> Principal {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Principal::Anonymous;
     };
@@ -162,7 +162,7 @@ pub fn resolve_principal(headers: &HeaderMap, svc: &Services) -> Principal {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
         _ => return Principal::Rejected(RejectReason::Invalid),
     };
-    match sessions::live_access(svc, token) {
+    match sessions::live_access(svc, token).await {
         Ok((v, role)) => Principal::User(UserPrincipal { user_id: v.user_id, session_id: v.session_id, role }),
         Err(reason) => Principal::Rejected(reason),
     }
@@ -173,7 +173,7 @@ async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Respon
     let headers = req.headers();
     let ip = request_client_ip(req, &state.trusted_proxies);
     let principal = match headers.get("x-api-key") {
-        None => resolve_principal(headers, &state.services),
+        None => resolve_principal(headers, &state.services).await,
         // Two credentials at once is a confused or malicious client.
         Some(_) if headers.contains_key(header::AUTHORIZATION) => Principal::Rejected(RejectReason::Invalid),
         Some(key) => match api_keys::authenticate(&state.services, key.to_str().unwrap_or_default().trim()).await {

@@ -51,4 +51,7 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub max_batch_size: usize,
     pub graphiql: bool,
+    /// On a database several instances share, where this one follows the
+    /// session change log from (see `service::store`).
+    pub feed_from: Option<i64>,
 }

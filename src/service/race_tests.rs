@@ -81,7 +81,7 @@ async fn a_login_revoked_between_its_commit_and_going_live_stays_revoked() {
         release.send(()).unwrap();
         let late = login.await.unwrap().unwrap();
         assert!(
-            matches!(live_access(&kit.svc, &late.access.token), Err(RejectReason::Revoked)),
+            matches!(live_access(&kit.svc, &late.access.token).await, Err(RejectReason::Revoked)),
             "{how:?}: the session ended in the database came back to life in memory"
         );
     }
@@ -99,7 +99,7 @@ async fn a_refresh_revoked_between_its_commit_and_going_live_stays_revoked() {
     release.send(()).unwrap();
     let late = refresh.await.unwrap().unwrap();
     assert!(
-        matches!(live_access(&kit.svc, &late.access.token), Err(RejectReason::Revoked)),
+        matches!(live_access(&kit.svc, &late.access.token).await, Err(RejectReason::Revoked)),
         "the logged-out session came back to life in memory"
     );
 }
@@ -108,7 +108,7 @@ async fn a_refresh_revoked_between_its_commit_and_going_live_stays_revoked() {
 async fn agree(kit: &TestKit, issued: &Issued) -> Result<(), String> {
     let row = entity::session::Entity::find_by_id(issued.session_id.uuid()).one(&kit.svc.db).await.unwrap();
     let stored_live = row.is_some_and(|s| s.revoked_at.is_none());
-    let memory_live = live_access(&kit.svc, &issued.access.token).is_ok();
+    let memory_live = live_access(&kit.svc, &issued.access.token).await.is_ok();
     if stored_live == memory_live {
         Ok(())
     } else {

@@ -276,7 +276,7 @@ pub async fn purge(svc: &Services) -> AppResult<u64> {
         .filter(session::Column::ExpiresAt.lt(cutoff).or(session::Column::RevokedAt.lt(cutoff)))
         .exec(&svc.db)
         .await?;
-    store::prune(svc, now);
+    store::prune(svc, now).await?;
     Ok(res.rows_affected)
 }
 
@@ -308,12 +308,12 @@ pub struct TokenInfo {
 
 /// Checks an access token for a service: signature, claims, and whether its
 /// session is still live (revocation included). The role is the current one.
-pub fn introspect(
+pub async fn introspect(
     svc: &Services,
     _proof: &crate::auth::access::Granted<crate::auth::access::TokensIntrospect>,
     token: &str,
 ) -> TokenInfo {
-    match live_access(svc, token) {
+    match live_access(svc, token).await {
         Ok((v, role)) => TokenInfo {
             active: true,
             user_id: Some(v.user_id),
@@ -327,13 +327,21 @@ pub fn introspect(
 
 /// What an access token proves: its claims and the user's current role, if it
 /// verifies and its session is live; otherwise why not. Answered from memory
-/// (remembered tokens and the registry), with no database round trip.
-pub fn live_access(svc: &Services, token: &str) -> Result<(Verified, user::Role), RejectReason> {
+/// (remembered tokens and the registry), with no database round trip, except
+/// for a session this instance has never heard of on a database that several
+/// instances share (it may have started on another one a moment ago:
+/// [`store::read_through`]).
+pub async fn live_access(svc: &Services, token: &str) -> Result<(Verified, user::Role), RejectReason> {
     let now = svc.clock.unix();
     let v = svc.tokens.check(token, now).map_err(|e| match e {
         AppError::AccessTokenExpired => RejectReason::Expired,
         _ => RejectReason::Invalid,
     })?;
-    let role = svc.registry.check(v.session_id, v.user_id, now).ok_or(RejectReason::Revoked)?;
-    Ok((v, role))
+    match svc.registry.lookup(v.session_id, v.user_id, now) {
+        store::Lookup::Live(role) => Ok((v, role)),
+        store::Lookup::Ended => Err(RejectReason::Revoked),
+        store::Lookup::Unknown => {
+            store::read_through(svc, v.session_id, v.user_id).await.map(|role| (v, role)).ok_or(RejectReason::Revoked)
+        }
+    }
 }

@@ -11,6 +11,7 @@
 //! so a login or refresh that committed before the end but tells the registry
 //! after it cannot bring the session back.
 
+mod feed;
 mod registry;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
@@ -23,7 +24,7 @@ use uuid::Uuid;
 use entity::{refresh_token, session, user};
 
 use self::registry::SessionEvent;
-pub use self::registry::SessionRegistry;
+pub use self::registry::{Lookup, SessionRegistry};
 use super::{ClientInfo, Services};
 use crate::{
     auth::refresh::hash_token,
@@ -144,8 +145,13 @@ impl<'a> Write<'a> {
         self.changes.push(SessionEvent::UserDeleted { user_id });
     }
 
-    /// Commits, then applies the recorded changes to the registry.
+    /// Commits, then applies the recorded changes to the registry. On a
+    /// database shared by several instances, the changes are also appended to
+    /// the change log in the transaction, for the others.
     pub async fn commit(self) -> AppResult<()> {
+        if !self.changes.is_empty() && feed::enabled(self.svc) {
+            feed::publish(&self.txn, &self.changes).await?;
+        }
         self.txn.commit().await?;
         if self.changes.iter().any(|c| matches!(c, SessionEvent::Started { .. })) {
             pause(self.svc).await;
@@ -174,7 +180,8 @@ fn clip(s: Option<&str>, max: usize) -> Option<String> {
 }
 
 /// After a refresh's rotation committed: the session is live with its user's
-/// current row (unless it has ended meanwhile).
+/// current row (unless it has ended meanwhile). Other instances already know
+/// it, or learn it on its first request there ([`read_through`]).
 pub async fn refreshed(svc: &Services, session: &session::Model, user: &Account) {
     pause(svc).await;
     svc.registry.apply(SessionEvent::Started {
@@ -182,6 +189,59 @@ pub async fn refreshed(svc: &Services, session: &session::Model, user: &Account)
         user: user.clone(),
         expires_at: session.expires_at.timestamp(),
     });
+}
+
+/// A session this instance has not heard of, on a database shared by several
+/// instances: it may have started on another one a moment ago, before the
+/// change log reached this one. Read from the database; a live one is added
+/// to the registry. `None` when it is not live (or the database cannot say).
+pub async fn read_through(svc: &Services, session_id: SessionId, user_id: UserId) -> Option<entity::user::Role> {
+    if !feed::enabled(svc) {
+        return None;
+    }
+    let found = session::Entity::find_by_id(session_id.uuid()).find_also_related(user::Entity).one(&svc.db).await;
+    let (session, user) = match found {
+        Ok(Some((session, Some(user)))) => (session, user),
+        Ok(_) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading an unknown session failed; refused");
+            return None;
+        }
+    };
+    if session.revoked_at.is_some() || session.expires_at <= svc.clock.now() || session.user_id != user_id.uuid() {
+        return None;
+    }
+    svc.registry.apply(SessionEvent::Started {
+        session_id,
+        user: user.into(),
+        expires_at: session.expires_at.timestamp(),
+    });
+    // Asked again: an end that arrived meanwhile wins.
+    svc.registry.check(session_id, user_id, svc.clock.unix())
+}
+
+/// Loads the registry. Returns how many sessions were loaded and, on a
+/// database shared by several instances, the change-log position to
+/// [`follow`] from (changes after it are read from the log; those before are
+/// in the rows loaded).
+pub async fn start(svc: &Services) -> AppResult<(usize, Option<i64>)> {
+    let head = if feed::enabled(svc) { Some(feed::head(svc).await?) } else { None };
+    Ok((load(svc).await?, head))
+}
+
+/// Follows the change log from `from` until the task is aborted (see `feed`).
+pub fn follow(svc: &Services, database_url: &str, from: i64) -> tokio::task::JoinHandle<()> {
+    feed::spawn_follower(svc.clone(), database_url.to_owned(), from)
+}
+
+/// Forgets the registry and loads it again; returns the log position to
+/// follow from.
+async fn reload(svc: &Services) -> AppResult<i64> {
+    let head = feed::head(svc).await?;
+    svc.registry.clear();
+    let n = load(svc).await?;
+    tracing::info!(live_sessions = n, "session registry reloaded");
+    Ok(head)
 }
 
 /// Ends one session (any owner) in a transaction of its own. Returns whether
@@ -227,9 +287,13 @@ pub async fn load(svc: &Services) -> AppResult<usize> {
     }
 }
 
-/// Forgets sessions (and ended sessions' tombstones) past their end.
-pub fn prune(svc: &Services, now: DateTime<Utc>) -> usize {
-    svc.registry.prune_expired(now.timestamp())
+/// Forgets sessions (and ended sessions' tombstones) past their end, and
+/// prunes the change log. Returns how many live sessions went.
+pub async fn prune(svc: &Services, now: DateTime<Utc>) -> AppResult<usize> {
+    if feed::enabled(svc) {
+        feed::prune(svc).await?;
+    }
+    Ok(svc.registry.prune_expired(now.timestamp()))
 }
 
 /// Statements that touch sessions outside a [`Write`] must not change what

@@ -53,7 +53,7 @@ async fn a_refresh_token_rotates_once_and_its_reuse_ends_the_session() {
     let after = sessions::refresh(&kit.svc, &third.refresh_token).await.unwrap_err();
     assert_eq!(reason(after), Some(Reason::TokenRevoked));
     assert!(!kit.live(&first, first.session_id));
-    assert!(matches!(sessions::live_access(&kit.svc, &third.access.token), Err(RejectReason::Revoked)));
+    assert!(matches!(sessions::live_access(&kit.svc, &third.access.token).await, Err(RejectReason::Revoked)));
 }
 
 #[tokio::test]
@@ -191,13 +191,13 @@ async fn the_registry_follows_every_change() {
         api_keys::create(&kit.svc, &key_proof, "gateway", &[ApiScope::TokensIntrospect], None).await.unwrap();
     let service = Principal::Service(api_keys::authenticate(&kit.svc, &secret).await.unwrap());
     let introspect = service.grant::<TokensIntrospect>().unwrap();
-    let TokenInfo { active, .. } = sessions::introspect(&kit.svc, &introspect, &a3.access.token);
+    let TokenInfo { active, .. } = sessions::introspect(&kit.svc, &introspect, &a3.access.token).await;
     assert!(!active);
-    assert!(sessions::introspect(&kit.svc, &introspect, &b.access.token).active);
+    assert!(sessions::introspect(&kit.svc, &introspect, &b.access.token).await.active);
 
     // Deleting the user forgets them.
     assert!(admin::delete_user(&kit.svc, &kit.grant::<UsersWrite>(&root), b.user.id).await.unwrap());
     assert!(!kit.live(&b, b.session_id));
     assert!(users::account(&kit.svc, b.user.id).await.unwrap().is_none());
-    assert!(!sessions::introspect(&kit.svc, &introspect, &b.access.token).active);
+    assert!(!sessions::introspect(&kit.svc, &introspect, &b.access.token).await.active);
 }

@@ -15,6 +15,7 @@ mod cross_site;
 mod fuzz;
 mod hardening;
 mod http;
+mod instances;
 mod logging;
 mod resilience;
 mod sessions;

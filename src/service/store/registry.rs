@@ -72,15 +72,42 @@ impl UserEntry {
     }
 }
 
+/// What the registry knows of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Live, and its user's current role.
+    Live(Role),
+    /// Ended, expired, or not this user's.
+    Ended,
+    /// Never heard of: on a database shared by several instances, it may have
+    /// started on another one a moment ago.
+    Unknown,
+}
+
 impl SessionRegistry {
     /// The user's current role if `session_id` is a live session of `user_id`.
     pub fn check(&self, session_id: SessionId, user_id: UserId, now: i64) -> Option<Role> {
-        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        let live = inner.sessions.get(&session_id)?;
-        if live.user_id != user_id || live.expires_at <= now {
-            return None;
+        match self.lookup(session_id, user_id, now) {
+            Lookup::Live(role) => Some(role),
+            Lookup::Ended | Lookup::Unknown => None,
         }
-        inner.users.get(&user_id).map(|u| u.profile.role)
+    }
+
+    /// What is known of `session_id` as a session of `user_id` at `now`.
+    pub fn lookup(&self, session_id: SessionId, user_id: UserId, now: i64) -> Lookup {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let Some(live) = inner.sessions.get(&session_id) else {
+            return if inner.ended.contains_key(&session_id) { Lookup::Ended } else { Lookup::Unknown };
+        };
+        if live.user_id != user_id || live.expires_at <= now {
+            return Lookup::Ended;
+        }
+        inner.users.get(&user_id).map_or(Lookup::Ended, |u| Lookup::Live(u.profile.role))
+    }
+
+    /// Forgets everything (before a reload from the database).
+    pub(super) fn clear(&self) {
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = Inner::default();
     }
 
     /// The profile of a user with a live session, as last written.

@@ -1,0 +1,243 @@
+//! The change feed that keeps every instance's registry in step on PostgreSQL.
+//!
+//! A [`super::Write`] that changes what registries hold appends one row to
+//! `session_changes` in its own transaction (so the row exists exactly when the
+//! change does) and sends `NOTIFY` (delivered at commit). Row ids follow commit
+//! order: writers hold one transaction-scoped advisory lock from their insert
+//! to their commit. Every instance follows the log: woken by the notification,
+//! and once a second in any case, it reads the rows after the last one it
+//! applied and applies them in order. A listener connection that drops is
+//! reopened and the log read from where it stopped, so nothing is lost; an
+//! instance that finds the rows it needs pruned reloads its registry.
+//!
+//! Rows carry ids only: an instance applying `Started` or `UserUpdated` reads
+//! the user's current row itself. SQLite (one instance) writes no rows.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, Statement};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use entity::user;
+
+use super::registry::SessionEvent;
+use crate::{
+    domain::{Account, SessionId, UserId},
+    error::{AppError, AppResult},
+    service::Services,
+};
+
+/// The `NOTIFY` channel.
+const CHANNEL: &str = "authgraph_session_changes";
+/// The key of the advisory lock that orders the log (any constant; "authgrph").
+const ORDER_LOCK: i64 = 0x6175_7468_6772_7068;
+/// How long rows are kept: far longer than any instance should take to read
+/// them; one that has been away longer reloads its registry.
+pub(super) const RETENTION: chrono::Duration = chrono::Duration::hours(1);
+/// The log is read this often even without a notification.
+const POLL: Duration = Duration::from_secs(1);
+/// Rows read at once.
+const PAGE: i64 = 1000;
+
+/// A change as the log holds it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Wire {
+    Started { session: Uuid, user: Uuid, expires_at: i64 },
+    Ended { session: Uuid, expires_at: i64 },
+    UserUpdated { user: Uuid },
+    UserDeleted { user: Uuid },
+}
+
+impl From<&SessionEvent> for Wire {
+    fn from(event: &SessionEvent) -> Self {
+        match event {
+            SessionEvent::Started { session_id, user, expires_at } => {
+                Wire::Started { session: session_id.uuid(), user: user.id.uuid(), expires_at: *expires_at }
+            }
+            SessionEvent::Ended { session_id, expires_at } => {
+                Wire::Ended { session: session_id.uuid(), expires_at: *expires_at }
+            }
+            SessionEvent::UserUpdated { user } => Wire::UserUpdated { user: user.id.uuid() },
+            SessionEvent::UserDeleted { user_id } => Wire::UserDeleted { user: user_id.uuid() },
+        }
+    }
+}
+
+/// Whether this database is shared by instances that follow the feed.
+pub(super) fn enabled(svc: &Services) -> bool {
+    svc.db.get_database_backend() == DbBackend::Postgres
+}
+
+/// Appends `events` to the log inside `txn`, and asks for a notification at
+/// commit. The advisory lock, held until the commit, puts ids in commit order.
+pub(super) async fn publish(txn: &DatabaseTransaction, events: &[SessionEvent]) -> AppResult<()> {
+    let wire: Vec<Wire> = events.iter().map(Wire::from).collect();
+    let payload = serde_json::to_string(&wire).map_err(|e| AppError::internal(format!("change log: {e}")))?;
+    let pg = DbBackend::Postgres;
+    txn.execute_raw(Statement::from_sql_and_values(pg, "SELECT pg_advisory_xact_lock($1)", [ORDER_LOCK.into()]))
+        .await?;
+    txn.execute_raw(Statement::from_sql_and_values(
+        pg,
+        "INSERT INTO session_changes (created_at, payload) VALUES ($1, $2)",
+        [Utc::now().into(), payload.into()],
+    ))
+    .await?;
+    txn.execute_raw(Statement::from_string(pg, format!("NOTIFY {CHANNEL}"))).await?;
+    Ok(())
+}
+
+/// The id of the last row of the log (0 when empty): where an instance that
+/// loads its registry now starts following.
+pub(super) async fn head(svc: &Services) -> AppResult<i64> {
+    let row = svc
+        .db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT COALESCE(MAX(id), 0) AS id FROM session_changes",
+        ))
+        .await?;
+    Ok(row.map(|r| r.try_get::<i64>("", "id")).transpose()?.unwrap_or(0))
+}
+
+/// Deletes rows older than [`RETENTION`].
+pub(super) async fn prune(svc: &Services) -> AppResult<u64> {
+    let cutoff = svc.clock.now() - RETENTION;
+    let res = svc
+        .db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "DELETE FROM session_changes WHERE created_at < $1",
+            [cutoff.into()],
+        ))
+        .await?;
+    Ok(res.rows_affected())
+}
+
+/// Applies the rows after `*last`, in order, and moves `*last` on. When the
+/// rows right after `*last` are gone (pruned while this instance was away),
+/// reloads the registry instead.
+pub(super) async fn catch_up(svc: &Services, last: &mut i64) -> AppResult<usize> {
+    let pg = DbBackend::Postgres;
+    let mut applied = 0;
+    loop {
+        let rows = svc
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                pg,
+                "SELECT id, payload, (SELECT MIN(id) FROM session_changes) AS first \
+                 FROM session_changes WHERE id > $1 ORDER BY id LIMIT $2",
+                [(*last).into(), PAGE.into()],
+            ))
+            .await?;
+        let Some(first) = rows.first() else { return Ok(applied) };
+        let oldest: i64 = first.try_get("", "first")?;
+        let next: i64 = first.try_get("", "id")?;
+        // Ids can skip (a transaction that rolled back after its insert); rows
+        // older than the oldest kept may be missing only if pruned.
+        if *last > 0 && next > *last + 1 && oldest == next && pruned_past(svc, *last).await? {
+            tracing::warn!(last = *last, oldest, "change log pruned past this instance's position; reloading");
+            *last = super::reload(svc).await?;
+            continue;
+        }
+        let n = rows.len();
+        for row in rows {
+            let id: i64 = row.try_get("", "id")?;
+            let payload: String = row.try_get("", "payload")?;
+            match serde_json::from_str::<Vec<Wire>>(&payload) {
+                Ok(changes) => {
+                    for change in changes {
+                        apply(svc, change).await?;
+                    }
+                }
+                Err(e) => tracing::error!(id, error = %e, "unreadable row in the change log; skipped"),
+            }
+            *last = id;
+            applied += 1;
+        }
+        if (n as i64) < PAGE {
+            return Ok(applied);
+        }
+    }
+}
+
+/// Whether rows after `last` were pruned: the oldest kept row is younger than
+/// the retention allows, so older ones existed and went.
+async fn pruned_past(svc: &Services, last: i64) -> AppResult<bool> {
+    let row = svc
+        .db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT COUNT(*) AS n FROM session_changes WHERE id <= $1",
+            [last.into()],
+        ))
+        .await?;
+    // Our own last row is still there: nothing between it and the next was pruned.
+    let kept: i64 = row.map(|r| r.try_get("", "n")).transpose()?.unwrap_or(0);
+    Ok(kept == 0)
+}
+
+async fn account(svc: &Services, user_id: Uuid) -> AppResult<Option<Account>> {
+    Ok(user::Entity::find_by_id(user_id).one(&svc.db).await?.map(Account::from))
+}
+
+async fn apply(svc: &Services, change: Wire) -> AppResult<()> {
+    let event = match change {
+        Wire::Started { session, user, expires_at } => match account(svc, user).await? {
+            Some(user) => SessionEvent::Started { session_id: SessionId::from(session), user, expires_at },
+            None => return Ok(()),
+        },
+        Wire::Ended { session, expires_at } => SessionEvent::Ended { session_id: SessionId::from(session), expires_at },
+        Wire::UserUpdated { user } => match account(svc, user).await? {
+            Some(user) => SessionEvent::UserUpdated { user },
+            None => return Ok(()),
+        },
+        Wire::UserDeleted { user } => SessionEvent::UserDeleted { user_id: UserId::from(user) },
+    };
+    svc.registry.apply(event);
+    Ok(())
+}
+
+/// Follows the log from `start` until the task is aborted: listens on the
+/// channel (reconnecting after a second when the connection drops), and reads
+/// the log on every notification and at least every [`POLL`].
+pub(super) fn spawn_follower(svc: Services, database_url: String, start: i64) -> tokio::task::JoinHandle<()> {
+    use sea_orm::sqlx::postgres::PgListener;
+    tokio::spawn(async move {
+        let mut last = start;
+        loop {
+            let mut listener = match PgListener::connect(&database_url).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "change feed: cannot connect the listener; retrying");
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+            };
+            if let Err(e) = listener.listen(CHANNEL).await {
+                tracing::warn!(error = %e, "change feed: LISTEN failed; retrying");
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+            // Whatever happened while not listening is in the log.
+            loop {
+                if let Err(e) = catch_up(&svc, &mut last).await {
+                    tracing::warn!(error = %e, "change feed: reading the log failed; will retry");
+                }
+                tokio::select! {
+                    received = listener.try_recv() => match received {
+                        Ok(Some(_)) => {}
+                        // The connection dropped: reconnect, then read what was missed.
+                        Ok(None) | Err(_) => {
+                            tracing::warn!("change feed: listener connection lost; reconnecting");
+                            break;
+                        }
+                    },
+                    () = tokio::time::sleep(POLL) => {}
+                }
+            }
+        }
+    })
+}

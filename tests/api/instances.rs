@@ -1,0 +1,194 @@
+//! Several instances on one PostgreSQL database: what one instance changes,
+//! the others see within a second, through the session change log and
+//! `LISTEN/NOTIFY`; a session started on one is accepted by the others at
+//! once; a listener whose connection is cut catches up once it reconnects.
+//! On SQLite (one instance per file) these tests have nothing to check.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use authgraph::app::RunningApp;
+use reqwest::Client;
+use serde_json::{Value, json};
+
+use crate::{helpers::*, ops};
+
+/// How long a change may take to reach another instance.
+const WITHIN: Duration = Duration::from_secs(1);
+
+/// The first instance (a [`TestApp`] on a fresh PostgreSQL database) and two
+/// more on the same database; `None` on SQLite.
+async fn three_instances() -> Option<(TestApp, RunningApp, RunningApp)> {
+    let app = spawn_app().await;
+    if !matches!(app.database, TestDatabase::Postgres { .. }) {
+        return None;
+    }
+    let b = authgraph::app::spawn(&app.config).await.expect("second instance");
+    let c = authgraph::app::spawn(&app.config).await.expect("third instance");
+    Some((app, b, c))
+}
+
+async fn call(addr: SocketAddr, token: Option<&str>, query: &str, variables: Value) -> Value {
+    let mut req =
+        Client::new().post(format!("http://{addr}/graphql")).json(&json!({ "query": query, "variables": variables }));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.expect("request").json().await.expect("json body")
+}
+
+async fn register(addr: SocketAddr, email: &str) -> (String, String) {
+    let v = call(
+        addr,
+        None,
+        ops::REGISTER_TOKENS_USER_ID,
+        json!({ "i": { "email": email, "password": PASSWORD, "transport": "BODY" } }),
+    )
+    .await;
+    let p = &v["data"]["register"];
+    assert!(p["accessToken"].is_string(), "register on {addr}: {v}");
+    (p["accessToken"].as_str().unwrap().to_owned(), p["user"]["id"].as_str().unwrap().to_owned())
+}
+
+async fn login(addr: SocketAddr, email: &str) -> String {
+    let v = call(
+        addr,
+        None,
+        ops::LOGIN_TOKENS,
+        json!({ "i": { "email": email, "password": PASSWORD, "transport": "BODY" } }),
+    )
+    .await;
+    v["data"]["login"]["accessToken"].as_str().unwrap_or_else(|| panic!("login on {addr}: {v}")).to_owned()
+}
+
+fn reason(v: &Value) -> &str {
+    v["errors"][0]["extensions"]["reason"].as_str().unwrap_or("")
+}
+
+/// Waits until `query` with `token` on every one of `addrs` gives an answer
+/// that `done` accepts; fails after [`WITHIN`] with the last answer.
+async fn everywhere_within(addrs: &[SocketAddr], token: &str, query: &str, done: impl Fn(&Value) -> bool, what: &str) {
+    for &addr in addrs {
+        let started = Instant::now();
+        loop {
+            let v = call(addr, Some(token), query, json!({})).await;
+            if done(&v) {
+                break;
+            }
+            assert!(started.elapsed() < WITHIN, "{what} did not reach {addr} within {WITHIN:?}: {v}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn revoked(v: &Value) -> bool {
+    reason(v) == "TOKEN_REVOKED"
+}
+
+#[tokio::test]
+async fn changes_on_one_instance_reach_the_others_within_a_second() {
+    let Some((app, b, c)) = three_instances().await else { return };
+    let (a, b, c) = (app.addr, b.addr, c.addr);
+    let all = [a, b, c];
+
+    // A session started on one instance is good on the others at once.
+    let (alice, _) = register(a, "alice@example.com").await;
+    for addr in all {
+        let v = call(addr, Some(&alice), ops::ME_EMAIL, json!({})).await;
+        assert_eq!(v["data"]["me"]["email"], "alice@example.com", "{addr}: {v}");
+    }
+
+    // logout
+    assert_eq!(call(a, Some(&alice), ops::LOGOUT, json!({})).await["data"]["logout"], true);
+    everywhere_within(&[b, c], &alice, ops::ME_ID, revoked, "logout").await;
+
+    // revokeSession: one of alice's sessions ends another.
+    let s1 = login(b, "alice@example.com").await;
+    let s2 = login(b, "alice@example.com").await;
+    let sessions = call(c, Some(&s1), "{ me { sessions { id current } } }", json!({})).await;
+    let other = sessions["data"]["me"]["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["current"] == false)
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .unwrap_or_else(|| panic!("{sessions}"));
+    let v = call(c, Some(&s1), "mutation($id: ID!) { revokeSession(id: $id) }", json!({ "id": other })).await;
+    assert_eq!(v["data"]["revokeSession"], true, "{v}");
+    everywhere_within(&all, &s2, ops::ME_ID, revoked, "revokeSession").await;
+
+    // setUserRole and revokeUserSessions by an admin.
+    let (admin, _) = make_admin(&app, "root@example.com").await;
+    let (bob, bob_id) = register(b, "bob@example.com").await;
+    let v = call(
+        a,
+        Some(&admin),
+        "mutation($id: ID!) { setUserRole(id: $id, role: ADMIN) { role } }",
+        json!({ "id": bob_id }),
+    )
+    .await;
+    assert_eq!(v["data"]["setUserRole"]["role"], "ADMIN", "{v}");
+    everywhere_within(&all, &bob, ops::ME_ROLE, |v| v["data"]["me"]["role"] == "ADMIN", "setUserRole").await;
+    let v = call(c, Some(&admin), ops::REVOKE_USER_SESSIONS, json!({ "id": bob_id })).await;
+    assert_eq!(v["data"]["revokeUserSessions"], 1, "{v}");
+    everywhere_within(&all, &bob, ops::ME_ID, revoked, "revokeUserSessions").await;
+
+    // changePassword ends the user's other sessions.
+    let (carol, _) = register(c, "carol@example.com").await;
+    let carol_elsewhere = login(b, "carol@example.com").await;
+    let v = call(a, Some(&carol), ops::CHANGE_PASSWORD, json!({ "c": PASSWORD, "n": "another long passphrase" })).await;
+    assert!(v["errors"].is_null(), "{v}");
+    everywhere_within(&all, &carol_elsewhere, ops::ME_ID, revoked, "changePassword").await;
+    everywhere_within(&all, &carol, ops::ME_ID, |v| v["errors"].is_null(), "the changing session").await;
+
+    // deleteUser
+    let (dave, dave_id) = register(a, "dave@example.com").await;
+    let v = call(b, Some(&admin), ops::DELETE_USER, json!({ "id": dave_id })).await;
+    assert_eq!(v["data"]["deleteUser"], true, "{v}");
+    everywhere_within(
+        &all,
+        &dave,
+        ops::ME_ID,
+        |v| v["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED",
+        "deleteUser",
+    )
+    .await;
+}
+
+/// An instance whose listening connection is cut (terminated by the server)
+/// reconnects and reads what it missed from the log.
+#[tokio::test]
+async fn a_listener_cut_off_catches_up_from_the_log() {
+    let Some((app, b, c)) = three_instances().await else { return };
+    let (erin, _) = register(app.addr, "erin@example.com").await;
+    for addr in [b.addr, c.addr] {
+        assert!(call(addr, Some(&erin), ops::ME_ID, json!({})).await["errors"].is_null());
+    }
+    let TestDatabase::Postgres { url, .. } = &app.database else { unreachable!() };
+    let db = sea_orm::Database::connect(url).await.unwrap();
+    use sea_orm::ConnectionTrait;
+    let cut = db
+        .execute_unprepared(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query ILIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+        )
+        .await
+        .unwrap();
+    assert!(cut.rows_affected() >= 3, "every instance listens: {} listeners cut", cut.rows_affected());
+    // Changed while nobody listens.
+    assert_eq!(call(app.addr, Some(&erin), ops::LOGOUT, json!({})).await["data"]["logout"], true);
+    let started = Instant::now();
+    for addr in [b.addr, c.addr] {
+        loop {
+            let v = call(addr, Some(&erin), ops::ME_ID, json!({})).await;
+            if revoked(&v) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "{addr} never caught up: {v}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    db.close().await.ok();
+}
