@@ -11,6 +11,7 @@ mod m20261129_000005_unicode_keys;
 mod m20261129_000006_api_key_successor;
 mod m20261129_000007_search_index;
 mod m20261129_000008_session_changes;
+mod m20261129_000009_rate_limit_counters;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000006_api_key_successor::Migration),
             Box::new(m20261129_000007_search_index::Migration),
             Box::new(m20261129_000008_session_changes::Migration),
+            Box::new(m20261129_000009_rate_limit_counters::Migration),
         ]
     }
 }

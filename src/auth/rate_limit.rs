@@ -49,6 +49,27 @@ pub enum Action {
     Refresh,
 }
 
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Login => "login",
+            Action::Register => "register",
+            Action::Refresh => "refresh",
+        }
+    }
+}
+
+/// `v4:…`, `v6:…` (the /64) or `unknown`: the key's text, as shared budgets store it.
+impl std::fmt::Display for IpKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IpKey::V4(a) => write!(f, "v4:{a:08x}"),
+            IpKey::V6Net(n) => write!(f, "v6:{n:016x}"),
+            IpKey::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
 /// A keyed limiter on the service's [`Clock`].
 type Limiter<K> = RateLimiter<K, DefaultKeyedStateStore<K>, Clock, NoOpMiddleware<Duration>>;
 
@@ -62,6 +83,7 @@ pub struct RateLimits {
     refresh_ip: Limiter<IpKey>,
     login_account: Limiter<String>,
     clock: Clock,
+    config: RateLimitConfig,
 }
 
 impl RateLimits {
@@ -73,7 +95,22 @@ impl RateLimits {
             refresh_ip: keyed(&c.refresh_per_ip, &clock),
             login_account: keyed(&c.login_per_account, &clock),
             clock,
+            config: *c,
         }
+    }
+
+    /// The quota of `action` per client.
+    pub fn per_ip(&self, action: Action) -> QuotaSpec {
+        match action {
+            Action::Login => self.config.login_per_ip,
+            Action::Register => self.config.register_per_ip,
+            Action::Refresh => self.config.refresh_per_ip,
+        }
+    }
+
+    /// The quota of password checks per account.
+    pub fn per_account(&self) -> QuotaSpec {
+        self.config.login_per_account
     }
 
     fn limited(&self, outcome: Result<(), governor::NotUntil<Duration>>) -> Result<(), AppError> {

@@ -15,8 +15,9 @@
 use async_graphql::{PathSegment, ServerError, ServerResult, extensions::ResolveInfo};
 
 use crate::{
-    auth::rate_limit::{Action, IpKey, RateLimits},
+    auth::rate_limit::{Action, IpKey},
     error::AppError,
+    service::{Services, limits},
 };
 
 /// What a root field costs its caller.
@@ -69,12 +70,12 @@ pub fn of(field: &str) -> Option<Budget> {
 /// Spends the budget of the field being resolved, if it is a root field.
 /// Errors: `RATE_LIMITED` past the budget; `INTERNAL_SERVER_ERROR` for a root
 /// field missing from [`BUDGETS`] (fails closed).
-pub(super) fn spend(info: &ResolveInfo<'_>, limits: &RateLimits, ip: IpKey) -> ServerResult<()> {
+pub(super) async fn spend(info: &ResolveInfo<'_>, svc: &Services, ip: IpKey) -> ServerResult<()> {
     if info.path_node.parent.is_some() || info.is_for_introspection || info.name.starts_with("__") {
         return Ok(());
     }
     let outcome = match of(info.name) {
-        Some(Budget::PerIp(action)) => limits.check_ip(action, ip),
+        Some(Budget::PerIp(action)) => limits::spend_ip(svc, action, ip).await,
         Some(Budget::PasswordCheck | Budget::Unmetered(_)) => Ok(()),
         None => Err(AppError::internal(format!("no rate-limit budget is declared for `{}`", info.name))),
     };

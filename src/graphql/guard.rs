@@ -191,7 +191,7 @@ impl Extension for RequestGuardExtension {
         if info.path_node.parent.is_none()
             && let (Some(services), Some(req)) = (ctx.data_opt::<Services>(), ctx.data_opt::<SharedRequestCtx>())
         {
-            budget::spend(&info, &services.limits, req.ip_key)?;
+            budget::spend(&info, services, req.ip_key).await?;
         }
         next.run(ctx, info).await
     }

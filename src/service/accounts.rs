@@ -5,7 +5,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, SqlE
 
 use entity::user::{self, Role};
 
-use super::{ClientInfo, Issued, Services, sessions, store, users, validate};
+use super::{ClientInfo, Issued, Services, limits, sessions, store, users, validate};
 use crate::{
     auth::{
         password::Verified,
@@ -104,13 +104,13 @@ pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) ->
 /// Errors: `RATE_LIMITED` with `retryAfter` (seconds) past either budget.
 ///
 /// [`Budget::PasswordCheck`]: crate::graphql::budget::Budget::PasswordCheck
-pub fn spend_password_budget(svc: &Services, client: &ClientInfo, email_key: &str) -> AppResult<()> {
-    spend_client_password_budget(svc, client)?;
-    svc.limits.check_account(email_key)
+pub async fn spend_password_budget(svc: &Services, client: &ClientInfo, email_key: &str) -> AppResult<()> {
+    spend_client_password_budget(svc, client).await?;
+    limits::spend_account(svc, email_key).await
 }
 
-fn spend_client_password_budget(svc: &Services, client: &ClientInfo) -> AppResult<()> {
-    svc.limits.check_ip(Action::Login, IpKey::from(client.ip))
+async fn spend_client_password_budget(svc: &Services, client: &ClientInfo) -> AppResult<()> {
+    limits::spend_ip(svc, Action::Login, IpKey::from(client.ip)).await
 }
 
 /// Checks the credentials and starts a session. A wrong password and an
@@ -127,10 +127,10 @@ fn spend_client_password_budget(svc: &Services, client: &ClientInfo) -> AppResul
 /// during the check is the role the session sees.
 #[tracing::instrument(skip_all)]
 pub async fn login(svc: &Services, email: &str, password: String, client: &ClientInfo) -> AppResult<Issued> {
-    spend_client_password_budget(svc, client)?;
+    spend_client_password_budget(svc, client).await?;
     let email = validate::email(email)?;
     // Counted for every address, registered or not, before any hashing.
-    svc.limits.check_account(email.key())?;
+    limits::spend_account(svc, email.key()).await?;
     // Hashes hold the normalised form (or, made before normalisation, the typed
     // one), each at most PASSWORD_MAX characters: longer in both, no account has it.
     let length = password.chars().count().min(crate::auth::password::normalize(&password).chars().count());
@@ -231,7 +231,7 @@ pub async fn change_password(
 ) -> AppResult<()> {
     validate::new_password(&new, "newPassword")?;
     let user = users::row(svc, user_id).await?.ok_or(AppError::TokenRevoked)?;
-    spend_password_budget(svc, client, &user.email_normalized)?;
+    spend_password_budget(svc, client, &user.email_normalized).await?;
     let mut stored = user.password_hash;
     let mut hash: Option<String> = None;
     // A hash that changed under the check is looked at once more: a login may

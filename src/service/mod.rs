@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod api_keys;
+pub mod limits;
 pub mod sessions;
 pub mod store;
 pub mod users;

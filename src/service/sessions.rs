@@ -277,6 +277,7 @@ pub async fn purge(svc: &Services) -> AppResult<u64> {
         .exec(&svc.db)
         .await?;
     store::prune(svc, now).await?;
+    super::limits::purge(svc).await?;
     Ok(res.rows_affected)
 }
 

@@ -201,3 +201,21 @@ async fn the_registry_follows_every_change() {
     assert!(users::account(&kit.svc, b.user.id).await.unwrap().is_none());
     assert!(!sessions::introspect(&kit.svc, &introspect, &b.access.token).await.active);
 }
+
+/// The purge deletes sessions ended over a day ago and, on PostgreSQL, prunes
+/// the change log and the shared budgets that are full again, without error.
+#[tokio::test]
+async fn the_purge_clears_what_has_ended() {
+    let kit = TestKit::new().await;
+    let a = kit.register("purged@example.com").await;
+    let principal = Principal::User(crate::auth::principal::UserPrincipal {
+        user_id: a.user.id,
+        session_id: a.session_id,
+        role: Role::User,
+    });
+    sessions::logout(&kit.svc, &principal, None, false).await.unwrap();
+    super::limits::spend_account(&kit.svc, "purged@example.com").await.unwrap();
+    kit.clock.advance(Duration::from_secs(25 * 3600));
+    assert_eq!(sessions::purge(&kit.svc).await.unwrap(), 1);
+    assert_eq!(sessions::purge(&kit.svc).await.unwrap(), 0);
+}

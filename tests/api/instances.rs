@@ -192,3 +192,53 @@ async fn a_listener_cut_off_catches_up_from_the_log() {
     }
     db.close().await.ok();
 }
+
+/// Three instances together admit what one would: the per-account password
+/// budget and a per-client budget are counted in the database they share.
+#[tokio::test]
+async fn budgets_hold_across_instances() {
+    let app = spawn_with(|c| {
+        c.rate_limits.login_per_account = "3/1h".parse().unwrap();
+        c.rate_limits.register_per_ip = "4/1h".parse().unwrap();
+    })
+    .await;
+    if !matches!(app.database, TestDatabase::Postgres { .. }) {
+        return;
+    }
+    let b = authgraph::app::spawn(&app.config).await.expect("second instance");
+    let c = authgraph::app::spawn(&app.config).await.expect("third instance");
+    let all = [app.addr, b.addr, c.addr];
+    let guess = |addr| async move {
+        call(
+            addr,
+            None,
+            ops::LOGIN_TOKENS,
+            json!({ "i": { "email": "target@example.com", "password": "wrong guess" } }),
+        )
+        .await
+    };
+    // One guess on each instance: within the budget of three.
+    for addr in all {
+        assert_eq!(reason(&guess(addr).await), "INVALID_CREDENTIALS", "{addr}");
+    }
+    // The fourth is refused wherever it lands.
+    for addr in all {
+        let v = guess(addr).await;
+        assert_eq!(v["errors"][0]["extensions"]["code"], "RATE_LIMITED", "{addr}: {v}");
+        assert!(v["errors"][0]["extensions"]["retryAfter"].as_u64().is_some_and(|s| s > 0), "{v}");
+    }
+    // Registrations from one client: four in all, whichever instances they reach.
+    for (i, addr) in all.iter().chain(&all[..1]).enumerate() {
+        register(*addr, &format!("client{i}@example.com")).await;
+    }
+    for addr in all {
+        let v = call(
+            addr,
+            None,
+            ops::REGISTER_TOKENS,
+            json!({ "i": { "email": "fifth@example.com", "password": PASSWORD } }),
+        )
+        .await;
+        assert_eq!(v["errors"][0]["extensions"]["code"], "RATE_LIMITED", "{addr}: {v}");
+    }
+}

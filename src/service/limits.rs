@@ -1,0 +1,123 @@
+//! Spending rate-limit budgets, so that they hold across instances.
+//!
+//! The in-memory limiters (`auth::rate_limit`, governor) are the first line on
+//! every backend: a client past its budget on this instance is refused without
+//! a database round trip. On PostgreSQL, where several instances may serve one
+//! database, a call that passes them is also counted in `rate_limit_counters`
+//! with one conditional upsert (GCRA: the row holds the budget's theoretical
+//! arrival time), so N instances together admit what one would. Keys are
+//! stored as their SHA-256, so the table holds no address or IP.
+
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sha2::{Digest, Sha256};
+
+use super::Services;
+use crate::{
+    auth::rate_limit::{Action, IpKey},
+    config::QuotaSpec,
+    error::{AppError, AppResult},
+};
+
+/// One unit of `action`'s per-client budget (`RATE_LIMIT_*_PER_IP`).
+/// Errors: `RATE_LIMITED` with `retryAfter` (seconds).
+pub async fn spend_ip(svc: &Services, action: Action, ip: IpKey) -> AppResult<()> {
+    svc.limits.check_ip(action, ip)?;
+    if shared(svc) {
+        spend_shared(svc, &format!("{}:{ip}", action.as_str()), svc.limits.per_ip(action)).await?;
+    }
+    Ok(())
+}
+
+/// One unit of an account's password-check budget
+/// (`RATE_LIMIT_LOGIN_PER_ACCOUNT`), keyed by the address's key.
+/// Errors: `RATE_LIMITED` with `retryAfter` (seconds).
+pub async fn spend_account(svc: &Services, email_key: &str) -> AppResult<()> {
+    svc.limits.check_account(email_key)?;
+    if shared(svc) {
+        spend_shared(svc, &format!("account:{email_key}"), svc.limits.per_account()).await?;
+    }
+    Ok(())
+}
+
+fn shared(svc: &Services) -> bool {
+    svc.db.get_database_backend() == DbBackend::Postgres
+}
+
+fn micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// The database's clock in microseconds since the Unix epoch, plus parameter
+/// `$n` (the service clock's offset from the system's, zero on a server). Read
+/// when the row is locked, so the calls on one key see increasing times
+/// whatever order their requests computed anything in, and every instance
+/// reads one clock.
+fn now_us(n: u8) -> String {
+    format!("((EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint + ${n}::bigint)")
+}
+
+/// GCRA on a shared row: with `t` the emission interval (period / count) and
+/// `burst` = count × `t`, a call at `now` is admitted when
+/// `max(tat, now) + t - now <= burst`, and then moves `tat` to `max(tat, now) + t`.
+async fn spend_shared(svc: &Services, key: &str, spec: QuotaSpec) -> AppResult<()> {
+    let t = micros(spec.period / spec.count.get()).max(1);
+    let burst = t.saturating_mul(i64::from(spec.count.get()));
+    let offset = (svc.clock.now() - chrono::Utc::now()).num_microseconds().unwrap_or(0);
+    let key = hex(&Sha256::digest(key.as_bytes()));
+    let pg = DbBackend::Postgres;
+    let now = now_us(2);
+    let admitted = svc
+        .db
+        .query_one_raw(Statement::from_sql_and_values(
+            pg,
+            format!(
+                "INSERT INTO rate_limit_counters (key, tat) VALUES ($1, {now} + $3) \
+                 ON CONFLICT (key) DO UPDATE SET tat = GREATEST(rate_limit_counters.tat, {now}) + $3 \
+                 WHERE GREATEST(rate_limit_counters.tat, {now}) + $3 - {now} <= $4 \
+                 RETURNING tat"
+            ),
+            [key.clone().into(), offset.into(), t.into(), burst.into()],
+        ))
+        .await?
+        .is_some();
+    if admitted {
+        return Ok(());
+    }
+    let wait_us: i64 = svc
+        .db
+        .query_one_raw(Statement::from_sql_and_values(
+            pg,
+            format!("SELECT GREATEST(tat, {now}) + $3 - $4 - {now} AS wait FROM rate_limit_counters WHERE key = $1"),
+            [key.into(), offset.into(), t.into(), burst.into()],
+        ))
+        .await?
+        .map(|row| row.try_get("", "wait"))
+        .transpose()?
+        .unwrap_or(0);
+    // Admitted again at `tat + t - burst`. Whole seconds, rounded up: retrying
+    // after that many seconds succeeds.
+    let wait_us = u64::try_from(wait_us).unwrap_or(0);
+    Err(AppError::RateLimited { retry_after: wait_us.div_ceil(1_000_000).max(1) })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Deletes shared budgets that are full again (their arrival time has passed):
+/// a row then says nothing a missing row would not.
+pub async fn purge(svc: &Services) -> AppResult<u64> {
+    if !shared(svc) {
+        return Ok(0);
+    }
+    let offset = (svc.clock.now() - chrono::Utc::now()).num_microseconds().unwrap_or(0);
+    let res = svc
+        .db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            format!("DELETE FROM rate_limit_counters WHERE tat < {}", now_us(1)),
+            [offset.into()],
+        ))
+        .await?;
+    Ok(res.rows_affected())
+}
