@@ -522,6 +522,12 @@ pub fn start_process(database_url: &str, dir: &std::path::Path, env: &[(&str, &s
 }
 
 impl ServerProcess {
+    /// Ends the server with SIGKILL: no shutdown, no flush, nothing drained.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+
     /// Stops the server and returns everything it wrote, stdout then stderr.
     pub fn stop(mut self) -> String {
         String::from_utf8_lossy(&self.stop_bytes()).into_owned()

@@ -242,3 +242,27 @@ async fn budgets_hold_across_instances() {
         assert_eq!(v["errors"][0]["extensions"]["code"], "RATE_LIMITED", "{addr}: {v}");
     }
 }
+
+/// An instance killed outright (SIGKILL) loses nothing for the others: what
+/// it committed (a new account and session, a logout) is theirs, and they go
+/// on serving.
+#[tokio::test]
+async fn an_instance_killed_outright_loses_nothing_for_the_others() {
+    let Some((app, b, _c)) = three_instances().await else { return };
+    let TestDatabase::Postgres { url, .. } = &app.database else { unreachable!() };
+    let dir = tempfile::tempdir().unwrap();
+    let doomed = start_process(url, dir.path(), &[]);
+    let addr: SocketAddr = doomed.base.trim_start_matches("http://").parse().unwrap();
+    let (frank, _) = register(addr, "frank@example.com").await;
+    let (gina, _) = register(addr, "gina@example.com").await;
+    assert_eq!(call(addr, Some(&gina), ops::LOGOUT, json!({})).await["data"]["logout"], true);
+    doomed.kill();
+
+    everywhere_within(&[app.addr, b.addr], &gina, ops::ME_ID, revoked, "a logout on the killed instance").await;
+    for at in [app.addr, b.addr] {
+        let v = call(at, Some(&frank), ops::ME_EMAIL, json!({})).await;
+        assert_eq!(v["data"]["me"]["email"], "frank@example.com", "{at}: {v}");
+    }
+    let again = login(b.addr, "frank@example.com").await;
+    assert!(call(app.addr, Some(&again), ops::ME_ID, json!({})).await["errors"].is_null());
+}
