@@ -15,6 +15,12 @@
 //!    because the hashing queue is, and what does not fit is refused at once;
 //! 7. peak RSS of the server.
 //!
+//! With `--postgres URL` it adds a propagation phase: two instances on one
+//! database; a user logs out on the first, and the second is asked `me` with
+//! that user's token, without pause, until it refuses it. The delay from the
+//! logout's answer to the first refusal, over 200 users, is reported as p50
+//! and p99.
+//!
 //! With `--users N` it adds a scale phase on each backend: N accounts with a live
 //! session each are written straight into a fresh database (one real password
 //! hash shared by all, so seeding takes a minute, not hours of argon2), the server
@@ -526,7 +532,7 @@ async fn open_loop_logins(url: &str, emails: &[String], rate: f64, seconds: u64)
 /// `sessions::a_refresh_rotation_is_one_write_transaction`.)
 /// Targets whose figures a run did not measure (no `--users`, no `--postgres`)
 /// are left out of the verdicts.
-const TARGETS: [(&str, &str, f64, bool); 13] = [
+const TARGETS: [(&str, &str, f64, bool); 14] = [
     ("sqlite.me_vs_ceiling_pct", "me at least 70 % of the ceiling", 70.0, true),
     ("sqlite.login_vs_bound_pct", "login at least 90 % of the argon2 bound", 90.0, true),
     ("sqlite.me_flood_vs_idle_x", "me p99 during a login flood at most 3x idle", 3.0, false),
@@ -540,7 +546,59 @@ const TARGETS: [(&str, &str, f64, bool); 13] = [
     ("postgres.scale_login_vs_10k_pct", "PostgreSQL: login at N users within 10 % of 10k", 90.0, true),
     ("postgres.scale_refresh_vs_10k_pct", "PostgreSQL: refresh at N users within 10 % of 10k", 90.0, true),
     ("postgres.overload_p99_ms", "PostgreSQL: login p99 under a 3x-bound flood at most 2000 ms", 2000.0, false),
+    ("postgres.propagation_p99_ms", "PostgreSQL: a logout refused by another instance, p99 under 100 ms", 100.0, false),
 ];
+
+/// Two instances on `database_url`: how long after a logout on one the other
+/// refuses the session's access token.
+async fn propagation(database_url: &str, report: &mut Report) {
+    const USERS: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Server::start(database_url, dir.path());
+    let b = Server::start(database_url, dir.path());
+    let c = client();
+    let mut tokens = Vec::with_capacity(USERS);
+    for i in 0..USERS {
+        let body = json!({
+            "query": "mutation($i: RegisterInput!) { register(input: $i) { accessToken } }",
+            "variables": { "i": { "email": format!("spread{i}@example.com"), "password": PASSWORD, "transport": "BODY" } }
+        });
+        let v = post(&c, &a.url, None, &body).await.expect("register");
+        tokens.push(v["data"]["register"]["accessToken"].as_str().expect("a token").to_owned());
+    }
+    let me = json!({ "query": ME });
+    let logout = json!({ "query": "mutation { logout }" });
+    let mut delays = Stats::default();
+    for token in &tokens {
+        // The second instance knows the session before it ends.
+        post(&c, &b.url, Some(token), &me).await.expect("me");
+        post(&c, &a.url, Some(token), &logout).await.expect("logout");
+        let ended = Instant::now();
+        loop {
+            // `post` answers only successes; a refusal is what is awaited here.
+            let v: Value =
+                c.post(&b.url).bearer_auth(token).json(&me).send().await.expect("me").json().await.expect("json");
+            if v["errors"][0]["extensions"]["reason"] == "TOKEN_REVOKED" {
+                delays.record(true, ended);
+                break;
+            }
+            assert!(ended.elapsed() < Duration::from_secs(10), "the logout never reached the second instance");
+        }
+    }
+    report.add(
+        "postgres.propagation_p50_ms",
+        "PostgreSQL: logout refused by another instance, p50",
+        delays.percentile_ms(0.5),
+        "ms",
+    );
+    report.add(
+        "postgres.propagation_p99_ms",
+        "PostgreSQL: logout refused by another instance, p99",
+        delays.percentile_ms(0.99),
+        "ms",
+    );
+    drop((a, b));
+}
 
 struct Report {
     rows: Vec<(String, String)>,
@@ -937,6 +995,7 @@ fn main() {
             admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create the bench database");
             let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
             bench_backend("postgres", &format!("{base}/{name}"), &o, &mut report).await;
+            propagation(&format!("{base}/{name}"), &mut report).await;
             let _ = admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
         }
         if let Some(n) = o.users {
