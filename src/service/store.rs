@@ -16,8 +16,8 @@ mod registry;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    sea_query::Expr,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Set, sea_query::Expr,
 };
 use uuid::Uuid;
 
@@ -98,39 +98,38 @@ impl<'a> Write<'a> {
     /// Ends one live session (of `owner` only, when given). Returns whether it
     /// was live.
     pub async fn end_session(&mut self, session_id: SessionId, owner: Option<UserId>) -> AppResult<bool> {
-        let mut q = session::Entity::update_many()
-            .col_expr(session::Column::RevokedAt, Expr::value(self.svc.clock.now()))
-            .filter(session::Column::Id.eq(session_id))
-            .filter(session::Column::RevokedAt.is_null());
+        let mut which = Condition::all().add(session::Column::Id.eq(session_id));
         if let Some(owner) = owner {
-            q = q.filter(session::Column::UserId.eq(owner));
+            which = which.add(session::Column::UserId.eq(owner));
         }
-        let ended = q.exec_with_returning(&self.txn).await?;
-        let any = !ended.is_empty();
-        self.ended(ended);
-        Ok(any)
+        Ok(self.end_where(which).await? > 0)
     }
 
     /// Ends every live session of `user_id` but `except`. Returns how many.
     pub async fn end_user_sessions(&mut self, user_id: UserId, except: Option<SessionId>) -> AppResult<u64> {
-        let mut q = session::Entity::update_many()
-            .col_expr(session::Column::RevokedAt, Expr::value(self.svc.clock.now()))
-            .filter(session::Column::UserId.eq(user_id))
-            .filter(session::Column::RevokedAt.is_null());
+        let mut which = Condition::all().add(session::Column::UserId.eq(user_id));
         if let Some(keep) = except {
-            q = q.filter(session::Column::Id.ne(keep));
+            which = which.add(session::Column::Id.ne(keep));
         }
-        let ended = q.exec_with_returning(&self.txn).await?;
-        let n = ended.len() as u64;
-        self.ended(ended);
-        Ok(n)
+        self.end_where(which).await
     }
 
-    fn ended(&mut self, rows: Vec<session::Model>) {
+    /// Ends the live sessions that match `which`, and records each end (with
+    /// the id the database returns). Returns how many.
+    async fn end_where(&mut self, which: Condition) -> AppResult<u64> {
+        let ended = session::Entity::update_many()
+            .col_expr(session::Column::RevokedAt, Expr::value(self.svc.clock.now()))
+            .filter(which)
+            .filter(session::Column::RevokedAt.is_null())
+            .exec_with_returning(&self.txn)
+            .await?;
+        let n = ended.len() as u64;
         self.changes.extend(
-            rows.into_iter()
+            ended
+                .into_iter()
                 .map(|s| SessionEvent::Ended { session_id: s.id.into(), expires_at: s.expires_at.timestamp() }),
         );
+        Ok(n)
     }
 
     /// The user's row was written in this transaction: live sessions see the
