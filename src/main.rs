@@ -95,7 +95,7 @@ async fn create_admin(args: authgraph::cli::CreateAdminArgs) -> Result<(), Strin
         println!("created admin {} ({})", user.email.display(), user.id);
     } else {
         println!(
-            "promoted {} ({}) to admin; sessions already open see the new role at their next login",
+            "promoted {} ({}) to admin; running instances on PostgreSQL see it at once, a server on SQLite at the user's next login",
             user.email.display(),
             user.id
         );

@@ -240,10 +240,16 @@ pub async fn create_or_promote_admin(
     if let Some(existing) =
         user::Entity::find().filter(user::Column::EmailNormalized.eq(email.key())).unique_row(&svc.db).await?
     {
+        // Through the store: on a shared database the running instances see
+        // the new role at once, as after setUserRole.
+        let mut tx = store::Write::begin(svc).await?;
         let mut active: user::ActiveModel = existing.into();
         active.role = Set(Role::Admin);
         active.updated_at = Set(svc.clock.now());
-        return Ok((active.update(&svc.db).await?.into(), false));
+        let promoted = Account::from(active.update(tx.conn()).await?);
+        tx.user_changed(promoted.clone());
+        tx.commit().await?;
+        return Ok((promoted, false));
     }
     let password = password()?;
     let new = super::accounts::validate_new_user(email.display(), &password, name)?;

@@ -266,3 +266,22 @@ async fn an_instance_killed_outright_loses_nothing_for_the_others() {
     let again = login(b.addr, "frank@example.com").await;
     assert!(call(app.addr, Some(&again), ops::ME_ID, json!({})).await["errors"].is_null());
 }
+
+/// `authgraph create-admin` promoting an existing account goes through the
+/// change log like `setUserRole`: instances serving the user's sessions see
+/// the new role at once.
+#[tokio::test]
+async fn a_promotion_by_create_admin_reaches_running_instances() {
+    let Some((app, b, _c)) = three_instances().await else { return };
+    let (hank, _) = register(b.addr, "hank@example.com").await;
+    assert_eq!(call(b.addr, Some(&hank), ops::ME_ROLE, json!({})).await["data"]["me"]["role"], "USER");
+    // What the command does, from a process of its own (here: the first instance's services).
+    let (user, created) =
+        authgraph::service::admin::create_or_promote_admin(&app.state().services, "hank@example.com", None, || {
+            unreachable!("an existing account needs no password")
+        })
+        .await
+        .unwrap();
+    assert!(!created && user.role == entity::user::Role::Admin);
+    everywhere_within(&[b.addr], &hank, ops::ME_ROLE, |v| v["data"]["me"]["role"] == "ADMIN", "create-admin").await;
+}
