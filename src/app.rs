@@ -118,11 +118,12 @@ pub async fn spawn(config: &Config) -> Result<RunningApp, StartError> {
     Ok(RunningApp { addr, state, shutdown: Some(tx), handle })
 }
 
-/// Takes an exclusive lock on the SQLite file (`flock`, which SQLite's own
-/// `fcntl` locks do not touch) for as long as the server runs: one SQLite
-/// database has one serving instance, whose in-memory state is the only one.
-/// `None` for PostgreSQL and in-memory SQLite. Errors: `SqliteInUse` when
-/// another process holds it.
+/// Takes an exclusive lock (`flock`) on `<database file>.lock` for as long as
+/// the server runs: one SQLite database has one serving instance, whose
+/// in-memory state is the only one. A file of its own, not the database file:
+/// closing a descriptor of the database file would drop every `fcntl` lock
+/// SQLite holds on it in this process. `None` for PostgreSQL and in-memory
+/// SQLite. Errors: `SqliteInUse` when another process holds it.
 fn lock_sqlite_file(config: &Config) -> Result<Option<std::fs::File>, StartError> {
     let Some(path) = crate::config::sqlite_file(&config.database_url) else {
         return Ok(None);
@@ -131,12 +132,18 @@ fn lock_sqlite_file(config: &Config) -> Result<Option<std::fs::File>, StartError
         return Ok(None);
     }
     let shown = path.display().to_string();
-    let cannot = |e: io::Error| StartError::Database(format!("cannot open {shown}: {e}"));
+    let lock_path = std::path::PathBuf::from(format!("{shown}.lock"));
+    let cannot = |e: io::Error| StartError::Database(format!("cannot open {}: {e}", lock_path.display()));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(cannot)?;
     }
-    let file =
-        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(cannot)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(cannot)?;
     match file.try_lock() {
         Ok(()) => Ok(Some(file)),
         Err(std::fs::TryLockError::WouldBlock) => Err(StartError::SqliteInUse { path: shown }),
