@@ -16,15 +16,32 @@ use crate::{config::Secret, error::AppError};
 #[derive(Clone)]
 pub struct RefreshKeys {
     successor_key: Secret,
+    fingerprint_key: Secret,
 }
 
 impl RefreshKeys {
     /// Derives the successor key from the signing secret, so that one secret is
     /// all an operator manages, while the two uses never share a key.
     pub fn new(master: &Secret) -> Self {
-        let mut mac = keyed(master.expose());
-        mac.update(b"authgraph refresh-token successor key v1");
-        Self { successor_key: Secret::new(mac.finalize().into_bytes().to_vec()) }
+        let derive = |purpose: &[u8]| {
+            let mut mac = keyed(master.expose());
+            mac.update(purpose);
+            Secret::new(mac.finalize().into_bytes().to_vec())
+        };
+        Self {
+            successor_key: derive(b"authgraph refresh-token successor key v1"),
+            fingerprint_key: derive(b"authgraph stored-key fingerprint key v1"),
+        }
+    }
+
+    /// HMAC-SHA-256 of `data` under a key of its own, hex: how a value that
+    /// must not be readable (a client address, an email key) is stored as a key
+    /// elsewhere (the shared rate-limit budgets). Unlike a bare hash, it cannot
+    /// be reversed by trying every IPv4 address without the server's secret.
+    pub fn fingerprint(&self, data: &str) -> String {
+        let mut mac = keyed(self.fingerprint_key.expose());
+        mac.update(data.as_bytes());
+        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// A fresh random token (the start of a session).

@@ -185,7 +185,9 @@ pub async fn set_role(svc: &Services, _proof: &Granted<AdminOnly>, id: UserId, r
 pub async fn delete_user(svc: &Services, proof: &Granted<UsersWrite>, id: UserId) -> AppResult<bool> {
     let mut tx = store::Write::begin(svc).await?;
     let admins = count_admins_locked(tx.conn()).await?;
-    let Some(user) = user::Entity::find_by_id(id.uuid()).unique_row(tx.conn()).await? else {
+    // Locked first (PostgreSQL): a login committing a session for this user
+    // waits, or is waited for, so no session escapes the ends below.
+    let Some(user) = db::for_update(user::Entity::find_by_id(id.uuid()), tx.conn()).unique_row(tx.conn()).await? else {
         tx.rollback().await?;
         return Ok(false);
     };

@@ -6,10 +6,10 @@
 //! database, a call that passes them is also counted in `rate_limit_counters`
 //! with one conditional upsert (GCRA: the row holds the budget's theoretical
 //! arrival time), so N instances together admit what one would. Keys are
-//! stored as their SHA-256, so the table holds no address or IP.
+//! stored as a keyed HMAC (`RefreshKeys::fingerprint`), so the table holds no
+//! address or IP that could be recovered without the server's secret.
 
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
-use sha2::{Digest, Sha256};
 
 use super::Services;
 use crate::{
@@ -63,7 +63,7 @@ async fn spend_shared(svc: &Services, key: &str, spec: QuotaSpec) -> AppResult<(
     let t = micros(spec.period / spec.count.get()).max(1);
     let burst = t.saturating_mul(i64::from(spec.count.get()));
     let offset = (svc.clock.now() - chrono::Utc::now()).num_microseconds().unwrap_or(0);
-    let key = hex(&Sha256::digest(key.as_bytes()));
+    let key = svc.refresh.fingerprint(key);
     let pg = DbBackend::Postgres;
     let now = now_us(2);
     let admitted = svc
@@ -98,10 +98,6 @@ async fn spend_shared(svc: &Services, key: &str, spec: QuotaSpec) -> AppResult<(
     // after that many seconds succeeds.
     let wait_us = u64::try_from(wait_us).unwrap_or(0);
     Err(AppError::RateLimited { retry_after: wait_us.div_ceil(1_000_000).max(1) })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Deletes shared budgets that are full again (their arrival time has passed):

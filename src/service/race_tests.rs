@@ -147,3 +147,28 @@ async fn logins_and_refreshes_racing_revocations_leave_memory_and_database_in_ag
         }
     }
 }
+
+/// On a database several instances share, a session this instance never heard
+/// of is read from the database once: a live one is accepted and kept, an
+/// ended one refused and remembered, so its token costs no further query.
+#[tokio::test]
+async fn an_unknown_session_is_read_once_and_remembered() {
+    let kit = TestKit::new().await;
+    if kit.svc.db.get_database_backend() != sea_orm::DbBackend::Postgres {
+        return; // One instance per SQLite file: it knows every session.
+    }
+    let alice = kit.register("alice@example.com").await;
+    let bob = kit.register("bob@example.com").await;
+    sessions::logout(&kit.svc, &principal_of(&bob), None, false).await.unwrap();
+    // Another instance: the same database, a registry of its own.
+    let mut other = kit.svc.clone();
+    other.registry = Arc::default();
+    let now = other.clock.unix();
+    assert!(live_access(&other, &alice.access.token).await.is_ok());
+    assert_eq!(
+        other.registry.lookup(alice.session_id, alice.user.id, now),
+        super::store::Lookup::Live(alice.user.role)
+    );
+    assert!(matches!(live_access(&other, &bob.access.token).await, Err(RejectReason::Revoked)));
+    assert_eq!(other.registry.lookup(bob.session_id, bob.user.id, now), super::store::Lookup::Ended);
+}

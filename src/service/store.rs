@@ -207,7 +207,12 @@ pub async fn read_through(svc: &Services, session_id: SessionId, user_id: UserId
             return None;
         }
     };
-    if session.revoked_at.is_some() || session.expires_at <= svc.clock.now() || session.user_id != user_id.uuid() {
+    if session.user_id != user_id.uuid() {
+        return None;
+    }
+    if session.revoked_at.is_some() || session.expires_at <= svc.clock.now() {
+        // Remembered, so the next request with this token is answered from memory.
+        svc.registry.apply(SessionEvent::Ended { session_id, expires_at: session.expires_at.timestamp() });
         return None;
     }
     svc.registry.apply(SessionEvent::Started {

@@ -102,14 +102,19 @@ pub(super) async fn head(svc: &Services) -> AppResult<i64> {
     Ok(row.map(|r| r.try_get::<i64>("", "id")).transpose()?.unwrap_or(0))
 }
 
-/// Deletes rows older than [`RETENTION`].
+/// Deletes the rows up to the newest one older than [`RETENTION`], but never
+/// the newest row of all: always a prefix of the ids, so the rows kept are
+/// every row from the oldest kept on, and an instance can tell whether it
+/// missed any ([`catch_up`]); and the log, once written, is never empty.
 pub(super) async fn prune(svc: &Services) -> AppResult<u64> {
     let cutoff = svc.clock.now() - RETENTION;
     let res = svc
         .db
         .execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "DELETE FROM session_changes WHERE created_at < $1",
+            "DELETE FROM session_changes \
+             WHERE id <= (SELECT MAX(id) FROM session_changes WHERE created_at < $1) \
+             AND id < (SELECT MAX(id) FROM session_changes)",
             [cutoff.into()],
         ))
         .await?;
@@ -132,12 +137,13 @@ pub(super) async fn catch_up(svc: &Services, last: &mut i64) -> AppResult<usize>
                 [(*last).into(), PAGE.into()],
             ))
             .await?;
+        // Pruning deletes a prefix of the ids and keeps the newest row, so rows
+        // after `last` are missing only when the oldest kept is beyond
+        // `last + 1`. A gap a rolled-back insert left looks the same, and costs
+        // a reload that was not needed: never a row.
         let Some(first) = rows.first() else { return Ok(applied) };
         let oldest: i64 = first.try_get("", "first")?;
-        let next: i64 = first.try_get("", "id")?;
-        // Ids can skip (a transaction that rolled back after its insert); rows
-        // older than the oldest kept may be missing only if pruned.
-        if *last > 0 && next > *last + 1 && oldest == next && pruned_past(svc, *last).await? {
+        if oldest > *last + 1 {
             tracing::warn!(last = *last, oldest, "change log pruned past this instance's position; reloading");
             *last = super::reload(svc).await?;
             continue;
@@ -161,22 +167,6 @@ pub(super) async fn catch_up(svc: &Services, last: &mut i64) -> AppResult<usize>
             return Ok(applied);
         }
     }
-}
-
-/// Whether rows after `last` were pruned: the oldest kept row is younger than
-/// the retention allows, so older ones existed and went.
-async fn pruned_past(svc: &Services, last: i64) -> AppResult<bool> {
-    let row = svc
-        .db
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT COUNT(*) AS n FROM session_changes WHERE id <= $1",
-            [last.into()],
-        ))
-        .await?;
-    // Our own last row is still there: nothing between it and the next was pruned.
-    let kept: i64 = row.map(|r| r.try_get("", "n")).transpose()?.unwrap_or(0);
-    Ok(kept == 0)
 }
 
 async fn account(svc: &Services, user_id: Uuid) -> AppResult<Option<Account>> {
@@ -228,7 +218,8 @@ pub(super) fn spawn_follower(svc: Services, database_url: String, start: i64) ->
                 }
                 tokio::select! {
                     received = listener.try_recv() => match received {
-                        Ok(Some(_)) => {}
+                        // One read covers every notification already here.
+                        Ok(Some(_)) => while listener.next_buffered().is_some() {},
                         // The connection dropped: reconnect, then read what was missed.
                         Ok(None) | Err(_) => {
                             tracing::warn!("change feed: listener connection lost; reconnecting");

@@ -105,9 +105,13 @@ impl SessionRegistry {
         inner.users.get(&user_id).map_or(Lookup::Ended, |u| Lookup::Live(u.profile.role))
     }
 
-    /// Forgets everything (before a reload from the database).
+    /// Forgets live sessions and profiles before a reload from the database.
+    /// Tombstones stay: a late `Started` may still arrive for a session that
+    /// ended before the reload.
     pub(super) fn clear(&self) {
-        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = Inner::default();
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.sessions.clear();
+        inner.users.clear();
     }
 
     /// The profile of a user with a live session, as last written.
