@@ -41,6 +41,12 @@ impl Clock {
         }
     }
 
+    /// How far ahead of the system clock this clock is, in microseconds (0 on a
+    /// server): what a query that reads the database's clock adds to it.
+    pub fn offset_micros(&self) -> i64 {
+        self.offset_ms.as_ref().map_or(0, |offset| offset.load(Ordering::SeqCst).saturating_mul(1000))
+    }
+
     /// Now, as Unix time in seconds (what JWT claims hold).
     pub fn unix(&self) -> i64 {
         self.now().timestamp()

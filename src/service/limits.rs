@@ -22,7 +22,7 @@ use crate::{
 /// Errors: `RATE_LIMITED` with `retryAfter` (seconds).
 pub async fn spend_ip(svc: &Services, action: Action, ip: IpKey) -> AppResult<()> {
     svc.limits.check_ip(action, ip)?;
-    if shared(svc) {
+    if svc.shared_database() {
         spend_shared(svc, &format!("{}:{ip}", action.as_str()), svc.limits.per_ip(action)).await?;
     }
     Ok(())
@@ -33,14 +33,10 @@ pub async fn spend_ip(svc: &Services, action: Action, ip: IpKey) -> AppResult<()
 /// Errors: `RATE_LIMITED` with `retryAfter` (seconds).
 pub async fn spend_account(svc: &Services, email_key: &str) -> AppResult<()> {
     svc.limits.check_account(email_key)?;
-    if shared(svc) {
+    if svc.shared_database() {
         spend_shared(svc, &format!("account:{email_key}"), svc.limits.per_account()).await?;
     }
     Ok(())
-}
-
-fn shared(svc: &Services) -> bool {
-    svc.db.get_database_backend() == DbBackend::Postgres
 }
 
 fn micros(d: std::time::Duration) -> i64 {
@@ -62,7 +58,7 @@ fn now_us(n: u8) -> String {
 async fn spend_shared(svc: &Services, key: &str, spec: QuotaSpec) -> AppResult<()> {
     let t = micros(spec.period / spec.count.get()).max(1);
     let burst = t.saturating_mul(i64::from(spec.count.get()));
-    let offset = (svc.clock.now() - chrono::Utc::now()).num_microseconds().unwrap_or(0);
+    let offset = svc.clock.offset_micros();
     let key = svc.refresh.fingerprint(key);
     let pg = DbBackend::Postgres;
     let now = now_us(2);
@@ -103,10 +99,10 @@ async fn spend_shared(svc: &Services, key: &str, spec: QuotaSpec) -> AppResult<(
 /// Deletes shared budgets that are full again (their arrival time has passed):
 /// a row then says nothing a missing row would not.
 pub async fn purge(svc: &Services) -> AppResult<u64> {
-    if !shared(svc) {
+    if !svc.shared_database() {
         return Ok(0);
     }
-    let offset = (svc.clock.now() - chrono::Utc::now()).num_microseconds().unwrap_or(0);
+    let offset = svc.clock.offset_micros();
     let res = svc
         .db
         .execute_raw(Statement::from_sql_and_values(

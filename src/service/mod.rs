@@ -57,6 +57,15 @@ pub struct Services {
     pub hooks: Hooks,
 }
 
+impl Services {
+    /// Whether several instances may serve this database (PostgreSQL): then
+    /// session changes go through the change log and rate-limit budgets are
+    /// counted in the database. A SQLite file has one serving instance.
+    pub fn shared_database(&self) -> bool {
+        self.db.get_database_backend() == sea_orm::DbBackend::Postgres
+    }
+}
+
 /// A pause a test can put between a commit and the in-memory update after it,
 /// to widen the window in which a concurrent change may land.
 pub type Pause = Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;

@@ -148,7 +148,7 @@ impl<'a> Write<'a> {
     /// database shared by several instances, the changes are also appended to
     /// the change log in the transaction, for the others.
     pub async fn commit(self) -> AppResult<()> {
-        if !self.changes.is_empty() && feed::enabled(self.svc) {
+        if !self.changes.is_empty() && self.svc.shared_database() {
             feed::publish(&self.txn, &self.changes).await?;
         }
         self.txn.commit().await?;
@@ -195,7 +195,7 @@ pub async fn refreshed(svc: &Services, session: &session::Model, user: &Account)
 /// change log reached this one. Read from the database; a live one is added
 /// to the registry. `None` when it is not live (or the database cannot say).
 pub async fn read_through(svc: &Services, session_id: SessionId, user_id: UserId) -> Option<entity::user::Role> {
-    if !feed::enabled(svc) {
+    if !svc.shared_database() {
         return None;
     }
     let found = session::Entity::find_by_id(session_id.uuid()).find_also_related(user::Entity).one(&svc.db).await;
@@ -229,7 +229,7 @@ pub async fn read_through(svc: &Services, session_id: SessionId, user_id: UserId
 /// [`follow`] from (changes after it are read from the log; those before are
 /// in the rows loaded).
 pub async fn start(svc: &Services) -> AppResult<(usize, Option<i64>)> {
-    let head = if feed::enabled(svc) { Some(feed::head(svc).await?) } else { None };
+    let head = if svc.shared_database() { Some(feed::head(svc).await?) } else { None };
     Ok((load(svc).await?, head))
 }
 
@@ -294,7 +294,7 @@ pub async fn load(svc: &Services) -> AppResult<usize> {
 /// Forgets sessions (and ended sessions' tombstones) past their end, and
 /// prunes the change log. Returns how many live sessions went.
 pub async fn prune(svc: &Services, now: DateTime<Utc>) -> AppResult<usize> {
-    if feed::enabled(svc) {
+    if svc.shared_database() {
         feed::prune(svc).await?;
     }
     Ok(svc.registry.prune_expired(now.timestamp()))

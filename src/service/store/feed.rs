@@ -16,17 +16,15 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, Statement};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Statement};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-use entity::user;
 
 use super::registry::SessionEvent;
 use crate::{
     domain::{Account, SessionId, UserId},
     error::{AppError, AppResult},
-    service::Services,
+    service::{Services, users},
 };
 
 /// The `NOTIFY` channel.
@@ -64,11 +62,6 @@ impl From<&SessionEvent> for Wire {
             SessionEvent::UserDeleted { user_id } => Wire::UserDeleted { user: user_id.uuid() },
         }
     }
-}
-
-/// Whether this database is shared by instances that follow the feed.
-pub(super) fn enabled(svc: &Services) -> bool {
-    svc.db.get_database_backend() == DbBackend::Postgres
 }
 
 /// Appends `events` to the log inside `txn`, and asks for a notification at
@@ -170,7 +163,7 @@ pub(super) async fn catch_up(svc: &Services, last: &mut i64) -> AppResult<usize>
 }
 
 async fn account(svc: &Services, user_id: Uuid) -> AppResult<Option<Account>> {
-    Ok(user::Entity::find_by_id(user_id).one(&svc.db).await?.map(Account::from))
+    Ok(users::row(svc, UserId::from(user_id)).await?.map(Account::from))
 }
 
 async fn apply(svc: &Services, change: Wire) -> AppResult<()> {
