@@ -302,7 +302,13 @@ impl TestUser {
 /// (one started apart from a `TestApp`, such as a restarted one); returns the
 /// JSON body.
 pub async fn gql_at(addr: SocketAddr, token: Option<&str>, query: &str) -> Value {
-    let mut req = Client::new().post(format!("http://{addr}/graphql")).json(&json!({ "query": query }));
+    gql_vars_at(addr, token, query, json!({})).await
+}
+
+/// [`gql_at`] with variables.
+pub async fn gql_vars_at(addr: SocketAddr, token: Option<&str>, query: &str, variables: Value) -> Value {
+    let mut req =
+        Client::new().post(format!("http://{addr}/graphql")).json(&json!({ "query": query, "variables": variables }));
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }

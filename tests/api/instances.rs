@@ -10,7 +10,6 @@ use std::{
 };
 
 use authgraph::app::RunningApp;
-use reqwest::Client;
 use serde_json::{Value, json};
 
 use crate::{helpers::*, ops};
@@ -30,17 +29,8 @@ async fn three_instances() -> Option<(TestApp, RunningApp, RunningApp)> {
     Some((app, b, c))
 }
 
-async fn call(addr: SocketAddr, token: Option<&str>, query: &str, variables: Value) -> Value {
-    let mut req =
-        Client::new().post(format!("http://{addr}/graphql")).json(&json!({ "query": query, "variables": variables }));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    req.send().await.expect("request").json().await.expect("json body")
-}
-
 async fn register(addr: SocketAddr, email: &str) -> (String, String) {
-    let v = call(
+    let v = gql_vars_at(
         addr,
         None,
         ops::REGISTER_TOKENS_USER_ID,
@@ -53,7 +43,7 @@ async fn register(addr: SocketAddr, email: &str) -> (String, String) {
 }
 
 async fn login(addr: SocketAddr, email: &str) -> String {
-    let v = call(
+    let v = gql_vars_at(
         addr,
         None,
         ops::LOGIN_TOKENS,
@@ -73,7 +63,7 @@ async fn everywhere_within(addrs: &[SocketAddr], token: &str, query: &str, done:
     for &addr in addrs {
         let started = Instant::now();
         loop {
-            let v = call(addr, Some(token), query, json!({})).await;
+            let v = gql_vars_at(addr, Some(token), query, json!({})).await;
             if done(&v) {
                 break;
             }
@@ -96,18 +86,18 @@ async fn changes_on_one_instance_reach_the_others_within_a_second() {
     // A session started on one instance is good on the others at once.
     let (alice, _) = register(a, "alice@example.com").await;
     for addr in all {
-        let v = call(addr, Some(&alice), ops::ME_EMAIL, json!({})).await;
+        let v = gql_vars_at(addr, Some(&alice), ops::ME_EMAIL, json!({})).await;
         assert_eq!(v["data"]["me"]["email"], "alice@example.com", "{addr}: {v}");
     }
 
     // logout
-    assert_eq!(call(a, Some(&alice), ops::LOGOUT, json!({})).await["data"]["logout"], true);
+    assert_eq!(gql_vars_at(a, Some(&alice), ops::LOGOUT, json!({})).await["data"]["logout"], true);
     everywhere_within(&[b, c], &alice, ops::ME_ID, revoked, "logout").await;
 
     // revokeSession: one of alice's sessions ends another.
     let s1 = login(b, "alice@example.com").await;
     let s2 = login(b, "alice@example.com").await;
-    let sessions = call(c, Some(&s1), "{ me { sessions { id current } } }", json!({})).await;
+    let sessions = gql_vars_at(c, Some(&s1), "{ me { sessions { id current } } }", json!({})).await;
     let other = sessions["data"]["me"]["sessions"]
         .as_array()
         .unwrap()
@@ -115,14 +105,14 @@ async fn changes_on_one_instance_reach_the_others_within_a_second() {
         .find(|s| s["current"] == false)
         .map(|s| s["id"].as_str().unwrap().to_owned())
         .unwrap_or_else(|| panic!("{sessions}"));
-    let v = call(c, Some(&s1), "mutation($id: ID!) { revokeSession(id: $id) }", json!({ "id": other })).await;
+    let v = gql_vars_at(c, Some(&s1), "mutation($id: ID!) { revokeSession(id: $id) }", json!({ "id": other })).await;
     assert_eq!(v["data"]["revokeSession"], true, "{v}");
     everywhere_within(&all, &s2, ops::ME_ID, revoked, "revokeSession").await;
 
     // setUserRole and revokeUserSessions by an admin.
     let (admin, _) = make_admin(&app, "root@example.com").await;
     let (bob, bob_id) = register(b, "bob@example.com").await;
-    let v = call(
+    let v = gql_vars_at(
         a,
         Some(&admin),
         "mutation($id: ID!) { setUserRole(id: $id, role: ADMIN) { role } }",
@@ -131,21 +121,23 @@ async fn changes_on_one_instance_reach_the_others_within_a_second() {
     .await;
     assert_eq!(v["data"]["setUserRole"]["role"], "ADMIN", "{v}");
     everywhere_within(&all, &bob, ops::ME_ROLE, |v| v["data"]["me"]["role"] == "ADMIN", "setUserRole").await;
-    let v = call(c, Some(&admin), ops::REVOKE_USER_SESSIONS, json!({ "id": bob_id })).await;
+    let v = gql_vars_at(c, Some(&admin), ops::REVOKE_USER_SESSIONS, json!({ "id": bob_id })).await;
     assert_eq!(v["data"]["revokeUserSessions"], 1, "{v}");
     everywhere_within(&all, &bob, ops::ME_ID, revoked, "revokeUserSessions").await;
 
     // changePassword ends the user's other sessions.
     let (carol, _) = register(c, "carol@example.com").await;
     let carol_elsewhere = login(b, "carol@example.com").await;
-    let v = call(a, Some(&carol), ops::CHANGE_PASSWORD, json!({ "c": PASSWORD, "n": "another long passphrase" })).await;
+    let v =
+        gql_vars_at(a, Some(&carol), ops::CHANGE_PASSWORD, json!({ "c": PASSWORD, "n": "another long passphrase" }))
+            .await;
     assert!(v["errors"].is_null(), "{v}");
     everywhere_within(&all, &carol_elsewhere, ops::ME_ID, revoked, "changePassword").await;
     everywhere_within(&all, &carol, ops::ME_ID, |v| v["errors"].is_null(), "the changing session").await;
 
     // deleteUser
     let (dave, dave_id) = register(a, "dave@example.com").await;
-    let v = call(b, Some(&admin), ops::DELETE_USER, json!({ "id": dave_id })).await;
+    let v = gql_vars_at(b, Some(&admin), ops::DELETE_USER, json!({ "id": dave_id })).await;
     assert_eq!(v["data"]["deleteUser"], true, "{v}");
     everywhere_within(
         &all,
@@ -164,7 +156,7 @@ async fn a_listener_cut_off_catches_up_from_the_log() {
     let Some((app, b, c)) = three_instances().await else { return };
     let (erin, _) = register(app.addr, "erin@example.com").await;
     for addr in [b.addr, c.addr] {
-        assert!(call(addr, Some(&erin), ops::ME_ID, json!({})).await["errors"].is_null());
+        assert!(gql_vars_at(addr, Some(&erin), ops::ME_ID, json!({})).await["errors"].is_null());
     }
     let TestDatabase::Postgres { url, .. } = &app.database else { unreachable!() };
     let db = sea_orm::Database::connect(url).await.unwrap();
@@ -178,11 +170,11 @@ async fn a_listener_cut_off_catches_up_from_the_log() {
         .unwrap();
     assert!(cut.rows_affected() >= 3, "every instance listens: {} listeners cut", cut.rows_affected());
     // Changed while nobody listens.
-    assert_eq!(call(app.addr, Some(&erin), ops::LOGOUT, json!({})).await["data"]["logout"], true);
+    assert_eq!(gql_vars_at(app.addr, Some(&erin), ops::LOGOUT, json!({})).await["data"]["logout"], true);
     let started = Instant::now();
     for addr in [b.addr, c.addr] {
         loop {
-            let v = call(addr, Some(&erin), ops::ME_ID, json!({})).await;
+            let v = gql_vars_at(addr, Some(&erin), ops::ME_ID, json!({})).await;
             if revoked(&v) {
                 break;
             }
@@ -209,7 +201,7 @@ async fn budgets_hold_across_instances() {
     let c = authgraph::app::spawn(&app.config).await.expect("third instance");
     let all = [app.addr, b.addr, c.addr];
     let guess = |addr| async move {
-        call(
+        gql_vars_at(
             addr,
             None,
             ops::LOGIN_TOKENS,
@@ -232,7 +224,7 @@ async fn budgets_hold_across_instances() {
         register(*addr, &format!("client{i}@example.com")).await;
     }
     for addr in all {
-        let v = call(
+        let v = gql_vars_at(
             addr,
             None,
             ops::REGISTER_TOKENS,
@@ -255,16 +247,16 @@ async fn an_instance_killed_outright_loses_nothing_for_the_others() {
     let addr: SocketAddr = doomed.base.trim_start_matches("http://").parse().unwrap();
     let (frank, _) = register(addr, "frank@example.com").await;
     let (gina, _) = register(addr, "gina@example.com").await;
-    assert_eq!(call(addr, Some(&gina), ops::LOGOUT, json!({})).await["data"]["logout"], true);
+    assert_eq!(gql_vars_at(addr, Some(&gina), ops::LOGOUT, json!({})).await["data"]["logout"], true);
     doomed.kill();
 
     everywhere_within(&[app.addr, b.addr], &gina, ops::ME_ID, revoked, "a logout on the killed instance").await;
     for at in [app.addr, b.addr] {
-        let v = call(at, Some(&frank), ops::ME_EMAIL, json!({})).await;
+        let v = gql_vars_at(at, Some(&frank), ops::ME_EMAIL, json!({})).await;
         assert_eq!(v["data"]["me"]["email"], "frank@example.com", "{at}: {v}");
     }
     let again = login(b.addr, "frank@example.com").await;
-    assert!(call(app.addr, Some(&again), ops::ME_ID, json!({})).await["errors"].is_null());
+    assert!(gql_vars_at(app.addr, Some(&again), ops::ME_ID, json!({})).await["errors"].is_null());
 }
 
 /// `authgraph create-admin` promoting an existing account goes through the
@@ -274,7 +266,7 @@ async fn an_instance_killed_outright_loses_nothing_for_the_others() {
 async fn a_promotion_by_create_admin_reaches_running_instances() {
     let Some((app, b, _c)) = three_instances().await else { return };
     let (hank, _) = register(b.addr, "hank@example.com").await;
-    assert_eq!(call(b.addr, Some(&hank), ops::ME_ROLE, json!({})).await["data"]["me"]["role"], "USER");
+    assert_eq!(gql_vars_at(b.addr, Some(&hank), ops::ME_ROLE, json!({})).await["data"]["me"]["role"], "USER");
     // What the command does, from a process of its own (here: the first instance's services).
     let (user, created) =
         authgraph::service::admin::create_or_promote_admin(&app.state().services, "hank@example.com", None, || {
