@@ -25,9 +25,10 @@
 //! session each are written straight into a fresh database (one real password
 //! hash shared by all, so seeding takes a minute, not hours of argon2), the server
 //! is started on it, and it measures the time from start to `/readyz` 200, the
-//! server's RSS, `me`, login, refresh, `users(first: 20) { totalCount }` and
-//! `users(search:)` p99; once at 10,000 accounts and once at N, so each figure at
-//! N stands beside its own at 10,000.
+//! server's peak RSS, `me`, `me` with tokens of seeded sessions the server has
+//! not cached (a database read each), login, refresh, `users(first: 20) {
+//! totalCount }` and `users(search:)` p99; once at 10,000 accounts and once at
+//! N, so each figure at N stands beside its own at 10,000.
 //!
 //! It prints a table, then whether each performance target ([`TARGETS`]) was met,
 //! and writes both as JSON.
@@ -532,15 +533,19 @@ async fn open_loop_logins(url: &str, emails: &[String], rate: f64, seconds: u64)
 /// `sessions::a_refresh_rotation_is_one_write_transaction`.)
 /// Targets whose figures a run did not measure (no `--users`, no `--postgres`)
 /// are left out of the verdicts.
-const TARGETS: [(&str, &str, f64, bool); 14] = [
+const TARGETS: [(&str, &str, f64, bool); 18] = [
     ("sqlite.me_vs_ceiling_pct", "me at least 70 % of the ceiling", 70.0, true),
     ("sqlite.login_vs_bound_pct", "login at least 90 % of the argon2 bound", 90.0, true),
     ("sqlite.me_flood_vs_idle_x", "me p99 during a login flood at most 3x idle", 3.0, false),
     ("sqlite.overload_p99_ms", "login p99 under a 3x-bound flood at most 2000 ms", 2000.0, false),
+    ("sqlite.scale_ready_s", "SQLite: start to /readyz at N users at most 3 s", 3.0, false),
+    ("sqlite.scale_peak_rss_mib", "SQLite: server peak RSS at N users under 300 MiB", 300.0, false),
     ("sqlite.scale_search_p99_ms", "SQLite: search p99 at N users under 50 ms", 50.0, false),
     ("sqlite.scale_me_vs_10k_pct", "SQLite: me at N users within 10 % of 10k", 90.0, true),
     ("sqlite.scale_login_vs_10k_pct", "SQLite: login at N users within 10 % of 10k", 90.0, true),
     ("sqlite.scale_refresh_vs_10k_pct", "SQLite: refresh at N users within 10 % of 10k", 90.0, true),
+    ("postgres.scale_ready_s", "PostgreSQL: start to /readyz at N users at most 3 s", 3.0, false),
+    ("postgres.scale_peak_rss_mib", "PostgreSQL: server peak RSS at N users under 300 MiB", 300.0, false),
     ("postgres.scale_search_p99_ms", "PostgreSQL: search p99 at N users under 50 ms", 50.0, false),
     ("postgres.scale_me_vs_10k_pct", "PostgreSQL: me at N users within 10 % of 10k", 90.0, true),
     ("postgres.scale_login_vs_10k_pct", "PostgreSQL: login at N users within 10 % of 10k", 90.0, true),
@@ -760,7 +765,7 @@ fn seeded_email(i: usize) -> String {
 /// into the database at `url` (migrated first), in transactions of 1,000 rows.
 /// Every account has the password [`PASSWORD`] through one real argon2id hash with
 /// the server's parameters; account 0 is an admin.
-async fn seed_bulk(url: &str, n: usize) {
+async fn seed_bulk(url: &str, n: usize) -> Vec<(usize, uuid::Uuid, uuid::Uuid)> {
     use argon2::{
         PasswordHasher as _,
         password_hash::{SaltString, rand_core::OsRng},
@@ -776,10 +781,13 @@ async fn seed_bulk(url: &str, n: usize) {
         .to_string();
     let now = chrono::Utc::now();
     let expires = now + chrono::Duration::days(7);
+    let mut sample = Vec::new();
+    let every = (n / COLD_SESSIONS).max(1);
     for start in (0..n).step_by(1000) {
         let end = (start + 1000).min(n);
         let ids: Vec<(uuid::Uuid, uuid::Uuid)> =
             (start..end).map(|_| (uuid::Uuid::now_v7(), uuid::Uuid::now_v7())).collect();
+        sample.extend((start..end).zip(&ids).filter(|(i, _)| *i > 0 && i % every == 0).map(|(i, (u, s))| (i, *u, *s)));
         let users = (start..end).zip(&ids).map(|(i, (id, _))| {
             let (email, name) = (seeded_email(i), seeded_name(i));
             user::ActiveModel {
@@ -821,14 +829,45 @@ async fn seed_bulk(url: &str, n: usize) {
         txn.commit().await.unwrap();
     }
     db.close().await.ok();
+    sample
+}
+
+/// How many seeded sessions the cold `me` phase presents tokens of, each once
+/// (more than the server caches by default, so that every request misses).
+const COLD_SESSIONS: usize = 200_000;
+
+/// Access tokens for seeded sessions, signed with the bench's `JWT_SECRET` as
+/// the server would have signed them at login.
+fn mint_tokens(seeded: &[(usize, uuid::Uuid, uuid::Uuid)]) -> Vec<String> {
+    use authgraph::{
+        auth::tokens::TokenKeys,
+        config::Secret,
+        domain::{SessionId, UserId},
+    };
+    let keys = TokenKeys::new(
+        &Secret::new(JWT_SECRET.as_bytes().to_vec()),
+        "authgraph",
+        "authgraph",
+        Duration::from_secs(15 * 60),
+    );
+    let now = chrono::Utc::now().timestamp();
+    seeded
+        .iter()
+        .map(|(i, user, session)| {
+            let (user, session) = (UserId::from(*user), SessionId::from(*session));
+            let email = seeded_email(*i);
+            keys.issue(user, &email, entity::user::Role::User, session, now, now + 3600).unwrap().token
+        })
+        .collect()
 }
 
 /// One size of the scale phase on a fresh database at `url`; figures go under
-/// `{name}.scale_{n}.…`. Returns (me req/s, logins/s, refreshes/s, search p99 ms).
-async fn scale_at(name: &str, url: &str, n: usize, o: &Options, report: &mut Report) -> [f64; 4] {
+/// `{name}.scale_{n}.…`. Returns (me req/s, logins/s, refreshes/s, search p99
+/// ms, start to `/readyz` s, peak RSS MiB).
+async fn scale_at(name: &str, url: &str, n: usize, o: &Options, report: &mut Report) -> [f64; 6] {
     let pre = |k: &str| format!("{name}.scale_{n}.{k}");
     let t0 = Instant::now();
-    seed_bulk(url, n).await;
+    let seeded = seed_bulk(url, n).await;
     report.add(&pre("seed_s"), &format!("scale {name} {n}: seeding"), t0.elapsed().as_secs_f64(), "s");
     // The seeding's writes reach the disk before anything is measured, so the
     // kernel's write-back of a gigabyte does not fall on the phases at N only.
@@ -884,6 +923,38 @@ async fn scale_at(name: &str, url: &str, n: usize, o: &Options, report: &mut Rep
     let refreshes = refresh_rate(&server.url, refresh, o.seconds).await;
     report.add(&pre("refresh_per_s"), &format!("scale {name} {n}: refresh"), refreshes.rate(), "rotations/s");
 
+    // `me` with tokens of sessions the server has not seen since it started:
+    // each request presents another one, so each reads its session and user
+    // from the database once.
+    let cold_tokens = Arc::new(mint_tokens(&seeded));
+    let spread = cold_tokens.len() / 16;
+    let me_url = Arc::new(server.url.clone());
+    let mut cold = run(
+        16,
+        o.seconds,
+        move |i| i * spread,
+        move |c: reqwest::Client, k: usize| -> futures_util::future::BoxFuture<'static, (bool, usize)> {
+            let (url, tokens) = (me_url.clone(), cold_tokens.clone());
+            Box::pin(async move {
+                let token = &tokens[k % tokens.len()];
+                (post(&c, &url, Some(token), &json!({ "query": ME })).await.is_some(), k + 1)
+            })
+        },
+    )
+    .await;
+    report.add(
+        &pre("me_cold_rps"),
+        &format!("scale {name} {n}: me, another seeded session each time"),
+        cold.rate(),
+        "req/s",
+    );
+    report.add(
+        &pre("me_cold_p99_ms"),
+        &format!("scale {name} {n}: me, another seeded session each time, p99"),
+        cold.percentile_ms(0.99),
+        "ms",
+    );
+
     let url = Arc::new(server.url.clone());
     let admin = Arc::new(admin);
     let query = |query: &'static str, vars: fn(u64) -> Value| {
@@ -935,13 +1006,12 @@ async fn scale_at(name: &str, url: &str, n: usize, o: &Options, report: &mut Rep
     report.add(
         &pre("failed"),
         &format!("scale {name} {n}: failed requests"),
-        (me.failed + logins.failed + refreshes.failed + listing.failed + search.failed) as f64,
+        (me.failed + cold.failed + logins.failed + refreshes.failed + listing.failed + search.failed) as f64,
         "",
     );
-    if let Some(kib) = server.peak_rss_kib() {
-        report.add(&pre("peak_rss_mib"), &format!("scale {name} {n}: server peak RSS"), kib as f64 / 1024.0, "MiB");
-    }
-    [me.rate(), logins.rate(), refreshes.rate(), search.percentile_ms(0.99)]
+    let rss_mib = server.peak_rss_kib().map_or(f64::NAN, |kib| kib as f64 / 1024.0);
+    report.add(&pre("peak_rss_mib"), &format!("scale {name} {n}: server peak RSS"), rss_mib, "MiB");
+    [me.rate(), logins.rate(), refreshes.rate(), search.percentile_ms(0.99), ready.as_secs_f64(), rss_mib]
 }
 
 /// The scale phase on one backend: 10,000 accounts, then `n`, each on a fresh
@@ -962,6 +1032,8 @@ where
     let large = scale_at(name, &url, n, o, report).await;
     drop_db();
     report.add(&format!("{name}.scale_search_p99_ms"), &format!("scale {name}: search p99 at {n}"), large[3], "ms");
+    report.add(&format!("{name}.scale_ready_s"), &format!("scale {name}: start to /readyz at {n}"), large[4], "s");
+    report.add(&format!("{name}.scale_peak_rss_mib"), &format!("scale {name}: peak RSS at {n}"), large[5], "MiB");
     for (k, key) in ["me", "login", "refresh"].iter().enumerate() {
         report.add(
             &format!("{name}.scale_{key}_vs_10k_pct"),

@@ -14,7 +14,10 @@ use crate::{
     db,
     graphql::{self, Limits},
     http::{self, AppState, cookies::CookiePolicy, site::SitePolicy},
-    service::{Services, SessionPolicy, api_keys, sessions, store},
+    service::{
+        Services, SessionPolicy, api_keys, sessions,
+        store::{self, SessionRegistry},
+    },
 };
 
 #[derive(Debug, Error)]
@@ -51,7 +54,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         hasher,
         tokens: TokenKeys::new(&secret, &config.jwt_issuer, &config.jwt_audience, config.access_token_ttl),
         refresh: RefreshKeys::new(&secret),
-        registry: Arc::default(),
+        registry: Arc::new(SessionRegistry::for_access_tokens(config.session_cache_capacity, config.access_token_ttl)),
         limits: Arc::new(RateLimits::new(&config.rate_limits, config.clock.clone())),
         api_key_usage: Arc::default(),
         policy: SessionPolicy {
@@ -62,8 +65,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         clock: config.clock.clone(),
         hooks: Default::default(),
     };
-    let (live, feed_from) = store::start(&services).await.map_err(|e| StartError::Database(e.to_string()))?;
-    tracing::info!(live_sessions = live, "session registry loaded");
+    let feed_from = store::start(&services).await.map_err(|e| StartError::Database(e.to_string()))?;
     let cookies = CookiePolicy::new(config.refresh_cookie_name(), config.cookie_secure);
     let limits = Limits {
         depth: config.query_depth_limit,

@@ -161,6 +161,11 @@ pub struct ServeArgs {
     /// How often expired and long-revoked sessions are purged
     #[arg(long, env = "CLEANUP_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub cleanup_interval: Duration,
+
+    /// Live sessions (and as many user profiles) each instance keeps in memory;
+    /// others are read from the database on first use. About 300 bytes each
+    #[arg(long, env = "SESSION_CACHE_CAPACITY", default_value_t = crate::service::store::DEFAULT_CAPACITY)]
+    pub session_cache_capacity: usize,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -300,6 +305,8 @@ pub struct Config {
     pub query_alias_limit: usize,
     pub rate_limits: RateLimitConfig,
     pub cleanup_interval: Duration,
+    /// Live sessions (and profiles) cached per instance.
+    pub session_cache_capacity: usize,
     /// The time the server's rules read: the system clock, always, from the
     /// command line; tests give a [`crate::clock::ClockControl`]'s clock.
     pub clock: Clock,
@@ -375,6 +382,9 @@ impl Config {
             Some(n) => n,
             None => PASSWORD_QUEUE_PER_THREAD * cores(),
         };
+        if args.session_cache_capacity < 1 {
+            return Err(bad("SESSION_CACHE_CAPACITY must be at least 1"));
+        }
         if args.max_batch_size < 1 {
             return Err(bad("MAX_BATCH_SIZE must be at least 1"));
         }
@@ -430,6 +440,7 @@ impl Config {
                 login_per_account: args.rate_limit_login_per_account,
             },
             cleanup_interval,
+            session_cache_capacity: args.session_cache_capacity,
             clock: Clock::system(),
         })
     }

@@ -203,7 +203,7 @@ pub async fn update_profile(svc: &Services, user_id: UserId, change: ProfileChan
     active.search_key = Set(search_key);
     active.updated_at = Set(svc.clock.now());
     let user = Account::from(active.update(tx.conn()).await.map_err(map_unique)?);
-    tx.user_changed(user.clone());
+    tx.user_changed(user.id);
     tx.commit().await?;
     Ok(user)
 }
@@ -269,7 +269,7 @@ pub async fn change_password(
             }
         };
         let ended = tx.end_user_sessions(user_id, Some(current_session)).await?;
-        tx.user_changed(changed.into());
+        tx.user_changed(UserId::from(changed.id));
         tx.commit().await?;
         tracing::info!(%user_id, other_sessions_ended = ended, "password changed");
         return Ok(());

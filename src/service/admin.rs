@@ -169,7 +169,7 @@ pub async fn set_role(svc: &Services, _proof: &Granted<AdminOnly>, id: UserId, r
     active.role = Set(role);
     active.updated_at = Set(svc.clock.now());
     let user = Account::from(active.update(tx.conn()).await?);
-    tx.user_changed(user.clone());
+    tx.user_changed(user.id);
     tx.commit().await?;
     tracing::info!(user_id = %id, role = ?role, "role changed");
     Ok(user)
@@ -249,7 +249,7 @@ pub async fn create_or_promote_admin(
         active.role = Set(Role::Admin);
         active.updated_at = Set(svc.clock.now());
         let promoted = Account::from(active.update(tx.conn()).await?);
-        tx.user_changed(promoted.clone());
+        tx.user_changed(promoted.id);
         tx.commit().await?;
         return Ok((promoted, false));
     }

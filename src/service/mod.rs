@@ -73,8 +73,8 @@ pub type Pause = Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + 
 /// Test seams (all empty on a server).
 #[derive(Clone, Default)]
 pub struct Hooks {
-    /// Runs after a session's start or refresh has committed, before the
-    /// registry learns of it.
+    /// Runs after a session's start or refresh has committed, or a session
+    /// was read from the database, before the registry learns of it.
     pub before_live: Option<Pause>,
 }
 

@@ -10,13 +10,16 @@ use std::sync::{Arc, Mutex};
 use sea_orm::EntityTrait;
 use tokio::sync::oneshot;
 
+use entity::user::Role;
+
 use super::{
     ClientInfo, Issued, Pause, Services, accounts, admin,
     sessions::{self, live_access},
+    store::{Lookup, SessionRegistry},
     testkit::{PASSWORD, TestKit},
 };
 use crate::auth::{
-    access::{SessionsRevoke, UsersWrite},
+    access::{AdminOnly, SessionsRevoke, UsersWrite},
     principal::{Principal, RejectReason, UserPrincipal},
 };
 
@@ -56,11 +59,11 @@ async fn revoke(kit: &TestKit, admin_session: &Issued, victim: &Issued, how: Rev
     match how {
         Revocation::LogoutEverywhere => sessions::logout(&kit.svc, &principal_of(victim), None, true).await.unwrap(),
         Revocation::RevokeUserSessions => {
-            let proof = kit.grant::<SessionsRevoke>(admin_session);
+            let proof = kit.grant::<SessionsRevoke>(admin_session).await;
             admin::revoke_user_sessions(&kit.svc, &proof, victim.user.id).await.unwrap();
         }
         Revocation::DeleteUser => {
-            let proof = kit.grant::<UsersWrite>(admin_session);
+            let proof = kit.grant::<UsersWrite>(admin_session).await;
             assert!(admin::delete_user(&kit.svc, &proof, victim.user.id).await.unwrap());
         }
     }
@@ -148,27 +151,93 @@ async fn logins_and_refreshes_racing_revocations_leave_memory_and_database_in_ag
     }
 }
 
-/// On a database several instances share, a session this instance never heard
-/// of is read from the database once: a live one is accepted and kept, an
-/// ended one refused and remembered, so its token costs no further query.
+/// A session the registry does not hold (started on another instance, or
+/// before a restart, or evicted) is read from the database once: a live one is
+/// accepted and cached, an ended one refused and remembered, so its token
+/// costs no further query.
 #[tokio::test]
 async fn an_unknown_session_is_read_once_and_remembered() {
     let kit = TestKit::new().await;
-    if kit.svc.db.get_database_backend() != sea_orm::DbBackend::Postgres {
-        return; // One instance per SQLite file: it knows every session.
-    }
     let alice = kit.register("alice@example.com").await;
     let bob = kit.register("bob@example.com").await;
     sessions::logout(&kit.svc, &principal_of(&bob), None, false).await.unwrap();
-    // Another instance: the same database, a registry of its own.
-    let mut other = kit.svc.clone();
-    other.registry = Arc::default();
+    // Another instance, or this one restarted: the same database, an empty registry.
+    let other = with_registry(&kit.svc, SessionRegistry::default());
     let now = other.clock.unix();
+    assert_eq!(other.registry.lookup(alice.session_id, alice.user.id, now), Lookup::Unknown);
     assert!(live_access(&other, &alice.access.token).await.is_ok());
-    assert_eq!(
-        other.registry.lookup(alice.session_id, alice.user.id, now),
-        super::store::Lookup::Live(alice.user.role)
-    );
+    assert_eq!(other.registry.lookup(alice.session_id, alice.user.id, now), Lookup::Live(alice.user.role));
     assert!(matches!(live_access(&other, &bob.access.token).await, Err(RejectReason::Revoked)));
-    assert_eq!(other.registry.lookup(bob.session_id, bob.user.id, now), super::store::Lookup::Ended);
+    assert_eq!(other.registry.lookup(bob.session_id, bob.user.id, now), Lookup::Ended);
+}
+
+fn with_registry(svc: &Services, registry: SessionRegistry) -> Services {
+    let mut other = svc.clone();
+    other.registry = Arc::new(registry);
+    other
+}
+
+/// A read of a session from the database that a logout overtakes (the
+/// logout commits and is applied between the read and the fill) must not
+/// cache the session as live.
+#[tokio::test]
+async fn a_session_read_before_its_end_is_not_cached_after_it() {
+    let kit = TestKit::new().await;
+    let alice = kit.register("alice@example.com").await;
+    let cold = with_registry(&kit.svc, SessionRegistry::default());
+    let (paused_svc, reached, release) = paused(&cold);
+    let token = alice.access.token.clone();
+    let read = tokio::spawn(async move { live_access(&paused_svc, &token).await.is_ok() });
+    reached.await.unwrap();
+    sessions::logout(&cold, &principal_of(&alice), None, false).await.unwrap();
+    release.send(()).unwrap();
+    read.await.unwrap();
+    assert!(
+        matches!(live_access(&cold, &alice.access.token).await, Err(RejectReason::Revoked)),
+        "the logged-out session was cached as live"
+    );
+}
+
+/// A read of a user that a demotion overtakes must not cache the old role:
+/// the request in flight may run with it (it read the row before the change),
+/// but no request after the change does.
+#[tokio::test]
+async fn a_role_read_before_a_demotion_is_not_cached_after_it() {
+    let kit = TestKit::new().await;
+    let (_, root) = kit.admin("root@example.com").await;
+    let (_, second) = kit.admin("second@example.com").await;
+    let cold = with_registry(&kit.svc, SessionRegistry::default());
+    let (paused_svc, reached, release) = paused(&cold);
+    let token = second.access.token.clone();
+    let read = tokio::spawn(async move { live_access(&paused_svc, &token).await.map(|(_, role)| role) });
+    reached.await.unwrap();
+    let proof = kit.grant::<AdminOnly>(&root).await;
+    admin::set_role(&cold, &proof, second.user.id, Role::User).await.unwrap();
+    release.send(()).unwrap();
+    assert_eq!(read.await.unwrap().ok(), Some(Role::Admin), "the request in flight read the row before the change");
+    let (_, role) = live_access(&cold, &second.access.token).await.unwrap();
+    assert_eq!(role, Role::User, "the old role was cached after the demotion");
+}
+
+/// With room for a few sessions only, every session is still judged right:
+/// what was evicted is read again, and what ended stays ended.
+#[tokio::test]
+async fn a_small_cache_judges_every_session_right() {
+    let kit = TestKit::new().await;
+    let small = with_registry(&kit.svc, SessionRegistry::new(4, 60 * 60));
+    let mut users = Vec::new();
+    for i in 0..24 {
+        users.push(kit.register(&format!("u{i}@example.com")).await);
+    }
+    for user in users.iter().step_by(2) {
+        sessions::logout(&small, &principal_of(user), None, false).await.unwrap();
+    }
+    for round in 0..3 {
+        for (i, user) in users.iter().enumerate() {
+            let live = live_access(&small, &user.access.token).await.is_ok();
+            assert_eq!(live, i % 2 == 1, "round {round}, user {i}");
+        }
+    }
+    let (sessions, profiles) = small.registry.cached();
+    assert!(sessions <= 8 && profiles <= 8, "{sessions} sessions and {profiles} profiles cached");
 }

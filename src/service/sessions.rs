@@ -55,6 +55,8 @@ pub async fn refresh(svc: &Services, presented: &str) -> AppResult<Issued> {
         return Err(AppError::InvalidToken);
     }
     let now = svc.clock.now();
+    // Taken before the session is read: what ends it after is not undone.
+    let ticket = svc.registry.ticket();
     let grace = ChronoDuration::from_std(svc.policy.reuse_grace).unwrap_or(ChronoDuration::zero());
     let mut current = presented.to_owned();
     let mut hops = 0;
@@ -76,7 +78,7 @@ pub async fn refresh(svc: &Services, presented: &str) -> AppResult<Issued> {
             None if current == presented => match rotate(svc, &row, &session, presented, now).await? {
                 Some(successor) => {
                     let user = load_user(svc, session.user_id.into()).await?;
-                    store::refreshed(svc, &session, &user).await;
+                    store::refreshed(svc, &session, ticket).await;
                     return issue(svc, user, &session, successor, now);
                 }
                 // Someone rotated it between our read and our write: look again.
@@ -85,7 +87,7 @@ pub async fn refresh(svc: &Services, presented: &str) -> AppResult<Issued> {
             // A successor reached inside the grace window: hand it out as it is.
             None => {
                 let user = load_user(svc, session.user_id.into()).await?;
-                store::refreshed(svc, &session, &user).await;
+                store::refreshed(svc, &session, ticket).await;
                 return issue(svc, user, &session, current, now);
             }
             Some(rotated_at) if now - rotated_at <= grace && hops < MAX_GRACE_HOPS => {
@@ -328,21 +330,16 @@ pub async fn introspect(
 
 /// What an access token proves: its claims and the user's current role, if it
 /// verifies and its session is live; otherwise why not. Answered from memory
-/// (remembered tokens and the registry), with no database round trip, except
-/// for a session this instance has never heard of on a database that several
-/// instances share (it may have started on another one a moment ago:
-/// [`store::read_through`]).
+/// (the registry) when it holds the session, and otherwise from one database
+/// read that fills it ([`store::read_through`]).
 pub async fn live_access(svc: &Services, token: &str) -> Result<(Verified, user::Role), RejectReason> {
     let now = svc.clock.unix();
     let v = svc.tokens.check(token, now).map_err(|e| match e {
         AppError::AccessTokenExpired => RejectReason::Expired,
         _ => RejectReason::Invalid,
     })?;
-    match svc.registry.lookup(v.session_id, v.user_id, now) {
-        store::Lookup::Live(role) => Ok((v, role)),
-        store::Lookup::Ended => Err(RejectReason::Revoked),
-        store::Lookup::Unknown => {
-            store::read_through(svc, v.session_id, v.user_id).await.map(|role| (v, role)).ok_or(RejectReason::Revoked)
-        }
+    match store::session_role(svc, v.session_id, v.user_id).await {
+        Some(role) => Ok((v, role)),
+        None => Err(RejectReason::Revoked),
     }
 }

@@ -7,24 +7,30 @@
 //! other rows through [`Write::conn`], but can reach the registry only through
 //! these methods, so none can forget the memory step or take it before the
 //! commit. Ending a session takes the ids from the database (`UPDATE …
-//! RETURNING`), and the registry remembers them until the sessions' own ends,
-//! so a login or refresh that committed before the end but tells the registry
-//! after it cannot bring the session back.
+//! RETURNING`), and the registry remembers them (see `registry`), so a login
+//! or refresh that committed before the end but tells the registry after it
+//! cannot bring the session back.
+//!
+//! The registry is a bounded cache: what it does not hold is read from the
+//! database on first use ([`read_through`], [`super::users::account`]), so an
+//! instance starts without loading anything and its memory does not grow with
+//! the number of live sessions.
 
 mod feed;
 mod registry;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    Set, sea_query::Expr,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, Set, sea_query::Expr,
 };
 use uuid::Uuid;
 
 use entity::{refresh_token, session, user};
 
 use self::registry::SessionEvent;
-pub use self::registry::{Lookup, SessionRegistry};
+pub use self::registry::{DEFAULT_CAPACITY, Lookup, SessionRegistry, Ticket};
 use super::{ClientInfo, Services};
 use crate::{
     auth::refresh::hash_token,
@@ -38,13 +44,16 @@ use crate::{
 pub struct Write<'a> {
     svc: &'a Services,
     txn: DatabaseTransaction,
+    /// The registry's position when the transaction began.
+    ticket: Ticket,
     changes: Vec<SessionEvent>,
 }
 
 impl<'a> Write<'a> {
     /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite).
     pub async fn begin(svc: &'a Services) -> AppResult<Self> {
-        Ok(Self { svc, txn: db::begin_write(&svc.db).await?, changes: Vec::new() })
+        let ticket = svc.registry.ticket();
+        Ok(Self { svc, txn: db::begin_write(&svc.db).await?, ticket, changes: Vec::new() })
     }
 
     /// The transaction, for rows other than sessions (users, API keys).
@@ -89,8 +98,9 @@ impl<'a> Write<'a> {
         .await?;
         self.changes.push(SessionEvent::Started {
             session_id: session.id.into(),
-            user: user.clone(),
+            user_id: user.id,
             expires_at: expires_at.timestamp(),
+            ticket: self.ticket,
         });
         Ok((session, token))
     }
@@ -132,10 +142,11 @@ impl<'a> Write<'a> {
         Ok(n)
     }
 
-    /// The user's row was written in this transaction: live sessions see the
-    /// new copy (role, profile) once it commits.
-    pub fn user_changed(&mut self, user: Account) {
-        self.changes.push(SessionEvent::UserUpdated { user });
+    /// The user's row was written in this transaction: once it commits, every
+    /// instance drops its copy, and the next request reads the new row (role,
+    /// profile).
+    pub fn user_changed(&mut self, user_id: UserId) {
+        self.changes.push(SessionEvent::UserUpdated { user_id });
     }
 
     /// The user is deleted in this transaction. End their sessions first
@@ -155,8 +166,9 @@ impl<'a> Write<'a> {
         if self.changes.iter().any(|c| matches!(c, SessionEvent::Started { .. })) {
             pause(self.svc).await;
         }
+        let now = self.svc.clock.unix();
         for change in self.changes {
-            self.svc.registry.apply(change);
+            self.svc.registry.apply(change, now);
         }
         Ok(())
     }
@@ -167,7 +179,8 @@ impl<'a> Write<'a> {
     }
 }
 
-/// The test seam between a commit and the registry update that follows it.
+/// The test seam between a commit (or a read) and the registry update that
+/// follows it.
 async fn pause(svc: &Services) {
     if let Some(pause) = &svc.hooks.before_live {
         pause().await;
@@ -178,59 +191,82 @@ fn clip(s: Option<&str>, max: usize) -> Option<String> {
     s.map(|s| s.chars().filter(|c| !c.is_control()).take(max).collect())
 }
 
-/// After a refresh's rotation committed: the session is live with its user's
-/// current row (unless it has ended meanwhile). Other instances already know
-/// it, or learn it on its first request there ([`read_through`]).
-pub async fn refreshed(svc: &Services, session: &session::Model, user: &Account) {
+/// After a refresh's rotation committed: the session is live (unless it has
+/// ended meanwhile). `ticket` was taken before the session was read. Other
+/// instances learn it on its first request there ([`read_through`]).
+pub async fn refreshed(svc: &Services, session: &session::Model, ticket: Ticket) {
     pause(svc).await;
-    svc.registry.apply(SessionEvent::Started {
+    let started = SessionEvent::Started {
         session_id: session.id.into(),
-        user: user.clone(),
+        user_id: session.user_id.into(),
         expires_at: session.expires_at.timestamp(),
-    });
+        ticket,
+    };
+    svc.registry.apply(started, svc.clock.unix());
 }
 
-/// A session this instance has not heard of, on a database shared by several
-/// instances: it may have started on another one a moment ago, before the
-/// change log reached this one. Read from the database; a live one is added
-/// to the registry. `None` when it is not live (or the database cannot say).
-pub async fn read_through(svc: &Services, session_id: SessionId, user_id: UserId) -> Option<entity::user::Role> {
-    if !svc.shared_database() {
-        return None;
+/// The current role of `user_id` if `session_id` is a live session of theirs:
+/// from memory when the registry holds it, otherwise from the database
+/// ([`read_through`]).
+pub async fn session_role(svc: &Services, session_id: SessionId, user_id: UserId) -> Option<entity::user::Role> {
+    match svc.registry.lookup(session_id, user_id, svc.clock.unix()) {
+        Lookup::Live(role) => Some(role),
+        Lookup::Ended => None,
+        Lookup::Unknown => read_through(svc, session_id, user_id).await,
     }
+}
+
+/// A session the registry does not hold (never seen here, evicted, or its
+/// user's profile is not cached): read from the database with its user, and
+/// cached when live. Returns the user's role, or `None` when the session is
+/// not a live session of `user_id` (or the database cannot say).
+pub async fn read_through(svc: &Services, session_id: SessionId, user_id: UserId) -> Option<entity::user::Role> {
+    let ticket = svc.registry.ticket();
     let found = session::Entity::find_by_id(session_id.uuid()).find_also_related(user::Entity).one(&svc.db).await;
     let (session, user) = match found {
         Ok(Some((session, Some(user)))) => (session, user),
         Ok(_) => return None,
         Err(e) => {
-            tracing::warn!(error = %e, "reading an unknown session failed; refused");
+            tracing::warn!(error = %e, "reading a session failed; refused");
             return None;
         }
     };
     if session.user_id != user_id.uuid() {
         return None;
     }
-    if session.revoked_at.is_some() || session.expires_at <= svc.clock.now() {
+    let now = svc.clock.unix();
+    let expires_at = session.expires_at.timestamp();
+    if session.revoked_at.is_some() || expires_at <= now {
         // Remembered, so the next request with this token is answered from memory.
-        svc.registry.apply(SessionEvent::Ended { session_id, expires_at: session.expires_at.timestamp() });
+        svc.registry.apply(SessionEvent::Ended { session_id, expires_at }, now);
         return None;
     }
-    svc.registry.apply(SessionEvent::Started {
-        session_id,
-        user: user.into(),
-        expires_at: session.expires_at.timestamp(),
-    });
-    // Asked again: an end that arrived meanwhile wins.
-    svc.registry.check(session_id, user_id, svc.clock.unix())
+    let account = Arc::new(Account::from(user));
+    let role = account.role;
+    pause(svc).await;
+    svc.registry.apply(SessionEvent::Started { session_id, user_id, expires_at, ticket }, now);
+    svc.registry.fill_profile(ticket, account);
+    // Asked again: an end that arrived meanwhile wins. A change of the user
+    // that arrived meanwhile kept our copy out of the cache; the row read is
+    // still the answer as of this request.
+    match svc.registry.lookup(session_id, user_id, now) {
+        Lookup::Ended => None,
+        Lookup::Live(role) => Some(role),
+        Lookup::Unknown => Some(role),
+    }
 }
 
-/// Loads the registry. Returns how many sessions were loaded and, on a
-/// database shared by several instances, the change-log position to
-/// [`follow`] from (changes after it are read from the log; those before are
-/// in the rows loaded).
-pub async fn start(svc: &Services) -> AppResult<(usize, Option<i64>)> {
-    let head = if svc.shared_database() { Some(feed::head(svc).await?) } else { None };
-    Ok((load(svc).await?, head))
+/// Caches a user's profile read from the database after `ticket` (unless the
+/// user changed since).
+pub fn fill_profile(svc: &Services, ticket: Ticket, account: Arc<Account>) {
+    svc.registry.fill_profile(ticket, account);
+}
+
+/// Where an instance starts: on a database shared by several instances, the
+/// change-log position to [`follow`] from. Nothing is loaded: the registry
+/// fills as sessions are used.
+pub async fn start(svc: &Services) -> AppResult<Option<i64>> {
+    if svc.shared_database() { Ok(Some(feed::head(svc).await?)) } else { Ok(None) }
 }
 
 /// Follows the change log from `from` until the task is aborted (see `feed`).
@@ -238,13 +274,12 @@ pub fn follow(svc: &Services, database_url: &str, from: i64) -> tokio::task::Joi
     feed::spawn_follower(svc.clone(), database_url.to_owned(), from)
 }
 
-/// Forgets the registry and loads it again; returns the log position to
-/// follow from.
-async fn reload(svc: &Services) -> AppResult<i64> {
+/// Forgets what the registry caches (changes were missed); returns the log
+/// position to follow from.
+async fn clear_cached(svc: &Services) -> AppResult<i64> {
     let head = feed::head(svc).await?;
     svc.registry.clear();
-    let n = load(svc).await?;
-    tracing::info!(live_sessions = n, "session registry reloaded");
+    tracing::info!("session registry cleared; it refills from the database");
     Ok(head)
 }
 
@@ -257,42 +292,8 @@ pub async fn end_session(svc: &Services, session_id: SessionId) -> AppResult<boo
     Ok(ended)
 }
 
-/// Fills the registry from the database at start, a page of live sessions at a
-/// time (keyset on the session id), so that the rows read at once stay few
-/// whatever the number of live sessions. Returns how many were loaded.
-pub async fn load(svc: &Services) -> AppResult<usize> {
-    const PAGE: u64 = 10_000;
-    let now = svc.clock.now();
-    let mut after: Option<Uuid> = None;
-    let mut n = 0;
-    loop {
-        let mut q = session::Entity::find()
-            .filter(session::Column::RevokedAt.is_null())
-            .filter(session::Column::ExpiresAt.gt(now));
-        if let Some(after) = after {
-            q = q.filter(session::Column::Id.gt(after));
-        }
-        let page = q.order_by_asc(session::Column::Id).limit(PAGE).find_also_related(user::Entity).all(&svc.db).await?;
-        let full = page.len() as u64 == PAGE;
-        after = page.last().map(|(s, _)| s.id);
-        for (session, user) in page {
-            if let Some(user) = user {
-                svc.registry.apply(SessionEvent::Started {
-                    session_id: session.id.into(),
-                    user: user.into(),
-                    expires_at: session.expires_at.timestamp(),
-                });
-                n += 1;
-            }
-        }
-        if !full {
-            return Ok(n);
-        }
-    }
-}
-
-/// Forgets sessions (and ended sessions' tombstones) past their end, and
-/// prunes the change log. Returns how many live sessions went.
+/// Forgets cached sessions past their end and ends past their window, and
+/// prunes the change log. Returns how many cached sessions went.
 pub async fn prune(svc: &Services, now: DateTime<Utc>) -> AppResult<usize> {
     if svc.shared_database() {
         feed::prune(svc).await?;

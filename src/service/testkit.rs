@@ -8,7 +8,9 @@ use std::{sync::Arc, time::Duration};
 
 use sea_orm::{ConnectionTrait, Database};
 
-use super::{ClientInfo, Issued, Services, SessionPolicy, accounts, admin};
+use entity::user::Role;
+
+use super::{ClientInfo, Issued, Services, SessionPolicy, accounts, admin, store};
 use crate::{
     auth::{
         access::{Granted, Permission},
@@ -110,14 +112,20 @@ impl TestKit {
     }
 
     /// The proof of permission `P` held by the user of `issued`.
-    pub fn grant<P: Permission>(&self, issued: &Issued) -> Granted<P> {
-        let role = self.svc.registry.check(issued.session_id, issued.user.id, self.svc.clock.unix()).expect("live");
+    pub async fn grant<P: Permission>(&self, issued: &Issued) -> Granted<P> {
+        let role = self.role(issued, issued.session_id).await.expect("live");
         let principal = Principal::User(UserPrincipal { user_id: issued.user.id, session_id: issued.session_id, role });
         principal.grant::<P>().expect("permission")
     }
 
-    /// Whether the registry lets `session` of `issued`'s user through now.
-    pub fn live(&self, issued: &Issued, session: SessionId) -> bool {
-        self.svc.registry.check(session, issued.user.id, self.svc.clock.unix()).is_some()
+    /// Whether `session` of `issued`'s user is let through now (from memory,
+    /// or from the database when memory does not hold it).
+    pub async fn live(&self, issued: &Issued, session: SessionId) -> bool {
+        self.role(issued, session).await.is_some()
+    }
+
+    /// The role a request of `session` of `issued`'s user runs with now.
+    pub async fn role(&self, issued: &Issued, session: SessionId) -> Option<Role> {
+        store::session_role(&self.svc, session, issued.user.id).await
     }
 }

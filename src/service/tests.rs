@@ -42,7 +42,7 @@ async fn a_refresh_token_rotates_once_and_its_reuse_ends_the_session() {
     kit.clock.advance(Duration::from_secs(9));
     let again = sessions::refresh(&kit.svc, &t0).await.unwrap();
     assert_eq!(again.refresh_token, t1);
-    assert!(kit.live(&first, first.session_id));
+    assert!(kit.live(&first, first.session_id).await);
 
     // The successor rotates on; past the window the first token is a copy.
     let third = sessions::refresh(&kit.svc, &t1).await.unwrap();
@@ -52,7 +52,7 @@ async fn a_refresh_token_rotates_once_and_its_reuse_ends_the_session() {
     // The whole session is over: the live token and access tokens alike.
     let after = sessions::refresh(&kit.svc, &third.refresh_token).await.unwrap_err();
     assert_eq!(reason(after), Some(Reason::TokenRevoked));
-    assert!(!kit.live(&first, first.session_id));
+    assert!(!kit.live(&first, first.session_id).await);
     assert!(matches!(sessions::live_access(&kit.svc, &third.access.token).await, Err(RejectReason::Revoked)));
 }
 
@@ -70,7 +70,7 @@ async fn a_session_ends_at_its_lifetime_and_when_idle() {
     kit.clock.advance(Duration::from_secs(601));
     let idle = sessions::refresh(&kit.svc, &a1.refresh_token).await.unwrap_err();
     assert_eq!(reason(idle), Some(Reason::RefreshTokenExpired));
-    assert!(!kit.live(&a, a.session_id), "an idle session is ended, not only refused");
+    assert!(!kit.live(&a, a.session_id).await, "an idle session is ended, not only refused");
 
     let b = kit.register("old@example.com").await;
     let mut token = b.refresh_token;
@@ -88,28 +88,28 @@ async fn the_last_admin_can_be_neither_demoted_nor_deleted() {
     let kit = TestKit::new().await;
     let (root, root_session) = kit.admin("root@example.com").await;
     let member = kit.register("member@example.com").await;
-    let admin_proof = kit.grant::<AdminOnly>(&root_session);
+    let admin_proof = kit.grant::<AdminOnly>(&root_session).await;
 
     let err = admin::set_role(&kit.svc, &admin_proof, root.id, Role::User).await.unwrap_err();
     assert_eq!(reason(err), Some(Reason::LastAdmin));
-    let err = admin::delete_user(&kit.svc, &kit.grant::<UsersWrite>(&root_session), root.id).await.unwrap_err();
+    let err = admin::delete_user(&kit.svc, &kit.grant::<UsersWrite>(&root_session).await, root.id).await.unwrap_err();
     assert_eq!(reason(err), Some(Reason::LastAdmin));
 
     // With a second admin, the first may step down.
     let promoted = admin::set_role(&kit.svc, &admin_proof, member.user.id, Role::Admin).await.unwrap();
     assert_eq!(promoted.role, Role::Admin);
-    assert_eq!(kit.svc.registry.check(member.session_id, member.user.id, kit.svc.clock.unix()), Some(Role::Admin));
+    assert_eq!(kit.role(&member, member.session_id).await, Some(Role::Admin));
     let demoted = admin::set_role(&kit.svc, &admin_proof, root.id, Role::User).await.unwrap();
     assert_eq!(demoted.role, Role::User);
     // The demoted admin's live session sees the change at once.
-    assert_eq!(kit.svc.registry.check(root_session.session_id, root.id, kit.svc.clock.unix()), Some(Role::User));
+    assert_eq!(kit.role(&root_session, root_session.session_id).await, Some(Role::User));
 }
 
 #[tokio::test]
 async fn an_api_key_rotates_once_and_the_old_secret_lives_out_its_grace() {
     let kit = TestKit::new().await;
     let (_, root) = kit.admin("keys@example.com").await;
-    let proof = kit.grant::<AdminOnly>(&root);
+    let proof = kit.grant::<AdminOnly>(&root).await;
     let (key, old_secret) =
         api_keys::create(&kit.svc, &proof, "billing", &[ApiScope::TokensIntrospect], Some(90)).await.unwrap();
 
@@ -147,7 +147,7 @@ async fn the_registry_follows_every_change() {
     let a2 = super::accounts::login(&kit.svc, "alice@example.com", PASSWORD.to_owned(), &ClientInfo::default())
         .await
         .unwrap();
-    assert!(kit.live(&a, a.session_id) && kit.live(&a, a2.session_id));
+    assert!(kit.live(&a, a.session_id).await && kit.live(&a, a2.session_id).await);
 
     // Logout ends one session.
     let principal = Principal::User(crate::auth::principal::UserPrincipal {
@@ -156,8 +156,8 @@ async fn the_registry_follows_every_change() {
         role: Role::User,
     });
     sessions::logout(&kit.svc, &principal, None, false).await.unwrap();
-    assert!(!kit.live(&a, a.session_id));
-    assert!(kit.live(&a, a2.session_id));
+    assert!(!kit.live(&a, a.session_id).await);
+    assert!(kit.live(&a, a2.session_id).await);
 
     // A profile change replaces the registry's copy.
     let change = super::accounts::ProfileChange { name: Some("Alice".into()), email: None };
@@ -178,15 +178,16 @@ async fn the_registry_follows_every_change() {
     )
     .await
     .unwrap();
-    assert!(!kit.live(&a, a2.session_id));
-    assert!(kit.live(&a, a3.session_id));
+    assert!(!kit.live(&a, a2.session_id).await);
+    assert!(kit.live(&a, a3.session_id).await);
 
     // A forced logout ends the rest; introspection agrees.
-    let ended = admin::revoke_user_sessions(&kit.svc, &kit.grant::<SessionsRevoke>(&root), a.user.id).await.unwrap();
+    let ended =
+        admin::revoke_user_sessions(&kit.svc, &kit.grant::<SessionsRevoke>(&root).await, a.user.id).await.unwrap();
     assert_eq!(ended, 1);
-    assert!(!kit.live(&a, a3.session_id));
+    assert!(!kit.live(&a, a3.session_id).await);
     let b = kit.register("bob@example.com").await;
-    let key_proof = kit.grant::<AdminOnly>(&root);
+    let key_proof = kit.grant::<AdminOnly>(&root).await;
     let (_, secret) =
         api_keys::create(&kit.svc, &key_proof, "gateway", &[ApiScope::TokensIntrospect], None).await.unwrap();
     let service = Principal::Service(api_keys::authenticate(&kit.svc, &secret).await.unwrap());
@@ -196,8 +197,8 @@ async fn the_registry_follows_every_change() {
     assert!(sessions::introspect(&kit.svc, &introspect, &b.access.token).await.active);
 
     // Deleting the user forgets them.
-    assert!(admin::delete_user(&kit.svc, &kit.grant::<UsersWrite>(&root), b.user.id).await.unwrap());
-    assert!(!kit.live(&b, b.session_id));
+    assert!(admin::delete_user(&kit.svc, &kit.grant::<UsersWrite>(&root).await, b.user.id).await.unwrap());
+    assert!(!kit.live(&b, b.session_id).await);
     assert!(users::account(&kit.svc, b.user.id).await.unwrap().is_none());
     assert!(!sessions::introspect(&kit.svc, &introspect, &b.access.token).await.active);
 }

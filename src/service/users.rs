@@ -1,7 +1,7 @@
-//! The user read model: an account by id, answered from the registry's copy
-//! when the user has live sessions (it is kept in step with every write) and
-//! from the database otherwise. Both `accounts` and `sessions` read users
-//! through here, so neither needs the other for it.
+//! The user read model: an account by id, answered from the registry's cached
+//! copy (dropped by every write of the user, on every instance) and otherwise
+//! from the database, which fills the cache. Both `accounts` and `sessions`
+//! read users through here, so neither needs the other for it.
 
 use std::sync::Arc;
 
@@ -27,7 +27,11 @@ pub async fn account(svc: &Services, user_id: UserId) -> AppResult<Option<Arc<Ac
     if let Some(profile) = svc.registry.profile(user_id) {
         return Ok(Some(profile));
     }
-    Ok(row(svc, user_id).await?.map(|row| Arc::new(Account::from(row))))
+    let ticket = svc.registry.ticket();
+    let Some(row) = row(svc, user_id).await? else { return Ok(None) };
+    let account = Arc::new(Account::from(row));
+    super::store::fill_profile(svc, ticket, account.clone());
+    Ok(Some(account))
 }
 
 /// The caller's own account. Errors: `TOKEN_REVOKED` when it was deleted.

@@ -8,10 +8,11 @@
 //! and once a second in any case, it reads the rows after the last one it
 //! applied and applies them in order. A listener connection that drops is
 //! reopened and the log read from where it stopped, so nothing is lost; an
-//! instance that finds the rows it needs pruned reloads its registry.
+//! instance that finds the rows it needs pruned clears its registry (it
+//! refills from the database).
 //!
-//! Rows carry ids only: an instance applying `Started` or `UserUpdated` reads
-//! the user's current row itself. SQLite (one instance) writes no rows.
+//! Rows carry ids only: a `UserUpdated` drops the cached copy, and the next
+//! request reads the current row. SQLite (one instance) writes no rows.
 
 use std::time::Duration;
 
@@ -22,9 +23,9 @@ use uuid::Uuid;
 
 use super::registry::SessionEvent;
 use crate::{
-    domain::{Account, SessionId, UserId},
+    domain::{SessionId, UserId},
     error::{AppError, AppResult},
-    service::{Services, users},
+    service::Services,
 };
 
 /// The `NOTIFY` channel.
@@ -32,7 +33,7 @@ const CHANNEL: &str = "authgraph_session_changes";
 /// The key of the advisory lock that orders the log (any constant; "authgrph").
 const ORDER_LOCK: i64 = 0x6175_7468_6772_7068;
 /// How long rows are kept: far longer than any instance should take to read
-/// them; one that has been away longer reloads its registry.
+/// them; one that has been away longer clears its registry.
 pub(super) const RETENTION: chrono::Duration = chrono::Duration::hours(1);
 /// The log is read this often even without a notification.
 const POLL: Duration = Duration::from_secs(1);
@@ -52,13 +53,13 @@ enum Wire {
 impl From<&SessionEvent> for Wire {
     fn from(event: &SessionEvent) -> Self {
         match event {
-            SessionEvent::Started { session_id, user, expires_at } => {
-                Wire::Started { session: session_id.uuid(), user: user.id.uuid(), expires_at: *expires_at }
+            SessionEvent::Started { session_id, user_id, expires_at, .. } => {
+                Wire::Started { session: session_id.uuid(), user: user_id.uuid(), expires_at: *expires_at }
             }
             SessionEvent::Ended { session_id, expires_at } => {
                 Wire::Ended { session: session_id.uuid(), expires_at: *expires_at }
             }
-            SessionEvent::UserUpdated { user } => Wire::UserUpdated { user: user.id.uuid() },
+            SessionEvent::UserUpdated { user_id } => Wire::UserUpdated { user: user_id.uuid() },
             SessionEvent::UserDeleted { user_id } => Wire::UserDeleted { user: user_id.uuid() },
         }
     }
@@ -116,7 +117,7 @@ pub(super) async fn prune(svc: &Services) -> AppResult<u64> {
 
 /// Applies the rows after `*last`, in order, and moves `*last` on. When the
 /// rows right after `*last` are gone (pruned while this instance was away),
-/// reloads the registry instead.
+/// clears the registry instead.
 pub(super) async fn catch_up(svc: &Services, last: &mut i64) -> AppResult<usize> {
     let pg = DbBackend::Postgres;
     let mut applied = 0;
@@ -133,12 +134,16 @@ pub(super) async fn catch_up(svc: &Services, last: &mut i64) -> AppResult<usize>
         // Pruning deletes a prefix of the ids and keeps the newest row, so rows
         // after `last` are missing only when the oldest kept is beyond
         // `last + 1`. A gap a rolled-back insert left looks the same, and costs
-        // a reload that was not needed: never a row.
+        // a clearing that was not needed: never a row.
         let Some(first) = rows.first() else { return Ok(applied) };
         let oldest: i64 = first.try_get("", "first")?;
         if oldest > *last + 1 {
-            tracing::warn!(last = *last, oldest, "change log pruned past this instance's position; reloading");
-            *last = super::reload(svc).await?;
+            tracing::warn!(
+                last = *last,
+                oldest,
+                "change log pruned past this instance's position; clearing the session cache"
+            );
+            *last = super::clear_cached(svc).await?;
             continue;
         }
         let n = rows.len();
@@ -148,7 +153,7 @@ pub(super) async fn catch_up(svc: &Services, last: &mut i64) -> AppResult<usize>
             match serde_json::from_str::<Vec<Wire>>(&payload) {
                 Ok(changes) => {
                     for change in changes {
-                        apply(svc, change).await?;
+                        apply(svc, change);
                     }
                 }
                 Err(e) => tracing::error!(id, error = %e, "unreadable row in the change log; skipped"),
@@ -162,25 +167,22 @@ pub(super) async fn catch_up(svc: &Services, last: &mut i64) -> AppResult<usize>
     }
 }
 
-async fn account(svc: &Services, user_id: Uuid) -> AppResult<Option<Account>> {
-    Ok(users::row(svc, UserId::from(user_id)).await?.map(Account::from))
-}
-
-async fn apply(svc: &Services, change: Wire) -> AppResult<()> {
+/// Applies one change from the log. Nothing is read: a session started
+/// elsewhere is cached without its user's profile, which is read on its first
+/// use here like any other.
+fn apply(svc: &Services, change: Wire) {
     let event = match change {
-        Wire::Started { session, user, expires_at } => match account(svc, user).await? {
-            Some(user) => SessionEvent::Started { session_id: SessionId::from(session), user, expires_at },
-            None => return Ok(()),
+        Wire::Started { session, user, expires_at } => SessionEvent::Started {
+            session_id: SessionId::from(session),
+            user_id: UserId::from(user),
+            expires_at,
+            ticket: svc.registry.ticket(),
         },
         Wire::Ended { session, expires_at } => SessionEvent::Ended { session_id: SessionId::from(session), expires_at },
-        Wire::UserUpdated { user } => match account(svc, user).await? {
-            Some(user) => SessionEvent::UserUpdated { user },
-            None => return Ok(()),
-        },
+        Wire::UserUpdated { user } => SessionEvent::UserUpdated { user_id: UserId::from(user) },
         Wire::UserDeleted { user } => SessionEvent::UserDeleted { user_id: UserId::from(user) },
     };
-    svc.registry.apply(event);
-    Ok(())
+    svc.registry.apply(event, svc.clock.unix());
 }
 
 /// Follows the log from `start` until the task is aborted: listens on the

@@ -1,75 +1,100 @@
-//! The live-session registry: which sessions may still use their access tokens,
-//! the current role of their users, and a copy of those users' profiles (so `me`
-//! needs no database read).
+//! What an instance keeps in memory about sessions: a bounded cache of live
+//! sessions and of their users' profiles, and a short memory of what changed.
 //!
-//! Every authenticated request asks it, so it lives in memory: a lookup instead of
-//! a database round trip. The database stays the source of truth, and only the
-//! session store (`super`) changes what the registry holds, after the
-//! database: [`SessionRegistry::apply`] is visible to it alone.
+//! Every authenticated request asks it, so a hit is a lookup instead of a
+//! database round trip; a miss reads the database (`super::read_through`) and
+//! fills the cache. The database stays the source of truth, and only the
+//! session store (`super`) changes what the registry holds: [`SessionRegistry::apply`]
+//! is visible to it alone. The memory used is bounded by the caches'
+//! capacity and by the number of changes within one window, never by the
+//! number of live sessions.
 //!
-//! An ended session is remembered (a tombstone, until the session's own end),
-//! so a `Started` that arrives after the end (a login or refresh that committed
-//! before a revocation, but told the registry after it) is ignored: a revoked
-//! session never comes back to life.
+//! Two rules keep a cache from serving what the database no longer says:
+//! - An ended session is remembered (a tombstone) for the window, and a
+//!   `Started` for it is ignored meanwhile, so a login or refresh that
+//!   committed before a revocation but tells the registry after it cannot
+//!   bring the session back. The window is longer than an access token lives
+//!   (`ACCESS_TOKEN_TTL`): once it has passed, no token of the session is left
+//!   that a late entry could let through.
+//! - Every fill carries a [`Ticket`] taken before its database read. A change
+//!   of a user applied after the ticket (role, profile, password, deletion)
+//!   refuses that user's profile from the read, which may predate the change;
+//!   so does a ticket older than the oldest change still remembered.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, RwLock},
 };
 
 use entity::user::Role;
+use quick_cache::sync::Cache;
 
 use crate::domain::{Account, SessionId, UserId};
 
 /// A change of what the registry holds, applied after its commit.
 #[derive(Debug, Clone)]
 pub(super) enum SessionEvent {
-    /// A session is live for `user` (as stored when it started or was
-    /// refreshed). Ignored for a session that has ended.
-    Started { session_id: SessionId, user: Account, expires_at: i64 },
+    /// A session is live for `user_id` until `expires_at` (Unix seconds), as
+    /// written by a transaction that began at `ticket`. Ignored for a session
+    /// that has ended.
+    Started { session_id: SessionId, user_id: UserId, expires_at: i64, ticket: Ticket },
     /// A session ended (revoked, or its user deleted): refused from now on, and
-    /// remembered until `expires_at` so that no late `Started` revives it.
+    /// remembered (until `expires_at` at most) so that no late `Started`
+    /// revives it.
     Ended { session_id: SessionId, expires_at: i64 },
-    /// The user's row changed (profile, role, password): the copy is replaced.
-    UserUpdated { user: Account },
+    /// The user's row changed (profile, role, password): the cached copy goes.
+    UserUpdated { user_id: UserId },
     /// The user is gone (their sessions end by their own `Ended` events).
     UserDeleted { user_id: UserId },
 }
 
-#[derive(Default)]
+/// The registry's position before a database read: a fill made from that read
+/// is refused for whatever changed after it (see the module comment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// How many live sessions, and as many profiles, an instance keeps by default.
+pub const DEFAULT_CAPACITY: usize = 100_000;
+
+/// How much longer than an access token lives an end is remembered (seconds):
+/// room for the time between a session's commit and the signing of its token.
+pub const WINDOW_MARGIN_SECS: i64 = 5 * 60;
+
 pub struct SessionRegistry {
-    inner: RwLock<Inner>,
+    sessions: Cache<SessionId, Live>,
+    profiles: Cache<UserId, Arc<Account>>,
+    /// Taken for every change and fill; lookups that hit do not take it.
+    marks: RwLock<Marks>,
+    /// How long ended sessions and changed users are remembered (seconds).
+    window: i64,
 }
 
-#[derive(Default)]
-struct Inner {
-    sessions: HashMap<SessionId, Live>,
-    users: HashMap<UserId, UserEntry>,
-    /// Ended sessions, until their own end (Unix seconds).
-    ended: HashMap<SessionId, i64>,
-}
-
+#[derive(Debug, Clone, Copy)]
 struct Live {
     user_id: UserId,
     expires_at: i64,
 }
 
-struct UserEntry {
-    /// The account as last written (an [`Account`] has no password hash).
-    profile: Arc<Account>,
-    sessions: HashSet<SessionId>,
+/// When something was remembered: the registry's position then, and until
+/// when (Unix seconds) it is kept.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    epoch: u64,
+    until: i64,
 }
 
-impl UserEntry {
-    /// Events are applied after their commits, in whatever order their tasks get
-    /// here: a copy read before a newer one was applied (a login that read the
-    /// row before a role change committed) must not replace it. `updated_at` is
-    /// set by every change of the row.
-    fn replace_unless_older(&mut self, profile: Arc<Account>) {
-        if profile.updated_at >= self.profile.updated_at {
-            self.profile = profile;
-        }
-    }
+#[derive(Default)]
+struct Marks {
+    /// Moves on with every change applied.
+    epoch: u64,
+    /// Fills with a ticket below this are refused: a change after such a
+    /// ticket may have been forgotten already.
+    floor: u64,
+    ended: HashMap<SessionId, Mark>,
+    changed: HashMap<UserId, Mark>,
+    /// The size of `ended` and `changed` together at which they are pruned
+    /// next (amortised: twice the size after the last prune).
+    prune_at: usize,
 }
 
 /// What the registry knows of a session.
@@ -79,118 +104,158 @@ pub enum Lookup {
     Live(Role),
     /// Ended, expired, or not this user's.
     Ended,
-    /// Never heard of: on a database shared by several instances, it may have
-    /// started on another one a moment ago.
+    /// Not in memory (never seen, or evicted, or its user's profile is not):
+    /// the database must say.
     Unknown,
 }
 
+impl Default for SessionRegistry {
+    fn default() -> Self {
+        Self::for_access_tokens(DEFAULT_CAPACITY, std::time::Duration::from_secs(15 * 60))
+    }
+}
+
 impl SessionRegistry {
-    /// The user's current role if `session_id` is a live session of `user_id`.
-    pub fn check(&self, session_id: SessionId, user_id: UserId, now: i64) -> Option<Role> {
-        match self.lookup(session_id, user_id, now) {
-            Lookup::Live(role) => Some(role),
-            Lookup::Ended | Lookup::Unknown => None,
+    /// A registry that keeps up to `capacity` live sessions and as many
+    /// profiles, and remembers ends and user changes for `window_secs`
+    /// seconds (at least the access-token lifetime, plus a margin).
+    pub fn new(capacity: usize, window_secs: i64) -> Self {
+        let capacity = capacity.max(1);
+        Self {
+            sessions: Cache::new(capacity),
+            profiles: Cache::new(capacity),
+            marks: RwLock::new(Marks { prune_at: 1024, ..Marks::default() }),
+            window: window_secs.max(1),
         }
     }
 
-    /// What is known of `session_id` as a session of `user_id` at `now`.
+    /// A registry for access tokens that live `access_ttl`: ends and changes
+    /// are remembered for that long plus [`WINDOW_MARGIN_SECS`].
+    pub fn for_access_tokens(capacity: usize, access_ttl: std::time::Duration) -> Self {
+        let ttl = i64::try_from(access_ttl.as_secs()).unwrap_or(i64::MAX / 2);
+        Self::new(capacity, ttl.saturating_add(WINDOW_MARGIN_SECS))
+    }
+
+    /// What is known in memory of `session_id` as a session of `user_id` at
+    /// `now` (Unix seconds).
     pub fn lookup(&self, session_id: SessionId, user_id: UserId, now: i64) -> Lookup {
-        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        let Some(live) = inner.sessions.get(&session_id) else {
-            return if inner.ended.contains_key(&session_id) { Lookup::Ended } else { Lookup::Unknown };
+        let Some(live) = self.sessions.get(&session_id) else {
+            return if self.marks().ended.contains_key(&session_id) { Lookup::Ended } else { Lookup::Unknown };
         };
         if live.user_id != user_id || live.expires_at <= now {
             return Lookup::Ended;
         }
-        inner.users.get(&user_id).map_or(Lookup::Ended, |u| Lookup::Live(u.profile.role))
+        self.profiles.get(&user_id).map_or(Lookup::Unknown, |p| Lookup::Live(p.role))
     }
 
-    /// Forgets live sessions and profiles before a reload from the database.
-    /// Tombstones stay: a late `Started` may still arrive for a session that
-    /// ended before the reload.
-    pub(super) fn clear(&self) {
-        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        inner.sessions.clear();
-        inner.users.clear();
-    }
-
-    /// The profile of a user with a live session, as last written.
+    /// The cached profile of a user, if any.
     pub fn profile(&self, user_id: UserId) -> Option<Arc<Account>> {
-        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        inner.users.get(&user_id).map(|u| u.profile.clone())
+        self.profiles.get(&user_id)
     }
 
-    pub(super) fn apply(&self, event: SessionEvent) {
-        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+    /// The position to take before a database read whose result will fill
+    /// the registry.
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.marks().epoch)
+    }
+
+    /// Caches `profile`, read from the database after `ticket`, unless its
+    /// user changed since (see the module comment).
+    pub(super) fn fill_profile(&self, ticket: Ticket, profile: Arc<Account>) {
+        let marks = self.marks_mut();
+        if fresh(&marks, ticket) && marks.changed.get(&profile.id).is_none_or(|m| m.epoch <= ticket.0) {
+            self.profiles.insert(profile.id, profile);
+        }
+    }
+
+    fn marks(&self) -> std::sync::RwLockReadGuard<'_, Marks> {
+        self.marks.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn marks_mut(&self) -> std::sync::RwLockWriteGuard<'_, Marks> {
+        self.marks.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets every cached session and profile (the change log was pruned
+    /// past this instance's position: some changes were missed). Ends and
+    /// changes stay remembered, and reads begun before are refused.
+    pub(super) fn clear(&self) {
+        let mut marks = self.marks_mut();
+        marks.epoch += 1;
+        marks.floor = marks.epoch;
+        self.sessions.clear();
+        self.profiles.clear();
+    }
+
+    /// Applies one change at `now` (Unix seconds).
+    pub(super) fn apply(&self, event: SessionEvent, now: i64) {
+        let mut marks = self.marks_mut();
         match event {
-            SessionEvent::Started { session_id, user, expires_at } => {
-                if inner.ended.contains_key(&session_id) {
-                    return;
+            SessionEvent::Started { session_id, user_id, expires_at, ticket } => {
+                if fresh(&marks, ticket) && !marks.ended.contains_key(&session_id) && expires_at > now {
+                    self.sessions.insert(session_id, Live { user_id, expires_at });
                 }
-                let user_id = user.id;
-                inner.sessions.insert(session_id, Live { user_id, expires_at });
-                let profile = Arc::new(user);
-                let entry = inner
-                    .users
-                    .entry(user_id)
-                    .or_insert_with(|| UserEntry { profile: profile.clone(), sessions: HashSet::new() });
-                entry.replace_unless_older(profile);
-                entry.sessions.insert(session_id);
+                return;
             }
             SessionEvent::Ended { session_id, expires_at } => {
-                if let Some(live) = inner.sessions.remove(&session_id) {
-                    inner.forget_session(live.user_id, session_id);
-                }
-                inner.ended.insert(session_id, expires_at);
+                marks.epoch += 1;
+                self.sessions.remove(&session_id);
+                let mark = Mark { epoch: marks.epoch, until: (now + self.window).min(expires_at.max(now)) };
+                marks.ended.insert(session_id, mark);
             }
-            SessionEvent::UserUpdated { user } => {
-                if let Some(entry) = inner.users.get_mut(&user.id) {
-                    entry.replace_unless_older(Arc::new(user));
-                }
+            SessionEvent::UserUpdated { user_id } | SessionEvent::UserDeleted { user_id } => {
+                marks.epoch += 1;
+                self.profiles.remove(&user_id);
+                let mark = Mark { epoch: marks.epoch, until: now + self.window };
+                marks.changed.insert(user_id, mark);
             }
-            SessionEvent::UserDeleted { user_id } => {
-                if let Some(user) = inner.users.remove(&user_id) {
-                    for id in user.sessions {
-                        if let Some(live) = inner.sessions.remove(&id) {
-                            inner.ended.insert(id, live.expires_at);
-                        }
-                    }
-                }
-            }
+        }
+        if marks.ended.len() + marks.changed.len() >= marks.prune_at {
+            prune_marks(&mut marks, now);
         }
     }
 
-    /// Drops sessions past their absolute end, and the tombstones of ended
-    /// sessions that could no longer start anyway. Returns how many live
-    /// sessions went.
+    /// Drops cached sessions past their end, and what is remembered past its
+    /// window. Returns how many cached sessions went.
     pub(super) fn prune_expired(&self, now: i64) -> usize {
-        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        inner.ended.retain(|_, expires_at| *expires_at > now);
-        let expired: Vec<(SessionId, UserId)> =
-            inner.sessions.iter().filter(|(_, l)| l.expires_at <= now).map(|(id, l)| (*id, l.user_id)).collect();
-        for (id, user_id) in &expired {
-            inner.sessions.remove(id);
-            inner.forget_session(*user_id, *id);
-        }
-        expired.len()
+        prune_marks(&mut self.marks_mut(), now);
+        let before = self.sessions.len();
+        self.sessions.retain(|_, live| live.expires_at > now);
+        before.saturating_sub(self.sessions.len())
     }
 
-    /// How many sessions are live (tests).
+    /// How many sessions and profiles are cached (tests).
     #[cfg(test)]
-    fn live_count(&self) -> usize {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).sessions.len()
+    pub fn cached(&self) -> (usize, usize) {
+        (self.sessions.len(), self.profiles.len())
+    }
+
+    /// How many ends and user changes are remembered (tests).
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        let marks = self.marks();
+        marks.ended.len() + marks.changed.len()
     }
 }
 
-impl Inner {
-    fn forget_session(&mut self, user_id: UserId, session_id: SessionId) {
-        if let Some(user) = self.users.get_mut(&user_id) {
-            user.sessions.remove(&session_id);
-            if user.sessions.is_empty() {
-                self.users.remove(&user_id);
-            }
+/// Whether a fill from a read after `ticket` may still be trusted.
+fn fresh(marks: &Marks, ticket: Ticket) -> bool {
+    ticket.0 >= marks.floor
+}
+
+fn prune_marks(marks: &mut Marks, now: i64) {
+    let mut floor = marks.floor;
+    let mut keep = |m: &Mark| {
+        if m.until > now {
+            return true;
         }
-    }
+        floor = floor.max(m.epoch);
+        false
+    };
+    marks.ended.retain(|_, m| keep(m));
+    marks.changed.retain(|_, m| keep(m));
+    marks.floor = floor;
+    marks.prune_at = (2 * (marks.ended.len() + marks.changed.len())).max(1024);
 }
 
 #[cfg(test)]
@@ -198,9 +263,9 @@ mod tests {
     use super::*;
     use crate::domain::Email;
 
-    fn model(id: UserId, role: Role) -> Account {
+    fn account(id: UserId, role: Role) -> Arc<Account> {
         let now = chrono::Utc::now();
-        Account {
+        Arc::new(Account {
             id,
             email: Email::from_parts("a@example.com".into(), "a@example.com".into()),
             name: "A".into(),
@@ -208,97 +273,117 @@ mod tests {
             created_at: now,
             updated_at: now,
             last_login_at: None,
-        }
+        })
     }
 
     fn start(r: &SessionRegistry, user_id: UserId, expires_at: i64) -> SessionId {
         let session_id = SessionId::new();
-        r.apply(SessionEvent::Started { session_id, user: model(user_id, Role::User), expires_at });
+        r.apply(SessionEvent::Started { session_id, user_id, expires_at, ticket: r.ticket() }, 0);
         session_id
     }
 
-    /// A login that read the row before a role change committed applies its
-    /// Started after the change's UserUpdated: the older copy must not win.
+    /// A read of a user begun before a change of that user (a demotion) and
+    /// finished after it must not put the old copy back.
     #[test]
-    fn an_older_copy_of_a_user_never_replaces_a_newer_one() {
+    fn a_profile_read_before_a_change_is_not_cached() {
         let r = SessionRegistry::default();
         let id = UserId::new();
-        let stale = model(id, Role::Admin);
-        let s1 = start(&r, id, 100);
-        let demoted =
-            Account { role: Role::User, updated_at: stale.updated_at + chrono::Duration::seconds(1), ..stale.clone() };
-        r.apply(SessionEvent::UserUpdated { user: demoted.clone() });
-        let s2 = SessionId::new();
-        r.apply(SessionEvent::Started { session_id: s2, user: stale.clone(), expires_at: 100 });
-        assert_eq!(r.check(s2, id, 10), Some(Role::User));
-        assert_eq!(r.check(s1, id, 10), Some(Role::User));
-        r.apply(SessionEvent::UserUpdated { user: stale });
-        assert_eq!(r.profile(id).unwrap().role, Role::User);
-        // A newer change still applies.
-        let promoted =
-            Account { role: Role::Admin, updated_at: demoted.updated_at + chrono::Duration::seconds(1), ..demoted };
-        r.apply(SessionEvent::UserUpdated { user: promoted });
-        assert_eq!(r.check(s2, id, 10), Some(Role::Admin));
+        let s = start(&r, id, 100);
+        let before = r.ticket();
+        r.apply(SessionEvent::UserUpdated { user_id: id }, 0);
+        r.fill_profile(before, account(id, Role::Admin));
+        assert_eq!(r.lookup(s, id, 10), Lookup::Unknown, "the stale copy was cached");
+        let after = r.ticket();
+        r.fill_profile(after, account(id, Role::User));
+        assert_eq!(r.lookup(s, id, 10), Lookup::Live(Role::User));
+        // A change of another user does not refuse this one's read.
+        let other = UserId::new();
+        let t = r.ticket();
+        r.apply(SessionEvent::UserUpdated { user_id: other }, 0);
+        r.fill_profile(t, account(id, Role::Admin));
+        assert_eq!(r.lookup(s, id, 10), Lookup::Live(Role::Admin));
     }
 
     #[test]
-    fn tracks_revocation_roles_and_expiry() {
+    fn tracks_revocation_users_and_expiry() {
         let r = SessionRegistry::default();
         let (alice, bob) = (UserId::new(), UserId::new());
         let a1 = start(&r, alice, 100);
         let a2 = start(&r, alice, 100);
         let b1 = start(&r, bob, 100);
-        assert_eq!(r.check(a1, alice, 10), Some(Role::User));
+        assert_eq!(r.lookup(a1, alice, 10), Lookup::Unknown, "no profile yet");
+        r.fill_profile(r.ticket(), account(alice, Role::User));
+        r.fill_profile(r.ticket(), account(bob, Role::User));
+        assert_eq!(r.lookup(a1, alice, 10), Lookup::Live(Role::User));
         // A session id presented with another user's id is not accepted.
-        assert_eq!(r.check(a1, bob, 10), None);
-        assert_eq!(r.check(a1, alice, 100), None, "expired at its end");
+        assert_eq!(r.lookup(a1, bob, 10), Lookup::Ended);
+        assert_eq!(r.lookup(a1, alice, 100), Lookup::Ended, "expired at its end");
 
-        r.apply(SessionEvent::UserUpdated { user: model(alice, Role::Admin) });
-        assert_eq!(r.check(a2, alice, 10), Some(Role::Admin));
-        let profile = r.profile(alice).unwrap();
-        assert_eq!(profile.role, Role::Admin);
+        r.apply(SessionEvent::Ended { session_id: a1, expires_at: 100 }, 0);
+        assert_eq!(r.lookup(a1, alice, 10), Lookup::Ended);
+        assert_eq!(r.lookup(a2, alice, 10), Lookup::Live(Role::User));
 
-        r.apply(SessionEvent::Ended { session_id: a1, expires_at: 100 });
-        assert_eq!(r.check(a1, alice, 10), None);
-        assert!(r.check(a2, alice, 10).is_some());
-
-        let a3 = start(&r, alice, 100);
-        r.apply(SessionEvent::Ended { session_id: a2, expires_at: 100 });
-        assert_eq!(r.check(a2, alice, 10), None);
-        assert!(r.check(a3, alice, 10).is_some());
-
-        r.apply(SessionEvent::UserDeleted { user_id: alice });
-        assert_eq!(r.check(a3, alice, 10), None);
+        r.apply(SessionEvent::UserDeleted { user_id: alice }, 0);
         assert!(r.profile(alice).is_none());
-        assert!(r.check(b1, bob, 10).is_some());
+        assert_eq!(r.lookup(a2, alice, 10), Lookup::Unknown, "the database must say");
+        assert_eq!(r.lookup(b1, bob, 10), Lookup::Live(Role::User));
 
         start(&r, bob, 5);
         assert_eq!(r.prune_expired(50), 1);
-        assert_eq!(r.live_count(), 1);
+        assert_eq!(r.cached().0, 2);
     }
 
     /// A `Started` that arrives after its session's end (the login committed
-    /// before the revocation, and told the registry after it) is ignored, for
-    /// an ended session and for one of a deleted user alike, until the
-    /// session's own end.
+    /// before the revocation, and told the registry after it) is ignored for
+    /// the whole window.
     #[test]
-    fn an_ended_session_never_starts_again() {
-        let r = SessionRegistry::default();
+    fn an_ended_session_never_starts_again_within_the_window() {
+        let r = SessionRegistry::new(10, 60);
         let alice = UserId::new();
         let late = SessionId::new();
-        r.apply(SessionEvent::Ended { session_id: late, expires_at: 100 });
-        r.apply(SessionEvent::Started { session_id: late, user: model(alice, Role::User), expires_at: 100 });
-        assert_eq!(r.check(late, alice, 10), None);
-        assert!(r.profile(alice).is_none(), "no copy kept for a user with no live session");
+        let ticket = r.ticket();
+        r.apply(SessionEvent::Ended { session_id: late, expires_at: 10_000 }, 0);
+        r.apply(SessionEvent::Started { session_id: late, user_id: alice, expires_at: 10_000, ticket }, 59);
+        r.fill_profile(r.ticket(), account(alice, Role::User));
+        assert_eq!(r.lookup(late, alice, 59), Lookup::Ended);
+        // Past the window the end is forgotten, and so is every read begun
+        // before it: a Started from then is refused all the same.
+        assert_eq!(r.prune_expired(61), 0);
+        assert_eq!(r.remembered(), 0);
+        r.apply(SessionEvent::Started { session_id: late, user_id: alice, expires_at: 10_000, ticket }, 61);
+        assert_eq!(r.lookup(late, alice, 61), Lookup::Unknown);
+        let stale_profile = account(alice, Role::Admin);
+        r.profiles.remove(&alice);
+        r.fill_profile(ticket, stale_profile);
+        assert!(r.profile(alice).is_none(), "a read older than a forgotten change was cached");
+    }
 
-        let bob = UserId::new();
-        let b1 = start(&r, bob, 100);
-        r.apply(SessionEvent::UserDeleted { user_id: bob });
-        r.apply(SessionEvent::Started { session_id: b1, user: model(bob, Role::User), expires_at: 100 });
-        assert_eq!(r.check(b1, bob, 10), None);
+    /// However many sessions start, the registry keeps about its capacity.
+    #[test]
+    fn memory_is_bounded_by_the_capacity() {
+        let r = SessionRegistry::new(1000, 60);
+        for _ in 0..20_000 {
+            let user = UserId::new();
+            start(&r, user, 100);
+            r.fill_profile(r.ticket(), account(user, Role::User));
+        }
+        let (sessions, profiles) = r.cached();
+        assert!(sessions <= 1100 && profiles <= 1100, "{sessions} sessions, {profiles} profiles cached");
+    }
 
-        // Tombstones go with the sessions' ends.
-        assert_eq!(r.prune_expired(100), 0);
-        assert!(r.inner.read().unwrap().ended.is_empty());
+    /// Ends are remembered for the window only, pruned as they accumulate
+    /// even when nobody calls the purge.
+    #[test]
+    fn ends_are_forgotten_after_the_window() {
+        let r = SessionRegistry::new(10, 60);
+        for t in 0..10_000 {
+            r.apply(SessionEvent::Ended { session_id: SessionId::new(), expires_at: 1_000_000 }, t);
+        }
+        assert!(r.remembered() <= 2 * 1024, "{} ends remembered", r.remembered());
+        // An end is kept no longer than its session lives.
+        let short = SessionId::new();
+        r.apply(SessionEvent::Ended { session_id: short, expires_at: 10_005 }, 10_000);
+        r.prune_expired(10_006);
+        assert!(!r.marks().ended.contains_key(&short));
     }
 }
