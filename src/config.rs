@@ -163,7 +163,7 @@ pub struct ServeArgs {
     pub cleanup_interval: Duration,
 
     /// Live sessions (and as many user profiles) each instance keeps in memory;
-    /// others are read from the database on first use. About 300 bytes each
+    /// others are read from the database on first use
     #[arg(long, env = "SESSION_CACHE_CAPACITY", default_value_t = crate::service::store::DEFAULT_CAPACITY)]
     pub session_cache_capacity: usize,
 }
