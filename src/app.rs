@@ -9,13 +9,19 @@ use thiserror::Error;
 use tokio::{sync::oneshot, task::JoinHandle};
 
 use crate::{
-    auth::{password::PasswordHasher, rate_limit::RateLimits, refresh::RefreshKeys, tokens::TokenKeys},
+    auth::{
+        keys::{Sealer, SigningAlgorithm},
+        password::PasswordHasher,
+        rate_limit::RateLimits,
+        refresh::RefreshKeys,
+        tokens::TokenKeys,
+    },
     config::{Config, JWT_SECRET_MIN_BYTES, JwtKeySource, Secret},
     db,
     graphql::{self, Limits},
     http::{self, AppState, cookies::CookiePolicy, site::SitePolicy},
     service::{
-        Services, SessionPolicy, api_keys, sessions,
+        Services, SessionPolicy, api_keys, sessions, signing_keys,
         store::{self, SessionRegistry},
     },
 };
@@ -47,12 +53,28 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
     db::migrate(&conn).await.map_err(|e| StartError::Migration(e.to_string()))?;
     let readiness =
         db::Readiness::open(&config.database_url, &conn).await.map_err(|e| StartError::Database(e.to_string()))?;
-    let secret = signing_key(&config.jwt_key)?;
+    let secret = server_secret(&config.jwt_key)?;
     let hasher = PasswordHasher::new(&config.password).map_err(|e| StartError::Other(e.to_string()))?;
+    let tokens = match config.jwt_algorithm {
+        SigningAlgorithm::Hs256 => {
+            TokenKeys::new(&secret, &config.jwt_issuer, &config.jwt_audience, config.access_token_ttl)
+        }
+        alg => {
+            let sealer = Sealer::new(config.key_encryption_secret.as_ref().unwrap_or(&secret));
+            // A retired key stays published while a token it signed may live.
+            let lifetime = chrono::Duration::from_std(config.access_token_ttl)
+                .map_err(|e| StartError::Other(format!("ACCESS_TOKEN_TTL: {e}")))?
+                + chrono::Duration::minutes(5);
+            let set = signing_keys::load_or_create(&conn, &sealer, alg, config.clock.now(), lifetime)
+                .await
+                .map_err(|e| StartError::Other(format!("signing keys: {}", e.detail())))?;
+            TokenKeys::from_key_set(set, &config.jwt_issuer, &config.jwt_audience, config.access_token_ttl)
+        }
+    };
     let services = Services {
         db: conn,
         hasher,
-        tokens: TokenKeys::new(&secret, &config.jwt_issuer, &config.jwt_audience, config.access_token_ttl),
+        tokens,
         refresh: RefreshKeys::new(&secret),
         registry: Arc::new(SessionRegistry::for_access_tokens(config.session_cache_capacity, config.access_token_ttl)),
         limits: Arc::new(RateLimits::new(&config.rate_limits, config.clock.clone())),
@@ -234,16 +256,20 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received; finishing in-flight requests");
 }
 
-/// The configured secret, or (development only) a generated key kept in a file
-/// so that tokens survive restarts.
-fn signing_key(source: &JwtKeySource) -> Result<Secret, StartError> {
+/// The secret refresh tokens and stored-key fingerprints are keyed with (and
+/// HS256 tokens signed with): `JWT_SECRET`, else `KEY_ENCRYPTION_SECRET`, else,
+/// outside production, a generated one kept beside the database, so that
+/// tokens survive restarts.
+fn server_secret(source: &JwtKeySource) -> Result<Secret, StartError> {
     match source {
         JwtKeySource::Configured(secret) => Ok(secret.clone()),
         JwtKeySource::GeneratedFile(path) => {
             let key = load_or_create_key_file(path)?;
             tracing::warn!(
                 path = %path.display(),
-                "JWT_SECRET is not set: using a generated signing key kept in this file. Set JWT_SECRET in production."
+                "JWT_SECRET is not set: using a generated server secret kept in this file \
+                 (it keys refresh tokens and seals signing keys). In production set KEY_ENCRYPTION_SECRET \
+                 (ES256, EdDSA) or JWT_SECRET (HS256)."
             );
             Ok(key)
         }

@@ -8,6 +8,7 @@ use clap::{ArgAction, Args, ValueEnum};
 use ipnet::IpNet;
 use thiserror::Error;
 
+pub use crate::auth::keys::SigningAlgorithm;
 use crate::clock::Clock;
 
 /// The smallest argon2id parameters authgraph accepts (OWASP's minimum for argon2id).
@@ -49,9 +50,22 @@ pub struct ServeArgs {
     pub listen_addr: SocketAddr,
 
     /// HS256 signing secret, at least 32 bytes. Without it, outside production, a
-    /// random key is generated once and stored beside the database
+    /// random key is generated once and stored beside the database. An install
+    /// that has one keeps signing HS256 unless JWT_ALGORITHM says otherwise
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// Access-token signature: ES256 (the default without JWT_SECRET) or EdDSA,
+    /// with key pairs generated and kept in the database (public keys at
+    /// /.well-known/jwks.json), or HS256 under JWT_SECRET (the default with it)
+    #[arg(long, env = "JWT_ALGORITHM", value_enum)]
+    pub jwt_algorithm: Option<SigningAlgorithm>,
+
+    /// Seals the signing keys stored in the database, at least 32 bytes; required
+    /// in production with ES256 or EdDSA. Outside production, without it, the
+    /// generated key beside the database seals them
+    #[arg(long, env = "KEY_ENCRYPTION_SECRET", hide_env_values = true)]
+    pub key_encryption_secret: Option<String>,
 
     /// `production` refuses a missing or weak secret and insecure cookies, and turns
     /// introspection and GraphiQL off unless enabled explicitly
@@ -88,7 +102,9 @@ pub struct ServeArgs {
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', default_value = "")]
     pub trusted_proxies: Vec<String>,
 
-    /// `iss` of issued access tokens, checked on every token
+    /// `iss` of issued access tokens, checked on every token, and `issuer` of
+    /// /.well-known/openid-configuration. In production set it to the public
+    /// base URL (https://auth.example.com), where gateways discover the keys
     #[arg(long, env = "JWT_ISSUER", default_value = "authgraph")]
     pub jwt_issuer: String,
 
@@ -282,6 +298,11 @@ pub struct RateLimitConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: String,
+    /// How access tokens are signed.
+    pub jwt_algorithm: SigningAlgorithm,
+    /// Seals stored signing keys; `None` outside production means the server
+    /// secret (`jwt_key`) seals them.
+    pub key_encryption_secret: Option<Secret>,
     pub database_timeout: Duration,
     pub database_max_connections: u32,
     pub listen_addr: SocketAddr,
@@ -325,17 +346,38 @@ impl Config {
         let production = args.app_env == AppEnv::Production;
         check_database_url(&args.db.database_url)?;
 
-        let jwt_key = match args.jwt_secret {
-            Some(secret) if secret.len() >= JWT_SECRET_MIN_BYTES => {
+        let jwt_algorithm = args.jwt_algorithm.unwrap_or(if args.jwt_secret.is_some() {
+            SigningAlgorithm::Hs256
+        } else {
+            SigningAlgorithm::Es256
+        });
+        let key_encryption_secret = match args.key_encryption_secret {
+            Some(secret) if secret.len() >= JWT_SECRET_MIN_BYTES => Some(Secret::new(secret.into_bytes())),
+            Some(_) => {
+                return Err(bad(format!("KEY_ENCRYPTION_SECRET must be at least {JWT_SECRET_MIN_BYTES} bytes long")));
+            }
+            None if production && jwt_algorithm != SigningAlgorithm::Hs256 => {
+                return Err(bad(format!(
+                    "KEY_ENCRYPTION_SECRET is required when APP_ENV=production with JWT_ALGORITHM={} \
+                     (at least 32 random bytes)",
+                    jwt_algorithm.name()
+                )));
+            }
+            None => None,
+        };
+        let jwt_key = match (args.jwt_secret, &key_encryption_secret) {
+            (Some(secret), _) if secret.len() >= JWT_SECRET_MIN_BYTES => {
                 JwtKeySource::Configured(Secret::new(secret.into_bytes()))
             }
-            Some(_) => {
+            (Some(_), _) => {
                 return Err(bad(format!("JWT_SECRET must be at least {JWT_SECRET_MIN_BYTES} bytes long")));
             }
-            None if production => {
+            // The refresh-token and fingerprint keys derive from it instead.
+            (None, Some(kek)) if jwt_algorithm != SigningAlgorithm::Hs256 => JwtKeySource::Configured(kek.clone()),
+            (None, _) if production => {
                 return Err(bad("JWT_SECRET is required when APP_ENV=production (at least 32 random bytes)"));
             }
-            None => JwtKeySource::GeneratedFile(generated_key_path(&args.db.database_url)),
+            (None, _) => JwtKeySource::GeneratedFile(generated_key_path(&args.db.database_url)),
         };
         if production && !args.cookie_secure {
             return Err(bad("COOKIE_SECURE=false is refused when APP_ENV=production"));
@@ -406,6 +448,8 @@ impl Config {
 
         Ok(Self {
             database_url: args.db.database_url,
+            jwt_algorithm,
+            key_encryption_secret,
             database_timeout,
             database_max_connections,
             listen_addr: args.listen_addr,
@@ -549,8 +593,16 @@ mod tests {
 
     #[test]
     fn production_refuses_missing_secret_and_insecure_cookies() {
+        // A new install signs ES256: production needs the key-encryption secret.
         let e = parse(&["--app-env", "production"]).unwrap_err();
+        assert!(e.contains("KEY_ENCRYPTION_SECRET is required"), "{e}");
+        let e = parse(&["--app-env", "production", "--jwt-algorithm", "HS256"]).unwrap_err();
         assert!(e.contains("JWT_SECRET is required"), "{e}");
+        let kek = "k".repeat(40);
+        let c = parse(&["--app-env", "production", "--key-encryption-secret", &kek]).unwrap();
+        assert_eq!(c.jwt_algorithm, SigningAlgorithm::Es256);
+        let e = parse(&["--app-env", "production", "--key-encryption-secret", "short"]).unwrap_err();
+        assert!(e.contains("KEY_ENCRYPTION_SECRET must be at least"), "{e}");
         let secret = "s".repeat(40);
         let e = parse(&["--app-env", "production", "--jwt-secret", &secret, "--cookie-secure", "false"]).unwrap_err();
         assert!(e.contains("COOKIE_SECURE"), "{e}");
@@ -568,6 +620,12 @@ mod tests {
         assert!(c.cookie_secure);
         assert_eq!(c.refresh_cookie_name(), "__Host-refresh_token");
         assert!(matches!(c.jwt_key, JwtKeySource::GeneratedFile(_)));
+        assert_eq!(c.jwt_algorithm, SigningAlgorithm::Es256, "a new install signs ES256");
+        // An install that has JWT_SECRET keeps HS256 unless told otherwise.
+        let secret = "s".repeat(40);
+        assert_eq!(parse(&["--jwt-secret", &secret]).unwrap().jwt_algorithm, SigningAlgorithm::Hs256);
+        let c = parse(&["--jwt-secret", &secret, "--jwt-algorithm", "EdDSA"]).unwrap();
+        assert_eq!(c.jwt_algorithm, SigningAlgorithm::EdDsa);
         assert!(format!("{:?}", Secret::new(b"topsecret".to_vec())).contains("redacted"));
     }
 }

@@ -204,6 +204,15 @@ impl AppError {
         AppError::Internal(detail.to_string())
     }
 
+    /// What an operator is told (a start-up failure, a log line): an internal
+    /// failure's own detail, which a client never sees; otherwise the message.
+    pub fn detail(&self) -> String {
+        match self {
+            AppError::Internal(detail) => detail.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// The `extensions` of this error, in the order they are written: `code`,
     /// then `reason`, `legacyCode`, `field` and `retryAfter` where they apply.
     /// The one mapping every error the server sends goes through: resolver

@@ -9,4 +9,5 @@ pub mod api_key;
 pub mod keys;
 pub mod refresh_token;
 pub mod session;
+pub mod signing_key;
 pub mod user;

@@ -12,6 +12,7 @@ mod m20261129_000006_api_key_successor;
 mod m20261129_000007_search_index;
 mod m20261129_000008_session_changes;
 mod m20261129_000009_rate_limit_counters;
+mod m20261129_000010_signing_keys;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000007_search_index::Migration),
             Box::new(m20261129_000008_session_changes::Migration),
             Box::new(m20261129_000009_rate_limit_counters::Migration),
+            Box::new(m20261129_000010_signing_keys::Migration),
         ]
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod client_ip;
+pub mod keys;
 pub mod password;
 pub mod principal;
 pub mod rate_limit;

@@ -1,6 +1,10 @@
-//! Access tokens: HS256 JWTs with `typ: at+jwt`.
+//! Access tokens: JWTs with `typ: at+jwt` and a `kid`, signed ES256 or EdDSA
+//! with the current key of the database's key set, or HS256 under `JWT_SECRET`.
 //!
-//! Verification pins the algorithm, checks the signature, `exp` (5 s leeway),
+//! Verification finds the key by `kid` among the keys this server publishes
+//! (an HS256 token without `kid`, issued before keys had ids, finds the HS256
+//! key), pins the algorithm to that key's own, and never reads a key from the
+//! token (`jwk`, `jku`, `x5u` headers are ignored). It checks the signature, `exp` (5 s leeway),
 //! `nbf`, `iss`, `aud` and `typ`, and requires every claim authgraph issues.
 //! Whether the session behind a valid token is still alive is the registry's
 //! question (see `registry.rs`), asked by the caller.
@@ -20,7 +24,9 @@ use std::{
     time::Duration,
 };
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
+use std::collections::HashMap;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -29,6 +35,7 @@ use uuid::Uuid;
 use entity::user::Role;
 
 use crate::{
+    auth::keys::SigningAlgorithm,
     config::Secret,
     domain::{SessionId, UserId, role_name},
     error::AppError,
@@ -83,9 +90,13 @@ fn in_time(v: &Verified, now: i64) -> Result<(), AppError> {
 #[derive(Clone)]
 pub struct TokenKeys {
     encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Validation,
     header: Header,
+    /// Every key a token may name, by `kid`.
+    verifiers: Arc<HashMap<String, Verifier>>,
+    /// The HS256 key, for tokens issued without `kid`.
+    unnamed: Option<Verifier>,
+    /// The public JWKs (none for HS256).
+    published: Arc<Vec<serde_json::Value>>,
     issuer: String,
     audience: String,
     ttl: Duration,
@@ -99,30 +110,95 @@ pub struct IssuedAccessToken {
     pub claims: Claims,
 }
 
+/// A key tokens may be verified with, and the one algorithm it accepts.
+#[derive(Clone)]
+struct Verifier {
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+/// An asymmetric key set as loaded from the database: the key that signs, and
+/// every key published (the signing one included).
+pub struct KeySet {
+    pub signing_kid: String,
+    pub signing_alg: SigningAlgorithm,
+    pub signing: EncodingKey,
+    /// `(kid, alg, verifying key, public JWK)` of every published key.
+    pub published: Vec<(String, SigningAlgorithm, DecodingKey, serde_json::Value)>,
+}
+
 impl TokenKeys {
+    /// HS256 under `secret`. Tokens carry a `kid` derived from the secret
+    /// (never the secret itself); those without one are accepted too.
     pub fn new(secret: &Secret, issuer: &str, audience: &str, ttl: Duration) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = LEEWAY_SECS;
-        // Times are judged below against the caller's clock (with the same
-        // leeway), not jsonwebtoken's own reading of the system clock.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = true;
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
-        validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
-        let mut header = Header::new(Algorithm::HS256);
-        header.typ = Some(TOKEN_TYPE.to_owned());
-        Self {
-            encoding: EncodingKey::from_secret(secret.expose()),
+        let kid = hs256_kid(secret);
+        let verifier = Verifier {
             decoding: DecodingKey::from_secret(secret.expose()),
-            validation,
+            validation: validation(Algorithm::HS256, issuer, audience),
+        };
+        let mut keys =
+            Self::with(EncodingKey::from_secret(secret.expose()), &kid, Algorithm::HS256, issuer, audience, ttl);
+        keys.verifiers = Arc::new(HashMap::from([(kid, verifier.clone())]));
+        keys.unnamed = Some(verifier);
+        keys
+    }
+
+    /// Signs with `set`'s signing key and verifies with any key it publishes.
+    pub fn from_key_set(set: KeySet, issuer: &str, audience: &str, ttl: Duration) -> Self {
+        let mut keys = Self::with(set.signing, &set.signing_kid, set.signing_alg.jwt(), issuer, audience, ttl);
+        let mut verifiers = HashMap::new();
+        let mut published = Vec::new();
+        for (kid, alg, decoding, jwk) in set.published {
+            verifiers.insert(kid, Verifier { decoding, validation: validation(alg.jwt(), issuer, audience) });
+            published.push(jwk);
+        }
+        keys.verifiers = Arc::new(verifiers);
+        keys.published = Arc::new(published);
+        keys
+    }
+
+    fn with(encoding: EncodingKey, kid: &str, alg: Algorithm, issuer: &str, audience: &str, ttl: Duration) -> Self {
+        let mut header = Header::new(alg);
+        header.typ = Some(TOKEN_TYPE.to_owned());
+        header.kid = Some(kid.to_owned());
+        Self {
+            encoding,
             header,
+            verifiers: Arc::default(),
+            unnamed: None,
+            published: Arc::default(),
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             ttl,
             verified: Arc::new(Mutex::new(LruCache::new(VERIFIED_KEPT))),
         }
+    }
+
+    /// The JWK Set (RFC 7517 section 5) of the public keys tokens are signed
+    /// with: `{"keys": [...]}`, empty for HS256.
+    pub fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({ "keys": *self.published })
+    }
+
+    /// `iss` of every token.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The algorithms of the keys tokens may be signed with (JOSE names).
+    pub fn algorithms(&self) -> Vec<&str> {
+        let mut algs: Vec<&str> = self.published.iter().filter_map(|k| k["alg"].as_str()).collect();
+        if self.unnamed.is_some() {
+            algs.push("HS256");
+        }
+        algs.sort_unstable();
+        algs.dedup();
+        algs
+    }
+
+    /// The `kid` new tokens carry.
+    pub fn signing_kid(&self) -> Option<&str> {
+        self.header.kid.as_deref()
     }
 
     /// Issues an access token for a session. It never outlives `not_after` (the
@@ -159,7 +235,14 @@ impl TokenKeys {
     /// Says nothing about revocation. Errors: `ACCESS_TOKEN_EXPIRED` past `exp`,
     /// `INVALID_TOKEN` for anything else.
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, AppError> {
-        let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|_| AppError::InvalidToken)?;
+        let header = decode_header(token).map_err(|_| AppError::InvalidToken)?;
+        let verifier = match &header.kid {
+            Some(kid) => self.verifiers.get(kid),
+            None => self.unnamed.as_ref(),
+        }
+        .ok_or(AppError::InvalidToken)?;
+        let data =
+            decode::<Claims>(token, &verifier.decoding, &verifier.validation).map_err(|_| AppError::InvalidToken)?;
         if data.header.typ.as_deref() != Some(TOKEN_TYPE) {
             return Err(AppError::InvalidToken);
         }
@@ -194,6 +277,32 @@ impl TokenKeys {
     fn remembered(&self) -> usize {
         self.verified().len()
     }
+}
+
+/// What every token must satisfy, for a key of `alg` (and of no other).
+fn validation(alg: Algorithm, issuer: &str, audience: &str) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.leeway = LEEWAY_SECS;
+    // Times are judged against the caller's clock (with the same leeway), not
+    // jsonwebtoken's own reading of the system clock.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = true;
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
+    validation
+}
+
+/// The `kid` of an HS256 key: 16 hex digits of an HMAC of a fixed label under
+/// the secret, so it names the secret without revealing anything of it.
+fn hs256_kid(secret: &Secret) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.expose())
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+    mac.update(b"authgraph hs256 kid v1");
+    let digest = mac.finalize().into_bytes();
+    format!("hs256-{}", digest.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 #[cfg(test)]

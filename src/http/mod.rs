@@ -8,6 +8,7 @@ mod graphql;
 mod health;
 pub mod log;
 pub mod site;
+mod well_known;
 
 use std::sync::Arc;
 
@@ -26,7 +27,9 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
     let mut route = Route::new()
         .at("/graphql", get(graphql::graphql_get).post(graphql::graphql_post))
         .at("/healthz", get(health::healthz))
-        .at("/readyz", get(health::readyz));
+        .at("/readyz", get(health::readyz))
+        .at("/.well-known/jwks.json", get(well_known::jwks))
+        .at("/.well-known/openid-configuration", get(well_known::openid_configuration));
     if state.graphiql {
         route = route.at("/", get(graphiql::graphiql)).at("/graphiql/:name", get(graphiql::asset));
     }

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod api_keys;
 pub mod limits;
 pub mod sessions;
+pub mod signing_keys;
 pub mod store;
 pub mod users;
 pub mod validate;

@@ -43,8 +43,10 @@ async fn migrate_and_create_admin_refuse_what_serve_refuses() {
     let database = TestDatabase::create().await;
     let dir = tempfile::tempdir().unwrap();
     let weak = "weak-secret-4f2a";
-    let cases: [(&[(&str, &str)], &str); 3] = [
-        (&[("APP_ENV", "production")], "JWT_SECRET is required when APP_ENV=production"),
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (&[("APP_ENV", "production")], "KEY_ENCRYPTION_SECRET is required when APP_ENV=production"),
+        (&[("APP_ENV", "production"), ("JWT_ALGORITHM", "HS256")], "JWT_SECRET is required when APP_ENV=production"),
+        (&[("KEY_ENCRYPTION_SECRET", weak)], "KEY_ENCRYPTION_SECRET must be at least 32 bytes"),
         (&[("JWT_SECRET", weak)], "JWT_SECRET must be at least 32 bytes"),
         (&[("APP_ENV", "production"), ("JWT_SECRET", JWT_SECRET), ("COOKIE_SECURE", "false")], "COOKIE_SECURE=false"),
     ];

@@ -351,7 +351,8 @@ async fn bad_configuration_stops_the_binary_with_a_clear_message() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("JWT_SECRET is required"));
+    // A new install signs ES256: its keys are sealed with KEY_ENCRYPTION_SECRET.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KEY_ENCRYPTION_SECRET is required"));
 }
 
 #[tokio::test]

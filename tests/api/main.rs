@@ -19,4 +19,5 @@ mod instances;
 mod logging;
 mod resilience;
 mod sessions;
+mod signing_keys;
 mod tokens;

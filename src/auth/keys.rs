@@ -1,0 +1,233 @@
+//! Asymmetric signing keys: generated here, published as JWKs (RFC 7517), and
+//! sealed at rest.
+//!
+//! A key pair is ES256 (ECDSA on P-256 with SHA-256, RFC 7518 section 3.4) or
+//! EdDSA (Ed25519, RFC 8037). Its private half is kept as PKCS#8 DER, sealed
+//! with AES-256-GCM under a key derived from the key-encryption secret
+//! (`KEY_ENCRYPTION_SECRET`), with the key's `kid` as associated data: a sealed
+//! key copied onto another row does not open. Only the public half ever leaves
+//! this module in the clear, as a JWK with `kid`, `alg` and `use: sig`.
+
+use aes_gcm::{
+    Aes256Gcm, Nonce,
+    aead::{Aead, KeyInit, Payload},
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+use hmac::Mac;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use serde_json::{Value, json};
+
+use crate::{config::Secret, error::AppError};
+
+/// The algorithms authgraph signs access tokens with (`JWT_ALGORITHM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SigningAlgorithm {
+    /// ECDSA P-256 with SHA-256: the default for a new install.
+    #[value(name = "ES256")]
+    Es256,
+    /// Ed25519.
+    #[value(name = "EdDSA")]
+    EdDsa,
+    /// HMAC with SHA-256 under `JWT_SECRET`: no public key to publish.
+    #[value(name = "HS256")]
+    Hs256,
+}
+
+impl SigningAlgorithm {
+    /// The JOSE `alg` name (RFC 7518 section 3.1, RFC 8037 section 3.1).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Es256 => "ES256",
+            Self::EdDsa => "EdDSA",
+            Self::Hs256 => "HS256",
+        }
+    }
+
+    /// The algorithm by its JOSE name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Es256, Self::EdDsa, Self::Hs256].into_iter().find(|a| a.name() == name)
+    }
+
+    pub(crate) fn jwt(self) -> Algorithm {
+        match self {
+            Self::Es256 => Algorithm::ES256,
+            Self::EdDsa => Algorithm::EdDSA,
+            Self::Hs256 => Algorithm::HS256,
+        }
+    }
+}
+
+/// A key pair as generated: the private key as PKCS#8 DER (to be sealed) and
+/// the public key as a JWK.
+pub struct Generated {
+    pub pkcs8: Vec<u8>,
+    pub public_jwk: Value,
+}
+
+/// Generates a key pair for `alg` under `kid`. Errors: `INTERNAL` for HS256
+/// (a secret, not a pair) or when the system's random source fails.
+pub fn generate(alg: SigningAlgorithm, kid: &str) -> Result<Generated, AppError> {
+    use p256::pkcs8::EncodePrivateKey;
+    let fail = |e: &dyn std::fmt::Display| AppError::internal(format!("key generation: {e}"));
+    match alg {
+        SigningAlgorithm::Es256 => {
+            // A uniformly random scalar: 32 random bytes, drawn again in the
+            // negligible case that they are zero or not below the group order.
+            let secret = loop {
+                let mut bytes = [0u8; 32];
+                getrandom::fill(&mut bytes).map_err(|e| fail(&e))?;
+                if let Ok(secret) = p256::SecretKey::from_slice(&bytes) {
+                    break secret;
+                }
+            };
+            let pkcs8 = secret.to_pkcs8_der().map_err(|e| fail(&e))?.as_bytes().to_vec();
+            let point = p256::EncodedPoint::from(secret.public_key());
+            let (Some(x), Some(y)) = (point.x(), point.y()) else {
+                return Err(AppError::internal("key generation: P-256 point has no coordinates"));
+            };
+            let public_jwk = json!({
+                "kty": "EC", "crv": "P-256", "x": B64.encode(x), "y": B64.encode(y),
+                "kid": kid, "alg": alg.name(), "use": "sig",
+            });
+            Ok(Generated { pkcs8, public_jwk })
+        }
+        SigningAlgorithm::EdDsa => {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes).map_err(|e| fail(&e))?;
+            let key = ed25519_dalek::SigningKey::from_bytes(&bytes);
+            let pkcs8 = key.to_pkcs8_der().map_err(|e| fail(&e))?.as_bytes().to_vec();
+            let public_jwk = json!({
+                "kty": "OKP", "crv": "Ed25519", "x": B64.encode(key.verifying_key().to_bytes()),
+                "kid": kid, "alg": alg.name(), "use": "sig",
+            });
+            Ok(Generated { pkcs8, public_jwk })
+        }
+        SigningAlgorithm::Hs256 => Err(AppError::internal("HS256 has no key pair")),
+    }
+}
+
+/// The keys jsonwebtoken signs and verifies with, from a sealed key's opened
+/// PKCS#8 and its public JWK.
+pub fn jwt_keys(
+    alg: SigningAlgorithm,
+    pkcs8: &[u8],
+    public_jwk: &Value,
+) -> Result<(EncodingKey, DecodingKey), AppError> {
+    Ok((
+        match alg {
+            SigningAlgorithm::Es256 => EncodingKey::from_ec_der(pkcs8),
+            SigningAlgorithm::EdDsa => EncodingKey::from_ed_der(pkcs8),
+            SigningAlgorithm::Hs256 => return Err(AppError::internal("HS256 has no key pair")),
+        },
+        decoding_key(alg, public_jwk)?,
+    ))
+}
+
+/// The verifying key of a published JWK. Errors: `INTERNAL` when the JWK is
+/// not a key of `alg`.
+pub fn decoding_key(alg: SigningAlgorithm, jwk: &Value) -> Result<DecodingKey, AppError> {
+    let field = |name: &str| jwk[name].as_str().ok_or_else(|| AppError::internal(format!("stored JWK has no {name}")));
+    let key = match alg {
+        SigningAlgorithm::Es256 if jwk["crv"] == "P-256" => DecodingKey::from_ec_components(field("x")?, field("y")?),
+        SigningAlgorithm::EdDsa if jwk["crv"] == "Ed25519" => DecodingKey::from_ed_components(field("x")?),
+        _ => return Err(AppError::internal(format!("stored JWK is not an {} key", alg.name()))),
+    };
+    key.map_err(|e| AppError::internal(format!("stored JWK: {e}")))
+}
+
+/// Seals and opens private keys under the key-encryption secret.
+#[derive(Clone)]
+pub struct Sealer {
+    cipher: Aes256Gcm,
+}
+
+/// The first byte of a sealed key: the sealing scheme, so that another can
+/// follow without guessing.
+const SEALED_V1: u8 = 1;
+const NONCE_BYTES: usize = 12;
+
+impl Sealer {
+    /// A sealer whose AES-256 key is derived from `secret` (HMAC-SHA-256 with
+    /// a purpose label, so this key is never the one anything else uses).
+    pub fn new(secret: &Secret) -> Self {
+        let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.expose())
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        mac.update(b"authgraph signing-key sealing key v1");
+        let key = mac.finalize().into_bytes();
+        Self { cipher: Aes256Gcm::new(&key) }
+    }
+
+    /// `version || nonce (12 bytes) || ciphertext and tag`, with `kid` bound
+    /// as associated data. Errors: `INTERNAL` when no nonce can be drawn.
+    pub fn seal(&self, kid: &str, plaintext: &[u8]) -> Result<Vec<u8>, AppError> {
+        let mut nonce = [0u8; NONCE_BYTES];
+        getrandom::fill(&mut nonce).map_err(|e| AppError::internal(format!("nonce: {e}")))?;
+        let sealed = self
+            .cipher
+            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: kid.as_bytes() })
+            .map_err(|_| AppError::internal("sealing a signing key failed"))?;
+        let mut out = Vec::with_capacity(1 + NONCE_BYTES + sealed.len());
+        out.push(SEALED_V1);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Opens what [`seal`](Self::seal) made for `kid`. Errors: `INTERNAL`
+    /// (naming the key, never its bytes) when it was sealed under another
+    /// secret, for another `kid`, or changed.
+    pub fn open(&self, kid: &str, sealed: &[u8]) -> Result<Vec<u8>, AppError> {
+        let refused = || {
+            AppError::internal(format!(
+                "signing key {kid} does not open: KEY_ENCRYPTION_SECRET is not the one it was sealed under"
+            ))
+        };
+        let (&version, rest) = sealed.split_first().ok_or_else(refused)?;
+        if version != SEALED_V1 || rest.len() < NONCE_BYTES {
+            return Err(refused());
+        }
+        let (nonce, ciphertext) = rest.split_at(NONCE_BYTES);
+        let nonce: [u8; NONCE_BYTES] = nonce.try_into().map_err(|_| refused())?;
+        self.cipher
+            .decrypt(&Nonce::from(nonce), Payload { msg: ciphertext, aad: kid.as_bytes() })
+            .map_err(|_| refused())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_key_opens_only_for_its_kid_and_secret() {
+        let sealer = Sealer::new(&Secret::new(vec![1; 32]));
+        let sealed = sealer.seal("k1", b"private").unwrap();
+        assert_eq!(sealer.open("k1", &sealed).unwrap(), b"private");
+        assert!(!sealed.windows(7).any(|w| w == b"private"), "sealed bytes hold the plaintext");
+        assert!(sealer.open("k2", &sealed).is_err(), "opened for another kid");
+        assert!(Sealer::new(&Secret::new(vec![2; 32])).open("k1", &sealed).is_err(), "opened under another secret");
+        let mut changed = sealed.clone();
+        *changed.last_mut().unwrap() ^= 1;
+        assert!(sealer.open("k1", &changed).is_err(), "a changed ciphertext opened");
+        assert_ne!(sealer.seal("k1", b"private").unwrap(), sealed, "a nonce was reused");
+    }
+
+    #[test]
+    fn generated_keys_sign_and_verify_and_publish_only_public_parts() {
+        for alg in [SigningAlgorithm::Es256, SigningAlgorithm::EdDsa] {
+            let g = generate(alg, "kid-1").unwrap();
+            let jwk = g.public_jwk.as_object().unwrap();
+            assert_eq!(jwk["kid"], "kid-1");
+            assert_eq!(jwk["alg"], alg.name());
+            assert_eq!(jwk["use"], "sig");
+            assert!(!jwk.contains_key("d"), "{alg:?}: the private part was published");
+            let (enc, dec) = jwt_keys(alg, &g.pkcs8, &g.public_jwk).unwrap();
+            let header = jsonwebtoken::Header::new(alg.jwt());
+            let token = jsonwebtoken::encode(&header, &json!({"sub": "x", "exp": 4_000_000_000u64}), &enc).unwrap();
+            let mut validation = jsonwebtoken::Validation::new(alg.jwt());
+            validation.required_spec_claims.clear();
+            validation.validate_aud = false;
+            jsonwebtoken::decode::<Value>(&token, &dec, &validation).unwrap();
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Discovery for services that verify authgraph's tokens themselves (API
+//! gateways, other backends): the JWK Set of the public signing keys (RFC 7517
+//! section 5) and a minimal OpenID Provider metadata document (OpenID Connect
+//! Discovery 1.0 section 3) that points at it.
+
+use std::sync::Arc;
+
+use poem::{Request, Response, handler, http::header, web::Data};
+
+use super::AppState;
+
+/// How long a verifier may cache the JWK Set (seconds). A key is published
+/// before it signs and after it stops, for longer than this.
+pub const JWKS_MAX_AGE_SECS: u64 = 300;
+
+/// `GET /.well-known/jwks.json`: the public keys, each with `kid`, `alg` and
+/// `use: sig`; `{"keys": []}` on an HS256 install (its secret is never shown).
+#[handler]
+pub async fn jwks(state: Data<&Arc<AppState>>) -> Response {
+    json(&state.services.tokens.jwks(), JWKS_MAX_AGE_SECS)
+}
+
+/// `GET /.well-known/openid-configuration`: `issuer` (`JWT_ISSUER`) and
+/// `jwks_uri`, absolute: under `JWT_ISSUER` when it is a URL, else under this
+/// request's host, over https when cookies are `Secure` (as in production).
+#[handler]
+pub async fn openid_configuration(req: &Request, state: Data<&Arc<AppState>>) -> Response {
+    let issuer = state.services.tokens.issuer();
+    let base = if issuer.starts_with("https://") || issuer.starts_with("http://") {
+        issuer.trim_end_matches('/').to_owned()
+    } else {
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+        let scheme = if state.cookies.secure() { "https" } else { "http" };
+        format!("{scheme}://{host}")
+    };
+    let algs: Vec<&str> = state.services.tokens.algorithms();
+    let doc = serde_json::json!({
+        "issuer": issuer,
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "id_token_signing_alg_values_supported": algs,
+    });
+    json(&doc, JWKS_MAX_AGE_SECS)
+}
+
+fn json(body: &serde_json::Value, max_age: u64) -> Response {
+    Response::builder()
+        .content_type("application/json")
+        .header(header::CACHE_CONTROL, format!("public, max-age={max_age}"))
+        .body(body.to_string())
+}

@@ -1,0 +1,227 @@
+//! Asymmetric signing keys: a new install signs ES256 (or EdDSA) with a key kept
+//! in the database and published at `/.well-known/jwks.json`; a verifier that
+//! holds only the JWK Set accepts the tokens; forgeries that lean on the public
+//! key, the `kid` or a key carried in the token are refused; an HS256 install
+//! publishes nothing.
+
+use authgraph::config::{Secret, SigningAlgorithm};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const KEK: &str = "key-encryption-secret-for-tests-0123456789";
+
+async fn spawn_signing(alg: SigningAlgorithm) -> TestApp {
+    spawn_with(move |c| {
+        c.jwt_algorithm = alg;
+        c.key_encryption_secret = Some(Secret::new(KEK.as_bytes().to_vec()));
+    })
+    .await
+}
+
+async fn get_json(app: &TestApp, path: &str) -> (reqwest::header::HeaderMap, Value) {
+    let resp = bare().get(app.url(path)).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+    let headers = resp.headers().clone();
+    (headers, resp.json().await.unwrap())
+}
+
+fn header_of(token: &str) -> Value {
+    serde_json::from_slice(&B64.decode(token.split('.').next().unwrap()).unwrap()).unwrap()
+}
+
+async fn me_id(app: &TestApp, token: &str) -> Value {
+    gql_at(app.addr, Some(token), "{ me { id } }").await
+}
+
+/// Verifies `token` as an outside service would: with the JWK Set alone.
+fn verify_with_jwks(jwks: &Value, token: &str, app: &TestApp) -> Result<Value, String> {
+    let kid = header_of(token)["kid"].as_str().ok_or("no kid")?.to_owned();
+    let jwk = jwks["keys"]
+        .as_array()
+        .and_then(|keys| keys.iter().find(|k| k["kid"] == kid.as_str()))
+        .ok_or("kid not published")?;
+    let alg: Algorithm = jwk["alg"].as_str().ok_or("no alg")?.parse().map_err(|e| format!("{e}"))?;
+    let key = DecodingKey::from_jwk(&serde_json::from_value(jwk.clone()).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let mut validation = Validation::new(alg);
+    validation.set_issuer(&[&app.config.jwt_issuer]);
+    validation.set_audience(&[&app.config.jwt_audience]);
+    jsonwebtoken::decode::<Value>(token, &key, &validation).map(|d| d.claims).map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn a_new_install_signs_with_a_published_key_that_outside_verifiers_accept() {
+    for (alg, name, kty) in [(SigningAlgorithm::Es256, "ES256", "EC"), (SigningAlgorithm::EdDsa, "EdDSA", "OKP")] {
+        let app = spawn_signing(alg).await;
+        let (headers, jwks) = get_json(&app, "/.well-known/jwks.json").await;
+        let cache = headers["cache-control"].to_str().unwrap();
+        assert!(cache.starts_with("public, max-age="), "{cache}");
+        let keys = jwks["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 1, "{jwks}");
+        let key = &keys[0];
+        assert_eq!(key["kty"], kty);
+        assert_eq!(key["alg"], name);
+        assert_eq!(key["use"], "sig");
+        assert!(key["kid"].as_str().is_some_and(|k| !k.is_empty()));
+        assert!(key.get("d").is_none(), "{name}: the private key was published: {key}");
+
+        let user = app.user(&format!("{}@example.com", name.to_lowercase())).await;
+        let header = header_of(&user.access_token);
+        assert_eq!(header["alg"], name);
+        assert_eq!(header["typ"], "at+jwt");
+        assert_eq!(header["kid"], key["kid"]);
+        let claims = verify_with_jwks(&jwks, &user.access_token, &app).unwrap();
+        assert_eq!(claims["sub"], user.id.as_str());
+        assert_eq!(me_id(&app, &user.access_token).await["data"]["me"]["id"], user.id.as_str());
+    }
+}
+
+#[tokio::test]
+async fn an_hs256_install_publishes_no_key_and_names_its_own() {
+    let app = spawn_app().await;
+    let (_, jwks) = get_json(&app, "/.well-known/jwks.json").await;
+    assert_eq!(jwks, json!({ "keys": [] }));
+    let user = app.user("hs@example.com").await;
+    let header = header_of(&user.access_token);
+    assert_eq!(header["alg"], "HS256");
+    let kid = header["kid"].as_str().unwrap();
+    assert!(kid.starts_with("hs256-") && !kid.contains(JWT_SECRET), "{kid}");
+    // A token from before keys had ids (no kid) still passes.
+    let payload = user.access_token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap();
+    let mut old = Header::new(Algorithm::HS256);
+    old.typ = Some("at+jwt".into());
+    let unnamed = jsonwebtoken::encode(&old, &claims, &EncodingKey::from_secret(JWT_SECRET.as_bytes())).unwrap();
+    assert_eq!(me_id(&app, &unnamed).await["data"]["me"]["id"], user.id.as_str());
+}
+
+#[tokio::test]
+async fn discovery_points_at_the_key_set() {
+    let app = spawn_signing(SigningAlgorithm::Es256).await;
+    let (_, doc) = get_json(&app, "/.well-known/openid-configuration").await;
+    assert_eq!(doc["issuer"], app.config.jwt_issuer.as_str());
+    assert_eq!(doc["jwks_uri"], format!("http://{}/.well-known/jwks.json", app.addr));
+    assert_eq!(doc["id_token_signing_alg_values_supported"], json!(["ES256"]));
+
+    let app = spawn_with(|c| {
+        c.jwt_algorithm = SigningAlgorithm::Es256;
+        c.jwt_issuer = "https://auth.example.com/".into();
+    })
+    .await;
+    let (_, doc) = get_json(&app, "/.well-known/openid-configuration").await;
+    assert_eq!(doc["jwks_uri"], "https://auth.example.com/.well-known/jwks.json");
+}
+
+/// Forgeries a verifier that trusts the token's header would fall for.
+#[tokio::test]
+async fn forgeries_around_the_public_key_are_refused() {
+    let app = spawn_signing(SigningAlgorithm::Es256).await;
+    let user = app.user("victim@example.com").await;
+    let (_, jwks) = get_json(&app, "/.well-known/jwks.json").await;
+    let jwk = &jwks["keys"][0];
+    let kid = jwk["kid"].as_str().unwrap();
+    let claims: Value =
+        serde_json::from_slice(&B64.decode(user.access_token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    let mut admin_claims = claims.clone();
+    admin_claims["role"] = json!("ADMIN");
+
+    let header = |alg: Algorithm, kid: Option<&str>| {
+        let mut h = Header::new(alg);
+        h.typ = Some("at+jwt".into());
+        h.kid = kid.map(str::to_owned);
+        h
+    };
+    let hs = |secret: &[u8], kid: Option<&str>| {
+        jsonwebtoken::encode(&header(Algorithm::HS256, kid), &claims, &EncodingKey::from_secret(secret)).unwrap()
+    };
+    // The public key as an HMAC secret (the RS/HS confusion of CVE-2016-10555),
+    // in every form a verifier might hold it.
+    let x = B64.decode(jwk["x"].as_str().unwrap()).unwrap();
+    let y = B64.decode(jwk["y"].as_str().unwrap()).unwrap();
+    let point: Vec<u8> = [&[4u8][..], &x, &y].concat();
+    let mut forgeries = vec![
+        ("HS256 under the JWK text", hs(jwk.to_string().as_bytes(), Some(kid))),
+        ("HS256 under the JWK Set text", hs(jwks.to_string().as_bytes(), Some(kid))),
+        ("HS256 under the public point", hs(&point, Some(kid))),
+        ("HS256 under x", hs(&x, Some(kid))),
+        ("HS256 without kid", hs(&point, None)),
+    ];
+    // alg none, with the real kid.
+    let none = format!(
+        "{}.{}.",
+        B64.encode(json!({"alg": "none", "typ": "at+jwt", "kid": kid}).to_string()),
+        B64.encode(claims.to_string())
+    );
+    forgeries.push(("alg none", none));
+    // Signed by a key of our own, named by the real kid, or carried in the
+    // header (`jwk`), or pointed at (`jku`, `x5u`).
+    let ours = authgraph::auth::keys::generate(SigningAlgorithm::Es256, "attacker").unwrap();
+    let our_key = EncodingKey::from_ec_der(&ours.pkcs8);
+    let mut h = header(Algorithm::ES256, Some(kid));
+    forgeries.push(("a foreign key under the real kid", jsonwebtoken::encode(&h, &admin_claims, &our_key).unwrap()));
+    h.kid = Some("attacker".into());
+    h.jwk = Some(serde_json::from_value(ours.public_jwk.clone()).unwrap());
+    forgeries.push(("a key carried in the header", jsonwebtoken::encode(&h, &admin_claims, &our_key).unwrap()));
+    h.jwk = None;
+    h.jku = Some("http://127.0.0.1:9/jwks.json".into());
+    h.x5u = Some("http://127.0.0.1:9/cert.pem".into());
+    forgeries.push(("jku and x5u", jsonwebtoken::encode(&h, &admin_claims, &our_key).unwrap()));
+    let mut missing = header(Algorithm::ES256, Some("no-such-key"));
+    forgeries.push(("a kid never published", jsonwebtoken::encode(&missing, &claims, &our_key).unwrap()));
+    missing.kid = None;
+    forgeries.push(("no kid", jsonwebtoken::encode(&missing, &claims, &our_key).unwrap()));
+
+    for (what, token) in forgeries {
+        let v = me_id(&app, &token).await;
+        assert_eq!(code(&v), "UNAUTHENTICATED", "{what}: {v}");
+        assert_eq!(reason(&v), "INVALID_TOKEN", "{what}: {v}");
+    }
+    // The control: the real token passes.
+    assert_eq!(me_id(&app, &user.access_token).await["data"]["me"]["id"], user.id.as_str());
+}
+
+/// Keys live in the database: a restart signs with the same key, so tokens
+/// issued before it still pass; another `KEY_ENCRYPTION_SECRET` cannot open
+/// them and the server says so instead of starting; a change of algorithm
+/// retires the old key, which stays published while its tokens live.
+#[tokio::test]
+async fn keys_survive_a_restart_and_an_algorithm_change_breaks_no_token() {
+    let mut app = spawn_signing(SigningAlgorithm::Es256).await;
+    let user = app.user("keep@example.com").await;
+    let kid = header_of(&user.access_token)["kid"].clone();
+    let config = app.config.clone();
+    app.stop().await;
+
+    let mut wrong = config.clone();
+    wrong.key_encryption_secret = Some(Secret::new(b"another-key-encryption-secret-0123456789".to_vec()));
+    let err = authgraph::app::spawn(&wrong).await.err().expect("started with keys it cannot open").to_string();
+    assert!(err.contains("KEY_ENCRYPTION_SECRET"), "{err}");
+    assert!(!err.contains(KEK), "{err}");
+
+    let again = authgraph::app::spawn(&config).await.expect("restart");
+    let v = gql_at(again.addr, Some(&user.access_token), "{ me { id } }").await;
+    assert_eq!(v["data"]["me"]["id"], user.id.as_str(), "{v}");
+    again.stop().await.unwrap();
+
+    let mut eddsa = config.clone();
+    eddsa.jwt_algorithm = SigningAlgorithm::EdDsa;
+    let switched = authgraph::app::spawn(&eddsa).await.expect("restart with EdDSA");
+    let v = gql_at(switched.addr, Some(&user.access_token), "{ me { id } }").await;
+    assert_eq!(v["data"]["me"]["id"], user.id.as_str(), "a token of the retired key: {v}");
+    let jwks: Value = bare()
+        .get(format!("http://{}/.well-known/jwks.json", switched.addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let algs: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["alg"].as_str().unwrap()).collect();
+    assert_eq!(algs.len(), 2, "{jwks}");
+    assert!(algs.contains(&"ES256") && algs.contains(&"EdDSA"), "{jwks}");
+    assert!(jwks["keys"].as_array().unwrap().iter().any(|k| k["kid"] == kid));
+    switched.stop().await.unwrap();
+}
