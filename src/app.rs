@@ -55,17 +55,11 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         db::Readiness::open(&config.database_url, &conn).await.map_err(|e| StartError::Database(e.to_string()))?;
     let secret = server_secret(&config.jwt_key)?;
     let hasher = PasswordHasher::new(&config.password).map_err(|e| StartError::Other(e.to_string()))?;
-    let tokens = match config.jwt_algorithm {
-        SigningAlgorithm::Hs256 => {
-            TokenKeys::new(&secret, &config.jwt_issuer, &config.jwt_audience, config.access_token_ttl)
-        }
-        alg => {
-            let sealer = Sealer::new(config.key_encryption_secret.as_ref().unwrap_or(&secret));
-            // A retired key stays published while a token it signed may live.
-            let lifetime = chrono::Duration::from_std(config.access_token_ttl)
-                .map_err(|e| StartError::Other(format!("ACCESS_TOKEN_TTL: {e}")))?
-                + chrono::Duration::minutes(5);
-            let set = signing_keys::load_or_create(&conn, &sealer, alg, config.clock.now(), lifetime)
+    let signing = key_store(config, &secret)?;
+    let tokens = match &signing {
+        None => TokenKeys::new(&secret, &config.jwt_issuer, &config.jwt_audience, config.access_token_ttl),
+        Some(keys) => {
+            let set = signing_keys::ensure(&conn, keys, config.clock.now())
                 .await
                 .map_err(|e| StartError::Other(format!("signing keys: {}", e.detail())))?;
             TokenKeys::from_key_set(set, &config.jwt_issuer, &config.jwt_audience, config.access_token_ttl)
@@ -75,6 +69,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         db: conn,
         hasher,
         tokens,
+        signing,
         refresh: RefreshKeys::new(&secret),
         registry: Arc::new(SessionRegistry::for_access_tokens(config.session_cache_capacity, config.access_token_ttl)),
         limits: Arc::new(RateLimits::new(&config.rate_limits, config.clock.clone())),
@@ -188,6 +183,8 @@ async fn bind_and_serve(
     let acceptor = TcpAcceptor::from_tokio(listener).map_err(|source| StartError::Bind { addr, source })?;
     let purger = sessions::spawn_purger(state.services.clone(), config.cleanup_interval);
     let follower = state.feed_from.map(|from| store::follow(&state.services, &config.database_url, from));
+    let key_refresher =
+        state.services.signing.clone().map(|keys| signing_keys::spawn_refresher(state.services.clone(), keys));
     let services = state.services.clone();
     // Once a minute: forget idle rate-limit keys and write API key last-use times.
     let minutely = tokio::spawn(async move {
@@ -211,6 +208,9 @@ async fn bind_and_serve(
         minutely.abort();
         if let Some(follower) = follower {
             follower.abort();
+        }
+        if let Some(refresher) = key_refresher {
+            refresher.abort();
         }
         // Keep the last-use times gathered since the last tick.
         if let Err(e) = api_keys::flush_usage(&services).await {
@@ -254,6 +254,49 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+/// The stored key pairs of an ES256 or EdDSA install and how keys come and go
+/// under `config`; `None` on HS256. `secret` is the server secret, which seals
+/// the keys when `KEY_ENCRYPTION_SECRET` is not set (development only).
+fn key_store(config: &Config, secret: &Secret) -> Result<Option<Arc<signing_keys::SigningKeys>>, StartError> {
+    Ok(match config.jwt_algorithm {
+        SigningAlgorithm::Hs256 => None,
+        alg => Some(Arc::new(signing_keys::SigningKeys {
+            sealer: Sealer::new(config.key_encryption_secret.as_ref().unwrap_or(secret)),
+            policy: signing_keys::KeyPolicy {
+                alg,
+                lead: duration(config.jwt_key_lead_time)?,
+                // A retired key stays published while a token it signed may live.
+                linger: duration(config.access_token_ttl)? + chrono::Duration::minutes(5),
+                rotate_every: config.jwt_key_rotation_interval.map(duration).transpose()?,
+            },
+        })),
+    })
+}
+
+/// `authgraph keys …`: the key store of `config` on its database (migrated
+/// first). Errors: HS256 (no key pairs), or the database.
+pub async fn keys_command(
+    config: &Config,
+) -> Result<(sea_orm::DatabaseConnection, Arc<signing_keys::SigningKeys>), StartError> {
+    let secret = server_secret(&config.jwt_key)?;
+    let Some(keys) = key_store(config, &secret)? else {
+        return Err(StartError::Other(
+            "JWT_ALGORITHM is HS256 (JWT_SECRET is set): there are no key pairs to manage; \
+             set JWT_ALGORITHM=ES256 or EdDSA"
+                .into(),
+        ));
+    };
+    let conn = db::connect(&config.database_url, config.database_timeout, 1)
+        .await
+        .map_err(|e| StartError::Database(e.to_string()))?;
+    db::migrate(&conn).await.map_err(|e| StartError::Migration(e.to_string()))?;
+    Ok((conn, keys))
+}
+
+fn duration(d: std::time::Duration) -> Result<chrono::Duration, StartError> {
+    chrono::Duration::from_std(d).map_err(|e| StartError::Other(format!("duration out of range: {e}")))
 }
 
 /// The secret refresh tokens and stored-key fingerprints are keyed with (and

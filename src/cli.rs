@@ -1,5 +1,5 @@
 //! The command line: `serve` (the default), `migrate`, `print-schema`,
-//! `create-admin`.
+//! `create-admin`, `keys list | rotate | retire KID`.
 
 use std::ffi::OsString;
 
@@ -80,6 +80,33 @@ pub enum Command {
     /// account comes from AUTHGRAPH_ADMIN_PASSWORD or, when unset, standard input
     /// (never from a flag, which would land in shell history and `ps`)
     CreateAdmin(CreateAdminArgs),
+    /// Manage the signing keys of an ES256 or EdDSA install (kept in the database)
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// List the keys, newest first: kid, alg, state, when each signs from and
+    /// until when a retired one stays published
+    List(ServeArgs),
+    /// Start a rotation: a new key is published now and signs after
+    /// JWT_KEY_LEAD_TIME, when the current one retires. Running instances load
+    /// it within 30 s. While a new key is waiting already, shows that one
+    Rotate(ServeArgs),
+    /// Retire a key that does not sign now: a waiting key (a rotation called
+    /// off) leaves the JWK Set at once. The key that signs is refused: rotate
+    /// first, and it retires when its successor starts to sign
+    Retire(RetireArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RetireArgs {
+    /// The key's id (`kid`), as `authgraph keys list` shows it
+    pub kid: String,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 #[derive(Args, Debug)]

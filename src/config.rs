@@ -8,6 +8,7 @@ use clap::{ArgAction, Args, ValueEnum};
 use ipnet::IpNet;
 use thiserror::Error;
 
+use crate::auth::keys::JWKS_MAX_AGE_SECS;
 pub use crate::auth::keys::SigningAlgorithm;
 use crate::clock::Clock;
 
@@ -60,6 +61,16 @@ pub struct ServeArgs {
     /// /.well-known/jwks.json), or HS256 under JWT_SECRET (the default with it)
     #[arg(long, env = "JWT_ALGORITHM", value_enum)]
     pub jwt_algorithm: Option<SigningAlgorithm>,
+
+    /// How long a new signing key is published in the JWK Set before it signs:
+    /// longer than any verifier caches the set (at least 5m, the set's max-age)
+    #[arg(long, env = "JWT_KEY_LEAD_TIME", default_value = "15m", value_parser = parse_duration)]
+    pub jwt_key_lead_time: Duration,
+
+    /// Rotate the signing key on this schedule (e.g. 30d); unset: only on demand
+    /// (`authgraph keys rotate`, the rotateSigningKey mutation)
+    #[arg(long, env = "JWT_KEY_ROTATION_INTERVAL", value_parser = parse_duration)]
+    pub jwt_key_rotation_interval: Option<Duration>,
 
     /// Seals the signing keys stored in the database, at least 32 bytes; required
     /// in production with ES256 or EdDSA. Outside production, without it, the
@@ -303,6 +314,10 @@ pub struct Config {
     /// Seals stored signing keys; `None` outside production means the server
     /// secret (`jwt_key`) seals them.
     pub key_encryption_secret: Option<Secret>,
+    /// How long a new key is published before it signs.
+    pub jwt_key_lead_time: Duration,
+    /// Scheduled rotation, if any.
+    pub jwt_key_rotation_interval: Option<Duration>,
     pub database_timeout: Duration,
     pub database_max_connections: u32,
     pub listen_addr: SocketAddr,
@@ -424,6 +439,16 @@ impl Config {
             Some(n) => n,
             None => PASSWORD_QUEUE_PER_THREAD * cores(),
         };
+        if args.jwt_key_lead_time < Duration::from_secs(JWKS_MAX_AGE_SECS) {
+            return Err(bad(format!(
+                "JWT_KEY_LEAD_TIME must be at least {}s: the JWK Set is cached that long, and a key must be \
+                 known to every verifier before it signs",
+                JWKS_MAX_AGE_SECS
+            )));
+        }
+        if args.jwt_key_rotation_interval.is_some_and(|every| every <= args.jwt_key_lead_time) {
+            return Err(bad("JWT_KEY_ROTATION_INTERVAL must be longer than JWT_KEY_LEAD_TIME"));
+        }
         if args.session_cache_capacity < 1 {
             return Err(bad("SESSION_CACHE_CAPACITY must be at least 1"));
         }
@@ -450,6 +475,8 @@ impl Config {
             database_url: args.db.database_url,
             jwt_algorithm,
             key_encryption_secret,
+            jwt_key_lead_time: args.jwt_key_lead_time,
+            jwt_key_rotation_interval: args.jwt_key_rotation_interval,
             database_timeout,
             database_max_connections,
             listen_addr: args.listen_addr,

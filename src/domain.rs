@@ -204,3 +204,46 @@ impl From<api_key::Model> for ApiKey {
         }
     }
 }
+
+/// Where a signing key is in its life (see `service::signing_keys`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// Published; signs from `signs_from`.
+    Next,
+    /// Signs now.
+    Current,
+    /// No longer signs; published until `published_until`.
+    Retired,
+}
+
+/// A signing key as listed: its public facts, never its private half.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKey {
+    pub kid: String,
+    /// JOSE `alg`: `ES256` or `EdDSA`.
+    pub alg: String,
+    pub state: KeyState,
+    pub created_at: DateTime<Utc>,
+    pub signs_from: DateTime<Utc>,
+    pub retired_at: Option<DateTime<Utc>>,
+    pub published_until: Option<DateTime<Utc>>,
+}
+
+impl From<entity::signing_key::Model> for SigningKey {
+    fn from(row: entity::signing_key::Model) -> Self {
+        let state = match row.state.as_str() {
+            "next" => KeyState::Next,
+            "current" => KeyState::Current,
+            _ => KeyState::Retired,
+        };
+        Self {
+            kid: row.kid,
+            alg: row.alg,
+            state,
+            created_at: row.created_at,
+            signs_from: row.signs_from,
+            retired_at: row.retired_at,
+            published_until: row.published_until,
+        }
+    }
+}

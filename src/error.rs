@@ -81,6 +81,7 @@ reasons! {
     InvalidExpiry => ("INVALID_EXPIRY", BadUserInput, None, "`expiresInDays` is outside 1 to 3650."),
     InvalidGrace => ("INVALID_GRACE", BadUserInput, None, "`graceDays` is outside 0 to 365."),
     AlreadyRotated => ("ALREADY_ROTATED", BadUserInput, None, "The API key was already rotated: rotate its successor."),
+    NoSigningKeys => ("NO_SIGNING_KEYS", BadUserInput, None, "This install signs HS256 under `JWT_SECRET`: it has no key pairs to rotate (see `JWT_ALGORITHM`)."),
     TooManyAliases => ("TOO_MANY_ALIASES", BadUserInput, None, "The operation has more aliases than the server allows."),
     TooManyCredentialFields => ("TOO_MANY_CREDENTIAL_FIELDS", BadUserInput, None, "More than one login, register or changePassword in one HTTP request."),
     IntrospectionDisabled => ("INTROSPECTION_DISABLED", BadUserInput, None, "Introspection is off on this server."),

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use authgraph::{
     app,
-    cli::{Cli, Command},
+    cli::{Cli, Command, KeysCommand},
     config::Config,
     db, graphql, telemetry,
 };
@@ -41,6 +41,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Some(Command::Migrate(args)) => migrate(args).await,
         Some(Command::CreateAdmin(args)) => create_admin(args).await,
+        Some(Command::Keys(command)) => keys(command).await,
         Some(Command::Serve(args)) => serve(args).await,
         None => serve(cli.serve).await,
     }
@@ -99,6 +100,56 @@ async fn create_admin(args: authgraph::cli::CreateAdminArgs) -> Result<(), Strin
             user.email.display(),
             user.id
         );
+    }
+    Ok(())
+}
+
+/// `authgraph keys list | rotate | retire KID`.
+async fn keys(command: KeysCommand) -> Result<(), String> {
+    use authgraph::service::signing_keys;
+    let args = match &command {
+        KeysCommand::List(args) | KeysCommand::Rotate(args) => args.clone(),
+        KeysCommand::Retire(retire) => retire.serve.clone(),
+    };
+    let config = Config::from_args(args).map_err(|e| e.to_string())?;
+    let (db, keys) = app::keys_command(&config).await.map_err(|e| e.to_string())?;
+    let now = config.clock.now();
+    let show = |k: &entity::signing_key::Model| {
+        let until = k.published_until.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339());
+        format!(
+            "{}  {:<5}  {:<7}  signs from {}  published until {}",
+            k.kid,
+            k.alg,
+            k.state,
+            k.signs_from.to_rfc3339(),
+            until
+        )
+    };
+    match command {
+        KeysCommand::List(_) => {
+            let rows = signing_keys::list(&db, &keys, now).await.map_err(|e| e.detail())?;
+            if rows.is_empty() {
+                println!("no signing keys yet: the first server to start makes one");
+            }
+            for row in rows {
+                println!("{}", show(&row));
+            }
+        }
+        KeysCommand::Rotate(_) => {
+            let row = signing_keys::rotate(&db, &keys, now).await.map_err(|e| e.detail())?;
+            println!("{}", show(&row));
+            println!(
+                "published now; running instances load it within 30 s and sign with it from {}",
+                row.signs_from.to_rfc3339()
+            );
+        }
+        KeysCommand::Retire(retire) => {
+            let row = signing_keys::retire(&db, &keys, &retire.kid, now).await.map_err(|e| match e {
+                signing_keys::RetireError::App(e) => e.detail(),
+                other => other.to_string(),
+            })?;
+            println!("{}", show(&row));
+        }
     }
     Ok(())
 }

@@ -19,6 +19,11 @@ use serde_json::{Value, json};
 
 use crate::{config::Secret, error::AppError};
 
+/// How long a verifier may cache the JWK Set (seconds; its `Cache-Control:
+/// max-age`). A new key is published longer than this before it signs
+/// (`JWT_KEY_LEAD_TIME` is at least this).
+pub const JWKS_MAX_AGE_SECS: u64 = 300;
+
 /// The algorithms authgraph signs access tokens with (`JWT_ALGORITHM`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SigningAlgorithm {

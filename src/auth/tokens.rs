@@ -20,7 +20,7 @@
 
 use std::{
     num::NonZeroUsize,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -89,19 +89,33 @@ fn in_time(v: &Verified, now: i64) -> Result<(), AppError> {
 
 #[derive(Clone)]
 pub struct TokenKeys {
-    encoding: EncodingKey,
-    header: Header,
-    /// Every key a token may name, by `kid`.
-    verifiers: Arc<HashMap<String, Verifier>>,
-    /// The HS256 key, for tokens issued without `kid`.
-    unnamed: Option<Verifier>,
-    /// The public JWKs (none for HS256).
-    published: Arc<Vec<serde_json::Value>>,
+    /// The keys, replaced whole when the stored set changes.
+    keys: Arc<RwLock<Arc<Keys>>>,
     issuer: String,
     audience: String,
     ttl: Duration,
     /// Tokens that verified, by the SHA-256 of their text.
     verified: Arc<Mutex<LruCache<[u8; 32], Verified>>>,
+}
+
+/// The keys at one moment: which sign (each from its own time), and which a
+/// token may name.
+struct Keys {
+    /// By `signs_from` (Unix seconds), oldest first: a token is signed by the
+    /// newest whose time has come.
+    signers: Vec<Signer>,
+    /// Every key a token may name, by `kid`.
+    verifiers: HashMap<String, Verifier>,
+    /// The HS256 key, for tokens issued without `kid`.
+    unnamed: Option<Verifier>,
+    /// The public JWKs (none for HS256).
+    published: Vec<serde_json::Value>,
+}
+
+struct Signer {
+    signs_from: i64,
+    encoding: EncodingKey,
+    header: Header,
 }
 
 pub struct IssuedAccessToken {
@@ -117,14 +131,20 @@ struct Verifier {
     validation: Validation,
 }
 
-/// An asymmetric key set as loaded from the database: the key that signs, and
-/// every key published (the signing one included).
+/// An asymmetric key set as loaded from the database.
 pub struct KeySet {
-    pub signing_kid: String,
-    pub signing_alg: SigningAlgorithm,
-    pub signing: EncodingKey,
+    /// `(kid, alg, signing key, signs from (Unix seconds))` of every key that
+    /// signs now or will: the current key and a next one.
+    pub signers: Vec<(String, SigningAlgorithm, EncodingKey, i64)>,
     /// `(kid, alg, verifying key, public JWK)` of every published key.
     pub published: Vec<(String, SigningAlgorithm, DecodingKey, serde_json::Value)>,
+}
+
+fn header(alg: Algorithm, kid: &str) -> Header {
+    let mut header = Header::new(alg);
+    header.typ = Some(TOKEN_TYPE.to_owned());
+    header.kid = Some(kid.to_owned());
+    header
 }
 
 impl TokenKeys {
@@ -136,37 +156,50 @@ impl TokenKeys {
             decoding: DecodingKey::from_secret(secret.expose()),
             validation: validation(Algorithm::HS256, issuer, audience),
         };
-        let mut keys =
-            Self::with(EncodingKey::from_secret(secret.expose()), &kid, Algorithm::HS256, issuer, audience, ttl);
-        keys.verifiers = Arc::new(HashMap::from([(kid, verifier.clone())]));
-        keys.unnamed = Some(verifier);
-        keys
+        let keys = Keys {
+            signers: vec![Signer {
+                signs_from: i64::MIN,
+                encoding: EncodingKey::from_secret(secret.expose()),
+                header: header(Algorithm::HS256, &kid),
+            }],
+            verifiers: HashMap::from([(kid, verifier.clone())]),
+            unnamed: Some(verifier),
+            published: Vec::new(),
+        };
+        Self::with(keys, issuer, audience, ttl)
     }
 
-    /// Signs with `set`'s signing key and verifies with any key it publishes.
+    /// Signs with `set`'s signing keys and verifies with any key it publishes.
     pub fn from_key_set(set: KeySet, issuer: &str, audience: &str, ttl: Duration) -> Self {
-        let mut keys = Self::with(set.signing, &set.signing_kid, set.signing_alg.jwt(), issuer, audience, ttl);
+        Self::with(Self::keys_of(set, issuer, audience), issuer, audience, ttl)
+    }
+
+    /// Replaces the keys with `set` (the stored set changed: a rotation, a
+    /// retirement, a key made by another instance).
+    pub fn replace(&self, set: KeySet) {
+        let keys = Arc::new(Self::keys_of(set, &self.issuer, &self.audience));
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+    }
+
+    fn keys_of(set: KeySet, issuer: &str, audience: &str) -> Keys {
+        let mut signers: Vec<Signer> = set
+            .signers
+            .into_iter()
+            .map(|(kid, alg, encoding, signs_from)| Signer { signs_from, encoding, header: header(alg.jwt(), &kid) })
+            .collect();
+        signers.sort_by_key(|s| s.signs_from);
         let mut verifiers = HashMap::new();
         let mut published = Vec::new();
         for (kid, alg, decoding, jwk) in set.published {
             verifiers.insert(kid, Verifier { decoding, validation: validation(alg.jwt(), issuer, audience) });
             published.push(jwk);
         }
-        keys.verifiers = Arc::new(verifiers);
-        keys.published = Arc::new(published);
-        keys
+        Keys { signers, verifiers, unnamed: None, published }
     }
 
-    fn with(encoding: EncodingKey, kid: &str, alg: Algorithm, issuer: &str, audience: &str, ttl: Duration) -> Self {
-        let mut header = Header::new(alg);
-        header.typ = Some(TOKEN_TYPE.to_owned());
-        header.kid = Some(kid.to_owned());
+    fn with(keys: Keys, issuer: &str, audience: &str, ttl: Duration) -> Self {
         Self {
-            encoding,
-            header,
-            verifiers: Arc::default(),
-            unnamed: None,
-            published: Arc::default(),
+            keys: Arc::new(RwLock::new(Arc::new(keys))),
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             ttl,
@@ -174,10 +207,15 @@ impl TokenKeys {
         }
     }
 
+    fn keys(&self) -> Arc<Keys> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The JWK Set (RFC 7517 section 5) of the public keys tokens are signed
-    /// with: `{"keys": [...]}`, empty for HS256.
+    /// with, will be, or were (while their tokens live): `{"keys": [...]}`,
+    /// empty for HS256.
     pub fn jwks(&self) -> serde_json::Value {
-        serde_json::json!({ "keys": *self.published })
+        serde_json::json!({ "keys": self.keys().published })
     }
 
     /// `iss` of every token.
@@ -186,19 +224,22 @@ impl TokenKeys {
     }
 
     /// The algorithms of the keys tokens may be signed with (JOSE names).
-    pub fn algorithms(&self) -> Vec<&str> {
-        let mut algs: Vec<&str> = self.published.iter().filter_map(|k| k["alg"].as_str()).collect();
-        if self.unnamed.is_some() {
-            algs.push("HS256");
+    pub fn algorithms(&self) -> Vec<String> {
+        let keys = self.keys();
+        let mut algs: Vec<String> =
+            keys.published.iter().filter_map(|k| k["alg"].as_str().map(str::to_owned)).collect();
+        if keys.unnamed.is_some() {
+            algs.push("HS256".to_owned());
         }
         algs.sort_unstable();
         algs.dedup();
         algs
     }
 
-    /// The `kid` new tokens carry.
-    pub fn signing_kid(&self) -> Option<&str> {
-        self.header.kid.as_deref()
+    /// The `kid` a token issued at `now` (Unix seconds) carries.
+    pub fn signing_kid(&self, now: i64) -> Option<String> {
+        let keys = self.keys();
+        keys.signer(now).and_then(|s| s.header.kid.clone())
     }
 
     /// Issues an access token for a session. It never outlives `not_after` (the
@@ -225,7 +266,9 @@ impl TokenKeys {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
         };
-        let token = encode(&self.header, &claims, &self.encoding)
+        let keys = self.keys();
+        let signer = keys.signer(now).ok_or_else(|| AppError::internal("no signing key"))?;
+        let token = encode(&signer.header, &claims, &signer.encoding)
             .map_err(|e| AppError::internal(format!("jwt encode: {e}")))?;
         Ok(IssuedAccessToken { token, expires_in: exp - now, claims })
     }
@@ -236,9 +279,10 @@ impl TokenKeys {
     /// `INVALID_TOKEN` for anything else.
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, AppError> {
         let header = decode_header(token).map_err(|_| AppError::InvalidToken)?;
+        let keys = self.keys();
         let verifier = match &header.kid {
-            Some(kid) => self.verifiers.get(kid),
-            None => self.unnamed.as_ref(),
+            Some(kid) => keys.verifiers.get(kid),
+            None => keys.unnamed.as_ref(),
         }
         .ok_or(AppError::InvalidToken)?;
         let data =
@@ -276,6 +320,14 @@ impl TokenKeys {
     #[cfg(test)]
     fn remembered(&self) -> usize {
         self.verified().len()
+    }
+}
+
+impl Keys {
+    /// The key that signs at `now`: the newest whose time has come (the oldest
+    /// if none has, which a stored set never leaves).
+    fn signer(&self, now: i64) -> Option<&Signer> {
+        self.signers.iter().rev().find(|s| s.signs_from <= now).or_else(|| self.signers.first())
     }
 }
 

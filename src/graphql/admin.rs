@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{
     request, services,
-    types::{ApiKey, ApiKeySecret, ApiScope, Role, TokenInfo, User, parse_id},
+    types::{ApiKey, ApiKeySecret, ApiScope, Role, SigningKey, TokenInfo, User, parse_id},
 };
 use crate::{
     auth::access::{AdminOnly, SessionsRevoke, TokensIntrospect, UsersRead, UsersWrite},
@@ -19,7 +19,7 @@ use crate::{
     error::{AppError, Reason},
     service::{
         admin::{self, PAGE_DEFAULT, PAGE_MAX, PageRequest, UserFilter},
-        api_keys, sessions,
+        api_keys, sessions, signing_keys,
     },
 };
 
@@ -115,6 +115,14 @@ impl AdminQuery {
         Ok(api_keys::list(services(ctx)?, &proof).await?.into_iter().map(ApiKey).collect())
     }
 
+    /// The keys access tokens are signed with, newest first: the one waiting to
+    /// sign, the one signing, and those retired but still published. Empty on
+    /// an HS256 install. ADMIN.
+    async fn signing_keys(&self, ctx: &Context<'_>) -> Result<Vec<SigningKey>> {
+        let proof = request(ctx)?.principal.grant::<AdminOnly>()?;
+        Ok(signing_keys::list_keys(services(ctx)?, &proof).await?.into_iter().map(SigningKey).collect())
+    }
+
     /// Whether an access token is live, and whose it is. API key with TOKENS_INTROSPECT.
     async fn token_info(&self, ctx: &Context<'_>, #[graphql(secret)] access_token: String) -> Result<TokenInfo> {
         let proof = request(ctx)?.principal.grant::<TokensIntrospect>()?;
@@ -179,6 +187,15 @@ impl AdminMutation {
         let id = parse_id(&id, "id")?;
         let (key, secret) = api_keys::rotate(services(ctx)?, &proof, id, grace_days.unwrap_or(30)).await?;
         Ok(ApiKeySecret { api_key: ApiKey(key), secret })
+    }
+
+    /// Starts a rotation of the signing key: a new key is published in the JWK
+    /// Set now and signs after `JWT_KEY_LEAD_TIME`, when the current one retires
+    /// (published until its tokens have expired). While a new key is waiting,
+    /// returns that one. `NO_SIGNING_KEYS` on an HS256 install. ADMIN.
+    async fn rotate_signing_key(&self, ctx: &Context<'_>) -> Result<SigningKey> {
+        let proof = request(ctx)?.principal.grant::<AdminOnly>()?;
+        Ok(SigningKey(signing_keys::rotate_key(services(ctx)?, &proof).await?))
     }
 
     /// Revokes a key, effective at once. ADMIN.

@@ -45,6 +45,7 @@ pub const BUDGETS: &[(&str, Budget)] = &[
     ("users", Budget::Unmetered(TOKEN)),
     ("user", Budget::Unmetered(TOKEN)),
     ("apiKeys", Budget::Unmetered(TOKEN)),
+    ("signingKeys", Budget::Unmetered(TOKEN)),
     ("tokenInfo", Budget::Unmetered("an API key's check of a token; answered from memory")),
     // Mutation
     ("register", Budget::PerIp(Action::Register)),
@@ -60,6 +61,7 @@ pub const BUDGETS: &[(&str, Budget)] = &[
     ("createApiKey", Budget::Unmetered(TOKEN)),
     ("rotateApiKey", Budget::Unmetered(TOKEN)),
     ("revokeApiKey", Budget::Unmetered(TOKEN)),
+    ("rotateSigningKey", Budget::Unmetered(TOKEN)),
 ];
 
 /// The budget of a root field, if the table has one.

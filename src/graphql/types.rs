@@ -304,3 +304,51 @@ impl From<sessions::TokenInfo> for TokenInfo {
         }
     }
 }
+
+/// Where a signing key is in its life.
+#[derive(Enum, Copy, Clone, Debug, Eq, PartialEq)]
+pub enum SigningKeyState {
+    /// Published in the JWK Set; signs from `signsFrom`.
+    Next,
+    /// Signs the access tokens issued now.
+    Current,
+    /// No longer signs; published until `publishedUntil`, while its tokens live.
+    Retired,
+}
+
+/// A key access tokens are signed with (ES256 or EdDSA). Its private half never
+/// leaves the server.
+pub struct SigningKey(pub domain::SigningKey);
+
+#[Object]
+impl SigningKey {
+    /// The `kid` in the JWK Set and in the tokens' header.
+    async fn kid(&self) -> &str {
+        &self.0.kid
+    }
+    /// JOSE `alg`: `ES256` or `EdDSA`.
+    async fn alg(&self) -> &str {
+        &self.0.alg
+    }
+    async fn state(&self) -> SigningKeyState {
+        match self.0.state {
+            domain::KeyState::Next => SigningKeyState::Next,
+            domain::KeyState::Current => SigningKeyState::Current,
+            domain::KeyState::Retired => SigningKeyState::Retired,
+        }
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    /// When it signs (or signed) its first token.
+    async fn signs_from(&self) -> DateTime<Utc> {
+        self.0.signs_from
+    }
+    async fn retired_at(&self) -> Option<DateTime<Utc>> {
+        self.0.retired_at
+    }
+    /// When it leaves the JWK Set (null while it signs or will).
+    async fn published_until(&self) -> Option<DateTime<Utc>> {
+        self.0.published_until
+    }
+}

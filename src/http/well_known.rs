@@ -8,10 +8,7 @@ use std::sync::Arc;
 use poem::{Request, Response, handler, http::header, web::Data};
 
 use super::AppState;
-
-/// How long a verifier may cache the JWK Set (seconds). A key is published
-/// before it signs and after it stops, for longer than this.
-pub const JWKS_MAX_AGE_SECS: u64 = 300;
+use crate::auth::keys::JWKS_MAX_AGE_SECS;
 
 /// `GET /.well-known/jwks.json`: the public keys, each with `kid`, `alg` and
 /// `use: sig`; `{"keys": []}` on an HS256 install (its secret is never shown).
@@ -33,7 +30,7 @@ pub async fn openid_configuration(req: &Request, state: Data<&Arc<AppState>>) ->
         let scheme = if state.cookies.secure() { "https" } else { "http" };
         format!("{scheme}://{host}")
     };
-    let algs: Vec<&str> = state.services.tokens.algorithms();
+    let algs = state.services.tokens.algorithms();
     let doc = serde_json::json!({
         "issuer": issuer,
         "jwks_uri": format!("{base}/.well-known/jwks.json"),

@@ -46,6 +46,8 @@ pub struct Services {
     pub db: DatabaseConnection,
     pub hasher: PasswordHasher,
     pub tokens: TokenKeys,
+    /// The stored key pairs of an ES256 or EdDSA install (`None` on HS256).
+    pub signing: Option<Arc<signing_keys::SigningKeys>>,
     pub refresh: RefreshKeys,
     /// Read by every request; changed only through [`store`].
     pub registry: Arc<store::SessionRegistry>,

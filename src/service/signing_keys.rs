@@ -1,51 +1,75 @@
 //! The signing keys every instance shares: kept in `signing_keys`, sealed at
-//! rest (see `auth::keys`), loaded at start.
+//! rest (see `auth::keys`), rotated without a refused token.
 //!
-//! At start an instance makes sure the database holds a `current` key of the
-//! configured algorithm: the first instance to start on a database generates
-//! it, in a write transaction that every other instance waits for (SQLite's
-//! write lock; a transaction-scoped advisory lock on PostgreSQL), so all of
-//! them sign with the same key. Switching `JWT_ALGORITHM` retires the old
-//! current key: it stops signing at once and stays published until every token
-//! it signed has expired.
+//! A key is `next` (published, not yet signing), `current` (signing) or
+//! `retired` (published until `published_until`, no longer signing). Which key
+//! signs is a matter of time, not of who noticed first: at any moment it is the
+//! newest key, not retired, whose `signs_from` has come. A rotation makes a
+//! `next` key that signs [`KeyPolicy::lead`] later, so that every verifier that
+//! caches the JWK Set has fetched it by then; when its time comes the key
+//! before it is retired, and stays published for [`KeyPolicy::linger`] (longer
+//! than any token it signed lives). Each instance reloads the set every
+//! [`REFRESH`], so a key made by another instance or by `authgraph keys` is
+//! known long before it signs.
+//!
+//! Every change happens in a write transaction that the others wait for
+//! (SQLite's write lock; a transaction-scoped advisory lock on PostgreSQL): the
+//! first instance to start on an empty database makes the key, the others find
+//! it, and two rotations at once make one key.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, Set,
-    Statement,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, Set, Statement,
 };
 
 use entity::signing_key;
 
 use crate::{
     auth::{
+        access::{AdminOnly, Granted},
         keys::{self, Sealer, SigningAlgorithm},
         tokens::KeySet,
     },
-    db,
-    error::{AppError, AppResult},
+    db, domain,
+    error::{AppError, AppResult, Reason},
+    service::Services,
 };
 
 /// The advisory lock that serialises key changes on PostgreSQL ("agkeys").
 const KEYS_LOCK: i64 = 0x6167_6b65_7973;
 
+/// How often a serving instance reloads the key set.
+pub const REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub const STATE_NEXT: &str = "next";
 pub const STATE_CURRENT: &str = "current";
 pub const STATE_RETIRED: &str = "retired";
 
-/// Ensures a current key of `alg` (generating one if there is none), then
-/// loads the key set: the current key to sign with, and every key still
-/// published to verify with. `token_lifetime` is how long a retired key stays
-/// published (the access-token lifetime, at least). Errors: `INTERNAL` when a
-/// stored key does not open under `sealer` (another `KEY_ENCRYPTION_SECRET`),
-/// or a database error.
-pub async fn load_or_create(
-    db: &DatabaseConnection,
-    sealer: &Sealer,
-    alg: SigningAlgorithm,
-    now: DateTime<Utc>,
-    token_lifetime: chrono::Duration,
-) -> AppResult<KeySet> {
+/// How keys come and go.
+#[derive(Debug, Clone)]
+pub struct KeyPolicy {
+    /// The algorithm new keys are made for (`JWT_ALGORITHM`).
+    pub alg: SigningAlgorithm,
+    /// How long a new key is published before it signs (`JWT_KEY_LEAD_TIME`).
+    pub lead: chrono::Duration,
+    /// How long a key stays published after it stops signing: the access-token
+    /// lifetime and a margin.
+    pub linger: chrono::Duration,
+    /// A new key when the signing one has signed this long (`JWT_KEY_ROTATION_INTERVAL`); `None`: only on demand.
+    pub rotate_every: Option<chrono::Duration>,
+}
+
+/// The stored keys of an ES256 or EdDSA install, and how to open them.
+pub struct SigningKeys {
+    pub sealer: Sealer,
+    pub policy: KeyPolicy,
+}
+
+/// Begins a key change: a write transaction holding the keys lock.
+async fn begin(db: &DatabaseConnection) -> AppResult<DatabaseTransaction> {
     let txn = db::begin_write(db).await?;
     if txn.get_database_backend() == DbBackend::Postgres {
         txn.execute_raw(Statement::from_sql_and_values(
@@ -55,64 +79,273 @@ pub async fn load_or_create(
         ))
         .await?;
     }
-    let current = signing_key::Entity::find().filter(signing_key::Column::State.eq(STATE_CURRENT)).all(&txn).await?;
-    if !current.iter().any(|k| k.alg == alg.name()) {
-        for old in current {
-            let mut retired: signing_key::ActiveModel = old.into();
-            retired.state = Set(STATE_RETIRED.to_owned());
-            retired.retired_at = Set(Some(now));
-            retired.published_until = Set(Some(now + token_lifetime));
-            retired.update(&txn).await?;
-        }
-        let kid = uuid::Uuid::now_v7().simple().to_string();
-        let generated = keys::generate(alg, &kid)?;
-        signing_key::Entity::insert(signing_key::ActiveModel {
-            kid: Set(kid.clone()),
-            alg: Set(alg.name().to_owned()),
-            state: Set(STATE_CURRENT.to_owned()),
-            private_key: Set(sealer.seal(&kid, &generated.pkcs8)?),
-            public_jwk: Set(generated.public_jwk.to_string()),
-            created_at: Set(now),
-            signs_from: Set(now),
-            retired_at: Set(None),
-            published_until: Set(None),
-        })
-        .exec_without_returning(&txn)
-        .await?;
-        tracing::info!(kid = %kid, alg = alg.name(), "generated a signing key");
-    }
-    let rows = signing_key::Entity::find().all(&txn).await?;
-    txn.commit().await?;
-    key_set(rows, sealer, alg, now)
+    Ok(txn)
 }
 
-fn key_set(
-    rows: Vec<signing_key::Model>,
-    sealer: &Sealer,
-    alg: SigningAlgorithm,
+/// Brings the stored states up to `now`: the key that signs now is `current`,
+/// those before it are retired from the moment it began to sign. Returns the
+/// keys not retired, oldest first.
+async fn settle(
+    txn: &DatabaseTransaction,
+    policy: &KeyPolicy,
     now: DateTime<Utc>,
-) -> AppResult<KeySet> {
-    let mut signing = None;
-    let mut published = Vec::new();
+) -> AppResult<Vec<signing_key::Model>> {
+    let live = signing_key::Entity::find()
+        .filter(signing_key::Column::State.ne(STATE_RETIRED))
+        .order_by_asc(signing_key::Column::SignsFrom)
+        .all(txn)
+        .await?;
+    let Some(signer) = live.iter().rposition(|k| k.signs_from <= now) else { return Ok(live) };
+    let since = live[signer].signs_from;
+    let mut kept = Vec::new();
+    for (i, key) in live.into_iter().enumerate() {
+        if i < signer {
+            let mut retired: signing_key::ActiveModel = key.into();
+            retired.state = Set(STATE_RETIRED.to_owned());
+            retired.retired_at = Set(Some(since));
+            retired.published_until = Set(Some(since + policy.linger));
+            retired.update(txn).await?;
+        } else if i == signer && key.state != STATE_CURRENT {
+            let mut current: signing_key::ActiveModel = key.into();
+            current.state = Set(STATE_CURRENT.to_owned());
+            kept.push(current.update(txn).await?);
+        } else {
+            kept.push(key);
+        }
+    }
+    Ok(kept)
+}
+
+/// Makes a key of `policy.alg` that signs from `signs_from`.
+async fn make(
+    txn: &DatabaseTransaction,
+    keys: &SigningKeys,
+    now: DateTime<Utc>,
+    signs_from: DateTime<Utc>,
+) -> AppResult<signing_key::Model> {
+    let alg = keys.policy.alg;
+    let kid = uuid::Uuid::now_v7().simple().to_string();
+    let generated = keys::generate(alg, &kid)?;
+    let row = signing_key::Model {
+        kid: kid.clone(),
+        alg: alg.name().to_owned(),
+        state: (if signs_from <= now { STATE_CURRENT } else { STATE_NEXT }).to_owned(),
+        private_key: keys.sealer.seal(&kid, &generated.pkcs8)?,
+        public_jwk: generated.public_jwk.to_string(),
+        created_at: now,
+        signs_from,
+        retired_at: None,
+        published_until: None,
+    };
+    signing_key::Entity::insert(signing_key::ActiveModel::from(row.clone())).exec_without_returning(txn).await?;
+    tracing::info!(kid = %kid, alg = alg.name(), signs_from = %signs_from, "signing key made");
+    Ok(row)
+}
+
+/// At start: makes sure a key signs, then loads the set. A new install gets a
+/// key that signs at once. When the key that signs is not of `policy.alg`
+/// (`JWT_ALGORITHM` changed), a key of the new algorithm is made to sign after
+/// the lead time, like any rotation, so no verifier meets a key it has not
+/// fetched. Errors: `INTERNAL` when a stored key does not open (another
+/// `KEY_ENCRYPTION_SECRET`), or a database error.
+pub async fn ensure(db: &DatabaseConnection, keys: &SigningKeys, now: DateTime<Utc>) -> AppResult<KeySet> {
+    let txn = begin(db).await?;
+    let live = settle(&txn, &keys.policy, now).await?;
+    if live.is_empty() {
+        make(&txn, keys, now, now).await?;
+    } else if !live.iter().any(|k| k.alg == keys.policy.alg.name()) {
+        let row = make(&txn, keys, now, now + keys.policy.lead).await?;
+        tracing::warn!(
+            kid = %row.kid,
+            signs_from = %row.signs_from,
+            "JWT_ALGORITHM changed: the new key is published now and signs after the lead time"
+        );
+    }
+    txn.commit().await?;
+    load(db, keys, now).await
+}
+
+/// Starts a rotation: a `next` key that signs after the lead time. When one is
+/// waiting already, that one is returned (so two rotations at once, or a
+/// rotation repeated, make one key).
+pub async fn rotate(db: &DatabaseConnection, keys: &SigningKeys, now: DateTime<Utc>) -> AppResult<signing_key::Model> {
+    let txn = begin(db).await?;
+    let live = settle(&txn, &keys.policy, now).await?;
+    let row = if live.is_empty() {
+        // Nothing signs yet (no server has started on this database): nobody
+        // can have cached a set, so the first key signs at once.
+        make(&txn, keys, now, now).await?
+    } else {
+        match live.into_iter().find(|k| k.signs_from > now) {
+            Some(waiting) => waiting,
+            None => make(&txn, keys, now, now + keys.policy.lead).await?,
+        }
+    };
+    txn.commit().await?;
+    Ok(row)
+}
+
+/// Why `retire` refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RetireError {
+    #[error("no signing key {0}")]
+    Unknown(String),
+    #[error(
+        "{0} is the key that signs now: rotate first (`authgraph keys rotate`); it retires when its successor starts to sign"
+    )]
+    Signing(String),
+    #[error(transparent)]
+    App(#[from] AppError),
+}
+
+/// Retires a key that does not sign now: a waiting `next` key (a rotation
+/// called off) is unpublished at once, since it signed nothing; a retired one
+/// is left as it is. The key that signs cannot be retired (rotate first).
+pub async fn retire(
+    db: &DatabaseConnection,
+    keys: &SigningKeys,
+    kid: &str,
+    now: DateTime<Utc>,
+) -> Result<signing_key::Model, RetireError> {
+    let txn = begin(db).await?;
+    let live = settle(&txn, &keys.policy, now).await?;
+    let row = signing_key::Entity::find_by_id(kid.to_owned())
+        .one(&txn)
+        .await
+        .map_err(AppError::from)?
+        .ok_or_else(|| RetireError::Unknown(kid.to_owned()))?;
+    if row.state == STATE_RETIRED {
+        txn.commit().await.map_err(AppError::from)?;
+        return Ok(row);
+    }
+    if live.iter().rev().find(|k| k.signs_from <= now).is_some_and(|k| k.kid == kid) {
+        return Err(RetireError::Signing(kid.to_owned()));
+    }
+    let mut retired: signing_key::ActiveModel = row.into();
+    retired.state = Set(STATE_RETIRED.to_owned());
+    retired.retired_at = Set(Some(now));
+    retired.published_until = Set(Some(now));
+    let row = retired.update(&txn).await.map_err(AppError::from)?;
+    txn.commit().await.map_err(AppError::from)?;
+    Ok(row)
+}
+
+/// Every stored key, states brought up to `now`, newest first.
+pub async fn list(
+    db: &DatabaseConnection,
+    keys: &SigningKeys,
+    now: DateTime<Utc>,
+) -> AppResult<Vec<signing_key::Model>> {
+    let txn = begin(db).await?;
+    settle(&txn, &keys.policy, now).await?;
+    let rows = signing_key::Entity::find().order_by_desc(signing_key::Column::SignsFrom).all(&txn).await?;
+    txn.commit().await?;
+    Ok(rows)
+}
+
+/// The set to sign and verify with at `now`: every key not retired signs from
+/// its own time; every key still published verifies. Errors: `INTERNAL` when
+/// a key does not open under the sealer.
+pub async fn load(db: &DatabaseConnection, keys: &SigningKeys, now: DateTime<Utc>) -> AppResult<KeySet> {
+    let rows = signing_key::Entity::find().all(db).await?;
+    let mut set = KeySet { signers: Vec::new(), published: Vec::new() };
     for row in rows {
         if row.published_until.is_some_and(|until| until <= now) {
             continue;
         }
-        let Some(row_alg) = SigningAlgorithm::from_name(&row.alg) else {
+        let Some(alg) = SigningAlgorithm::from_name(&row.alg) else {
             return Err(AppError::internal(format!("signing key {} has an unknown alg", row.kid)));
         };
         let jwk: serde_json::Value = serde_json::from_str(&row.public_jwk)
             .map_err(|e| AppError::internal(format!("signing key {}: {e}", row.kid)))?;
-        if row.state == STATE_CURRENT && row_alg == alg {
-            let pkcs8 = sealer.open(&row.kid, &row.private_key)?;
+        if row.state != STATE_RETIRED {
+            let pkcs8 = keys.sealer.open(&row.kid, &row.private_key)?;
             let (encoding, _) = keys::jwt_keys(alg, &pkcs8, &jwk)?;
-            signing = Some((row.kid.clone(), encoding));
+            set.signers.push((row.kid.clone(), alg, encoding, row.signs_from.timestamp()));
         }
-        published.push((row.kid, row_alg, keys::decoding_key(row_alg, &jwk)?, jwk));
+        set.published.push((row.kid, alg, keys::decoding_key(alg, &jwk)?, jwk));
     }
-    let (signing_kid, signing) =
-        signing.ok_or_else(|| AppError::internal(format!("no current {} signing key", alg.name())))?;
-    Ok(KeySet { signing_kid, signing_alg: alg, signing, published })
+    if set.signers.is_empty() {
+        return Err(AppError::internal("no signing key: start the server once to make one"));
+    }
+    Ok(set)
+}
+
+/// Every stored key, newest first, for an admin. An HS256 install has none.
+pub async fn list_keys(svc: &Services, _proof: &Granted<AdminOnly>) -> AppResult<Vec<domain::SigningKey>> {
+    let Some(keys) = &svc.signing else { return Ok(Vec::new()) };
+    Ok(list(&svc.db, keys, svc.clock.now()).await?.into_iter().map(Into::into).collect())
+}
+
+/// Starts a rotation for an admin (see [`rotate`]) and publishes the new key
+/// from this instance at once (the others load it within [`REFRESH`]).
+/// Errors: `NO_SIGNING_KEYS` on an HS256 install.
+pub async fn rotate_key(svc: &Services, _proof: &Granted<AdminOnly>) -> AppResult<domain::SigningKey> {
+    let Some(keys) = &svc.signing else {
+        return Err(AppError::Refused {
+            reason: Reason::NoSigningKeys,
+            message: "This install signs HS256: there is no key pair to rotate".into(),
+        });
+    };
+    let now = svc.clock.now();
+    let row = rotate(&svc.db, keys, now).await?;
+    svc.tokens.replace(load(&svc.db, keys, now).await?);
+    tracing::info!(kid = %row.kid, signs_from = %row.signs_from, "signing key rotation started");
+    Ok(row.into())
+}
+
+/// One round of the background work: the stored states brought up to date
+/// when a key's time has come, a scheduled rotation when one is due, then the
+/// set reloaded into `tokens`. The write lock is taken only when there is
+/// something to write.
+pub async fn refresh(
+    db: &DatabaseConnection,
+    keys: &SigningKeys,
+    tokens: &crate::auth::tokens::TokenKeys,
+    now: DateTime<Utc>,
+) -> AppResult<()> {
+    let mut live: Vec<signing_key::Model> =
+        signing_key::Entity::find().filter(signing_key::Column::State.ne(STATE_RETIRED)).all(db).await?;
+    live.sort_by_key(|k| k.signs_from);
+    let signer = live.iter().rposition(|k| k.signs_from <= now);
+    let unsettled = signer.is_some_and(|i| i > 0 || live[i].state != STATE_CURRENT);
+    let waiting = live.iter().any(|k| k.signs_from > now);
+    let due = keys
+        .policy
+        .rotate_every
+        .is_some_and(|every| !waiting && signer.is_some_and(|i| live[i].signs_from + every <= now));
+    if unsettled || due {
+        let txn = begin(db).await?;
+        let live = settle(&txn, &keys.policy, now).await?;
+        // Asked again under the lock: another instance may have rotated.
+        let signing = live.iter().rev().find(|k| k.signs_from <= now);
+        let waiting = live.iter().any(|k| k.signs_from > now);
+        if let Some(every) = keys.policy.rotate_every
+            && !waiting
+            && signing.is_some_and(|k| k.signs_from + every <= now)
+        {
+            make(&txn, keys, now, now + keys.policy.lead).await?;
+        }
+        txn.commit().await?;
+    }
+    tokens.replace(load(db, keys, now).await?);
+    Ok(())
+}
+
+/// Runs [`refresh`] every [`REFRESH`] until the task is aborted; failures are
+/// logged and retried at the next tick (the keys in memory keep working).
+pub fn spawn_refresher(svc: Services, keys: Arc<SigningKeys>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = refresh(&svc.db, &keys, &svc.tokens, svc.clock.now()).await {
+                tracing::warn!(error = %e.detail(), "reloading the signing keys failed; will retry");
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -120,10 +353,26 @@ mod tests {
     use sea_orm::PaginatorTrait;
 
     use super::*;
-    use crate::{config::Secret, service::testkit::TestKit};
+    use crate::{auth::tokens::TokenKeys, config::Secret, service::testkit::TestKit};
 
-    fn lifetime() -> chrono::Duration {
-        chrono::Duration::minutes(20)
+    fn keys(alg: SigningAlgorithm) -> SigningKeys {
+        SigningKeys {
+            sealer: Sealer::new(&Secret::new(vec![9; 32])),
+            policy: KeyPolicy {
+                alg,
+                lead: chrono::Duration::minutes(15),
+                linger: chrono::Duration::minutes(20),
+                rotate_every: None,
+            },
+        }
+    }
+
+    fn kids(set: &KeySet) -> Vec<String> {
+        set.published.iter().map(|(kid, ..)| kid.clone()).collect()
+    }
+
+    fn tokens(set: KeySet) -> TokenKeys {
+        TokenKeys::from_key_set(set, "authgraph", "authgraph", std::time::Duration::from_secs(900))
     }
 
     /// Instances starting at once on one database end up with one key, and a
@@ -131,54 +380,134 @@ mod tests {
     #[tokio::test]
     async fn instances_starting_together_share_one_key() {
         let kit = TestKit::new().await;
-        let sealer = Sealer::new(&Secret::new(vec![9; 32]));
+        let k = keys(SigningAlgorithm::Es256);
         let now = kit.svc.clock.now();
-        let (a, b) = tokio::join!(
-            load_or_create(&kit.svc.db, &sealer, SigningAlgorithm::Es256, now, lifetime()),
-            load_or_create(&kit.svc.db, &sealer, SigningAlgorithm::Es256, now, lifetime()),
-        );
+        let (a, b) = tokio::join!(ensure(&kit.svc.db, &k, now), ensure(&kit.svc.db, &k, now));
         let (a, b) = (a.unwrap(), b.unwrap());
-        assert_eq!(a.signing_kid, b.signing_kid);
+        assert_eq!(kids(&a), kids(&b));
         assert_eq!(signing_key::Entity::find().count(&kit.svc.db).await.unwrap(), 1);
-        let again = load_or_create(&kit.svc.db, &sealer, SigningAlgorithm::Es256, now, lifetime()).await.unwrap();
-        assert_eq!(again.signing_kid, a.signing_kid);
+        assert_eq!(kids(&ensure(&kit.svc.db, &k, now).await.unwrap()), kids(&a));
     }
 
-    /// The stored private key is sealed: its PKCS#8 bytes are not in the row.
+    /// The stored private key is sealed: its PKCS#8 bytes are not in the row,
+    /// and another secret cannot open it.
     #[tokio::test]
     async fn the_private_key_is_stored_sealed() {
         let kit = TestKit::new().await;
-        let sealer = Sealer::new(&Secret::new(vec![9; 32]));
-        let set = load_or_create(&kit.svc.db, &sealer, SigningAlgorithm::EdDsa, kit.svc.clock.now(), lifetime())
-            .await
-            .unwrap();
-        let row = signing_key::Entity::find_by_id(set.signing_kid.clone()).one(&kit.svc.db).await.unwrap().unwrap();
-        let pkcs8 = sealer.open(&row.kid, &row.private_key).unwrap();
-        assert!(!row.private_key.windows(pkcs8.len()).any(|w| w == pkcs8.as_slice()), "stored in the clear");
-        assert!(!row.private_key.windows(32).any(|w| pkcs8.windows(32).any(|p| p == w)), "a part is in the clear");
-        let other = Sealer::new(&Secret::new(vec![8; 32]));
-        let err = load_or_create(&kit.svc.db, &other, SigningAlgorithm::EdDsa, kit.svc.clock.now(), lifetime())
-            .await
-            .err()
-            .expect("opened under another secret");
-        assert!(err.detail().contains(&set.signing_kid), "{}", err.detail());
+        let k = keys(SigningAlgorithm::EdDsa);
+        let set = ensure(&kit.svc.db, &k, kit.svc.clock.now()).await.unwrap();
+        let kid = kids(&set).remove(0);
+        let row = signing_key::Entity::find_by_id(kid.clone()).one(&kit.svc.db).await.unwrap().unwrap();
+        let pkcs8 = k.sealer.open(&row.kid, &row.private_key).unwrap();
+        assert!(!row.private_key.windows(32).any(|w| pkcs8.windows(32).any(|p| p == w)), "stored in the clear");
+        let other = SigningKeys { sealer: Sealer::new(&Secret::new(vec![8; 32])), policy: k.policy.clone() };
+        let err = load(&kit.svc.db, &other, kit.svc.clock.now()).await.err().expect("opened under another secret");
+        assert!(err.detail().contains(&kid) && err.detail().contains("KEY_ENCRYPTION_SECRET"), "{}", err.detail());
     }
 
-    /// A change of algorithm retires the old key: it no longer signs, and it is
-    /// published until its tokens have expired, then no more.
+    /// A rotation publishes the new key at once and signs with it after the
+    /// lead time; the old one then stops signing and stays published until its
+    /// tokens have expired. Repeating the rotation makes no second key.
     #[tokio::test]
-    async fn a_retired_key_is_published_while_its_tokens_live() {
+    async fn a_rotation_publishes_first_signs_later_and_retires_the_old_key_after_its_tokens() {
         let kit = TestKit::new().await;
-        let sealer = Sealer::new(&Secret::new(vec![9; 32]));
+        let k = keys(SigningAlgorithm::Es256);
+        // Whole seconds: PostgreSQL keeps microseconds.
+        let t0 = chrono::SubsecRound::trunc_subsecs(kit.svc.clock.now(), 0);
+        let first = kids(&ensure(&kit.svc.db, &k, t0).await.unwrap()).remove(0);
+        let next = rotate(&kit.svc.db, &k, t0).await.unwrap();
+        assert_eq!(next.state, STATE_NEXT);
+        assert_eq!(rotate(&kit.svc.db, &k, t0).await.unwrap().kid, next.kid, "a second rotation made another key");
+
+        let set = load(&kit.svc.db, &k, t0).await.unwrap();
+        assert_eq!(kids(&set).len(), 2, "the next key is published at once");
+        let tk = tokens(set);
+        let before = (t0 + k.policy.lead - chrono::Duration::seconds(1)).timestamp();
+        let after = (t0 + k.policy.lead).timestamp();
+        assert_eq!(tk.signing_kid(before).as_deref(), Some(first.as_str()));
+        assert_eq!(tk.signing_kid(after).as_deref(), Some(next.kid.as_str()));
+
+        let t1 = t0 + k.policy.lead;
+        let listed = list(&kit.svc.db, &k, t1).await.unwrap();
+        let old = listed.iter().find(|r| r.kid == first).unwrap();
+        assert_eq!(old.state, STATE_RETIRED);
+        assert_eq!(old.published_until, Some(t1 + k.policy.linger));
+        assert_eq!(listed.iter().find(|r| r.kid == next.kid).unwrap().state, STATE_CURRENT);
+        assert_eq!(
+            kids(&load(&kit.svc.db, &k, t1 + k.policy.linger - chrono::Duration::seconds(1)).await.unwrap()).len(),
+            2
+        );
+        assert_eq!(kids(&load(&kit.svc.db, &k, t1 + k.policy.linger).await.unwrap()), vec![next.kid.clone()]);
+    }
+
+    #[tokio::test]
+    async fn only_a_key_that_does_not_sign_can_be_retired() {
+        let kit = TestKit::new().await;
+        let k = keys(SigningAlgorithm::Es256);
         let now = kit.svc.clock.now();
-        let es = load_or_create(&kit.svc.db, &sealer, SigningAlgorithm::Es256, now, lifetime()).await.unwrap();
-        let ed = load_or_create(&kit.svc.db, &sealer, SigningAlgorithm::EdDsa, now, lifetime()).await.unwrap();
-        assert_ne!(ed.signing_kid, es.signing_kid);
-        assert_eq!(ed.signing_alg, SigningAlgorithm::EdDsa);
-        let published: Vec<&str> = ed.published.iter().map(|(kid, ..)| kid.as_str()).collect();
-        assert!(published.contains(&es.signing_kid.as_str()), "{published:?}");
-        let later = now + lifetime() + chrono::Duration::seconds(1);
-        let ed = load_or_create(&kit.svc.db, &sealer, SigningAlgorithm::EdDsa, later, lifetime()).await.unwrap();
-        assert_eq!(ed.published.len(), 1, "the retired key is still published after its tokens expired");
+        let first = kids(&ensure(&kit.svc.db, &k, now).await.unwrap()).remove(0);
+        assert!(matches!(retire(&kit.svc.db, &k, &first, now).await, Err(RetireError::Signing(_))));
+        assert!(matches!(retire(&kit.svc.db, &k, "nope", now).await, Err(RetireError::Unknown(_))));
+        let next = rotate(&kit.svc.db, &k, now).await.unwrap();
+        let called_off = retire(&kit.svc.db, &k, &next.kid, now).await.unwrap();
+        assert_eq!(called_off.state, STATE_RETIRED);
+        assert_eq!(
+            kids(&load(&kit.svc.db, &k, now).await.unwrap()),
+            vec![first.clone()],
+            "a called-off key is published"
+        );
+        // With the waiting key gone, a rotation makes a new one.
+        assert_ne!(rotate(&kit.svc.db, &k, now).await.unwrap().kid, next.kid);
+    }
+
+    /// A changed JWT_ALGORITHM is a rotation: the old key signs until the new
+    /// one's lead time is over.
+    #[tokio::test]
+    async fn a_changed_algorithm_rotates_like_any_rotation() {
+        let kit = TestKit::new().await;
+        let now = kit.svc.clock.now();
+        let es = kids(&ensure(&kit.svc.db, &keys(SigningAlgorithm::Es256), now).await.unwrap()).remove(0);
+        let ed = keys(SigningAlgorithm::EdDsa);
+        let set = ensure(&kit.svc.db, &ed, now).await.unwrap();
+        assert_eq!(set.published.len(), 2);
+        let tk = tokens(set);
+        assert_eq!(tk.signing_kid(now.timestamp()).as_deref(), Some(es.as_str()));
+        let later = tk.signing_kid((now + ed.policy.lead).timestamp()).unwrap();
+        assert_ne!(later, es);
+        // A restart with the same setting makes no third key.
+        assert_eq!(ensure(&kit.svc.db, &ed, now).await.unwrap().published.len(), 2);
+    }
+
+    /// The background round retires the old key once its successor signs, so
+    /// that it leaves the set when its tokens are gone, with no admin action.
+    #[tokio::test]
+    async fn the_background_round_retires_a_replaced_key() {
+        let kit = TestKit::new().await;
+        let k = keys(SigningAlgorithm::Es256);
+        let t0 = kit.svc.clock.now();
+        let tk = tokens(ensure(&kit.svc.db, &k, t0).await.unwrap());
+        let next = rotate(&kit.svc.db, &k, t0).await.unwrap();
+        let t1 = t0 + k.policy.lead;
+        refresh(&kit.svc.db, &k, &tk, t1).await.unwrap();
+        assert_eq!(tk.jwks()["keys"].as_array().unwrap().len(), 2, "the old key left while its tokens live");
+        refresh(&kit.svc.db, &k, &tk, t1 + k.policy.linger).await.unwrap();
+        let jwks = tk.jwks();
+        let left: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|j| j["kid"].as_str().unwrap()).collect();
+        assert_eq!(left, vec![next.kid.as_str()]);
+    }
+
+    #[tokio::test]
+    async fn a_scheduled_rotation_happens_once_when_due() {
+        let kit = TestKit::new().await;
+        let mut k = keys(SigningAlgorithm::Es256);
+        k.policy.rotate_every = Some(chrono::Duration::days(30));
+        let now = kit.svc.clock.now();
+        let tk = tokens(ensure(&kit.svc.db, &k, now).await.unwrap());
+        refresh(&kit.svc.db, &k, &tk, now + chrono::Duration::days(29)).await.unwrap();
+        assert_eq!(tk.jwks()["keys"].as_array().unwrap().len(), 1, "rotated before it was due");
+        let due = now + chrono::Duration::days(30);
+        refresh(&kit.svc.db, &k, &tk, due).await.unwrap();
+        refresh(&kit.svc.db, &k, &tk, due).await.unwrap();
+        assert_eq!(tk.jwks()["keys"].as_array().unwrap().len(), 2, "{}", tk.jwks());
     }
 }

@@ -76,6 +76,7 @@ impl TestKit {
             })
             .expect("hasher"),
             tokens: TokenKeys::new(&secret, "authgraph", "authgraph", Duration::from_secs(900)),
+            signing: None,
             refresh: RefreshKeys::new(&secret),
             registry: Arc::default(),
             limits: Arc::new(RateLimits::new(

@@ -81,3 +81,50 @@ fn migrate_help_lists_the_whole_configuration() {
     }
     assert!(help.contains("as `serve` checks it"), "{help}");
 }
+
+/// `authgraph keys`: list, rotate (idempotent while a key waits), retire a
+/// waiting key, refuse to retire the key that signs; and on HS256, a clear
+/// refusal. The keys are sealed with `KEY_ENCRYPTION_SECRET`, which is never
+/// printed.
+#[tokio::test]
+async fn keys_are_listed_rotated_and_retired_from_the_command_line() {
+    let database = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kek = "command-line-key-encryption-secret-0123456789";
+    let env: &[(&str, &str)] = &[("KEY_ENCRYPTION_SECRET", kek)];
+    let text = |out: &std::process::Output| {
+        let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!o.contains(kek) && !e.contains(kek), "the secret was printed");
+        (out.status.success(), o.into_owned(), e.into_owned())
+    };
+
+    // The key lines (the log may write to standard output too).
+    let keys =
+        |out: &str| -> Vec<String> { out.lines().filter(|l| l.contains("signs from")).map(str::to_owned).collect() };
+    let kid = |out: &str| keys(out)[0].split_whitespace().next().unwrap().to_owned();
+    let (ok, out, _) = text(&run(&database, dir.path(), &["keys", "list"], env));
+    assert!(ok && out.contains("no signing keys yet"), "{out}");
+    // On an empty database the first key signs at once.
+    let (ok, out, err) = text(&run(&database, dir.path(), &["keys", "rotate"], env));
+    assert!(ok, "{err}");
+    let first = kid(&out);
+    assert!(keys(&out)[0].contains("current"), "{out}");
+    let (ok, out, err) = text(&run(&database, dir.path(), &["keys", "rotate"], env));
+    assert!(ok && keys(&out)[0].contains("next"), "{out}{err}");
+    let next = kid(&out);
+    let (_, again, _) = text(&run(&database, dir.path(), &["keys", "rotate"], env));
+    assert_eq!(kid(&again), next, "a second rotation made another key: {again}");
+
+    let (ok, out, _) = text(&run(&database, dir.path(), &["keys", "list"], env));
+    let listed = keys(&out);
+    assert!(ok && listed.len() == 2 && out.contains(&first) && out.contains(&next), "{out}");
+    let (ok, _, err) = text(&run(&database, dir.path(), &["keys", "retire", &first], env));
+    assert!(!ok && err.contains("signs now") && err.contains("rotate first"), "{err}");
+    let (ok, out, err) = text(&run(&database, dir.path(), &["keys", "retire", &next], env));
+    assert!(ok && keys(&out)[0].contains("retired"), "{out}{err}");
+    let (ok, _, err) = text(&run(&database, dir.path(), &["keys", "retire", "no-such-kid"], env));
+    assert!(!ok && err.contains("no signing key no-such-kid"), "{err}");
+
+    let (ok, _, err) = text(&run(&database, dir.path(), &["keys", "list"], &[("JWT_SECRET", JWT_SECRET)]));
+    assert!(!ok && err.contains("HS256"), "{err}");
+}

@@ -4,12 +4,15 @@
 //! key, the `kid` or a key carried in the token are refused; an HS256 install
 //! publishes nothing.
 
-use authgraph::config::{Secret, SigningAlgorithm};
+use authgraph::{
+    config::{Secret, SigningAlgorithm},
+    service::signing_keys,
+};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use crate::{helpers::*, ops};
 
 const KEK: &str = "key-encryption-secret-for-tests-0123456789";
 
@@ -224,4 +227,101 @@ async fn keys_survive_a_restart_and_an_algorithm_change_breaks_no_token() {
     assert!(algs.contains(&"ES256") && algs.contains(&"EdDSA"), "{jwks}");
     assert!(jwks["keys"].as_array().unwrap().iter().any(|k| k["kid"] == kid));
     switched.stop().await.unwrap();
+}
+
+/// A verifier outside authgraph that caches the JWK Set for its `max-age`
+/// (judged by the server's clock, which the test moves) and fetches it again
+/// only when that has passed: never on an unknown `kid`, the strictest of the
+/// common behaviours.
+struct CachingVerifier {
+    jwks: Value,
+    fetched_at: i64,
+    max_age: i64,
+}
+
+impl CachingVerifier {
+    async fn new(app: &TestApp) -> Self {
+        let (headers, jwks) = get_json(app, "/.well-known/jwks.json").await;
+        let max_age = headers["cache-control"].to_str().unwrap().rsplit('=').next().unwrap().parse().unwrap();
+        Self { jwks, fetched_at: app.config.clock.unix(), max_age }
+    }
+
+    async fn verify(&mut self, app: &TestApp, token: &str) -> Result<Value, String> {
+        if app.config.clock.unix() - self.fetched_at >= self.max_age {
+            *self = Self::new(app).await;
+        }
+        verify_with_jwks(&self.jwks, token, app)
+    }
+}
+
+/// Clients keep refreshing and calling while the key rotates: through the
+/// lead time, the switch, and until the old key leaves the set, every token
+/// authgraph issued is accepted by authgraph and by a verifier that caches the
+/// JWK Set, at every step of 30 s, including tokens issued just before the
+/// switch.
+#[tokio::test]
+async fn a_rotation_under_load_refuses_no_valid_token() {
+    let app = spawn_with(|c| {
+        c.jwt_algorithm = SigningAlgorithm::Es256;
+        c.jwt_key_lead_time = std::time::Duration::from_secs(300);
+    })
+    .await;
+    let (admin, _) = make_admin(&app, "root@example.com").await;
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        clients.push(app.user(&format!("c{i}@example.com")).await);
+    }
+    let mut verifier = CachingVerifier::new(&app).await;
+    let step = std::time::Duration::from_secs(30);
+    // Tokens still within their lifetime, with when they expire.
+    let mut live: Vec<(String, String, i64)> = Vec::new();
+    let mut kids = std::collections::BTreeSet::new();
+    let mut rotated_kid = None;
+    for round in 0..46 {
+        if round == 3 {
+            let v = ok(&app, &admin, "mutation { rotateSigningKey { kid state signsFrom } }", json!({})).await;
+            assert_eq!(v["rotateSigningKey"]["state"], "NEXT", "{v}");
+            rotated_kid = Some(v["rotateSigningKey"]["kid"].as_str().unwrap().to_owned());
+        }
+        for client in &mut clients {
+            let v = app.gql(&app.client(), None, ops::REFRESH_BODY, json!({ "t": client.refresh_token })).await;
+            let access =
+                v["data"]["refreshToken"]["accessToken"].as_str().unwrap_or_else(|| panic!("round {round}: {v}"));
+            client.access_token = access.to_owned();
+            client.refresh_token = v["data"]["refreshToken"]["refreshToken"].as_str().unwrap().to_owned();
+            kids.insert(header_of(access)["kid"].as_str().unwrap().to_owned());
+            let exp = app.config.clock.unix() + 900;
+            live.push((client.id.clone(), client.access_token.clone(), exp));
+        }
+        // The background round (every 30 s on a server) at this moment.
+        let services = &app.state().services;
+        let keys = services.signing.as_ref().unwrap();
+        signing_keys::refresh(&services.db, keys, &services.tokens, app.config.clock.now()).await.unwrap();
+        let now = app.config.clock.unix();
+        live.retain(|(_, _, exp)| *exp > now);
+        // This round's tokens and the oldest still alive (signed by the old
+        // key until they expire, well after the switch).
+        let newest = live.len().saturating_sub(clients.len());
+        let checked = live.iter().take(clients.len()).chain(live.iter().skip(newest.max(clients.len())));
+        for (id, token, _) in checked {
+            let v = me_id(&app, token).await;
+            assert_eq!(v["data"]["me"]["id"], id.as_str(), "round {round}: authgraph refused a valid token: {v}");
+            let claims =
+                verifier.verify(&app, token).await.unwrap_or_else(|e| panic!("round {round}: the verifier: {e}"));
+            assert_eq!(claims["sub"], id.as_str());
+        }
+        app.clock.advance(step);
+    }
+    let rotated = rotated_kid.unwrap();
+    assert!(kids.contains(&rotated), "the new key never signed: {kids:?}");
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    // Once the old key's tokens have all expired (and the margin is past), it
+    // leaves the set.
+    app.clock.advance(std::time::Duration::from_secs(300));
+    let services = &app.state().services;
+    let keys = services.signing.as_ref().unwrap();
+    signing_keys::refresh(&services.db, keys, &services.tokens, app.config.clock.now()).await.unwrap();
+    let (_, jwks) = get_json(&app, "/.well-known/jwks.json").await;
+    let published: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    assert_eq!(published, vec![rotated.as_str()], "{jwks}");
 }
