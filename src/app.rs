@@ -64,7 +64,8 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
                 .map_err(|e| StartError::Other(format!("signing keys: {}", e.detail())))?;
             TokenKeys::from_key_set(set, &config.jwt_issuer, &config.jwt_audience, config.access_token_ttl)
         }
-    };
+    }
+    .with_hasura_claims(config.jwt_hasura_claims);
     let services = Services {
         db: conn,
         hasher,

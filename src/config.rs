@@ -72,6 +72,11 @@ pub struct ServeArgs {
     #[arg(long, env = "JWT_KEY_ROTATION_INTERVAL", value_parser = parse_duration)]
     pub jwt_key_rotation_interval: Option<Duration>,
 
+    /// Add Hasura's claims to access tokens (`https://hasura.io/jwt/claims` with
+    /// x-hasura-user-id, x-hasura-default-role, x-hasura-allowed-roles)
+    #[arg(long, env = "JWT_HASURA_CLAIMS", default_value_t = false, action = ArgAction::Set)]
+    pub jwt_hasura_claims: bool,
+
     /// Seals the signing keys stored in the database, at least 32 bytes; required
     /// in production with ES256 or EdDSA. Outside production, without it, the
     /// generated key beside the database seals them
@@ -318,6 +323,8 @@ pub struct Config {
     pub jwt_key_lead_time: Duration,
     /// Scheduled rotation, if any.
     pub jwt_key_rotation_interval: Option<Duration>,
+    /// Whether access tokens carry Hasura's claims.
+    pub jwt_hasura_claims: bool,
     pub database_timeout: Duration,
     pub database_max_connections: u32,
     pub listen_addr: SocketAddr,
@@ -477,6 +484,7 @@ impl Config {
             key_encryption_secret,
             jwt_key_lead_time: args.jwt_key_lead_time,
             jwt_key_rotation_interval: args.jwt_key_rotation_interval,
+            jwt_hasura_claims: args.jwt_hasura_claims,
             database_timeout,
             database_max_connections,
             listen_addr: args.listen_addr,

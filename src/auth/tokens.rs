@@ -58,6 +58,36 @@ pub struct Claims {
     pub exp: i64,
     pub iss: String,
     pub aud: String,
+    /// Space-separated scopes (RFC 8693 section 4.2, RFC 9068 section 2.2.3):
+    /// `user`, and `admin` too for an admin; what Apollo Router's
+    /// `@requiresScopes` reads. Absent from tokens issued before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Hasura's claims, when `JWT_HASURA_CLAIMS` is on.
+    #[serde(rename = "https://hasura.io/jwt/claims", default, skip_serializing_if = "Option::is_none")]
+    pub hasura: Option<HasuraClaims>,
+}
+
+/// The claims Hasura reads from a token (its `jwt_secret` configuration,
+/// claims under `https://hasura.io/jwt/claims`): who the user is and which
+/// roles the request may take. Roles are authgraph's, lower-cased.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HasuraClaims {
+    #[serde(rename = "x-hasura-user-id")]
+    pub user_id: String,
+    #[serde(rename = "x-hasura-default-role")]
+    pub default_role: String,
+    #[serde(rename = "x-hasura-allowed-roles")]
+    pub allowed_roles: Vec<String>,
+}
+
+/// The roles a user of `role` may act as, most privileged last: a user is a
+/// `user`; an admin is a `user` and an `admin`.
+fn gateway_roles(role: Role) -> Vec<String> {
+    match role {
+        Role::User => vec!["user".to_owned()],
+        Role::Admin => vec!["user".to_owned(), "admin".to_owned()],
+    }
 }
 
 /// What a verified access token says, as the request path needs it.
@@ -94,6 +124,8 @@ pub struct TokenKeys {
     issuer: String,
     audience: String,
     ttl: Duration,
+    /// Whether tokens carry Hasura's claims.
+    hasura_claims: bool,
     /// Tokens that verified, by the SHA-256 of their text.
     verified: Arc<Mutex<LruCache<[u8; 32], Verified>>>,
 }
@@ -203,8 +235,16 @@ impl TokenKeys {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             ttl,
+            hasura_claims: false,
             verified: Arc::new(Mutex::new(LruCache::new(VERIFIED_KEPT))),
         }
+    }
+
+    /// Tokens carry Hasura's claims too (`JWT_HASURA_CLAIMS`).
+    #[must_use]
+    pub fn with_hasura_claims(mut self, on: bool) -> Self {
+        self.hasura_claims = on;
+        self
     }
 
     fn keys(&self) -> Arc<Keys> {
@@ -265,6 +305,12 @@ impl TokenKeys {
             exp,
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
+            scope: Some(gateway_roles(role).join(" ")),
+            hasura: self.hasura_claims.then(|| HasuraClaims {
+                user_id: user_id.to_string(),
+                default_role: role_name(role).to_lowercase(),
+                allowed_roles: gateway_roles(role),
+            }),
         };
         let keys = self.keys();
         let signer = keys.signer(now).ok_or_else(|| AppError::internal("no signing key"))?;

@@ -325,3 +325,39 @@ async fn a_rotation_under_load_refuses_no_valid_token() {
     let published: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
     assert_eq!(published, vec![rotated.as_str()], "{jwks}");
 }
+
+/// Claims for gateways: `scope` (what Apollo Router's `@requiresScopes` reads)
+/// always, Hasura's claims when asked for; both seen by an outside verifier,
+/// and both following the role at issue.
+#[tokio::test]
+async fn tokens_carry_scope_and_on_request_hasura_claims() {
+    let app = spawn_with(|c| {
+        c.jwt_algorithm = SigningAlgorithm::Es256;
+        c.jwt_hasura_claims = true;
+    })
+    .await;
+    let (_, jwks) = get_json(&app, "/.well-known/jwks.json").await;
+    let user = app.user("member@example.com").await;
+    let claims = verify_with_jwks(&jwks, &user.access_token, &app).unwrap();
+    assert_eq!(claims["scope"], "user");
+    let hasura = &claims["https://hasura.io/jwt/claims"];
+    assert_eq!(hasura["x-hasura-user-id"], user.id.as_str());
+    assert_eq!(hasura["x-hasura-default-role"], "user");
+    assert_eq!(hasura["x-hasura-allowed-roles"], json!(["user"]));
+
+    let (admin, admin_id) = make_admin(&app, "root@example.com").await;
+    let claims = verify_with_jwks(&jwks, &admin, &app).unwrap();
+    assert_eq!(claims["scope"], "user admin");
+    let hasura = &claims["https://hasura.io/jwt/claims"];
+    assert_eq!(hasura["x-hasura-user-id"], admin_id.as_str());
+    assert_eq!(hasura["x-hasura-default-role"], "admin");
+    assert_eq!(hasura["x-hasura-allowed-roles"], json!(["user", "admin"]));
+
+    // Off by default: no Hasura claims, the scope still there.
+    let plain = spawn_signing(SigningAlgorithm::Es256).await;
+    let user = plain.user("plain@example.com").await;
+    let claims: Value =
+        serde_json::from_slice(&B64.decode(user.access_token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    assert_eq!(claims["scope"], "user");
+    assert!(claims.get("https://hasura.io/jwt/claims").is_none(), "{claims}");
+}
