@@ -184,8 +184,11 @@ async fn bind_and_serve(
     let acceptor = TcpAcceptor::from_tokio(listener).map_err(|source| StartError::Bind { addr, source })?;
     let purger = sessions::spawn_purger(state.services.clone(), config.cleanup_interval);
     let follower = state.feed_from.map(|from| store::follow(&state.services, &config.database_url, from));
-    let key_refresher =
-        state.services.signing.clone().map(|keys| signing_keys::spawn_refresher(state.services.clone(), keys));
+    let key_refresher = state
+        .services
+        .signing
+        .clone()
+        .map(|keys| signing_keys::spawn_refresher(state.services.clone(), keys, config.key_refresh_interval));
     let services = state.services.clone();
     // Once a minute: forget idle rate-limit keys and write API key last-use times.
     let minutely = tokio::spawn(async move {

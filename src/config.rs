@@ -325,6 +325,9 @@ pub struct Config {
     pub jwt_key_rotation_interval: Option<Duration>,
     /// Whether access tokens carry Hasura's claims.
     pub jwt_hasura_claims: bool,
+    /// How often a server reloads the signing keys (not an option: 30 s;
+    /// tests shorten it).
+    pub key_refresh_interval: Duration,
     pub database_timeout: Duration,
     pub database_max_connections: u32,
     pub listen_addr: SocketAddr,
@@ -485,6 +488,7 @@ impl Config {
             jwt_key_lead_time: args.jwt_key_lead_time,
             jwt_key_rotation_interval: args.jwt_key_rotation_interval,
             jwt_hasura_claims: args.jwt_hasura_claims,
+            key_refresh_interval: crate::service::signing_keys::REFRESH,
             database_timeout,
             database_max_connections,
             listen_addr: args.listen_addr,

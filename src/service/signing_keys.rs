@@ -332,11 +332,16 @@ pub async fn refresh(
     Ok(())
 }
 
-/// Runs [`refresh`] every [`REFRESH`] until the task is aborted; failures are
-/// logged and retried at the next tick (the keys in memory keep working).
-pub fn spawn_refresher(svc: Services, keys: Arc<SigningKeys>) -> tokio::task::JoinHandle<()> {
+/// Runs [`refresh`] every `every` ([`REFRESH`] on a server) until the task is
+/// aborted; failures are logged and retried at the next tick (the keys in
+/// memory keep working).
+pub fn spawn_refresher(
+    svc: Services,
+    keys: Arc<SigningKeys>,
+    every: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(REFRESH);
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {

@@ -10,6 +10,7 @@ use authgraph::{
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use sea_orm::EntityTrait;
 use serde_json::{Value, json};
 
 use crate::{helpers::*, ops};
@@ -324,6 +325,24 @@ async fn a_rotation_under_load_refuses_no_valid_token() {
     let (_, jwks) = get_json(&app, "/.well-known/jwks.json").await;
     let published: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
     assert_eq!(published, vec![rotated.as_str()], "{jwks}");
+
+    // A key that has left the set signs nothing authgraph accepts, even with
+    // its real private key and a token that has not expired.
+    let old_kid = kids.iter().find(|k| **k != rotated).unwrap().clone();
+    let row = entity::signing_key::Entity::find_by_id(old_kid.clone()).one(&services.db).await.unwrap().unwrap();
+    let sealer = authgraph::auth::keys::Sealer::new(&Secret::new(JWT_SECRET.as_bytes().to_vec()));
+    let pkcs8 = sealer.open(&row.kid, &row.private_key).unwrap();
+    let claims =
+        serde_json::from_slice::<Value>(&B64.decode(clients[0].access_token.split('.').nth(1).unwrap()).unwrap())
+            .unwrap();
+    let mut h = Header::new(Algorithm::ES256);
+    h.typ = Some("at+jwt".into());
+    h.kid = Some(old_kid);
+    let resigned = jsonwebtoken::encode(&h, &claims, &EncodingKey::from_ec_der(&pkcs8)).unwrap();
+    let v = me_id(&app, &resigned).await;
+    assert_eq!(reason(&v), "INVALID_TOKEN", "a token of a key no longer published passed: {v}");
+    // The control: the same claims under the current token pass.
+    assert_eq!(me_id(&app, &clients[0].access_token).await["data"]["me"]["id"], clients[0].id.as_str());
 }
 
 /// Claims for gateways: `scope` (what Apollo Router's `@requiresScopes` reads)
