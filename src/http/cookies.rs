@@ -15,11 +15,6 @@ impl CookiePolicy {
         Self { name, secure }
     }
 
-    /// Whether cookies are `Secure` (the server is reached over https).
-    pub fn secure(&self) -> bool {
-        self.secure
-    }
-
     fn build(&self, value: &str, max_age: i64) -> String {
         let mut c = Cookie::new_with_str(self.name, value);
         c.set_http_only(true);

@@ -18,8 +18,10 @@ pub async fn jwks(state: Data<&Arc<AppState>>) -> Response {
 }
 
 /// `GET /.well-known/openid-configuration`: `issuer` (`JWT_ISSUER`) and
-/// `jwks_uri`, absolute: under `JWT_ISSUER` when it is a URL, else under this
-/// request's host, over https when cookies are `Secure` (as in production).
+/// `jwks_uri`, absolute: under `JWT_ISSUER` when it is a URL, else under the
+/// scheme and host this request came to: `http` (the server speaks plain
+/// HTTP), or what `X-Forwarded-Proto` says when a trusted proxy
+/// (`TRUSTED_PROXIES`) sent it.
 #[handler]
 pub async fn openid_configuration(req: &Request, state: Data<&Arc<AppState>>) -> Response {
     let issuer = state.services.tokens.issuer();
@@ -27,7 +29,13 @@ pub async fn openid_configuration(req: &Request, state: Data<&Arc<AppState>>) ->
         issuer.trim_end_matches('/').to_owned()
     } else {
         let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-        let scheme = if state.cookies.secure() { "https" } else { "http" };
+        let peer = req.remote_addr().as_socket_addr().map(|a| crate::auth::client_ip::canonical(a.ip()));
+        let from_proxy = peer.is_some_and(|ip| state.trusted_proxies.iter().any(|net| net.contains(&ip)));
+        let forwarded = req.headers().get("x-forwarded-proto").and_then(|h| h.to_str().ok()).map(str::trim);
+        let scheme = match forwarded {
+            Some("https") if from_proxy => "https",
+            _ => "http",
+        };
         format!("{scheme}://{host}")
     };
     let algs = state.services.tokens.algorithms();
