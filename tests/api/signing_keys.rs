@@ -36,6 +36,11 @@ fn header_of(token: &str) -> Value {
     serde_json::from_slice(&B64.decode(token.split('.').next().unwrap()).unwrap()).unwrap()
 }
 
+/// A token's claims, read without checking anything.
+fn claims_of(token: &str) -> Value {
+    serde_json::from_slice(&B64.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap()
+}
+
 async fn me_id(app: &TestApp, token: &str) -> Value {
     gql_at(app.addr, Some(token), "{ me { id } }").await
 }
@@ -94,8 +99,7 @@ async fn an_hs256_install_publishes_no_key_and_names_its_own() {
     let kid = header["kid"].as_str().unwrap();
     assert!(kid.starts_with("hs256-") && !kid.contains(JWT_SECRET), "{kid}");
     // A token from before keys had ids (no kid) still passes.
-    let payload = user.access_token.split('.').nth(1).unwrap();
-    let claims: Value = serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap();
+    let claims = claims_of(&user.access_token);
     let mut old = Header::new(Algorithm::HS256);
     old.typ = Some("at+jwt".into());
     let unnamed = jsonwebtoken::encode(&old, &claims, &EncodingKey::from_secret(JWT_SECRET.as_bytes())).unwrap();
@@ -141,8 +145,7 @@ async fn forgeries_around_the_public_key_are_refused() {
     let (_, jwks) = get_json(&app, "/.well-known/jwks.json").await;
     let jwk = &jwks["keys"][0];
     let kid = jwk["kid"].as_str().unwrap();
-    let claims: Value =
-        serde_json::from_slice(&B64.decode(user.access_token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    let claims: Value = claims_of(&user.access_token);
     let mut admin_claims = claims.clone();
     admin_claims["role"] = json!("ADMIN");
 
@@ -228,7 +231,18 @@ async fn keys_survive_a_restart_and_an_algorithm_change_breaks_no_token() {
     eddsa.jwt_algorithm = SigningAlgorithm::EdDsa;
     let switched = authgraph::app::spawn(&eddsa).await.expect("restart with EdDSA");
     let v = gql_at(switched.addr, Some(&user.access_token), "{ me { id } }").await;
-    assert_eq!(v["data"]["me"]["id"], user.id.as_str(), "a token of the retired key: {v}");
+    assert_eq!(v["data"]["me"]["id"], user.id.as_str(), "a token of the ES256 key: {v}");
+    // The new key is published, and signs only after the lead time: the ES256
+    // key still signs meanwhile.
+    let fresh = gql_vars_at(
+        switched.addr,
+        None,
+        ops::LOGIN_TOKENS,
+        json!({ "i": { "email": "keep@example.com", "password": PASSWORD, "transport": "BODY" } }),
+    )
+    .await;
+    let fresh = fresh["data"]["login"]["accessToken"].as_str().unwrap();
+    assert_eq!(header_of(fresh)["alg"], "ES256");
     let jwks: Value = bare()
         .get(format!("http://{}/.well-known/jwks.json", switched.addr))
         .send()
@@ -382,9 +396,7 @@ async fn a_rotation_under_load_refuses_no_valid_token() {
     let row = entity::signing_key::Entity::find_by_id(old_kid.clone()).one(&services.db).await.unwrap().unwrap();
     let sealer = authgraph::auth::keys::Sealer::new(&Secret::new(JWT_SECRET.as_bytes().to_vec()));
     let pkcs8 = sealer.open(&row.kid, &row.private_key).unwrap();
-    let claims =
-        serde_json::from_slice::<Value>(&B64.decode(clients[0].access_token.split('.').nth(1).unwrap()).unwrap())
-            .unwrap();
+    let claims = claims_of(&clients[0].access_token);
     let mut h = Header::new(Algorithm::ES256);
     h.typ = Some("at+jwt".into());
     h.kid = Some(old_kid);
@@ -425,8 +437,7 @@ async fn tokens_carry_scope_and_on_request_hasura_claims() {
     // Off by default: no Hasura claims, the scope still there.
     let plain = spawn_signing(SigningAlgorithm::Es256).await;
     let user = plain.user("plain@example.com").await;
-    let claims: Value =
-        serde_json::from_slice(&B64.decode(user.access_token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    let claims: Value = claims_of(&user.access_token);
     assert_eq!(claims["scope"], "user");
     assert!(claims.get("https://hasura.io/jwt/claims").is_none(), "{claims}");
 }
