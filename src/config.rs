@@ -63,7 +63,8 @@ pub struct ServeArgs {
     pub jwt_algorithm: Option<SigningAlgorithm>,
 
     /// How long a new signing key is published in the JWK Set before it signs:
-    /// longer than any verifier caches the set (at least 5m, the set's max-age)
+    /// longer than any verifier caches the set (at least 6m: the set's 5m max-age
+    /// and a minute for instances to reload it)
     #[arg(long, env = "JWT_KEY_LEAD_TIME", default_value = "15m", value_parser = parse_duration)]
     pub jwt_key_lead_time: Duration,
 
@@ -449,11 +450,17 @@ impl Config {
             Some(n) => n,
             None => PASSWORD_QUEUE_PER_THREAD * cores(),
         };
-        if args.jwt_key_lead_time < Duration::from_secs(JWKS_MAX_AGE_SECS) {
+        // A verifier may have fetched the set from an instance that had not yet
+        // reloaded it (up to 30 s), keeps it for its max-age, and its clock
+        // may be a little ahead.
+        let least_lead = Duration::from_secs(JWKS_MAX_AGE_SECS) + crate::service::signing_keys::REFRESH * 2;
+        if args.jwt_key_lead_time < least_lead {
             return Err(bad(format!(
-                "JWT_KEY_LEAD_TIME must be at least {}s: the JWK Set is cached that long, and a key must be \
-                 known to every verifier before it signs",
-                JWKS_MAX_AGE_SECS
+                "JWT_KEY_LEAD_TIME must be at least {}s: the JWK Set is cached {}s and reloaded every {}s, \
+                 and a key must be known to every verifier before it signs",
+                least_lead.as_secs(),
+                JWKS_MAX_AGE_SECS,
+                crate::service::signing_keys::REFRESH.as_secs()
             )));
         }
         if args.jwt_key_rotation_interval.is_some_and(|every| every <= args.jwt_key_lead_time) {

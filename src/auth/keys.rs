@@ -140,6 +140,13 @@ pub fn decoding_key(alg: SigningAlgorithm, jwk: &Value) -> Result<DecodingKey, A
     key.map_err(|e| AppError::internal(format!("stored JWK: {e}")))
 }
 
+/// What a sealed key is bound to: its `kid`, its `alg` and its public JWK as
+/// stored, so that none of them can be changed in the row without the key
+/// failing to open.
+pub fn identity(kid: &str, alg: &str, public_jwk: &str) -> String {
+    format!("{kid}\n{alg}\n{public_jwk}")
+}
+
 /// Seals and opens private keys under the key-encryption secret.
 #[derive(Clone)]
 pub struct Sealer {
@@ -162,14 +169,15 @@ impl Sealer {
         Self { cipher: Aes256Gcm::new(&key) }
     }
 
-    /// `version || nonce (12 bytes) || ciphertext and tag`, with `kid` bound
-    /// as associated data. Errors: `INTERNAL` when no nonce can be drawn.
-    pub fn seal(&self, kid: &str, plaintext: &[u8]) -> Result<Vec<u8>, AppError> {
+    /// `version || nonce (12 bytes) || ciphertext and tag`, with `identity`
+    /// (the key's `kid`, `alg` and public JWK, see [`identity`]) bound as
+    /// associated data. Errors: `INTERNAL` when no nonce can be drawn.
+    pub fn seal(&self, identity: &str, plaintext: &[u8]) -> Result<Vec<u8>, AppError> {
         let mut nonce = [0u8; NONCE_BYTES];
         getrandom::fill(&mut nonce).map_err(|e| AppError::internal(format!("nonce: {e}")))?;
         let sealed = self
             .cipher
-            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: kid.as_bytes() })
+            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: identity.as_bytes() })
             .map_err(|_| AppError::internal("sealing a signing key failed"))?;
         let mut out = Vec::with_capacity(1 + NONCE_BYTES + sealed.len());
         out.push(SEALED_V1);
@@ -178,13 +186,15 @@ impl Sealer {
         Ok(out)
     }
 
-    /// Opens what [`seal`](Self::seal) made for `kid`. Errors: `INTERNAL`
-    /// (naming the key, never its bytes) when it was sealed under another
-    /// secret, for another `kid`, or changed.
-    pub fn open(&self, kid: &str, sealed: &[u8]) -> Result<Vec<u8>, AppError> {
+    /// Opens what [`seal`](Self::seal) made for `identity`. Errors:
+    /// `INTERNAL` (naming the key's `kid`, never its bytes) when it was sealed
+    /// under another secret, for another identity, or changed.
+    pub fn open(&self, identity: &str, sealed: &[u8]) -> Result<Vec<u8>, AppError> {
+        let name = identity.split('\n').next().unwrap_or_default();
         let refused = || {
             AppError::internal(format!(
-                "signing key {kid} does not open: KEY_ENCRYPTION_SECRET is not the one it was sealed under"
+                "signing key {name} does not open: KEY_ENCRYPTION_SECRET is not the one it was sealed under, \
+                 or its row was changed"
             ))
         };
         let (&version, rest) = sealed.split_first().ok_or_else(refused)?;
@@ -194,7 +204,7 @@ impl Sealer {
         let (nonce, ciphertext) = rest.split_at(NONCE_BYTES);
         let nonce: [u8; NONCE_BYTES] = nonce.try_into().map_err(|_| refused())?;
         self.cipher
-            .decrypt(&Nonce::from(nonce), Payload { msg: ciphertext, aad: kid.as_bytes() })
+            .decrypt(&Nonce::from(nonce), Payload { msg: ciphertext, aad: identity.as_bytes() })
             .map_err(|_| refused())
     }
 }

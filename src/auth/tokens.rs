@@ -208,9 +208,15 @@ impl TokenKeys {
 
     /// Replaces the keys with `set` (the stored set changed: a rotation, a
     /// retirement, a key made by another instance).
+    ///
+    /// When a key that was published is not any more, the remembered tokens
+    /// are forgotten, so that none signed by it passes on from memory.
     pub fn replace(&self, set: KeySet) {
         let keys = Arc::new(Self::keys_of(set, &self.issuer, &self.audience));
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+        let old = std::mem::replace(&mut *self.keys.write().unwrap_or_else(|e| e.into_inner()), keys.clone());
+        if old.verifiers.keys().any(|kid| !keys.verifiers.contains_key(kid)) {
+            self.verified().clear();
+        }
     }
 
     fn keys_of(set: KeySet, issuer: &str, audience: &str) -> Keys {
@@ -408,6 +414,41 @@ mod tests {
     use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 
     use super::*;
+
+    fn key_set(kids: &[&str]) -> (KeySet, Vec<(String, Vec<u8>, serde_json::Value)>) {
+        let mut set = KeySet { signers: Vec::new(), published: Vec::new() };
+        let mut made = Vec::new();
+        for kid in kids {
+            let g = crate::auth::keys::generate(SigningAlgorithm::Es256, kid).unwrap();
+            let (enc, dec) = crate::auth::keys::jwt_keys(SigningAlgorithm::Es256, &g.pkcs8, &g.public_jwk).unwrap();
+            set.signers.push(((*kid).to_owned(), SigningAlgorithm::Es256, enc, 0));
+            set.published.push(((*kid).to_owned(), SigningAlgorithm::Es256, dec, g.public_jwk.clone()));
+            made.push(((*kid).to_owned(), g.pkcs8, g.public_jwk));
+        }
+        (set, made)
+    }
+
+    /// A token checked once is remembered; when its key leaves the set, it is
+    /// refused at once, not when it expires.
+    #[test]
+    fn a_remembered_token_dies_with_its_key() {
+        let (set, made) = key_set(&["k1"]);
+        let k = TokenKeys::from_key_set(set, "authgraph", "authgraph", Duration::from_secs(900));
+        let t = issue(&k);
+        assert!(k.check(&t.token, now()).is_ok());
+        assert_eq!(k.remembered(), 1);
+        // The same key again: nothing is forgotten.
+        let (mut again, _) = key_set(&[]);
+        let (kid, pkcs8, jwk) = &made[0];
+        let (enc, dec) = crate::auth::keys::jwt_keys(SigningAlgorithm::Es256, pkcs8, jwk).unwrap();
+        again.signers.push((kid.clone(), SigningAlgorithm::Es256, enc, 0));
+        again.published.push((kid.clone(), SigningAlgorithm::Es256, dec, jwk.clone()));
+        k.replace(again);
+        assert!(k.check(&t.token, now()).is_ok());
+        // Another key only: the token is refused, from memory too.
+        k.replace(key_set(&["k2"]).0);
+        assert!(matches!(k.check(&t.token, now()), Err(AppError::InvalidToken)));
+    }
 
     fn keys() -> TokenKeys {
         TokenKeys::new(&Secret::new(vec![7u8; 32]), "authgraph", "authgraph", Duration::from_secs(900))

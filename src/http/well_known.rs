@@ -25,7 +25,8 @@ pub async fn jwks(state: Data<&Arc<AppState>>) -> Response {
 #[handler]
 pub async fn openid_configuration(req: &Request, state: Data<&Arc<AppState>>) -> Response {
     let issuer = state.services.tokens.issuer();
-    let base = if issuer.starts_with("https://") || issuer.starts_with("http://") {
+    let from_issuer = issuer.starts_with("https://") || issuer.starts_with("http://");
+    let base = if from_issuer {
         issuer.trim_end_matches('/').to_owned()
     } else {
         let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
@@ -44,7 +45,15 @@ pub async fn openid_configuration(req: &Request, state: Data<&Arc<AppState>>) ->
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "id_token_signing_alg_values_supported": algs,
     });
-    json(&doc, JWKS_MAX_AGE_SECS)
+    let mut response = json(&doc, JWKS_MAX_AGE_SECS);
+    if !from_issuer {
+        // Built from this request's headers: no shared cache may hand it to
+        // a request that came with others.
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("private, max-age=300"));
+        headers.insert(header::VARY, header::HeaderValue::from_static("Host, X-Forwarded-Proto"));
+    }
+    response
 }
 
 fn json(body: &serde_json::Value, max_age: u64) -> Response {

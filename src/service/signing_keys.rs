@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, Set, Statement,
+    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, QueryOrder,
+    Set, Statement,
 };
 
 use entity::signing_key;
@@ -82,19 +82,44 @@ async fn begin(db: &DatabaseConnection) -> AppResult<DatabaseTransaction> {
     Ok(txn)
 }
 
+/// Whether [`settle`] has anything to write at `now` in `rows` (every stored
+/// key): a key whose time has come that is not `current` yet, one before it
+/// not retired, or a retired key published for less than this instance's
+/// tokens live.
+fn unsettled(rows: &[signing_key::Model], policy: &KeyPolicy, now: DateTime<Utc>) -> bool {
+    let mut live: Vec<&signing_key::Model> = rows.iter().filter(|k| k.state != STATE_RETIRED).collect();
+    live.sort_by_key(|k| k.signs_from);
+    let signer = live.iter().rposition(|k| k.signs_from <= now);
+    signer.is_some_and(|i| i > 0 || live[i].state != STATE_CURRENT) || rows.iter().any(|k| short(k, policy, now))
+}
+
+/// A retired key that signed, still published, but for less than `policy`'s
+/// linger after it stopped: an instance whose tokens live longer than those of
+/// whoever retired it (another `ACCESS_TOKEN_TTL`) keeps it published longer.
+fn short(k: &signing_key::Model, policy: &KeyPolicy, now: DateTime<Utc>) -> bool {
+    match (k.retired_at, k.published_until) {
+        (Some(retired), Some(until)) => until > now && retired < until && until < retired + policy.linger,
+        _ => false,
+    }
+}
+
 /// Brings the stored states up to `now`: the key that signs now is `current`,
-/// those before it are retired from the moment it began to sign. Returns the
-/// keys not retired, oldest first.
+/// those before it are retired from the moment it began to sign, and no
+/// retired key leaves the set before this instance's tokens signed by it have
+/// expired. Returns the keys not retired, oldest first.
 async fn settle(
     txn: &DatabaseTransaction,
     policy: &KeyPolicy,
     now: DateTime<Utc>,
 ) -> AppResult<Vec<signing_key::Model>> {
-    let live = signing_key::Entity::find()
-        .filter(signing_key::Column::State.ne(STATE_RETIRED))
-        .order_by_asc(signing_key::Column::SignsFrom)
-        .all(txn)
-        .await?;
+    let rows = signing_key::Entity::find().order_by_asc(signing_key::Column::SignsFrom).all(txn).await?;
+    let (retired, live): (Vec<_>, Vec<_>) = rows.into_iter().partition(|k| k.state == STATE_RETIRED);
+    for key in retired.into_iter().filter(|k| short(k, policy, now)) {
+        let until = key.retired_at.map(|r| r + policy.linger);
+        let mut longer: signing_key::ActiveModel = key.into();
+        longer.published_until = Set(until);
+        longer.update(txn).await?;
+    }
     let Some(signer) = live.iter().rposition(|k| k.signs_from <= now) else { return Ok(live) };
     let since = live[signer].signs_from;
     let mut kept = Vec::new();
@@ -116,6 +141,16 @@ async fn settle(
     Ok(kept)
 }
 
+/// Refuses to go on when `keys.sealer` does not open the stored keys (another
+/// `KEY_ENCRYPTION_SECRET`): a key made now would be one the servers cannot
+/// open. Errors: `INTERNAL`, naming the key that does not open.
+fn check_opens(keys: &SigningKeys, live: &[signing_key::Model]) -> AppResult<()> {
+    for row in live {
+        keys.sealer.open(&keys::identity(&row.kid, &row.alg, &row.public_jwk), &row.private_key)?;
+    }
+    Ok(())
+}
+
 /// Makes a key of `policy.alg` that signs from `signs_from`.
 async fn make(
     txn: &DatabaseTransaction,
@@ -126,12 +161,13 @@ async fn make(
     let alg = keys.policy.alg;
     let kid = uuid::Uuid::now_v7().simple().to_string();
     let generated = keys::generate(alg, &kid)?;
+    let public_jwk = generated.public_jwk.to_string();
     let row = signing_key::Model {
         kid: kid.clone(),
         alg: alg.name().to_owned(),
         state: (if signs_from <= now { STATE_CURRENT } else { STATE_NEXT }).to_owned(),
-        private_key: keys.sealer.seal(&kid, &generated.pkcs8)?,
-        public_jwk: generated.public_jwk.to_string(),
+        private_key: keys.sealer.seal(&keys::identity(&kid, alg.name(), &public_jwk), &generated.pkcs8)?,
+        public_jwk,
         created_at: now,
         signs_from,
         retired_at: None,
@@ -151,9 +187,19 @@ async fn make(
 pub async fn ensure(db: &DatabaseConnection, keys: &SigningKeys, now: DateTime<Utc>) -> AppResult<KeySet> {
     let txn = begin(db).await?;
     let live = settle(&txn, &keys.policy, now).await?;
+    check_opens(keys, &live)?;
     if live.is_empty() {
         make(&txn, keys, now, now).await?;
     } else if !live.iter().any(|k| k.alg == keys.policy.alg.name()) {
+        // A waiting key of the old algorithm would take over from the new one
+        // when its time came: it is called off.
+        for waiting in live.into_iter().filter(|k| k.signs_from > now) {
+            let mut off: signing_key::ActiveModel = waiting.into();
+            off.state = Set(STATE_RETIRED.to_owned());
+            off.retired_at = Set(Some(now));
+            off.published_until = Set(Some(now));
+            off.update(&txn).await?;
+        }
         let row = make(&txn, keys, now, now + keys.policy.lead).await?;
         tracing::warn!(
             kid = %row.kid,
@@ -171,6 +217,7 @@ pub async fn ensure(db: &DatabaseConnection, keys: &SigningKeys, now: DateTime<U
 pub async fn rotate(db: &DatabaseConnection, keys: &SigningKeys, now: DateTime<Utc>) -> AppResult<signing_key::Model> {
     let txn = begin(db).await?;
     let live = settle(&txn, &keys.policy, now).await?;
+    check_opens(keys, &live)?;
     let row = if live.is_empty() {
         // Nothing signs yet (no server has started on this database): nobody
         // can have cached a set, so the first key signs at once.
@@ -194,6 +241,10 @@ pub enum RetireError {
         "{0} is the key that signs now: rotate first (`authgraph keys rotate`); it retires when its successor starts to sign"
     )]
     Signing(String),
+    #[error(
+        "{0} signs from {1}, too soon to call it off: running instances may sign with it before they learn of it; let it sign, then rotate"
+    )]
+    TooLate(String, DateTime<Utc>),
     #[error(transparent)]
     App(#[from] AppError),
 }
@@ -220,6 +271,12 @@ pub async fn retire(
     }
     if live.iter().rev().find(|k| k.signs_from <= now).is_some_and(|k| k.kid == kid) {
         return Err(RetireError::Signing(kid.to_owned()));
+    }
+    // Instances reload the set every REFRESH: one that has not yet learned
+    // of the retirement would sign with the key once its time came.
+    let margin = chrono::Duration::from_std(REFRESH).unwrap_or_default() * 2;
+    if row.signs_from <= now + margin {
+        return Err(RetireError::TooLate(kid.to_owned(), row.signs_from));
     }
     let mut retired: signing_key::ActiveModel = row.into();
     retired.state = Set(STATE_RETIRED.to_owned());
@@ -258,9 +315,11 @@ pub async fn load(db: &DatabaseConnection, keys: &SigningKeys, now: DateTime<Utc
         };
         let jwk: serde_json::Value = serde_json::from_str(&row.public_jwk)
             .map_err(|e| AppError::internal(format!("signing key {}: {e}", row.kid)))?;
+        // Every published key is opened, retired ones too: a row whose public
+        // key or algorithm was changed does not open, and is not trusted.
+        let pkcs8 = keys.sealer.open(&keys::identity(&row.kid, &row.alg, &row.public_jwk), &row.private_key)?;
+        let (encoding, _) = keys::jwt_keys(alg, &pkcs8, &jwk)?;
         if row.state != STATE_RETIRED {
-            let pkcs8 = keys.sealer.open(&row.kid, &row.private_key)?;
-            let (encoding, _) = keys::jwt_keys(alg, &pkcs8, &jwk)?;
             set.signers.push((row.kid.clone(), alg, encoding, row.signs_from.timestamp()));
         }
         set.published.push((row.kid, alg, keys::decoding_key(alg, &jwk)?, jwk));
@@ -304,11 +363,11 @@ pub async fn refresh(
     tokens: &crate::auth::tokens::TokenKeys,
     now: DateTime<Utc>,
 ) -> AppResult<()> {
-    let mut live: Vec<signing_key::Model> =
-        signing_key::Entity::find().filter(signing_key::Column::State.ne(STATE_RETIRED)).all(db).await?;
+    let rows = signing_key::Entity::find().all(db).await?;
+    let mut live: Vec<&signing_key::Model> = rows.iter().filter(|k| k.state != STATE_RETIRED).collect();
     live.sort_by_key(|k| k.signs_from);
     let signer = live.iter().rposition(|k| k.signs_from <= now);
-    let unsettled = signer.is_some_and(|i| i > 0 || live[i].state != STATE_CURRENT);
+    let unsettled = unsettled(&rows, &keys.policy, now);
     let waiting = live.iter().any(|k| k.signs_from > now);
     let due = keys
         .policy
@@ -324,6 +383,7 @@ pub async fn refresh(
             && !waiting
             && signing.is_some_and(|k| k.signs_from + every <= now)
         {
+            check_opens(keys, &live)?;
             make(&txn, keys, now, now + keys.policy.lead).await?;
         }
         txn.commit().await?;
@@ -403,7 +463,7 @@ mod tests {
         let set = ensure(&kit.svc.db, &k, kit.svc.clock.now()).await.unwrap();
         let kid = kids(&set).remove(0);
         let row = signing_key::Entity::find_by_id(kid.clone()).one(&kit.svc.db).await.unwrap().unwrap();
-        let pkcs8 = k.sealer.open(&row.kid, &row.private_key).unwrap();
+        let pkcs8 = k.sealer.open(&keys::identity(&row.kid, &row.alg, &row.public_jwk), &row.private_key).unwrap();
         assert!(!row.private_key.windows(32).any(|w| pkcs8.windows(32).any(|p| p == w)), "stored in the clear");
         let other = SigningKeys { sealer: Sealer::new(&Secret::new(vec![8; 32])), policy: k.policy.clone() };
         let err = load(&kit.svc.db, &other, kit.svc.clock.now()).await.err().expect("opened under another secret");
@@ -454,6 +514,9 @@ mod tests {
         assert!(matches!(retire(&kit.svc.db, &k, &first, now).await, Err(RetireError::Signing(_))));
         assert!(matches!(retire(&kit.svc.db, &k, "nope", now).await, Err(RetireError::Unknown(_))));
         let next = rotate(&kit.svc.db, &k, now).await.unwrap();
+        // Too close to its time: an instance that has not reloaded would sign with it.
+        let close = next.signs_from - chrono::Duration::seconds(30);
+        assert!(matches!(retire(&kit.svc.db, &k, &next.kid, close).await, Err(RetireError::TooLate(..))));
         let called_off = retire(&kit.svc.db, &k, &next.kid, now).await.unwrap();
         assert_eq!(called_off.state, STATE_RETIRED);
         assert_eq!(
@@ -499,6 +562,80 @@ mod tests {
         let jwks = tk.jwks();
         let left: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|j| j["kid"].as_str().unwrap()).collect();
         assert_eq!(left, vec![next.kid.as_str()]);
+    }
+
+    /// A command run with another KEY_ENCRYPTION_SECRET (or none, falling
+    /// back to a generated one) makes no key the servers could not open.
+    #[tokio::test]
+    async fn no_key_is_made_under_a_secret_that_does_not_open_the_others() {
+        let kit = TestKit::new().await;
+        let k = keys(SigningAlgorithm::Es256);
+        let now = kit.svc.clock.now();
+        ensure(&kit.svc.db, &k, now).await.unwrap();
+        let other = SigningKeys { sealer: Sealer::new(&Secret::new(vec![8; 32])), policy: k.policy.clone() };
+        let err = rotate(&kit.svc.db, &other, now).await.expect_err("rotated under another secret");
+        assert!(err.detail().contains("KEY_ENCRYPTION_SECRET"), "{}", err.detail());
+        let mut ed = other.policy.clone();
+        ed.alg = SigningAlgorithm::EdDsa;
+        let other = SigningKeys { sealer: other.sealer.clone(), policy: ed };
+        assert!(ensure(&kit.svc.db, &other, now).await.is_err());
+        assert_eq!(signing_key::Entity::find().count(&kit.svc.db).await.unwrap(), 1, "a key was made anyway");
+    }
+
+    /// A row whose public key or algorithm was changed in the database does
+    /// not open, and is not trusted: the set does not load.
+    #[tokio::test]
+    async fn a_stored_public_key_cannot_be_swapped() {
+        let kit = TestKit::new().await;
+        let k = keys(SigningAlgorithm::Es256);
+        let now = kit.svc.clock.now();
+        let set = ensure(&kit.svc.db, &k, now).await.unwrap();
+        let kid = kids(&set).remove(0);
+        let row = signing_key::Entity::find_by_id(kid.clone()).one(&kit.svc.db).await.unwrap().unwrap();
+        let theirs = keys::generate(SigningAlgorithm::Es256, &kid).unwrap();
+        let mut swapped: signing_key::ActiveModel = row.into();
+        swapped.public_jwk = Set(theirs.public_jwk.to_string());
+        swapped.update(&kit.svc.db).await.unwrap();
+        let err = load(&kit.svc.db, &k, now).await.err().expect("a swapped public key was trusted");
+        assert!(err.detail().contains(&kid), "{}", err.detail());
+    }
+
+    /// An instance whose tokens live longer than those of whoever retired a
+    /// key (another ACCESS_TOKEN_TTL) keeps the key published that much longer.
+    #[tokio::test]
+    async fn a_retired_key_stays_published_for_the_longest_token_life() {
+        let kit = TestKit::new().await;
+        let short = keys(SigningAlgorithm::Es256);
+        let t0 = chrono::SubsecRound::trunc_subsecs(kit.svc.clock.now(), 0);
+        let first = kids(&ensure(&kit.svc.db, &short, t0).await.unwrap()).remove(0);
+        rotate(&kit.svc.db, &short, t0).await.unwrap();
+        let t1 = t0 + short.policy.lead;
+        list(&kit.svc.db, &short, t1).await.unwrap();
+        let mut long = keys(SigningAlgorithm::Es256);
+        long.policy.linger = chrono::Duration::hours(1);
+        let tk = tokens(load(&kit.svc.db, &long, t1).await.unwrap());
+        refresh(&kit.svc.db, &long, &tk, t1 + chrono::Duration::minutes(1)).await.unwrap();
+        let row = signing_key::Entity::find_by_id(first).one(&kit.svc.db).await.unwrap().unwrap();
+        assert_eq!(row.published_until, Some(t1 + chrono::Duration::hours(1)));
+    }
+
+    /// A change of algorithm while a key of the old one waits: the waiting
+    /// key is called off, so it cannot take over from the new one.
+    #[tokio::test]
+    async fn a_changed_algorithm_calls_off_a_waiting_key_of_the_old_one() {
+        let kit = TestKit::new().await;
+        let now = kit.svc.clock.now();
+        let es = keys(SigningAlgorithm::Es256);
+        ensure(&kit.svc.db, &es, now).await.unwrap();
+        let waiting = rotate(&kit.svc.db, &es, now).await.unwrap();
+        let ed = keys(SigningAlgorithm::EdDsa);
+        let later = now + chrono::Duration::minutes(1);
+        let tk = tokens(ensure(&kit.svc.db, &ed, later).await.unwrap());
+        let signs = |t: DateTime<Utc>| tk.signing_kid(t.timestamp()).unwrap();
+        let at_the_end = signs(later + ed.policy.lead + chrono::Duration::minutes(10));
+        assert_ne!(at_the_end, waiting.kid, "the old algorithm's waiting key took over");
+        let row = signing_key::Entity::find_by_id(at_the_end).one(&kit.svc.db).await.unwrap().unwrap();
+        assert_eq!(row.alg, "EdDSA");
     }
 
     #[tokio::test]

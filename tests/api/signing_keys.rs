@@ -109,7 +109,10 @@ async fn an_hs256_install_publishes_no_key_and_names_its_own() {
 #[tokio::test]
 async fn discovery_points_at_the_key_set() {
     let app = spawn_signing(SigningAlgorithm::Es256).await;
-    let (_, doc) = get_json(&app, "/.well-known/openid-configuration").await;
+    let (headers, doc) = get_json(&app, "/.well-known/openid-configuration").await;
+    // Built from the request's Host: never from a shared cache.
+    assert!(headers["cache-control"].to_str().unwrap().starts_with("private"), "{headers:?}");
+    assert!(headers["vary"].to_str().unwrap().contains("Host"), "{headers:?}");
     assert_eq!(doc["issuer"], app.config.jwt_issuer.as_str());
     assert_eq!(doc["jwks_uri"], format!("http://{}/.well-known/jwks.json", app.addr));
     assert_eq!(doc["id_token_signing_alg_values_supported"], json!(["ES256"]));
@@ -133,8 +136,9 @@ async fn discovery_points_at_the_key_set() {
         c.jwt_issuer = "https://auth.example.com/".into();
     })
     .await;
-    let (_, doc) = get_json(&app, "/.well-known/openid-configuration").await;
+    let (headers, doc) = get_json(&app, "/.well-known/openid-configuration").await;
     assert_eq!(doc["jwks_uri"], "https://auth.example.com/.well-known/jwks.json");
+    assert!(headers["cache-control"].to_str().unwrap().starts_with("public"), "{headers:?}");
 }
 
 /// Forgeries a verifier that trusts the token's header would fall for.
@@ -328,7 +332,7 @@ impl CachingVerifier {
 async fn a_rotation_under_load_refuses_no_valid_token() {
     let app = spawn_with(|c| {
         c.jwt_algorithm = SigningAlgorithm::Es256;
-        c.jwt_key_lead_time = std::time::Duration::from_secs(300);
+        c.jwt_key_lead_time = std::time::Duration::from_secs(360);
     })
     .await;
     let (admin, _) = make_admin(&app, "root@example.com").await;
@@ -395,7 +399,8 @@ async fn a_rotation_under_load_refuses_no_valid_token() {
     let old_kid = kids.iter().find(|k| **k != rotated).unwrap().clone();
     let row = entity::signing_key::Entity::find_by_id(old_kid.clone()).one(&services.db).await.unwrap().unwrap();
     let sealer = authgraph::auth::keys::Sealer::new(&Secret::new(JWT_SECRET.as_bytes().to_vec()));
-    let pkcs8 = sealer.open(&row.kid, &row.private_key).unwrap();
+    let pkcs8 =
+        sealer.open(&authgraph::auth::keys::identity(&row.kid, &row.alg, &row.public_jwk), &row.private_key).unwrap();
     let claims = claims_of(&clients[0].access_token);
     let mut h = Header::new(Algorithm::ES256);
     h.typ = Some("at+jwt".into());
