@@ -192,25 +192,29 @@ pub(super) fn spawn_follower(svc: Services, database_url: String, start: i64) ->
     use sea_orm::sqlx::postgres::PgListener;
     tokio::spawn(async move {
         let mut last = start;
+        let mut fresh = Freshness::new(&svc);
         loop {
-            let mut listener = match PgListener::connect(&database_url).await {
-                Ok(l) => l,
+            let listening = match PgListener::connect(&database_url).await {
+                Ok(mut l) => match l.listen(CHANNEL).await {
+                    Ok(()) => Some(l),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "change feed: LISTEN failed; reading the log each second meanwhile");
+                        None
+                    }
+                },
                 Err(e) => {
-                    tracing::warn!(error = %e, "change feed: cannot connect the listener; retrying");
-                    tokio::time::sleep(POLL).await;
-                    continue;
+                    tracing::warn!(error = %e, "change feed: cannot connect the listener; reading the log each second meanwhile");
+                    None
                 }
             };
-            if let Err(e) = listener.listen(CHANNEL).await {
-                tracing::warn!(error = %e, "change feed: LISTEN failed; retrying");
+            let Some(mut listener) = listening else {
+                fresh.note(&svc, catch_up(&svc, &mut last).await);
                 tokio::time::sleep(POLL).await;
                 continue;
-            }
+            };
             // Whatever happened while not listening is in the log.
             loop {
-                if let Err(e) = catch_up(&svc, &mut last).await {
-                    tracing::warn!(error = %e, "change feed: reading the log failed; will retry");
-                }
+                fresh.note(&svc, catch_up(&svc, &mut last).await);
                 tokio::select! {
                     received = listener.try_recv() => match received {
                         // One read covers every notification already here.
@@ -226,4 +230,84 @@ pub(super) fn spawn_follower(svc: Services, database_url: String, start: i64) ->
             }
         }
     })
+}
+
+/// How long the log may go unread before an instance stops answering from
+/// its cache: past it, a revocation made on another instance may be missing
+/// here, so every request asks the database (and is refused when the
+/// database cannot answer) until the log is read again.
+pub(super) const STALE_AFTER: Duration = Duration::from_secs(5);
+
+/// When the log was last read in full (by [`Clock::elapsed`](crate::clock::Clock::elapsed)).
+pub(super) struct Freshness {
+    last_read: Duration,
+    stale: bool,
+}
+
+impl Freshness {
+    pub(super) fn new(svc: &Services) -> Self {
+        Self { last_read: svc.clock.elapsed(), stale: false }
+    }
+
+    /// Records a read of the log. After [`STALE_AFTER`] without one that
+    /// succeeded, the registry is cleared (again at every failed read), so
+    /// nothing is answered from what may be out of date.
+    pub(super) fn note(&mut self, svc: &Services, read: AppResult<usize>) {
+        match read {
+            Ok(_) => {
+                if self.stale {
+                    tracing::info!("change feed: the log is read again; the session cache refills");
+                }
+                self.last_read = svc.clock.elapsed();
+                self.stale = false;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "change feed: reading the log failed; will retry");
+                if svc.clock.elapsed().saturating_sub(self.last_read) > STALE_AFTER {
+                    if !self.stale {
+                        tracing::error!(
+                            "change feed: the log has not been read for {}s; sessions are checked against the database until it is",
+                            STALE_AFTER.as_secs()
+                        );
+                    }
+                    self.stale = true;
+                    svc.registry.clear();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::{sessions::live_access, store::Lookup, testkit::TestKit};
+
+    /// An instance that cannot read the log stops answering from its cache
+    /// after STALE_AFTER: a revocation made elsewhere meanwhile would be
+    /// missing from it. Reading the log again lets it fill once more.
+    #[tokio::test]
+    async fn an_instance_that_cannot_read_the_log_stops_trusting_its_cache() {
+        let kit = TestKit::new().await;
+        let alice = kit.register("alice@example.com").await;
+        assert!(live_access(&kit.svc, &alice.access.token).await.is_ok());
+        let cached = |kit: &TestKit| kit.svc.registry.lookup(alice.session_id, alice.user.id, kit.svc.clock.unix());
+        assert_eq!(cached(&kit), Lookup::Live(alice.user.role));
+
+        let mut fresh = Freshness::new(&kit.svc);
+        let down = || Err(AppError::internal("the log cannot be read"));
+        fresh.note(&kit.svc, down());
+        assert_eq!(cached(&kit), Lookup::Live(alice.user.role), "cleared before the log was stale");
+        kit.clock.advance(STALE_AFTER + Duration::from_secs(1));
+        fresh.note(&kit.svc, down());
+        assert_eq!(cached(&kit), Lookup::Unknown, "a stale cache still answered");
+        // While stale, the cache is emptied again at every failed read.
+        assert!(live_access(&kit.svc, &alice.access.token).await.is_ok());
+        fresh.note(&kit.svc, down());
+        assert_eq!(cached(&kit), Lookup::Unknown);
+
+        fresh.note(&kit.svc, Ok(0));
+        assert!(live_access(&kit.svc, &alice.access.token).await.is_ok());
+        assert_eq!(cached(&kit), Lookup::Live(alice.user.role), "the cache did not refill once the log was read");
+    }
 }
