@@ -281,9 +281,31 @@ fn key_store(config: &Config, secret: &Secret) -> Result<Option<Arc<signing_keys
 
 /// `authgraph keys …`: the key store of `config` on its database (migrated
 /// first). Errors: HS256 (no key pairs), or the database.
+///
+/// It works on what the servers made, and makes nothing of its own: it
+/// refuses a SQLite file that does not exist, and, without
+/// `KEY_ENCRYPTION_SECRET` or `JWT_SECRET`, a generated secret file that does
+/// not exist (run it with the servers' environment, from their folder).
 pub async fn keys_command(
     config: &Config,
 ) -> Result<(sea_orm::DatabaseConnection, Arc<signing_keys::SigningKeys>), StartError> {
+    if let Some(file) = crate::config::sqlite_file(&config.database_url)
+        && !file.exists()
+    {
+        return Err(StartError::Other(format!(
+            "no database at {}: run the command with the servers' DATABASE_URL, from their folder",
+            file.display()
+        )));
+    }
+    if let JwtKeySource::GeneratedFile(path) = &config.jwt_key
+        && !path.exists()
+    {
+        return Err(StartError::Other(format!(
+            "neither KEY_ENCRYPTION_SECRET nor JWT_SECRET is set, and there is no generated secret at {}: \
+             run the command with the servers' environment, from their folder",
+            path.display()
+        )));
+    }
     let secret = server_secret(&config.jwt_key)?;
     let Some(keys) = key_store(config, &secret)? else {
         return Err(StartError::Other(
@@ -314,9 +336,9 @@ fn server_secret(source: &JwtKeySource) -> Result<Secret, StartError> {
             let key = load_or_create_key_file(path)?;
             tracing::warn!(
                 path = %path.display(),
-                "JWT_SECRET is not set: using a generated server secret kept in this file \
-                 (it keys refresh tokens and seals signing keys). In production set KEY_ENCRYPTION_SECRET \
-                 (ES256, EdDSA) or JWT_SECRET (HS256)."
+                "neither KEY_ENCRYPTION_SECRET nor JWT_SECRET is set: using a generated server secret kept \
+                 in this file (it keys refresh tokens and seals signing keys). In production set \
+                 KEY_ENCRYPTION_SECRET (ES256, EdDSA) or JWT_SECRET (HS256)."
             );
             Ok(key)
         }

@@ -115,15 +115,14 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
     let (db, keys) = app::keys_command(&config).await.map_err(|e| e.to_string())?;
     let now = config.clock.now();
     let show = |k: &entity::signing_key::Model| {
-        let until = k.published_until.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339());
-        format!(
-            "{}  {:<5}  {:<7}  signs from {}  published until {}",
-            k.kid,
-            k.alg,
-            k.state,
-            k.signs_from.to_rfc3339(),
-            until
-        )
+        let when = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let life = match (k.retired_at, k.published_until) {
+            // Retired before its time came: it signed nothing.
+            (Some(_), Some(until)) if until <= k.signs_from => format!("called off {}", when(until)),
+            (_, Some(until)) => format!("signs from {}  published until {}", when(k.signs_from), when(until)),
+            (_, None) => format!("signs from {}  published while it signs", when(k.signs_from)),
+        };
+        format!("{}  {:<5}  {:<7}  {life}", k.kid, k.alg, k.state)
     };
     match command {
         KeysCommand::List(_) => {
@@ -139,8 +138,8 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
             let row = signing_keys::rotate(&db, &keys, now).await.map_err(|e| e.detail())?;
             println!("{}", show(&row));
             println!(
-                "published now; running instances load it within 30 s and sign with it from {}",
-                row.signs_from.to_rfc3339()
+                "running instances publish it within 30 s and sign with it from {}",
+                row.signs_from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             );
         }
         KeysCommand::Retire(retire) => {
