@@ -16,7 +16,11 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse_args();
-    telemetry::init(cli.log_format);
+    let log_to = match cli.command {
+        Some(Command::Keys(_) | Command::CreateAdmin(_) | Command::PrintSchema) => telemetry::LogTo::Stderr,
+        Some(Command::Serve(_) | Command::Migrate(_)) | None => telemetry::LogTo::Stdout,
+    };
+    telemetry::init(cli.log_format, log_to);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -19,13 +19,34 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber. Call once, before anything logs.
-pub fn init(format: LogFormat) {
+pub fn init(format: LogFormat, to: LogTo) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
-    match format {
-        LogFormat::Text => builder.with_ansi(colour(std::io::stdout().is_terminal())).init(),
-        LogFormat::Json => builder.json().with_ansi(false).init(),
+    match to {
+        LogTo::Stdout => {
+            let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+            match format {
+                LogFormat::Text => builder.with_ansi(colour(std::io::stdout().is_terminal())).init(),
+                LogFormat::Json => builder.json().with_ansi(false).init(),
+            }
+        }
+        LogTo::Stderr => {
+            let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+            match format {
+                LogFormat::Text => builder.with_ansi(colour(std::io::stderr().is_terminal())).init(),
+                LogFormat::Json => builder.json().with_ansi(false).init(),
+            }
+        }
     }
+}
+
+/// Where the log goes: standard output for the server (and `migrate`), where
+/// log collectors read it; standard error for the commands whose standard
+/// output is their answer (`keys`, `create-admin`, `print-schema`), so that
+/// it can be read or piped alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTo {
+    Stdout,
+    Stderr,
 }
 
 /// Colour for a terminal, unless `NO_COLOR` (<https://no-color.org>) says otherwise.

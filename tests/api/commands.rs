@@ -98,7 +98,7 @@ async fn keys_are_listed_rotated_and_retired_from_the_command_line() {
         (out.status.success(), o.into_owned(), e.into_owned())
     };
 
-    // The key lines (the log may write to standard output too).
+    // The key lines (the log goes to standard error: nothing else is here).
     let keys =
         |out: &str| -> Vec<String> { out.lines().filter(|l| l.contains("signs from")).map(str::to_owned).collect() };
     let kid = |out: &str| keys(out)[0].split_whitespace().next().unwrap().to_owned();
@@ -129,6 +129,7 @@ async fn keys_are_listed_rotated_and_retired_from_the_command_line() {
     let (ok, out, _) = text(&run(&database, dir.path(), &["keys", "list"], env));
     let listed = keys(&out);
     assert!(ok && listed.len() == 2 && out.contains(&first) && out.contains(&next), "{out}");
+    assert_eq!(out.lines().count(), 2, "standard output holds more than the keys: {out}");
     let (ok, _, err) = text(&run(&database, dir.path(), &["keys", "retire", &first], env));
     assert!(!ok && err.contains("signs now") && err.contains("rotate first"), "{err}");
     let (ok, out, err) = text(&run(&database, dir.path(), &["keys", "retire", &next], env));
