@@ -17,7 +17,7 @@
 //! first instance to start on an empty database makes the key, the others find
 //! it, and two rotations at once make one key.
 
-use std::sync::Arc;
+use std::{borrow::Borrow, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -82,6 +82,21 @@ async fn begin(db: &DatabaseConnection) -> AppResult<DatabaseTransaction> {
     Ok(txn)
 }
 
+/// Which of `live` (keys not retired, oldest `signs_from` first) signs at
+/// `now`: the newest whose time has come.
+fn signing_at<K: Borrow<signing_key::Model>>(live: &[K], now: DateTime<Utc>) -> Option<usize> {
+    live.iter().rposition(|k| k.borrow().signs_from <= now)
+}
+
+/// Whether a scheduled rotation is due at `now` among `live` (as for
+/// [`signing_at`]): no key is waiting, and the one that signs has signed for
+/// the policy's interval.
+fn rotation_due<K: Borrow<signing_key::Model>>(live: &[K], policy: &KeyPolicy, now: DateTime<Utc>) -> bool {
+    let Some(every) = policy.rotate_every else { return false };
+    let waiting = live.iter().any(|k| k.borrow().signs_from > now);
+    !waiting && signing_at(live, now).is_some_and(|i| live[i].borrow().signs_from + every <= now)
+}
+
 /// Whether [`settle`] has anything to write at `now` in `rows` (every stored
 /// key): a key whose time has come that is not `current` yet, one before it
 /// not retired, or a retired key published for less than this instance's
@@ -89,8 +104,8 @@ async fn begin(db: &DatabaseConnection) -> AppResult<DatabaseTransaction> {
 fn unsettled(rows: &[signing_key::Model], policy: &KeyPolicy, now: DateTime<Utc>) -> bool {
     let mut live: Vec<&signing_key::Model> = rows.iter().filter(|k| k.state != STATE_RETIRED).collect();
     live.sort_by_key(|k| k.signs_from);
-    let signer = live.iter().rposition(|k| k.signs_from <= now);
-    signer.is_some_and(|i| i > 0 || live[i].state != STATE_CURRENT) || rows.iter().any(|k| short(k, policy, now))
+    signing_at(&live, now).is_some_and(|i| i > 0 || live[i].state != STATE_CURRENT)
+        || rows.iter().any(|k| short(k, policy, now))
 }
 
 /// A retired key that signed, still published, but for less than `policy`'s
@@ -120,7 +135,7 @@ async fn settle(
         longer.published_until = Set(until);
         longer.update(txn).await?;
     }
-    let Some(signer) = live.iter().rposition(|k| k.signs_from <= now) else { return Ok(live) };
+    let Some(signer) = signing_at(&live, now) else { return Ok(live) };
     let since = live[signer].signs_from;
     let mut kept = Vec::new();
     for (i, key) in live.into_iter().enumerate() {
@@ -269,7 +284,7 @@ pub async fn retire(
         txn.commit().await.map_err(AppError::from)?;
         return Ok(row);
     }
-    if live.iter().rev().find(|k| k.signs_from <= now).is_some_and(|k| k.kid == kid) {
+    if signing_at(&live, now).is_some_and(|i| live[i].kid == kid) {
         return Err(RetireError::Signing(kid.to_owned()));
     }
     // Instances reload the set every REFRESH: one that has not yet learned
@@ -366,23 +381,11 @@ pub async fn refresh(
     let rows = signing_key::Entity::find().all(db).await?;
     let mut live: Vec<&signing_key::Model> = rows.iter().filter(|k| k.state != STATE_RETIRED).collect();
     live.sort_by_key(|k| k.signs_from);
-    let signer = live.iter().rposition(|k| k.signs_from <= now);
-    let unsettled = unsettled(&rows, &keys.policy, now);
-    let waiting = live.iter().any(|k| k.signs_from > now);
-    let due = keys
-        .policy
-        .rotate_every
-        .is_some_and(|every| !waiting && signer.is_some_and(|i| live[i].signs_from + every <= now));
-    if unsettled || due {
+    if unsettled(&rows, &keys.policy, now) || rotation_due(&live, &keys.policy, now) {
         let txn = begin(db).await?;
         let live = settle(&txn, &keys.policy, now).await?;
         // Asked again under the lock: another instance may have rotated.
-        let signing = live.iter().rev().find(|k| k.signs_from <= now);
-        let waiting = live.iter().any(|k| k.signs_from > now);
-        if let Some(every) = keys.policy.rotate_every
-            && !waiting
-            && signing.is_some_and(|k| k.signs_from + every <= now)
-        {
+        if rotation_due(&live, &keys.policy, now) {
             check_opens(keys, &live)?;
             make(&txn, keys, now, now + keys.policy.lead).await?;
         }
