@@ -21,7 +21,7 @@ use crate::{
     graphql::{self, Limits},
     http::{self, AppState, cookies::CookiePolicy, site::SitePolicy},
     service::{
-        Services, SessionPolicy, api_keys, sessions, signing_keys,
+        Services, SessionPolicy, api_keys, outbox, sessions, signing_keys,
         store::{self, SessionRegistry},
     },
 };
@@ -56,6 +56,13 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
     let secret = server_secret(&config.jwt_key)?;
     let hasher = PasswordHasher::new(&config.password).map_err(|e| StartError::Other(e.to_string()))?;
     let signing = key_store(config, &secret)?;
+    let mailer = crate::mail::Mailer::new(&config.mail).map_err(StartError::Other)?;
+    if let Some(dir) = mailer.mail_dir() {
+        tracing::info!(
+            dir = %dir.display(),
+            "SMTP_URL is unset: mail (password resets, verification links) is written as .eml files to this folder"
+        );
+    }
     let tokens = match &signing {
         None => TokenKeys::new(&secret, &config.jwt_issuer, &config.jwt_audience, config.access_token_ttl),
         Some(keys) => {
@@ -75,6 +82,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         registry: Arc::new(SessionRegistry::for_access_tokens(config.session_cache_capacity, config.access_token_ttl)),
         limits: Arc::new(RateLimits::new(&config.rate_limits, config.clock.clone())),
         api_key_usage: Arc::default(),
+        mail: Arc::new(mailer),
         policy: SessionPolicy {
             refresh_ttl: config.refresh_token_ttl,
             reuse_grace: config.refresh_reuse_grace,
@@ -189,6 +197,7 @@ async fn bind_and_serve(
         .signing
         .clone()
         .map(|keys| signing_keys::spawn_refresher(state.services.clone(), keys, config.key_refresh_interval));
+    let mail_sender = outbox::spawn_sender(state.services.clone());
     let services = state.services.clone();
     // Once a minute: forget idle rate-limit keys and write API key last-use times.
     let minutely = tokio::spawn(async move {
@@ -210,6 +219,7 @@ async fn bind_and_serve(
             .await;
         purger.abort();
         minutely.abort();
+        mail_sender.abort();
         if let Some(follower) = follower {
             follower.abort();
         }

@@ -191,6 +191,78 @@ pub struct ServeArgs {
     #[arg(long, env = "RATE_LIMIT_LOGIN_PER_ACCOUNT", default_value = "100/1h")]
     pub rate_limit_login_per_account: QuotaSpec,
 
+    /// Mail to one address (the key of a reset's, a verification's or a new
+    /// address's recipient, registered or not), as comma-separated N/period
+    /// quotas that must all admit it: by default one a minute and five an hour
+    #[arg(long, env = "RATE_LIMIT_MAIL_PER_RECIPIENT", value_delimiter = ',', default_value = "1/1m,5/1h")]
+    pub rate_limit_mail_per_recipient: Vec<QuotaSpec>,
+
+    /// Mail asked for per client IP (IPv6 per /64): requestPasswordReset,
+    /// sendVerificationEmail and address changes, as N/period
+    #[arg(long, env = "RATE_LIMIT_MAIL_PER_IP", default_value = "20/1h")]
+    pub rate_limit_mail_per_ip: QuotaSpec,
+
+    /// Uses of mailed links per client IP (IPv6 per /64): verifyEmail,
+    /// resetPassword and confirmEmailChange, right or wrong, as N/period
+    #[arg(long, env = "RATE_LIMIT_LINK_PER_IP", default_value = "30/1h")]
+    pub rate_limit_link_per_ip: QuotaSpec,
+
+    /// Base URL of the app that receives the links in mail (http or https, no
+    /// query); a link is APP_URL + the purpose's path + ?token=…
+    #[arg(long, env = "APP_URL", default_value = "http://127.0.0.1:8000")]
+    pub app_url: String,
+
+    /// Path of the app's page that takes a password-reset token
+    #[arg(long, env = "RESET_PASSWORD_PATH", default_value = "/reset-password")]
+    pub reset_password_path: String,
+
+    /// Path of the app's page that takes an address-verification token
+    #[arg(long, env = "VERIFY_EMAIL_PATH", default_value = "/verify-email")]
+    pub verify_email_path: String,
+
+    /// Path of the app's page that takes an address-change token
+    #[arg(long, env = "CONFIRM_EMAIL_CHANGE_PATH", default_value = "/confirm-email-change")]
+    pub confirm_email_change_path: String,
+
+    /// How long a password-reset link works
+    #[arg(long, env = "PASSWORD_RESET_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub password_reset_ttl: Duration,
+
+    /// How long an address-verification link works
+    #[arg(long, env = "EMAIL_VERIFICATION_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub email_verification_ttl: Duration,
+
+    /// How long an address-change link works
+    #[arg(long, env = "EMAIL_CHANGE_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub email_change_ttl: Duration,
+
+    /// Refuse `login` (FORBIDDEN, reason EMAIL_NOT_VERIFIED) until the account's
+    /// address is confirmed; registration then sends the verification mail
+    #[arg(long, env = "REQUIRE_EMAIL_VERIFICATION", default_value_t = false, action = ArgAction::Set)]
+    pub require_email_verification: bool,
+
+    /// Where mail is sent, as lettre reads it: smtps://user:pass@host:465
+    /// (implicit TLS), smtp://user:pass@host:587?tls=required (STARTTLS),
+    /// smtp://127.0.0.1:2525 (plain, a local relay). Unset outside production:
+    /// mail is written as .eml files to MAIL_DIR
+    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+
+    /// Sender of every mail
+    #[arg(long, env = "MAIL_FROM", default_value = "authgraph <no-reply@localhost>")]
+    pub mail_from: String,
+
+    /// Where mail goes as .eml files when SMTP_URL is unset [default: a folder
+    /// beside the SQLite file, authgraph.db.mail/; ./authgraph.mail/ on PostgreSQL].
+    /// In production, without SMTP_URL, it must be set explicitly
+    #[arg(long, env = "MAIL_DIR")]
+    pub mail_dir: Option<PathBuf>,
+
+    /// A folder of mail templates that replace the built-in ones of the same
+    /// name (<kind>.txt with blocks `subject` and `text`, <kind>.html; see the README)
+    #[arg(long, env = "MAIL_TEMPLATES_DIR")]
+    pub mail_templates_dir: Option<PathBuf>,
+
     /// How often expired and long-revoked sessions are purged
     #[arg(long, env = "CLEANUP_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub cleanup_interval: Duration,
@@ -302,13 +374,46 @@ impl FromStr for QuotaSpec {
     }
 }
 
-/// The four rate limits (see `auth::rate_limit`).
-#[derive(Debug, Clone, Copy)]
+/// The rate limits (see `auth::rate_limit`).
+#[derive(Debug, Clone)]
 pub struct RateLimitConfig {
     pub login_per_ip: QuotaSpec,
     pub register_per_ip: QuotaSpec,
     pub refresh_per_ip: QuotaSpec,
     pub login_per_account: QuotaSpec,
+    /// Mail asked for per client.
+    pub mail_per_ip: QuotaSpec,
+    /// Uses of mailed links per client.
+    pub link_per_ip: QuotaSpec,
+    /// Mail per recipient address: every quota must admit it.
+    pub mail_per_recipient: Vec<QuotaSpec>,
+}
+
+/// Where mail goes.
+#[derive(Debug, Clone)]
+pub enum MailDelivery {
+    /// An SMTP server (`SMTP_URL`, which may hold a password).
+    Smtp(Secret),
+    /// `.eml` files in this folder (development, or `MAIL_DIR` set on purpose).
+    Files(PathBuf),
+}
+
+/// How mail is made and sent (see `crate::mail`).
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    pub delivery: MailDelivery,
+    /// `MAIL_FROM`, as typed (checked at start).
+    pub from: String,
+    /// `APP_URL` without a trailing slash.
+    pub app_url: String,
+    pub reset_password_path: String,
+    pub verify_email_path: String,
+    pub confirm_email_change_path: String,
+    pub password_reset_ttl: Duration,
+    pub email_verification_ttl: Duration,
+    pub email_change_ttl: Duration,
+    pub require_verification: bool,
+    pub templates_dir: Option<PathBuf>,
 }
 
 /// The validated configuration of a running server.
@@ -351,6 +456,7 @@ pub struct Config {
     pub max_batch_size: usize,
     pub query_alias_limit: usize,
     pub rate_limits: RateLimitConfig,
+    pub mail: MailConfig,
     pub cleanup_interval: Duration,
     /// Live sessions (and profiles) cached per instance.
     pub session_cache_capacity: usize,
@@ -372,6 +478,8 @@ impl Config {
         let production = args.app_env == AppEnv::Production;
         check_database_url(&args.db.database_url)?;
 
+        // Told after the secrets' errors, which matter more.
+        let mail = mail_config(&args, production);
         let jwt_algorithm = args.jwt_algorithm.unwrap_or(if args.jwt_secret.is_some() {
             SigningAlgorithm::Hs256
         } else {
@@ -487,6 +595,10 @@ impl Config {
         if args.jwt_issuer.is_empty() || args.jwt_audience.is_empty() {
             return Err(bad("JWT_ISSUER and JWT_AUDIENCE must not be empty"));
         }
+        let mail = mail?;
+        if args.rate_limit_mail_per_recipient.is_empty() {
+            return Err(bad("RATE_LIMIT_MAIL_PER_RECIPIENT needs at least one N/period quota"));
+        }
 
         Ok(Self {
             database_url: args.db.database_url,
@@ -528,7 +640,11 @@ impl Config {
                 register_per_ip: args.rate_limit_register_per_ip,
                 refresh_per_ip: args.rate_limit_refresh_per_ip,
                 login_per_account: args.rate_limit_login_per_account,
+                mail_per_ip: args.rate_limit_mail_per_ip,
+                link_per_ip: args.rate_limit_link_per_ip,
+                mail_per_recipient: args.rate_limit_mail_per_recipient,
             },
+            mail,
             cleanup_interval,
             session_cache_capacity: args.session_cache_capacity,
             clock: Clock::system(),
@@ -539,6 +655,91 @@ impl Config {
     /// `Secure`, `Path=/` and no `Domain`.
     pub fn refresh_cookie_name(&self) -> &'static str {
         if self.cookie_secure { "__Host-refresh_token" } else { "refresh_token" }
+    }
+}
+
+/// The mail settings of `args`. Errors name the variable: a malformed
+/// `APP_URL` or path, a zero lifetime, and, in production, neither `SMTP_URL`
+/// nor an explicit `MAIL_DIR` (mail would silently go nowhere useful).
+fn mail_config(args: &ServeArgs, production: bool) -> Result<MailConfig, ConfigError> {
+    let app_url = args.app_url.trim().trim_end_matches('/').to_owned();
+    let Some((scheme, rest)) = app_url.split_once("://") else {
+        return Err(bad(format!("APP_URL `{}` is not a URL (expected https://app.example.com)", args.app_url)));
+    };
+    if !matches!(scheme, "http" | "https") || rest.is_empty() || rest.contains(['?', '#', ' ', '@']) {
+        return Err(bad(format!(
+            "APP_URL `{}` must be an http or https URL without credentials, query or fragment",
+            args.app_url
+        )));
+    }
+    for (name, path) in [
+        ("RESET_PASSWORD_PATH", &args.reset_password_path),
+        ("VERIFY_EMAIL_PATH", &args.verify_email_path),
+        ("CONFIRM_EMAIL_CHANGE_PATH", &args.confirm_email_change_path),
+    ] {
+        if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+            return Err(bad(format!("{name} `{path}` must be a path starting with / (no query or fragment)")));
+        }
+    }
+    for (name, ttl) in [
+        ("PASSWORD_RESET_TTL", args.password_reset_ttl),
+        ("EMAIL_VERIFICATION_TTL", args.email_verification_ttl),
+        ("EMAIL_CHANGE_TTL", args.email_change_ttl),
+    ] {
+        if ttl < Duration::from_secs(60) {
+            return Err(bad(format!("{name} must be at least 1m")));
+        }
+    }
+    let delivery = match (&args.smtp_url, &args.mail_dir) {
+        (Some(url), _) if !url.trim().is_empty() => MailDelivery::Smtp(Secret::new(url.trim().as_bytes().to_vec())),
+        (_, Some(dir)) => MailDelivery::Files(dir.clone()),
+        (_, None) if production => {
+            return Err(bad(
+                "SMTP_URL is required when APP_ENV=production (password resets and verification mail need it);                  set MAIL_DIR instead to have mail written as files on purpose",
+            ));
+        }
+        (_, None) => MailDelivery::Files(default_mail_dir(&args.db.database_url)),
+    };
+    Ok(MailConfig {
+        delivery,
+        from: args.mail_from.clone(),
+        app_url,
+        reset_password_path: args.reset_password_path.clone(),
+        verify_email_path: args.verify_email_path.clone(),
+        confirm_email_change_path: args.confirm_email_change_path.clone(),
+        password_reset_ttl: args.password_reset_ttl,
+        email_verification_ttl: args.email_verification_ttl,
+        email_change_ttl: args.email_change_ttl,
+        require_verification: args.require_email_verification,
+        templates_dir: args.mail_templates_dir.clone(),
+    })
+}
+
+impl MailConfig {
+    /// The defaults, with mail written to `dir` (tests, tools).
+    pub fn files(dir: PathBuf) -> Self {
+        Self {
+            delivery: MailDelivery::Files(dir),
+            from: "authgraph <no-reply@localhost>".into(),
+            app_url: "http://127.0.0.1:8000".into(),
+            reset_password_path: "/reset-password".into(),
+            verify_email_path: "/verify-email".into(),
+            confirm_email_change_path: "/confirm-email-change".into(),
+            password_reset_ttl: Duration::from_secs(3600),
+            email_verification_ttl: Duration::from_secs(24 * 3600),
+            email_change_ttl: Duration::from_secs(3600),
+            require_verification: false,
+            templates_dir: None,
+        }
+    }
+}
+
+/// Development mail's folder: beside the SQLite file (`authgraph.db.mail/`),
+/// or `authgraph.mail/` in the working directory.
+fn default_mail_dir(database_url: &str) -> PathBuf {
+    match sqlite_file(database_url) {
+        Some(path) => PathBuf::from(format!("{}.mail", path.display())),
+        None => PathBuf::from("authgraph.mail"),
     }
 }
 
@@ -645,17 +846,53 @@ mod tests {
         let e = parse(&["--app-env", "production", "--jwt-algorithm", "HS256"]).unwrap_err();
         assert!(e.contains("JWT_SECRET is required"), "{e}");
         let kek = "k".repeat(40);
-        let c = parse(&["--app-env", "production", "--key-encryption-secret", &kek]).unwrap();
+        let smtp = ["--smtp-url", "smtp://127.0.0.1:25"];
+        let c = parse(&[&["--app-env", "production", "--key-encryption-secret", &kek][..], &smtp].concat()).unwrap();
         assert_eq!(c.jwt_algorithm, SigningAlgorithm::Es256);
         let e = parse(&["--app-env", "production", "--key-encryption-secret", "short"]).unwrap_err();
         assert!(e.contains("KEY_ENCRYPTION_SECRET must be at least"), "{e}");
         let secret = "s".repeat(40);
         let e = parse(&["--app-env", "production", "--jwt-secret", &secret, "--cookie-secure", "false"]).unwrap_err();
         assert!(e.contains("COOKIE_SECURE"), "{e}");
-        let c = parse(&["--app-env", "production", "--jwt-secret", &secret]).unwrap();
+        let c = parse(&[&["--app-env", "production", "--jwt-secret", &secret][..], &smtp].concat()).unwrap();
         assert!(!c.graphiql && !c.introspection);
-        let c = parse(&["--app-env", "production", "--jwt-secret", &secret, "--graphiql", "true"]).unwrap();
+        let c =
+            parse(&[&["--app-env", "production", "--jwt-secret", &secret, "--graphiql", "true"][..], &smtp].concat())
+                .unwrap();
         assert!(c.graphiql);
+    }
+
+    #[test]
+    fn production_needs_somewhere_to_send_mail() {
+        let secret = "s".repeat(40);
+        let prod = ["--app-env", "production", "--jwt-secret", &secret];
+        let e = parse(&prod).unwrap_err();
+        assert!(e.contains("SMTP_URL is required"), "{e}");
+        let c = parse(&[&prod[..], &["--mail-dir", "/var/mail/authgraph"]].concat()).unwrap();
+        assert!(matches!(c.mail.delivery, MailDelivery::Files(_)));
+        let c = parse(&[&prod[..], &["--smtp-url", "smtps://u:hunter2@mail.example.com"]].concat()).unwrap();
+        assert!(matches!(c.mail.delivery, MailDelivery::Smtp(_)));
+        assert!(!format!("{c:?}").contains("hunter2"), "the SMTP password is not in Debug");
+        // Development without SMTP: files beside the database.
+        let c = parse(&["--database-url", "sqlite://data/auth.db?mode=rwc"]).unwrap();
+        assert!(matches!(c.mail.delivery, MailDelivery::Files(ref d) if d == &PathBuf::from("data/auth.db.mail")));
+    }
+
+    #[test]
+    fn mail_settings_are_checked() {
+        for (args, var) in [
+            (&["--app-url", "app.example.com"][..], "APP_URL"),
+            (&["--app-url", "https://app.example.com/?x=1"], "APP_URL"),
+            (&["--reset-password-path", "reset"], "RESET_PASSWORD_PATH"),
+            (&["--email-change-ttl", "0s"], "EMAIL_CHANGE_TTL"),
+            (&["--rate-limit-mail-per-recipient", "1/1m,lots"], "N/period"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains(var), "{args:?}: {e}");
+        }
+        let c = parse(&["--app-url", "https://app.example.com/"]).unwrap();
+        assert_eq!(c.mail.app_url, "https://app.example.com");
+        assert_eq!(c.rate_limits.mail_per_recipient.len(), 2, "one a minute and five an hour by default");
     }
 
     #[test]

@@ -119,6 +119,8 @@ pub struct Account {
     /// Set by every change of the row; orders copies of it (the newer wins).
     pub updated_at: DateTime<Utc>,
     pub last_login_at: Option<DateTime<Utc>>,
+    /// When the current address was confirmed; `None` until it is.
+    pub email_verified_at: Option<DateTime<Utc>>,
 }
 
 impl From<user::Model> for Account {
@@ -131,6 +133,7 @@ impl From<user::Model> for Account {
             created_at: row.created_at,
             updated_at: row.updated_at,
             last_login_at: row.last_login_at,
+            email_verified_at: row.email_verified_at,
         }
     }
 }

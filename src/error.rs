@@ -82,8 +82,10 @@ reasons! {
     InvalidGrace => ("INVALID_GRACE", BadUserInput, None, "`graceDays` is outside 0 to 365."),
     AlreadyRotated => ("ALREADY_ROTATED", BadUserInput, None, "The API key was already rotated: rotate its successor."),
     NoSigningKeys => ("NO_SIGNING_KEYS", BadUserInput, None, "This install signs HS256 under `JWT_SECRET`: it has no key pairs to rotate (see `JWT_ALGORITHM`)."),
+    LinkInvalidOrExpired => ("LINK_INVALID_OR_EXPIRED", BadUserInput, None, "The mailed link's token is unknown, used, expired, replaced by a newer mail, or for another purpose (field `token`): ask for a new mail."),
+    EmailNotVerified => ("EMAIL_NOT_VERIFIED", Forbidden, None, "The address is not confirmed yet (`REQUIRE_EMAIL_VERIFICATION`): a verification mail was sent; use its link, then log in. No session was started."),
     TooManyAliases => ("TOO_MANY_ALIASES", BadUserInput, None, "The operation has more aliases than the server allows."),
-    TooManyCredentialFields => ("TOO_MANY_CREDENTIAL_FIELDS", BadUserInput, None, "More than one login, register or changePassword in one HTTP request."),
+    TooManyCredentialFields => ("TOO_MANY_CREDENTIAL_FIELDS", BadUserInput, None, "More than one login, register, changePassword or resetPassword in one HTTP request."),
     IntrospectionDisabled => ("INTROSPECTION_DISABLED", BadUserInput, None, "Introspection is off on this server."),
     GraphqlValidationFailed => ("GRAPHQL_VALIDATION_FAILED", BadUserInput, None, "The document does not parse or validate against the schema, or exceeds the depth or complexity limit."),
 }
@@ -147,6 +149,8 @@ pub enum AppError {
     CrossSiteRequest,
     #[error("This email address is already registered")]
     EmailTaken,
+    #[error("Confirm your email address first: a verification mail was sent")]
+    EmailNotVerified,
     /// A bad argument: `field` names it (GraphQL's argument name).
     #[error("{message}")]
     InvalidInput { reason: Reason, field: &'static str, message: String },
@@ -191,6 +195,7 @@ impl AppError {
             MissingToken => Reason::MissingToken,
             CrossSiteRequest => Reason::CrossSiteRequest,
             EmailTaken => Reason::EmailTaken,
+            EmailNotVerified => Reason::EmailNotVerified,
             InvalidInput { reason, .. } | Refused { reason, .. } => *reason,
             Forbidden(_) | BadRequest(_) | RateLimited { .. } | Unavailable(_) | Internal(_) => return None,
         })

@@ -13,5 +13,6 @@ pub mod domain;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod mail;
 pub mod service;
 pub mod telemetry;

@@ -7,6 +7,8 @@
 
 pub mod api_key;
 pub mod keys;
+pub mod mail_outbox;
+pub mod mail_token;
 pub mod refresh_token;
 pub mod session;
 pub mod signing_key;

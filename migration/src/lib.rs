@@ -13,6 +13,7 @@ mod m20261129_000007_search_index;
 mod m20261129_000008_session_changes;
 mod m20261129_000009_rate_limit_counters;
 mod m20261129_000010_signing_keys;
+mod m20261129_000011_mail;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000008_session_changes::Migration),
             Box::new(m20261129_000009_rate_limit_counters::Migration),
             Box::new(m20261129_000010_signing_keys::Migration),
+            Box::new(m20261129_000011_mail::Migration),
         ]
     }
 }

@@ -47,6 +47,10 @@ pub enum Action {
     Login,
     Register,
     Refresh,
+    /// Asking for a mail (reset, verification, address change).
+    Mail,
+    /// Using a mailed link's token.
+    Link,
 }
 
 impl Action {
@@ -55,6 +59,8 @@ impl Action {
             Action::Login => "login",
             Action::Register => "register",
             Action::Refresh => "refresh",
+            Action::Mail => "mail",
+            Action::Link => "link",
         }
     }
 }
@@ -82,20 +88,27 @@ pub struct RateLimits {
     register_ip: Limiter<IpKey>,
     refresh_ip: Limiter<IpKey>,
     login_account: Limiter<String>,
+    mail_ip: Limiter<IpKey>,
+    link_ip: Limiter<IpKey>,
+    /// One limiter per quota of `RATE_LIMIT_MAIL_PER_RECIPIENT`.
+    mail_recipient: Vec<Limiter<String>>,
     clock: Clock,
     config: RateLimitConfig,
 }
 
 impl RateLimits {
-    /// The four limiters of `c`, refilled by `clock`.
+    /// The limiters of `c`, refilled by `clock`.
     pub fn new(c: &RateLimitConfig, clock: Clock) -> Self {
         Self {
             login_ip: keyed(&c.login_per_ip, &clock),
             register_ip: keyed(&c.register_per_ip, &clock),
             refresh_ip: keyed(&c.refresh_per_ip, &clock),
             login_account: keyed(&c.login_per_account, &clock),
+            mail_ip: keyed(&c.mail_per_ip, &clock),
+            link_ip: keyed(&c.link_per_ip, &clock),
+            mail_recipient: c.mail_per_recipient.iter().map(|spec| keyed(spec, &clock)).collect(),
             clock,
-            config: *c,
+            config: c.clone(),
         }
     }
 
@@ -105,7 +118,14 @@ impl RateLimits {
             Action::Login => self.config.login_per_ip,
             Action::Register => self.config.register_per_ip,
             Action::Refresh => self.config.refresh_per_ip,
+            Action::Mail => self.config.mail_per_ip,
+            Action::Link => self.config.link_per_ip,
         }
+    }
+
+    /// The quotas of mail per recipient.
+    pub fn per_recipient(&self) -> &[QuotaSpec] {
+        &self.config.mail_per_recipient
     }
 
     /// The quota of password checks per account.
@@ -127,8 +147,20 @@ impl RateLimits {
             Action::Login => &self.login_ip,
             Action::Register => &self.register_ip,
             Action::Refresh => &self.refresh_ip,
+            Action::Mail => &self.mail_ip,
+            Action::Link => &self.link_ip,
         };
         self.limited(limiter.check_key(&ip))
+    }
+
+    /// Counts one mail to the address whose key is `recipient_key`, registered
+    /// or not, against every per-recipient quota.
+    pub fn check_recipient(&self, recipient_key: &str) -> Result<(), AppError> {
+        let key = recipient_key.to_owned();
+        for limiter in &self.mail_recipient {
+            self.limited(limiter.check_key(&key))?;
+        }
+        Ok(())
     }
 
     /// Counts one login attempt on the account named by `normalized_email`,
@@ -140,17 +172,23 @@ impl RateLimits {
     /// Forgets keys whose quota is full again, so memory follows the number of
     /// recently active clients, not every client ever seen.
     pub fn forget_idle(&self) -> usize {
-        for l in [&self.login_ip, &self.register_ip, &self.refresh_ip] {
+        for l in [&self.login_ip, &self.register_ip, &self.refresh_ip, &self.mail_ip, &self.link_ip] {
             l.retain_recent();
             l.shrink_to_fit();
         }
-        self.login_account.retain_recent();
-        self.login_account.shrink_to_fit();
+        for l in std::iter::once(&self.login_account).chain(&self.mail_recipient) {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
         self.tracked_keys()
     }
 
     pub fn tracked_keys(&self) -> usize {
-        self.login_ip.len() + self.register_ip.len() + self.refresh_ip.len() + self.login_account.len()
+        [&self.login_ip, &self.register_ip, &self.refresh_ip, &self.mail_ip, &self.link_ip]
+            .iter()
+            .map(|l| l.len())
+            .sum::<usize>()
+            + std::iter::once(&self.login_account).chain(&self.mail_recipient).map(|l| l.len()).sum::<usize>()
     }
 }
 
@@ -170,6 +208,9 @@ mod tests {
             register_per_ip: spec("1/1h"),
             refresh_per_ip: spec("100/1s"),
             login_per_account: spec("2/1h"),
+            mail_per_ip: spec("5/1h"),
+            link_per_ip: spec("5/1h"),
+            mail_per_recipient: vec![spec("1/1m"), spec("3/1h")],
         }
     }
 

@@ -54,11 +54,15 @@ impl AccountMutation {
         Ok(deliver(ctx, issued, transport)?)
     }
 
-    /// Changes the caller's name and/or email.
+    /// Changes the caller's name, and asks to change their address: a new
+    /// address gets a confirmation link (and the current one a notice), and
+    /// the address changes when `confirmEmailChange` uses the link. A new
+    /// spelling of the same address is taken at once.
     async fn update_profile(&self, ctx: &Context<'_>, input: UpdateProfileInput) -> Result<User> {
-        let me = request(ctx)?.principal.require_user()?;
+        let req = request(ctx)?;
+        let me = req.principal.require_user()?;
         let change = ProfileChange { name: input.name, email: input.email };
-        Ok(User::new(accounts::update_profile(services(ctx)?, me.user_id, change).await?))
+        Ok(User::new(accounts::update_profile(services(ctx)?, me.user_id, &req.client, change).await?))
     }
 
     /// Changes the caller's password and ends all their other sessions.

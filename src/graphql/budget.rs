@@ -32,6 +32,12 @@ pub enum Budget {
     /// (`service::accounts::spend_password_budget`), where the account is known
     /// and after the checks that cost nothing (same-site, the caller's token).
     PasswordCheck,
+    /// A mail asked for: one unit of the client's mail budget
+    /// (`RATE_LIMIT_MAIL_PER_IP`) and one of the recipient's
+    /// (`RATE_LIMIT_MAIL_PER_RECIPIENT`, keyed by the address's key, registered
+    /// or not), spent by the service (`service::mail`) once the address is known
+    /// and only when a mail is queued.
+    Mail,
     /// Not rate limited; the reason is kept here for the reader.
     Unmetered(&'static str),
 }
@@ -50,7 +56,7 @@ pub const BUDGETS: &[(&str, Budget)] = &[
     // Mutation
     ("register", Budget::PerIp(Action::Register)),
     ("login", Budget::PasswordCheck),
-    ("updateProfile", Budget::Unmetered(TOKEN)),
+    ("updateProfile", Budget::Mail),
     ("changePassword", Budget::PasswordCheck),
     ("refreshToken", Budget::PerIp(Action::Refresh)),
     ("logout", Budget::Unmetered("ends sessions; a refresh token presented to it has only refresh's power")),
@@ -62,6 +68,11 @@ pub const BUDGETS: &[(&str, Budget)] = &[
     ("rotateApiKey", Budget::Unmetered(TOKEN)),
     ("revokeApiKey", Budget::Unmetered(TOKEN)),
     ("rotateSigningKey", Budget::Unmetered(TOKEN)),
+    ("requestPasswordReset", Budget::Mail),
+    ("resetPassword", Budget::PerIp(Action::Link)),
+    ("sendVerificationEmail", Budget::Mail),
+    ("verifyEmail", Budget::PerIp(Action::Link)),
+    ("confirmEmailChange", Budget::PerIp(Action::Link)),
 ];
 
 /// The budget of a root field, if the table has one.
@@ -78,7 +89,7 @@ pub(super) async fn spend(info: &ResolveInfo<'_>, svc: &Services, ip: IpKey) -> 
     }
     let outcome = match of(info.name) {
         Some(Budget::PerIp(action)) => limits::spend_ip(svc, action, ip).await,
-        Some(Budget::PasswordCheck | Budget::Unmetered(_)) => Ok(()),
+        Some(Budget::PasswordCheck | Budget::Mail | Budget::Unmetered(_)) => Ok(()),
         None => Err(AppError::internal(format!("no rate-limit budget is declared for `{}`", info.name))),
     };
     outcome.map_err(|err| {

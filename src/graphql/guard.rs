@@ -39,7 +39,7 @@ use crate::{
 };
 
 /// Fields that verify or set a password.
-const CREDENTIAL_FIELDS: [&str; 3] = ["login", "register", "changePassword"];
+const CREDENTIAL_FIELDS: [&str; 4] = ["login", "register", "changePassword", "resetPassword"];
 
 pub struct RequestGuard {
     pub max_aliases: usize,
@@ -117,7 +117,7 @@ impl RequestGuardExtension {
             if so_far + counts.credential_fields > 1 {
                 return Err(refuse(
                     Reason::TooManyCredentialFields,
-                    "At most one login, register or changePassword per request".to_owned(),
+                    "At most one login, register, changePassword or resetPassword per request".to_owned(),
                 ));
             }
         }

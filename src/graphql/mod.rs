@@ -7,6 +7,7 @@ mod admin;
 pub mod budget;
 pub mod documents;
 mod guard;
+mod mail;
 mod session;
 pub mod types;
 
@@ -24,7 +25,7 @@ use crate::{
 pub struct Query(account::AccountQuery, admin::AdminQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(account::AccountMutation, session::SessionMutation, admin::AdminMutation);
+pub struct Mutation(account::AccountMutation, session::SessionMutation, admin::AdminMutation, mail::MailMutation);
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
 

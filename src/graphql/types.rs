@@ -88,6 +88,16 @@ impl User {
     async fn role(&self) -> Role {
         self.model.role.into()
     }
+    /// Whether the address was confirmed (a verification, reset or
+    /// address-change link was used).
+    async fn email_verified(&self) -> bool {
+        self.model.email_verified_at.is_some()
+    }
+    /// When the address was confirmed. Visible to the user themself and to admins only.
+    async fn email_verified_at(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<DateTime<Utc>>> {
+        self.private_view(ctx)?;
+        Ok(self.model.email_verified_at)
+    }
     async fn created_at(&self) -> DateTime<Utc> {
         self.model.created_at
     }

@@ -5,7 +5,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, SqlE
 
 use entity::user::{self, Role};
 
-use super::{ClientInfo, Issued, Services, limits, sessions, store, users, validate};
+use super::{ClientInfo, Issued, Services, limits, mail, sessions, store, users, validate};
 use crate::{
     auth::{
         password::Verified,
@@ -14,6 +14,7 @@ use crate::{
     db::{self, UniqueRow},
     domain::{Account, Email, SessionId, UserId},
     error::{AppError, AppResult},
+    mail::Kind,
 };
 
 pub struct NewAccount {
@@ -72,10 +73,19 @@ pub(super) fn new_user_row(
         created_at: Set(now),
         updated_at: Set(now),
         last_login_at: Set(last_login_at),
+        email_verified_at: Set(None),
     }
 }
 
 /// Creates an account with role USER and starts its first session.
+///
+/// With `REQUIRE_EMAIL_VERIFICATION`, the account is created with a
+/// verification mail queued in the same transaction, and no session is
+/// started: the answer is `EMAIL_NOT_VERIFIED` (the address must be confirmed
+/// before the first login).
+///
+/// Errors: `INVALID_EMAIL`, `WEAK_PASSWORD`, `INVALID_NAME`, `EMAIL_TAKEN`,
+/// `EMAIL_NOT_VERIFIED` (the account was created).
 #[tracing::instrument(skip_all)]
 pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) -> AppResult<Issued> {
     let new = validate_new_user(&input.email, &input.password, input.name.as_deref())?;
@@ -89,6 +99,13 @@ pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) ->
     let row =
         new_user_row(new, password_hash, Role::User, now, Some(now)).insert(tx.conn()).await.map_err(map_unique)?;
     let user = Account::from(row);
+    if svc.mail.config.require_verification {
+        mail::enqueue(svc, tx.conn(), Kind::VerifyEmail, Some(user.id), &user.email, None).await?;
+        tx.commit().await?;
+        mail::queued(svc);
+        tracing::info!(user_id = %user.id, "account registered; waiting for its address to be confirmed");
+        return Err(AppError::EmailNotVerified);
+    }
     let (session, refresh) = tx.start_session(&user, client, now).await?;
     tx.commit().await?;
     tracing::info!(user_id = %user.id, "account registered");
@@ -147,6 +164,11 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
             (Some(user), Verified::YesRehashed(h)) => (user, Some(h)),
             _ => return Err(AppError::InvalidCredentials),
         };
+        // Told only to whoever knows the password; nothing is issued.
+        if svc.mail.config.require_verification && user.email_verified_at.is_none() {
+            mail::resend_verification_on_login(svc, &user).await?;
+            return Err(AppError::EmailNotVerified);
+        }
         let now = svc.clock.now();
         let mut tx = store::Write::begin(svc).await?;
         let mut update = user::Entity::update_many()
@@ -175,8 +197,21 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
     Err(AppError::InvalidCredentials)
 }
 
+/// Changes the caller's name and address. A new spelling of the same address
+/// (another case, say) is taken at once; an address with another key is not:
+/// a confirmation link goes to it and a notice to the current address, and
+/// the address changes when the link is used (`confirmEmailChange`). The
+/// returned account still has its current address then.
+///
+/// Errors: `INVALID_NAME` (`name`), `INVALID_EMAIL` (`email`), `EMAIL_TAKEN`,
+/// `RATE_LIMITED` (the mail budgets), `TOKEN_REVOKED` when the account is gone.
 #[tracing::instrument(skip_all)]
-pub async fn update_profile(svc: &Services, user_id: UserId, change: ProfileChange) -> AppResult<Account> {
+pub async fn update_profile(
+    svc: &Services,
+    user_id: UserId,
+    client: &ClientInfo,
+    change: ProfileChange,
+) -> AppResult<Account> {
     let name = change.name.as_deref().map(validate::name).transpose()?;
     let email = change.email.as_deref().map(validate::email).transpose()?;
     // The row is read and written in one write transaction (and locked on
@@ -188,6 +223,14 @@ pub async fn update_profile(svc: &Services, user_id: UserId, change: ProfileChan
         tx.rollback().await?;
         return Err(AppError::TokenRevoked);
     };
+    // Another mailbox waits for its owner's confirmation.
+    let (email, moving_to) = match email {
+        Some(email) if email.key() != user.email_normalized => (None, Some(email)),
+        same => (same, None),
+    };
+    if let Some(new) = &moving_to {
+        mail::request_email_change(svc, tx.conn(), client, &user, new).await?;
+    }
     let search_key = entity::keys::search_key(
         name.as_deref().unwrap_or(&user.name),
         email.as_ref().map_or(&user.email, |email| email.display()),
@@ -205,6 +248,10 @@ pub async fn update_profile(svc: &Services, user_id: UserId, change: ProfileChan
     let user = Account::from(active.update(tx.conn()).await.map_err(map_unique)?);
     tx.user_changed(user.id);
     tx.commit().await?;
+    if moving_to.is_some() {
+        mail::queued(svc);
+        tracing::info!(%user_id, "address change asked for; waiting for its confirmation");
+    }
     Ok(user)
 }
 
@@ -269,8 +316,11 @@ pub async fn change_password(
             }
         };
         let ended = tx.end_user_sessions(user_id, Some(current_session)).await?;
+        let email = Email::from_parts(changed.email.clone(), changed.email_normalized.clone());
+        mail::enqueue(svc, tx.conn(), Kind::PasswordChanged, Some(user_id), &email, None).await?;
         tx.user_changed(UserId::from(changed.id));
         tx.commit().await?;
+        mail::queued(svc);
         tracing::info!(%user_id, other_sessions_ended = ended, "password changed");
         return Ok(());
     }

@@ -39,6 +39,19 @@ pub async fn spend_account(svc: &Services, email_key: &str) -> AppResult<()> {
     Ok(())
 }
 
+/// One mail to the address whose key is `recipient_key`, registered or not,
+/// against every quota of `RATE_LIMIT_MAIL_PER_RECIPIENT`.
+/// Errors: `RATE_LIMITED` with `retryAfter` (seconds).
+pub async fn spend_recipient(svc: &Services, recipient_key: &str) -> AppResult<()> {
+    svc.limits.check_recipient(recipient_key)?;
+    if svc.shared_database() {
+        for (i, spec) in svc.limits.per_recipient().iter().enumerate() {
+            spend_shared(svc, &format!("recipient{i}:{recipient_key}"), *spec).await?;
+        }
+    }
+    Ok(())
+}
+
 fn micros(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }

@@ -6,6 +6,8 @@ pub mod accounts;
 pub mod admin;
 pub mod api_keys;
 pub mod limits;
+pub mod mail;
+pub mod outbox;
 pub mod sessions;
 pub mod signing_keys;
 pub mod store;
@@ -53,6 +55,8 @@ pub struct Services {
     pub registry: Arc<store::SessionRegistry>,
     pub limits: Arc<RateLimits>,
     pub api_key_usage: Arc<api_keys::UsageTracker>,
+    /// Makes and sends mail (templates, SMTP or files); its outbox is in the database.
+    pub mail: Arc<crate::mail::Mailer>,
     pub policy: SessionPolicy,
     /// The time every rule and timestamp takes ([`Clock::system`] on a server).
     pub clock: Clock,

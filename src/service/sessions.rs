@@ -280,6 +280,7 @@ pub async fn purge(svc: &Services) -> AppResult<u64> {
         .await?;
     store::prune(svc, now).await?;
     super::limits::purge(svc).await?;
+    super::mail::purge(svc, now).await?;
     Ok(res.rows_affected)
 }
 

@@ -33,6 +33,7 @@ pub struct TestKit {
     pub clock: ClockControl,
     /// Keeps a SQLite database's directory alive for the test.
     _dir: Option<tempfile::TempDir>,
+    _mail_dir: tempfile::TempDir,
 }
 
 impl TestKit {
@@ -65,6 +66,7 @@ impl TestKit {
         let secret = Secret::new(vec![7; 32]);
         let clock = ClockControl::new();
         let unlimited: QuotaSpec = "100000/1s".parse().expect("quota");
+        let mail_dir = tempfile::tempdir().expect("tempdir");
         let svc = Services {
             db: conn,
             hasher: PasswordHasher::new(&PasswordParams {
@@ -85,15 +87,22 @@ impl TestKit {
                     register_per_ip: unlimited,
                     refresh_per_ip: unlimited,
                     login_per_account: unlimited,
+                    mail_per_ip: unlimited,
+                    link_per_ip: unlimited,
+                    mail_per_recipient: vec![unlimited],
                 },
                 clock.clock(),
             )),
             api_key_usage: Arc::default(),
+            mail: Arc::new(
+                crate::mail::Mailer::new(&crate::config::MailConfig::files(mail_dir.path().to_path_buf()))
+                    .expect("mailer"),
+            ),
             policy,
             clock: clock.clock(),
             hooks: Default::default(),
         };
-        Self { svc, clock, _dir: dir }
+        Self { svc, clock, _dir: dir, _mail_dir: mail_dir }
     }
 
     /// Registers `email` (password [`PASSWORD`]) and returns its first session.

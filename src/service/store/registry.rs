@@ -273,6 +273,7 @@ mod tests {
             created_at: now,
             updated_at: now,
             last_login_at: None,
+            email_verified_at: None,
         })
     }
 

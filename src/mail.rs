@@ -1,0 +1,398 @@
+//! Mail: what is sent (templates) and how (SMTP, or `.eml` files in
+//! development). The rules of who gets which mail and when are in
+//! `service::mail`; the outbox that makes delivery survive restarts and
+//! outages is `service::outbox`.
+
+use std::{path::Path, path::PathBuf, time::Duration};
+
+use lettre::{
+    AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    message::{Mailbox, MultiPart},
+};
+use minijinja::Environment;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::config::{MailConfig, MailDelivery};
+
+/// What a mail is about. The name (`as_str`) is what the outbox stores and
+/// what the templates are called (`<name>.txt`, `<name>.html`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A link that confirms the account's address.
+    VerifyEmail,
+    /// A link that sets a new password.
+    ResetPassword,
+    /// A link, to the new address, that confirms an address change.
+    ConfirmEmailChange,
+    /// To the old address: a change to another address was asked for.
+    EmailChangeNotice,
+    /// The password was changed or reset.
+    PasswordChanged,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::VerifyEmail,
+        Kind::ResetPassword,
+        Kind::ConfirmEmailChange,
+        Kind::EmailChangeNotice,
+        Kind::PasswordChanged,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::VerifyEmail => "verify_email",
+            Kind::ResetPassword => "reset_password",
+            Kind::ConfirmEmailChange => "confirm_email_change",
+            Kind::EmailChangeNotice => "email_change_notice",
+            Kind::PasswordChanged => "password_changed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Whether the mail carries a link with a one-time token (whose purpose is
+    /// the kind's name).
+    pub const fn has_link(self) -> bool {
+        matches!(self, Kind::VerifyEmail | Kind::ResetPassword | Kind::ConfirmEmailChange)
+    }
+
+    fn builtin(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::VerifyEmail => {
+                (include_str!("../assets/mail/verify_email.txt"), include_str!("../assets/mail/verify_email.html"))
+            }
+            Kind::ResetPassword => {
+                (include_str!("../assets/mail/reset_password.txt"), include_str!("../assets/mail/reset_password.html"))
+            }
+            Kind::ConfirmEmailChange => (
+                include_str!("../assets/mail/confirm_email_change.txt"),
+                include_str!("../assets/mail/confirm_email_change.html"),
+            ),
+            Kind::EmailChangeNotice => (
+                include_str!("../assets/mail/email_change_notice.txt"),
+                include_str!("../assets/mail/email_change_notice.html"),
+            ),
+            Kind::PasswordChanged => (
+                include_str!("../assets/mail/password_changed.txt"),
+                include_str!("../assets/mail/password_changed.html"),
+            ),
+        }
+    }
+}
+
+/// The built-in template of a file name (`verify_email.txt`, `layout.html`, …).
+fn builtin_template(name: &str) -> Option<&'static str> {
+    if name == "layout.html" {
+        return Some(include_str!("../assets/mail/layout.html"));
+    }
+    let (stem, ext) = name.rsplit_once('.')?;
+    let (text, html) = Kind::parse(stem)?.builtin();
+    match ext {
+        "txt" => Some(text),
+        "html" => Some(html),
+        _ => None,
+    }
+}
+
+/// What a template sees.
+#[derive(Debug, Clone, Serialize)]
+pub struct MailContext {
+    /// The account's name.
+    pub name: String,
+    /// The address the mail goes to, as typed.
+    pub recipient: String,
+    /// For an address change: the new address.
+    pub new_email: Option<String>,
+    /// The link, for the kinds that have one.
+    pub link: Option<String>,
+    /// How long the link works, in words ("1 hour", "24 hours").
+    pub expires_in: Option<String>,
+    /// `APP_URL`.
+    pub app_url: String,
+}
+
+/// A mail, rendered.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+/// The mail templates: the built-in ones (`assets/mail/`), each replaced by a
+/// file of the same name in `MAIL_TEMPLATES_DIR` when there is one. Plain
+/// text is `<kind>.txt` with the blocks `subject` and `text`; HTML is
+/// `<kind>.html` (auto-escaped; the built-ins extend `layout.html`).
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl Templates {
+    /// Loads the templates and renders each once with sample values, so that a
+    /// broken override stops the start instead of the first mail.
+    /// Errors: a template that does not parse or render, named.
+    pub fn load(dir: Option<&Path>) -> Result<Self, String> {
+        let mut env = Environment::new();
+        let overrides = dir.map(minijinja::path_loader);
+        env.set_loader(move |name| {
+            if let Some(load) = &overrides
+                && let Some(text) = load(name)?
+            {
+                return Ok(Some(text));
+            }
+            Ok(builtin_template(name).map(str::to_owned))
+        });
+        let templates = Self { env };
+        for kind in Kind::ALL {
+            let sample = MailContext {
+                name: "Ada".into(),
+                recipient: "ada@example.com".into(),
+                new_email: Some("ada@example.org".into()),
+                link: Some("https://app.example.com/path?token=sample".into()),
+                expires_in: Some("1 hour".into()),
+                app_url: "https://app.example.com".into(),
+            };
+            templates.render(kind, &sample)?;
+        }
+        Ok(templates)
+    }
+
+    /// Renders the subject, plain text and HTML of `kind`.
+    /// Errors: the template's error, named (no values of the context).
+    pub fn render(&self, kind: Kind, ctx: &MailContext) -> Result<Rendered, String> {
+        let named = |file: &str, e: minijinja::Error| format!("mail template {file}: {e}");
+        let txt = format!("{}.txt", kind.as_str());
+        let html = format!("{}.html", kind.as_str());
+        let text_template = self.env.get_template(&txt).map_err(|e| named(&txt, e))?;
+        let mut captured = text_template.render_captured(ctx).map_err(|e| named(&txt, e))?;
+        let (subject, text) = captured
+            .with_state_mut(|state| {
+                Ok::<_, minijinja::Error>((state.render_block("subject")?, state.render_block("text")?))
+            })
+            .map_err(|e| named(&txt, e))?;
+        let subject = subject.split_whitespace().collect::<Vec<_>>().join(" ");
+        if subject.is_empty() {
+            return Err(format!("mail template {txt}: the `subject` block is empty"));
+        }
+        let html = self.env.get_template(&html).and_then(|t| t.render(ctx)).map_err(|e| named(&html, e))?;
+        Ok(Rendered { subject, text: text.trim().to_owned() + "\n", html })
+    }
+}
+
+/// Why a send failed.
+#[derive(Debug)]
+pub enum SendError {
+    /// Worth retrying: the server is unreachable, timed out, or answered 4xx.
+    Transient(String),
+    /// Not worth retrying: the server refused this mail (5xx), or the mail
+    /// cannot be made (an address SMTP cannot carry).
+    Permanent(String),
+}
+
+/// Where mail goes.
+enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Files { dir: PathBuf, files: AsyncFileTransport<Tokio1Executor> },
+}
+
+/// How long one SMTP conversation may take, connection included.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Makes and sends mail for the outbox: the templates, the transport, the
+/// sender, and the links' shape.
+pub struct Mailer {
+    transport: Transport,
+    from: Mailbox,
+    templates: Templates,
+    /// Wakes the outbox's sender when a mail was queued on this instance.
+    pub queued: Notify,
+    pub config: MailConfig,
+}
+
+impl Mailer {
+    /// Checks `MAIL_FROM`, loads the templates and opens the transport (a
+    /// pooled SMTP client, or the mail folder, created if missing). Must run
+    /// inside the runtime. Errors name the variable.
+    pub fn new(config: &MailConfig) -> Result<Self, String> {
+        let from: Mailbox =
+            config.from.parse().map_err(|e| format!("MAIL_FROM `{}` is not a mailbox: {e}", config.from))?;
+        let templates = Templates::load(config.templates_dir.as_deref())?;
+        let transport = match &config.delivery {
+            MailDelivery::Smtp(url) => {
+                let url = std::str::from_utf8(url.expose()).map_err(|_| "SMTP_URL is not UTF-8".to_owned())?;
+                // lettre's own message can quote the URL, password included: not shown.
+                let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url).map_err(|_| {
+                    "SMTP_URL is not an SMTP URL lettre accepts (smtps://user:pass@host:465, \
+                     smtp://user:pass@host:587?tls=required, smtp://127.0.0.1:2525)"
+                        .to_owned()
+                })?;
+                Transport::Smtp(builder.timeout(Some(SEND_TIMEOUT)).build())
+            }
+            MailDelivery::Files(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| format!("MAIL_DIR: cannot create {}: {e}", dir.display()))?;
+                Transport::Files { dir: dir.clone(), files: AsyncFileTransport::<Tokio1Executor>::new(dir) }
+            }
+        };
+        Ok(Self { transport, from, templates, queued: Notify::new(), config: config.clone() })
+    }
+
+    /// Where development mail goes, if it goes to files.
+    pub fn mail_dir(&self) -> Option<&Path> {
+        match &self.transport {
+            Transport::Files { dir, .. } => Some(dir),
+            Transport::Smtp(_) => None,
+        }
+    }
+
+    /// The app's link for `kind` carrying `token`: `APP_URL` + the kind's path
+    /// + `?token=…` (the token is base64url: nothing to escape).
+    pub fn link(&self, kind: Kind, token: &str) -> String {
+        let path = match kind {
+            Kind::ResetPassword => &self.config.reset_password_path,
+            Kind::ConfirmEmailChange => &self.config.confirm_email_change_path,
+            _ => &self.config.verify_email_path,
+        };
+        format!("{}{}?token={token}", self.config.app_url, path)
+    }
+
+    /// How long a link of `kind` works.
+    pub fn link_ttl(&self, kind: Kind) -> Duration {
+        match kind {
+            Kind::ResetPassword => self.config.password_reset_ttl,
+            Kind::ConfirmEmailChange => self.config.email_change_ttl,
+            _ => self.config.email_verification_ttl,
+        }
+    }
+
+    pub fn templates(&self) -> &Templates {
+        &self.templates
+    }
+
+    /// Sends one mail to `to` (the address as typed; its key's domain, already
+    /// IDNA ASCII, is what SMTP is given). `id` becomes the Message-ID's left
+    /// part. Errors: [`SendError`], whose text never holds the message.
+    pub async fn send(&self, id: &str, to: &str, to_key: &str, mail: Rendered) -> Result<(), SendError> {
+        let to = address(to, to_key)?;
+        let domain = self.from.email.domain().to_owned();
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(Mailbox::new(None, to))
+            .subject(mail.subject)
+            .message_id(Some(format!("<{id}@{domain}>")))
+            .multipart(MultiPart::alternative_plain_html(mail.text, mail.html))
+            .map_err(|e| SendError::Permanent(format!("cannot build the message: {e}")))?;
+        match &self.transport {
+            Transport::Smtp(smtp) => match tokio::time::timeout(SEND_TIMEOUT, smtp.send(message)).await {
+                Err(_) => Err(SendError::Transient(format!("no answer within {}s", SEND_TIMEOUT.as_secs()))),
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) if e.is_permanent() => Err(SendError::Permanent(smtp_error(&e))),
+                // 4xx, a refused or broken connection, TLS, a time-out: retried.
+                Ok(Err(e)) => Err(SendError::Transient(smtp_error(&e))),
+            },
+            Transport::Files { files, .. } => {
+                files.send(message).await.map(|_| ()).map_err(|e| SendError::Transient(format!("writing mail: {e}")))
+            }
+        }
+    }
+}
+
+/// An SMTP error for the log: lettre's text, and the server's code when it
+/// answered (its text names no credential: the URL is never in it).
+fn smtp_error(e: &lettre::transport::smtp::Error) -> String {
+    match e.status() {
+        Some(code) => format!("SMTP {code}: {e}"),
+        None => format!("SMTP: {e}"),
+    }
+}
+
+/// The SMTP address of `display` (as typed): its local part, and the domain of
+/// its key, which is IDNA ASCII. Errors: `Permanent` for an address SMTP
+/// cannot carry.
+fn address(display: &str, key: &str) -> Result<lettre::Address, SendError> {
+    let local = display.rsplit_once('@').map(|(l, _)| l);
+    let domain = key.rsplit_once('@').map(|(_, d)| d);
+    let (Some(local), Some(domain)) = (local, domain) else {
+        return Err(SendError::Permanent("the recipient is not an address".into()));
+    };
+    lettre::Address::new(local, domain).map_err(|e| SendError::Permanent(format!("the recipient: {e}")))
+}
+
+/// A duration in words for a mail ("1 hour", "24 hours", "30 minutes").
+pub fn in_words(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (n, unit) = if secs.is_multiple_of(86_400) && secs >= 2 * 86_400 {
+        (secs / 86_400, "day")
+    } else if secs.is_multiple_of(3600) {
+        (secs / 3600, "hour")
+    } else {
+        (secs.div_ceil(60), "minute")
+    };
+    if n == 1 { format!("1 {unit}") } else { format!("{n} {unit}s") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> MailContext {
+        MailContext {
+            name: "<b>Mallory</b>".into(),
+            recipient: "m@example.com".into(),
+            new_email: Some("n@example.com".into()),
+            link: Some("https://app.example.com/reset-password?token=abc".into()),
+            expires_in: Some("1 hour".into()),
+            app_url: "https://app.example.com".into(),
+        }
+    }
+
+    #[test]
+    fn builtins_render_with_the_link_and_escape_html() {
+        let t = Templates::load(None).unwrap();
+        for kind in Kind::ALL {
+            let r = t.render(kind, &ctx()).unwrap();
+            assert!(!r.subject.is_empty() && !r.subject.contains('\n'), "{kind:?}");
+            assert_eq!(r.text.contains("token=abc"), kind.has_link(), "{kind:?}: {}", r.text);
+            assert_eq!(r.html.contains("token=abc"), kind.has_link(), "{kind:?}");
+            assert!(r.html.contains("&lt;b&gt;Mallory"), "{kind:?}: names are escaped in HTML");
+            assert!(r.text.contains("<b>Mallory</b>"), "{kind:?}: plain text is not escaped");
+        }
+    }
+
+    #[test]
+    fn a_folder_overrides_by_name_and_a_broken_override_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("reset_password.txt"),
+            "{% block subject %}Reset at Acme{% endblock %}{% block text %}Go: {{ link }}{% endblock %}",
+        )
+        .unwrap();
+        let t = Templates::load(Some(dir.path())).unwrap();
+        let r = t.render(Kind::ResetPassword, &ctx()).unwrap();
+        assert_eq!(r.subject, "Reset at Acme");
+        assert_eq!(r.text, "Go: https://app.example.com/reset-password?token=abc\n");
+        assert!(r.html.contains("Choose a new password"), "the built-in HTML stays");
+        std::fs::write(dir.path().join("verify_email.html"), "{% if %}").unwrap();
+        let e = Templates::load(Some(dir.path())).err().unwrap();
+        assert!(e.contains("verify_email.html"), "{e}");
+    }
+
+    #[test]
+    fn durations_in_words() {
+        assert_eq!(in_words(Duration::from_secs(3600)), "1 hour");
+        assert_eq!(in_words(Duration::from_secs(86_400)), "24 hours");
+        assert_eq!(in_words(Duration::from_secs(3 * 86_400)), "3 days");
+        assert_eq!(in_words(Duration::from_secs(90)), "2 minutes");
+    }
+
+    #[test]
+    fn addresses_go_out_with_an_ascii_domain() {
+        let a = address("Zoë@Bücher.example", "zoë@xn--bcher-kva.example").unwrap();
+        assert_eq!(a.domain(), "xn--bcher-kva.example");
+        assert_eq!(a.user(), "Zoë");
+        assert!(matches!(address("nobody", "nobody"), Err(SendError::Permanent(_))));
+    }
+}

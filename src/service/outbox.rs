@@ -1,0 +1,204 @@
+//! The outbox's sender: every instance runs one, and together they send each
+//! queued mail once in the normal case.
+//!
+//! A sender claims one due row at a time with a single conditional update
+//! that moves the row's `next_attempt_at` a lease ahead and counts the attempt
+//! (on PostgreSQL the row is picked with `FOR UPDATE SKIP LOCKED`, so
+//! instances never wait for, nor take, each other's rows). It then makes the
+//! mail (`mail::prepare`), sends it, and ends the row, fenced by the attempt
+//! it counted, so a sender whose lease lapsed cannot overwrite a newer
+//! attempt. A sender that dies mid-send leaves the row to be claimed again
+//! when the lease ends: the mail may then go twice (at-least-once), never
+//! zero times. A temporary failure (the server unreachable, a 4xx answer, a
+//! time-out) is retried with exponential backoff, for up to a day; a
+//! permanent one (5xx) ends the row as failed.
+
+use std::time::Duration;
+
+use chrono::Duration as ChronoDuration;
+use sea_orm::{
+    ColumnTrait, DbBackend, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    sea_query::{Expr, LockBehavior, LockType},
+};
+
+use entity::mail_outbox;
+
+use super::{
+    Services,
+    mail::{Prepared, prepare},
+};
+use crate::{error::AppResult, mail::SendError};
+
+/// How long a claim holds a row: longer than one send may take
+/// ([`crate::mail::SEND_TIMEOUT`]) and the making of the mail.
+const LEASE: Duration = Duration::from_secs(90);
+
+/// How long a mail is retried before it is given up.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// How often an idle sender looks for mail queued by other instances, or due
+/// again after a failure.
+pub const POLL: Duration = Duration::from_secs(1);
+
+/// The wait before attempt `attempts + 1`: 5 s, doubling, at most 10 min.
+pub fn backoff(attempts: i32) -> Duration {
+    let doublings = Ord::min(u32::try_from(attempts.saturating_sub(1)).unwrap_or(0), 16);
+    Ord::min(Duration::from_secs(5).saturating_mul(1 << doublings), Duration::from_secs(600))
+}
+
+/// Claims the next due row, if any.
+async fn claim(svc: &Services) -> AppResult<Option<mail_outbox::Model>> {
+    let now = svc.clock.now();
+    let lease = now + ChronoDuration::from_std(LEASE).unwrap_or_default();
+    let mut due = mail_outbox::Entity::find()
+        .select_only()
+        .column(mail_outbox::Column::Id)
+        .filter(mail_outbox::Column::NextAttemptAt.lte(now))
+        .order_by_asc(mail_outbox::Column::NextAttemptAt)
+        .limit(1);
+    if svc.db.get_database_backend() == DbBackend::Postgres {
+        due = due.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+    }
+    Ok(mail_outbox::Entity::update_many()
+        .col_expr(mail_outbox::Column::NextAttemptAt, Expr::value(lease))
+        .col_expr(mail_outbox::Column::Attempts, Expr::col(mail_outbox::Column::Attempts).add(1))
+        .filter(mail_outbox::Column::Id.in_subquery(due.into_query()))
+        .exec_with_returning(&svc.db)
+        .await?
+        .pop())
+}
+
+/// How a claimed row ends.
+enum End {
+    Sent,
+    Retry(String),
+    Failed(String),
+}
+
+/// Writes how the claimed `row` ended, if the claim is still this sender's.
+async fn finish(svc: &Services, row: &mail_outbox::Model, end: End) -> AppResult<()> {
+    let now = svc.clock.now();
+    let update = mail_outbox::Entity::update_many()
+        .filter(mail_outbox::Column::Id.eq(row.id))
+        .filter(mail_outbox::Column::Attempts.eq(row.attempts));
+    let give_up = now - row.created_at > ChronoDuration::from_std(GIVE_UP_AFTER).unwrap_or_default();
+    let update = match end {
+        End::Sent => {
+            tracing::info!(mail_id = %row.id, kind = %row.kind, attempts = row.attempts, "mail sent");
+            update
+                .col_expr(mail_outbox::Column::SentAt, Expr::value(now))
+                .col_expr(
+                    mail_outbox::Column::NextAttemptAt,
+                    Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None),
+                )
+                .col_expr(mail_outbox::Column::LastError, Expr::value(Option::<String>::None))
+        }
+        End::Retry(error) if !give_up => {
+            let wait = backoff(row.attempts);
+            tracing::warn!(
+                mail_id = %row.id, kind = %row.kind, attempts = row.attempts, %error,
+                retry_in_secs = wait.as_secs(), "mail not sent; will retry"
+            );
+            update
+                .col_expr(
+                    mail_outbox::Column::NextAttemptAt,
+                    Expr::value(now + ChronoDuration::from_std(wait).unwrap_or_default()),
+                )
+                .col_expr(mail_outbox::Column::LastError, Expr::value(clip(&error)))
+        }
+        End::Retry(error) | End::Failed(error) => {
+            tracing::error!(mail_id = %row.id, kind = %row.kind, attempts = row.attempts, %error, "mail given up");
+            update
+                .col_expr(mail_outbox::Column::FailedAt, Expr::value(now))
+                .col_expr(
+                    mail_outbox::Column::NextAttemptAt,
+                    Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None),
+                )
+                .col_expr(mail_outbox::Column::LastError, Expr::value(clip(&error)))
+        }
+    };
+    update.exec(&svc.db).await?;
+    Ok(())
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(500).collect()
+}
+
+/// Sends one claimed row.
+async fn handle(svc: &Services, row: &mail_outbox::Model) -> AppResult<()> {
+    let end = match prepare(svc, row).await {
+        Err(e) => End::Retry(e.detail()),
+        Ok(Prepared::Skip(why)) => {
+            tracing::info!(mail_id = %row.id, kind = %row.kind, reason = why, "mail not sent");
+            return skip(svc, row, why).await;
+        }
+        Ok(Prepared::Send { to, to_key, mail }) => {
+            match svc.mail.send(&row.id.simple().to_string(), &to, &to_key, mail).await {
+                Ok(()) => {
+                    if let Some(dir) = svc.mail.mail_dir() {
+                        tracing::info!(dir = %dir.display(), "mail written as an .eml file (SMTP_URL is unset)");
+                    }
+                    End::Sent
+                }
+                Err(SendError::Transient(e)) => End::Retry(e),
+                Err(SendError::Permanent(e)) => End::Failed(e),
+            }
+        }
+    };
+    finish(svc, row, end).await
+}
+
+/// Ends a row that is not to be sent: neither sent nor failed.
+async fn skip(svc: &Services, row: &mail_outbox::Model, why: &str) -> AppResult<()> {
+    mail_outbox::Entity::update_many()
+        .col_expr(mail_outbox::Column::FailedAt, Expr::value(svc.clock.now()))
+        .col_expr(mail_outbox::Column::NextAttemptAt, Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None))
+        .col_expr(mail_outbox::Column::LastError, Expr::value(format!("not sent: {why}")))
+        .filter(mail_outbox::Column::Id.eq(row.id))
+        .filter(mail_outbox::Column::Attempts.eq(row.attempts))
+        .exec(&svc.db)
+        .await?;
+    Ok(())
+}
+
+/// Sends every due mail, one at a time. Returns how many rows it handled.
+/// Errors: the database (the rows stay due).
+pub async fn send_due(svc: &Services) -> AppResult<usize> {
+    let mut handled = 0;
+    while let Some(row) = claim(svc).await? {
+        handle(svc, &row).await?;
+        handled += 1;
+    }
+    Ok(handled)
+}
+
+/// Runs the sender until the process ends: sends what is due, then waits for
+/// a mail queued here or [`POLL`]. Failures are logged and retried.
+pub fn spawn_sender(svc: Services) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = send_due(&svc).await {
+                tracing::warn!(error = %e.detail(), "mail outbox: database unavailable; will retry");
+            }
+            tokio::select! {
+                () = svc.mail.queued.notified() => {}
+                () = tokio::time::sleep(POLL) => {}
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_ten_minutes() {
+        assert_eq!(backoff(1), Duration::from_secs(5));
+        assert_eq!(backoff(2), Duration::from_secs(10));
+        assert_eq!(backoff(5), Duration::from_secs(80));
+        assert_eq!(backoff(9), Duration::from_secs(600));
+        assert_eq!(backoff(1000), Duration::from_secs(600));
+    }
+}
