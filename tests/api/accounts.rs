@@ -641,10 +641,16 @@ async fn update_profile_changes_name_and_email() {
         "{v}"
     );
 
-    // A new address: shown as typed, normalised for login and uniqueness.
+    // A new address: confirmed through the mailed link, then shown as typed,
+    // normalised for login and uniqueness.
     let v = app.gql(&c, Some(&token), UPDATE, json!({ "i": { "email": "  Frank.New@Example.ORG " } })).await;
-    assert_eq!(v["data"]["updateProfile"]["email"], "Frank.New@Example.ORG", "{v}");
-    assert_eq!(v["data"]["updateProfile"]["name"], "Frank Ñ", "{v}");
+    assert_eq!(v["data"]["updateProfile"]["email"], "frank@example.com", "not before it is confirmed: {v}");
+    let link = app.wait_mail_file("Frank.New@Example.ORG", 1).await.token();
+    let v = app.gql(&c, None, "mutation($t: String!) { confirmEmailChange(token: $t) }", json!({ "t": link })).await;
+    assert!(v["errors"].is_null(), "{v}");
+    let v = app.gql(&c, Some(&token), ME, json!({})).await;
+    assert_eq!(v["data"]["me"]["email"], "Frank.New@Example.ORG", "{v}");
+    assert_eq!(v["data"]["me"]["name"], "Frank Ñ", "{v}");
     let v = login_raw(&app, "frank.new@example.org", PASSWORD).await;
     assert_eq!(v["data"]["login"]["user"]["id"], id.as_str(), "{v}");
     let v = login_raw(&app, "frank@example.com", PASSWORD).await;

@@ -65,7 +65,8 @@ async fn migrate_and_create_admin_refuse_what_serve_refuses() {
     }
 
     // A configuration that serves, migrates.
-    let ok = run(&database, dir.path(), &["migrate"], &[("APP_ENV", "production"), ("JWT_SECRET", JWT_SECRET)]);
+    let serving = [("APP_ENV", "production"), ("JWT_SECRET", JWT_SECRET), ("SMTP_URL", "smtp://127.0.0.1:25")];
+    let ok = run(&database, dir.path(), &["migrate"], &serving);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert!(touched(&database).await);
 }

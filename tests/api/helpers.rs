@@ -40,6 +40,8 @@ pub struct TestApp {
     /// Moves the server's clock forward: expiry, grace and idle rules are tested
     /// by jumping ahead, never by sleeping.
     pub clock: ClockControl,
+    /// Where the server writes mail while no SMTP server is configured.
+    pub mail_dir: TempDir,
 }
 
 /// A database that exists for one test.
@@ -138,6 +140,8 @@ fn init_test_log() {
 pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     init_test_log();
     let database = TestDatabase::create().await;
+    let mail_dir = tempfile::tempdir().expect("tempdir");
+    let mail_dir_arg = mail_dir.path().display().to_string();
     let mut config = config_from(&[
         "--database-url",
         database.url(),
@@ -158,13 +162,21 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         "100000/1s",
         "--rate-limit-login-per-account",
         "100000/1s",
+        "--rate-limit-mail-per-ip",
+        "100000/1s",
+        "--rate-limit-mail-per-recipient",
+        "100000/1s",
+        "--rate-limit-link-per-ip",
+        "100000/1s",
+        "--mail-dir",
+        &mail_dir_arg,
     ])
     .expect("test config");
     let clock = ClockControl::new();
     config.clock = clock.clock();
     tweak(&mut config);
     let running = app::spawn(&config).await.expect("app starts");
-    TestApp { addr: running.addr, config, running: Some(running), database, clock }
+    TestApp { addr: running.addr, config, running: Some(running), database, clock, mail_dir }
 }
 
 impl TestApp {
@@ -313,6 +325,60 @@ pub async fn gql_vars_at(addr: SocketAddr, token: Option<&str>, query: &str, var
         req = req.bearer_auth(t);
     }
     req.send().await.expect("request").json().await.expect("json body")
+}
+
+impl TestApp {
+    /// The mail the server wrote to its mail folder (no SMTP configured) for
+    /// `to`, oldest first.
+    pub fn mail_files_to(&self, to: &str) -> Vec<crate::smtp::Delivered> {
+        let mut files: Vec<_> = std::fs::read_dir(self.mail_dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .map(|p| (std::fs::metadata(&p).unwrap().modified().unwrap(), p))
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .map(|(_, p)| crate::smtp::Delivered { to: vec![], data: std::fs::read(p).unwrap() })
+            .filter(|m| m.recipient().eq_ignore_ascii_case(to))
+            .collect()
+    }
+
+    /// Waits (up to 15 s) for the `n`th mail to `to` in the mail folder.
+    pub async fn wait_mail_file(&self, to: &str, n: usize) -> crate::smtp::Delivered {
+        for _ in 0..300 {
+            if let Some(m) = self.mail_files_to(to).into_iter().nth(n - 1) {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("mail {n} to {to} was not written to the mail folder");
+    }
+
+    /// Asks to move the account of `token` to `email`, and takes the
+    /// confirmation link's token from the mail written for it (call
+    /// `confirmEmailChange` with it to move).
+    pub async fn request_address_change(&self, token: &str, email: &str) -> String {
+        let before = self.mail_files_to(email).len();
+        ok(self, token, "mutation($e: String) { updateProfile(input: { email: $e }) { id } }", json!({ "e": email }))
+            .await;
+        self.wait_mail_file(email, before + 1).await.token()
+    }
+
+    /// Moves the account of `token` to `email`, confirmed through the mailed link.
+    pub async fn change_address(&self, token: &str, email: &str) {
+        let link_token = self.request_address_change(token, email).await;
+        let v = self
+            .gql(
+                &self.client(),
+                None,
+                "mutation($t: String!) { confirmEmailChange(token: $t) }",
+                json!({ "t": link_token }),
+            )
+            .await;
+        assert!(v["errors"].is_null(), "confirmEmailChange: {v}");
+    }
 }
 
 /// A client without a cookie jar: the test decides which cookie goes.

@@ -326,3 +326,48 @@ async fn instances_share_signing_keys_and_their_rotation() {
     assert_eq!(gql_at(b.addr, Some(&token_a), "{ me { id } }").await["data"]["me"]["id"], id.as_str());
     b.stop().await.unwrap();
 }
+
+/// Three instances share one outbox: every mail queued on any of them is sent
+/// once, by one of them, and the per-recipient budget holds across them.
+#[tokio::test]
+async fn instances_share_the_outbox_without_sending_twice() {
+    let sink = crate::smtp::SmtpSink::start().await;
+    let app = spawn_with(|c| {
+        c.mail.delivery =
+            authgraph::config::MailDelivery::Smtp(authgraph::config::Secret::new(sink.url().into_bytes()));
+        c.rate_limits.mail_per_recipient = vec!["1/1h".parse().unwrap()];
+    })
+    .await;
+    if !matches!(app.database, TestDatabase::Postgres { .. }) {
+        return;
+    }
+    let b = authgraph::app::spawn(&app.config).await.expect("second instance");
+    let c = authgraph::app::spawn(&app.config).await.expect("third instance");
+    let all = [app.addr, b.addr, c.addr];
+    const USERS: usize = 24;
+    for i in 0..USERS {
+        register(all[i % 3], &format!("mail{i}@example.com")).await;
+    }
+    let request = "mutation($e: String!) { requestPasswordReset(email: $e) }";
+    let asks = (0..USERS).map(|i| {
+        let addr = all[(i + 1) % 3];
+        async move { gql_vars_at(addr, None, request, json!({ "e": format!("mail{i}@example.com") })).await }
+    });
+    for v in futures_util::future::join_all(asks).await {
+        assert!(v["errors"].is_null(), "{v}");
+    }
+    for i in 0..USERS {
+        sink.wait_for(&format!("mail{i}@example.com"), 1).await;
+    }
+    // Every instance has had time to look at the outbox again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(sink.messages().len(), USERS, "a mail was sent twice");
+    // Each recipient's budget was spent on whichever instance: a second ask
+    // is refused on every instance.
+    for addr in all {
+        let v = gql_vars_at(addr, None, request, json!({ "e": "mail0@example.com" })).await;
+        assert_eq!(v["errors"][0]["extensions"]["code"], "RATE_LIMITED", "{addr}: {v}");
+    }
+    b.stop().await.unwrap();
+    c.stop().await.unwrap();
+}

@@ -1,0 +1,430 @@
+//! Account recovery, address verification and address changes, end to end:
+//! the server sends through a real SMTP server on 127.0.0.1 (`smtp::SmtpSink`),
+//! and the tests take each link's token from the delivered message, as a
+//! person would.
+
+use std::time::Duration;
+
+use authgraph::config::{Config, MailDelivery, Secret};
+use serde_json::{Value, json};
+
+use crate::{
+    helpers::*,
+    ops,
+    smtp::{Delivered, SmtpSink},
+};
+
+const REQUEST_RESET: &str = "mutation($e: String!) { requestPasswordReset(email: $e) }";
+const RESET: &str = "mutation($t: String!, $p: String!) { resetPassword(token: $t, newPassword: $p) }";
+const SEND_VERIFICATION: &str = "mutation { sendVerificationEmail }";
+const VERIFY: &str = "mutation($t: String!) { verifyEmail(token: $t) }";
+const CONFIRM_CHANGE: &str = "mutation($t: String!) { confirmEmailChange(token: $t) }";
+const CHANGE_EMAIL: &str = "mutation($e: String) { updateProfile(input: { email: $e }) { email emailVerified } }";
+const ME_VERIFIED: &str = "{ me { email emailVerified emailVerifiedAt } }";
+const NEW_PASSWORD: &str = "a brand new passphrase";
+const APP_URL: &str = "https://app.example.com";
+
+fn send_to(config: &mut Config, sink: &SmtpSink) {
+    config.mail.delivery = MailDelivery::Smtp(Secret::new(sink.url().into_bytes()));
+    config.mail.app_url = APP_URL.to_owned();
+}
+
+/// An app that mails through a fresh sink.
+async fn app_with_sink() -> (TestApp, SmtpSink) {
+    app_with_sink_and(|_| {}).await
+}
+
+async fn app_with_sink_and(tweak: impl FnOnce(&mut Config)) -> (TestApp, SmtpSink) {
+    let sink = SmtpSink::start().await;
+    let app = spawn_with(|c| {
+        send_to(c, &sink);
+        tweak(c);
+    })
+    .await;
+    (app, sink)
+}
+
+async fn anonymous(app: &TestApp, query: &str, variables: Value) -> Value {
+    app.gql(&app.client(), None, query, variables).await
+}
+
+async fn reset_mail(app: &TestApp, sink: &SmtpSink, email: &str, n: usize) -> Delivered {
+    let v = anonymous(app, REQUEST_RESET, json!({ "e": email })).await;
+    assert_eq!(v, json!({ "data": { "requestPasswordReset": true } }));
+    sink.wait_for(email, n).await.pop().unwrap()
+}
+
+#[track_caller]
+fn assert_link_refused(v: &Value, what: &str) {
+    assert_all_errors(v, "BAD_USER_INPUT", Some("LINK_INVALID_OR_EXPIRED"), what);
+    assert_eq!(v["errors"][0]["extensions"]["field"], "token", "{what}: {v}");
+}
+
+/// The whole reset: the link arrives by SMTP, points at the app, resets the
+/// password once, ends every session, logs nobody in, confirms the address,
+/// and a notice follows.
+#[tokio::test]
+async fn a_password_is_reset_through_a_delivered_link() {
+    let (app, sink) = app_with_sink().await;
+    let user = app.user("reset@example.com").await;
+    let other_device = user.login(&app).await;
+
+    let mail = reset_mail(&app, &sink, "reset@example.com", 1).await;
+    assert_eq!(mail.subject(), "Reset your password");
+    let link = mail.link();
+    assert!(link.starts_with(&format!("{APP_URL}/reset-password?token=")), "{link}");
+    assert_eq!(mail.token().len(), 43, "256 bits, base64url");
+    assert!(mail.html().contains(&mail.token()), "the HTML part carries the same token");
+
+    let v = anonymous(&app, RESET, json!({ "t": mail.token(), "p": NEW_PASSWORD })).await;
+    assert_eq!(v, json!({ "data": { "resetPassword": true } }), "nothing is issued");
+    for session in [&user, &other_device] {
+        let v = session.gql(&app, ops::ME_ID, json!({})).await;
+        assert_eq!(reason(&v), "TOKEN_REVOKED", "{v}");
+        let v = anonymous(&app, ops::REFRESH_BODY, json!({ "t": session.refresh_token })).await;
+        assert_eq!(code(&v), "UNAUTHENTICATED", "{v}");
+    }
+    assert_eq!(reason(&app.login_body("reset@example.com", PASSWORD).await), "INVALID_CREDENTIALS");
+    let v = app.login_body("reset@example.com", NEW_PASSWORD).await;
+    assert!(v["errors"].is_null(), "{v}");
+    let token = v["data"]["login"]["accessToken"].as_str().unwrap();
+    let me = ok(&app, token, ME_VERIFIED, json!({})).await;
+    assert_eq!(me["me"]["emailVerified"], true, "a reset link proves the address: {me}");
+
+    let v = anonymous(&app, RESET, json!({ "t": mail.token(), "p": "yet another passphrase" })).await;
+    assert_link_refused(&v, "a used reset token");
+    let notice = sink.wait_for("reset@example.com", 2).await.pop().unwrap();
+    assert_eq!(notice.subject(), "Your password was changed");
+    assert!(crate::smtp::link_in(&notice.text()).is_none(), "a notice carries no token");
+}
+
+/// Two uses of one token at once: exactly one succeeds.
+#[tokio::test]
+async fn a_token_used_twice_at_once_works_once() {
+    let (app, sink) = app_with_sink().await;
+    app.user("race@example.com").await;
+    let token = reset_mail(&app, &sink, "race@example.com", 1).await.token();
+    let tries = (0..6).map(|i| {
+        let (app, token) = (&app, token.clone());
+        async move { anonymous(app, RESET, json!({ "t": token, "p": format!("{NEW_PASSWORD} {i}") })).await }
+    });
+    let answers = futures_util::future::join_all(tries).await;
+    let won: Vec<usize> = (0..answers.len()).filter(|&i| answers[i]["errors"].is_null()).collect();
+    assert_eq!(won.len(), 1, "{answers:?}");
+    for (i, v) in answers.iter().enumerate() {
+        if i != won[0] {
+            assert_link_refused(v, "the losing use");
+        }
+    }
+    let v = app.login_body("race@example.com", &format!("{NEW_PASSWORD} {}", won[0])).await;
+    assert!(v["errors"].is_null(), "the winner's password is the account's: {v}");
+}
+
+/// A token past its lifetime, of another purpose, replaced by a newer one,
+/// malformed, or unknown is refused with one reason; opening the link (a GET,
+/// as a mail scanner does) spends nothing.
+#[tokio::test]
+async fn late_foreign_replaced_and_forged_tokens_are_refused() {
+    let (app, sink) = app_with_sink().await;
+    let user = app.user("late@example.com").await;
+
+    // Replaced: the second mail's token voids the first's.
+    let first = reset_mail(&app, &sink, "late@example.com", 1).await.token();
+    let second = reset_mail(&app, &sink, "late@example.com", 2).await.token();
+    assert_ne!(first, second);
+    assert_link_refused(&anonymous(&app, RESET, json!({ "t": first, "p": NEW_PASSWORD })).await, "a replaced token");
+
+    // Of another purpose: a reset token does not verify, and stays usable.
+    assert_link_refused(&anonymous(&app, VERIFY, json!({ "t": second })).await, "a reset token used to verify");
+    assert_link_refused(&anonymous(&app, CONFIRM_CHANGE, json!({ "t": second })).await, "a reset token used to move");
+
+    // Opening the link, and a mutation over GET, spend nothing.
+    let scanner = bare();
+    let _ = scanner.get(app.url(&format!("/reset-password?token={second}"))).send().await.unwrap();
+    let get = scanner
+        .get(app.url("/graphql"))
+        .query(&[("query", format!("mutation {{ verifyEmail(token: \"{second}\") }}"))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 405);
+
+    // Forged and malformed.
+    let forged = "A".repeat(43);
+    assert_link_refused(&anonymous(&app, RESET, json!({ "t": forged, "p": NEW_PASSWORD })).await, "an unknown token");
+    assert_link_refused(&anonymous(&app, VERIFY, json!({ "t": "x" })).await, "a malformed token");
+    assert_link_refused(&anonymous(&app, VERIFY, json!({ "t": "" })).await, "an empty token");
+
+    // Late: an hour and a second after it was made.
+    app.clock.advance(Duration::from_secs(3601));
+    assert_link_refused(&anonymous(&app, RESET, json!({ "t": second, "p": NEW_PASSWORD })).await, "an expired token");
+    let v = anonymous(&app, ops::REFRESH_BODY, json!({ "t": user.refresh_token })).await;
+    assert!(v["errors"].is_null(), "nothing was reset, no session ended: {v}");
+
+    // A weak password is refused before the token is looked at, and spends it not.
+    app.clock.advance(Duration::from_secs(60));
+    let fresh = reset_mail(&app, &sink, "late@example.com", 3).await.token();
+    let v = anonymous(&app, RESET, json!({ "t": fresh, "p": "short" })).await;
+    assert_eq!(reason(&v), "WEAK_PASSWORD", "{v}");
+    let v = anonymous(&app, RESET, json!({ "t": fresh, "p": NEW_PASSWORD })).await;
+    assert!(v["errors"].is_null(), "{v}");
+}
+
+/// A registered and an unknown address get the same answer, byte for byte,
+/// and the same budgets; only the registered one is sent anything.
+#[tokio::test]
+async fn unknown_addresses_are_indistinguishable() {
+    let (app, sink) = app_with_sink_and(|c| c.rate_limits.mail_per_recipient = vec!["1/1h".parse().unwrap()]).await;
+    app.user("known@example.com").await;
+    let mut answers = Vec::new();
+    for email in ["known@example.com", "unknown@example.com"] {
+        let (first, _) = raw(&app, None, REQUEST_RESET, json!({ "e": email })).await;
+        let (second, v) = raw(&app, None, REQUEST_RESET, json!({ "e": email })).await;
+        assert_eq!(code(&v), "RATE_LIMITED", "{email}: {v}");
+        answers.push((first, second));
+    }
+    assert_eq!(answers[0], answers[1], "the answers tell the addresses apart");
+    assert_eq!(answers[0].0, r#"{"data":{"requestPasswordReset":true}}"#);
+
+    sink.wait_for("known@example.com", 1).await;
+    // The unknown address's row is handled after the known one's: give it time.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(sink.to("unknown@example.com").is_empty(), "mail went to an address without an account");
+    assert_eq!(sink.messages().len(), 1);
+
+    // A malformed address is the one thing told apart, before any budget.
+    let v = anonymous(&app, REQUEST_RESET, json!({ "e": "not an address" })).await;
+    assert_eq!(reason(&v), "INVALID_EMAIL", "{v}");
+}
+
+/// Verification: asked for by the signed-in user, confirmed by the link, and
+/// not sent again once confirmed.
+#[tokio::test]
+async fn an_address_is_verified_through_a_delivered_link() {
+    let (app, sink) = app_with_sink().await;
+    let user = app.user("verify@example.com").await;
+    let me = user.gql(&app, ME_VERIFIED, json!({})).await;
+    assert_eq!(me["data"]["me"]["emailVerified"], false, "{me}");
+    assert_eq!(me["data"]["me"]["emailVerifiedAt"], Value::Null, "{me}");
+
+    assert_eq!(user.gql(&app, SEND_VERIFICATION, json!({})).await["data"]["sendVerificationEmail"], true);
+    let mail = sink.wait_for("verify@example.com", 1).await.pop().unwrap();
+    assert_eq!(mail.subject(), "Confirm your email address");
+    assert!(mail.link().starts_with(&format!("{APP_URL}/verify-email?token=")), "{}", mail.link());
+    assert!(mail.text().contains("24 hours"), "{}", mail.text());
+
+    let v = anonymous(&app, VERIFY, json!({ "t": mail.token() })).await;
+    assert_eq!(v, json!({ "data": { "verifyEmail": true } }));
+    let me = user.gql(&app, ME_VERIFIED, json!({})).await;
+    assert_eq!(me["data"]["me"]["emailVerified"], true, "{me}");
+    assert!(me["data"]["me"]["emailVerifiedAt"].is_string(), "{me}");
+    assert_link_refused(&anonymous(&app, VERIFY, json!({ "t": mail.token() })).await, "a used verification token");
+
+    let v = user.gql(&app, SEND_VERIFICATION, json!({})).await;
+    assert_eq!(v, json!({ "data": { "sendVerificationEmail": false } }), "nothing to send");
+    let v = anonymous(&app, SEND_VERIFICATION, json!({})).await;
+    assert_eq!(reason(&v), "MISSING_TOKEN", "{v}");
+}
+
+/// With REQUIRE_EMAIL_VERIFICATION, registration and login issue nothing
+/// until the address is confirmed; each refused login sends a fresh link.
+#[tokio::test]
+async fn required_verification_holds_back_every_session() {
+    let (app, sink) = app_with_sink_and(|c| c.mail.require_verification = true).await;
+    let resp = app
+        .post(
+            &app.client(),
+            None,
+            ops::REGISTER_TOKENS,
+            json!({ "i": { "email": "held@example.com", "password": PASSWORD } }),
+        )
+        .await;
+    assert!(set_cookies(&resp).is_empty(), "no refresh cookie");
+    let v: Value = resp.json().await.unwrap();
+    assert_all_errors(&v, "FORBIDDEN", Some("EMAIL_NOT_VERIFIED"), "register");
+    assert_eq!(v["data"], Value::Null, "{v}");
+    let first = sink.wait_for("held@example.com", 1).await.pop().unwrap();
+
+    let v = app.login_body("held@example.com", PASSWORD).await;
+    assert_all_errors(&v, "FORBIDDEN", Some("EMAIL_NOT_VERIFIED"), "login");
+    assert_eq!(v["data"], Value::Null, "{v}");
+    // A wrong password is told as before: the state of the address is not.
+    assert_eq!(reason(&app.login_body("held@example.com", "wrong password!").await), "INVALID_CREDENTIALS");
+    let second = sink.wait_for("held@example.com", 2).await.pop().unwrap();
+    assert_link_refused(&anonymous(&app, VERIFY, json!({ "t": first.token() })).await, "the replaced link");
+
+    let v = anonymous(&app, VERIFY, json!({ "t": second.token() })).await;
+    assert!(v["errors"].is_null(), "{v}");
+    let v = app.login_body("held@example.com", PASSWORD).await;
+    assert!(v["errors"].is_null(), "{v}");
+
+    // An admin made by `authgraph create-admin` is not locked out.
+    let (admin, _) = make_admin(&app, "root@example.com").await;
+    assert_eq!(ok(&app, &admin, ME_VERIFIED, json!({})).await["me"]["emailVerified"], true);
+}
+
+/// An address change waits for the new address's confirmation; the old one
+/// is told; links sent to the old address die with the move.
+#[tokio::test]
+async fn an_address_changes_only_once_the_new_one_confirms() {
+    let (app, sink) = app_with_sink().await;
+    let user = app.user("old@example.com").await;
+    app.user("taken@example.com").await;
+    let reset_to_old = reset_mail(&app, &sink, "old@example.com", 1).await.token();
+
+    let v = user.gql(&app, CHANGE_EMAIL, json!({ "e": "taken@example.com" })).await;
+    assert_eq!(reason(&v), "EMAIL_TAKEN", "{v}");
+    // A new spelling of the same address is taken at once.
+    let v = user.gql(&app, CHANGE_EMAIL, json!({ "e": "Old@Example.com" })).await;
+    assert_eq!(v["data"]["updateProfile"]["email"], "Old@Example.com", "{v}");
+
+    let v = user.gql(&app, CHANGE_EMAIL, json!({ "e": "new@example.org" })).await;
+    assert_eq!(v["data"]["updateProfile"]["email"], "Old@Example.com", "not moved yet: {v}");
+    let confirm = sink.wait_for("new@example.org", 1).await.pop().unwrap();
+    assert_eq!(confirm.subject(), "Confirm your new email address");
+    assert!(confirm.link().starts_with(&format!("{APP_URL}/confirm-email-change?token=")));
+    let notice = sink.wait_for("old@example.com", 2).await.pop().unwrap();
+    assert_eq!(notice.subject(), "Your email address is being changed");
+    assert!(notice.text().contains("new@example.org"), "{}", notice.text());
+    assert!(crate::smtp::link_in(&notice.text()).is_none(), "the old address gets no usable link");
+
+    let v = anonymous(&app, CONFIRM_CHANGE, json!({ "t": confirm.token() })).await;
+    assert_eq!(v, json!({ "data": { "confirmEmailChange": true } }));
+    let me = user.gql(&app, ME_VERIFIED, json!({})).await;
+    assert_eq!(me["data"]["me"]["email"], "new@example.org", "{me}");
+    assert_eq!(me["data"]["me"]["emailVerified"], true, "{me}");
+    assert!(app.login_body("new@example.org", PASSWORD).await["errors"].is_null());
+    assert_eq!(reason(&app.login_body("old@example.com", PASSWORD).await), "INVALID_CREDENTIALS");
+    let v = anonymous(&app, RESET, json!({ "t": reset_to_old, "p": NEW_PASSWORD })).await;
+    assert_link_refused(&v, "a reset link mailed to the address the account left");
+    assert_link_refused(&anonymous(&app, CONFIRM_CHANGE, json!({ "t": confirm.token() })).await, "a used change link");
+}
+
+/// Per-recipient, per-client and link budgets answer RATE_LIMITED with
+/// retryAfter.
+#[tokio::test]
+async fn mail_and_link_budgets_hold() {
+    let (app, _sink) = app_with_sink_and(|c| {
+        c.rate_limits.mail_per_recipient = vec!["1/1m".parse().unwrap(), "3/1h".parse().unwrap()];
+        c.rate_limits.mail_per_ip = "5/1h".parse().unwrap();
+        c.rate_limits.link_per_ip = "3/1h".parse().unwrap();
+    })
+    .await;
+    let user = app.user("budget@example.com").await;
+    assert!(user.gql(&app, SEND_VERIFICATION, json!({})).await["errors"].is_null());
+    let v = user.gql(&app, SEND_VERIFICATION, json!({})).await;
+    assert_eq!(code(&v), "RATE_LIMITED", "one a minute per recipient: {v}");
+    assert!(v["errors"][0]["extensions"]["retryAfter"].as_u64().unwrap() >= 1, "{v}");
+    // The recipient's budget is the address's, whichever mutation spends it.
+    let v = anonymous(&app, REQUEST_RESET, json!({ "e": "BUDGET@example.com" })).await;
+    assert_eq!(code(&v), "RATE_LIMITED", "{v}");
+
+    // Other recipients, one client: five mails an hour, three spent above
+    // (a refusal for the recipient still counts for the client).
+    for i in 0..2 {
+        let v = anonymous(&app, REQUEST_RESET, json!({ "e": format!("r{i}@example.com") })).await;
+        assert!(v["errors"].is_null(), "{v}");
+    }
+    let v = anonymous(&app, REQUEST_RESET, json!({ "e": "r9@example.com" })).await;
+    assert_eq!(code(&v), "RATE_LIMITED", "the client's budget: {v}");
+
+    let forged = "B".repeat(43);
+    for _ in 0..3 {
+        assert_link_refused(&anonymous(&app, VERIFY, json!({ "t": forged })).await, "a guess");
+    }
+    let v = anonymous(&app, VERIFY, json!({ "t": forged })).await;
+    assert_eq!(code(&v), "RATE_LIMITED", "guessing links is budgeted: {v}");
+}
+
+/// The SMTP server is down when the mail is due, and answers 451 after that;
+/// once it accepts, the mail arrives, once.
+#[tokio::test]
+async fn mail_waits_out_an_smtp_outage_and_arrives_once() {
+    let (app, mut sink) = app_with_sink().await;
+    app.user("outage@example.com").await;
+    sink.stop().await;
+    let v = anonymous(&app, REQUEST_RESET, json!({ "e": "outage@example.com" })).await;
+    assert!(v["errors"].is_null(), "a request does not wait for SMTP: {v}");
+    wait_for_attempts(&app, 1, "").await;
+
+    sink.refuse_temporarily(true);
+    sink.restart().await;
+    app.clock.advance(Duration::from_secs(6));
+    wait_for_attempts(&app, 2, "451").await;
+    assert!(sink.messages().is_empty());
+
+    sink.refuse_temporarily(false);
+    app.clock.advance(Duration::from_secs(11));
+    let mail = sink.wait_for("outage@example.com", 1).await.pop().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sink.messages().len(), 1, "sent once");
+    let v = anonymous(&app, RESET, json!({ "t": mail.token(), "p": NEW_PASSWORD })).await;
+    assert!(v["errors"].is_null(), "the link of the mail that arrived works: {v}");
+}
+
+/// The server stops with a mail queued that could not be sent; started again
+/// (the SMTP server back too), it sends it, once.
+#[tokio::test]
+async fn mail_queued_before_a_restart_is_sent_after_it() {
+    let (mut app, mut sink) = app_with_sink().await;
+    app.user("restart@example.com").await;
+    sink.stop().await;
+    let v = anonymous(&app, REQUEST_RESET, json!({ "e": "restart@example.com" })).await;
+    assert!(v["errors"].is_null(), "{v}");
+    wait_for_attempts(&app, 1, "").await;
+    app.stop().await;
+
+    sink.restart().await;
+    let again = authgraph::app::spawn(&app.config).await.expect("app restarts");
+    app.clock.advance(Duration::from_secs(6));
+    let mail = sink.wait_for("restart@example.com", 1).await.pop().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sink.messages().len(), 1, "sent once");
+    let v = gql_vars_at(again.addr, None, RESET, json!({ "t": mail.token(), "p": NEW_PASSWORD })).await;
+    assert!(v["errors"].is_null(), "{v}");
+    again.stop().await.unwrap();
+}
+
+/// Without SMTP (development), mail is written as .eml files to MAIL_DIR,
+/// and the link in a file works.
+#[tokio::test]
+async fn without_smtp_mail_is_written_to_the_mail_folder() {
+    let app = spawn_app().await;
+    app.user("files@example.com").await;
+    let v = anonymous(&app, REQUEST_RESET, json!({ "e": "files@example.com" })).await;
+    assert!(v["errors"].is_null(), "{v}");
+    let mut files = Vec::new();
+    for _ in 0..300 {
+        files = std::fs::read_dir(app.mail_dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .collect();
+        if !files.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mail = Delivered { to: vec![], data: std::fs::read(&files[0]).unwrap() };
+    assert!(mail.link().starts_with("http://127.0.0.1:8000/reset-password?token="), "{}", mail.link());
+    let v = anonymous(&app, RESET, json!({ "t": mail.token(), "p": NEW_PASSWORD })).await;
+    assert!(v["errors"].is_null(), "{v}");
+}
+
+/// Waits until every queued mail was tried `n` times, the last failing with
+/// an error that says `error`.
+async fn wait_for_attempts(app: &TestApp, n: i32, error: &str) {
+    use sea_orm::EntityTrait;
+    let db = &app.state().services.db;
+    for _ in 0..300 {
+        let rows = entity::mail_outbox::Entity::find().all(db).await.unwrap();
+        if !rows.is_empty()
+            && rows.iter().all(|r| r.attempts >= n && r.last_error.as_deref().is_some_and(|e| e.contains(error)))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the queued mail was not tried {n} times");
+}

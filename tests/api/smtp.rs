@@ -1,0 +1,219 @@
+//! An SMTP server for tests, on 127.0.0.1, speaking enough of RFC 5321 for
+//! lettre: it keeps every message it accepts, can answer `451` (a temporary
+//! failure) while told to, and can be stopped and started again on the same
+//! port (the server "down", then "back"). Written here rather than taken from
+//! a crate: the tests need those faults on demand, and the one maintained
+//! in-process sink (mailin-embedded) can neither stop nor build without a
+//! second TLS stack.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{TcpListener, TcpStream},
+    task::JoinSet,
+};
+
+/// A message as the sink received it.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub to: Vec<String>,
+    /// The message as sent (headers and body, dot-unstuffed).
+    pub data: Vec<u8>,
+}
+
+impl Delivered {
+    fn parsed(&self) -> mail_parser::Message<'_> {
+        mail_parser::MessageParser::default().parse(&self.data).expect("a MIME message")
+    }
+
+    /// The `To` address.
+    pub fn recipient(&self) -> String {
+        let parsed = self.parsed();
+        parsed.to().and_then(|to| to.first()).and_then(|a| a.address()).unwrap_or_default().to_owned()
+    }
+
+    pub fn subject(&self) -> String {
+        self.parsed().subject().unwrap_or_default().to_owned()
+    }
+
+    /// The plain-text part, decoded.
+    pub fn text(&self) -> String {
+        self.parsed().body_text(0).expect("a text part").into_owned()
+    }
+
+    /// The HTML part, decoded.
+    pub fn html(&self) -> String {
+        self.parsed().body_html(0).expect("an HTML part").into_owned()
+    }
+
+    /// The link of the plain-text part: the first `http…?token=…`.
+    pub fn link(&self) -> String {
+        link_in(&self.text()).unwrap_or_else(|| panic!("no link in {:?}", self.text()))
+    }
+
+    /// The token of the link.
+    pub fn token(&self) -> String {
+        self.link().split_once("?token=").expect("a token").1.to_owned()
+    }
+}
+
+/// The first link with a token in `text`.
+pub fn link_in(text: &str) -> Option<String> {
+    let start = text.find("http")?;
+    let link: String = text[start..].chars().take_while(|c| !c.is_whitespace()).collect();
+    link.contains("?token=").then_some(link)
+}
+
+pub struct SmtpSink {
+    pub addr: SocketAddr,
+    messages: Arc<Mutex<Vec<Delivered>>>,
+    refusing: Arc<AtomicBool>,
+    tasks: Option<JoinSet<()>>,
+}
+
+impl SmtpSink {
+    /// Starts on a free port.
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts on `addr` (a port a stopped sink had: the server "back").
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let mut sink = Self { addr, messages: Arc::default(), refusing: Arc::default(), tasks: None };
+        sink.listen().await;
+        sink
+    }
+
+    async fn listen(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.expect("bind the SMTP sink");
+        self.addr = listener.local_addr().unwrap();
+        let mut tasks = JoinSet::new();
+        let (messages, refusing) = (self.messages.clone(), self.refusing.clone());
+        tasks.spawn(async move {
+            let mut sessions = JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                sessions.spawn(session(stream, messages.clone(), refusing.clone()));
+            }
+        });
+        self.tasks = Some(tasks);
+    }
+
+    /// `smtp://127.0.0.1:<port>`: plain SMTP, as `SMTP_URL` takes it.
+    pub fn url(&self) -> String {
+        format!("smtp://{}", self.addr)
+    }
+
+    /// While `on`, every message is answered `451` (try again later).
+    pub fn refuse_temporarily(&self, on: bool) {
+        self.refusing.store(on, Ordering::SeqCst);
+    }
+
+    /// Closes the port and every open connection.
+    pub async fn stop(&mut self) {
+        if let Some(mut tasks) = self.tasks.take() {
+            tasks.shutdown().await;
+        }
+    }
+
+    /// Starts again on the same port, keeping what was received.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.listen().await;
+    }
+
+    pub fn messages(&self) -> Vec<Delivered> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    /// The messages to `to`.
+    pub fn to(&self, to: &str) -> Vec<Delivered> {
+        self.messages().into_iter().filter(|m| m.to.iter().any(|t| t.eq_ignore_ascii_case(to))).collect()
+    }
+
+    /// Waits (up to 15 s) until `n` messages went to `to`; returns them.
+    pub async fn wait_for(&self, to: &str, n: usize) -> Vec<Delivered> {
+        for _ in 0..300 {
+            let got = self.to(to);
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "{n} mail(s) to {to} did not arrive; the sink has {:?}",
+            self.messages().iter().map(|m| &m.to).collect::<Vec<_>>()
+        );
+    }
+}
+
+/// One SMTP conversation.
+async fn session(stream: TcpStream, messages: Arc<Mutex<Vec<Delivered>>>, refusing: Arc<AtomicBool>) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    let reply = async |w: &mut tokio::net::tcp::OwnedWriteHalf, text: &str| w.write_all(text.as_bytes()).await;
+    if reply(&mut write, "220 sink ESMTP\r\n").await.is_err() {
+        return;
+    }
+    let mut to = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
+        let answer = match verb.as_str() {
+            "EHLO" => "250-sink\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n".to_owned(),
+            "HELO" | "NOOP" => "250 OK\r\n".to_owned(),
+            "RSET" => {
+                to.clear();
+                "250 OK\r\n".to_owned()
+            }
+            "MAIL" if refusing.load(Ordering::SeqCst) => "451 4.3.0 try again later\r\n".to_owned(),
+            "MAIL" => {
+                to.clear();
+                "250 OK\r\n".to_owned()
+            }
+            "RCPT" => {
+                let addr = line.split_once(':').map(|(_, a)| a).unwrap_or_default();
+                to.push(addr.trim().trim_start_matches('<').split('>').next().unwrap_or_default().to_owned());
+                "250 OK\r\n".to_owned()
+            }
+            "DATA" => {
+                if reply(&mut write, "354 go ahead\r\n").await.is_err() {
+                    return;
+                }
+                let mut data = Vec::new();
+                loop {
+                    let mut raw = Vec::new();
+                    if lines.read_until(b'\n', &mut raw).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if raw == b".\r\n" {
+                        break;
+                    }
+                    // Dot-unstuffing (RFC 5321 section 4.5.2).
+                    data.extend_from_slice(if raw.starts_with(b"..") { &raw[1..] } else { &raw });
+                }
+                messages.lock().unwrap().push(Delivered { to: std::mem::take(&mut to), data });
+                "250 OK queued\r\n".to_owned()
+            }
+            "QUIT" => {
+                let _ = reply(&mut write, "221 bye\r\n").await;
+                return;
+            }
+            _ => "502 5.5.2 not implemented\r\n".to_owned(),
+        };
+        if reply(&mut write, &answer).await.is_err() {
+            return;
+        }
+    }
+}
