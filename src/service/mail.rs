@@ -141,7 +141,10 @@ pub(super) async fn resend_verification_on_login(svc: &Services, user: &user::Mo
 /// to the current address. The address changes only when the link is used
 /// ([`confirm_email_change`]).
 ///
-/// Errors: `EMAIL_TAKEN` when `new` has an account, `RATE_LIMITED`.
+/// The budgets are spent before the address is looked up, so that asking
+/// whether addresses are taken costs as much as asking for mail.
+///
+/// Errors: `RATE_LIMITED`, `EMAIL_TAKEN` when `new` has an account.
 pub(super) async fn request_email_change(
     svc: &Services,
     conn: &impl ConnectionTrait,
@@ -149,10 +152,10 @@ pub(super) async fn request_email_change(
     user: &user::Model,
     new: &Email,
 ) -> AppResult<()> {
+    spend_mail_budget(svc, client, new.key()).await?;
     if user::Entity::find().filter(user::Column::EmailNormalized.eq(new.key())).unique_row(conn).await?.is_some() {
         return Err(AppError::EmailTaken);
     }
-    spend_mail_budget(svc, client, new.key()).await?;
     let user_id = UserId::from(user.id);
     let current = Email::from_parts(user.email.clone(), user.email_normalized.clone());
     enqueue(svc, conn, Kind::ConfirmEmailChange, Some(user_id), new, Some(new)).await?;

@@ -192,6 +192,56 @@ pub fn spawn_sender(svc: Services) -> tokio::task::JoinHandle<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{mail::Kind, service::testkit::TestKit};
+
+    async fn row(kit: &TestKit) -> mail_outbox::Model {
+        mail_outbox::Entity::find().all(&kit.svc.db).await.unwrap().pop().unwrap()
+    }
+
+    /// A sender whose claim lapsed (it hung past the lease) cannot end the
+    /// row another sender claimed since: ends are fenced by the attempt.
+    #[tokio::test]
+    async fn a_lapsed_claim_cannot_end_the_newer_one() {
+        let kit = TestKit::new().await;
+        let a = kit.register("a@example.com").await;
+        super::super::mail::enqueue(&kit.svc, &kit.svc.db, Kind::PasswordChanged, Some(a.user.id), &a.user.email, None)
+            .await
+            .unwrap();
+        let first = claim(&kit.svc).await.unwrap().expect("due");
+        assert_eq!(first.attempts, 1);
+        assert!(claim(&kit.svc).await.unwrap().is_none(), "a claimed row is not due");
+        kit.clock.advance(LEASE + Duration::from_secs(1));
+        let second = claim(&kit.svc).await.unwrap().expect("due again once the lease lapsed");
+        assert_eq!(second.attempts, 2);
+        finish(&kit.svc, &first, End::Sent).await.unwrap();
+        assert!(row(&kit).await.sent_at.is_none(), "the lapsed claim ended the row");
+        finish(&kit.svc, &second, End::Sent).await.unwrap();
+        let ended = row(&kit).await;
+        assert!(ended.sent_at.is_some() && ended.next_attempt_at.is_none());
+        kit.clock.advance(LEASE * 2);
+        assert!(claim(&kit.svc).await.unwrap().is_none(), "a sent row is never due again");
+    }
+
+    /// A temporary failure is retried after the backoff; after a day of them
+    /// the mail is given up.
+    #[tokio::test]
+    async fn failures_back_off_then_give_up() {
+        let kit = TestKit::new().await;
+        let a = kit.register("b@example.com").await;
+        super::super::mail::enqueue(&kit.svc, &kit.svc.db, Kind::PasswordChanged, Some(a.user.id), &a.user.email, None)
+            .await
+            .unwrap();
+        let claimed = claim(&kit.svc).await.unwrap().unwrap();
+        finish(&kit.svc, &claimed, End::Retry("451 try later".into())).await.unwrap();
+        assert!(claim(&kit.svc).await.unwrap().is_none(), "retried before its backoff");
+        kit.clock.advance(backoff(1) + Duration::from_secs(1));
+        let again = claim(&kit.svc).await.unwrap().expect("due after the backoff");
+        assert_eq!(row(&kit).await.last_error.as_deref(), Some("451 try later"));
+        kit.clock.advance(GIVE_UP_AFTER);
+        finish(&kit.svc, &again, End::Retry("451 still".into())).await.unwrap();
+        let ended = row(&kit).await;
+        assert!(ended.failed_at.is_some() && ended.next_attempt_at.is_none() && ended.sent_at.is_none());
+    }
 
     #[test]
     fn backoff_doubles_up_to_ten_minutes() {

@@ -428,3 +428,20 @@ async fn wait_for_attempts(app: &TestApp, n: i32, error: &str) {
     }
     panic!("the queued mail was not tried {n} times");
 }
+
+/// Asking whether addresses are taken through address changes spends the
+/// mail budget like any change: it is no unmetered way to enumerate accounts.
+#[tokio::test]
+async fn address_changes_to_taken_addresses_spend_the_budget() {
+    let (app, _sink) = app_with_sink_and(|c| c.rate_limits.mail_per_ip = "2/1h".parse().unwrap()).await;
+    let user = app.user("prober@example.com").await;
+    for i in 0..3 {
+        app.user(&format!("member{i}@example.com")).await;
+    }
+    for i in 0..2 {
+        let v = user.gql(&app, CHANGE_EMAIL, json!({ "e": format!("member{i}@example.com") })).await;
+        assert_eq!(reason(&v), "EMAIL_TAKEN", "{v}");
+    }
+    let v = user.gql(&app, CHANGE_EMAIL, json!({ "e": "member2@example.com" })).await;
+    assert_eq!(code(&v), "RATE_LIMITED", "{v}");
+}
