@@ -10,6 +10,9 @@
 //                VITE_GRAPHQL_URL pointing at authgraph)
 //   unlisted     the cross-origin build served on a port NOT in the list
 // and drives headless Chromium through each, for both Apollo and urql.
+// Mail goes to .eml files in a temporary MAIL_DIR, and APP_URL is the
+// same-origin app, so the password-reset link read from the mail opens the
+// app's /reset-password page.
 // Prints "N passed, M failed" last and exits non-zero on any failure.
 
 import { spawn } from 'node:child_process';
@@ -27,12 +30,15 @@ const AUTHGRAPH_BIN = process.env.AUTHGRAPH_BIN || '/var/tmp/authgraph-target/de
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const DIST = path.join(ROOT, 'dist');
 const PASSWORD = 'E2e-correct-horse-battery-staple';
+const NEW_PASSWORD = 'E2e-new-password-after-the-reset';
 // ACCESS_TOKEN_TTL=2s plus the server's 5 s leeway: rejected ~7 s after issue.
 const TTL = '2s';
 const EXPIRY_WAIT_MS = 8500;
 const OVERALL_TIMEOUT_MS = 170_000;
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'authgraph-web-e2e-'));
+const MAIL_DIR = path.join(tmp, 'mail');
+fs.mkdirSync(MAIL_DIR);
 const cleanups = [];
 let passed = 0;
 let failed = 0;
@@ -74,7 +80,9 @@ const MIME = {
   '.json': 'application/json',
 };
 
-/** A static file server for a built app; with `proxyTo()`, /graphql goes to authgraph keeping Host. */
+/** A static file server for a built app; with `proxyTo()`, /graphql goes to authgraph keeping Host.
+ *  Any other path without a file extension (/, /forgot-password, /reset-password?token=…)
+ *  gets index.html: the app picks its page from the path (SPA fallback). */
 async function startStatic(getDir, proxyTo) {
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
@@ -95,12 +103,25 @@ async function startStatic(getDir, proxyTo) {
       return;
     }
     const dir = getDir();
-    let file = path.normalize(path.join(dir, decodeURIComponent(url.pathname)));
+    let file;
+    try {
+      file = path.normalize(path.join(dir, decodeURIComponent(url.pathname)));
+    } catch {
+      res.writeHead(400);
+      return res.end();
+    }
     if (!file.startsWith(dir)) {
       res.writeHead(403);
       return res.end();
     }
-    if (!fs.existsSync(file) || fs.statSync(file).isDirectory()) file = path.join(dir, 'index.html');
+    if (!fs.existsSync(file) || fs.statSync(file).isDirectory()) {
+      // A missing asset is a 404, not the app's page in its place.
+      if (path.extname(url.pathname)) {
+        res.writeHead(404);
+        return res.end();
+      }
+      file = path.join(dir, 'index.html');
+    }
     res.writeHead(200, { 'content-type': MIME[path.extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-store' });
     fs.createReadStream(file).pipe(res);
   });
@@ -110,12 +131,15 @@ async function startStatic(getDir, proxyTo) {
   return `http://127.0.0.1:${server.address().port}`;
 }
 
-async function startAuthgraph(allowedOrigins) {
+async function startAuthgraph(allowedOrigins, appUrl) {
   const logFile = path.join(tmp, 'authgraph.log');
   const out = fs.openSync(logFile, 'w');
+  // No SMTP_URL: every mail is written to MAIL_DIR as an .eml file, with links
+  // to APP_URL (the same-origin app) + RESET_PASSWORD_PATH + ?token=…
+  const { SMTP_URL: _smtp, ...inherited } = process.env;
   const child = spawn(AUTHGRAPH_BIN, ['serve'], {
     env: {
-      ...process.env,
+      ...inherited,
       DATABASE_URL: `sqlite://${path.join(tmp, 'e2e.db')}?mode=rwc`,
       LISTEN_ADDR: '127.0.0.1:0',
       JWT_SECRET: 'e2e-secret-0123456789abcdef0123456789abcdef',
@@ -127,6 +151,11 @@ async function startAuthgraph(allowedOrigins) {
       RATE_LIMIT_REGISTER_PER_IP: '100000/1s',
       RATE_LIMIT_REFRESH_PER_IP: '100000/1s',
       RATE_LIMIT_LOGIN_PER_ACCOUNT: '100000/1s',
+      RATE_LIMIT_MAIL_PER_IP: '100000/1s',
+      RATE_LIMIT_LINK_PER_IP: '100000/1s',
+      MAIL_DIR,
+      APP_URL: appUrl,
+      RESET_PASSWORD_PATH: '/reset-password',
       RUST_LOG: process.env.RUST_LOG || 'info',
       NO_COLOR: '1',
     },
@@ -230,6 +259,143 @@ async function click(page, id) {
 
 const ok = (calls, op) => calls.some((c) => c.op === op && c.body?.data?.[lcFirst(op)] && !c.body.errors);
 const lcFirst = (s) => s[0].toLowerCase() + s.slice(1);
+
+// ---------------------------------------------------------------- mail (MAIL_DIR)
+
+// authgraph writes each mail as <id>.eml: multipart/alternative with a
+// text/plain and a text/html part, each quoted-printable (or base64). A small
+// MIME reader is enough to take the link out of the text part.
+
+/** Header block -> { lowercased name: unfolded value }. */
+function parseHeaders(block) {
+  const headers = {};
+  for (const line of block.replace(/\r?\n[ \t]+/g, ' ').split(/\r?\n/)) {
+    const i = line.indexOf(':');
+    if (i > 0) headers[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim();
+  }
+  return headers;
+}
+
+/** A parameter of a structured header value (`boundary`, `charset`). */
+function headerParam(value, name) {
+  const m = new RegExp(`;\\s*${name}\\s*=\\s*(?:"([^"]*)"|([^;\\s]+))`, 'i').exec(value ?? '');
+  return m ? (m[1] ?? m[2]) : null;
+}
+
+/** RFC 2045 6.7: `=XX` is a byte, `=` at the end of a line is a soft line break,
+ *  whitespace at the end of a line is not part of the text. Input chars are bytes. */
+function decodeQuotedPrintable(text) {
+  const bytes = [];
+  const lines = text.split(/\r?\n/);
+  lines.forEach((raw, n) => {
+    let line = raw.replace(/[ \t]+$/, '');
+    const soft = line.endsWith('=');
+    if (soft) line = line.slice(0, -1);
+    for (let i = 0; i < line.length; i++) {
+      const hex = line.slice(i + 1, i + 3);
+      if (line[i] === '=' && /^[0-9A-Fa-f]{2}$/.test(hex)) {
+        bytes.push(parseInt(hex, 16));
+        i += 2;
+      } else {
+        bytes.push(line.charCodeAt(i) & 0xff);
+      }
+    }
+    if (!soft && n < lines.length - 1) bytes.push(13, 10);
+  });
+  return Buffer.from(bytes);
+}
+
+function decodeBody(body, headers) {
+  const encoding = (headers['content-transfer-encoding'] ?? '7bit').toLowerCase();
+  const bytes =
+    encoding === 'quoted-printable' ? decodeQuotedPrintable(body)
+    : encoding === 'base64' ? Buffer.from(body.replace(/[^A-Za-z0-9+/=]/g, ''), 'base64')
+    : Buffer.from(body, 'latin1');
+  return new TextDecoder(headerParam(headers['content-type'], 'charset') ?? 'utf-8').decode(bytes);
+}
+
+/** The leaf parts of an entity (a string of bytes as latin1) as { type, headers, text },
+ *  or null when a multipart is not closed yet (the file is still being written). */
+function mimeLeaves(entity) {
+  const sep = /\r?\n\r?\n/.exec(entity);
+  if (!sep) return null;
+  const headers = parseHeaders(entity.slice(0, sep.index));
+  const body = entity.slice(sep.index + sep[0].length);
+  const type = (headers['content-type'] ?? 'text/plain').split(';')[0].trim().toLowerCase();
+  if (!type.startsWith('multipart/')) return [{ type, headers, text: decodeBody(body, headers) }];
+  const boundary = headerParam(headers['content-type'], 'boundary');
+  if (!boundary) return null;
+  const parts = [];
+  let current = null;
+  let closed = false;
+  for (const line of body.split(/\r?\n/)) {
+    const t = line.trimEnd();
+    if (t === `--${boundary}` || t === `--${boundary}--`) {
+      if (current) parts.push(current.join('\r\n'));
+      current = [];
+      if (t.endsWith('--')) {
+        closed = true;
+        break;
+      }
+    } else if (current) {
+      current.push(line);
+    }
+  }
+  if (!closed) return null;
+  const leaves = [];
+  for (const part of parts) {
+    const sub = mimeLeaves(part);
+    if (!sub) return null;
+    leaves.push(...sub);
+  }
+  return leaves;
+}
+
+function readMail(file) {
+  const raw = fs.readFileSync(file, 'latin1');
+  const sep = /\r?\n\r?\n/.exec(raw);
+  const leaves = sep && mimeLeaves(raw);
+  if (!leaves) return null;
+  const headers = parseHeaders(raw.slice(0, sep.index));
+  return {
+    file: path.basename(file),
+    raw,
+    headers,
+    text: leaves.find((l) => l.type === 'text/plain')?.text ?? null,
+    html: leaves.find((l) => l.type === 'text/html')?.text ?? null,
+  };
+}
+
+/** Every complete .eml in MAIL_DIR addressed to `to`. */
+function mailsTo(to) {
+  return fs
+    .readdirSync(MAIL_DIR)
+    .filter((n) => n.endsWith('.eml'))
+    .map((n) => readMail(path.join(MAIL_DIR, n)))
+    .filter((m) => m && (m.headers.to ?? '').toLowerCase().includes(to.toLowerCase()));
+}
+
+/** The reset link in a mail's text part: a line of its own, APP_URL + /reset-password?token=. */
+function resetLinkIn(mail, appUrl) {
+  return (mail.text ?? '').split(/\r?\n/).map((l) => l.trim()).find((l) => l.startsWith(`${appUrl}/reset-password?token=`)) ?? null;
+}
+
+/** Polls MAIL_DIR for the reset mail to `to` (a background sender writes it within about a second). */
+async function waitForResetMail(to, appUrl, timeoutMs = 15_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const mail = mailsTo(to).find((m) => resetLinkIn(m, appUrl));
+    if (mail) return mail;
+    if (Date.now() > deadline) throw new Error(`no reset mail to ${to} in ${MAIL_DIR} after ${timeoutMs / 1000}s (files: ${fs.readdirSync(MAIL_DIR).join(', ') || 'none'})`);
+    await settle(200);
+  }
+}
+
+const decodeHtmlEntities = (s) =>
+  s
+    .replace(/&#x([0-9a-f]+);/gi, (_, h) => String.fromCodePoint(parseInt(h, 16)))
+    .replace(/&#(\d+);/g, (_, d) => String.fromCodePoint(Number(d)))
+    .replace(/&quot;/g, '"').replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&amp;/g, '&');
 
 // ---------------------------------------------------------------- scenarios
 
@@ -395,6 +561,174 @@ async function unlistedFlow(browser, allowedUrl, unlistedUrl, apiUrl, client, st
   }
 }
 
+/** Waits until an <output> of the password pages leaves 'idle'/'busy'; returns what it says. */
+async function waitOutput(page, id) {
+  await page.waitForFunction(
+    (id) => !['idle', 'busy', undefined].includes(document.getElementById(id)?.dataset.state),
+    id,
+    { timeout: 15_000 },
+  );
+  await settle(); // let response listeners parse bodies
+  return page.evaluate((id) => {
+    const o = document.getElementById(id);
+    return { state: o.dataset.state, reason: o.dataset.reason, text: o.textContent };
+  }, id);
+}
+
+/** Forgot password -> mail in MAIL_DIR -> the link in Chromium -> new password ->
+ *  login with it; the link's second use; where the token went. */
+async function resetFlow(browser, appUrl, client, step) {
+  const stamp = Date.now();
+  const email = `e2e-${client}-reset-${stamp}@example.com`;
+  const unknown = `e2e-${client}-nobody-${stamp}@example.com`;
+  const other = await browser.newContext();
+  const context = await browser.newContext();
+  try {
+    // Another browser registers and stays logged in: the reset must end that session.
+    const first = await other.newPage();
+    await first.goto(`${appUrl}/?client=${client}`);
+    await waitIdle(first);
+    await first.fill('#email', email);
+    await first.fill('#password', PASSWORD);
+    await click(first, 'register');
+    assert((await uiState(first)).state === 'logged-in', 'setup: register failed');
+    step('setup: register in another browser, which stays logged in');
+
+    const page = await context.newPage();
+    const calls = recordGraphql(page);
+    const requests = [];
+    const consoleText = [];
+    const pageErrors = [];
+    page.on('request', (r) => requests.push(r));
+    page.on('console', (m) => consoleText.push(m.text()));
+    page.on('pageerror', (e) => pageErrors.push(String(e)));
+
+    await page.goto(`${appUrl}/?client=${client}`);
+    await waitIdle(page);
+    await page.click('#forgot-link');
+    await page.waitForSelector('#forgot-form', { state: 'visible' });
+    const forgotUrl = new URL(page.url());
+    assert(forgotUrl.pathname === '/forgot-password' && forgotUrl.searchParams.get('client') === client, `"Forgot password?" went to ${page.url()}`);
+    await page.fill('#forgot-email', email);
+    await page.click('#forgot-submit');
+    const sent = await waitOutput(page, 'forgot-message');
+    assert(sent.state === 'sent' && /if an account exists for that address/i.test(sent.text), `forgot-password form: ${JSON.stringify(sent)}`);
+    assert(ok(calls, 'RequestPasswordReset'), 'no successful RequestPasswordReset call');
+    await page.fill('#forgot-email', unknown);
+    await page.click('#forgot-submit');
+    const sentUnknown = await waitOutput(page, 'forgot-message');
+    assert(sentUnknown.state === sent.state && sentUnknown.text === sent.text,
+      `an unknown address got another answer: ${JSON.stringify(sentUnknown)} vs ${JSON.stringify(sent)}`);
+    step(`forgot-password page: one message for a registered and an unknown address ("${sent.text}")`);
+
+    const mail = await waitForResetMail(email, appUrl);
+    const link = resetLinkIn(mail, appUrl);
+    const token = new URL(link).searchParams.get('token');
+    assert(/^[A-Za-z0-9_-]{43}$/.test(token ?? ''), `unexpected reset link ${link}`);
+    const htmlHref = /href="([^"]*reset-password[^"]*)"/.exec(mail.html ?? '')?.[1];
+    assert(htmlHref && decodeHtmlEntities(htmlHref) === link, `the HTML part links elsewhere: ${htmlHref}`);
+    const encoded = mail.raw.includes(link) ? '' : ', quoted-printable decoded';
+    step(`reset mail ${mail.file} ("${mail.headers.subject}") in MAIL_DIR; link from the text part${encoded}, same as the HTML part's`);
+
+    // The link as a mail client opens it (for urql with the client switch added).
+    const target = new URL(link);
+    if (client !== 'apollo') target.searchParams.set('client', client);
+    await page.goto(target.href);
+    await page.waitForSelector('#reset-form', { state: 'visible' });
+    const shown = new URL(page.url());
+    assert(shown.pathname === '/reset-password' && !shown.searchParams.has('token') && !page.url().includes(token),
+      `the token stayed in the address bar: ${page.url()}`);
+    step(`the link opens the reset page, which takes the token out of the address bar (now ${shown.pathname}${shown.search})`);
+
+    // The server's length rule (the field's own minlength is lifted to reach it).
+    await page.evaluate(() => document.getElementById('new-password').removeAttribute('minlength'));
+    await page.fill('#new-password', 'short');
+    await page.click('#reset-submit');
+    let out = await waitOutput(page, 'reset-message');
+    assert(out.state === 'weak' && out.reason === 'WEAK_PASSWORD' && (await page.isVisible('#reset-form')), `weak password: ${JSON.stringify(out)}`);
+    step(`a too-short password shows WEAK_PASSWORD and keeps the form ("${out.text}")`);
+
+    await page.fill('#new-password', NEW_PASSWORD);
+    await page.click('#reset-submit');
+    out = await waitOutput(page, 'reset-message');
+    assert(out.state === 'done' && /log in with your new password/i.test(out.text) && !(await page.isVisible('#reset-form')),
+      `reset failed: ${JSON.stringify(out)}`);
+    assert(ok(calls, 'ResetPassword'), 'no successful ResetPassword call');
+    assert(!(await context.cookies()).some((c) => c.name === 'refresh_token'), 'resetPassword started a session');
+    step(`new password set; the page says to log in with it, and no session was started ("${out.text}")`);
+
+    await page.click('#reset-login');
+    await waitIdle(page);
+    let s = await uiState(page);
+    assert(new URL(page.url()).pathname === '/' && s.state === 'logged-out', `"Log in" link: ${page.url()} ${JSON.stringify(s)}`);
+    await page.fill('#email', email);
+    await page.fill('#password', PASSWORD);
+    await click(page, 'login');
+    s = await uiState(page);
+    assert(s.state === 'logged-out' && s.reason === 'INVALID_CREDENTIALS', `the old password still works: ${JSON.stringify(s)}`);
+    await page.fill('#password', NEW_PASSWORD);
+    await click(page, 'login');
+    s = await uiState(page);
+    assert(s.state === 'logged-in' && s.email === email && s.hasToken === 'true', `login with the new password failed: ${JSON.stringify(s)}`);
+    step('login through the UI: the old password is refused, the new one shows the logged-in state');
+
+    await first.reload();
+    await waitIdle(first);
+    s = await uiState(first);
+    assert(s.state === 'logged-out' && s.hasToken === 'false', `the other browser's session survived the reset: ${JSON.stringify(s)}`);
+    step(`the other browser's session ended with the reset (after a reload: ${s.error})`);
+
+    await page.goto(target.href);
+    await page.waitForSelector('#reset-form', { state: 'visible' });
+    await page.fill('#new-password', 'E2e-yet-another-password');
+    await page.click('#reset-submit');
+    out = await waitOutput(page, 'reset-message');
+    assert(out.state === 'invalid' && out.reason === 'LINK_INVALID_OR_EXPIRED' && !(await page.isVisible('#reset-form')),
+      `second use of the link: ${JSON.stringify(out)}`);
+    step(`the same link a second time shows the invalid-link message ("${out.text}")`);
+
+    await page.goto(`${appUrl}/reset-password?client=${client}`);
+    out = await waitOutput(page, 'reset-message');
+    assert(out.state === 'missing', `reset page without a token: ${JSON.stringify(out)}`);
+    step('the reset page without a token asks for a new link');
+
+    // Where the token went: into ResetPassword bodies and the two navigations
+    // to the link, nowhere else (no other URL, no Referer, no other body, no console).
+    const leaks = [];
+    let resets = 0;
+    for (const r of requests) {
+      const url = r.url();
+      if (url.includes(token) && !(r.isNavigationRequest() && url === target.href)) leaks.push(`URL ${url}`);
+      let headers;
+      try {
+        headers = await r.allHeaders();
+      } catch {
+        headers = r.headers();
+      }
+      for (const [name, value] of Object.entries(headers)) {
+        if (value.includes(token)) leaks.push(`${name} header of ${r.method()} ${url}`);
+      }
+      const body = r.postData() ?? '';
+      if (opName(body) === 'ResetPassword') resets++;
+      else if (body.includes(token)) leaks.push(`body of ${r.method()} ${url}`);
+    }
+    for (const line of consoleText) if (line.includes(token)) leaks.push(`console: ${line}`);
+    assert(leaks.length === 0, `the token leaked: ${leaks.join('; ')}`);
+    assert(resets === 3, `expected 3 ResetPassword requests, saw ${resets}`);
+    step(`the token went nowhere but ResetPassword (${requests.length} requests: URLs, headers incl. Referer, bodies; console)`);
+
+    assert(mailsTo(unknown).length === 0, `a mail went to the unknown address ${unknown}`);
+    const others = mailsTo(email).filter((m) => !resetLinkIn(m, appUrl)).map((m) => `"${m.headers.subject}"`);
+    step(`no mail to the unknown address; ${email} got the reset mail${others.length ? ` and ${others.join(', ')}` : ''}`);
+
+    assert(pageErrors.length === 0, `uncaught errors in the page: ${pageErrors.join('; ')}`);
+    step('no uncaught errors in the page');
+  } finally {
+    await context.close();
+    await other.close();
+  }
+}
+
 /** GraphiQL, served by authgraph from its own binary, loads and runs a query with
  *  no request leaving 127.0.0.1 (no CDN). */
 async function graphiqlFlow(browser, apiUrl, step) {
@@ -445,9 +779,10 @@ async function main() {
   const sameUrl = await startStatic(() => DIST, () => apiUrl);
   const crossUrl = await startStatic(() => crossDist);
   const unlistedUrl = await startStatic(() => crossDist);
-  const ag = await startAuthgraph([crossUrl]);
+  // Mailed links open the same-origin app (APP_URL).
+  const ag = await startAuthgraph([crossUrl], sameUrl);
   apiUrl = ag.url;
-  log(`authgraph ${apiUrl} | same-origin app ${sameUrl} | cross-origin app ${crossUrl} (allowed) | unlisted app ${unlistedUrl}`);
+  log(`authgraph ${apiUrl} | same-origin app ${sameUrl} | cross-origin app ${crossUrl} (allowed) | unlisted app ${unlistedUrl} | MAIL_DIR ${MAIL_DIR}`);
 
   // The cross-origin variant of the app: same code, VITE_GRAPHQL_URL at authgraph.
   process.env.VITE_GRAPHQL_URL = `${apiUrl}/graphql`;
@@ -467,6 +802,7 @@ async function main() {
     scenarios.push([`${client} same-origin`, (step) => allowedFlow(browser, sameUrl, client, 'same', step)]);
     scenarios.push([`${client} cross-origin`, (step) => allowedFlow(browser, crossUrl, client, 'cross', step)]);
     scenarios.push([`${client} unlisted-origin`, (step) => unlistedFlow(browser, crossUrl, unlistedUrl, apiUrl, client, step)]);
+    scenarios.push([`${client} password reset`, (step) => resetFlow(browser, sameUrl, client, step)]);
   }
 
   // The scenarios are independent (own browser context, own user), so they run

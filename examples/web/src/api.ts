@@ -13,6 +13,10 @@ export interface AuthApi {
   login(email: string, password: string): Promise<Viewer>;
   me(): Promise<Viewer>;
   logout(): Promise<void>;
+  /** `requestPasswordReset`: true for every well-formed address, registered or not. */
+  requestPasswordReset(email: string): Promise<boolean>;
+  /** `resetPassword` with the token of a mailed link; ends every session of the account and logs nobody in. */
+  resetPassword(token: string, newPassword: string): Promise<void>;
 }
 
 /** An error with the GraphQL `extensions.code` / `extensions.reason` kept for the UI. */

@@ -2,7 +2,7 @@ import { ApolloClient, ApolloError, ApolloLink, HttpLink, InMemoryCache, Observa
 import { onError } from '@apollo/client/link/error';
 import { GRAPHQL_URL } from './config';
 import { getAccessToken, isRefreshableError, refreshAccessToken, setAccessToken } from './auth';
-import { LoginDocument, LogoutDocument, MeDocument, RegisterDocument } from './operations';
+import { LoginDocument, LogoutDocument, MeDocument, RegisterDocument, RequestPasswordResetDocument, ResetPasswordDocument } from './operations';
 import { ApiError, type AuthApi } from './api';
 
 // Adds `Authorization: Bearer <token>` from memory to every operation
@@ -65,6 +65,15 @@ export function createApolloApi(): AuthApi {
         setAccessToken(null);
         await client.clearStore();
       }
+    },
+    async requestPasswordReset(email) {
+      const { data } = await client.mutate({ mutation: RequestPasswordResetDocument, variables: { email } }).catch(fail);
+      return data!.requestPasswordReset;
+    },
+    async resetPassword(token, newPassword) {
+      // (Apollo drops a mutation's root fields, keyed by their arguments, from
+      // the cache once it completes: the token does not stay there.)
+      await client.mutate({ mutation: ResetPasswordDocument, variables: { token, newPassword } }).catch(fail);
     },
   };
 }

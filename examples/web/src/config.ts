@@ -1,2 +1,8 @@
 /** GraphQL endpoint: same-origin `/graphql` (proxied by Vite) unless VITE_GRAPHQL_URL says otherwise. */
 export const GRAPHQL_URL: string = import.meta.env.VITE_GRAPHQL_URL || '/graphql';
+
+/** The page that asks for a reset link by mail. */
+export const FORGOT_PASSWORD_PATH = '/forgot-password';
+
+/** The page the mailed reset link opens: authgraph's `APP_URL` + `RESET_PASSWORD_PATH` (default `/reset-password`) + `?token=`. */
+export const RESET_PASSWORD_PATH = '/reset-password';

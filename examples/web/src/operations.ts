@@ -38,3 +38,19 @@ export const LogoutDocument = graphql(`
     logout
   }
 `);
+
+// Answers true for every well-formed address, registered or not: the UI says
+// the same thing whatever the address.
+export const RequestPasswordResetDocument = graphql(`
+  mutation RequestPasswordReset($email: String!) {
+    requestPasswordReset(email: $email)
+  }
+`);
+
+// The token of the mailed link travels only in this mutation's variables.
+// Logs nobody in: the user logs in with the new password afterwards.
+export const ResetPasswordDocument = graphql(`
+  mutation ResetPassword($token: String!, $newPassword: String!) {
+    resetPassword(token: $token, newPassword: $newPassword)
+  }
+`);

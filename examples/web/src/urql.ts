@@ -2,7 +2,7 @@ import { Client, cacheExchange, fetchExchange, type CombinedError } from '@urql/
 import { authExchange } from '@urql/exchange-auth';
 import { GRAPHQL_URL } from './config';
 import { getAccessToken, isRefreshableError, refreshAccessToken, setAccessToken } from './auth';
-import { LoginDocument, LogoutDocument, MeDocument, RegisterDocument } from './operations';
+import { LoginDocument, LogoutDocument, MeDocument, RegisterDocument, RequestPasswordResetDocument, ResetPasswordDocument } from './operations';
 import { ApiError, type AuthApi } from './api';
 
 export function createUrqlApi(): AuthApi {
@@ -57,6 +57,12 @@ export function createUrqlApi(): AuthApi {
       } finally {
         setAccessToken(null);
       }
+    },
+    async requestPasswordReset(email) {
+      return check(await client.mutation(RequestPasswordResetDocument, { email }).toPromise()).requestPasswordReset;
+    },
+    async resetPassword(token, newPassword) {
+      check(await client.mutation(ResetPasswordDocument, { token, newPassword }).toPromise());
     },
   };
 }
