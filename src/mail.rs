@@ -137,6 +137,7 @@ impl Templates {
     /// Errors: a template that does not parse or render, named.
     pub fn load(dir: Option<&Path>) -> Result<Self, String> {
         let mut env = Environment::new();
+        env.set_formatter(html_formatter);
         let overrides = dir.map(minijinja::path_loader);
         env.set_loader(move |name| {
             if let Some(load) = &overrides
@@ -181,6 +182,35 @@ impl Templates {
         let html = self.env.get_template(&html).and_then(|t| t.render(ctx)).map_err(|e| named(&html, e))?;
         Ok(Rendered { subject, text: text.trim().to_owned() + "\n", html })
     }
+}
+
+/// minijinja's formatter, except that HTML is escaped without `/`: the five
+/// characters that can end an attribute or start markup (`& < > " '`) are
+/// escaped, and a link stays readable as a URL to the mail clients, scanners
+/// and link-rewriting proxies that look for one (minijinja also escapes `/`).
+fn html_formatter(
+    out: &mut minijinja::Output<'_>,
+    state: &minijinja::State<'_, '_>,
+    value: &minijinja::Value,
+) -> Result<(), minijinja::Error> {
+    if state.auto_escape() != minijinja::AutoEscape::Html || value.is_safe() || value.is_undefined() || value.is_none()
+    {
+        return minijinja::escape_formatter(out, state, value);
+    }
+    let text = value.to_string();
+    let mut escaped = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            c => escaped.push(c),
+        }
+    }
+    use std::fmt::Write;
+    out.write_str(&escaped).map_err(|_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "writing a template"))
 }
 
 /// Why a send failed.
@@ -340,7 +370,7 @@ mod tests {
 
     fn ctx() -> MailContext {
         MailContext {
-            name: "<b>Mallory</b>".into(),
+            name: "<b>Mallory</b> \"q\" 'a' & co".into(),
             recipient: "m@example.com".into(),
             new_email: Some("n@example.com".into()),
             link: Some("https://app.example.com/reset-password?token=abc".into()),
@@ -358,6 +388,10 @@ mod tests {
             assert_eq!(r.text.contains("token=abc"), kind.has_link(), "{kind:?}: {}", r.text);
             assert_eq!(r.html.contains("token=abc"), kind.has_link(), "{kind:?}");
             assert!(r.html.contains("&lt;b&gt;Mallory"), "{kind:?}: names are escaped in HTML");
+            if kind.has_link() {
+                let href = r#"href="https://app.example.com/reset-password?token=abc""#;
+                assert!(r.html.contains(href), "{kind:?}: the link is a plain URL: {}", r.html);
+            }
             assert!(r.text.contains("<b>Mallory</b>"), "{kind:?}: plain text is not escaped");
         }
     }

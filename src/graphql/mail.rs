@@ -14,7 +14,9 @@ pub struct MailMutation;
 impl MailMutation {
     /// Sends a password-reset link to `email` if it has an account. The answer
     /// is `true` for every well-formed address, registered or not, and takes
-    /// the same time and budgets either way.
+    /// the same time and budgets either way: past the budgets (one mail a
+    /// minute and five an hour per address, by default), `RATE_LIMITED` with
+    /// `retryAfter`, for registered and unknown addresses alike.
     async fn request_password_reset(&self, ctx: &Context<'_>, email: String) -> Result<bool> {
         let req = request(ctx)?;
         mail::request_password_reset(services(ctx)?, &req.client, &email).await?;
