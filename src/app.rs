@@ -57,12 +57,6 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
     let hasher = PasswordHasher::new(&config.password).map_err(|e| StartError::Other(e.to_string()))?;
     let signing = key_store(config, &secret)?;
     let mailer = crate::mail::Mailer::new(&config.mail).map_err(StartError::Other)?;
-    if let Some(dir) = mailer.mail_dir() {
-        tracing::info!(
-            dir = %dir.display(),
-            "SMTP_URL is unset: mail (password resets, verification links) is written as .eml files to this folder"
-        );
-    }
     let tokens = match &signing {
         None => TokenKeys::new(&secret, &config.jwt_issuer, &config.jwt_audience, config.access_token_ttl),
         Some(keys) => {

@@ -690,12 +690,27 @@ fn mail_config(args: &ServeArgs, production: bool) -> Result<MailConfig, ConfigE
             return Err(bad(format!("{name} must be at least 1m")));
         }
     }
+    if let Some(url) = args.smtp_url.as_deref().map(str::trim).filter(|u| !u.is_empty())
+        && production
+        && sends_password_in_clear(url)
+    {
+        return Err(bad(
+            "SMTP_URL has a password but no TLS: use smtps://… (implicit TLS) or smtp://…?tls=required (STARTTLS) \
+             when APP_ENV=production, so the password is never sent in clear",
+        ));
+    }
+    if let Some(dir) = &args.mail_templates_dir
+        && !dir.is_dir()
+    {
+        return Err(bad(format!("MAIL_TEMPLATES_DIR {} is not a folder", dir.display())));
+    }
     let delivery = match (&args.smtp_url, &args.mail_dir) {
         (Some(url), _) if !url.trim().is_empty() => MailDelivery::Smtp(Secret::new(url.trim().as_bytes().to_vec())),
         (_, Some(dir)) => MailDelivery::Files(dir.clone()),
         (_, None) if production => {
             return Err(bad(
-                "SMTP_URL is required when APP_ENV=production (password resets and verification mail need it);                  set MAIL_DIR instead to have mail written as files on purpose",
+                "SMTP_URL is required when APP_ENV=production (password resets and verification mail need it); \
+                 set MAIL_DIR instead to have mail written as files on purpose",
             ));
         }
         (_, None) => MailDelivery::Files(default_mail_dir(&args.db.database_url)),
@@ -732,6 +747,23 @@ impl MailConfig {
             templates_dir: None,
         }
     }
+}
+
+/// Whether an `smtp://` URL carries credentials without requiring TLS
+/// (`tls=required`): lettre would then log in over a plain connection, or
+/// over one an attacker on the path can keep plain (`tls=opportunistic`).
+fn sends_password_in_clear(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("smtp://") else { return false };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let query = rest.split_once('?').map_or("", |(_, q)| q);
+    authority.contains('@') && !query.split('&').any(|pair| pair == "tls=required")
+}
+
+/// The host and port of an SMTP URL, for the log: never its credentials.
+pub fn smtp_host(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    authority.rsplit_once('@').map_or(authority, |(_, host)| host).to_owned()
 }
 
 /// Development mail's folder: beside the SQLite file (`authgraph.db.mail/`),
@@ -876,6 +908,26 @@ mod tests {
         // Development without SMTP: files beside the database.
         let c = parse(&["--database-url", "sqlite://data/auth.db?mode=rwc"]).unwrap();
         assert!(matches!(c.mail.delivery, MailDelivery::Files(ref d) if d == &PathBuf::from("data/auth.db.mail")));
+    }
+
+    #[test]
+    fn production_sends_no_smtp_password_in_clear() {
+        let secret = "s".repeat(40);
+        let prod = ["--app-env", "production", "--jwt-secret", &secret, "--smtp-url"];
+        for refused in ["smtp://u:p@mail.example.com:587", "smtp://u:p@mail.example.com:587?tls=opportunistic"] {
+            let e = parse(&[&prod[..], &[refused]].concat()).unwrap_err();
+            assert!(e.contains("no TLS") && !e.contains("u:p"), "{refused}: {e}");
+        }
+        for taken in
+            ["smtps://u:p@mail.example.com", "smtp://u:p@mail.example.com:587?tls=required", "smtp://127.0.0.1:25"]
+        {
+            assert!(parse(&[&prod[..], &[taken]].concat()).is_ok(), "{taken}");
+        }
+        // Development may use a local sink with a password.
+        assert!(parse(&["--smtp-url", "smtp://u:p@127.0.0.1:2525"]).is_ok());
+        assert_eq!(smtp_host("smtps://user:pa@ss@mail.example.com:465/ehlo"), "mail.example.com:465");
+        let e = parse(&["--mail-templates-dir", "/no/such/folder"]).unwrap_err();
+        assert!(e.contains("MAIL_TEMPLATES_DIR"), "{e}");
     }
 
     #[test]

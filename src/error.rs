@@ -83,7 +83,7 @@ reasons! {
     AlreadyRotated => ("ALREADY_ROTATED", BadUserInput, None, "The API key was already rotated: rotate its successor."),
     NoSigningKeys => ("NO_SIGNING_KEYS", BadUserInput, None, "This install signs HS256 under `JWT_SECRET`: it has no key pairs to rotate (see `JWT_ALGORITHM`)."),
     LinkInvalidOrExpired => ("LINK_INVALID_OR_EXPIRED", BadUserInput, None, "The mailed link's token is unknown, used, expired, replaced by a newer mail, or for another purpose (field `token`): ask for a new mail."),
-    EmailNotVerified => ("EMAIL_NOT_VERIFIED", Forbidden, None, "The address is not confirmed yet (`REQUIRE_EMAIL_VERIFICATION`): a verification mail was sent; use its link, then log in. No session was started."),
+    EmailNotVerified => ("EMAIL_NOT_VERIFIED", Forbidden, None, "The address is not confirmed yet (`REQUIRE_EMAIL_VERIFICATION`): use the link mailed to it (a refused login mails a new one, at most one a minute), then log in. No session was started."),
     TooManyAliases => ("TOO_MANY_ALIASES", BadUserInput, None, "The operation has more aliases than the server allows."),
     TooManyCredentialFields => ("TOO_MANY_CREDENTIAL_FIELDS", BadUserInput, None, "More than one login, register, changePassword or resetPassword in one HTTP request."),
     IntrospectionDisabled => ("INTROSPECTION_DISABLED", BadUserInput, None, "Introspection is off on this server."),
@@ -149,7 +149,7 @@ pub enum AppError {
     CrossSiteRequest,
     #[error("This email address is already registered")]
     EmailTaken,
-    #[error("Confirm your email address first: a verification mail was sent")]
+    #[error("Confirm your email address first, with the link mailed to it")]
     EmailNotVerified,
     /// A bad argument: `field` names it (GraphQL's argument name).
     #[error("{message}")]

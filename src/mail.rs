@@ -98,6 +98,28 @@ fn builtin_template(name: &str) -> Option<&'static str> {
     }
 }
 
+/// Logs which built-in templates the files in `dir` replace, and warns of
+/// files that replace none (a misspelt name). Errors: `dir` cannot be read.
+fn report_overrides(dir: &Path) -> Result<(), String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("MAIL_TEMPLATES_DIR {}: {e}", dir.display()))?;
+    let (mut used, mut unknown) = (Vec::new(), Vec::new());
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if builtin_template(&name).is_some() { used.push(name) } else { unknown.push(name) }
+    }
+    used.sort();
+    unknown.sort();
+    tracing::info!(dir = %dir.display(), replaced = ?used, "mail templates from MAIL_TEMPLATES_DIR");
+    if !unknown.is_empty() {
+        tracing::warn!(
+            dir = %dir.display(), files = ?unknown,
+            "these files replace no built-in mail template and are not used unless a template includes them \
+             (the names are <kind>.txt, <kind>.html and layout.html)"
+        );
+    }
+    Ok(())
+}
+
 /// What a template sees.
 #[derive(Debug, Clone, Serialize)]
 pub struct MailContext {
@@ -135,9 +157,17 @@ impl Templates {
     /// Loads the templates and renders each once with sample values, so that a
     /// broken override stops the start instead of the first mail.
     /// Errors: a template that does not parse or render, named.
+    ///
+    /// A variable a template names that the context lacks (a typo) is an
+    /// error, not an empty string. Files in `dir` that replace no built-in are
+    /// reported in the log, as are the ones that do.
     pub fn load(dir: Option<&Path>) -> Result<Self, String> {
         let mut env = Environment::new();
         env.set_formatter(html_formatter);
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        if let Some(dir) = dir {
+            report_overrides(dir)?;
+        }
         let overrides = dir.map(minijinja::path_loader);
         env.set_loader(move |name| {
             if let Some(load) = &overrides
@@ -209,7 +239,6 @@ fn html_formatter(
             c => escaped.push(c),
         }
     }
-    use std::fmt::Write;
     out.write_str(&escaped).map_err(|_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "writing a template"))
 }
 
@@ -270,11 +299,33 @@ impl Mailer {
         Ok(Self { transport, from, templates, queued: Notify::new(), config: config.clone() })
     }
 
-    /// Where development mail goes, if it goes to files.
-    pub fn mail_dir(&self) -> Option<&Path> {
+    /// Logs where mail goes, and, for SMTP, whether the server answers (a
+    /// warning when it does not: mail then waits in the outbox). Never the
+    /// URL's credentials.
+    pub async fn report(&self) {
         match &self.transport {
-            Transport::Files { dir, .. } => Some(dir),
-            Transport::Smtp(_) => None,
+            Transport::Files { dir, .. } => tracing::info!(
+                dir = %dir.display(),
+                "SMTP_URL is unset: mail (password resets, verification links) is written as .eml files to this folder"
+            ),
+            Transport::Smtp(smtp) => {
+                let host = match &self.config.delivery {
+                    MailDelivery::Smtp(url) => crate::config::smtp_host(&String::from_utf8_lossy(url.expose())),
+                    MailDelivery::Files(_) => String::new(),
+                };
+                match tokio::time::timeout(SEND_TIMEOUT, smtp.test_connection()).await {
+                    Ok(Ok(true)) => tracing::info!(%host, "mail is sent through this SMTP server; it answers"),
+                    Ok(Ok(false)) => {
+                        tracing::warn!(%host, "the SMTP server did not accept a connection test; mail waits in the outbox until it does")
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(%host, error = %smtp_error(&e), "the SMTP server cannot be reached; mail waits in the outbox until it can")
+                    }
+                    Err(_) => {
+                        tracing::warn!(%host, "the SMTP server did not answer within 30s; mail waits in the outbox until it does")
+                    }
+                }
+            }
         }
     }
 
@@ -304,8 +355,9 @@ impl Mailer {
 
     /// Sends one mail to `to` (the address as typed; its key's domain, already
     /// IDNA ASCII, is what SMTP is given). `id` becomes the Message-ID's left
-    /// part. Errors: [`SendError`], whose text never holds the message.
-    pub async fn send(&self, id: &str, to: &str, to_key: &str, mail: Rendered) -> Result<(), SendError> {
+    /// part. Returns the file written, when mail goes to files.
+    /// Errors: [`SendError`], whose text never holds the message.
+    pub async fn send(&self, id: &str, to: &str, to_key: &str, mail: Rendered) -> Result<Option<PathBuf>, SendError> {
         let to = address(to, to_key)?;
         let domain = self.from.email.domain().to_owned();
         let message = Message::builder()
@@ -318,14 +370,16 @@ impl Mailer {
         match &self.transport {
             Transport::Smtp(smtp) => match tokio::time::timeout(SEND_TIMEOUT, smtp.send(message)).await {
                 Err(_) => Err(SendError::Transient(format!("no answer within {}s", SEND_TIMEOUT.as_secs()))),
-                Ok(Ok(_)) => Ok(()),
+                Ok(Ok(_)) => Ok(None),
                 Ok(Err(e)) if e.is_permanent() => Err(SendError::Permanent(smtp_error(&e))),
                 // 4xx, a refused or broken connection, TLS, a time-out: retried.
                 Ok(Err(e)) => Err(SendError::Transient(smtp_error(&e))),
             },
-            Transport::Files { files, .. } => {
-                files.send(message).await.map(|_| ()).map_err(|e| SendError::Transient(format!("writing mail: {e}")))
-            }
+            Transport::Files { dir, files } => files
+                .send(message)
+                .await
+                .map(|file_id| Some(dir.join(format!("{file_id}.eml"))))
+                .map_err(|e| SendError::Transient(format!("writing mail: {e}"))),
         }
     }
 }
@@ -412,6 +466,18 @@ mod tests {
         std::fs::write(dir.path().join("verify_email.html"), "{% if %}").unwrap();
         let e = Templates::load(Some(dir.path())).err().unwrap();
         assert!(e.contains("verify_email.html"), "{e}");
+    }
+
+    #[test]
+    fn a_misspelt_variable_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("password_changed.txt"),
+            "{% block subject %}Hi {{ nmae }}{% endblock %}{% block text %}x{% endblock %}",
+        )
+        .unwrap();
+        let e = Templates::load(Some(dir.path())).err().unwrap();
+        assert!(e.contains("password_changed.txt") && e.contains("undefined"), "{e}");
     }
 
     #[test]

@@ -100,6 +100,12 @@ pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) ->
         new_user_row(new, password_hash, Role::User, now, Some(now)).insert(tx.conn()).await.map_err(map_unique)?;
     let user = Account::from(row);
     if svc.mail.config.require_verification {
+        // Counted, so that a login right after it mails no second link (which
+        // would void this one); sent even past the budget: it is the first.
+        match limits::spend_recipient(svc, user.email.key()).await {
+            Ok(()) | Err(AppError::RateLimited { .. }) => {}
+            Err(e) => return Err(e),
+        }
         mail::enqueue(svc, tx.conn(), Kind::VerifyEmail, Some(user.id), &user.email, None).await?;
         tx.commit().await?;
         mail::queued(svc);

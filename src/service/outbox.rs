@@ -135,9 +135,9 @@ async fn handle(svc: &Services, row: &mail_outbox::Model) -> AppResult<()> {
         }
         Ok(Prepared::Send { to, to_key, mail }) => {
             match svc.mail.send(&row.id.simple().to_string(), &to, &to_key, mail).await {
-                Ok(()) => {
-                    if let Some(dir) = svc.mail.mail_dir() {
-                        tracing::info!(dir = %dir.display(), "mail written as an .eml file (SMTP_URL is unset)");
+                Ok(file) => {
+                    if let Some(file) = file {
+                        tracing::info!(file = %file.display(), "mail written as an .eml file (SMTP_URL is unset)");
                     }
                     End::Sent
                 }
@@ -177,6 +177,7 @@ pub async fn send_due(svc: &Services) -> AppResult<usize> {
 /// a mail queued here or [`POLL`]. Failures are logged and retried.
 pub fn spawn_sender(svc: Services) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        svc.mail.report().await;
         loop {
             if let Err(e) = send_due(&svc).await {
                 tracing::warn!(error = %e.detail(), "mail outbox: database unavailable; will retry");

@@ -227,10 +227,16 @@ async fn an_address_is_verified_through_a_delivered_link() {
 }
 
 /// With REQUIRE_EMAIL_VERIFICATION, registration and login issue nothing
-/// until the address is confirmed; each refused login sends a fresh link.
+/// until the address is confirmed; a refused login sends a fresh link, at
+/// most one a minute, so a login right after registering does not void the
+/// link registration sent.
 #[tokio::test]
 async fn required_verification_holds_back_every_session() {
-    let (app, sink) = app_with_sink_and(|c| c.mail.require_verification = true).await;
+    let (app, sink) = app_with_sink_and(|c| {
+        c.mail.require_verification = true;
+        c.rate_limits.mail_per_recipient = vec!["1/1m".parse().unwrap()];
+    })
+    .await;
     let resp = app
         .post(
             &app.client(),
@@ -250,6 +256,12 @@ async fn required_verification_holds_back_every_session() {
     assert_eq!(v["data"], Value::Null, "{v}");
     // A wrong password is told as before: the state of the address is not.
     assert_eq!(reason(&app.login_body("held@example.com", "wrong password!").await), "INVALID_CREDENTIALS");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sink.to("held@example.com").len(), 1, "a login right after registering mailed a second link");
+
+    app.clock.advance(Duration::from_secs(61));
+    let v = app.login_body("held@example.com", PASSWORD).await;
+    assert_all_errors(&v, "FORBIDDEN", Some("EMAIL_NOT_VERIFIED"), "a later login");
     let second = sink.wait_for("held@example.com", 2).await.pop().unwrap();
     assert_link_refused(&anonymous(&app, VERIFY, json!({ "t": first.token() })).await, "the replaced link");
 
