@@ -123,7 +123,10 @@ fn report_overrides(dir: &Path) -> Result<(), String> {
 /// What a template sees.
 #[derive(Debug, Clone, Serialize)]
 pub struct MailContext {
-    /// The account's name.
+    /// The account's name: text the account's holder chose, whoever that is.
+    /// The built-in templates leave it out, since a confirmation goes to an
+    /// address not yet proven to be the holder's (a stranger's, if the
+    /// holder is an attacker) and must carry no text of theirs.
     pub name: String,
     /// The address the mail goes to, as typed.
     pub recipient: String,
@@ -292,7 +295,7 @@ impl Mailer {
                 Transport::Smtp(builder.timeout(Some(SEND_TIMEOUT)).build())
             }
             MailDelivery::Files(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| format!("MAIL_DIR: cannot create {}: {e}", dir.display()))?;
+                create_private_dir(dir).map_err(|e| format!("MAIL_DIR: cannot create {}: {e}", dir.display()))?;
                 Transport::Files { dir: dir.clone(), files: AsyncFileTransport::<Tokio1Executor>::new(dir) }
             }
         };
@@ -371,17 +374,53 @@ impl Mailer {
             Transport::Smtp(smtp) => match tokio::time::timeout(SEND_TIMEOUT, smtp.send(message)).await {
                 Err(_) => Err(SendError::Transient(format!("no answer within {}s", SEND_TIMEOUT.as_secs()))),
                 Ok(Ok(_)) => Ok(None),
-                Ok(Err(e)) if e.is_permanent() => Err(SendError::Permanent(smtp_error(&e))),
-                // 4xx, a refused or broken connection, TLS, a time-out: retried.
+                Ok(Err(e)) if refuses_the_recipient(&e) => Err(SendError::Permanent(smtp_error(&e))),
+                // 4xx, other 5xx (credentials, a quota, policy: the server's
+                // state, not this mail's), a refused or broken connection,
+                // TLS, a time-out: retried.
                 Ok(Err(e)) => Err(SendError::Transient(smtp_error(&e))),
             },
-            Transport::Files { dir, files } => files
-                .send(message)
-                .await
-                .map(|file_id| Some(dir.join(format!("{file_id}.eml"))))
-                .map_err(|e| SendError::Transient(format!("writing mail: {e}"))),
+            Transport::Files { dir, files } => {
+                let id = files.send(message).await.map_err(|e| SendError::Transient(format!("writing mail: {e}")))?;
+                let file = dir.join(format!("{id}.eml"));
+                // The mail holds a live link: readable by the server's user only.
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    tokio::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                        .await
+                        .map_err(|e| SendError::Transient(format!("writing mail: {e}")))?;
+                }
+                Ok(Some(file))
+            }
         }
     }
+}
+
+/// Whether the server refused this mail's recipient for good: the 5xx
+/// replies RFC 5321 (section 4.2.3) gives for a mailbox (550 unavailable,
+/// 551 not local, 553 name not allowed) and a malformed parameter (501, 555),
+/// which retrying cannot change. Every other 5xx (535 authentication, 554
+/// and 552 quotas and policies, 530) says something about the server or the
+/// account with it, which an operator fixes; those mails are retried.
+fn refuses_the_recipient(e: &lettre::transport::smtp::Error) -> bool {
+    e.is_permanent() && e.status().is_some_and(|code| matches!(u16::from(code), 501 | 550 | 551 | 553 | 555))
+}
+
+/// Creates the mail folder, readable by the server's user only (mode 0700)
+/// when it makes it; a folder that exists keeps the mode its owner gave it.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
 }
 
 /// An SMTP error for the log: lettre's text, and the server's code when it
@@ -441,12 +480,11 @@ mod tests {
             assert!(!r.subject.is_empty() && !r.subject.contains('\n'), "{kind:?}");
             assert_eq!(r.text.contains("token=abc"), kind.has_link(), "{kind:?}: {}", r.text);
             assert_eq!(r.html.contains("token=abc"), kind.has_link(), "{kind:?}");
-            assert!(r.html.contains("&lt;b&gt;Mallory"), "{kind:?}: names are escaped in HTML");
+            assert!(!r.html.contains("Mallory") && !r.text.contains("Mallory"), "{kind:?}: no user-chosen text");
             if kind.has_link() {
                 let href = r#"href="https://app.example.com/reset-password?token=abc""#;
                 assert!(r.html.contains(href), "{kind:?}: the link is a plain URL: {}", r.html);
             }
-            assert!(r.text.contains("<b>Mallory</b>"), "{kind:?}: plain text is not escaped");
         }
     }
 
@@ -466,6 +504,24 @@ mod tests {
         std::fs::write(dir.path().join("verify_email.html"), "{% if %}").unwrap();
         let e = Templates::load(Some(dir.path())).err().unwrap();
         assert!(e.contains("verify_email.html"), "{e}");
+    }
+
+    /// What a template prints in HTML is escaped (quotes too, for attributes);
+    /// a link stays a plain URL.
+    #[test]
+    fn html_is_escaped_but_links_stay_urls() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("reset_password.html"),
+            r#"<p title="{{ name }}">{{ name }}</p><a href="{{ link }}">go</a>"#,
+        )
+        .unwrap();
+        let r = Templates::load(Some(dir.path())).unwrap().render(Kind::ResetPassword, &ctx()).unwrap();
+        let name = "&lt;b&gt;Mallory&lt;/b&gt; &quot;q&quot; &#39;a&#39; &amp; co";
+        assert_eq!(
+            r.html,
+            format!(r#"<p title="{name}">{name}</p><a href="https://app.example.com/reset-password?token=abc">go</a>"#)
+        );
     }
 
     #[test]

@@ -203,8 +203,20 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
     Err(AppError::InvalidCredentials)
 }
 
+/// Whether `new` is a spelling of the account's address that reaches the
+/// same mailbox: the same key, and a local part that differs at most in
+/// ASCII case (RFC 5321 lets a server tell local parts apart by case, and
+/// every server in use does not; the key also folds `ß` to `ss` and other
+/// Unicode spellings, which a server that takes UTF-8 addresses may deliver
+/// to another mailbox). Mail goes to the domain of the key, so the domain's
+/// spelling does not matter.
+fn same_mailbox(new: &Email, account: &user::Model) -> bool {
+    let local = |address: &str| address.rsplit_once('@').map(|(l, _)| l.to_owned()).unwrap_or_default();
+    new.key() == account.email_normalized && local(new.display()).eq_ignore_ascii_case(&local(&account.email))
+}
+
 /// Changes the caller's name and address. A new spelling of the same address
-/// (another case, say) is taken at once; an address with another key is not:
+/// (another case, say: [`same_mailbox`]) is taken at once; another is not:
 /// a confirmation link goes to it and a notice to the current address, and
 /// the address changes when the link is used (`confirmEmailChange`). The
 /// returned account still has its current address then.
@@ -231,7 +243,7 @@ pub async fn update_profile(
     };
     // Another mailbox waits for its owner's confirmation.
     let (email, moving_to) = match email {
-        Some(email) if email.key() != user.email_normalized => (None, Some(email)),
+        Some(email) if !same_mailbox(&email, &user) => (None, Some(email)),
         same => (same, None),
     };
     if let Some(new) = &moving_to {
@@ -322,6 +334,7 @@ pub async fn change_password(
             }
         };
         let ended = tx.end_user_sessions(user_id, Some(current_session)).await?;
+        mail::void_pending_links(svc, tx.conn(), user_id).await?;
         let email = Email::from_parts(changed.email.clone(), changed.email_normalized.clone());
         mail::enqueue(svc, tx.conn(), Kind::PasswordChanged, Some(user_id), &email, None).await?;
         tx.user_changed(UserId::from(changed.id));

@@ -225,6 +225,7 @@ pub async fn revoke_user_sessions(svc: &Services, proof: &Granted<SessionsRevoke
         return Err(AppError::Forbidden("Only an admin can end an admin's sessions"));
     }
     let ended = tx.end_user_sessions(id, None).await?;
+    super::mail::void_pending_links(svc, tx.conn(), id).await?;
     tx.commit().await?;
     tracing::info!(user_id = %id, sessions = ended, "sessions revoked by an administrator");
     Ok(ended)

@@ -82,6 +82,35 @@ pub(super) fn queued(svc: &Services) {
     svc.mail.queued.notify_one();
 }
 
+/// Kills every link of `user_id` that is out or about to go out: unused
+/// tokens are marked used, and queued link mail is ended unsent (a sender
+/// that already claimed it finds it ended before it makes a token: see
+/// [`mint`]). Called, in the same transaction, by every change that ends a
+/// user's other sessions (a password reset or change, logout everywhere, an
+/// admin's revocation): an attacker who held a session must not keep a
+/// pending address change (or any other link) through the recovery.
+pub(super) async fn void_pending_links(svc: &Services, conn: &impl ConnectionTrait, user_id: UserId) -> AppResult<()> {
+    let now = svc.clock.now();
+    let links = [Kind::VerifyEmail, Kind::ResetPassword, Kind::ConfirmEmailChange].map(Kind::as_str);
+    // The outbox first, then the tokens: the order `mint` takes them in.
+    mail_outbox::Entity::update_many()
+        .col_expr(mail_outbox::Column::NextAttemptAt, Expr::value(Option::<DateTime<Utc>>::None))
+        .col_expr(mail_outbox::Column::FailedAt, Expr::value(now))
+        .col_expr(mail_outbox::Column::LastError, Expr::value("not sent: the account's sessions were ended"))
+        .filter(mail_outbox::Column::UserId.eq(user_id))
+        .filter(mail_outbox::Column::Kind.is_in(links))
+        .filter(mail_outbox::Column::NextAttemptAt.is_not_null())
+        .exec(conn)
+        .await?;
+    mail_token::Entity::update_many()
+        .col_expr(mail_token::Column::UsedAt, Expr::value(now))
+        .filter(mail_token::Column::UserId.eq(user_id))
+        .filter(mail_token::Column::UsedAt.is_null())
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
 /// Spends one mail of the client's budget and one of the recipient's
 /// (`RATE_LIMIT_MAIL_PER_IP`, `RATE_LIMIT_MAIL_PER_RECIPIENT`).
 /// Errors: `RATE_LIMITED` with `retryAfter` (seconds).
@@ -136,9 +165,9 @@ pub(super) async fn resend_verification_on_login(svc: &Services, user: &user::Mo
     Ok(())
 }
 
-/// The start of an address change (`updateProfile(email:)` with an address of
-/// another key): in `conn`, queues the confirmation link to `new` and a notice
-/// to the current address. The address changes only when the link is used
+/// The start of an address change (`updateProfile(email:)` with another
+/// mailbox): in `conn`, queues the confirmation link to `new` and, when the
+/// current address is confirmed, a notice to it. The address changes only when the link is used
 /// ([`confirm_email_change`]).
 ///
 /// The budgets are spent before the address is looked up, so that asking
@@ -153,13 +182,23 @@ pub(super) async fn request_email_change(
     new: &Email,
 ) -> AppResult<()> {
     spend_mail_budget(svc, client, new.key()).await?;
-    if user::Entity::find().filter(user::Column::EmailNormalized.eq(new.key())).unique_row(conn).await?.is_some() {
+    let taken = user::Entity::find()
+        .filter(user::Column::EmailNormalized.eq(new.key()))
+        .filter(user::Column::Id.ne(user.id))
+        .unique_row(conn)
+        .await?;
+    if taken.is_some() {
         return Err(AppError::EmailTaken);
     }
     let user_id = UserId::from(user.id);
     let current = Email::from_parts(user.email.clone(), user.email_normalized.clone());
     enqueue(svc, conn, Kind::ConfirmEmailChange, Some(user_id), new, Some(new)).await?;
-    enqueue(svc, conn, Kind::EmailChangeNotice, Some(user_id), &current, Some(new)).await
+    // The notice goes only to an address known to be the account's: an
+    // unconfirmed one may be a stranger's (a typo), who would learn the new one.
+    if user.email_verified_at.is_some() {
+        enqueue(svc, conn, Kind::EmailChangeNotice, Some(user_id), &current, Some(new)).await?;
+    }
+    Ok(())
 }
 
 /// A token as the mutations take it: what [`RefreshKeys::generate`] makes
@@ -265,6 +304,7 @@ pub async fn reset_password(svc: &Services, token: &str, new_password: String) -
     active.updated_at = Set(now);
     active.update(tx.conn()).await?;
     let ended = tx.end_user_sessions(user_id, None).await?;
+    void_pending_links(svc, tx.conn(), user_id).await?;
     enqueue(svc, tx.conn(), Kind::PasswordChanged, Some(user_id), &email, None).await?;
     tx.user_changed(user_id);
     tx.commit().await?;
@@ -352,7 +392,9 @@ pub(super) async fn prepare(svc: &Services, row: &mail_outbox::Model) -> AppResu
     };
     if kind.has_link() {
         let ttl = svc.mail.link_ttl(kind);
-        let token = mint(svc, kind, &user, &row.recipient_key, row.new_email.as_deref(), ttl).await?;
+        let Some(token) = mint(svc, row, kind, &user, ttl).await? else {
+            return Ok(Prepared::Skip("the row was ended while it was being sent"));
+        };
         ctx.link = Some(svc.mail.link(kind, &token));
         ctx.expires_in = Some(in_words(ttl));
     }
@@ -360,21 +402,36 @@ pub(super) async fn prepare(svc: &Services, row: &mail_outbox::Model) -> AppResu
     Ok(Prepared::Send { to, to_key: row.recipient_key.clone(), mail })
 }
 
-/// A new token of `purpose` for `user`, sent to the address keyed `email_key`;
-/// the account's unused tokens of that purpose are voided in the same
-/// transaction. Returns the token (its hash is all that is stored).
+/// A new token of `purpose` for `user`, for the claimed outbox `row` (sent
+/// to its recipient); the account's unused tokens of that purpose are voided
+/// in the same transaction. Returns the token (its hash is all that is
+/// stored), or `None`, making nothing, when the row is no longer this
+/// claim's to send (it was ended meanwhile: [`void_pending_links`]).
 async fn mint(
     svc: &Services,
+    row: &mail_outbox::Model,
     purpose: Kind,
     user: &user::Model,
-    email_key: &str,
-    new_email: Option<&str>,
     ttl: std::time::Duration,
-) -> AppResult<String> {
+) -> AppResult<Option<String>> {
     let token = svc.refresh.generate()?;
     let now = svc.clock.now();
     let ttl = ChronoDuration::from_std(ttl).map_err(|e| AppError::internal(format!("link lifetime: {e}")))?;
     let tx = db::begin_write(&svc.db).await?;
+    // Locks the row (PostgreSQL) and checks it is still this claim's.
+    let still_ours = mail_outbox::Entity::update_many()
+        .col_expr(mail_outbox::Column::Attempts, Expr::col(mail_outbox::Column::Attempts))
+        .filter(mail_outbox::Column::Id.eq(row.id))
+        .filter(mail_outbox::Column::Attempts.eq(row.attempts))
+        .filter(mail_outbox::Column::NextAttemptAt.is_not_null())
+        .exec(&tx)
+        .await?
+        .rows_affected
+        == 1;
+    if !still_ours {
+        tx.rollback().await?;
+        return Ok(None);
+    }
     mail_token::Entity::update_many()
         .col_expr(mail_token::Column::UsedAt, Expr::value(now))
         .filter(mail_token::Column::UserId.eq(user.id))
@@ -387,8 +444,8 @@ async fn mint(
         user_id: Set(user.id),
         purpose: Set(purpose.as_str().to_owned()),
         token_hash: Set(hash_token(&token)),
-        email_key: Set(email_key.to_owned()),
-        new_email: Set(new_email.map(str::to_owned)),
+        email_key: Set(row.recipient_key.clone()),
+        new_email: Set(row.new_email.clone()),
         created_at: Set(now),
         expires_at: Set(now + ttl),
         used_at: Set(None),
@@ -396,7 +453,7 @@ async fn mint(
     .exec_without_returning(&tx)
     .await?;
     tx.commit().await?;
-    Ok(token)
+    Ok(Some(token))
 }
 
 /// Deletes outbox rows that ended, and tokens that were used or expired, more

@@ -1,17 +1,18 @@
 //! The outbox's sender: every instance runs one, and together they send each
 //! queued mail once in the normal case.
 //!
-//! A sender claims one due row at a time with a single conditional update
-//! that moves the row's `next_attempt_at` a lease ahead and counts the attempt
-//! (on PostgreSQL the row is picked with `FOR UPDATE SKIP LOCKED`, so
-//! instances never wait for, nor take, each other's rows). It then makes the
-//! mail (`mail::prepare`), sends it, and ends the row, fenced by the attempt
-//! it counted, so a sender whose lease lapsed cannot overwrite a newer
-//! attempt. A sender that dies mid-send leaves the row to be claimed again
-//! when the lease ends: the mail may then go twice (at-least-once), never
-//! zero times. A temporary failure (the server unreachable, a 4xx answer, a
-//! time-out) is retried with exponential backoff, for up to a day; a
-//! permanent one (5xx) ends the row as failed.
+//! A sender claims a due row with a single conditional update that moves the
+//! row's `next_attempt_at` a lease ahead and counts the attempt (on
+//! PostgreSQL the row is picked with `FOR UPDATE SKIP LOCKED`, so instances
+//! never wait for, nor take, each other's rows), and sends it in a task of its
+//! own, up to [`PARALLEL`] at once. The task makes the mail (`mail::prepare`),
+//! sends it, and ends the row, fenced by the attempt it counted, so a sender
+//! whose lease lapsed cannot overwrite a newer attempt. A sender that dies
+//! mid-send leaves the row to be claimed again when the lease ends: the mail
+//! may then go twice (at-least-once), never zero times. A temporary failure
+//! (the server unreachable, a 4xx answer, a time-out, a 5xx about the server
+//! rather than the recipient) is retried with exponential backoff, for up to
+//! a day; a refused recipient ends the row as failed.
 
 use std::time::Duration;
 
@@ -149,9 +150,16 @@ async fn handle(svc: &Services, row: &mail_outbox::Model) -> AppResult<()> {
     finish(svc, row, end).await
 }
 
-/// Ends a row that is not to be sent: neither sent nor failed.
+/// Ends a row that is not to be sent. A reset asked for an address without
+/// an account (the rows without a user) keeps no trace of the address.
 async fn skip(svc: &Services, row: &mail_outbox::Model, why: &str) -> AppResult<()> {
-    mail_outbox::Entity::update_many()
+    let mut update = mail_outbox::Entity::update_many();
+    if row.user_id.is_none() {
+        update = update
+            .col_expr(mail_outbox::Column::Recipient, Expr::value(""))
+            .col_expr(mail_outbox::Column::RecipientKey, Expr::value(""));
+    }
+    update
         .col_expr(mail_outbox::Column::FailedAt, Expr::value(svc.clock.now()))
         .col_expr(mail_outbox::Column::NextAttemptAt, Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None))
         .col_expr(mail_outbox::Column::LastError, Expr::value(format!("not sent: {why}")))
@@ -162,29 +170,42 @@ async fn skip(svc: &Services, row: &mail_outbox::Model, why: &str) -> AppResult<
     Ok(())
 }
 
-/// Sends every due mail, one at a time. Returns how many rows it handled.
-/// Errors: the database (the rows stay due).
-pub async fn send_due(svc: &Services) -> AppResult<usize> {
-    let mut handled = 0;
-    while let Some(row) = claim(svc).await? {
-        handle(svc, &row).await?;
-        handled += 1;
-    }
-    Ok(handled)
-}
+/// How many mails one instance sends at once. Each is sent by a task of its
+/// own, so a slow answer to one mail (a reset for a registered address) does
+/// not delay the next one (the requester's own mail to an unknown address's
+/// neighbour): the time a mail takes to arrive tells nothing about another.
+pub const PARALLEL: usize = 8;
 
-/// Runs the sender until the process ends: sends what is due, then waits for
-/// a mail queued here or [`POLL`]. Failures are logged and retried.
+/// Runs the sender until the process ends: claims due mail while fewer than
+/// [`PARALLEL`] are in flight, each sent by a task of its own, then waits for
+/// a mail queued here, one in flight to end, or [`POLL`]. Failures are
+/// logged; the rows stay due.
 pub fn spawn_sender(svc: Services) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         svc.mail.report().await;
+        let mut in_flight = tokio::task::JoinSet::new();
         loop {
-            if let Err(e) = send_due(&svc).await {
-                tracing::warn!(error = %e.detail(), "mail outbox: database unavailable; will retry");
+            while in_flight.len() < PARALLEL {
+                match claim(&svc).await {
+                    Ok(Some(row)) => {
+                        let svc = svc.clone();
+                        in_flight.spawn(async move {
+                            if let Err(e) = handle(&svc, &row).await {
+                                tracing::warn!(mail_id = %row.id, error = %e.detail(), "mail outbox: the row stays due");
+                            }
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e.detail(), "mail outbox: database unavailable; will retry");
+                        break;
+                    }
+                }
             }
             tokio::select! {
                 () = svc.mail.queued.notified() => {}
                 () = tokio::time::sleep(POLL) => {}
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             }
         }
     })
@@ -195,6 +216,16 @@ mod tests {
     use super::*;
     use crate::{mail::Kind, service::testkit::TestKit};
 
+    /// A fresh database with one notice queued.
+    async fn kit_with_one_mail() -> TestKit {
+        let kit = TestKit::new().await;
+        let a = kit.register("a@example.com").await;
+        super::super::mail::enqueue(&kit.svc, &kit.svc.db, Kind::PasswordChanged, Some(a.user.id), &a.user.email, None)
+            .await
+            .unwrap();
+        kit
+    }
+
     async fn row(kit: &TestKit) -> mail_outbox::Model {
         mail_outbox::Entity::find().all(&kit.svc.db).await.unwrap().pop().unwrap()
     }
@@ -203,11 +234,7 @@ mod tests {
     /// row another sender claimed since: ends are fenced by the attempt.
     #[tokio::test]
     async fn a_lapsed_claim_cannot_end_the_newer_one() {
-        let kit = TestKit::new().await;
-        let a = kit.register("a@example.com").await;
-        super::super::mail::enqueue(&kit.svc, &kit.svc.db, Kind::PasswordChanged, Some(a.user.id), &a.user.email, None)
-            .await
-            .unwrap();
+        let kit = kit_with_one_mail().await;
         let first = claim(&kit.svc).await.unwrap().expect("due");
         assert_eq!(first.attempts, 1);
         assert!(claim(&kit.svc).await.unwrap().is_none(), "a claimed row is not due");
@@ -227,11 +254,7 @@ mod tests {
     /// the mail is given up.
     #[tokio::test]
     async fn failures_back_off_then_give_up() {
-        let kit = TestKit::new().await;
-        let a = kit.register("b@example.com").await;
-        super::super::mail::enqueue(&kit.svc, &kit.svc.db, Kind::PasswordChanged, Some(a.user.id), &a.user.email, None)
-            .await
-            .unwrap();
+        let kit = kit_with_one_mail().await;
         let claimed = claim(&kit.svc).await.unwrap().unwrap();
         finish(&kit.svc, &claimed, End::Retry("451 try later".into())).await.unwrap();
         assert!(claim(&kit.svc).await.unwrap().is_none(), "retried before its backoff");

@@ -227,6 +227,7 @@ pub async fn logout(
     for (session_id, user_id) in targets {
         if everywhere {
             tx.end_user_sessions(user_id, None).await?;
+            super::mail::void_pending_links(svc, tx.conn(), user_id).await?;
         } else {
             tx.end_session(session_id, None).await?;
         }

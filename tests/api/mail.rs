@@ -191,6 +191,9 @@ async fn unknown_addresses_are_indistinguishable() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(sink.to("unknown@example.com").is_empty(), "mail went to an address without an account");
     assert_eq!(sink.messages().len(), 1);
+    use sea_orm::EntityTrait;
+    let rows = entity::mail_outbox::Entity::find().all(&app.state().services.db).await.unwrap();
+    assert!(!format!("{rows:?}").contains("unknown@"), "the outbox keeps an address without an account: {rows:?}");
 
     // A malformed address is the one thing told apart, before any budget.
     let v = anonymous(&app, REQUEST_RESET, json!({ "e": "not an address" })).await;
@@ -282,7 +285,16 @@ async fn an_address_changes_only_once_the_new_one_confirms() {
     let (app, sink) = app_with_sink().await;
     let user = app.user("old@example.com").await;
     app.user("taken@example.com").await;
-    let reset_to_old = reset_mail(&app, &sink, "old@example.com", 1).await.token();
+    // An unconfirmed address is told nothing (it may be a stranger's, a typo):
+    // no notice, and the change is still asked for.
+    let v = user.gql(&app, CHANGE_EMAIL, json!({ "e": "first@example.org" })).await;
+    assert!(v["errors"].is_null(), "{v}");
+    sink.wait_for("first@example.org", 1).await;
+    assert_eq!(user.gql(&app, SEND_VERIFICATION, json!({})).await["data"]["sendVerificationEmail"], true);
+    let verify = sink.wait_for("old@example.com", 1).await.pop().unwrap();
+    assert_eq!(verify.subject(), "Confirm your email address", "no notice went to the unconfirmed address");
+    assert!(anonymous(&app, VERIFY, json!({ "t": verify.token() })).await["errors"].is_null());
+    let reset_to_old = reset_mail(&app, &sink, "old@example.com", 2).await.token();
 
     let v = user.gql(&app, CHANGE_EMAIL, json!({ "e": "taken@example.com" })).await;
     assert_eq!(reason(&v), "EMAIL_TAKEN", "{v}");
@@ -295,7 +307,7 @@ async fn an_address_changes_only_once_the_new_one_confirms() {
     let confirm = sink.wait_for("new@example.org", 1).await.pop().unwrap();
     assert_eq!(confirm.subject(), "Confirm your new email address");
     assert!(confirm.link().starts_with(&format!("{APP_URL}/confirm-email-change?token=")));
-    let notice = sink.wait_for("old@example.com", 2).await.pop().unwrap();
+    let notice = sink.wait_for("old@example.com", 3).await.pop().unwrap();
     assert_eq!(notice.subject(), "Your email address is being changed");
     assert!(notice.text().contains("new@example.org"), "{}", notice.text());
     assert!(crate::smtp::link_in(&notice.text()).is_none(), "the old address gets no usable link");
@@ -418,6 +430,12 @@ async fn without_smtp_mail_is_written_to_the_mail_folder() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(files.len(), 1, "{files:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&files[0]).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "a mail with a live link is readable by others");
+    }
     let mail = Delivered { to: vec![], data: std::fs::read(&files[0]).unwrap() };
     assert!(mail.link().starts_with("http://127.0.0.1:8000/reset-password?token="), "{}", mail.link());
     let v = anonymous(&app, RESET, json!({ "t": mail.token(), "p": NEW_PASSWORD })).await;
@@ -456,4 +474,129 @@ async fn address_changes_to_taken_addresses_spend_the_budget() {
     }
     let v = user.gql(&app, CHANGE_EMAIL, json!({ "e": "member2@example.com" })).await;
     assert_eq!(code(&v), "RATE_LIMITED", "{v}");
+}
+
+/// An attacker holding a session asks to move the account to their address;
+/// the owner recovers it (a reset, a password change, or logging out
+/// everywhere): the attacker's pending link is dead, mailed or not.
+#[tokio::test]
+async fn a_recovery_kills_the_attackers_pending_address_change() {
+    let (app, sink) = app_with_sink().await;
+    let recoveries = ["resetPassword", "changePassword", "logoutEverywhere"];
+    for (i, recovery) in recoveries.into_iter().enumerate() {
+        let owner = app.user(&format!("owner{i}@example.com")).await;
+        let attacker = owner.login(&app).await;
+        let theirs = format!("attacker{i}@evil.example");
+        let v = attacker.gql(&app, CHANGE_EMAIL, json!({ "e": theirs })).await;
+        assert!(v["errors"].is_null(), "{v}");
+        let link = sink.wait_for(&theirs, 1).await.pop().unwrap().token();
+
+        match recovery {
+            "resetPassword" => {
+                let token = reset_mail(&app, &sink, &owner.email, 1).await.token();
+                let v = anonymous(&app, RESET, json!({ "t": token, "p": NEW_PASSWORD })).await;
+                assert!(v["errors"].is_null(), "{v}");
+            }
+            "changePassword" => {
+                let v = owner.gql(&app, ops::CHANGE_PASSWORD, json!({ "c": PASSWORD, "n": NEW_PASSWORD })).await;
+                assert!(v["errors"].is_null(), "{v}");
+            }
+            _ => {
+                let v = owner.gql(&app, ops::LOGOUT_EVERYWHERE, json!({})).await;
+                assert!(v["errors"].is_null(), "{v}");
+            }
+        }
+        let v = anonymous(&app, CONFIRM_CHANGE, json!({ "t": link })).await;
+        assert_link_refused(&v, recovery);
+        let v = attacker.gql(&app, ops::ME_ID, json!({})).await;
+        assert_eq!(reason(&v), "TOKEN_REVOKED", "{recovery}: {v}");
+    }
+}
+
+/// The same, with the confirmation still queued when the owner recovers
+/// (the SMTP server is down): it is never sent.
+#[tokio::test]
+async fn a_recovery_ends_a_queued_address_change_unsent() {
+    let (app, mut sink) = app_with_sink().await;
+    let owner = app.user("queued@example.com").await;
+    let attacker = owner.login(&app).await;
+    sink.stop().await;
+    let v = attacker.gql(&app, CHANGE_EMAIL, json!({ "e": "thief@evil.example" })).await;
+    assert!(v["errors"].is_null(), "{v}");
+    wait_for_attempts(&app, 1, "").await;
+    let v = owner.gql(&app, ops::CHANGE_PASSWORD, json!({ "c": PASSWORD, "n": NEW_PASSWORD })).await;
+    assert!(v["errors"].is_null(), "{v}");
+    sink.restart().await;
+    app.clock.advance(Duration::from_secs(60));
+    // The password-changed notice goes; the attacker's link does not.
+    sink.wait_for("queued@example.com", 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(sink.to("thief@evil.example").is_empty(), "the voided confirmation was sent");
+}
+
+/// A 5xx about the server or the account with it (bad credentials, a quota)
+/// is retried, not given up; a 5xx refusing the recipient is final.
+#[tokio::test]
+async fn only_a_refused_recipient_is_final() {
+    let (app, sink) = app_with_sink().await;
+    app.user("kept@example.com").await;
+    app.user("gone@example.com").await;
+    sink.answer_mail(Some("535 5.7.8 authentication credentials invalid"));
+    anonymous(&app, REQUEST_RESET, json!({ "e": "kept@example.com" })).await;
+    wait_for_attempts(&app, 1, "535").await;
+    sink.answer_mail(None);
+    app.clock.advance(Duration::from_secs(6));
+    sink.wait_for("kept@example.com", 1).await;
+
+    sink.refuse_recipient("gone@example.com", "550 5.1.1 no such mailbox");
+    anonymous(&app, REQUEST_RESET, json!({ "e": "gone@example.com" })).await;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let db = &app.state().services.db;
+    for _ in 0..300 {
+        let rows = entity::mail_outbox::Entity::find()
+            .filter(entity::mail_outbox::Column::RecipientKey.eq("gone@example.com"))
+            .all(db)
+            .await
+            .unwrap();
+        if rows.iter().any(|r| r.failed_at.is_some()) {
+            assert!(rows[0].last_error.as_deref().unwrap().contains("550"), "{rows:?}");
+            assert!(rows[0].next_attempt_at.is_none(), "{rows:?}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the refused recipient's mail was not given up");
+}
+
+/// A slow delivery of one mail does not hold back the next: a reset for a
+/// registered address (which is sent) does not delay a mail asked for after
+/// it, so its arrival time tells nothing about the first address.
+#[tokio::test]
+async fn one_slow_mail_does_not_delay_the_next() {
+    let (app, sink) = app_with_sink().await;
+    app.user("target@example.com").await;
+    app.user("prober@example.com").await;
+    sink.slow_for("target@example.com", Duration::from_secs(3));
+    anonymous(&app, REQUEST_RESET, json!({ "e": "target@example.com" })).await;
+    anonymous(&app, REQUEST_RESET, json!({ "e": "prober@example.com" })).await;
+    sink.wait_for("prober@example.com", 1).await;
+    assert!(sink.to("target@example.com").is_empty(), "the prober's mail waited for the target's");
+    sink.wait_for("target@example.com", 1).await;
+}
+
+/// A spelling of the address that only a case change away is taken at once;
+/// one that another server could read as another mailbox (ß for ss) is
+/// confirmed first, like any new address.
+#[tokio::test]
+async fn a_spelling_that_may_be_another_mailbox_is_confirmed() {
+    let (app, sink) = app_with_sink().await;
+    let user = app.user("strasse@example.com").await;
+    let v = user.gql(&app, CHANGE_EMAIL, json!({ "e": "STRASSE@Example.com" })).await;
+    assert_eq!(v["data"]["updateProfile"]["email"], "STRASSE@Example.com", "{v}");
+    let v = user.gql(&app, CHANGE_EMAIL, json!({ "e": "straße@example.com" })).await;
+    assert_eq!(v["data"]["updateProfile"]["email"], "STRASSE@Example.com", "not at once: {v}");
+    let confirm = sink.wait_for("straße@example.com", 1).await.pop().unwrap();
+    assert!(anonymous(&app, CONFIRM_CHANGE, json!({ "t": confirm.token() })).await["errors"].is_null());
+    let me = user.gql(&app, ME_VERIFIED, json!({})).await;
+    assert_eq!(me["data"]["me"]["email"], "straße@example.com", "{me}");
 }

@@ -1,17 +1,17 @@
 //! An SMTP server for tests, on 127.0.0.1, speaking enough of RFC 5321 for
-//! lettre: it keeps every message it accepts, can answer `451` (a temporary
-//! failure) while told to, and can be stopped and started again on the same
+//! lettre: it keeps every message it accepts; on demand it answers `MAIL`
+//! with a refusal (`451` a temporary failure, `535` bad credentials), answers
+//! `RCPT` for one address with a refusal (`550`), or takes its time over one
+//! address's message; and it can be stopped and started again on the same
 //! port (the server "down", then "back"). Written here rather than taken from
 //! a crate: the tests need those faults on demand, and the one maintained
 //! in-process sink (mailin-embedded) can neither stop nor build without a
 //! second TLS stack.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -72,10 +72,21 @@ pub fn link_in(text: &str) -> Option<String> {
     link.contains("?token=").then_some(link)
 }
 
+/// What the sink is told to do besides accepting.
+#[derive(Default)]
+struct Faults {
+    /// The answer to every `MAIL`, instead of 250.
+    mail: Option<String>,
+    /// The answer to `RCPT` for an address, instead of 250.
+    rcpt: HashMap<String, String>,
+    /// How long to wait before accepting a message to an address.
+    slow: HashMap<String, Duration>,
+}
+
 pub struct SmtpSink {
     pub addr: SocketAddr,
     messages: Arc<Mutex<Vec<Delivered>>>,
-    refusing: Arc<AtomicBool>,
+    faults: Arc<Mutex<Faults>>,
     tasks: Option<JoinSet<()>>,
 }
 
@@ -87,7 +98,7 @@ impl SmtpSink {
 
     /// Starts on `addr` (a port a stopped sink had: the server "back").
     pub async fn start_on(addr: SocketAddr) -> Self {
-        let mut sink = Self { addr, messages: Arc::default(), refusing: Arc::default(), tasks: None };
+        let mut sink = Self { addr, messages: Arc::default(), faults: Arc::default(), tasks: None };
         sink.listen().await;
         sink
     }
@@ -96,11 +107,11 @@ impl SmtpSink {
         let listener = TcpListener::bind(self.addr).await.expect("bind the SMTP sink");
         self.addr = listener.local_addr().unwrap();
         let mut tasks = JoinSet::new();
-        let (messages, refusing) = (self.messages.clone(), self.refusing.clone());
+        let (messages, faults) = (self.messages.clone(), self.faults.clone());
         tasks.spawn(async move {
             let mut sessions = JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
-                sessions.spawn(session(stream, messages.clone(), refusing.clone()));
+                sessions.spawn(session(stream, messages.clone(), faults.clone()));
             }
         });
         self.tasks = Some(tasks);
@@ -113,7 +124,22 @@ impl SmtpSink {
 
     /// While `on`, every message is answered `451` (try again later).
     pub fn refuse_temporarily(&self, on: bool) {
-        self.refusing.store(on, Ordering::SeqCst);
+        self.answer_mail(on.then_some("451 4.3.0 try again later"));
+    }
+
+    /// Answers every `MAIL` with `reply` (a code and text), or 250 with `None`.
+    pub fn answer_mail(&self, reply: Option<&str>) {
+        self.faults.lock().unwrap().mail = reply.map(|r| format!("{r}\r\n"));
+    }
+
+    /// Answers `RCPT` for `to` with `reply`.
+    pub fn refuse_recipient(&self, to: &str, reply: &str) {
+        self.faults.lock().unwrap().rcpt.insert(to.to_ascii_lowercase(), format!("{reply}\r\n"));
+    }
+
+    /// Takes `wait` before accepting a message to `to`.
+    pub fn slow_for(&self, to: &str, wait: Duration) {
+        self.faults.lock().unwrap().slow.insert(to.to_ascii_lowercase(), wait);
     }
 
     /// Closes the port and every open connection.
@@ -155,7 +181,7 @@ impl SmtpSink {
 }
 
 /// One SMTP conversation.
-async fn session(stream: TcpStream, messages: Arc<Mutex<Vec<Delivered>>>, refusing: Arc<AtomicBool>) {
+async fn session(stream: TcpStream, messages: Arc<Mutex<Vec<Delivered>>>, faults: Arc<Mutex<Faults>>) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     let reply = async |w: &mut tokio::net::tcp::OwnedWriteHalf, text: &str| w.write_all(text.as_bytes()).await;
@@ -177,15 +203,20 @@ async fn session(stream: TcpStream, messages: Arc<Mutex<Vec<Delivered>>>, refusi
                 to.clear();
                 "250 OK\r\n".to_owned()
             }
-            "MAIL" if refusing.load(Ordering::SeqCst) => "451 4.3.0 try again later\r\n".to_owned(),
             "MAIL" => {
                 to.clear();
-                "250 OK\r\n".to_owned()
+                faults.lock().unwrap().mail.clone().unwrap_or_else(|| "250 OK\r\n".to_owned())
             }
             "RCPT" => {
                 let addr = line.split_once(':').map(|(_, a)| a).unwrap_or_default();
-                to.push(addr.trim().trim_start_matches('<').split('>').next().unwrap_or_default().to_owned());
-                "250 OK\r\n".to_owned()
+                let addr = addr.trim().trim_start_matches('<').split('>').next().unwrap_or_default().to_owned();
+                match faults.lock().unwrap().rcpt.get(&addr.to_ascii_lowercase()) {
+                    Some(reply) => reply.clone(),
+                    None => {
+                        to.push(addr);
+                        "250 OK\r\n".to_owned()
+                    }
+                }
             }
             "DATA" => {
                 if reply(&mut write, "354 go ahead\r\n").await.is_err() {
@@ -202,6 +233,11 @@ async fn session(stream: TcpStream, messages: Arc<Mutex<Vec<Delivered>>>, refusi
                     }
                     // Dot-unstuffing (RFC 5321 section 4.5.2).
                     data.extend_from_slice(if raw.starts_with(b"..") { &raw[1..] } else { &raw });
+                }
+                let wait =
+                    to.iter().filter_map(|t| faults.lock().unwrap().slow.get(&t.to_ascii_lowercase()).copied()).max();
+                if let Some(wait) = wait {
+                    tokio::time::sleep(wait).await;
                 }
                 messages.lock().unwrap().push(Delivered { to: std::mem::take(&mut to), data });
                 "250 OK queued\r\n".to_owned()
