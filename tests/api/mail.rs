@@ -369,12 +369,12 @@ async fn mail_waits_out_an_smtp_outage_and_arrives_once() {
     sink.stop().await;
     let v = anonymous(&app, REQUEST_RESET, json!({ "e": "outage@example.com" })).await;
     assert!(v["errors"].is_null(), "a request does not wait for SMTP: {v}");
-    wait_for_attempts(&app, 1, "").await;
+    wait_for_attempts(&app.state().services.db, 1, "").await;
 
     sink.refuse_temporarily(true);
     sink.restart().await;
     app.clock.advance(Duration::from_secs(6));
-    wait_for_attempts(&app, 2, "451").await;
+    wait_for_attempts(&app.state().services.db, 2, "451").await;
     assert!(sink.messages().is_empty());
 
     sink.refuse_temporarily(false);
@@ -395,7 +395,7 @@ async fn mail_queued_before_a_restart_is_sent_after_it() {
     sink.stop().await;
     let v = anonymous(&app, REQUEST_RESET, json!({ "e": "restart@example.com" })).await;
     assert!(v["errors"].is_null(), "{v}");
-    wait_for_attempts(&app, 1, "").await;
+    wait_for_attempts(&app.state().services.db, 1, "").await;
     app.stop().await;
 
     sink.restart().await;
@@ -444,9 +444,8 @@ async fn without_smtp_mail_is_written_to_the_mail_folder() {
 
 /// Waits until every queued mail was tried `n` times, the last failing with
 /// an error that says `error`.
-async fn wait_for_attempts(app: &TestApp, n: i32, error: &str) {
+async fn wait_for_attempts(db: &sea_orm::DatabaseConnection, n: i32, error: &str) {
     use sea_orm::EntityTrait;
-    let db = &app.state().services.db;
     for _ in 0..300 {
         let rows = entity::mail_outbox::Entity::find().all(db).await.unwrap();
         if !rows.is_empty()
@@ -523,7 +522,7 @@ async fn a_recovery_ends_a_queued_address_change_unsent() {
     sink.stop().await;
     let v = attacker.gql(&app, CHANGE_EMAIL, json!({ "e": "thief@evil.example" })).await;
     assert!(v["errors"].is_null(), "{v}");
-    wait_for_attempts(&app, 1, "").await;
+    wait_for_attempts(&app.state().services.db, 1, "").await;
     let v = owner.gql(&app, ops::CHANGE_PASSWORD, json!({ "c": PASSWORD, "n": NEW_PASSWORD })).await;
     assert!(v["errors"].is_null(), "{v}");
     sink.restart().await;
@@ -543,7 +542,7 @@ async fn only_a_refused_recipient_is_final() {
     app.user("gone@example.com").await;
     sink.answer_mail(Some("535 5.7.8 authentication credentials invalid"));
     anonymous(&app, REQUEST_RESET, json!({ "e": "kept@example.com" })).await;
-    wait_for_attempts(&app, 1, "535").await;
+    wait_for_attempts(&app.state().services.db, 1, "535").await;
     sink.answer_mail(None);
     app.clock.advance(Duration::from_secs(6));
     sink.wait_for("kept@example.com", 1).await;
@@ -599,4 +598,40 @@ async fn a_spelling_that_may_be_another_mailbox_is_confirmed() {
     assert!(anonymous(&app, CONFIRM_CHANGE, json!({ "t": confirm.token() })).await["errors"].is_null());
     let me = user.gql(&app, ME_VERIFIED, json!({})).await;
     assert_eq!(me["data"]["me"]["email"], "straße@example.com", "{me}");
+}
+
+/// The server is killed (SIGKILL: nothing drained or flushed) with a mail it
+/// could not send yet; started again, with the SMTP server back, it sends it,
+/// once.
+#[tokio::test]
+async fn mail_queued_when_the_server_is_killed_is_sent_after_a_restart() {
+    let database = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = SmtpSink::start().await;
+    sink.stop().await;
+    let smtp = sink.url();
+    let mail_dir = dir.path().join("mail").display().to_string();
+    let env = [("SMTP_URL", smtp.as_str()), ("APP_URL", APP_URL), ("MAIL_DIR", mail_dir.as_str())];
+    let server = start_process(database.url(), dir.path(), &env);
+    let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
+    let email = "killed@example.com";
+    let v =
+        gql_vars_at(addr, None, ops::REGISTER_TOKENS, json!({ "i": { "email": email, "password": PASSWORD } })).await;
+    assert!(v["errors"].is_null(), "{v}");
+    let v = gql_vars_at(addr, None, REQUEST_RESET, json!({ "e": email })).await;
+    assert!(v["errors"].is_null(), "{v}");
+    let db = sea_orm::Database::connect(database.url()).await.unwrap();
+    wait_for_attempts(&db, 1, "").await;
+    server.kill();
+
+    sink.restart().await;
+    let again = start_process(database.url(), dir.path(), &env);
+    let addr: std::net::SocketAddr = again.base.trim_start_matches("http://").parse().unwrap();
+    let mail = sink.wait_for(email, 1).await.pop().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sink.messages().len(), 1, "sent once");
+    let v = gql_vars_at(addr, None, RESET, json!({ "t": mail.token(), "p": NEW_PASSWORD })).await;
+    assert!(v["errors"].is_null(), "{v}");
+    db.close().await.unwrap();
+    again.stop();
 }
