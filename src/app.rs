@@ -47,9 +47,13 @@ pub enum StartError {
 
 /// Connects, migrates, loads the keys and the live sessions, and builds the schema.
 pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
-    let conn = db::connect(&config.database_url, config.database_timeout, config.database_max_connections)
+    let mut conn = db::connect(&config.database_url, config.database_timeout, config.database_max_connections)
         .await
         .map_err(|e| StartError::Database(e.to_string()))?;
+    if config.metrics_addr.is_some() {
+        crate::metrics::install().map_err(StartError::Other)?;
+        conn.set_metric_callback(|info| crate::metrics::db_statement(info.elapsed, info.failed));
+    }
     db::migrate(&conn).await.map_err(|e| StartError::Migration(e.to_string()))?;
     let readiness =
         db::Readiness::open(&config.database_url, &conn).await.map_err(|e| StartError::Database(e.to_string()))?;
@@ -112,6 +116,8 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
 /// A server running in the background (tests, benchmarks).
 pub struct RunningApp {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served (`METRICS_ADDR`, with its port if it was 0).
+    pub metrics_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: JoinHandle<io::Result<()>>,
@@ -133,11 +139,11 @@ pub async fn spawn(config: &Config) -> Result<RunningApp, StartError> {
     let lock = lock_sqlite_file(config)?;
     let state = build(config).await?;
     let (tx, rx) = oneshot::channel::<()>();
-    let (addr, handle) = bind_and_serve(config, state.clone(), lock, async {
+    let Bound { addr, metrics_addr, handle } = bind_and_serve(config, state.clone(), lock, async {
         let _ = rx.await;
     })
     .await?;
-    Ok(RunningApp { addr, state, shutdown: Some(tx), handle })
+    Ok(RunningApp { addr, metrics_addr, state, shutdown: Some(tx), handle })
 }
 
 /// Takes an exclusive lock (`flock`) on `<database file>.lock` for as long as
@@ -173,17 +179,40 @@ fn lock_sqlite_file(config: &Config) -> Result<Option<std::fs::File>, StartError
     }
 }
 
+/// The bound addresses of a server and the task that serves them.
+struct Bound {
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    handle: JoinHandle<io::Result<()>>,
+}
+
+/// Binds `addr` (port 0 picks one). Returns the acceptor and the bound address.
+async fn bind(addr: SocketAddr) -> Result<(TcpAcceptor, SocketAddr), StartError> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+    let bound = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+    let acceptor = TcpAcceptor::from_tokio(listener).map_err(|source| StartError::Bind { addr: bound, source })?;
+    Ok((acceptor, bound))
+}
+
 async fn bind_and_serve(
     config: &Config,
     state: Arc<AppState>,
     lock: Option<std::fs::File>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(SocketAddr, JoinHandle<io::Result<()>>), StartError> {
-    let listener = tokio::net::TcpListener::bind(config.listen_addr)
-        .await
-        .map_err(|source| StartError::Bind { addr: config.listen_addr, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen_addr, source })?;
-    let acceptor = TcpAcceptor::from_tokio(listener).map_err(|source| StartError::Bind { addr, source })?;
+) -> Result<Bound, StartError> {
+    let (acceptor, addr) = bind(config.listen_addr).await?;
+    // The metrics listener, apart from the public one.
+    let metrics = match config.metrics_addr {
+        Some(at) => {
+            let handle = crate::metrics::install().map_err(StartError::Other)?;
+            let (acceptor, bound) = bind(at).await?;
+            let routes = http::metrics::routes(state.clone(), handle);
+            tracing::info!(addr = %bound, "metrics served on http://{bound}/metrics");
+            Some((bound, tokio::spawn(async move { Server::new_with_acceptor(acceptor).run(routes).await })))
+        }
+        None => None,
+    };
+    let metrics_addr = metrics.as_ref().map(|(bound, _)| *bound);
     let purger = sessions::spawn_purger(state.services.clone(), config.cleanup_interval);
     let follower = state.feed_from.map(|from| store::follow(&state.services, &config.database_url, from));
     let key_refresher = state
@@ -214,6 +243,9 @@ async fn bind_and_serve(
         purger.abort();
         minutely.abort();
         mail_sender.abort();
+        if let Some((_, server)) = metrics {
+            server.abort();
+        }
         if let Some(follower) = follower {
             follower.abort();
         }
@@ -228,14 +260,14 @@ async fn bind_and_serve(
         drop(lock);
         result
     });
-    Ok((addr, handle))
+    Ok(Bound { addr, metrics_addr, handle })
 }
 
 /// `authgraph serve`: runs until SIGTERM or Ctrl-C, then drains in-flight requests.
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let lock = lock_sqlite_file(&config)?;
     let state = build(&config).await?;
-    let (addr, handle) = bind_and_serve(&config, state, lock, shutdown_signal()).await?;
+    let Bound { addr, handle, .. } = bind_and_serve(&config, state, lock, shutdown_signal()).await?;
     tracing::info!(%addr, graphiql = config.graphiql, "authgraph listening on http://{addr}/graphql");
     handle.await.map_err(|e| StartError::Other(e.to_string()))?.map_err(|e| StartError::Other(e.to_string()))?;
     tracing::info!("shut down cleanly");

@@ -263,6 +263,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MAIL_TEMPLATES_DIR")]
     pub mail_templates_dir: Option<PathBuf>,
 
+    /// Serve Prometheus metrics (GET /metrics) on this address, apart from the
+    /// public routes (e.g. 127.0.0.1:9100); unset: no metrics
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// How often expired and long-revoked sessions are purged
     #[arg(long, env = "CLEANUP_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub cleanup_interval: Duration,
@@ -457,6 +462,8 @@ pub struct Config {
     pub query_alias_limit: usize,
     pub rate_limits: RateLimitConfig,
     pub mail: MailConfig,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
     pub cleanup_interval: Duration,
     /// Live sessions (and profiles) cached per instance.
     pub session_cache_capacity: usize,
@@ -645,6 +652,7 @@ impl Config {
                 mail_per_recipient: args.rate_limit_mail_per_recipient,
             },
             mail,
+            metrics_addr: args.metrics_addr,
             cleanup_interval,
             session_cache_capacity: args.session_cache_capacity,
             clock: Clock::system(),

@@ -14,5 +14,6 @@ pub mod error;
 pub mod graphql;
 pub mod http;
 pub mod mail;
+pub mod metrics;
 pub mod service;
 pub mod telemetry;

@@ -150,7 +150,9 @@ impl PasswordHasher {
     ) -> Result<oneshot::Receiver<T>, AppError> {
         let (tx, rx) = oneshot::channel();
         let abandoned = self.inner.abandoned.clone();
+        let queued_at = std::time::Instant::now();
         let job: Job = Box::new(move |memory| {
+            crate::metrics::password_queue(false, Some(queued_at.elapsed()));
             if tx.is_closed() {
                 // Nobody waits for this answer any more: do not spend a hash on it.
                 abandoned.fetch_add(1, Ordering::Relaxed);
@@ -158,7 +160,12 @@ impl PasswordHasher {
             }
             let _ = tx.send(f(memory));
         });
-        match self.inner.queue.try_send(job) {
+        crate::metrics::password_queue(true, None);
+        let sent = self.inner.queue.try_send(job);
+        if sent.is_err() {
+            crate::metrics::password_queue(false, None);
+        }
+        match sent {
             Ok(()) => Ok(rx),
             Err(mpsc::TrySendError::Full(_)) => {
                 tracing::warn!("password hashing queue full; refusing a password check");

@@ -16,7 +16,9 @@
 //! to the counts kept with the document.
 //!
 //! And it spends each root field's rate-limit budget, as `budget::BUDGETS`
-//! declares it, right before the field's resolver runs.
+//! declares it, right before the field's resolver runs, and counts the field
+//! in the metrics (`authgraph_graphql_operations_total`) with its outcome and
+//! time.
 
 use std::sync::{Arc, Mutex, atomic::Ordering};
 
@@ -125,6 +127,27 @@ impl RequestGuardExtension {
     }
 }
 
+/// A root field's outcome as a metric label: `OK`, or the error's reason, or
+/// its code when it has none (the catalogue's static names only).
+fn outcome<T>(result: &ServerResult<T>) -> &'static str {
+    let Err(err) = result else { return "OK" };
+    let ext = |name: &str| match err.extensions.as_ref().and_then(|e| e.get(name)) {
+        Some(async_graphql::Value::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    if let Some(reason) = ext("reason").and_then(|r| Reason::ALL.iter().find(|x| x.as_str() == r)) {
+        return reason.as_str();
+    }
+    match ext("code").as_deref() {
+        Some("FORBIDDEN") => "FORBIDDEN",
+        Some("BAD_USER_INPUT") => "BAD_USER_INPUT",
+        Some("RATE_LIMITED") => "RATE_LIMITED",
+        Some("SERVICE_UNAVAILABLE") => "SERVICE_UNAVAILABLE",
+        Some("UNAUTHENTICATED") => "UNAUTHENTICATED",
+        _ => "INTERNAL_SERVER_ERROR",
+    }
+}
+
 fn count(set: &SelectionSet, counts: &mut Counts) {
     for item in &set.items {
         match &item.node {
@@ -188,12 +211,26 @@ impl Extension for RequestGuardExtension {
         info: ResolveInfo<'_>,
         next: NextResolve<'_>,
     ) -> ServerResult<Option<async_graphql::Value>> {
+        // Root fields of the schema, by their static name (a client's alias or
+        // operation name never becomes a label).
+        let root = (info.path_node.parent.is_none() && !info.is_for_introspection)
+            .then(|| budget::BUDGETS.iter().find(|(name, _)| *name == info.name).map(|(name, _)| *name))
+            .flatten();
+        let started = std::time::Instant::now();
+        let mut result = Ok(());
         if info.path_node.parent.is_none()
             && let (Some(services), Some(req)) = (ctx.data_opt::<Services>(), ctx.data_opt::<SharedRequestCtx>())
         {
-            budget::spend(&info, services, req.ip_key).await?;
+            result = budget::spend(&info, services, req.ip_key).await;
         }
-        next.run(ctx, info).await
+        let result = match result {
+            Ok(()) => next.run(ctx, info).await,
+            Err(e) => Err(e),
+        };
+        if let Some(field) = root {
+            crate::metrics::operation(field, outcome(&result), started.elapsed());
+        }
+        result
     }
 
     async fn prepare_request(

@@ -7,6 +7,7 @@ mod graphiql;
 mod graphql;
 mod health;
 pub mod log;
+pub mod metrics;
 pub mod site;
 mod well_known;
 

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod api_keys;
+pub mod gauges;
 pub mod limits;
 pub mod mail;
 pub mod outbox;

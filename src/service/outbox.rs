@@ -83,6 +83,12 @@ async fn finish(svc: &Services, row: &mail_outbox::Model, end: End) -> AppResult
         .filter(mail_outbox::Column::Id.eq(row.id))
         .filter(mail_outbox::Column::Attempts.eq(row.attempts));
     let give_up = now - row.created_at > ChronoDuration::from_std(GIVE_UP_AFTER).unwrap_or_default();
+    let outcome = match &end {
+        End::Sent => "sent",
+        End::Retry(_) if !give_up => "retried",
+        End::Retry(_) | End::Failed(_) => "failed",
+    };
+    crate::metrics::mail(&row.kind, outcome);
     let update = match end {
         End::Sent => {
             tracing::info!(mail_id = %row.id, kind = %row.kind, attempts = row.attempts, "mail sent");
@@ -132,6 +138,7 @@ async fn handle(svc: &Services, row: &mail_outbox::Model) -> AppResult<()> {
         Err(e) => End::Retry(e.detail()),
         Ok(Prepared::Skip(why)) => {
             tracing::info!(mail_id = %row.id, kind = %row.kind, reason = why, "mail not sent");
+            crate::metrics::mail(&row.kind, "skipped");
             return skip(svc, row, why).await;
         }
         Ok(Prepared::Send { to, to_key, mail }) => {

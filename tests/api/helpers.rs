@@ -184,6 +184,11 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// `http://…/metrics` on the metrics listener, when `METRICS_ADDR` was set.
+    pub fn metrics_url(&self) -> Option<String> {
+        self.running.as_ref().and_then(|r| r.metrics_addr).map(|a| format!("http://{a}/metrics"))
+    }
+
     pub fn state(&self) -> &authgraph::http::AppState {
         &self.running.as_ref().expect("running").state
     }

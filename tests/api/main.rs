@@ -18,6 +18,7 @@ mod http;
 mod instances;
 mod logging;
 mod mail;
+mod metrics;
 mod resilience;
 mod sessions;
 mod signing_keys;

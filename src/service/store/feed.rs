@@ -126,7 +126,7 @@ pub(super) async fn catch_up(svc: &Services, last: &mut i64) -> AppResult<usize>
             .db
             .query_all_raw(Statement::from_sql_and_values(
                 pg,
-                "SELECT id, payload, (SELECT MIN(id) FROM session_changes) AS first \
+                "SELECT id, payload, created_at, (SELECT MIN(id) FROM session_changes) AS first \
                  FROM session_changes WHERE id > $1 ORDER BY id LIMIT $2",
                 [(*last).into(), PAGE.into()],
             ))
@@ -154,6 +154,10 @@ pub(super) async fn catch_up(svc: &Services, last: &mut i64) -> AppResult<usize>
                 Ok(changes) => {
                     for change in changes {
                         apply(svc, change);
+                    }
+                    // Wall clocks of two instances: their skew is in it too.
+                    if let Ok(at) = row.try_get::<chrono::DateTime<Utc>>("", "created_at") {
+                        crate::metrics::feed_lag((Utc::now() - at).to_std().unwrap_or_default());
                     }
                 }
                 Err(e) => tracing::error!(id, error = %e, "unreadable row in the change log; skipped"),

@@ -224,6 +224,11 @@ impl SessionRegistry {
         before.saturating_sub(self.sessions.len())
     }
 
+    /// How many sessions are cached (the metrics).
+    pub fn sessions_cached(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// How many sessions and profiles are cached (tests).
     #[cfg(test)]
     pub fn cached(&self) -> (usize, usize) {
