@@ -201,6 +201,12 @@ async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Respon
         ip_key: IpKey::from(ip),
         credential_fields: AtomicUsize::new(0),
     });
+    // The request's line in the log (`http::log`) carries these too.
+    let request_span = tracing::Span::current();
+    request_span.record("request_id", request_id.as_str());
+    if let Some(names) = operation_names(&batch) {
+        request_span.record("operation", names.as_str());
+    }
     let span = tracing::info_span!("graphql", request_id = %request_id, user_id = tracing::field::Empty);
     if let Some(user) = ctx.principal.user() {
         span.record("user_id", tracing::field::display(user.user_id));
@@ -221,6 +227,7 @@ async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Respon
         BatchResponse::Single(r) => finish_errors(r, &request_id),
         BatchResponse::Batch(list) => list.iter_mut().for_each(|r| finish_errors(r, &request_id)),
     }
+    request_span.record("outcome", outcome(&response));
     let request_error = matches!(&response, BatchResponse::Single(r) if is_request_error(r));
     let graphql_response_json = prefers_graphql_response_json(headers);
     // GraphQL over HTTP: in its own media type, a request error has no `data`
@@ -255,6 +262,32 @@ async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Respon
         }
     }
     http
+}
+
+/// The operation names a request sent, comma-separated, for the log: each cut
+/// to 64 characters of letters, digits and `_` (what GraphQL names are made
+/// of), so a client cannot write anything else into the log. `None` when it
+/// named none.
+fn operation_names(batch: &BatchRequest) -> Option<String> {
+    let clean =
+        |name: &str| name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect::<String>();
+    let names: Vec<String> =
+        batch.iter().filter_map(|r| r.operation_name.as_deref()).map(clean).filter(|n| !n.is_empty()).collect();
+    (!names.is_empty()).then(|| names.join(","))
+}
+
+/// `OK`, or the reason (else the code) of the first error of the response.
+fn outcome(response: &BatchResponse) -> String {
+    let first = match response {
+        BatchResponse::Single(r) => r.errors.first(),
+        BatchResponse::Batch(list) => list.iter().flat_map(|r| r.errors.iter()).next(),
+    };
+    let Some(err) = first else { return "OK".to_owned() };
+    let ext = |name: &str| match err.extensions.as_ref().and_then(|e| e.get(name)) {
+        Some(async_graphql::Value::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    ext("reason").or_else(|| ext("code")).unwrap_or_else(|| "ERROR".to_owned())
 }
 
 /// The JSON body with the `data` entry left out of every response that is a

@@ -4,7 +4,10 @@
 //! The line names the method, the path without its query string (a GET
 //! `/graphql` carries its variables there, tokens included), the status, the
 //! duration and the client's address as the GraphQL handler resolves it: the
-//! socket peer, or `X-Forwarded-For` only from `TRUSTED_PROXIES`.
+//! socket peer, or `X-Forwarded-For` only from `TRUSTED_PROXIES`. A GraphQL
+//! request adds its `request_id` (the `requestId` of its internal errors), its
+//! `operation` (the operation names it sent, letters, digits and `_` only)
+//! and its `outcome` (`OK`, or the first error's reason or code).
 
 use std::{net::IpAddr, time::Instant};
 
@@ -60,6 +63,9 @@ impl<E: Endpoint> Endpoint for RequestLogEndpoint<E> {
             method = %req.method(),
             path = %logged_path(req.original_uri().path()),
             client_ip = field::Empty,
+            request_id = field::Empty,
+            operation = field::Empty,
+            outcome = field::Empty,
         );
         if let Some(ip) = request_client_ip(&req, &self.trusted_proxies) {
             span.record("client_ip", field::display(ip));

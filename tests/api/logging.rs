@@ -7,6 +7,7 @@ use serde_json::json;
 use crate::helpers::*;
 
 const TOKEN_INFO: &str = "query($t: String!) { tokenInfo(accessToken: $t) { active } }";
+const TOKEN_INFO_NAMED: &str = "query Check($t: String!) { tokenInfo(accessToken: $t) { active } }";
 
 fn marker(what: &str) -> String {
     format!("{what}{}", uuid::Uuid::new_v4().simple())
@@ -55,6 +56,9 @@ async fn request_log_holds_the_path_never_the_query_string() {
         for field in ["method=GET", "path=/graphql", "client_ip=127.0.0.1", "duration_ms="] {
             assert!(line.contains(field), "{field} missing from {line}");
         }
+        if status == 200 {
+            assert!(line.contains("request_id=") && line.contains("outcome="), "{line}");
+        }
         assert!(!line.contains('?'), "{line}");
     }
 }
@@ -101,11 +105,16 @@ async fn json_logs_are_one_object_per_line() {
     let token = marker("JSONMARK");
     let r = reqwest::Client::new()
         .get(format!("{}/graphql", server.base))
-        .query(&[("query", TOKEN_INFO), ("variables", &json!({ "t": token }).to_string())])
+        .query(&[
+            ("query", TOKEN_INFO_NAMED),
+            ("operationName", "Check\nforged=line"),
+            ("variables", &json!({ "t": token }).to_string()),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let answer: serde_json::Value = r.json().await.unwrap();
     let log = server.stop_bytes();
     let text = String::from_utf8_lossy(&log);
     assert!(!text.contains(&token), "{text}");
@@ -133,6 +142,13 @@ async fn json_logs_are_one_object_per_line() {
     assert!(request["fields"]["duration_ms"].is_number(), "{request}");
     assert_eq!(request["span"]["method"], "GET", "{request}");
     assert_eq!(request["span"]["client_ip"], "127.0.0.1", "{request}");
+    // The GraphQL request's id, operation (only a name's characters) and outcome.
+    let id = request["span"]["request_id"].as_str().unwrap_or_else(|| panic!("no request_id: {request}"));
+    assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{request}");
+    assert_eq!(request["span"]["operation"], "Checkforgedline", "{request}");
+    let reason =
+        answer["errors"][0]["extensions"]["reason"].as_str().or(answer["errors"][0]["extensions"]["code"].as_str());
+    assert_eq!(request["span"]["outcome"].as_str(), reason.or(Some("OK")), "{request} {answer}");
 }
 
 #[tokio::test]
