@@ -81,6 +81,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         limits: Arc::new(RateLimits::new(&config.rate_limits, config.clock.clone())),
         api_key_usage: Arc::default(),
         mail: Arc::new(mailer),
+        events: Arc::new(crate::service::events::EventLog::new(config.security_event_retention)),
         policy: SessionPolicy {
             refresh_ttl: config.refresh_token_ttl,
             reuse_grace: config.refresh_reuse_grace,
@@ -229,6 +230,9 @@ async fn bind_and_serve(
         loop {
             tick.tick().await;
             services.limits.forget_idle();
+            if let Err(e) = crate::service::events::flush_refusals(&services).await {
+                tracing::warn!(error = %e.detail(), "writing the rate-limit refusal tally failed; those counts are lost");
+            }
             if let Err(e) = api_keys::flush_usage(&services).await {
                 tracing::warn!(error = %e, "writing API key last-use times failed; will retry");
             }

@@ -263,6 +263,10 @@ pub struct ServeArgs {
     #[arg(long, env = "MAIL_TEMPLATES_DIR")]
     pub mail_templates_dir: Option<PathBuf>,
 
+    /// How long security events (me.securityEvents, auditEvents) are kept
+    #[arg(long, env = "SECURITY_EVENT_RETENTION", default_value = "90d", value_parser = parse_duration)]
+    pub security_event_retention: Duration,
+
     /// Serve Prometheus metrics (GET /metrics) on this address, apart from the
     /// public routes (e.g. 127.0.0.1:9100); unset: no metrics
     #[arg(long, env = "METRICS_ADDR")]
@@ -464,6 +468,8 @@ pub struct Config {
     pub mail: MailConfig,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// How long security events are kept.
+    pub security_event_retention: Duration,
     pub cleanup_interval: Duration,
     /// Live sessions (and profiles) cached per instance.
     pub session_cache_capacity: usize,
@@ -653,6 +659,7 @@ impl Config {
             },
             mail,
             metrics_addr: args.metrics_addr,
+            security_event_retention: positive("SECURITY_EVENT_RETENTION", args.security_event_retention)?,
             cleanup_interval,
             session_cache_capacity: args.session_cache_capacity,
             clock: Clock::system(),

@@ -153,11 +153,17 @@ pub enum ApiScope {
     UsersWrite,
     SessionsRevoke,
     TokensIntrospect,
+    AuditRead,
 }
 
 impl ApiScope {
-    pub const ALL: [ApiScope; 4] =
-        [ApiScope::UsersRead, ApiScope::UsersWrite, ApiScope::SessionsRevoke, ApiScope::TokensIntrospect];
+    pub const ALL: [ApiScope; 5] = [
+        ApiScope::UsersRead,
+        ApiScope::UsersWrite,
+        ApiScope::SessionsRevoke,
+        ApiScope::TokensIntrospect,
+        ApiScope::AuditRead,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -165,6 +171,7 @@ impl ApiScope {
             ApiScope::UsersWrite => "USERS_WRITE",
             ApiScope::SessionsRevoke => "SESSIONS_REVOKE",
             ApiScope::TokensIntrospect => "TOKENS_INTROSPECT",
+            ApiScope::AuditRead => "AUDIT_READ",
         }
     }
 

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod mail_outbox;
 pub mod mail_token;
 pub mod refresh_token;
+pub mod security_event;
 pub mod session;
 pub mod signing_key;
 pub mod user;

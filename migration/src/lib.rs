@@ -14,6 +14,7 @@ mod m20261129_000008_session_changes;
 mod m20261129_000009_rate_limit_counters;
 mod m20261129_000010_signing_keys;
 mod m20261129_000011_mail;
+mod m20261130_000012_security_events;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000009_rate_limit_counters::Migration),
             Box::new(m20261129_000010_signing_keys::Migration),
             Box::new(m20261129_000011_mail::Migration),
+            Box::new(m20261130_000012_security_events::Migration),
         ]
     }
 }

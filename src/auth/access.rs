@@ -31,6 +31,8 @@ pub struct UsersWrite;
 pub struct SessionsRevoke;
 /// Introspect access tokens (`tokenInfo`).
 pub struct TokensIntrospect;
+/// Read the security event log (`auditEvents`).
+pub struct AuditRead;
 /// Admin users only: roles and API keys.
 pub struct AdminOnly;
 
@@ -46,6 +48,9 @@ impl Permission for SessionsRevoke {
 impl Permission for TokensIntrospect {
     const SCOPE: Option<ApiScope> = Some(ApiScope::TokensIntrospect);
     const ADMIN: bool = false;
+}
+impl Permission for AuditRead {
+    const SCOPE: Option<ApiScope> = Some(ApiScope::AuditRead);
 }
 impl Permission for AdminOnly {
     const SCOPE: Option<ApiScope> = None;

@@ -65,6 +65,18 @@ impl Action {
     }
 }
 
+impl IpKey {
+    /// An address that stands for the key: the IPv4 address, the first
+    /// address of the IPv6 /64, or `None`.
+    pub fn representative(self) -> Option<IpAddr> {
+        match self {
+            IpKey::V4(a) => Some(IpAddr::V4(std::net::Ipv4Addr::from(a))),
+            IpKey::V6Net(n) => Some(IpAddr::V6(std::net::Ipv6Addr::from(u128::from(n) << 64))),
+            IpKey::Unknown => None,
+        }
+    }
+}
+
 /// `v4:…`, `v6:…` (the /64) or `unknown`: the key's text, as shared budgets store it.
 impl std::fmt::Display for IpKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -140,7 +140,7 @@ impl AdminMutation {
     async fn set_user_role(&self, ctx: &Context<'_>, id: ID, role: Role) -> Result<User> {
         let proof = request(ctx)?.principal.grant::<AdminOnly>()?;
         let id = parse_id(&id, "id")?;
-        Ok(User::new(admin::set_role(services(ctx)?, &proof, id, role.into()).await?))
+        Ok(User::new(admin::set_role(services(ctx)?, &proof, id, role.into(), &request(ctx)?.client).await?))
     }
 
     /// Deletes a user with their sessions; their tokens stop working at once. The
@@ -148,7 +148,7 @@ impl AdminMutation {
     async fn delete_user(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let proof = request(ctx)?.principal.grant::<UsersWrite>()?;
         let id = parse_id(&id, "id")?;
-        Ok(admin::delete_user(services(ctx)?, &proof, id).await?)
+        Ok(admin::delete_user(services(ctx)?, &proof, id, &request(ctx)?.client).await?)
     }
 
     /// Ends every session of a user (forced logout); returns how many were live.
@@ -156,7 +156,7 @@ impl AdminMutation {
     async fn revoke_user_sessions(&self, ctx: &Context<'_>, id: ID) -> Result<i32> {
         let proof = request(ctx)?.principal.grant::<SessionsRevoke>()?;
         let id = parse_id(&id, "id")?;
-        let n = admin::revoke_user_sessions(services(ctx)?, &proof, id).await?;
+        let n = admin::revoke_user_sessions(services(ctx)?, &proof, id, &request(ctx)?.client).await?;
         Ok(i32::try_from(n).unwrap_or(i32::MAX))
     }
 
@@ -171,7 +171,8 @@ impl AdminMutation {
     ) -> Result<ApiKeySecret> {
         let proof = request(ctx)?.principal.grant::<AdminOnly>()?;
         let scopes: Vec<_> = scopes.into_iter().map(Into::into).collect();
-        let (key, secret) = api_keys::create(services(ctx)?, &proof, &name, &scopes, expires_in_days).await?;
+        let (key, secret) =
+            api_keys::create(services(ctx)?, &proof, &name, &scopes, expires_in_days, &request(ctx)?.client).await?;
         Ok(ApiKeySecret { api_key: ApiKey(key), secret })
     }
 
@@ -185,7 +186,8 @@ impl AdminMutation {
     ) -> Result<ApiKeySecret> {
         let proof = request(ctx)?.principal.grant::<AdminOnly>()?;
         let id = parse_id(&id, "id")?;
-        let (key, secret) = api_keys::rotate(services(ctx)?, &proof, id, grace_days.unwrap_or(30)).await?;
+        let (key, secret) =
+            api_keys::rotate(services(ctx)?, &proof, id, grace_days.unwrap_or(30), &request(ctx)?.client).await?;
         Ok(ApiKeySecret { api_key: ApiKey(key), secret })
     }
 
@@ -202,6 +204,6 @@ impl AdminMutation {
     async fn revoke_api_key(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let proof = request(ctx)?.principal.grant::<AdminOnly>()?;
         let id = parse_id(&id, "id")?;
-        Ok(api_keys::revoke(services(ctx)?, &proof, id).await?)
+        Ok(api_keys::revoke(services(ctx)?, &proof, id, &request(ctx)?.client).await?)
     }
 }

@@ -52,6 +52,7 @@ pub const BUDGETS: &[(&str, Budget)] = &[
     ("user", Budget::Unmetered(TOKEN)),
     ("apiKeys", Budget::Unmetered(TOKEN)),
     ("signingKeys", Budget::Unmetered(TOKEN)),
+    ("auditEvents", Budget::Unmetered(TOKEN)),
     ("tokenInfo", Budget::Unmetered("an API key's check of a token; answered from memory")),
     // Mutation
     ("register", Budget::PerIp(Action::Register)),

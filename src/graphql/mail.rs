@@ -31,7 +31,7 @@ impl MailMutation {
         #[graphql(secret)] token: String,
         #[graphql(secret)] new_password: String,
     ) -> Result<bool> {
-        mail::reset_password(services(ctx)?, &token, new_password).await?;
+        mail::reset_password(services(ctx)?, &token, new_password, &request(ctx)?.client).await?;
         Ok(true)
     }
 
@@ -45,14 +45,14 @@ impl MailMutation {
 
     /// Confirms the address with the token of a verification link.
     async fn verify_email(&self, ctx: &Context<'_>, #[graphql(secret)] token: String) -> Result<bool> {
-        mail::verify_email(services(ctx)?, &token).await?;
+        mail::verify_email(services(ctx)?, &token, &request(ctx)?.client).await?;
         Ok(true)
     }
 
     /// Moves the account to its new address with the token of the link sent
     /// there by `updateProfile(input: {email})`.
     async fn confirm_email_change(&self, ctx: &Context<'_>, #[graphql(secret)] token: String) -> Result<bool> {
-        mail::confirm_email_change(services(ctx)?, &token).await?;
+        mail::confirm_email_change(services(ctx)?, &token, &request(ctx)?.client).await?;
         Ok(true)
     }
 }

@@ -6,6 +6,7 @@ mod account;
 mod admin;
 pub mod budget;
 pub mod documents;
+pub mod events;
 mod guard;
 mod mail;
 mod session;
@@ -22,7 +23,7 @@ use crate::{
 };
 
 #[derive(MergedObject, Default)]
-pub struct Query(account::AccountQuery, admin::AdminQuery);
+pub struct Query(account::AccountQuery, admin::AdminQuery, events::EventQuery);
 
 #[derive(MergedObject, Default)]
 pub struct Mutation(account::AccountMutation, session::SessionMutation, admin::AdminMutation, mail::MailMutation);

@@ -31,7 +31,7 @@ impl SessionMutation {
                 (t, TokenTransport::Cookie)
             }
         };
-        match sessions::refresh(svc, &token).await {
+        match sessions::refresh(svc, &token, &request(ctx)?.client).await {
             Ok(issued) => Ok(deliver(ctx, issued, transport)?),
             Err(e) => {
                 // A dead cookie is cleared so the browser stops sending it.
@@ -59,7 +59,9 @@ impl SessionMutation {
         let req = request(ctx)?;
         require_same_site(req)?;
         let token = refresh_token.as_deref().or(req.refresh_cookie.as_deref());
-        let ended = sessions::logout(services(ctx)?, &req.principal, token, everywhere.unwrap_or(false)).await;
+        let ended =
+            sessions::logout(services(ctx)?, &req.principal, token, everywhere.unwrap_or(false), &request(ctx)?.client)
+                .await;
         // Cleared also when the cookie turned out to be a reused token.
         change_cookie(ctx, CookieChange::Clear)?;
         ended?;
@@ -71,6 +73,6 @@ impl SessionMutation {
     async fn revoke_session(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let me = request(ctx)?.principal.require_user()?;
         let session_id = parse_id(&id, "id")?;
-        Ok(sessions::revoke_own(services(ctx)?, me.user_id, session_id).await?)
+        Ok(sessions::revoke_own(services(ctx)?, me.user_id, session_id, &request(ctx)?.client).await?)
     }
 }

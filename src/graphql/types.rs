@@ -113,6 +113,20 @@ impl User {
         let list = loader.load_one(self.model.id).await.map_err(|e| e.extend())?.unwrap_or_default();
         Ok(list.into_iter().map(|s| Session::new(s, current)).collect())
     }
+    /// What happened to the account (logins, failures, password and role
+    /// changes, revocations, …), newest first. Visible to the user themself and
+    /// to admins only.
+    async fn security_events(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<super::events::SecurityEventConnection> {
+        self.private_view(ctx)?;
+        let (first, cursor) = super::events::paging(first, after.as_deref())?;
+        let page = crate::service::events::own(super::services(ctx)?, self.model.id, first, cursor).await?;
+        Ok(super::events::connection(page, cursor.is_some()))
+    }
     /// Visible to the user themself and to admins only.
     async fn last_login_at(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<DateTime<Utc>>> {
         self.private_view(ctx)?;
@@ -227,6 +241,7 @@ pub enum ApiScope {
     UsersWrite,
     SessionsRevoke,
     TokensIntrospect,
+    AuditRead,
 }
 
 impl From<ApiScope> for access::ApiScope {
@@ -236,6 +251,7 @@ impl From<ApiScope> for access::ApiScope {
             ApiScope::UsersWrite => access::ApiScope::UsersWrite,
             ApiScope::SessionsRevoke => access::ApiScope::SessionsRevoke,
             ApiScope::TokensIntrospect => access::ApiScope::TokensIntrospect,
+            ApiScope::AuditRead => access::ApiScope::AuditRead,
         }
     }
 }
@@ -247,6 +263,7 @@ impl From<access::ApiScope> for ApiScope {
             access::ApiScope::UsersWrite => ApiScope::UsersWrite,
             access::ApiScope::SessionsRevoke => ApiScope::SessionsRevoke,
             access::ApiScope::TokensIntrospect => ApiScope::TokensIntrospect,
+            access::ApiScope::AuditRead => ApiScope::AuditRead,
         }
     }
 }

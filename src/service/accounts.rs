@@ -5,7 +5,11 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, SqlE
 
 use entity::user::{self, Role};
 
-use super::{ClientInfo, Issued, Services, limits, mail, sessions, store, users, validate};
+use super::{
+    ClientInfo, Issued, Services,
+    events::{self, Actor, Event, EventKind},
+    limits, mail, sessions, store, users, validate,
+};
 use crate::{
     auth::{
         password::Verified,
@@ -107,12 +111,17 @@ pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) ->
             Err(e) => return Err(e),
         }
         mail::enqueue(svc, tx.conn(), Kind::VerifyEmail, Some(user.id), &user.email, None).await?;
+        let registered = Event::new(EventKind::Registered, Some(user.id), Actor::User(user.id), client);
+        events::record(svc, tx.conn(), registered).await?;
         tx.commit().await?;
         mail::queued(svc);
         tracing::info!(user_id = %user.id, "account registered; waiting for its address to be confirmed");
         return Err(AppError::EmailNotVerified);
     }
     let (session, refresh) = tx.start_session(&user, client, now).await?;
+    let registered = Event::new(EventKind::Registered, Some(user.id), Actor::User(user.id), client)
+        .session(SessionId::from(session.id));
+    events::record(svc, tx.conn(), registered).await?;
     tx.commit().await?;
     tracing::info!(user_id = %user.id, "account registered");
     sessions::issue(svc, user, &session, refresh, now)
@@ -159,7 +168,7 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
     let length = password.chars().count().min(crate::auth::password::normalize(&password).chars().count());
     if length > validate::PASSWORD_MAX {
         // Nothing about the account is revealed.
-        return Err(AppError::InvalidCredentials);
+        return failed_login(svc, client, None, AppError::InvalidCredentials).await;
     }
     for attempt in 0..2 {
         let found =
@@ -168,12 +177,17 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
         let (user, new_hash) = match (found, verified) {
             (Some(user), Verified::Yes) => (user, None),
             (Some(user), Verified::YesRehashed(h)) => (user, Some(h)),
-            _ => return Err(AppError::InvalidCredentials),
+            // Recorded for a known and an unknown address alike (one write
+            // either way), so the time still says nothing.
+            (found, _) => {
+                let user = found.map(|u| UserId::from(u.id));
+                return failed_login(svc, client, user, AppError::InvalidCredentials).await;
+            }
         };
         // Told only to whoever knows the password; nothing is issued.
         if svc.mail.config.require_verification && user.email_verified_at.is_none() {
             mail::resend_verification_on_login(svc, &user).await?;
-            return Err(AppError::EmailNotVerified);
+            return failed_login(svc, client, Some(UserId::from(user.id)), AppError::EmailNotVerified).await;
         }
         let now = svc.clock.now();
         let mut tx = store::Write::begin(svc).await?;
@@ -190,17 +204,29 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
             if attempt == 0 {
                 continue;
             }
-            return Err(AppError::InvalidCredentials);
+            return failed_login(svc, client, Some(UserId::from(user.id)), AppError::InvalidCredentials).await;
         };
         let current = Account::from(current);
         let (session, refresh) = tx.start_session(&current, client, now).await?;
+        let logged_in = Event::new(EventKind::LoginSucceeded, Some(current.id), Actor::User(current.id), client)
+            .session(SessionId::from(session.id));
+        events::record(svc, tx.conn(), logged_in).await?;
         tx.commit().await?;
         if new_hash.is_some() {
             tracing::info!(user_id = %current.id, "password hash upgraded to current parameters");
         }
         return sessions::issue(svc, current, &session, refresh, now);
     }
-    Err(AppError::InvalidCredentials)
+    failed_login(svc, client, None, AppError::InvalidCredentials).await
+}
+
+/// Records a refused login (`LOGIN_FAILED`, with the reason) and returns the
+/// refusal. `user`: the account, when the address has one.
+async fn failed_login<T>(svc: &Services, client: &ClientInfo, user: Option<UserId>, refusal: AppError) -> AppResult<T> {
+    let reason = refusal.reason().map_or("REFUSED", |r| r.as_str());
+    events::record(svc, &svc.db, Event::new(EventKind::LoginFailed, user, Actor::Anonymous, client).detail(reason))
+        .await?;
+    Err(refusal)
 }
 
 /// Whether `new` is a spelling of the account's address that reaches the
@@ -337,6 +363,10 @@ pub async fn change_password(
         mail::void_pending_links(svc, tx.conn(), user_id).await?;
         let email = Email::from_parts(changed.email.clone(), changed.email_normalized.clone());
         mail::enqueue(svc, tx.conn(), Kind::PasswordChanged, Some(user_id), &email, None).await?;
+        let event = Event::new(EventKind::PasswordChanged, Some(user_id), Actor::User(user_id), client)
+            .session(current_session)
+            .detail(format!("{ended} other sessions ended"));
+        events::record(svc, tx.conn(), event).await?;
         tx.user_changed(UserId::from(changed.id));
         tx.commit().await?;
         mail::queued(svc);

@@ -9,7 +9,11 @@ use sea_orm::{
 
 use entity::user::{self, Role};
 
-use super::{Services, store};
+use super::{
+    ClientInfo, Services,
+    events::{self, Event, EventKind},
+    store,
+};
 use crate::{
     auth::access::{Actor, AdminOnly, Granted, SessionsRevoke, UsersRead, UsersWrite},
     db::{self, UniqueRow},
@@ -154,7 +158,13 @@ async fn count_admins_locked(txn: &impl ConnectionTrait) -> AppResult<u64> {
 }
 
 /// Changes a user's role; effective for their live access tokens at once.
-pub async fn set_role(svc: &Services, _proof: &Granted<AdminOnly>, id: UserId, role: Role) -> AppResult<Account> {
+pub async fn set_role(
+    svc: &Services,
+    proof: &Granted<AdminOnly>,
+    id: UserId,
+    role: Role,
+    client: &ClientInfo,
+) -> AppResult<Account> {
     let mut tx = store::Write::begin(svc).await?;
     let admins = count_admins_locked(tx.conn()).await?;
     let Some(user) = user::Entity::find_by_id(id.uuid()).unique_row(tx.conn()).await? else {
@@ -165,10 +175,18 @@ pub async fn set_role(svc: &Services, _proof: &Granted<AdminOnly>, id: UserId, r
         tx.rollback().await?;
         return Err(last_admin());
     }
+    let before = user.role;
     let mut active: user::ActiveModel = user.into();
     active.role = Set(role);
     active.updated_at = Set(svc.clock.now());
     let user = Account::from(active.update(tx.conn()).await?);
+    let change = format!("{} -> {}", crate::domain::role_name(before), crate::domain::role_name(role));
+    events::record(
+        svc,
+        tx.conn(),
+        Event::new(EventKind::RoleChanged, Some(id), proof.actor.into(), client).detail(change),
+    )
+    .await?;
     tx.user_changed(user.id);
     tx.commit().await?;
     tracing::info!(user_id = %id, role = ?role, "role changed");
@@ -182,7 +200,12 @@ pub async fn set_role(svc: &Services, _proof: &Granted<AdminOnly>, id: UserId, r
 /// `USERS_WRITE` covers ordinary users (a leaked key must not be a way to remove
 /// the people who could revoke it). Errors: `FORBIDDEN` for a key deleting an
 /// admin, `LAST_ADMIN` for the last admin.
-pub async fn delete_user(svc: &Services, proof: &Granted<UsersWrite>, id: UserId) -> AppResult<bool> {
+pub async fn delete_user(
+    svc: &Services,
+    proof: &Granted<UsersWrite>,
+    id: UserId,
+    client: &ClientInfo,
+) -> AppResult<bool> {
     let mut tx = store::Write::begin(svc).await?;
     let admins = count_admins_locked(tx.conn()).await?;
     // Locked first (PostgreSQL): a login committing a session for this user
@@ -203,6 +226,7 @@ pub async fn delete_user(svc: &Services, proof: &Granted<UsersWrite>, id: UserId
     // with the user (cascade).
     tx.end_user_sessions(id, None).await?;
     let deleted = user::Entity::delete_by_id(id.uuid()).exec(tx.conn()).await?.rows_affected;
+    events::record(svc, tx.conn(), Event::new(EventKind::UserDeleted, Some(id), proof.actor.into(), client)).await?;
     tx.user_deleted(id);
     tx.commit().await?;
     tracing::info!(user_id = %id, "user deleted");
@@ -215,7 +239,12 @@ pub async fn delete_user(svc: &Services, proof: &Granted<UsersWrite>, id: UserId
 /// `SESSIONS_REVOKE` covers ordinary users, so a leaked key cannot keep the
 /// people who could revoke it logged out. Errors: `FORBIDDEN` for a key and an
 /// admin account.
-pub async fn revoke_user_sessions(svc: &Services, proof: &Granted<SessionsRevoke>, id: UserId) -> AppResult<u64> {
+pub async fn revoke_user_sessions(
+    svc: &Services,
+    proof: &Granted<SessionsRevoke>,
+    id: UserId,
+    client: &ClientInfo,
+) -> AppResult<u64> {
     // The role is read in the transaction that ends the sessions.
     let mut tx = store::Write::begin(svc).await?;
     if !matches!(proof.actor, Actor::Admin(_))
@@ -226,6 +255,9 @@ pub async fn revoke_user_sessions(svc: &Services, proof: &Granted<SessionsRevoke
     }
     let ended = tx.end_user_sessions(id, None).await?;
     super::mail::void_pending_links(svc, tx.conn(), id).await?;
+    let event = Event::new(EventKind::SessionsRevoked, Some(id), proof.actor.into(), client)
+        .detail(format!("{ended} sessions ended"));
+    events::record(svc, tx.conn(), event).await?;
     tx.commit().await?;
     tracing::info!(user_id = %id, sessions = ended, "sessions revoked by an administrator");
     Ok(ended)

@@ -16,7 +16,10 @@ use sha2::{Digest, Sha256};
 
 use entity::api_key;
 
-use super::Services;
+use super::{
+    ClientInfo, Services,
+    events::{self, Event, EventKind},
+};
 use crate::{
     auth::{
         access::{Actor, AdminOnly, ApiScope, Granted},
@@ -164,6 +167,7 @@ pub async fn create(
     name: &str,
     scopes: &[ApiScope],
     expires_in_days: Option<i32>,
+    client: &ClientInfo,
 ) -> AppResult<(ApiKey, String)> {
     // Admins read key names in listings: the rules of a person's name apply, so
     // invisible and direction-changing characters are refused here too.
@@ -172,7 +176,11 @@ pub async fn create(
         return Err(AppError::invalid_input(Reason::InvalidScopes, "scopes", "Give the key at least one scope"));
     }
     let expires_at = lifetime(expires_in_days)?.map(|d| svc.clock.now() + d);
-    let created = insert_key(svc, &svc.db, name, scopes, admin_id(proof), expires_at).await?;
+    let txn = db::begin_write(&svc.db).await?;
+    let created = insert_key(svc, &txn, name, scopes, admin_id(proof), expires_at).await?;
+    let event = Event::new(EventKind::ApiKeyCreated, None, proof.actor.into(), client).detail(created.0.id.to_string());
+    events::record(svc, &txn, event).await?;
+    txn.commit().await?;
     tracing::info!(api_key_id = %created.0.id, "API key created");
     Ok(created)
 }
@@ -194,6 +202,7 @@ pub async fn rotate(
     proof: &Granted<AdminOnly>,
     id: ApiKeyId,
     grace_days: i32,
+    client: &ClientInfo,
 ) -> AppResult<(ApiKey, String)> {
     if !(0..=MAX_GRACE_DAYS).contains(&grace_days) {
         return Err(AppError::invalid_input(
@@ -240,19 +249,28 @@ pub async fn rotate(
         let current = api_key::Entity::find_by_id(id.uuid()).unique_row(&svc.db).await?;
         return Err(if current.is_some_and(|k| k.replaced_by.is_some()) { already() } else { not_found() });
     }
+    let event = Event::new(EventKind::ApiKeyRotated, None, proof.actor.into(), client)
+        .detail(format!("{} -> {}", old.id, created.0.id));
+    events::record(svc, &txn, event).await?;
     txn.commit().await?;
     tracing::info!(old = %old.id, new = %created.0.id, grace_days, "API key rotated");
     Ok(created)
 }
 
 /// Revokes a key at once. False when it was unknown or already revoked.
-pub async fn revoke(svc: &Services, _proof: &Granted<AdminOnly>, id: ApiKeyId) -> AppResult<bool> {
+pub async fn revoke(svc: &Services, proof: &Granted<AdminOnly>, id: ApiKeyId, client: &ClientInfo) -> AppResult<bool> {
+    let txn = db::begin_write(&svc.db).await?;
     let res = api_key::Entity::update_many()
         .col_expr(api_key::Column::RevokedAt, Expr::value(svc.clock.now()))
         .filter(api_key::Column::Id.eq(id))
         .filter(api_key::Column::RevokedAt.is_null())
-        .exec(&svc.db)
+        .exec(&txn)
         .await?;
+    if res.rows_affected > 0 {
+        let event = Event::new(EventKind::ApiKeyRevoked, None, proof.actor.into(), client).detail(id.to_string());
+        events::record(svc, &txn, event).await?;
+    }
+    txn.commit().await?;
     if res.rows_affected > 0 {
         tracing::info!(api_key_id = %id, "API key revoked");
     }

@@ -21,22 +21,37 @@ use crate::{
 /// One unit of `action`'s per-client budget (`RATE_LIMIT_*_PER_IP`).
 /// Errors: `RATE_LIMITED` with `retryAfter` (seconds).
 pub async fn spend_ip(svc: &Services, action: Action, ip: IpKey) -> AppResult<()> {
-    svc.limits.check_ip(action, ip)?;
-    if svc.shared_database() {
-        spend_shared(svc, &format!("{}:{ip}", action.as_str()), svc.limits.per_ip(action)).await?;
+    let spent = async {
+        svc.limits.check_ip(action, ip)?;
+        if svc.shared_database() {
+            spend_shared(svc, &format!("{}:{ip}", action.as_str()), svc.limits.per_ip(action)).await?;
+        }
+        Ok(())
     }
-    Ok(())
+    .await;
+    if matches!(spent, Err(AppError::RateLimited { .. })) {
+        svc.events.refused(action.as_str(), ip.representative());
+    }
+    spent
 }
 
 /// One unit of an account's password-check budget
 /// (`RATE_LIMIT_LOGIN_PER_ACCOUNT`), keyed by the address's key.
 /// Errors: `RATE_LIMITED` with `retryAfter` (seconds).
 pub async fn spend_account(svc: &Services, email_key: &str) -> AppResult<()> {
-    svc.limits.check_account(email_key)?;
-    if svc.shared_database() {
-        spend_shared(svc, &format!("account:{email_key}"), svc.limits.per_account()).await?;
+    let spent = async {
+        svc.limits.check_account(email_key)?;
+        if svc.shared_database() {
+            spend_shared(svc, &format!("account:{email_key}"), svc.limits.per_account()).await?;
+        }
+        Ok(())
     }
-    Ok(())
+    .await;
+    if matches!(spent, Err(AppError::RateLimited { .. })) {
+        // Per account, without the address (a tally names no one).
+        svc.events.refused("account", None);
+    }
+    spent
 }
 
 /// One mail to the address whose key is `recipient_key`, registered or not,

@@ -22,7 +22,11 @@ use uuid::Uuid;
 
 use entity::{mail_outbox, mail_token, user};
 
-use super::{ClientInfo, Services, limits, store, users, validate};
+use super::{
+    ClientInfo, Services,
+    events::{self, Actor, Event, EventKind},
+    limits, store, users, validate,
+};
 use crate::{
     auth::{
         rate_limit::{Action, IpKey},
@@ -249,7 +253,7 @@ async fn holder(conn: &impl ConnectionTrait, token: &mail_token::Model) -> AppRe
 /// Errors: `LINK_INVALID_OR_EXPIRED` (field `token`), also when the account's
 /// address has changed since.
 #[tracing::instrument(skip_all)]
-pub async fn verify_email(svc: &Services, token: &str) -> AppResult<()> {
+pub async fn verify_email(svc: &Services, token: &str, client: &ClientInfo) -> AppResult<()> {
     well_formed(token)?;
     let mut tx = store::Write::begin(svc).await?;
     let used = consume(svc, tx.conn(), Kind::VerifyEmail, token).await?;
@@ -260,7 +264,14 @@ pub async fn verify_email(svc: &Services, token: &str) -> AppResult<()> {
         active.email_verified_at = Set(Some(now));
         active.updated_at = Set(now);
         active.update(tx.conn()).await?;
-        tx.user_changed(UserId::from(used.user_id));
+        let user_id = UserId::from(used.user_id);
+        events::record(
+            svc,
+            tx.conn(),
+            Event::new(EventKind::EmailVerified, Some(user_id), Actor::User(user_id), client),
+        )
+        .await?;
+        tx.user_changed(user_id);
     }
     tx.commit().await?;
     tracing::info!(user_id = %used.user_id, "email address verified");
@@ -275,7 +286,7 @@ pub async fn verify_email(svc: &Services, token: &str) -> AppResult<()> {
 /// Errors: `WEAK_PASSWORD` (field `newPassword`), `LINK_INVALID_OR_EXPIRED`
 /// (field `token`), `RATE_LIMITED` when the hashing queue is full.
 #[tracing::instrument(skip_all)]
-pub async fn reset_password(svc: &Services, token: &str, new_password: String) -> AppResult<()> {
+pub async fn reset_password(svc: &Services, token: &str, new_password: String, client: &ClientInfo) -> AppResult<()> {
     validate::new_password(&new_password, "newPassword")?;
     well_formed(token)?;
     // A look first, so that a wrong token costs no hash.
@@ -306,6 +317,9 @@ pub async fn reset_password(svc: &Services, token: &str, new_password: String) -
     let ended = tx.end_user_sessions(user_id, None).await?;
     void_pending_links(svc, tx.conn(), user_id).await?;
     enqueue(svc, tx.conn(), Kind::PasswordChanged, Some(user_id), &email, None).await?;
+    let event = Event::new(EventKind::PasswordReset, Some(user_id), Actor::User(user_id), client)
+        .detail(format!("{ended} sessions ended"));
+    events::record(svc, tx.conn(), event).await?;
     tx.user_changed(user_id);
     tx.commit().await?;
     queued(svc);
@@ -320,7 +334,7 @@ pub async fn reset_password(svc: &Services, token: &str, new_password: String) -
 /// Errors: `LINK_INVALID_OR_EXPIRED` (field `token`); `EMAIL_TAKEN` when the
 /// address got an account meanwhile (the token then stays unused).
 #[tracing::instrument(skip_all)]
-pub async fn confirm_email_change(svc: &Services, token: &str) -> AppResult<()> {
+pub async fn confirm_email_change(svc: &Services, token: &str, client: &ClientInfo) -> AppResult<()> {
     well_formed(token)?;
     let mut tx = store::Write::begin(svc).await?;
     let used = consume(svc, tx.conn(), Kind::ConfirmEmailChange, token).await?;
@@ -341,7 +355,10 @@ pub async fn confirm_email_change(svc: &Services, token: &str) -> AppResult<()> 
         Some(SqlErr::UniqueConstraintViolation(_)) => AppError::EmailTaken,
         _ => e.into(),
     })?;
-    tx.user_changed(UserId::from(used.user_id));
+    let user_id = UserId::from(used.user_id);
+    events::record(svc, tx.conn(), Event::new(EventKind::EmailChanged, Some(user_id), Actor::User(user_id), client))
+        .await?;
+    tx.user_changed(user_id);
     tx.commit().await?;
     tracing::info!(user_id = %used.user_id, "email address changed");
     Ok(())

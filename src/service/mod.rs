@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod api_keys;
+pub mod events;
 pub mod gauges;
 pub mod limits;
 pub mod mail;
@@ -58,6 +59,8 @@ pub struct Services {
     pub api_key_usage: Arc<api_keys::UsageTracker>,
     /// Makes and sends mail (templates, SMTP or files); its outbox is in the database.
     pub mail: Arc<crate::mail::Mailer>,
+    /// The security event log's refusal tally and retention.
+    pub events: Arc<events::EventLog>,
     pub policy: SessionPolicy,
     /// The time every rule and timestamp takes ([`Clock::system`] on a server).
     pub clock: Clock,

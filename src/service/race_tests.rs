@@ -57,14 +57,16 @@ enum Revocation {
 
 async fn revoke(kit: &TestKit, admin_session: &Issued, victim: &Issued, how: Revocation) {
     match how {
-        Revocation::LogoutEverywhere => sessions::logout(&kit.svc, &principal_of(victim), None, true).await.unwrap(),
+        Revocation::LogoutEverywhere => {
+            sessions::logout(&kit.svc, &principal_of(victim), None, true, &ClientInfo::default()).await.unwrap()
+        }
         Revocation::RevokeUserSessions => {
             let proof = kit.grant::<SessionsRevoke>(admin_session).await;
-            admin::revoke_user_sessions(&kit.svc, &proof, victim.user.id).await.unwrap();
+            admin::revoke_user_sessions(&kit.svc, &proof, victim.user.id, &ClientInfo::default()).await.unwrap();
         }
         Revocation::DeleteUser => {
             let proof = kit.grant::<UsersWrite>(admin_session).await;
-            assert!(admin::delete_user(&kit.svc, &proof, victim.user.id).await.unwrap());
+            assert!(admin::delete_user(&kit.svc, &proof, victim.user.id, &ClientInfo::default()).await.unwrap());
         }
     }
 }
@@ -96,9 +98,9 @@ async fn a_refresh_revoked_between_its_commit_and_going_live_stays_revoked() {
     let alice = kit.register("alice@example.com").await;
     let (svc, reached, release) = paused(&kit.svc);
     let token = alice.refresh_token.clone();
-    let refresh = tokio::spawn(async move { sessions::refresh(&svc, &token).await });
+    let refresh = tokio::spawn(async move { sessions::refresh(&svc, &token, &ClientInfo::default()).await });
     reached.await.unwrap();
-    sessions::logout(&kit.svc, &principal_of(&alice), None, false).await.unwrap();
+    sessions::logout(&kit.svc, &principal_of(&alice), None, false, &ClientInfo::default()).await.unwrap();
     release.send(()).unwrap();
     let late = refresh.await.unwrap().unwrap();
     assert!(
@@ -141,8 +143,9 @@ async fn logins_and_refreshes_racing_revocations_leave_memory_and_database_in_ag
         }
         let user = kit.register(&format!("refresh{round}@example.com")).await;
         let principal = principal_of(&user);
-        let refresh = sessions::refresh(&kit.svc, &user.refresh_token);
-        let logout = sessions::logout(&kit.svc, &principal, None, false);
+        let client = ClientInfo::default();
+        let refresh = sessions::refresh(&kit.svc, &user.refresh_token, &client);
+        let logout = sessions::logout(&kit.svc, &principal, None, false, &client);
         let (refreshed, logged_out) = tokio::join!(refresh, logout);
         logged_out.unwrap();
         if let Ok(late) = refreshed {
@@ -160,7 +163,7 @@ async fn an_unknown_session_is_read_once_and_remembered() {
     let kit = TestKit::new().await;
     let alice = kit.register("alice@example.com").await;
     let bob = kit.register("bob@example.com").await;
-    sessions::logout(&kit.svc, &principal_of(&bob), None, false).await.unwrap();
+    sessions::logout(&kit.svc, &principal_of(&bob), None, false, &ClientInfo::default()).await.unwrap();
     // Another instance, or this one restarted: the same database, an empty registry.
     let other = with_registry(&kit.svc, SessionRegistry::default());
     let now = other.clock.unix();
@@ -189,7 +192,7 @@ async fn a_session_read_before_its_end_is_not_cached_after_it() {
     let token = alice.access.token.clone();
     let read = tokio::spawn(async move { live_access(&paused_svc, &token).await.is_ok() });
     reached.await.unwrap();
-    sessions::logout(&cold, &principal_of(&alice), None, false).await.unwrap();
+    sessions::logout(&cold, &principal_of(&alice), None, false, &ClientInfo::default()).await.unwrap();
     release.send(()).unwrap();
     read.await.unwrap();
     assert!(
@@ -212,7 +215,7 @@ async fn a_role_read_before_a_demotion_is_not_cached_after_it() {
     let read = tokio::spawn(async move { live_access(&paused_svc, &token).await.map(|(_, role)| role) });
     reached.await.unwrap();
     let proof = kit.grant::<AdminOnly>(&root).await;
-    admin::set_role(&cold, &proof, second.user.id, Role::User).await.unwrap();
+    admin::set_role(&cold, &proof, second.user.id, Role::User, &ClientInfo::default()).await.unwrap();
     release.send(()).unwrap();
     assert_eq!(read.await.unwrap().ok(), Some(Role::Admin), "the request in flight read the row before the change");
     let (_, role) = live_access(&cold, &second.access.token).await.unwrap();
@@ -230,7 +233,7 @@ async fn a_small_cache_judges_every_session_right() {
         users.push(kit.register(&format!("u{i}@example.com")).await);
     }
     for user in users.iter().step_by(2) {
-        sessions::logout(&small, &principal_of(user), None, false).await.unwrap();
+        sessions::logout(&small, &principal_of(user), None, false, &ClientInfo::default()).await.unwrap();
     }
     for round in 0..3 {
         for (i, user) in users.iter().enumerate() {

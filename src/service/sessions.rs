@@ -13,7 +13,11 @@ use uuid::Uuid;
 
 use entity::{refresh_token, session, user};
 
-use super::{Issued, Services, store, users};
+use super::{
+    ClientInfo, Issued, Services,
+    events::{self, Actor, Event, EventKind},
+    store, users,
+};
 use crate::{
     auth::{
         principal::{Principal, RejectReason},
@@ -50,7 +54,7 @@ pub fn issue(
 
 /// Exchanges a refresh token for a new access token and the token's successor.
 #[tracing::instrument(skip_all)]
-pub async fn refresh(svc: &Services, presented: &str) -> AppResult<Issued> {
+pub async fn refresh(svc: &Services, presented: &str, client: &ClientInfo) -> AppResult<Issued> {
     if !well_formed(presented) {
         return Err(AppError::InvalidToken);
     }
@@ -98,11 +102,28 @@ pub async fn refresh(svc: &Services, presented: &str) -> AppResult<Issued> {
                 // A rotated token came back after its window: it was copied. End
                 // the whole session, the thief's copy and the owner's alike.
                 tracing::warn!(session_id = %session.id, "refresh token reuse detected; session revoked");
-                store::end_session(svc, session.id.into()).await?;
+                let mut tx = store::Write::begin(svc).await?;
+                tx.end_session(session.id.into(), None).await?;
+                reuse_event(svc, &tx, &session, client).await?;
+                tx.commit().await?;
                 return Err(AppError::RefreshTokenReused);
             }
         }
     }
+}
+
+/// Records that a rotated refresh token of `session` came back (RFC 9700
+/// §4.14.2): the session was ended by the system, for the account's holder
+/// to see.
+async fn reuse_event(
+    svc: &Services,
+    tx: &store::Write<'_>,
+    session: &session::Model,
+    client: &ClientInfo,
+) -> AppResult<()> {
+    let user = UserId::from(session.user_id);
+    let event = Event::new(EventKind::RefreshTokenReused, Some(user), Actor::System, client).session(session.id.into());
+    events::record(svc, tx.conn(), event).await
 }
 
 /// Why a refresh token's session can no longer be refreshed.
@@ -202,12 +223,13 @@ pub async fn logout(
     principal: &Principal,
     refresh_token: Option<&str>,
     everywhere: bool,
+    client: &ClientInfo,
 ) -> AppResult<()> {
     let mut targets: Vec<(SessionId, UserId)> = Vec::new(); // (session, user)
     if let Some(me) = principal.user() {
         targets.push((me.session_id, me.user_id));
     }
-    let mut reused = None;
+    let mut reused: Option<session::Model> = None;
     if let Some(token) = refresh_token.filter(|t| well_formed(t))
         && let Some((row, Some(session))) = token_and_session(svc, token).await?
     {
@@ -215,7 +237,7 @@ pub async fn logout(
         let grace = ChronoDuration::from_std(svc.policy.reuse_grace).unwrap_or(ChronoDuration::zero());
         match row.rotated_at {
             _ if ended(svc, &row, &session, now).is_some() => {}
-            Some(rotated_at) if now - rotated_at > grace => reused = Some(SessionId::from(session.id)),
+            Some(rotated_at) if now - rotated_at > grace => reused = Some(session),
             _ => targets.push((session.id.into(), session.user_id.into())),
         }
     }
@@ -225,16 +247,26 @@ pub async fn logout(
     targets.dedup_by_key(|t| key(t));
     let mut tx = store::Write::begin(svc).await?;
     for (session_id, user_id) in targets {
-        if everywhere {
-            tx.end_user_sessions(user_id, None).await?;
+        let ended = if everywhere {
+            let n = tx.end_user_sessions(user_id, None).await?;
             super::mail::void_pending_links(svc, tx.conn(), user_id).await?;
+            n
         } else {
-            tx.end_session(session_id, None).await?;
+            u64::from(tx.end_session(session_id, None).await?)
+        };
+        if ended > 0 {
+            let mut event =
+                Event::new(EventKind::LoggedOut, Some(user_id), Actor::User(user_id), client).session(session_id);
+            if everywhere {
+                event = event.detail(format!("everywhere: {ended} sessions ended"));
+            }
+            events::record(svc, tx.conn(), event).await?;
         }
     }
-    if let Some(session_id) = reused {
-        tracing::warn!(%session_id, "rotated refresh token presented to logout; session revoked");
-        tx.end_session(session_id, None).await?;
+    if let Some(session) = &reused {
+        tracing::warn!(session_id = %session.id, "rotated refresh token presented to logout; session revoked");
+        tx.end_session(session.id.into(), None).await?;
+        reuse_event(svc, &tx, session, client).await?;
     }
     tx.commit().await?;
     if reused.is_some() {
@@ -245,9 +277,19 @@ pub async fn logout(
 
 /// Ends one of the caller's own sessions. `false` when there is no such live
 /// session of theirs (another user's id included: nothing is revealed).
-pub async fn revoke_own(svc: &Services, user_id: UserId, session_id: SessionId) -> AppResult<bool> {
+pub async fn revoke_own(
+    svc: &Services,
+    user_id: UserId,
+    session_id: SessionId,
+    client: &ClientInfo,
+) -> AppResult<bool> {
     let mut tx = store::Write::begin(svc).await?;
     let ended = tx.end_session(session_id, Some(user_id)).await?;
+    if ended {
+        let event =
+            Event::new(EventKind::SessionRevoked, Some(user_id), Actor::User(user_id), client).session(session_id);
+        events::record(svc, tx.conn(), event).await?;
+    }
     tx.commit().await?;
     Ok(ended)
 }
@@ -282,6 +324,7 @@ pub async fn purge(svc: &Services) -> AppResult<u64> {
     store::prune(svc, now).await?;
     super::limits::purge(svc).await?;
     super::mail::purge(svc, now).await?;
+    super::events::purge(svc, now).await?;
     Ok(res.rows_affected)
 }
 

@@ -98,6 +98,7 @@ impl TestKit {
                 crate::mail::Mailer::new(&crate::config::MailConfig::files(mail_dir.path().to_path_buf()))
                     .expect("mailer"),
             ),
+            events: Arc::new(super::events::EventLog::new(Duration::from_secs(90 * 24 * 3600))),
             policy,
             clock: clock.clock(),
             hooks: Default::default(),

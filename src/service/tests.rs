@@ -32,7 +32,7 @@ async fn a_refresh_token_rotates_once_and_its_reuse_ends_the_session() {
     let first = kit.register("rotate@example.com").await;
     let t0 = first.refresh_token.clone();
 
-    let second = sessions::refresh(&kit.svc, &t0).await.unwrap();
+    let second = sessions::refresh(&kit.svc, &t0, &ClientInfo::default()).await.unwrap();
     assert_eq!(second.session_id, first.session_id, "rotation keeps the session");
     let t1 = second.refresh_token.clone();
     assert_ne!(t1, t0);
@@ -40,17 +40,17 @@ async fn a_refresh_token_rotates_once_and_its_reuse_ends_the_session() {
     // Inside the grace window, the rotated token leads to the same successor
     // (a second tab that still held it), and nothing is ended.
     kit.clock.advance(Duration::from_secs(9));
-    let again = sessions::refresh(&kit.svc, &t0).await.unwrap();
+    let again = sessions::refresh(&kit.svc, &t0, &ClientInfo::default()).await.unwrap();
     assert_eq!(again.refresh_token, t1);
     assert!(kit.live(&first, first.session_id).await);
 
     // The successor rotates on; past the window the first token is a copy.
-    let third = sessions::refresh(&kit.svc, &t1).await.unwrap();
+    let third = sessions::refresh(&kit.svc, &t1, &ClientInfo::default()).await.unwrap();
     kit.clock.advance(Duration::from_secs(2));
-    let reused = sessions::refresh(&kit.svc, &t0).await.unwrap_err();
+    let reused = sessions::refresh(&kit.svc, &t0, &ClientInfo::default()).await.unwrap_err();
     assert_eq!(reason(reused), Some(Reason::RefreshTokenReused));
     // The whole session is over: the live token and access tokens alike.
-    let after = sessions::refresh(&kit.svc, &third.refresh_token).await.unwrap_err();
+    let after = sessions::refresh(&kit.svc, &third.refresh_token, &ClientInfo::default()).await.unwrap_err();
     assert_eq!(reason(after), Some(Reason::TokenRevoked));
     assert!(!kit.live(&first, first.session_id).await);
     assert!(matches!(sessions::live_access(&kit.svc, &third.access.token).await, Err(RejectReason::Revoked)));
@@ -66,9 +66,9 @@ async fn a_session_ends_at_its_lifetime_and_when_idle() {
     .await;
     let a = kit.register("idle@example.com").await;
     kit.clock.advance(Duration::from_secs(599));
-    let a1 = sessions::refresh(&kit.svc, &a.refresh_token).await.unwrap();
+    let a1 = sessions::refresh(&kit.svc, &a.refresh_token, &ClientInfo::default()).await.unwrap();
     kit.clock.advance(Duration::from_secs(601));
-    let idle = sessions::refresh(&kit.svc, &a1.refresh_token).await.unwrap_err();
+    let idle = sessions::refresh(&kit.svc, &a1.refresh_token, &ClientInfo::default()).await.unwrap_err();
     assert_eq!(reason(idle), Some(Reason::RefreshTokenExpired));
     assert!(!kit.live(&a, a.session_id).await, "an idle session is ended, not only refused");
 
@@ -76,10 +76,10 @@ async fn a_session_ends_at_its_lifetime_and_when_idle() {
     let mut token = b.refresh_token;
     for _ in 0..6 {
         kit.clock.advance(Duration::from_secs(500));
-        token = sessions::refresh(&kit.svc, &token).await.unwrap().refresh_token;
+        token = sessions::refresh(&kit.svc, &token, &ClientInfo::default()).await.unwrap().refresh_token;
     }
     kit.clock.advance(Duration::from_secs(601));
-    let expired = sessions::refresh(&kit.svc, &token).await.unwrap_err();
+    let expired = sessions::refresh(&kit.svc, &token, &ClientInfo::default()).await.unwrap_err();
     assert_eq!(reason(expired), Some(Reason::RefreshTokenExpired), "past the absolute lifetime, use or not");
 }
 
@@ -90,16 +90,20 @@ async fn the_last_admin_can_be_neither_demoted_nor_deleted() {
     let member = kit.register("member@example.com").await;
     let admin_proof = kit.grant::<AdminOnly>(&root_session).await;
 
-    let err = admin::set_role(&kit.svc, &admin_proof, root.id, Role::User).await.unwrap_err();
+    let err = admin::set_role(&kit.svc, &admin_proof, root.id, Role::User, &ClientInfo::default()).await.unwrap_err();
     assert_eq!(reason(err), Some(Reason::LastAdmin));
-    let err = admin::delete_user(&kit.svc, &kit.grant::<UsersWrite>(&root_session).await, root.id).await.unwrap_err();
+    let err =
+        admin::delete_user(&kit.svc, &kit.grant::<UsersWrite>(&root_session).await, root.id, &ClientInfo::default())
+            .await
+            .unwrap_err();
     assert_eq!(reason(err), Some(Reason::LastAdmin));
 
     // With a second admin, the first may step down.
-    let promoted = admin::set_role(&kit.svc, &admin_proof, member.user.id, Role::Admin).await.unwrap();
+    let promoted =
+        admin::set_role(&kit.svc, &admin_proof, member.user.id, Role::Admin, &ClientInfo::default()).await.unwrap();
     assert_eq!(promoted.role, Role::Admin);
     assert_eq!(kit.role(&member, member.session_id).await, Some(Role::Admin));
-    let demoted = admin::set_role(&kit.svc, &admin_proof, root.id, Role::User).await.unwrap();
+    let demoted = admin::set_role(&kit.svc, &admin_proof, root.id, Role::User, &ClientInfo::default()).await.unwrap();
     assert_eq!(demoted.role, Role::User);
     // The demoted admin's live session sees the change at once.
     assert_eq!(kit.role(&root_session, root_session.session_id).await, Some(Role::User));
@@ -111,12 +115,14 @@ async fn an_api_key_rotates_once_and_the_old_secret_lives_out_its_grace() {
     let (_, root) = kit.admin("keys@example.com").await;
     let proof = kit.grant::<AdminOnly>(&root).await;
     let (key, old_secret) =
-        api_keys::create(&kit.svc, &proof, "billing", &[ApiScope::TokensIntrospect], Some(90)).await.unwrap();
+        api_keys::create(&kit.svc, &proof, "billing", &[ApiScope::TokensIntrospect], Some(90), &ClientInfo::default())
+            .await
+            .unwrap();
 
-    let (successor, new_secret) = api_keys::rotate(&kit.svc, &proof, key.id, 1).await.unwrap();
+    let (successor, new_secret) = api_keys::rotate(&kit.svc, &proof, key.id, 1, &ClientInfo::default()).await.unwrap();
     assert_eq!(successor.name, "billing");
     assert_eq!(successor.scopes, vec![ApiScope::TokensIntrospect]);
-    let again = api_keys::rotate(&kit.svc, &proof, key.id, 1).await.unwrap_err();
+    let again = api_keys::rotate(&kit.svc, &proof, key.id, 1, &ClientInfo::default()).await.unwrap_err();
     assert_eq!(reason(again), Some(Reason::AlreadyRotated));
 
     // Both secrets work inside the grace day; only the new one after it.
@@ -130,10 +136,12 @@ async fn an_api_key_rotates_once_and_the_old_secret_lives_out_its_grace() {
     assert_eq!(service.key_id, successor.id);
 
     // The successor can be rotated in turn; a revoked key cannot.
-    api_keys::rotate(&kit.svc, &proof, successor.id, 0).await.unwrap();
-    let (other, _) = api_keys::create(&kit.svc, &proof, "other", &[ApiScope::UsersRead], None).await.unwrap();
-    assert!(api_keys::revoke(&kit.svc, &proof, other.id).await.unwrap());
-    let gone = api_keys::rotate(&kit.svc, &proof, other.id, 0).await.unwrap_err();
+    api_keys::rotate(&kit.svc, &proof, successor.id, 0, &ClientInfo::default()).await.unwrap();
+    let (other, _) = api_keys::create(&kit.svc, &proof, "other", &[ApiScope::UsersRead], None, &ClientInfo::default())
+        .await
+        .unwrap();
+    assert!(api_keys::revoke(&kit.svc, &proof, other.id, &ClientInfo::default()).await.unwrap());
+    let gone = api_keys::rotate(&kit.svc, &proof, other.id, 0, &ClientInfo::default()).await.unwrap_err();
     assert_eq!(reason(gone), Some(Reason::NotFound));
 }
 
@@ -155,7 +163,7 @@ async fn the_registry_follows_every_change() {
         session_id: a.session_id,
         role: Role::User,
     });
-    sessions::logout(&kit.svc, &principal, None, false).await.unwrap();
+    sessions::logout(&kit.svc, &principal, None, false, &ClientInfo::default()).await.unwrap();
     assert!(!kit.live(&a, a.session_id).await);
     assert!(kit.live(&a, a2.session_id).await);
 
@@ -182,14 +190,22 @@ async fn the_registry_follows_every_change() {
     assert!(kit.live(&a, a3.session_id).await);
 
     // A forced logout ends the rest; introspection agrees.
-    let ended =
-        admin::revoke_user_sessions(&kit.svc, &kit.grant::<SessionsRevoke>(&root).await, a.user.id).await.unwrap();
+    let ended = admin::revoke_user_sessions(
+        &kit.svc,
+        &kit.grant::<SessionsRevoke>(&root).await,
+        a.user.id,
+        &ClientInfo::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(ended, 1);
     assert!(!kit.live(&a, a3.session_id).await);
     let b = kit.register("bob@example.com").await;
     let key_proof = kit.grant::<AdminOnly>(&root).await;
     let (_, secret) =
-        api_keys::create(&kit.svc, &key_proof, "gateway", &[ApiScope::TokensIntrospect], None).await.unwrap();
+        api_keys::create(&kit.svc, &key_proof, "gateway", &[ApiScope::TokensIntrospect], None, &ClientInfo::default())
+            .await
+            .unwrap();
     let service = Principal::Service(api_keys::authenticate(&kit.svc, &secret).await.unwrap());
     let introspect = service.grant::<TokensIntrospect>().unwrap();
     let TokenInfo { active, .. } = sessions::introspect(&kit.svc, &introspect, &a3.access.token).await;
@@ -197,7 +213,11 @@ async fn the_registry_follows_every_change() {
     assert!(sessions::introspect(&kit.svc, &introspect, &b.access.token).await.active);
 
     // Deleting the user forgets them.
-    assert!(admin::delete_user(&kit.svc, &kit.grant::<UsersWrite>(&root).await, b.user.id).await.unwrap());
+    assert!(
+        admin::delete_user(&kit.svc, &kit.grant::<UsersWrite>(&root).await, b.user.id, &ClientInfo::default())
+            .await
+            .unwrap()
+    );
     assert!(!kit.live(&b, b.session_id).await);
     assert!(users::account(&kit.svc, b.user.id).await.unwrap().is_none());
     assert!(!sessions::introspect(&kit.svc, &introspect, &b.access.token).await.active);
@@ -214,7 +234,7 @@ async fn the_purge_clears_what_has_ended() {
         session_id: a.session_id,
         role: Role::User,
     });
-    sessions::logout(&kit.svc, &principal, None, false).await.unwrap();
+    sessions::logout(&kit.svc, &principal, None, false, &ClientInfo::default()).await.unwrap();
     super::limits::spend_account(&kit.svc, "purged@example.com").await.unwrap();
     kit.clock.advance(Duration::from_secs(25 * 3600));
     assert_eq!(sessions::purge(&kit.svc).await.unwrap(), 1);

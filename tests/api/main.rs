@@ -12,6 +12,7 @@ mod admin;
 mod api_keys;
 mod commands;
 mod cross_site;
+mod events;
 mod fuzz;
 mod hardening;
 mod http;
