@@ -44,7 +44,8 @@ pub enum Budget {
 
 const TOKEN: &str = "needs a live access token or API key, and checks no password";
 
-/// Every root field and its budget. Sorted by type, then as in the schema.
+/// Every root field and its budget. Sorted by type (queries, mutations, the
+/// subscription), then as in the schema.
 pub const BUDGETS: &[(&str, Budget)] = &[
     // Query
     ("me", Budget::Unmetered(TOKEN)),
@@ -74,6 +75,8 @@ pub const BUDGETS: &[(&str, Budget)] = &[
     ("sendVerificationEmail", Budget::Mail),
     ("verifyEmail", Budget::PerIp(Action::Link)),
     ("confirmEmailChange", Budget::PerIp(Action::Link)),
+    // Subscription
+    ("sessionEvents", Budget::Unmetered("needs a live access token in connection_init; watches its own session")),
 ];
 
 /// The budget of a root field, if the table has one.
@@ -123,13 +126,16 @@ mod tests {
         };
         let schema = crate::graphql::schema_builder(limits, crate::graphql::document_cache()).finish();
         let v = schema
-            .execute("{ __schema { queryType { fields { name } } mutationType { fields { name } } } }")
+            .execute(
+                "{ __schema { queryType { fields { name } } mutationType { fields { name } } \
+                 subscriptionType { fields { name } } } }",
+            )
             .await
             .data
             .into_json()
             .unwrap();
         let mut fields: Vec<String> = Vec::new();
-        for root in ["queryType", "mutationType"] {
+        for root in ["queryType", "mutationType", "subscriptionType"] {
             for f in v["__schema"][root]["fields"].as_array().unwrap() {
                 fields.push(f["name"].as_str().unwrap().to_owned());
             }

@@ -8,13 +8,14 @@ pub mod budget;
 pub mod documents;
 pub mod events;
 mod guard;
+pub mod live;
 mod mail;
 mod session;
 pub mod types;
 
 use std::sync::{Arc, Mutex, atomic::AtomicUsize};
 
-use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
+use async_graphql::{Context, MergedObject, Schema, SchemaBuilder};
 
 use crate::{
     auth::{principal::Principal, rate_limit::IpKey},
@@ -28,7 +29,7 @@ pub struct Query(account::AccountQuery, admin::AdminQuery, events::EventQuery);
 #[derive(MergedObject, Default)]
 pub struct Mutation(account::AccountMutation, session::SessionMutation, admin::AdminMutation, mail::MailMutation);
 
-pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+pub type AppSchema = Schema<Query, Mutation, live::Subscription>;
 
 /// What the HTTP layer learned about one request, handed to every resolver,
 /// and what the resolvers want done to the refresh cookie.
@@ -118,8 +119,8 @@ pub fn document_cache() -> Arc<documents::DocumentCache> {
 pub fn schema_builder(
     limits: Limits,
     documents: Arc<documents::DocumentCache>,
-) -> SchemaBuilder<Query, Mutation, EmptySubscription> {
-    let mut builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+) -> SchemaBuilder<Query, Mutation, live::Subscription> {
+    let mut builder = Schema::build(Query::default(), Mutation::default(), live::Subscription)
         .limit_depth(limits.depth)
         .limit_complexity(limits.complexity)
         .limit_directives(10)

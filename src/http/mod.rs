@@ -9,6 +9,7 @@ mod health;
 pub mod log;
 pub mod metrics;
 pub mod site;
+mod subscriptions;
 mod well_known;
 
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use crate::{
 
 pub fn routes(state: Arc<AppState>) -> impl Endpoint {
     let mut route = Route::new()
-        .at("/graphql", get(graphql::graphql_get).post(graphql::graphql_post))
+        .at("/graphql", get(subscriptions::GetOrUpgrade).post(graphql::graphql_post))
         .at("/healthz", get(health::healthz))
         .at("/readyz", get(health::readyz))
         .at("/.well-known/jwks.json", get(well_known::jwks))

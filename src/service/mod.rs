@@ -15,6 +15,7 @@ pub mod signing_keys;
 pub mod store;
 pub mod users;
 pub mod validate;
+pub mod watch;
 
 #[cfg(test)]
 mod race_tests;

@@ -30,7 +30,7 @@ use uuid::Uuid;
 use entity::{refresh_token, session, user};
 
 use self::registry::SessionEvent;
-pub use self::registry::{DEFAULT_CAPACITY, Lookup, SessionRegistry, Ticket};
+pub use self::registry::{DEFAULT_CAPACITY, Lookup, Notice, SessionRegistry, Ticket};
 use super::{ClientInfo, Services};
 use crate::{
     auth::refresh::hash_token,

@@ -17,6 +17,7 @@ mod fuzz;
 mod hardening;
 mod http;
 mod instances;
+mod live;
 mod logging;
 mod mail;
 mod metrics;

@@ -61,12 +61,25 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 pub const WINDOW_MARGIN_SECS: i64 = 5 * 60;
 
 pub struct SessionRegistry {
+    /// Tells watchers (live session events) of every end and user change.
+    notices: tokio::sync::broadcast::Sender<Notice>,
     sessions: Cache<SessionId, Live>,
     profiles: Cache<UserId, Arc<Account>>,
     /// Taken for every change and fill; lookups that hit do not take it.
     marks: RwLock<Marks>,
     /// How long ended sessions and changed users are remembered (seconds).
     window: i64,
+}
+
+/// What the registry tells its watchers, once the change is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// The session ended.
+    Ended(SessionId),
+    /// The user changed (a role, a profile) or was deleted.
+    UserChanged(UserId),
+    /// Everything was forgotten: what a watcher knows must be read again.
+    Cleared,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -122,6 +135,7 @@ impl SessionRegistry {
     pub fn new(capacity: usize, window_secs: i64) -> Self {
         let capacity = capacity.max(1);
         Self {
+            notices: tokio::sync::broadcast::channel(1024).0,
             sessions: Cache::new(capacity),
             profiles: Cache::new(capacity),
             marks: RwLock::new(Marks { prune_at: 1024, ..Marks::default() }),
@@ -185,6 +199,7 @@ impl SessionRegistry {
         marks.floor = marks.epoch;
         self.sessions.clear();
         self.profiles.clear();
+        let _ = self.notices.send(Notice::Cleared);
     }
 
     /// Applies one change at `now` (Unix seconds).
@@ -202,12 +217,15 @@ impl SessionRegistry {
                 self.sessions.remove(&session_id);
                 let mark = Mark { epoch: marks.epoch, until: (now + self.window).min(expires_at.max(now)) };
                 marks.ended.insert(session_id, mark);
+                // No receiver is no error: nobody watches.
+                let _ = self.notices.send(Notice::Ended(session_id));
             }
             SessionEvent::UserUpdated { user_id } | SessionEvent::UserDeleted { user_id } => {
                 marks.epoch += 1;
                 self.profiles.remove(&user_id);
                 let mark = Mark { epoch: marks.epoch, until: now + self.window };
                 marks.changed.insert(user_id, mark);
+                let _ = self.notices.send(Notice::UserChanged(user_id));
             }
         }
         if marks.ended.len() + marks.changed.len() >= marks.prune_at {
@@ -222,6 +240,12 @@ impl SessionRegistry {
         let before = self.sessions.len();
         self.sessions.retain(|_, live| live.expires_at > now);
         before.saturating_sub(self.sessions.len())
+    }
+
+    /// Notices of every change applied from now on. A receiver that lags
+    /// behind loses the oldest (and learns it did): it must read again.
+    pub fn watch(&self) -> tokio::sync::broadcast::Receiver<Notice> {
+        self.notices.subscribe()
     }
 
     /// How many sessions are cached (the metrics).

@@ -1,0 +1,171 @@
+//! `sessionEvents` over `graphql-transport-ws`: a tab learns at once that its
+//! session ended elsewhere (and the socket then closes with 4403), or that
+//! its role changed; a handshake without a valid token is never
+//! acknowledged (4401, 4403); a browser on another site is refused before
+//! the upgrade; and, on PostgreSQL, an end made on one instance reaches a
+//! socket held by another.
+
+use std::{net::SocketAddr, time::Duration};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest},
+};
+
+use crate::{helpers::*, ops};
+
+type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+const SUBSCRIBE: &str = "subscription { sessionEvents { type role occurredAt } }";
+/// How long a change may take to reach a socket.
+const WITHIN: Duration = Duration::from_secs(2);
+
+/// Opens a socket to `addr` with the subprotocol (and `origin`, as a browser would).
+async fn open(addr: SocketAddr, origin: Option<&str>) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+    let mut request = format!("ws://{addr}/graphql").into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
+    if let Some(origin) = origin {
+        request.headers_mut().insert("origin", origin.parse().unwrap());
+    }
+    Ok(tokio_tungstenite::connect_async(request).await?.0)
+}
+
+async fn send(ws: &mut Socket, message: Value) {
+    ws.send(Message::text(message.to_string())).await.unwrap();
+}
+
+/// The next text message as JSON, or the close frame's code.
+async fn receive(ws: &mut Socket) -> Result<Value, Option<u16>> {
+    loop {
+        match tokio::time::timeout(WITHIN, ws.next()).await.expect("nothing arrived in time") {
+            Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text).unwrap()),
+            Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return Err(None),
+        }
+    }
+}
+
+/// A socket of the session of `token`, acknowledged and subscribed.
+async fn subscribed(addr: SocketAddr, token: &str) -> Socket {
+    let mut ws = open(addr, None).await.unwrap();
+    send(&mut ws, json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {token}") } }))
+        .await;
+    assert_eq!(receive(&mut ws).await.unwrap()["type"], "connection_ack");
+    send(&mut ws, json!({ "id": "1", "type": "subscribe", "payload": { "query": SUBSCRIBE } })).await;
+    // The subscription starts on the server before the change the test makes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ws
+}
+
+/// Waits for the session's end: its event, then the close with 4403.
+async fn ends(ws: &mut Socket) {
+    let next = receive(ws).await.unwrap();
+    assert_eq!(next["type"], "next", "{next}");
+    assert_eq!(next["payload"]["data"]["sessionEvents"]["type"], "SESSION_ENDED", "{next}");
+    loop {
+        match receive(ws).await {
+            Ok(m) if m["type"] == "complete" => continue,
+            Ok(m) => panic!("after the end: {m}"),
+            Err(code) => {
+                assert_eq!(code, Some(4403));
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_tab_learns_its_session_ended_elsewhere() {
+    let app = spawn_app().await;
+    let (admin, _) = make_admin(&app, "root@example.com").await;
+
+    // A logout in another tab of the same session.
+    let user = app.user("tabs@example.com").await;
+    let mut tab = subscribed(app.addr, &user.access_token).await;
+    ok(&app, &user.access_token, ops::LOGOUT, json!({})).await;
+    ends(&mut tab).await;
+
+    // An admin's revocation.
+    let user = app.user("revoked@example.com").await;
+    let mut tab = subscribed(app.addr, &user.access_token).await;
+    ok(&app, &admin, ops::REVOKE_USER_SESSIONS, json!({ "id": user.id })).await;
+    ends(&mut tab).await;
+
+    // A password change on another device ends this one.
+    let user = app.user("changed@example.com").await;
+    let phone = user.login(&app).await;
+    let mut tab = subscribed(app.addr, &user.access_token).await;
+    let v = phone.gql(&app, ops::CHANGE_PASSWORD, json!({ "c": PASSWORD, "n": "another long passphrase" })).await;
+    assert!(v["errors"].is_null(), "{v}");
+    ends(&mut tab).await;
+
+    // A role change is told, and the socket stays.
+    let user = app.user("promoted@example.com").await;
+    let mut tab = subscribed(app.addr, &user.access_token).await;
+    let set_role = "mutation($id: ID!, $r: Role!) { setUserRole(id: $id, role: $r) { role } }";
+    ok(&app, &admin, set_role, json!({ "id": user.id, "r": "ADMIN" })).await;
+    let next = receive(&mut tab).await.unwrap();
+    assert_eq!(next["payload"]["data"]["sessionEvents"]["type"], "ROLE_CHANGED", "{next}");
+    assert_eq!(next["payload"]["data"]["sessionEvents"]["role"], "ADMIN", "{next}");
+    ok(&app, &admin, ops::DELETE_USER, json!({ "id": user.id })).await;
+    ends(&mut tab).await;
+}
+
+#[tokio::test]
+async fn a_handshake_without_a_valid_token_is_refused() {
+    let app = spawn_app().await;
+    let user = app.user("socket@example.com").await;
+    let refused = |payload: Value| {
+        let addr = app.addr;
+        async move {
+            let mut ws = open(addr, None).await.unwrap();
+            send(&mut ws, json!({ "type": "connection_init", "payload": payload })).await;
+            receive(&mut ws).await.expect_err("acknowledged")
+        }
+    };
+    assert_eq!(refused(json!({})).await, Some(4401), "no token");
+    assert_eq!(refused(json!({ "Authorization": "Bearer not-a-token" })).await, Some(4403), "a forged token");
+    // A token of an ended session.
+    ok(&app, &user.access_token, ops::LOGOUT, json!({})).await;
+    assert_eq!(refused(json!({ "Authorization": format!("Bearer {}", user.access_token) })).await, Some(4403));
+    // Anything before the init.
+    let mut ws = open(app.addr, None).await.unwrap();
+    send(&mut ws, json!({ "id": "1", "type": "subscribe", "payload": { "query": SUBSCRIBE } })).await;
+    assert_eq!(receive(&mut ws).await.expect_err("acknowledged"), Some(4400));
+}
+
+#[tokio::test]
+async fn a_browser_on_another_site_cannot_open_a_socket() {
+    let app = spawn_with(|c| {
+        c.cors_allowed_origins = vec![authgraph::config::Origin::parse("https://app.example.com").unwrap()]
+    })
+    .await;
+    let err = open(app.addr, Some("https://evil.example")).await.expect_err("a cross-site socket was opened");
+    let tokio_tungstenite::tungstenite::Error::Http(resp) = err else { panic!("{err:?}") };
+    assert_eq!(resp.status(), 403);
+    assert!(open(app.addr, Some("https://app.example.com")).await.is_ok(), "an allowed origin");
+    // The subprotocol is required.
+    let request = format!("ws://{}/graphql", app.addr).into_client_request().unwrap();
+    let err = tokio_tungstenite::connect_async(request).await.expect_err("no subprotocol");
+    let tokio_tungstenite::tungstenite::Error::Http(resp) = err else { panic!("{err:?}") };
+    assert_eq!(resp.status(), 400);
+}
+
+/// On PostgreSQL, a socket held by one instance learns of an end made on
+/// another.
+#[tokio::test]
+async fn an_end_on_one_instance_reaches_a_socket_on_another() {
+    let app = spawn_app().await;
+    if !app.database.is_postgres() {
+        return;
+    }
+    let other = authgraph::app::spawn(&app.config).await.expect("second instance");
+    let user = app.user("far@example.com").await;
+    let mut tab = subscribed(other.addr, &user.access_token).await;
+    ok(&app, &user.access_token, ops::LOGOUT, json!({})).await;
+    ends(&mut tab).await;
+    other.stop().await.unwrap();
+}
