@@ -219,6 +219,16 @@ impl Extension for RequestGuardExtension {
         let started = std::time::Instant::now();
         let mut result = Ok(());
         if info.path_node.parent.is_none()
+            && info.parent_type != "Subscription"
+            && ctx.data_opt::<SharedRequestCtx>().is_some_and(|r| r.over_websocket)
+        {
+            result = Err(AppError::BadRequest(
+                "Only subscriptions are served over the WebSocket; send queries and mutations over HTTP".into(),
+            )
+            .into_server_error());
+        }
+        if result.is_ok()
+            && info.path_node.parent.is_none()
             && let (Some(services), Some(req)) = (ctx.data_opt::<Services>(), ctx.data_opt::<SharedRequestCtx>())
         {
             result = budget::spend(&info, services, req.ip_key).await;

@@ -44,8 +44,12 @@ pub struct RequestCtx {
     /// The client address as rate limits count it.
     pub ip_key: IpKey,
     /// Credential-checking fields seen so far in this HTTP request (all batch
-    /// operations together).
+    /// operations together), or on this WebSocket.
     pub credential_fields: AtomicUsize,
+    /// The request came over the subscriptions' WebSocket, which serves
+    /// subscriptions only (a cookie cannot be set there, and HTTP is where
+    /// queries and mutations have their limits and logs).
+    pub over_websocket: bool,
 }
 
 /// What should happen to the refresh cookie: a resolver records it in its

@@ -200,6 +200,7 @@ async fn execute(req: &Request, batch: BatchRequest, state: &AppState) -> Respon
         cross_site: state.site.is_cross_site(headers),
         ip_key: IpKey::from(ip),
         credential_fields: AtomicUsize::new(0),
+        over_websocket: false,
     });
     // The request's line in the log (`http::log`) carries these too.
     let request_span = tracing::Span::current();

@@ -150,6 +150,7 @@ async fn serve(socket: WebSocketStream, state: Arc<AppState>, client: ClientInfo
         refresh_cookie: None,
         cross_site: false,
         credential_fields: AtomicUsize::new(0),
+        over_websocket: true,
     });
     let mut data = async_graphql::Data::default();
     data.insert(ctx);

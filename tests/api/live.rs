@@ -154,6 +154,30 @@ async fn a_browser_on_another_site_cannot_open_a_socket() {
     assert_eq!(resp.status(), 400);
 }
 
+/// The socket serves subscriptions only: queries and mutations (a login,
+/// whose cookie could not be set there) go over HTTP.
+#[tokio::test]
+async fn the_socket_serves_subscriptions_only() {
+    let app = spawn_app().await;
+    let user = app.user("only@example.com").await;
+    let mut ws = open(app.addr, None).await.unwrap();
+    let init =
+        json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {}", user.access_token) } });
+    send(&mut ws, init).await;
+    assert_eq!(receive(&mut ws).await.unwrap()["type"], "connection_ack");
+    let login = format!(
+        "mutation {{ login(input: {{ email: \"only@example.com\", password: \"{PASSWORD}\" }}) {{ accessToken }} }}"
+    );
+    for (id, query) in [("1", "{ me { id } }".to_owned()), ("2", login)] {
+        send(&mut ws, json!({ "id": id, "type": "subscribe", "payload": { "query": query } })).await;
+        let next = receive(&mut ws).await.unwrap();
+        assert_eq!(next["id"], id, "{next}");
+        assert_eq!(next["payload"]["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{next}");
+        assert!(next["payload"]["data"].is_null(), "{next}");
+        assert_eq!(receive(&mut ws).await.unwrap()["type"], "complete");
+    }
+}
+
 /// On PostgreSQL, a socket held by one instance learns of an end made on
 /// another.
 #[tokio::test]
