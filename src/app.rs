@@ -82,6 +82,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         api_key_usage: Arc::default(),
         mail: Arc::new(mailer),
         events: Arc::new(crate::service::events::EventLog::new(config.security_event_retention)),
+        watch_recheck: config.session_watch_recheck,
         policy: SessionPolicy {
             refresh_ttl: config.refresh_token_ttl,
             reuse_grace: config.refresh_reuse_grace,
@@ -111,6 +112,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         max_batch_size: config.max_batch_size,
         graphiql: config.graphiql,
         feed_from,
+        sockets: Arc::default(),
     }))
 }
 

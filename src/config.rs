@@ -470,6 +470,9 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// How long security events are kept.
     pub security_event_retention: Duration,
+    /// How often a watched session (an open subscription socket) is looked at
+    /// unprompted (not an option: 30 s; tests shorten it).
+    pub session_watch_recheck: Duration,
     pub cleanup_interval: Duration,
     /// Live sessions (and profiles) cached per instance.
     pub session_cache_capacity: usize,
@@ -660,6 +663,7 @@ impl Config {
             mail,
             metrics_addr: args.metrics_addr,
             security_event_retention: positive("SECURITY_EVENT_RETENTION", args.security_event_retention)?,
+            session_watch_recheck: crate::service::watch::RECHECK,
             cleanup_interval,
             session_cache_capacity: args.session_cache_capacity,
             clock: Clock::system(),

@@ -57,6 +57,7 @@ event_types! {
     SessionRevoked,
     SessionsRevoked,
     PasswordChanged,
+    PasswordChangeFailed,
     PasswordReset,
     EmailVerified,
     EmailChanged,

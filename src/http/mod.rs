@@ -9,7 +9,7 @@ mod health;
 pub mod log;
 pub mod metrics;
 pub mod site;
-mod subscriptions;
+pub mod subscriptions;
 mod well_known;
 
 use std::sync::Arc;
@@ -59,4 +59,6 @@ pub struct AppState {
     /// On a database several instances share, where this one follows the
     /// session change log from (see `service::store`).
     pub feed_from: Option<i64>,
+    /// The subscriptions' sockets open per session.
+    pub sockets: Arc<subscriptions::OpenSockets>,
 }

@@ -4,12 +4,15 @@
 //!
 //! The handshake is judged here, before the protocol runs: the first message
 //! must be `connection_init` with `{"Authorization": "Bearer <access token>"}`
-//! (within 10 s, else the socket closes with 4408); a missing token closes it
-//! with 4401, an invalid, expired or revoked one with 4403, and nothing is
-//! acknowledged. A browser connecting from another site is refused before the
+//! (within 10 s, else the socket closes with 4408). Nothing is acknowledged
+//! without a valid token, and the close code tells the client what to do:
+//! 4401 (Unauthorized) for a missing or expired token (refresh, then connect
+//! again), 4403 (Forbidden) for a forged one or a session that has ended (log
+//! in again). A browser connecting from another site is refused before the
 //! upgrade (403), like a cross-site cookie mutation. Once open, the socket
 //! follows its session: when the session ends (anywhere, on any instance) the
-//! subscriptions' last events are sent, then the socket closes with 4403.
+//! subscriptions' last events are sent, then the socket closes with 4403. The
+//! server pings every [`PING_EVERY`], so proxies do not drop a quiet socket.
 
 use std::{sync::Arc, sync::atomic::AtomicUsize, time::Duration};
 
@@ -26,7 +29,11 @@ use poem::{
 
 use super::{AppState, graphql::resolve_principal, log::request_client_ip};
 use crate::{
-    auth::rate_limit::IpKey,
+    auth::{
+        principal::{Principal, RejectReason},
+        rate_limit::IpKey,
+    },
+    domain::SessionId,
     error::AppError,
     graphql::{CookieChanges, RequestCtx},
     service::{
@@ -40,6 +47,53 @@ const PROTOCOL: &str = "graphql-transport-ws";
 
 /// How long a client has to send `connection_init`.
 const INIT_WAIT: Duration = Duration::from_secs(10);
+
+/// Most sockets one session may hold open at once (its tabs); past it the
+/// handshake closes with 4429.
+pub const MAX_SOCKETS_PER_SESSION: usize = 16;
+
+/// Most subscriptions one socket may run at once; past it the socket closes
+/// with 4429.
+pub const MAX_SUBSCRIPTIONS_PER_SOCKET: usize = 4;
+
+/// The sockets open per session, for [`MAX_SOCKETS_PER_SESSION`].
+#[derive(Default)]
+pub struct OpenSockets(std::sync::Mutex<std::collections::HashMap<SessionId, usize>>);
+
+impl OpenSockets {
+    /// Counts one more socket of `session`, or `None` at the cap. The count
+    /// goes down when the returned guard is dropped.
+    fn enter(self: &Arc<Self>, session: SessionId) -> Option<OpenSocket> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(session).or_default();
+        if *n >= MAX_SOCKETS_PER_SESSION {
+            return None;
+        }
+        *n += 1;
+        Some(OpenSocket { sockets: self.clone(), session })
+    }
+}
+
+struct OpenSocket {
+    sockets: Arc<OpenSockets>,
+    session: SessionId,
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        let mut open = self.sockets.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.session) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.session);
+            }
+        }
+    }
+}
+
+/// How often the server sends a protocol `ping` (clients answer `pong`):
+/// under the 60 s idle time-out common in reverse proxies.
+pub const PING_EVERY: Duration = Duration::from_secs(25);
 
 /// `GET /graphql`: a WebSocket upgrade goes to the subscriptions, anything
 /// else to GraphQL over HTTP GET.
@@ -86,7 +140,21 @@ async fn graphql_ws(req: &Request, ws: WebSocket, state: Data<&Arc<AppState>>) -
         user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
     };
     let state = state.clone();
-    ws.protocols([PROTOCOL]).on_upgrade(move |socket| serve(socket, state, client)).into_response()
+    // No message may be larger than a request body over HTTP.
+    let mut config = poem::web::websocket::WebSocketConfig::default();
+    config.max_message_size = Some(state.max_body_bytes);
+    config.max_frame_size = Some(state.max_body_bytes);
+    ws.protocols([PROTOCOL]).config(config).on_upgrade(move |socket| serve(socket, state, client)).into_response()
+}
+
+/// Sends the close frame and closes our side, so the client reads the code
+/// before the connection goes.
+async fn finish<S>(sink: &mut S, code: u16, reason: &str)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let _ = sink.send(Message::close_with(code, reason.to_owned())).await;
+    let _ = sink.close().await;
 }
 
 fn message(m: WsMessage) -> Message {
@@ -105,29 +173,48 @@ fn bearer(payload: &serde_json::Value) -> Option<String> {
     (!token.is_empty()).then(|| token.to_owned())
 }
 
+/// What a client message is, for the subscription count: `subscribe` or
+/// `complete` with its id.
+fn subscription_change(bytes: &[u8]) -> Option<(bool, String)> {
+    let message: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let id = message["id"].as_str()?.to_owned();
+    match message["type"].as_str()? {
+        "subscribe" => Some((true, id)),
+        "complete" => Some((false, id)),
+        _ => None,
+    }
+}
+
 async fn serve(socket: WebSocketStream, state: Arc<AppState>, client: ClientInfo) {
-    let (mut sink, incoming) = socket.split();
-    let mut incoming = incoming.filter_map(|m| {
+    let (mut sink, source) = socket.split();
+    // Text and binary messages; `None` once the client is gone.
+    let mut incoming = Box::pin(source.take_while(|m| future::ready(m.is_ok())).filter_map(|m| {
         future::ready(match m {
             Ok(Message::Text(text)) => Some(text.into_bytes()),
             Ok(Message::Binary(bytes)) => Some(bytes),
             _ => None,
         })
-    });
-    let close = |code: u16, reason: &str| Message::close_with(code, reason.to_owned());
-
+    }));
     // The handshake, judged here.
-    let Ok(Some(first)) = tokio::time::timeout(INIT_WAIT, incoming.next()).await else {
-        let _ = sink.send(close(4408, "Connection initialisation timeout")).await;
-        return;
+    let first = match tokio::time::timeout(INIT_WAIT, incoming.next()).await {
+        Ok(Some(first)) => first,
+        // A message over the size limit, or a broken connection.
+        Ok(None) => {
+            finish(&mut sink, 1009, "The message is too large, or could not be read").await;
+            return;
+        }
+        Err(_) => {
+            finish(&mut sink, 4408, "Connection initialisation timeout").await;
+            return;
+        }
     };
     let init: serde_json::Value = serde_json::from_slice(&first).unwrap_or_default();
     if init["type"] != "connection_init" {
-        let _ = sink.send(close(4400, "The first message must be connection_init")).await;
+        finish(&mut sink, 4400, "The first message must be connection_init").await;
         return;
     }
     let Some(token) = bearer(&init["payload"]) else {
-        let _ = sink.send(close(4401, "Unauthorized: send {\"Authorization\": \"Bearer <access token>\"}")).await;
+        finish(&mut sink, 4401, "Unauthorized: send {\"Authorization\": \"Bearer <access token>\"}").await;
         return;
     };
     let mut headers = HeaderMap::new();
@@ -135,12 +222,23 @@ async fn serve(socket: WebSocketStream, state: Arc<AppState>, client: ClientInfo
         headers.insert(header::AUTHORIZATION, value);
     }
     let principal = resolve_principal(&headers, &state.services).await;
-    let Some(me) = principal.user().cloned() else {
-        let _ = sink.send(close(4403, "Forbidden: the access token is invalid, expired or revoked")).await;
+    let me = match &principal {
+        Principal::User(me) => me.clone(),
+        Principal::Rejected(RejectReason::Expired) => {
+            finish(&mut sink, 4401, "Unauthorized: the access token has expired; refresh it").await;
+            return;
+        }
+        _ => {
+            finish(&mut sink, 4403, "Forbidden: the access token is invalid or its session has ended").await;
+            return;
+        }
+    };
+    let Some(_open) = state.sockets.enter(me.session_id) else {
+        finish(&mut sink, 4429, "Too many sockets for this session").await;
         return;
     };
     let Ok(mut watch) = SessionWatch::start(&state.services, me.user_id, me.session_id).await else {
-        let _ = sink.send(close(4403, "Forbidden: the session has ended")).await;
+        finish(&mut sink, 4403, "Forbidden: the session has ended").await;
         return;
     };
     let ctx = Arc::new(RequestCtx {
@@ -156,14 +254,43 @@ async fn serve(socket: WebSocketStream, state: Arc<AppState>, client: ClientInfo
     data.insert(ctx);
     data.insert(Arc::new(CookieChanges::default()));
 
-    // The protocol, with the judged init put back in front.
-    let messages = stream::once(future::ready(first)).chain(incoming);
+    // The protocol, fed through a channel (this loop reads the client, to
+    // count its subscriptions), with the judged init first.
+    let (to_protocol, from_client) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    let _ = to_protocol.send(first).await;
+    let messages = stream::unfold(from_client, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
     let mut ws = Box::pin(
         async_graphql::http::WebSocket::new(state.schema.clone(), messages, WebSocketProtocols::GraphQLWS)
             .on_connection_init(move |_| future::ready(Ok(data))),
     );
+    let mut running = std::collections::HashSet::new();
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     loop {
         tokio::select! {
+            from = incoming.next() => {
+                let Some(bytes) = from else { return };
+                match subscription_change(&bytes) {
+                    Some((true, id)) => {
+                        running.insert(id);
+                    }
+                    Some((false, id)) => {
+                        running.remove(&id);
+                    }
+                    None => {}
+                }
+                if running.len() > MAX_SUBSCRIPTIONS_PER_SOCKET {
+                    finish(&mut sink, 4429, "Too many subscriptions on this socket").await;
+                    return;
+                }
+                if to_protocol.send(bytes).await.is_err() {
+                    return;
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Text(r#"{"type":"ping"}"#.to_owned())).await.is_err() {
+                    return;
+                }
+            }
             next = ws.next() => {
                 let Some(m) = next else { return };
                 let closing = matches!(m, WsMessage::Close(..));
@@ -182,7 +309,11 @@ async fn serve(socket: WebSocketStream, state: Arc<AppState>, client: ClientInfo
                         return;
                     }
                 }
-                let _ = sink.send(close(4403, "Forbidden: the session ended")).await;
+                finish(&mut sink, 4403, "Forbidden: the session ended").await;
+                // The closing handshake: read what the client still sends until
+                // it closes too (a second at most), so the connection is not
+                // reset under the close frame.
+                let _ = tokio::time::timeout(Duration::from_secs(1), async { while incoming.next().await.is_some() {} }).await;
                 return;
             }
         }

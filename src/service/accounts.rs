@@ -331,7 +331,14 @@ pub async fn change_password(
     for attempt in 0..2 {
         match svc.hasher.verify(current.clone(), Some(stored.clone())).await? {
             Verified::Yes | Verified::YesRehashed(_) => {}
-            Verified::No => return Err(AppError::InvalidCredentials),
+            Verified::No => {
+                // Someone holding the session guesses the password: the owner sees it.
+                let event = Event::new(EventKind::PasswordChangeFailed, Some(user_id), Actor::User(user_id), client)
+                    .session(current_session)
+                    .detail("INVALID_CREDENTIALS");
+                events::record(svc, &svc.db, event).await?;
+                return Err(AppError::InvalidCredentials);
+            }
         }
         // Hashed once the current password is known to be right, and only once.
         let hash = match &hash {

@@ -57,6 +57,7 @@ kinds! {
     SessionRevoked => "SESSION_REVOKED",
     SessionsRevoked => "SESSIONS_REVOKED",
     PasswordChanged => "PASSWORD_CHANGED",
+    PasswordChangeFailed => "PASSWORD_CHANGE_FAILED",
     PasswordReset => "PASSWORD_RESET",
     EmailVerified => "EMAIL_VERIFIED",
     EmailChanged => "EMAIL_CHANGED",

@@ -62,6 +62,9 @@ pub struct Services {
     pub mail: Arc<crate::mail::Mailer>,
     /// The security event log's refusal tally and retention.
     pub events: Arc<events::EventLog>,
+    /// How often a watched session is looked at unprompted ([`watch::RECHECK`]
+    /// on a server; tests shorten it).
+    pub watch_recheck: Duration,
     pub policy: SessionPolicy,
     /// The time every rule and timestamp takes ([`Clock::system`] on a server).
     pub clock: Clock,

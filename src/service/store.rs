@@ -221,25 +221,47 @@ pub async fn session_role(svc: &Services, session_id: SessionId, user_id: UserId
 /// cached when live. Returns the user's role, or `None` when the session is
 /// not a live session of `user_id` (or the database cannot say).
 pub async fn read_through(svc: &Services, session_id: SessionId, user_id: UserId) -> Option<entity::user::Role> {
-    let ticket = svc.registry.ticket();
-    let found = session::Entity::find_by_id(session_id.uuid()).find_also_related(user::Entity).one(&svc.db).await;
-    let (session, user) = match found {
-        Ok(Some((session, Some(user)))) => (session, user),
-        Ok(_) => return None,
+    match read_through_checked(svc, session_id, user_id).await {
+        Ok(role) => role,
         Err(e) => {
-            tracing::warn!(error = %e, "reading a session failed; refused");
-            return None;
+            tracing::warn!(error = %e.detail(), "reading a session failed; refused");
+            None
         }
-    };
+    }
+}
+
+/// [`session_role`], telling an outage (an error) from an ended session
+/// (`Ok(None)`): for a watcher, which must not call a session ended because
+/// the database did not answer.
+pub async fn session_role_checked(
+    svc: &Services,
+    session_id: SessionId,
+    user_id: UserId,
+) -> AppResult<Option<entity::user::Role>> {
+    match svc.registry.lookup(session_id, user_id, svc.clock.unix()) {
+        Lookup::Live(role) => Ok(Some(role)),
+        Lookup::Ended => Ok(None),
+        Lookup::Unknown => read_through_checked(svc, session_id, user_id).await,
+    }
+}
+
+async fn read_through_checked(
+    svc: &Services,
+    session_id: SessionId,
+    user_id: UserId,
+) -> AppResult<Option<entity::user::Role>> {
+    let ticket = svc.registry.ticket();
+    let found = session::Entity::find_by_id(session_id.uuid()).find_also_related(user::Entity).one(&svc.db).await?;
+    let Some((session, Some(user))) = found else { return Ok(None) };
     if session.user_id != user_id.uuid() {
-        return None;
+        return Ok(None);
     }
     let now = svc.clock.unix();
     let expires_at = session.expires_at.timestamp();
     if session.revoked_at.is_some() || expires_at <= now {
         // Remembered, so the next request with this token is answered from memory.
         svc.registry.apply(SessionEvent::Ended { session_id, expires_at }, now);
-        return None;
+        return Ok(None);
     }
     let account = Arc::new(Account::from(user));
     let role = account.role;
@@ -249,11 +271,11 @@ pub async fn read_through(svc: &Services, session_id: SessionId, user_id: UserId
     // Asked again: an end that arrived meanwhile wins. A change of the user
     // that arrived meanwhile kept our copy out of the cache; the row read is
     // still the answer as of this request.
-    match svc.registry.lookup(session_id, user_id, now) {
+    Ok(match svc.registry.lookup(session_id, user_id, now) {
         Lookup::Ended => None,
         Lookup::Live(role) => Some(role),
         Lookup::Unknown => Some(role),
-    }
+    })
 }
 
 /// Caches a user's profile read from the database after `ticket` (unless the

@@ -99,6 +99,7 @@ impl TestKit {
                     .expect("mailer"),
             ),
             events: Arc::new(super::events::EventLog::new(Duration::from_secs(90 * 24 * 3600))),
+            watch_recheck: super::watch::RECHECK,
             policy,
             clock: clock.clock(),
             hooks: Default::default(),

@@ -3,7 +3,8 @@
 //! change once applied, on this instance or, through the change log, from
 //! another one ([`Notice`]); a watcher that missed some (it lagged, or the
 //! registry was cleared), and every [`RECHECK`] in any case (a session also
-//! ends by age), asks again whether its session is live and what its role is.
+//! ends by age), asks again whether its session is live and what its role is;
+//! a database that does not answer is not taken for an ended session.
 
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use crate::{
     error::{AppError, AppResult},
 };
 
-/// How often a watcher asks again without being told.
+/// How often a watcher asks again without being told (`Services::watch_recheck`).
 pub const RECHECK: Duration = Duration::from_secs(30);
 
 /// What changed for the watched session.
@@ -41,6 +42,12 @@ pub struct SessionWatch {
     role: Role,
     notices: tokio::sync::broadcast::Receiver<Notice>,
     ended: bool,
+    /// When to ask again unprompted. Kept here, not in [`next`]'s future, so
+    /// a caller that drops and remakes that future (a `select!` loop) does not
+    /// put the recheck off for ever.
+    ///
+    /// [`next`]: SessionWatch::next
+    recheck_at: tokio::time::Instant,
 }
 
 impl SessionWatch {
@@ -50,7 +57,8 @@ impl SessionWatch {
         // Subscribed before the check: nothing between the two is missed.
         let notices = svc.registry.watch();
         let role = store::session_role(svc, session, user).await.ok_or(AppError::TokenRevoked)?;
-        Ok(Self { svc: svc.clone(), user, session, role, notices, ended: false })
+        let recheck_at = tokio::time::Instant::now() + svc.watch_recheck;
+        Ok(Self { svc: svc.clone(), user, session, role, notices, ended: false, recheck_at })
     }
 
     /// Waits for the next change. After [`Change::Ended`] it answers `Ended`
@@ -60,7 +68,7 @@ impl SessionWatch {
             return Change::Ended;
         }
         loop {
-            let recheck = match tokio::time::timeout(RECHECK, self.notices.recv()).await {
+            let recheck = match tokio::time::timeout_at(self.recheck_at, self.notices.recv()).await {
                 Ok(Ok(Notice::Ended(s))) if s == self.session => {
                     self.ended = true;
                     return Change::Ended;
@@ -80,17 +88,24 @@ impl SessionWatch {
         }
     }
 
+    /// Asks whether the session is live and what its role is. An outage is
+    /// not an end: it is asked again at the next recheck.
     async fn recheck(&mut self) -> Option<Change> {
-        match store::session_role(&self.svc, self.session, self.user).await {
-            None => {
+        self.recheck_at = tokio::time::Instant::now() + self.svc.watch_recheck;
+        match store::session_role_checked(&self.svc, self.session, self.user).await {
+            Ok(None) => {
                 self.ended = true;
                 Some(Change::Ended)
             }
-            Some(role) if role != self.role => {
+            Ok(Some(role)) if role != self.role => {
                 self.role = role;
                 Some(Change::RoleChanged(role))
             }
-            Some(_) => None,
+            Ok(Some(_)) => None,
+            Err(e) => {
+                tracing::warn!(error = %e.detail(), "a watched session could not be read; asking again later");
+                None
+            }
         }
     }
 }

@@ -42,6 +42,8 @@ async fn the_log_records_what_happened_and_who_may_read_it() {
     let other =
         sessions["me"]["sessions"].as_array().unwrap().iter().find(|s| s["current"] == false).unwrap()["id"].clone();
     ok(&app, &user.access_token, "mutation($id: ID!) { revokeSession(id: $id) }", json!({ "id": other })).await;
+    let v = user.gql(&app, ops::CHANGE_PASSWORD, json!({ "c": "a wrong guess", "n": "a much newer passphrase" })).await;
+    assert_eq!(reason(&v), "INVALID_CREDENTIALS");
     let v = user.gql(&app, ops::CHANGE_PASSWORD, json!({ "c": PASSWORD, "n": "a much newer passphrase" })).await;
     assert!(v["errors"].is_null(), "{v}");
     drop(laptop);
@@ -68,6 +70,7 @@ async fn the_log_records_what_happened_and_who_may_read_it() {
             "ROLE_CHANGED",
             "ROLE_CHANGED",
             "PASSWORD_CHANGED",
+            "PASSWORD_CHANGE_FAILED",
             "SESSION_REVOKED",
             "LOGIN_SUCCEEDED",
             "REFRESH_TOKEN_REUSED",
@@ -82,12 +85,13 @@ async fn the_log_records_what_happened_and_who_may_read_it() {
     assert_eq!(node(1)["actorId"], admin_id.as_str());
     assert_eq!(node(2)["detail"], "ADMIN -> USER");
     assert_eq!(node(3)["detail"], "USER -> ADMIN");
-    assert_eq!(node(7)["actorType"], "SYSTEM", "a reuse is the system's doing");
-    assert_eq!(node(8)["detail"], "INVALID_CREDENTIALS");
-    assert_eq!(node(8)["actorType"], "ANONYMOUS");
-    assert_eq!(node(10)["ip"], "127.0.0.1");
-    assert!(node(10)["sessionId"].is_string(), "{mine}");
-    assert_eq!(list["count"], 11);
+    assert_eq!(node(5)["detail"], "INVALID_CREDENTIALS", "a guess of the password, for the owner to see");
+    assert_eq!(node(8)["actorType"], "SYSTEM", "a reuse is the system's doing");
+    assert_eq!(node(9)["detail"], "INVALID_CREDENTIALS");
+    assert_eq!(node(9)["actorType"], "ANONYMOUS");
+    assert_eq!(node(11)["ip"], "127.0.0.1");
+    assert!(node(11)["sessionId"].is_string(), "{mine}");
+    assert_eq!(list["count"], 12);
 
     // Paging: two at a time, by cursor.
     let page = ok(&app, &token, MY_EVENTS, json!({ "first": 2 })).await;
@@ -148,6 +152,7 @@ async fn the_log_records_what_happened_and_who_may_read_it() {
         PASSWORD,
         "a much newer passphrase",
         "not my password",
+        "a wrong guess",
         phone.refresh_token.as_str(),
         user.access_token.as_str(),
         auditor["secret"].as_str().unwrap(),

@@ -1,7 +1,8 @@
 //! `sessionEvents` over `graphql-transport-ws`: a tab learns at once that its
 //! session ended elsewhere (and the socket then closes with 4403), or that
 //! its role changed; a handshake without a valid token is never
-//! acknowledged (4401, 4403); a browser on another site is refused before
+//! acknowledged (4401 for a missing or expired one, 4403 for a forged one or
+//! an ended session); a browser on another site is refused before
 //! the upgrade; and, on PostgreSQL, an end made on one instance reaches a
 //! socket held by another.
 
@@ -131,6 +132,10 @@ async fn a_handshake_without_a_valid_token_is_refused() {
     // A token of an ended session.
     ok(&app, &user.access_token, ops::LOGOUT, json!({})).await;
     assert_eq!(refused(json!({ "Authorization": format!("Bearer {}", user.access_token) })).await, Some(4403));
+    // An expired token: refresh, then connect again (4401, not 4403).
+    let later = app.user("later@example.com").await;
+    app.clock.advance(Duration::from_secs(16 * 60));
+    assert_eq!(refused(json!({ "Authorization": format!("Bearer {}", later.access_token) })).await, Some(4401));
     // Anything before the init.
     let mut ws = open(app.addr, None).await.unwrap();
     send(&mut ws, json!({ "id": "1", "type": "subscribe", "payload": { "query": SUBSCRIBE } })).await;
@@ -192,4 +197,96 @@ async fn an_end_on_one_instance_reaches_a_socket_on_another() {
     ok(&app, &user.access_token, ops::LOGOUT, json!({})).await;
     ends(&mut tab).await;
     other.stop().await.unwrap();
+}
+
+/// A socket's limits: no message larger than a request body (checked before
+/// the token is), at most 16 sockets per session and 4 subscriptions per
+/// socket (4429 past them).
+#[tokio::test]
+async fn sockets_have_limits() {
+    let app = spawn_app().await;
+    let user = app.user("limits@example.com").await;
+    let init =
+        json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {}", user.access_token) } });
+
+    let mut big = open(app.addr, None).await.unwrap();
+    let padding = "x".repeat(200 * 1024);
+    let sent =
+        big.send(Message::text(json!({ "type": "connection_init", "payload": { "x": padding } }).to_string())).await;
+    if sent.is_ok() {
+        let code = receive(&mut big).await.expect_err("a 200 KiB message was taken");
+        assert!(matches!(code, None | Some(1009)), "{code:?}");
+    }
+
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let mut ws = open(app.addr, None).await.unwrap();
+        send(&mut ws, init.clone()).await;
+        assert_eq!(receive(&mut ws).await.unwrap()["type"], "connection_ack");
+        held.push(ws);
+    }
+    let mut extra = open(app.addr, None).await.unwrap();
+    send(&mut extra, init.clone()).await;
+    assert_eq!(receive(&mut extra).await.expect_err("a 17th socket"), Some(4429));
+    // One closes: room for another.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = open(app.addr, None).await.unwrap();
+    send(&mut again, init.clone()).await;
+    assert_eq!(receive(&mut again).await.unwrap()["type"], "connection_ack");
+
+    for i in 0..5 {
+        send(&mut again, json!({ "id": i.to_string(), "type": "subscribe", "payload": { "query": SUBSCRIBE } })).await;
+    }
+    assert_eq!(receive(&mut again).await.expect_err("a fifth subscription"), Some(4429));
+}
+
+/// A socket that keeps talking is still looked at unprompted: a session that
+/// ends by age (no notice is sent for that) closes it.
+#[tokio::test]
+async fn a_talking_socket_still_ends_with_its_session() {
+    let app = spawn_with(|c| c.session_watch_recheck = Duration::from_millis(500)).await;
+    let user = app.user("chatty@example.com").await;
+    let mut tab = subscribed(app.addr, &user.access_token).await;
+    // Past the session's seven days.
+    app.clock.advance(Duration::from_secs(8 * 24 * 3600));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "the socket outlived its session");
+        // Talking all the while; a send after the server's close may fail.
+        let _ = tab.send(Message::text(json!({ "type": "ping" }).to_string())).await;
+        match tokio::time::timeout(Duration::from_millis(200), tab.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(4403));
+                return;
+            }
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let m: Value = serde_json::from_str(&text).unwrap();
+                assert!(m["type"] == "pong" || m["type"] == "next" || m["type"] == "complete", "{m}");
+            }
+            Ok(None) | Ok(Some(Err(_))) => panic!("the socket broke instead of closing with 4403"),
+            _ => {}
+        }
+    }
+}
+
+/// On PostgreSQL, a database outage long enough to clear the session cache
+/// does not tell open sockets that their sessions ended.
+#[tokio::test]
+async fn an_outage_is_not_a_session_end() {
+    let app = spawn_with(|c| c.session_watch_recheck = Duration::from_millis(500)).await;
+    if !app.database.is_postgres() {
+        return;
+    }
+    let user = app.user("steady@example.com").await;
+    let mut tab = subscribed(app.addr, &user.access_token).await;
+    let outage = app.database.outage().await;
+    // Past the five seconds after which the change log is called stale and
+    // the cache cleared.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    outage.restore().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    send(&mut tab, json!({ "type": "ping" })).await;
+    let answer = receive(&mut tab).await.unwrap_or_else(|code| panic!("the socket closed: {code:?}"));
+    assert_eq!(answer["type"], "pong", "{answer}");
 }
