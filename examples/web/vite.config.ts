@@ -7,8 +7,10 @@ const target = process.env.AUTHGRAPH_URL ?? 'http://127.0.0.1:8000';
 
 const proxy = {
   // Host is kept as the app's (no changeOrigin), so authgraph sees a
-  // same-origin request: Origin and Host name the same server.
-  '/graphql': { target, changeOrigin: false },
+  // same-origin request: Origin and Host name the same server. `ws: true`
+  // also forwards WebSocket upgrades of /graphql (the sessionEvents
+  // subscription, ws://<this host>/graphql).
+  '/graphql': { target, changeOrigin: false, ws: true },
 };
 
 export default defineConfig({

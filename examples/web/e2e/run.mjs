@@ -12,13 +12,18 @@
 // and drives headless Chromium through each, for both Apollo and urql.
 // Mail goes to .eml files in a temporary MAIL_DIR, and APP_URL is the
 // same-origin app, so the password-reset link read from the mail opens the
-// app's /reset-password page.
+// app's /reset-password page. The sessionEvents subscription (a WebSocket on
+// /graphql) is followed across two tabs of one session: a logout in one must
+// show in the other within a second; an admin made with `authgraph
+// create-admin` changes the user's role for ROLE_CHANGED.
 // Prints "N passed, M failed" last and exits non-zero on any failure.
 
 import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
 import { once } from 'node:events';
 import fs from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -31,6 +36,10 @@ const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const DIST = path.join(ROOT, 'dist');
 const PASSWORD = 'E2e-correct-horse-battery-staple';
 const NEW_PASSWORD = 'E2e-new-password-after-the-reset';
+const ADMIN_EMAIL = 'e2e-admin@example.com';
+const ADMIN_PASSWORD = 'E2e-admin-password-0123456789';
+// A logout in one tab must show in another tab of the session within this.
+const LIVE_LOGOUT_DEADLINE_MS = 1000;
 // ACCESS_TOKEN_TTL=2s plus the server's 5 s leeway: rejected ~7 s after issue.
 const TTL = '2s';
 const EXPIRY_WAIT_MS = 8500;
@@ -42,6 +51,8 @@ fs.mkdirSync(MAIL_DIR);
 const cleanups = [];
 let passed = 0;
 let failed = 0;
+/** Measured live-logout delays, printed at the end. */
+const liveDelays = [];
 
 function log(...args) {
   console.log(...args);
@@ -80,10 +91,22 @@ const MIME = {
   '.json': 'application/json',
 };
 
-/** A static file server for a built app; with `proxyTo()`, /graphql goes to authgraph keeping Host.
+/** Open WebSocket tunnels of each static server (by its URL): [browser socket, authgraph socket]. */
+const tunnels = new Map();
+
+/** Cuts every proxied WebSocket of a static server, as a network drop would (the browser sees 1006). */
+function dropWebSockets(appUrl) {
+  const open = [...tunnels.get(appUrl)];
+  for (const pair of open) for (const socket of pair) socket.destroy();
+  return open.length;
+}
+
+/** A static file server for a built app; with `proxyTo()`, /graphql goes to authgraph keeping Host,
+ *  WebSocket upgrades included (piped as raw bytes both ways, the handshake too).
  *  Any other path without a file extension (/, /forgot-password, /reset-password?token=…)
  *  gets index.html: the app picks its page from the path (SPA fallback). */
 async function startStatic(getDir, proxyTo) {
+  const open = new Set();
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
     if (proxyTo && url.pathname === '/graphql') {
@@ -125,10 +148,39 @@ async function startStatic(getDir, proxyTo) {
     res.writeHead(200, { 'content-type': MIME[path.extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-store' });
     fs.createReadStream(file).pipe(res);
   });
+  server.on('upgrade', (req, socket, head) => {
+    if (!proxyTo || new URL(req.url, 'http://x').pathname !== '/graphql') return socket.destroy();
+    const target = new URL(proxyTo());
+    const up = net.connect(Number(target.port), target.hostname);
+    const pair = [socket, up];
+    open.add(pair);
+    const close = () => {
+      open.delete(pair);
+      socket.destroy();
+      up.destroy();
+    };
+    socket.on('error', close).on('close', close);
+    up.on('error', close).on('close', close);
+    up.on('connect', () => {
+      // The request as the browser sent it (Host, Origin, Sec-WebSocket-*), then both ways.
+      const lines = [`${req.method} ${req.url} HTTP/${req.httpVersion}`];
+      for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
+      up.write(`${lines.join('\r\n')}\r\n\r\n`);
+      if (head?.length) up.write(head);
+      up.pipe(socket);
+      socket.pipe(up);
+    });
+  });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
-  cleanups.push(() => new Promise((r) => { server.closeAllConnections(); server.close(r); }));
-  return `http://127.0.0.1:${server.address().port}`;
+  const url = `http://127.0.0.1:${server.address().port}`;
+  tunnels.set(url, open);
+  cleanups.push(() => new Promise((r) => {
+    for (const pair of open) for (const socket of pair) socket.destroy();
+    server.closeAllConnections();
+    server.close(r);
+  }));
+  return url;
 }
 
 async function startAuthgraph(allowedOrigins, appUrl) {
@@ -137,28 +189,38 @@ async function startAuthgraph(allowedOrigins, appUrl) {
   // No SMTP_URL: every mail is written to MAIL_DIR as an .eml file, with links
   // to APP_URL (the same-origin app) + RESET_PASSWORD_PATH + ?token=…
   const { SMTP_URL: _smtp, ...inherited } = process.env;
+  const env = {
+    ...inherited,
+    DATABASE_URL: `sqlite://${path.join(tmp, 'e2e.db')}?mode=rwc`,
+    LISTEN_ADDR: '127.0.0.1:0',
+    JWT_SECRET: 'e2e-secret-0123456789abcdef0123456789abcdef',
+    APP_ENV: 'development',
+    COOKIE_SECURE: 'false',
+    ACCESS_TOKEN_TTL: TTL,
+    CORS_ALLOWED_ORIGINS: allowedOrigins.join(','),
+    RATE_LIMIT_LOGIN_PER_IP: '100000/1s',
+    RATE_LIMIT_REGISTER_PER_IP: '100000/1s',
+    RATE_LIMIT_REFRESH_PER_IP: '100000/1s',
+    RATE_LIMIT_LOGIN_PER_ACCOUNT: '100000/1s',
+    RATE_LIMIT_MAIL_PER_IP: '100000/1s',
+    RATE_LIMIT_LINK_PER_IP: '100000/1s',
+    MAIL_DIR,
+    APP_URL: appUrl,
+    RESET_PASSWORD_PATH: '/reset-password',
+    RUST_LOG: process.env.RUST_LOG || 'info',
+    NO_COLOR: '1',
+  };
+  // An admin (for setUserRole -> ROLE_CHANGED), made as an operator would.
+  const admin = spawn(AUTHGRAPH_BIN, ['create-admin', '--email', ADMIN_EMAIL], {
+    env: { ...env, AUTHGRAPH_ADMIN_PASSWORD: ADMIN_PASSWORD },
+    stdio: ['ignore', out, out],
+  });
+  const killAdmin = setTimeout(() => admin.kill('SIGKILL'), 60_000);
+  const [adminCode] = await once(admin, 'exit');
+  clearTimeout(killAdmin);
+  assert(adminCode === 0, `authgraph create-admin exited with ${adminCode}; log:\n${fs.readFileSync(logFile, 'utf8').slice(-3000)}`);
   const child = spawn(AUTHGRAPH_BIN, ['serve'], {
-    env: {
-      ...inherited,
-      DATABASE_URL: `sqlite://${path.join(tmp, 'e2e.db')}?mode=rwc`,
-      LISTEN_ADDR: '127.0.0.1:0',
-      JWT_SECRET: 'e2e-secret-0123456789abcdef0123456789abcdef',
-      APP_ENV: 'development',
-      COOKIE_SECURE: 'false',
-      ACCESS_TOKEN_TTL: TTL,
-      CORS_ALLOWED_ORIGINS: allowedOrigins.join(','),
-      RATE_LIMIT_LOGIN_PER_IP: '100000/1s',
-      RATE_LIMIT_REGISTER_PER_IP: '100000/1s',
-      RATE_LIMIT_REFRESH_PER_IP: '100000/1s',
-      RATE_LIMIT_LOGIN_PER_ACCOUNT: '100000/1s',
-      RATE_LIMIT_MAIL_PER_IP: '100000/1s',
-      RATE_LIMIT_LINK_PER_IP: '100000/1s',
-      MAIL_DIR,
-      APP_URL: appUrl,
-      RESET_PASSWORD_PATH: '/reset-password',
-      RUST_LOG: process.env.RUST_LOG || 'info',
-      NO_COLOR: '1',
-    },
+    env,
     stdio: ['ignore', 'pipe', out],
   });
   cleanups.push(async () => {
@@ -248,7 +310,105 @@ async function uiState(page) {
       error: e.textContent,
       code: e.dataset.code,
       reason: e.dataset.reason,
+      live: document.getElementById('live').dataset.state,
+      liveCode: document.getElementById('live').dataset.code,
     };
+  });
+}
+
+/** Polls the page's state from here (not with the page's own timers, which a
+ *  background tab may throttle) until `pred(state)` holds or `deadline` (ms
+ *  since the epoch) passes. Returns { state, at } or null. */
+async function pollUntil(page, pred, deadline, every = 10) {
+  for (;;) {
+    const state = await uiState(page);
+    const at = Date.now();
+    if (pred(state)) return { state, at };
+    if (at > deadline) return null;
+    await settle(every);
+  }
+}
+
+async function waitState(page, pred, what, timeoutMs = 15_000) {
+  const hit = await pollUntil(page, pred, Date.now() + timeoutMs, 25);
+  if (!hit) throw new Error(`timed out after ${timeoutMs / 1000}s waiting for ${what}: ${JSON.stringify(await uiState(page))}`);
+  return hit.state;
+}
+
+/** The page's WebSockets as Chromium saw them: URL, frames both ways (parsed), closed or not. */
+function recordSockets(page) {
+  const sockets = [];
+  const parse = (payload) => {
+    try {
+      return JSON.parse(typeof payload === 'string' ? payload : payload.toString());
+    } catch {
+      return { raw: String(payload) };
+    }
+  };
+  page.on('websocket', (ws) => {
+    const entry = { url: ws.url(), sent: [], received: [], closed: false };
+    sockets.push(entry);
+    ws.on('framesent', (f) => entry.sent.push(parse(f.payload)));
+    ws.on('framereceived', (f) => entry.received.push(parse(f.payload)));
+    ws.on('socketerror', (e) => (entry.error = String(e)));
+    ws.on('close', () => (entry.closed = true));
+  });
+  return sockets;
+}
+
+/** The sessionEvents events a socket delivered. */
+const sessionEventsIn = (socket) =>
+  socket.received.filter((m) => m.type === 'next').map((m) => m.payload?.data?.sessionEvents).filter(Boolean);
+
+/** A GraphQL request straight to authgraph (as a server-side script would: no Origin). */
+async function gql(apiUrl, query, variables, token) {
+  const res = await fetch(`${apiUrl}/graphql`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    body: JSON.stringify({ query, variables }),
+  });
+  const body = await res.json();
+  if (body.errors?.length) throw new Error(`${query.trim().split('\n')[0]}: ${JSON.stringify(body.errors)}`);
+  return body.data;
+}
+
+/** As the admin (made with `authgraph create-admin`): setUserRole. */
+async function setRole(apiUrl, userId, role) {
+  const { login } = await gql(apiUrl, 'mutation ($input: LoginInput!) { login(input: $input) { accessToken } }',
+    { input: { email: ADMIN_EMAIL, password: ADMIN_PASSWORD } });
+  const { setUserRole } = await gql(apiUrl, 'mutation ($id: ID!, $role: Role!) { setUserRole(id: $id, role: $role) { id role } }',
+    { id: userId, role }, login.accessToken);
+  assert(setUserRole.role === role, `setUserRole answered ${JSON.stringify(setUserRole)}`);
+}
+
+/** A WebSocket handshake on authgraph's /graphql with this Origin, as a browser
+ *  would send it; resolves to the HTTP status (101 when upgraded). */
+function wsHandshake(apiUrl, origin) {
+  return new Promise((resolve, reject) => {
+    const u = new URL(apiUrl);
+    const req = http.request({
+      host: u.hostname,
+      port: u.port,
+      path: '/graphql',
+      headers: {
+        connection: 'Upgrade',
+        upgrade: 'websocket',
+        'sec-websocket-version': '13',
+        'sec-websocket-key': crypto.randomBytes(16).toString('base64'),
+        'sec-websocket-protocol': 'graphql-transport-ws',
+        ...(origin ? { origin } : {}),
+      },
+    });
+    req.on('upgrade', (res, socket) => {
+      socket.destroy();
+      resolve(res.statusCode);
+    });
+    req.on('response', (res) => {
+      res.resume();
+      resolve(res.statusCode);
+    });
+    req.on('error', reject);
+    req.end();
   });
 }
 
@@ -431,6 +591,8 @@ async function allowedFlow(browser, appUrl, client, mode, step) {
     s = await uiState(page);
     assert(s.state === 'logged-in' && s.email === email, `login failed: ${JSON.stringify(s)}`);
     step('login through the UI shows the me view');
+    await waitState(page, (x) => x.live === 'open', 'the sessionEvents socket to open');
+    step('logged in, the page follows sessionEvents over its WebSocket');
 
     const docCookie = await page.evaluate(() => document.cookie);
     assert(!docCookie.includes('refresh_token'), `document.cookie exposes the refresh token: ${docCookie}`);
@@ -469,7 +631,8 @@ async function allowedFlow(browser, appUrl, client, mode, step) {
     assert(s.state === 'logged-out' && s.hasToken === 'false', `logout failed: ${JSON.stringify(s)}`);
     assert(ok(calls, 'Logout'), 'no successful Logout call');
     assert(!(await context.cookies()).some((c) => c.name === 'refresh_token'), 'refresh cookie not cleared by logout');
-    step('logout clears the session and the cookie');
+    assert(s.live === 'off', `the socket is still followed after logout: ${JSON.stringify(s)}`);
+    step('logout clears the session and the cookie, and stops following sessionEvents');
 
     const beforeAfter = calls.length;
     await click(page, 'refresh-me');
@@ -483,6 +646,171 @@ async function allowedFlow(browser, appUrl, client, mode, step) {
 
     assert(pageErrors.length === 0, `uncaught errors in the page: ${pageErrors.join('; ')}`);
     step('no uncaught errors in the page');
+  } finally {
+    await context.close();
+  }
+}
+
+/** Two tabs of one session (the second resumes it through the cookie), both
+ *  following sessionEvents over a WebSocket: nothing happening changes nothing,
+ *  past the access tokens' expiry; a dropped connection comes back (same-origin:
+ *  this proxy cuts it); ROLE_CHANGED shows in both; a logout in the first shows
+ *  in the second within LIVE_LOGOUT_DEADLINE_MS, without a reload or a request. */
+async function liveFlow(browser, appUrl, apiUrl, client, mode, step) {
+  const context = await browser.newContext();
+  try {
+    const email = `e2e-${client}-live-${mode}-${Date.now()}@example.com`;
+    const wsUrl = `${(mode === 'same' ? appUrl : apiUrl).replace(/^http/, 'ws')}/graphql`;
+    const openTab = async () => {
+      const page = await context.newPage();
+      const tab = { page, calls: recordGraphql(page), sockets: recordSockets(page), errors: [] };
+      page.on('pageerror', (e) => tab.errors.push(String(e)));
+      await page.goto(`${appUrl}/?client=${client}`);
+      await waitIdle(page);
+      return tab;
+    };
+    const initOf = (socket) => socket.sent.find((m) => m.type === 'connection_init');
+    const closedSoon = async (socket) => {
+      for (let i = 0; i < 100 && !socket.closed; i++) await settle(20);
+      return socket.closed;
+    };
+
+    const first = await openTab();
+    const p1 = first.page;
+    await p1.fill('#email', email);
+    await p1.fill('#password', PASSWORD);
+    await click(p1, 'register');
+    await waitState(p1, (x) => x.live === 'open', 'the socket after register');
+    await click(p1, 'logout');
+    const registered = first.sockets[0];
+    assert(registered && (await closedSoon(registered)) && registered.sent.some((m) => m.type === 'complete'),
+      `the socket of the registration was not completed and closed on logout: ${JSON.stringify(registered)}`);
+    await p1.fill('#email', email);
+    await p1.fill('#password', PASSWORD);
+    await click(p1, 'login');
+    const s1 = await waitState(p1, (x) => x.state === 'logged-in' && x.live === 'open', 'tab 1 logged in with its socket open');
+    const userId = s1.id;
+    const sock1 = first.sockets.at(-1);
+    const init1 = initOf(sock1);
+    assert(sock1 !== registered && sock1.url === wsUrl, `socket URL ${sock1.url}, expected ${wsUrl}`);
+    assert(init1 && Object.keys(init1.payload ?? {}).join() === 'Authorization' && /^Bearer \S+$/.test(init1.payload.Authorization),
+      `connection_init: ${JSON.stringify(init1)}`);
+    assert(sock1.received.some((m) => m.type === 'connection_ack'), `no connection_ack: ${JSON.stringify(sock1.received)}`);
+    assert(sock1.sent.some((m) => m.type === 'subscribe' && /sessionEvents/.test(m.payload?.query ?? '')), 'no sessionEvents subscribe');
+    step(`tab 1: register, logout (its socket sent complete and closed), login; socket ${wsUrl} opened with connection_init {"Authorization": "Bearer …"}, acknowledged, sessionEvents subscribed`);
+
+    const second = await openTab();
+    const p2 = second.page;
+    const s2 = await waitState(p2, (x) => x.state === 'logged-in' && x.live === 'open', 'tab 2 resumed with its socket open');
+    const resumedAt = Date.now();
+    assert(s2.email === email && s2.id === userId, `tab 2 resumed another user: ${JSON.stringify(s2)}`);
+    assert(second.calls.some((c) => c.op === 'RefreshToken' && c.body?.data?.refreshToken), 'tab 2 resumed without a cookie refresh?');
+    step(`a second tab of the same context resumes the session through the cookie (${second.calls.map((c) => c.op).join(' ')}) and opens its own socket`);
+
+    // Nothing happens for a while: past both access tokens' expiry (the socket
+    // follows the session, not the token).
+    const quietCalls = [first.calls.length, second.calls.length];
+    await settle(Math.max(0, EXPIRY_WAIT_MS - (Date.now() - resumedAt)));
+    for (const [i, tab] of [first, second].entries()) {
+      const x = await uiState(tab.page);
+      const socket = tab.sockets.at(-1);
+      assert(x.state === 'logged-in' && x.hasToken === 'true' && x.live === 'open' && x.error === '',
+        `tab ${i + 1} after a quiet while: ${JSON.stringify(x)}`);
+      assert(!socket.closed && sessionEventsIn(socket).length === 0, `tab ${i + 1}'s socket: closed ${socket.closed}, events ${JSON.stringify(sessionEventsIn(socket))}`);
+      assert(tab.calls.length === quietCalls[i], `tab ${i + 1} made requests while nothing happened`);
+    }
+    step(`both tabs stay logged in while nothing happens (${(EXPIRY_WAIT_MS / 1000).toFixed(1)}s, past the access tokens' expiry): sockets open, no event, no request`);
+
+    if (mode === 'same') {
+      // A network drop: graphql-ws reconnects, and the token in memory has
+      // expired meanwhile, so connection_init must carry a renewed one.
+      const before = [first, second].map((tab) => ({ sockets: tab.sockets.length, calls: tab.calls.length }));
+      const cut = dropWebSockets(appUrl);
+      assert(cut >= 2, `expected both tabs' sockets in the proxy, found ${cut}`);
+      const t0 = Date.now();
+      for (const [i, tab] of [first, second].entries()) {
+        await waitState(tab.page, (x) => x.live === 'open' && tab.sockets.length > before[i].sockets, `tab ${i + 1} to reconnect`, 20_000);
+        const x = await uiState(tab.page);
+        assert(x.state === 'logged-in' && x.hasToken === 'true', `tab ${i + 1} after the drop: ${JSON.stringify(x)}`);
+        const ops = tab.calls.slice(before[i].calls).map((c) => `${c.op}:${c.body?.data ? 'ok' : (c.body?.errors?.[0]?.extensions?.reason ?? '?')}`);
+        assert(ops.includes('RefreshToken:ok'), `tab ${i + 1} reconnected without renewing its expired token: ${ops.join(' ')}`);
+        const oldInit = initOf(tab.sockets[before[i].sockets - 1]);
+        const newInit = initOf(tab.sockets.at(-1));
+        assert(newInit?.payload?.Authorization && newInit.payload.Authorization !== oldInit?.payload?.Authorization,
+          `tab ${i + 1} reconnected with its old token`);
+      }
+      step(`a dropped connection (the proxy cut ${cut} sockets) comes back in ${((Date.now() - t0) / 1000).toFixed(1)}s: each tab renewed its expired token through the cookie for connection_init, still logged in`);
+    }
+
+    // ROLE_CHANGED: an admin changes the user's role; both tabs show it at
+    // once, from the event (no request).
+    const roleCalls = [first.calls.length, second.calls.length];
+    for (const role of ['ADMIN', 'USER']) {
+      await setRole(apiUrl, userId, role);
+      for (const [i, tab] of [first, second].entries()) {
+        await waitState(tab.page, (x) => x.role === role, `tab ${i + 1} to show role ${role}`, 5000);
+        assert(sessionEventsIn(tab.sockets.at(-1)).some((e) => e.type === 'ROLE_CHANGED' && e.role === role), `tab ${i + 1}: no ROLE_CHANGED ${role} event`);
+      }
+    }
+    for (const [i, tab] of [first, second].entries()) {
+      const x = await uiState(tab.page);
+      assert(x.state === 'logged-in' && x.live === 'open', `tab ${i + 1} after the role changes: ${JSON.stringify(x)}`);
+      assert(tab.calls.length === roleCalls[i], `tab ${i + 1} made requests for the role change`);
+    }
+    step('ROLE_CHANGED: setUserRole by an admin shows in both tabs at once from the event (ADMIN, then USER again), no request');
+
+    // The logout in tab 1 (brought to the front, as a user would; tab 2 is in
+    // the background) shows in tab 2 within the deadline. The pages note when
+    // the click happened and when tab 2 changed (one clock: Date.now()).
+    await p1.bringToFront();
+    await p1.evaluate(() =>
+      document.getElementById('logout').addEventListener('click', () => (window.__e2eClickAt = Date.now()), { capture: true, once: true }));
+    await p2.evaluate(() => {
+      window.__e2eNoReload = true;
+      const status = document.getElementById('status');
+      new MutationObserver(() => {
+        if (status.dataset.state === 'logged-out') window.__e2eLoggedOutAt ??= Date.now();
+      }).observe(status, { attributes: true });
+    });
+    const sock1b = first.sockets.at(-1);
+    const sock2 = second.sockets.at(-1);
+    const calls1 = first.calls.length;
+    const calls2 = second.calls.length;
+    await p1.click('#logout');
+    const done = await pollUntil(p1, (x) => x.state !== 'busy', Date.now() + 15_000, 5);
+    assert(done?.state.state === 'logged-out' && done.state.hasToken === 'false', `logout in tab 1: ${JSON.stringify(done?.state)}`);
+    const doneAt = done.at;
+    const clickAt = await p1.evaluate(() => window.__e2eClickAt);
+    const seen = await pollUntil(p2, (x) => x.state === 'logged-out', doneAt + LIVE_LOGOUT_DEADLINE_MS, 5);
+    const x2 = await uiState(p2);
+    assert(seen, `tab 2 still shows ${x2.state} ${LIVE_LOGOUT_DEADLINE_MS} ms after the logout in tab 1 completed: ${JSON.stringify(x2)}`);
+    const delay = seen.at - doneAt;
+    const pageAt = await p2.evaluate(() => window.__e2eLoggedOutAt ?? null);
+    await settle(); // let response listeners parse bodies
+    const logoutOps = first.calls.slice(calls1).map((c) => `${c.op}:${c.body?.data ? 'ok' : (c.body?.errors?.[0]?.extensions?.reason ?? '?')}`).join(' ');
+    liveDelays.push({ scenario: `${client} ${mode}-origin`, polled: delay, click: pageAt - clickAt, logout: doneAt - clickAt });
+    step(`logout in tab 1 (${logoutOps}; click to logged-out seen: ${doneAt - clickAt} ms) -> tab 2 seen logged out ${delay} ms after that (deadline ${LIVE_LOGOUT_DEADLINE_MS} ms); tab 2 changed ${pageAt - clickAt} ms after the click event`);
+
+    assert(x2.hasToken === 'false' && x2.reason === 'SESSION_ENDED' && x2.live === 'ended', `tab 2 after the logout: ${JSON.stringify(x2)}`);
+    assert(await p2.evaluate(() => window.__e2eNoReload === true), 'tab 2 reloaded');
+    assert(second.calls.length === calls2, `tab 2 made requests: ${second.calls.slice(calls2).map((c) => c.op).join(' ')}`);
+    assert(sessionEventsIn(sock2).some((e) => e.type === 'SESSION_ENDED'), 'tab 2 received no SESSION_ENDED');
+    assert(await closedSoon(sock2), "tab 2's socket is still open");
+    step('tab 2: SESSION_ENDED received, token dropped, logged-out view with the reason, socket closed by the server; no reload, no request');
+
+    const x1 = await uiState(p1);
+    assert(x1.live === 'off' && x1.reason !== 'SESSION_ENDED', `tab 1 after its logout: ${JSON.stringify(x1)}`);
+    assert((await closedSoon(sock1b)) && sock1b.sent.some((m) => m.type === 'complete'), "tab 1's socket was not completed and closed by its logout");
+    step('tab 1: its logout completed the subscription and closed its socket');
+
+    await click(p2, 'refresh-me');
+    const after = await uiState(p2);
+    assert(after.state === 'logged-out' && after.code === 'UNAUTHENTICATED' && after.live === 'ended', `refresh me in tab 2: ${JSON.stringify(after)}`);
+    step(`"refresh me" in tab 2 confirms the session is gone (${after.error})`);
+
+    const errors = [...first.errors, ...second.errors];
+    assert(errors.length === 0, `uncaught errors in the pages: ${errors.join('; ')}`);
+    step('no uncaught errors in the pages');
   } finally {
     await context.close();
   }
@@ -542,6 +870,22 @@ async function unlistedFlow(browser, allowedUrl, unlistedUrl, apiUrl, client, st
     s = await uiState(page);
     assert(s.state === 'logged-out' && s.hasToken === 'false', `login from the unlisted origin succeeded: ${JSON.stringify(s)}`);
     step('login from the unlisted origin cannot obtain a token either');
+
+    // The subscription socket: refused before the upgrade (403), so the
+    // browser sees the handshake fail; the allowed origin is upgraded.
+    const wsUrl = `${apiUrl.replace(/^http/, 'ws')}/graphql`;
+    const fromPage = await page.evaluate((url) => new Promise((resolve) => {
+      const ws = new WebSocket(url, 'graphql-transport-ws');
+      ws.onopen = () => {
+        ws.close();
+        resolve('opened');
+      };
+      ws.onclose = (e) => resolve(`closed ${e.code}`);
+    }), wsUrl);
+    assert(fromPage === 'closed 1006', `a WebSocket from the unlisted origin: ${fromPage}`);
+    const [unlistedStatus, allowedStatus] = await Promise.all([wsHandshake(apiUrl, unlistedUrl), wsHandshake(apiUrl, allowedUrl)]);
+    assert(unlistedStatus === 403 && allowedStatus === 101, `handshake statuses: unlisted ${unlistedStatus}, allowed ${allowedStatus}`);
+    step(`a WebSocket to ${wsUrl} from the unlisted origin is refused before the upgrade (in the page: ${fromPage}; the handshake with that Origin gets ${unlistedStatus}, with the allowed one ${allowedStatus})`);
 
     // What the server itself answers a credentialed refresh from that origin
     // (a browser would not let the page read it): FORBIDDEN CROSS_SITE_REQUEST.
@@ -672,6 +1016,10 @@ async function resetFlow(browser, appUrl, client, step) {
     assert(s.state === 'logged-in' && s.email === email && s.hasToken === 'true', `login with the new password failed: ${JSON.stringify(s)}`);
     step('login through the UI: the old password is refused, the new one shows the logged-in state');
 
+    s = await waitState(first, (x) => x.state === 'logged-out', "the other browser's page to show its session ended", 5000);
+    assert(s.reason === 'SESSION_ENDED' && s.hasToken === 'false' && s.live === 'ended', `the other browser's page: ${JSON.stringify(s)}`);
+    step('the other browser showed the end of its session at once, without a reload (sessionEvents: SESSION_ENDED)');
+
     await first.reload();
     await waitIdle(first);
     s = await uiState(first);
@@ -779,6 +1127,9 @@ async function main() {
   const sameUrl = await startStatic(() => DIST, () => apiUrl);
   const crossUrl = await startStatic(() => crossDist);
   const unlistedUrl = await startStatic(() => crossDist);
+  // One same-origin server per client for the two-tab scenario, whose
+  // WebSockets it cuts to simulate a network drop without touching the others.
+  const liveUrls = { apollo: await startStatic(() => DIST, () => apiUrl), urql: await startStatic(() => DIST, () => apiUrl) };
   // Mailed links open the same-origin app (APP_URL).
   const ag = await startAuthgraph([crossUrl], sameUrl);
   apiUrl = ag.url;
@@ -803,12 +1154,16 @@ async function main() {
     scenarios.push([`${client} cross-origin`, (step) => allowedFlow(browser, crossUrl, client, 'cross', step)]);
     scenarios.push([`${client} unlisted-origin`, (step) => unlistedFlow(browser, crossUrl, unlistedUrl, apiUrl, client, step)]);
     scenarios.push([`${client} password reset`, (step) => resetFlow(browser, sameUrl, client, step)]);
+    scenarios.push([`${client} live logout, same-origin`, (step) => liveFlow(browser, liveUrls[client], apiUrl, client, 'same', step)]);
+    scenarios.push([`${client} live logout, cross-origin`, (step) => liveFlow(browser, crossUrl, apiUrl, client, 'cross', step)]);
   }
 
   // The scenarios are independent (own browser context, own user), so they run
   // concurrently to keep the token-expiry waits from adding up.
+  // E2E_ONLY=word runs only the scenarios whose name contains it (for debugging).
+  const only = process.env.E2E_ONLY;
   const results = await Promise.all(
-    scenarios.map(async ([name, fn]) => {
+    scenarios.filter(([name]) => !only || name.includes(only)).map(async ([name, fn]) => {
       const lines = [];
       const t0 = Date.now();
       try {
@@ -830,7 +1185,12 @@ async function main() {
     log('--- authgraph log (tail) ---');
     log(fs.readFileSync(ag.logFile, 'utf8').slice(-4000));
   }
+  for (const d of liveDelays) {
+    log(`live logout ${d.scenario}: tab 2 seen logged out ${d.polled} ms after the logout in tab 1 completed (deadline ${LIVE_LOGOUT_DEADLINE_MS} ms); tab 2 changed ${d.click} ms after the click event (the logout itself took ${d.logout} ms)`);
+  }
   log(`total ${((Date.now() - started) / 1000).toFixed(1)}s`);
+  // E2E_LOG=file keeps a copy of authgraph's log (the temporary folder is removed).
+  if (process.env.E2E_LOG) fs.copyFileSync(ag.logFile, process.env.E2E_LOG);
 }
 
 try {

@@ -1,10 +1,14 @@
-import type { Role } from './gql/graphql';
+import type { Role, SessionEventsSubscription } from './gql/graphql';
+import type { SessionObserver } from './live';
 
 export interface Viewer {
   id: string;
   email: string;
   role: Role;
 }
+
+/** One `sessionEvents` event: SESSION_ENDED (the last), or ROLE_CHANGED with the new role. */
+export type SessionEvent = SessionEventsSubscription['sessionEvents'];
 
 /** What the UI needs from a GraphQL client; implemented with Apollo and with urql. */
 export interface AuthApi {
@@ -17,6 +21,14 @@ export interface AuthApi {
   requestPasswordReset(email: string): Promise<boolean>;
   /** `resetPassword` with the token of a mailed link; ends every session of the account and logs nobody in. */
   resetPassword(token: string, newPassword: string): Promise<void>;
+  /**
+   * Subscribes to `sessionEvents` over a WebSocket (graphql-transport-ws; the
+   * socket opens with the in-memory access token). Returns the unsubscribe
+   * function, which also closes the socket. Errors reach the observer as ApiError.
+   */
+  sessionEvents(observer: SessionObserver<SessionEvent>): () => void;
+  /** The session ended elsewhere: drops the access token and whatever the client cached, without a request. */
+  forget(): void;
 }
 
 /** An error with the GraphQL `extensions.code` / `extensions.reason` kept for the UI. */

@@ -1,9 +1,20 @@
-import { ApolloClient, ApolloError, ApolloLink, HttpLink, InMemoryCache, Observable, from, fromPromise } from '@apollo/client/core';
+import { ApolloClient, ApolloError, ApolloLink, HttpLink, InMemoryCache, Observable, from, fromPromise, split, type Operation } from '@apollo/client/core';
 import { onError } from '@apollo/client/link/error';
+import { GraphQLWsLink } from '@apollo/client/link/subscriptions';
+import { getMainDefinition } from '@apollo/client/utilities';
 import { GRAPHQL_URL } from './config';
 import { getAccessToken, isRefreshableError, refreshAccessToken, setAccessToken } from './auth';
-import { LoginDocument, LogoutDocument, MeDocument, RegisterDocument, RequestPasswordResetDocument, ResetPasswordDocument } from './operations';
-import { ApiError, type AuthApi } from './api';
+import { createSessionSocket, followSession } from './live';
+import {
+  LoginDocument,
+  LogoutDocument,
+  MeDocument,
+  RegisterDocument,
+  RequestPasswordResetDocument,
+  ResetPasswordDocument,
+  SessionEventsDocument,
+} from './operations';
+import { ApiError, type AuthApi, type SessionEvent } from './api';
 
 // Adds `Authorization: Bearer <token>` from memory to every operation
 // (read at send time, so a retry after a refresh carries the new token).
@@ -28,9 +39,21 @@ const refreshLink = onError(({ graphQLErrors, response, operation, forward }) =>
   );
 });
 
+const isSubscription = ({ query }: Operation): boolean => {
+  const definition = getMainDefinition(query);
+  return definition.kind === 'OperationDefinition' && definition.operation === 'subscription';
+};
+
 export function createApolloApi(): AuthApi {
+  // Subscriptions go over the WebSocket (the token travels in connection_init,
+  // see src/live.ts); queries and mutations over HTTP with the links above.
+  const ws = createSessionSocket();
   const client = new ApolloClient({
-    link: from([refreshLink, authLink, new HttpLink({ uri: GRAPHQL_URL, credentials: 'include' })]),
+    link: split(
+      isSubscription,
+      new GraphQLWsLink(ws),
+      from([refreshLink, authLink, new HttpLink({ uri: GRAPHQL_URL, credentials: 'include' })]),
+    ),
     cache: new InMemoryCache(),
     defaultOptions: {
       query: { fetchPolicy: 'network-only' },
@@ -38,20 +61,22 @@ export function createApolloApi(): AuthApi {
     },
   });
 
+  const apiError = (e: unknown): ApiError =>
+    e instanceof ApiError ? e : e instanceof ApolloError ? ApiError.from(e.graphQLErrors, e) : ApiError.from(undefined, e);
   const fail = (e: unknown): never => {
-    throw e instanceof ApolloError ? ApiError.from(e.graphQLErrors, e) : ApiError.from(undefined, e);
+    throw apiError(e);
   };
 
   return {
     name: 'apollo',
     async register(email, password) {
       const { data } = await client.mutate({ mutation: RegisterDocument, variables: { input: { email, password } } }).catch(fail);
-      setAccessToken(data!.register.accessToken);
+      setAccessToken(data!.register.accessToken, data!.register.expiresIn);
       return data!.register.user;
     },
     async login(email, password) {
       const { data } = await client.mutate({ mutation: LoginDocument, variables: { input: { email, password } } }).catch(fail);
-      setAccessToken(data!.login.accessToken);
+      setAccessToken(data!.login.accessToken, data!.login.expiresIn);
       return data!.login.user;
     },
     async me() {
@@ -74,6 +99,23 @@ export function createApolloApi(): AuthApi {
       // (Apollo drops a mutation's root fields, keyed by their arguments, from
       // the cache once it completes: the token does not stay there.)
       await client.mutate({ mutation: ResetPasswordDocument, variables: { token, newPassword } }).catch(fail);
+    },
+    sessionEvents(observer) {
+      return followSession<SessionEvent>(
+        ws,
+        (sink) => {
+          const subscription = client.subscribe({ query: SessionEventsDocument, fetchPolicy: 'no-cache' }).subscribe({
+            next: ({ data, errors }) => (data ? sink.next(data.sessionEvents) : sink.error(ApiError.from(errors, 'no data'))),
+            error: (e) => sink.error(apiError(e)),
+          });
+          return () => subscription.unsubscribe();
+        },
+        observer,
+      );
+    },
+    forget() {
+      setAccessToken(null);
+      void client.clearStore();
     },
   };
 }

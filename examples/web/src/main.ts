@@ -3,6 +3,7 @@ import { createUrqlApi } from './urql';
 import { getAccessToken } from './auth';
 import { ApiError, type AuthApi, type Viewer } from './api';
 import { FORGOT_PASSWORD_PATH, RESET_PASSWORD_PATH } from './config';
+import { SESSION_CLOSE_CODES } from './live';
 
 // A reset link's token is taken out of the address bar before anything else
 // runs, so it does not stay in the history, a bookmark or a Referer. From here
@@ -57,8 +58,11 @@ function homePage(): void {
   const status = $<HTMLOutputElement>('status');
   const errorOut = $<HTMLOutputElement>('error');
   const meView = $<HTMLElement>('me-view');
+  const liveOut = $<HTMLOutputElement>('live');
 
   function show(viewer: Viewer | null, error?: unknown): void {
+    if (viewer) follow();
+    else if (unfollow) stopFollowing();
     meView.hidden = !viewer;
     $('me-id').textContent = viewer?.id ?? '';
     $('me-email').textContent = viewer?.email ?? '';
@@ -80,6 +84,55 @@ function homePage(): void {
     }
   }
 
+  // ---- sessionEvents: while logged in, the page follows its session over a
+  // WebSocket, so a logout in another tab (or anything else that ends the
+  // session) shows here at once, and so does a new role.
+  let unfollow: (() => void) | null = null;
+
+  function live(state: string, code?: number | null): void {
+    liveOut.dataset.state = state;
+    liveOut.dataset.code = code == null ? '' : String(code);
+    liveOut.textContent = code == null ? state : `${state} (${code})`;
+  }
+
+  function follow(): void {
+    if (unfollow) return;
+    live('connecting');
+    unfollow = api.sessionEvents({
+      next(event) {
+        if (event.type === 'SESSION_ENDED') sessionEnded();
+        else if (event.type === 'ROLE_CHANGED' && event.role) $('me-role').textContent = event.role;
+      },
+      socket: live,
+      error(closeCode, error) {
+        // 4401/4403: no token, or one refused (the session is gone). A GraphQL
+        // UNAUTHENTICATED error for the subscription means the same.
+        if ((closeCode !== null && SESSION_CLOSE_CODES.has(closeCode)) || (error instanceof ApiError && error.code === 'UNAUTHENTICATED')) {
+          sessionEnded();
+        } else {
+          // graphql-ws gave up reconnecting (server or network away): the page
+          // stays as it is; the next successful action subscribes again.
+          stopFollowing('failed');
+        }
+      },
+    });
+  }
+
+  /** Unsubscribes, which closes the socket. */
+  function stopFollowing(state = 'off'): void {
+    const stop = unfollow;
+    unfollow = null;
+    stop?.();
+    live(state);
+  }
+
+  /** The session ended elsewhere: logged out at once, without a reload or a request. */
+  function sessionEnded(): void {
+    stopFollowing('ended');
+    api.forget();
+    show(null, new ApiError('Your session has ended (logged out elsewhere, revoked, or the password was changed). Log in again.', undefined, 'SESSION_ENDED'));
+  }
+
   async function run(action: () => Promise<Viewer | null>): Promise<void> {
     status.dataset.state = 'busy';
     try {
@@ -89,16 +142,24 @@ function homePage(): void {
     }
   }
 
+  // A login or registration starts another session: the socket of the one
+  // before (if any) is closed first, and the new one follows the new session.
   form.addEventListener('submit', (ev) => {
     ev.preventDefault();
+    stopFollowing();
     void run(() => api.login(email.value, password.value));
   });
   $('register').addEventListener('click', () => {
     if (!form.reportValidity()) return;
+    stopFollowing();
     void run(() => api.register(email.value, password.value));
   });
   $('refresh-me').addEventListener('click', () => void run(() => api.me()));
-  $('logout').addEventListener('click', () => void run(async () => (await api.logout(), null)));
+  $('logout').addEventListener('click', () => {
+    // The socket closes first: this tab's own SESSION_ENDED is no news to it.
+    stopFollowing();
+    void run(async () => (await api.logout(), null));
+  });
 
   // After a reload the access token is gone: `me` fails with MISSING_TOKEN, the
   // client refreshes through the cookie and retries, so a live session resumes.

@@ -54,3 +54,13 @@ export const ResetPasswordDocument = graphql(`
     resetPassword(token: $token, newPassword: $newPassword)
   }
 `);
+
+// Over a WebSocket (graphql-transport-ws, see src/live.ts), not HTTP: the
+// socket opens with the access token in connection_init. SESSION_ENDED is the
+// last event (the server then closes the socket with 4403); ROLE_CHANGED
+// carries the new role.
+export const SessionEventsDocument = graphql(`
+  subscription SessionEvents {
+    sessionEvents { type role occurredAt }
+  }
+`);

@@ -1,11 +1,21 @@
-import { Client, cacheExchange, fetchExchange, type CombinedError } from '@urql/core';
+import { Client, cacheExchange, fetchExchange, subscriptionExchange, type CombinedError } from '@urql/core';
 import { authExchange } from '@urql/exchange-auth';
 import { GRAPHQL_URL } from './config';
 import { getAccessToken, isRefreshableError, refreshAccessToken, setAccessToken } from './auth';
-import { LoginDocument, LogoutDocument, MeDocument, RegisterDocument, RequestPasswordResetDocument, ResetPasswordDocument } from './operations';
-import { ApiError, type AuthApi } from './api';
+import { createSessionSocket, followSession } from './live';
+import {
+  LoginDocument,
+  LogoutDocument,
+  MeDocument,
+  RegisterDocument,
+  RequestPasswordResetDocument,
+  ResetPasswordDocument,
+  SessionEventsDocument,
+} from './operations';
+import { ApiError, type AuthApi, type SessionEvent } from './api';
 
 export function createUrqlApi(): AuthApi {
+  const ws = createSessionSocket();
   const client = new Client({
     url: GRAPHQL_URL,
     fetchOptions: { credentials: 'include' },
@@ -13,6 +23,18 @@ export function createUrqlApi(): AuthApi {
     requestPolicy: 'network-only',
     exchanges: [
       cacheExchange,
+      // Subscriptions go over the WebSocket, before authExchange: their token
+      // travels in connection_init (see src/live.ts), not in a header.
+      subscriptionExchange({
+        forwardSubscription(request) {
+          const input = { ...request, query: request.query || '' };
+          return {
+            subscribe(sink) {
+              return { unsubscribe: ws.subscribe(input, sink) };
+            },
+          };
+        },
+      }),
       // Silent refresh: authExchange runs refreshAuth once when didAuthError
       // matches, then replays the failed operation with the new token.
       authExchange(async (utils) => ({
@@ -40,12 +62,12 @@ export function createUrqlApi(): AuthApi {
     name: 'urql',
     async register(email, password) {
       const data = check(await client.mutation(RegisterDocument, { input: { email, password } }).toPromise());
-      setAccessToken(data.register.accessToken);
+      setAccessToken(data.register.accessToken, data.register.expiresIn);
       return data.register.user;
     },
     async login(email, password) {
       const data = check(await client.mutation(LoginDocument, { input: { email, password } }).toPromise());
-      setAccessToken(data.login.accessToken);
+      setAccessToken(data.login.accessToken, data.login.expiresIn);
       return data.login.user;
     },
     async me() {
@@ -63,6 +85,22 @@ export function createUrqlApi(): AuthApi {
     },
     async resetPassword(token, newPassword) {
       check(await client.mutation(ResetPasswordDocument, { token, newPassword }).toPromise());
+    },
+    sessionEvents(observer) {
+      return followSession<SessionEvent>(
+        ws,
+        (sink) => {
+          const { unsubscribe } = client.subscription(SessionEventsDocument, {}).subscribe((result) => {
+            if (result.error) sink.error(ApiError.from(result.error.graphQLErrors, result.error));
+            else if (result.data) sink.next(result.data.sessionEvents);
+          });
+          return unsubscribe;
+        },
+        observer,
+      );
+    },
+    forget() {
+      setAccessToken(null);
     },
   };
 }
