@@ -131,10 +131,7 @@ impl RequestGuardExtension {
 /// its code when it has none (the catalogue's static names only).
 fn outcome<T>(result: &ServerResult<T>) -> &'static str {
     let Err(err) = result else { return "OK" };
-    let ext = |name: &str| match err.extensions.as_ref().and_then(|e| e.get(name)) {
-        Some(async_graphql::Value::String(s)) => Some(s.clone()),
-        _ => None,
-    };
+    let ext = |name: &str| super::error_extension(err, name);
     if let Some(reason) = ext("reason").and_then(|r| Reason::ALL.iter().find(|x| x.as_str() == r)) {
         return reason.as_str();
     }

@@ -146,6 +146,14 @@ pub fn build_schema(limits: Limits, documents: Arc<documents::DocumentCache>, se
     schema_builder(limits, documents).data(services).data(sessions).finish()
 }
 
+/// A string extension of an error the engine reports (`code`, `reason`).
+pub(crate) fn error_extension(err: &async_graphql::ServerError, name: &str) -> Option<String> {
+    match err.extensions.as_ref().and_then(|e| e.get(name)) {
+        Some(async_graphql::Value::String(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
 pub(crate) fn services<'a>(ctx: &Context<'a>) -> Result<&'a Services, AppError> {
     ctx.data::<Services>().map_err(|_| AppError::internal("services missing from schema data"))
 }

@@ -284,10 +284,7 @@ fn outcome(response: &BatchResponse) -> String {
         BatchResponse::Batch(list) => list.iter().flat_map(|r| r.errors.iter()).next(),
     };
     let Some(err) = first else { return "OK".to_owned() };
-    let ext = |name: &str| match err.extensions.as_ref().and_then(|e| e.get(name)) {
-        Some(async_graphql::Value::String(s)) => Some(s.clone()),
-        _ => None,
-    };
+    let ext = |name: &str| crate::graphql::error_extension(err, name);
     ext("reason").or_else(|| ext("code")).unwrap_or_else(|| "ERROR".to_owned())
 }
 
