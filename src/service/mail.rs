@@ -97,13 +97,11 @@ pub(super) async fn void_pending_links(svc: &Services, conn: &impl ConnectionTra
     let now = svc.clock.now();
     let links = [Kind::VerifyEmail, Kind::ResetPassword, Kind::ConfirmEmailChange].map(Kind::as_str);
     // The outbox first, then the tokens: the order `mint` takes them in.
-    mail_outbox::Entity::update_many()
-        .col_expr(mail_outbox::Column::NextAttemptAt, Expr::value(Option::<DateTime<Utc>>::None))
-        .col_expr(mail_outbox::Column::FailedAt, Expr::value(now))
-        .col_expr(mail_outbox::Column::LastError, Expr::value("not sent: the account's sessions were ended"))
+    let pending = mail_outbox::Entity::update_many()
         .filter(mail_outbox::Column::UserId.eq(user_id))
         .filter(mail_outbox::Column::Kind.is_in(links))
-        .filter(mail_outbox::Column::NextAttemptAt.is_not_null())
+        .filter(mail_outbox::Column::NextAttemptAt.is_not_null());
+    super::outbox::ended_unsent(pending, now, "not sent: the account's sessions were ended".to_owned())
         .exec(conn)
         .await?;
     mail_token::Entity::update_many()

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use chrono::Duration as ChronoDuration;
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sea_orm::{
     ColumnTrait, DbBackend, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
     sea_query::{Expr, LockBehavior, LockType},
@@ -74,56 +74,74 @@ enum End {
     Sent,
     Retry(String),
     Failed(String),
+    /// Not to be sent, for this reason.
+    Skipped(&'static str),
 }
 
-/// Writes how the claimed `row` ended, if the claim is still this sender's.
+/// `update` ending a row unsent: no next attempt, `failed_at` now, and why.
+/// Every way a row ends without being sent writes these three columns.
+pub(super) fn ended_unsent(
+    update: sea_orm::UpdateMany<mail_outbox::Entity>,
+    now: DateTime<Utc>,
+    why: String,
+) -> sea_orm::UpdateMany<mail_outbox::Entity> {
+    update
+        .col_expr(mail_outbox::Column::FailedAt, Expr::value(now))
+        .col_expr(mail_outbox::Column::NextAttemptAt, Expr::value(Option::<DateTime<Utc>>::None))
+        .col_expr(mail_outbox::Column::LastError, Expr::value(why))
+}
+
+/// Writes how the claimed `row` ended, if the claim is still this sender's
+/// (fenced by its attempt). A reset asked for an address without an account
+/// (the rows without a user) keeps no trace of the address once skipped.
 async fn finish(svc: &Services, row: &mail_outbox::Model, end: End) -> AppResult<()> {
     let now = svc.clock.now();
-    let update = mail_outbox::Entity::update_many()
+    // A retry past the give-up time is a failure.
+    let give_up = now - row.created_at > ChronoDuration::from_std(GIVE_UP_AFTER).unwrap_or_default();
+    let end = match end {
+        End::Retry(error) if give_up => End::Failed(error),
+        other => other,
+    };
+    let fenced = mail_outbox::Entity::update_many()
         .filter(mail_outbox::Column::Id.eq(row.id))
         .filter(mail_outbox::Column::Attempts.eq(row.attempts));
-    let give_up = now - row.created_at > ChronoDuration::from_std(GIVE_UP_AFTER).unwrap_or_default();
-    let outcome = match &end {
-        End::Sent => "sent",
-        End::Retry(_) if !give_up => "retried",
-        End::Retry(_) | End::Failed(_) => "failed",
-    };
-    crate::metrics::mail(&row.kind, outcome);
-    let update = match end {
+    let (outcome, update) = match end {
         End::Sent => {
             tracing::info!(mail_id = %row.id, kind = %row.kind, attempts = row.attempts, "mail sent");
-            update
+            let update = fenced
                 .col_expr(mail_outbox::Column::SentAt, Expr::value(now))
-                .col_expr(
-                    mail_outbox::Column::NextAttemptAt,
-                    Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None),
-                )
-                .col_expr(mail_outbox::Column::LastError, Expr::value(Option::<String>::None))
+                .col_expr(mail_outbox::Column::NextAttemptAt, Expr::value(Option::<DateTime<Utc>>::None))
+                .col_expr(mail_outbox::Column::LastError, Expr::value(Option::<String>::None));
+            ("sent", update)
         }
-        End::Retry(error) if !give_up => {
+        End::Retry(error) => {
             let wait = backoff(row.attempts);
             tracing::warn!(
                 mail_id = %row.id, kind = %row.kind, attempts = row.attempts, %error,
                 retry_in_secs = wait.as_secs(), "mail not sent; will retry"
             );
-            update
-                .col_expr(
-                    mail_outbox::Column::NextAttemptAt,
-                    Expr::value(now + ChronoDuration::from_std(wait).unwrap_or_default()),
-                )
-                .col_expr(mail_outbox::Column::LastError, Expr::value(clip(&error)))
+            let next = now + ChronoDuration::from_std(wait).unwrap_or_default();
+            let update = fenced
+                .col_expr(mail_outbox::Column::NextAttemptAt, Expr::value(next))
+                .col_expr(mail_outbox::Column::LastError, Expr::value(clip(&error)));
+            ("retried", update)
         }
-        End::Retry(error) | End::Failed(error) => {
+        End::Failed(error) => {
             tracing::error!(mail_id = %row.id, kind = %row.kind, attempts = row.attempts, %error, "mail given up");
-            update
-                .col_expr(mail_outbox::Column::FailedAt, Expr::value(now))
-                .col_expr(
-                    mail_outbox::Column::NextAttemptAt,
-                    Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None),
-                )
-                .col_expr(mail_outbox::Column::LastError, Expr::value(clip(&error)))
+            ("failed", ended_unsent(fenced, now, clip(&error)))
+        }
+        End::Skipped(why) => {
+            tracing::info!(mail_id = %row.id, kind = %row.kind, reason = why, "mail not sent");
+            let mut update = ended_unsent(fenced, now, format!("not sent: {why}"));
+            if row.user_id.is_none() {
+                update = update
+                    .col_expr(mail_outbox::Column::Recipient, Expr::value(""))
+                    .col_expr(mail_outbox::Column::RecipientKey, Expr::value(""));
+            }
+            ("skipped", update)
         }
     };
+    crate::metrics::mail(&row.kind, outcome);
     update.exec(&svc.db).await?;
     Ok(())
 }
@@ -136,11 +154,7 @@ fn clip(s: &str) -> String {
 async fn handle(svc: &Services, row: &mail_outbox::Model) -> AppResult<()> {
     let end = match prepare(svc, row).await {
         Err(e) => End::Retry(e.detail()),
-        Ok(Prepared::Skip(why)) => {
-            tracing::info!(mail_id = %row.id, kind = %row.kind, reason = why, "mail not sent");
-            crate::metrics::mail(&row.kind, "skipped");
-            return skip(svc, row, why).await;
-        }
+        Ok(Prepared::Skip(why)) => End::Skipped(why),
         Ok(Prepared::Send { to, to_key, mail }) => {
             match svc.mail.send(&row.id.simple().to_string(), &to, &to_key, mail).await {
                 Ok(file) => {
@@ -155,26 +169,6 @@ async fn handle(svc: &Services, row: &mail_outbox::Model) -> AppResult<()> {
         }
     };
     finish(svc, row, end).await
-}
-
-/// Ends a row that is not to be sent. A reset asked for an address without
-/// an account (the rows without a user) keeps no trace of the address.
-async fn skip(svc: &Services, row: &mail_outbox::Model, why: &str) -> AppResult<()> {
-    let mut update = mail_outbox::Entity::update_many();
-    if row.user_id.is_none() {
-        update = update
-            .col_expr(mail_outbox::Column::Recipient, Expr::value(""))
-            .col_expr(mail_outbox::Column::RecipientKey, Expr::value(""));
-    }
-    update
-        .col_expr(mail_outbox::Column::FailedAt, Expr::value(svc.clock.now()))
-        .col_expr(mail_outbox::Column::NextAttemptAt, Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None))
-        .col_expr(mail_outbox::Column::LastError, Expr::value(format!("not sent: {why}")))
-        .filter(mail_outbox::Column::Id.eq(row.id))
-        .filter(mail_outbox::Column::Attempts.eq(row.attempts))
-        .exec(&svc.db)
-        .await?;
-    Ok(())
 }
 
 /// How many mails one instance sends at once. Each is sent by a task of its
