@@ -15,6 +15,10 @@ pub struct Model {
     pub revoked_at: Option<DateTimeUtc>,
     pub user_agent: Option<String>,
     pub ip: Option<String>,
+    /// When the holder last proved who they are (the login, or a
+    /// re-authentication); `None` on sessions older than the column, which
+    /// count from `created_at`.
+    pub authenticated_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -15,6 +15,8 @@ mod m20261129_000009_rate_limit_counters;
 mod m20261129_000010_signing_keys;
 mod m20261129_000011_mail;
 mod m20261130_000012_security_events;
+mod m20261130_000013_second_factor;
+mod m20261130_000014_passkeys;
 
 pub struct Migrator;
 
@@ -34,6 +36,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000010_signing_keys::Migration),
             Box::new(m20261129_000011_mail::Migration),
             Box::new(m20261130_000012_security_events::Migration),
+            Box::new(m20261130_000013_second_factor::Migration),
+            Box::new(m20261130_000014_passkeys::Migration),
         ]
     }
 }
