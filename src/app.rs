@@ -82,6 +82,13 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         api_key_usage: Arc::default(),
         mail: Arc::new(mailer),
         events: Arc::new(crate::service::events::EventLog::new(config.security_event_retention)),
+        second_factor: Arc::new(
+            crate::service::second_factor::SecondFactors::new(
+                &config.second_factor,
+                config.key_encryption_secret.as_ref().unwrap_or(&secret),
+            )
+            .map_err(StartError::Other)?,
+        ),
         watch_recheck: config.session_watch_recheck,
         policy: SessionPolicy {
             refresh_ttl: config.refresh_token_ttl,

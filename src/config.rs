@@ -263,6 +263,31 @@ pub struct ServeArgs {
     #[arg(long, env = "MAIL_TEMPLATES_DIR")]
     pub mail_templates_dir: Option<PathBuf>,
 
+    /// Issuer an authenticator app shows beside a TOTP code (the otpauth:// URI's
+    /// `issuer`; no colon)
+    #[arg(long, env = "TOTP_ISSUER", default_value = "authgraph")]
+    pub totp_issuer: String,
+
+    /// How recent a sign-in must be for a sensitive operation (password or
+    /// address change, second factors, passkeys, admin API keys and factor
+    /// resets); older sessions get REAUTHENTICATION_REQUIRED
+    #[arg(long, env = "REAUTHENTICATION_MAX_AGE", default_value = "10m", value_parser = parse_duration)]
+    pub reauthentication_max_age: Duration,
+
+    /// WebAuthn relying-party id: the domain passkeys are bound to (APP_URL's
+    /// host, or a parent domain of it) [default: APP_URL's host]
+    #[arg(long, env = "WEBAUTHN_RP_ID")]
+    pub webauthn_rp_id: Option<String>,
+
+    /// Origins whose pages may register and use passkeys, comma-separated
+    /// (each https, or http://localhost) [default: APP_URL's origin]
+    #[arg(long, env = "WEBAUTHN_ORIGINS", value_delimiter = ',')]
+    pub webauthn_origins: Vec<String>,
+
+    /// Relying-party name a browser shows when it asks for a passkey
+    #[arg(long, env = "WEBAUTHN_RP_NAME", default_value = "authgraph")]
+    pub webauthn_rp_name: String,
+
     /// How long security events (me.securityEvents, auditEvents) are kept
     #[arg(long, env = "SECURITY_EVENT_RETENTION", default_value = "90d", value_parser = parse_duration)]
     pub security_event_retention: Duration,
@@ -407,6 +432,33 @@ pub enum MailDelivery {
     Files(PathBuf),
 }
 
+/// Second factors: TOTP's issuer, step-up age and the WebAuthn relying party.
+#[derive(Debug, Clone)]
+pub struct SecondFactorConfig {
+    /// `TOTP_ISSUER`.
+    pub totp_issuer: String,
+    /// `REAUTHENTICATION_MAX_AGE`.
+    pub reauthentication_max_age: Duration,
+    /// `WEBAUTHN_RP_ID` (a domain, checked against every origin at start).
+    pub webauthn_rp_id: String,
+    /// `WEBAUTHN_ORIGINS`, parsed.
+    pub webauthn_origins: Vec<url::Url>,
+    pub webauthn_rp_name: String,
+}
+
+impl SecondFactorConfig {
+    /// What tests and tools use: passkeys for `http://localhost:8000`.
+    pub fn local() -> Self {
+        Self {
+            totp_issuer: "authgraph".into(),
+            reauthentication_max_age: Duration::from_secs(600),
+            webauthn_rp_id: "localhost".into(),
+            webauthn_origins: vec![url::Url::parse("http://localhost:8000").unwrap_or_else(|_| unreachable!())],
+            webauthn_rp_name: "authgraph".into(),
+        }
+    }
+}
+
 /// How mail is made and sent (see `crate::mail`).
 #[derive(Debug, Clone)]
 pub struct MailConfig {
@@ -466,6 +518,7 @@ pub struct Config {
     pub query_alias_limit: usize,
     pub rate_limits: RateLimitConfig,
     pub mail: MailConfig,
+    pub second_factor: SecondFactorConfig,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
     /// How long security events are kept.
@@ -496,6 +549,7 @@ impl Config {
 
         // Told after the secrets' errors, which matter more.
         let mail = mail_config(&args, production);
+        let second_factor = second_factor_config(&args, &mail.as_ref().map(|m| m.app_url.clone()).unwrap_or_default());
         let jwt_algorithm = args.jwt_algorithm.unwrap_or(if args.jwt_secret.is_some() {
             SigningAlgorithm::Hs256
         } else {
@@ -612,6 +666,7 @@ impl Config {
             return Err(bad("JWT_ISSUER and JWT_AUDIENCE must not be empty"));
         }
         let mail = mail?;
+        let second_factor = second_factor?;
         if args.rate_limit_mail_per_recipient.is_empty() {
             return Err(bad("RATE_LIMIT_MAIL_PER_RECIPIENT needs at least one N/period quota"));
         }
@@ -661,6 +716,7 @@ impl Config {
                 mail_per_recipient: args.rate_limit_mail_per_recipient,
             },
             mail,
+            second_factor,
             metrics_addr: args.metrics_addr,
             security_event_retention: positive("SECURITY_EVENT_RETENTION", args.security_event_retention)?,
             session_watch_recheck: crate::service::watch::RECHECK,
@@ -675,6 +731,48 @@ impl Config {
     pub fn refresh_cookie_name(&self) -> &'static str {
         if self.cookie_secure { "__Host-refresh_token" } else { "refresh_token" }
     }
+}
+
+/// The second-factor settings of `args`. Errors name the variable: an issuer
+/// with a colon (the otpauth:// label's separator), a zero step-up age, an
+/// origin that is not a URL, or that the relying-party id does not cover
+/// (WebAuthn L3 §5.1.4: the RP id is the origin's host or a parent of it).
+fn second_factor_config(args: &ServeArgs, app_url: &str) -> Result<SecondFactorConfig, ConfigError> {
+    let issuer = args.totp_issuer.trim();
+    if issuer.is_empty() || issuer.contains(':') {
+        return Err(bad("TOTP_ISSUER must be a non-empty name without a colon"));
+    }
+    if args.reauthentication_max_age.is_zero() {
+        return Err(bad("REAUTHENTICATION_MAX_AGE must be longer than zero"));
+    }
+    let parse = |name: &str, text: &str| {
+        url::Url::parse(text.trim()).map_err(|e| bad(format!("{name} `{text}` is not an origin: {e}")))
+    };
+    let origins = if args.webauthn_origins.is_empty() {
+        vec![parse("APP_URL", app_url)?]
+    } else {
+        args.webauthn_origins.iter().map(|o| parse("WEBAUTHN_ORIGINS", o)).collect::<Result<Vec<_>, _>>()?
+    };
+    let rp_id = match &args.webauthn_rp_id {
+        Some(id) => id.trim().to_ascii_lowercase(),
+        None => origins[0].host_str().unwrap_or_default().to_owned(),
+    };
+    for origin in &origins {
+        let host = origin.host_str().unwrap_or_default();
+        if host != rp_id && !host.ends_with(&format!(".{rp_id}")) {
+            return Err(bad(format!(
+                "WEBAUTHN_RP_ID `{rp_id}` is neither the host of the origin {origin} nor a parent domain of it \
+                 (set WEBAUTHN_RP_ID, or WEBAUTHN_ORIGINS)"
+            )));
+        }
+    }
+    Ok(SecondFactorConfig {
+        totp_issuer: issuer.to_owned(),
+        reauthentication_max_age: args.reauthentication_max_age,
+        webauthn_rp_id: rp_id,
+        webauthn_origins: origins,
+        webauthn_rp_name: args.webauthn_rp_name.clone(),
+    })
 }
 
 /// The mail settings of `args`. Errors name the variable: a malformed

@@ -84,8 +84,14 @@ reasons! {
     NoSigningKeys => ("NO_SIGNING_KEYS", BadUserInput, None, "This install signs HS256 under `JWT_SECRET`: it has no key pairs to rotate (see `JWT_ALGORITHM`)."),
     LinkInvalidOrExpired => ("LINK_INVALID_OR_EXPIRED", BadUserInput, None, "The mailed link's token is unknown, used, expired, replaced by a newer mail, or for another purpose (field `token`): ask for a new mail."),
     EmailNotVerified => ("EMAIL_NOT_VERIFIED", Forbidden, None, "The address is not confirmed yet (`REQUIRE_EMAIL_VERIFICATION`): use the link mailed to it (a refused login mails a new one, at most one a minute), then log in. No session was started."),
+    SecondFactorRequired => ("SECOND_FACTOR_REQUIRED", Unauthenticated, None, "The password held and the account has a second factor: send `extensions.challenge` to `verifySecondFactor` with a TOTP or recovery code (or use it for a passkey sign-in) within 5 minutes. No session was started."),
+    InvalidSecondFactor => ("INVALID_SECOND_FACTOR", Unauthenticated, None, "The code is wrong, was used already, or the challenge is spent, expired or died of 5 wrong codes: ask again (a dead challenge needs a new login)."),
+    ReauthenticationRequired => ("REAUTHENTICATION_REQUIRED", Forbidden, None, "A sensitive operation needs a sign-in within `REAUTHENTICATION_MAX_AGE` (10 minutes by default): call `reauthenticate`, then retry."),
+    TotpAlreadyEnabled => ("TOTP_ALREADY_ENABLED", BadUserInput, None, "The account has an authenticator already: disable it first to enrol another."),
+    TotpNotEnrolled => ("TOTP_NOT_ENROLLED", BadUserInput, None, "No authenticator waits for confirmation (call `enrollTotp` first), or none is active (for `disableTotp` and `regenerateRecoveryCodes`)."),
+    PasskeyRefused => ("PASSKEY_REFUSED", BadUserInput, None, "The passkey's answer does not verify: another origin or relying party, a replayed or expired ceremony, an unknown or cloned credential (field `credential`)."),
     TooManyAliases => ("TOO_MANY_ALIASES", BadUserInput, None, "The operation has more aliases than the server allows."),
-    TooManyCredentialFields => ("TOO_MANY_CREDENTIAL_FIELDS", BadUserInput, None, "More than one login, register, changePassword or resetPassword in one HTTP request."),
+    TooManyCredentialFields => ("TOO_MANY_CREDENTIAL_FIELDS", BadUserInput, None, "More than one credential-checking field (login, register, changePassword, resetPassword, verifySecondFactor, confirmTotp, disableTotp, reauthenticate, finishPasskeyLogin, finishPasskeyRegistration, finishPasskeyReauthentication) in one HTTP request."),
     IntrospectionDisabled => ("INTROSPECTION_DISABLED", BadUserInput, None, "Introspection is off on this server."),
     GraphqlValidationFailed => ("GRAPHQL_VALIDATION_FAILED", BadUserInput, None, "The document does not parse or validate against the schema, or exceeds the depth or complexity limit."),
 }
@@ -126,6 +132,17 @@ impl Reason {
     }
 }
 
+/// A secret an error carries to the client (a second-factor challenge),
+/// shown as `[redacted]` by `Debug`, so that a logged error never holds it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum AppError {
     #[error("Invalid email or password")]
@@ -151,6 +168,14 @@ pub enum AppError {
     EmailTaken,
     #[error("Confirm your email address first, with the link mailed to it")]
     EmailNotVerified,
+    /// The password held; a second factor is needed. `challenge` goes to the
+    /// client in `extensions.challenge` (and nowhere else: not in the message).
+    #[error("A second factor is required to finish signing in")]
+    SecondFactorRequired { challenge: Redacted },
+    #[error("The second-factor code or challenge is not valid")]
+    InvalidSecondFactor,
+    #[error("This operation needs a recent sign-in: re-authenticate, then retry")]
+    ReauthenticationRequired,
     /// A bad argument: `field` names it (GraphQL's argument name).
     #[error("{message}")]
     InvalidInput { reason: Reason, field: &'static str, message: String },
@@ -196,6 +221,9 @@ impl AppError {
             CrossSiteRequest => Reason::CrossSiteRequest,
             EmailTaken => Reason::EmailTaken,
             EmailNotVerified => Reason::EmailNotVerified,
+            SecondFactorRequired { .. } => Reason::SecondFactorRequired,
+            InvalidSecondFactor => Reason::InvalidSecondFactor,
+            ReauthenticationRequired => Reason::ReauthenticationRequired,
             InvalidInput { reason, .. } | Refused { reason, .. } => *reason,
             Forbidden(_) | BadRequest(_) | RateLimited { .. } | Unavailable(_) | Internal(_) => return None,
         })
@@ -235,6 +263,7 @@ impl AppError {
             AppError::InvalidInput { field, .. } => ext.push(("field", Value::from(*field))),
             AppError::EmailTaken => ext.push(("field", Value::from("email"))),
             AppError::RateLimited { retry_after } => ext.push(("retryAfter", Value::from(*retry_after))),
+            AppError::SecondFactorRequired { challenge } => ext.push(("challenge", Value::from(challenge.0.as_str()))),
             _ => {}
         }
         ext

@@ -29,15 +29,27 @@ pub enum Kind {
     EmailChangeNotice,
     /// The password was changed or reset.
     PasswordChanged,
+    /// An authenticator app was set up as a second factor.
+    SecondFactorEnabled,
+    /// The authenticator was removed (by the owner, or an admin's reset).
+    SecondFactorDisabled,
+    /// A recovery code was used to sign in or re-authenticate.
+    RecoveryCodeUsed,
+    /// A passkey was added to the account.
+    PasskeyAdded,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 9] = [
         Kind::VerifyEmail,
         Kind::ResetPassword,
         Kind::ConfirmEmailChange,
         Kind::EmailChangeNotice,
         Kind::PasswordChanged,
+        Kind::SecondFactorEnabled,
+        Kind::SecondFactorDisabled,
+        Kind::RecoveryCodeUsed,
+        Kind::PasskeyAdded,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -47,6 +59,10 @@ impl Kind {
             Kind::ConfirmEmailChange => "confirm_email_change",
             Kind::EmailChangeNotice => "email_change_notice",
             Kind::PasswordChanged => "password_changed",
+            Kind::SecondFactorEnabled => "second_factor_enabled",
+            Kind::SecondFactorDisabled => "second_factor_disabled",
+            Kind::RecoveryCodeUsed => "recovery_code_used",
+            Kind::PasskeyAdded => "passkey_added",
         }
     }
 
@@ -79,6 +95,22 @@ impl Kind {
             Kind::PasswordChanged => (
                 include_str!("../assets/mail/password_changed.txt"),
                 include_str!("../assets/mail/password_changed.html"),
+            ),
+            Kind::SecondFactorEnabled => (
+                include_str!("../assets/mail/second_factor_enabled.txt"),
+                include_str!("../assets/mail/second_factor_enabled.html"),
+            ),
+            Kind::SecondFactorDisabled => (
+                include_str!("../assets/mail/second_factor_disabled.txt"),
+                include_str!("../assets/mail/second_factor_disabled.html"),
+            ),
+            Kind::RecoveryCodeUsed => (
+                include_str!("../assets/mail/recovery_code_used.txt"),
+                include_str!("../assets/mail/recovery_code_used.html"),
+            ),
+            Kind::PasskeyAdded => (
+                include_str!("../assets/mail/passkey_added.txt"),
+                include_str!("../assets/mail/passkey_added.html"),
             ),
         }
     }

@@ -151,6 +151,8 @@ pub fn identity(kid: &str, alg: &str, public_jwk: &str) -> String {
 #[derive(Clone)]
 pub struct Sealer {
     cipher: Aes256Gcm,
+    /// What it seals, for the error when something does not open ("signing key").
+    what: &'static str,
 }
 
 /// The first byte of a sealed key: the sealing scheme, so that another can
@@ -162,11 +164,22 @@ impl Sealer {
     /// A sealer whose AES-256 key is derived from `secret` (HMAC-SHA-256 with
     /// a purpose label, so this key is never the one anything else uses).
     pub fn new(secret: &Secret) -> Self {
+        Self::for_purpose(secret, b"authgraph signing-key sealing key v1", "signing key")
+    }
+
+    /// A sealer for second-factor secrets (TOTP keys): its own key, derived
+    /// from `secret` under another label, so that a sealed TOTP key can never
+    /// be opened as a signing key or the other way round.
+    pub fn for_second_factors(secret: &Secret) -> Self {
+        Self::for_purpose(secret, b"authgraph second-factor sealing key v1", "second-factor secret")
+    }
+
+    fn for_purpose(secret: &Secret, label: &[u8], what: &'static str) -> Self {
         let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.expose())
             .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
-        mac.update(b"authgraph signing-key sealing key v1");
+        mac.update(label);
         let key = mac.finalize().into_bytes();
-        Self { cipher: Aes256Gcm::new(&key) }
+        Self { cipher: Aes256Gcm::new(&key), what }
     }
 
     /// `version || nonce (12 bytes) || ciphertext and tag`, with `identity`
@@ -178,7 +191,7 @@ impl Sealer {
         let sealed = self
             .cipher
             .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: identity.as_bytes() })
-            .map_err(|_| AppError::internal("sealing a signing key failed"))?;
+            .map_err(|_| AppError::internal(format!("sealing a {} failed", self.what)))?;
         let mut out = Vec::with_capacity(1 + NONCE_BYTES + sealed.len());
         out.push(SEALED_V1);
         out.extend_from_slice(&nonce);
@@ -193,8 +206,9 @@ impl Sealer {
         let name = identity.split('\n').next().unwrap_or_default();
         let refused = || {
             AppError::internal(format!(
-                "signing key {name} does not open: KEY_ENCRYPTION_SECRET is not the one it was sealed under, \
-                 or its row was changed"
+                "{} {name} does not open: KEY_ENCRYPTION_SECRET is not the one it was sealed under, \
+                 or its row was changed",
+                self.what
             ))
         };
         let (&version, rest) = sealed.split_first().ok_or_else(refused)?;

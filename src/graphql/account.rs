@@ -62,7 +62,7 @@ impl AccountMutation {
         let req = request(ctx)?;
         let me = req.principal.require_user()?;
         let change = ProfileChange { name: input.name, email: input.email };
-        Ok(User::new(accounts::update_profile(services(ctx)?, me.user_id, &req.client, change).await?))
+        Ok(User::new(accounts::update_profile(services(ctx)?, me, &req.client, change).await?))
     }
 
     /// Changes the caller's password and ends all their other sessions.

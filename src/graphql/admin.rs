@@ -160,7 +160,8 @@ impl AdminMutation {
         Ok(i32::try_from(n).unwrap_or(i32::MAX))
     }
 
-    /// Creates a service API key. The secret is shown only in this response. ADMIN.
+    /// Creates a service API key. The secret is shown only in this response.
+    /// ADMIN, with a recent sign-in (`REAUTHENTICATION_MAX_AGE`).
     async fn create_api_key(
         &self,
         ctx: &Context<'_>,
@@ -170,6 +171,10 @@ impl AdminMutation {
         expires_in_days: Option<i32>,
     ) -> Result<ApiKeySecret> {
         let proof = request(ctx)?.principal.grant::<AdminOnly>()?;
+        if let Some(admin) = request(ctx)?.principal.user() {
+            // A key outlives the session: minting one needs a recent sign-in.
+            crate::service::second_factor::require_recent_auth(services(ctx)?, admin.session_id).await?;
+        }
         let scopes: Vec<_> = scopes.into_iter().map(Into::into).collect();
         let (key, secret) =
             api_keys::create(services(ctx)?, &proof, &name, &scopes, expires_in_days, &request(ctx)?.client).await?;

@@ -26,9 +26,12 @@ pub enum Budget {
     /// One unit of the client's budget for this action (per IPv4 address or
     /// IPv6 /64; `RATE_LIMIT_*_PER_IP`), spent before the resolver runs.
     PerIp(Action),
-    /// A password check: one unit of the client's login budget and one of the
+    /// A credential check (a password, a second-factor code, a passkey's
+    /// answer): one unit of the client's login budget and one of the
     /// account's (`RATE_LIMIT_LOGIN_PER_ACCOUNT`, keyed by the address's key,
-    /// registered or not), spent by the service before it hashes
+    /// registered or not; a discoverable passkey's answer, whose account is not
+    /// known before it is checked, spends the client's only), spent by the
+    /// service before it hashes or checks
     /// (`service::accounts::spend_password_budget`), where the account is known
     /// and after the checks that cost nothing (same-site, the caller's token).
     PasswordCheck,
@@ -75,6 +78,20 @@ pub const BUDGETS: &[(&str, Budget)] = &[
     ("sendVerificationEmail", Budget::Mail),
     ("verifyEmail", Budget::PerIp(Action::Link)),
     ("confirmEmailChange", Budget::PerIp(Action::Link)),
+    ("enrollTotp", Budget::Unmetered(TOKEN)),
+    ("confirmTotp", Budget::PasswordCheck),
+    ("disableTotp", Budget::PasswordCheck),
+    ("regenerateRecoveryCodes", Budget::Unmetered(TOKEN)),
+    ("verifySecondFactor", Budget::PasswordCheck),
+    ("reauthenticate", Budget::PasswordCheck),
+    ("startPasskeyRegistration", Budget::Unmetered(TOKEN)),
+    ("finishPasskeyRegistration", Budget::Unmetered(TOKEN)),
+    ("removePasskey", Budget::Unmetered(TOKEN)),
+    ("startPasskeyLogin", Budget::PerIp(Action::Login)),
+    ("finishPasskeyLogin", Budget::PasswordCheck),
+    ("startPasskeyReauthentication", Budget::Unmetered(TOKEN)),
+    ("finishPasskeyReauthentication", Budget::PasswordCheck),
+    ("resetSecondFactors", Budget::Unmetered(TOKEN)),
     // Subscription
     ("sessionEvents", Budget::Unmetered("needs a live access token in connection_init; watches its own session")),
 ];

@@ -67,6 +67,15 @@ event_types! {
     ApiKeyRotated,
     ApiKeyRevoked,
     RateLimited,
+    SecondFactorEnabled,
+    SecondFactorDisabled,
+    SecondFactorReset,
+    RecoveryCodeUsed,
+    RecoveryCodesRegenerated,
+    Reauthenticated,
+    ReauthenticationFailed,
+    PasskeyAdded,
+    PasskeyRemoved,
 }
 
 /// Who caused an event.

@@ -40,8 +40,21 @@ use crate::{
     service::Services,
 };
 
-/// Fields that verify or set a password.
-const CREDENTIAL_FIELDS: [&str; 4] = ["login", "register", "changePassword", "resetPassword"];
+/// Fields that verify or set a password, or check a second factor: one per
+/// HTTP request, so that aliases and batches cannot multiply guesses.
+const CREDENTIAL_FIELDS: [&str; 11] = [
+    "login",
+    "register",
+    "changePassword",
+    "resetPassword",
+    "verifySecondFactor",
+    "confirmTotp",
+    "disableTotp",
+    "reauthenticate",
+    "finishPasskeyLogin",
+    "finishPasskeyReauthentication",
+    "finishPasskeyRegistration",
+];
 
 pub struct RequestGuard {
     pub max_aliases: usize,

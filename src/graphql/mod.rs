@@ -10,6 +10,7 @@ pub mod events;
 mod guard;
 pub mod live;
 mod mail;
+pub mod second_factor;
 mod session;
 pub mod types;
 
@@ -27,7 +28,13 @@ use crate::{
 pub struct Query(account::AccountQuery, admin::AdminQuery, events::EventQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(account::AccountMutation, session::SessionMutation, admin::AdminMutation, mail::MailMutation);
+pub struct Mutation(
+    account::AccountMutation,
+    session::SessionMutation,
+    admin::AdminMutation,
+    mail::MailMutation,
+    second_factor::SecondFactorMutation,
+);
 
 pub type AppSchema = Schema<Query, Mutation, live::Subscription>;
 

@@ -104,6 +104,22 @@ impl User {
     async fn updated_at(&self) -> DateTime<Utc> {
         self.model.updated_at
     }
+    /// What second factors the account has. Visible to the user themself and
+    /// to admins only.
+    async fn second_factor(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<super::second_factor::SecondFactorStatus> {
+        self.private_view(ctx)?;
+        Ok(crate::service::second_factor::status(super::services(ctx)?, self.model.id).await?.into())
+    }
+    /// The account's passkeys, oldest first. Visible to the user themself and
+    /// to admins only.
+    async fn passkeys(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<super::second_factor::Passkey>> {
+        self.private_view(ctx)?;
+        let list = crate::service::passkeys::list(super::services(ctx)?, self.model.id).await?;
+        Ok(list.into_iter().map(Into::into).collect())
+    }
     /// The user's live sessions. Visible to the user themself and to admins only.
     async fn sessions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Session>> {
         let current = self.private_view(ctx)?;

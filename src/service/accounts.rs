@@ -8,11 +8,12 @@ use entity::user::{self, Role};
 use super::{
     ClientInfo, Issued, Services,
     events::{self, Actor, Event, EventKind},
-    limits, mail, sessions, store, users, validate,
+    limits, mail, second_factor, sessions, store, users, validate,
 };
 use crate::{
     auth::{
         password::Verified,
+        principal::UserPrincipal,
         rate_limit::{Action, IpKey},
     },
     db::{self, UniqueRow},
@@ -189,6 +190,11 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
             mail::resend_verification_on_login(svc, &user).await?;
             return failed_login(svc, client, Some(UserId::from(user.id)), AppError::EmailNotVerified).await;
         }
+        // The password held; the session waits for the second factor.
+        if second_factor::required(svc, UserId::from(user.id)).await? {
+            let refusal = second_factor::challenge(svc, UserId::from(user.id)).await?;
+            return failed_login(svc, client, Some(UserId::from(user.id)), refusal).await;
+        }
         let now = svc.clock.now();
         let mut tx = store::Write::begin(svc).await?;
         let mut update = user::Entity::update_many()
@@ -247,17 +253,25 @@ fn same_mailbox(new: &Email, account: &user::Model) -> bool {
 /// the address changes when the link is used (`confirmEmailChange`). The
 /// returned account still has its current address then.
 ///
+/// An address change needs a recent sign-in (`REAUTHENTICATION_MAX_AGE`).
+///
 /// Errors: `INVALID_NAME` (`name`), `INVALID_EMAIL` (`email`), `EMAIL_TAKEN`,
-/// `RATE_LIMITED` (the mail budgets), `TOKEN_REVOKED` when the account is gone.
+/// `RATE_LIMITED` (the mail budgets), `REAUTHENTICATION_REQUIRED`,
+/// `TOKEN_REVOKED` when the account is gone.
 #[tracing::instrument(skip_all)]
 pub async fn update_profile(
     svc: &Services,
-    user_id: UserId,
+    me: &UserPrincipal,
     client: &ClientInfo,
     change: ProfileChange,
 ) -> AppResult<Account> {
+    let user_id = me.user_id;
     let name = change.name.as_deref().map(validate::name).transpose()?;
     let email = change.email.as_deref().map(validate::email).transpose()?;
+    if email.is_some() {
+        // Whoever changes the address can take the account over by a reset.
+        second_factor::require_recent_auth(svc, me.session_id).await?;
+    }
     // The row is read and written in one write transaction (and locked on
     // PostgreSQL), so the stored search key always matches the stored name and
     // address even when two profile changes meet.
@@ -308,9 +322,13 @@ pub async fn update_profile(
 /// only one succeeds, and no session authenticated with the old password
 /// outlives the change.
 ///
-/// Errors: `WEAK_PASSWORD` (`newPassword`), `RATE_LIMITED`,
-/// `INVALID_CREDENTIALS` when `current` is wrong or the password changed
-/// meanwhile, `TOKEN_REVOKED` when the account is gone.
+/// It needs a recent sign-in (`REAUTHENTICATION_MAX_AGE`) besides the
+/// current password: with a second factor, the password alone is not the
+/// account.
+///
+/// Errors: `WEAK_PASSWORD` (`newPassword`), `REAUTHENTICATION_REQUIRED`,
+/// `RATE_LIMITED`, `INVALID_CREDENTIALS` when `current` is wrong or the
+/// password changed meanwhile, `TOKEN_REVOKED` when the account is gone.
 #[tracing::instrument(skip_all)]
 pub async fn change_password(
     svc: &Services,
@@ -321,6 +339,7 @@ pub async fn change_password(
     new: String,
 ) -> AppResult<()> {
     validate::new_password(&new, "newPassword")?;
+    second_factor::require_recent_auth(svc, current_session).await?;
     let user = users::row(svc, user_id).await?.ok_or(AppError::TokenRevoked)?;
     spend_password_budget(svc, client, &user.email_normalized).await?;
     let mut stored = user.password_hash;

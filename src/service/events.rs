@@ -67,6 +67,15 @@ kinds! {
     ApiKeyRotated => "API_KEY_ROTATED",
     ApiKeyRevoked => "API_KEY_REVOKED",
     RateLimited => "RATE_LIMITED",
+    SecondFactorEnabled => "SECOND_FACTOR_ENABLED",
+    SecondFactorDisabled => "SECOND_FACTOR_DISABLED",
+    SecondFactorReset => "SECOND_FACTOR_RESET",
+    RecoveryCodeUsed => "RECOVERY_CODE_USED",
+    RecoveryCodesRegenerated => "RECOVERY_CODES_REGENERATED",
+    Reauthenticated => "REAUTHENTICATED",
+    ReauthenticationFailed => "REAUTHENTICATION_FAILED",
+    PasskeyAdded => "PASSKEY_ADDED",
+    PasskeyRemoved => "PASSKEY_REMOVED",
 }
 
 /// Who did it.

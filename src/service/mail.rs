@@ -92,7 +92,9 @@ pub(super) fn queued(svc: &Services) {
 /// [`mint`]). Called, in the same transaction, by every change that ends a
 /// user's other sessions (a password reset or change, logout everywhere, an
 /// admin's revocation): an attacker who held a session must not keep a
-/// pending address change (or any other link) through the recovery.
+/// pending address change (or any other link) through the recovery. Open
+/// second-factor challenges end too: one let out by a password that was just
+/// changed must not finish a login.
 pub(super) async fn void_pending_links(svc: &Services, conn: &impl ConnectionTrait, user_id: UserId) -> AppResult<()> {
     let now = svc.clock.now();
     let links = [Kind::VerifyEmail, Kind::ResetPassword, Kind::ConfirmEmailChange].map(Kind::as_str);
@@ -110,7 +112,8 @@ pub(super) async fn void_pending_links(svc: &Services, conn: &impl ConnectionTra
         .filter(mail_token::Column::UsedAt.is_null())
         .exec(conn)
         .await?;
-    Ok(())
+    // And a login's second-factor challenges, which the password let out.
+    super::second_factor::void_challenges(conn, user_id, now).await
 }
 
 /// Spends one mail of the client's budget and one of the recipient's
@@ -388,7 +391,8 @@ pub(super) async fn prepare(svc: &Services, row: &mail_outbox::Model) -> AppResu
     let Some(user) = user else {
         return Ok(Prepared::Skip(if row.user_id.is_some() { "the account was deleted" } else { "no account" }));
     };
-    let to_account = matches!(kind, Kind::VerifyEmail | Kind::ResetPassword | Kind::PasswordChanged);
+    // Every kind but an address change's two goes to the account's own address.
+    let to_account = !matches!(kind, Kind::ConfirmEmailChange | Kind::EmailChangeNotice);
     if to_account && user.email_normalized != row.recipient_key {
         return Ok(Prepared::Skip("the account's address changed"));
     }

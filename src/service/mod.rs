@@ -10,6 +10,8 @@ pub mod gauges;
 pub mod limits;
 pub mod mail;
 pub mod outbox;
+pub mod passkeys;
+pub mod second_factor;
 pub mod sessions;
 pub mod signing_keys;
 pub mod store;
@@ -62,6 +64,8 @@ pub struct Services {
     pub mail: Arc<crate::mail::Mailer>,
     /// The security event log's refusal tally and retention.
     pub events: Arc<events::EventLog>,
+    /// TOTP's sealer and issuer, the step-up age, the WebAuthn relying party.
+    pub second_factor: Arc<second_factor::SecondFactors>,
     /// How often a watched session is looked at unprompted ([`watch::RECHECK`]
     /// on a server; tests shorten it).
     pub watch_recheck: Duration,

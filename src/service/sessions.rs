@@ -325,6 +325,8 @@ pub async fn purge(svc: &Services) -> AppResult<u64> {
     super::limits::purge(svc).await?;
     super::mail::purge(svc, now).await?;
     super::events::purge(svc, now).await?;
+    super::second_factor::purge(svc, now).await?;
+    super::passkeys::purge(svc, now).await?;
     Ok(res.rows_affected)
 }
 

@@ -81,6 +81,7 @@ impl<'a> Write<'a> {
             revoked_at: None,
             user_agent: clip(client.user_agent.as_deref(), 512),
             ip: client.ip.map(|ip| ip.to_string()),
+            authenticated_at: Some(now),
         };
         // Every column is set here: nothing to read back (no RETURNING, no row to decode).
         session::Entity::insert(session::ActiveModel::from(session.clone())).exec_without_returning(&self.txn).await?;

@@ -99,6 +99,10 @@ impl TestKit {
                     .expect("mailer"),
             ),
             events: Arc::new(super::events::EventLog::new(Duration::from_secs(90 * 24 * 3600))),
+            second_factor: Arc::new(
+                super::second_factor::SecondFactors::new(&crate::config::SecondFactorConfig::local(), &secret)
+                    .expect("second factors"),
+            ),
             watch_recheck: super::watch::RECHECK,
             policy,
             clock: clock.clock(),

@@ -169,7 +169,8 @@ async fn the_registry_follows_every_change() {
 
     // A profile change replaces the registry's copy.
     let change = super::accounts::ProfileChange { name: Some("Alice".into()), email: None };
-    super::accounts::update_profile(&kit.svc, a.user.id, &ClientInfo::default(), change).await.unwrap();
+    let me = crate::auth::principal::UserPrincipal { user_id: a.user.id, session_id: a.session_id, role: Role::User };
+    super::accounts::update_profile(&kit.svc, &me, &ClientInfo::default(), change).await.unwrap();
     assert_eq!(users::me(&kit.svc, a.user.id).await.unwrap().name, "Alice");
 
     // A password change ends every other session.

@@ -699,6 +699,7 @@ async fn live_sessions_past_the_first_page_are_loaded_at_start() {
                     revoked_at: Set(None),
                     user_agent: Set(None),
                     ip: Set(None),
+                    authenticated_at: Set(Some(now)),
                 }
             })
             .collect();

@@ -1,0 +1,544 @@
+//! Passkeys (WebAuthn Level 3, through webauthn-rs): registering one for the
+//! signed-in user, signing in with one alone (a discoverable credential) or as
+//! a login's second factor, re-authenticating with one, and listing and
+//! removing them.
+//!
+//! Each ceremony has two requests: `start` returns the options for
+//! `navigator.credentials.create()`/`get()` (webauthn-rs's JSON, binary
+//! fields as base64url, which `PublicKeyCredential.parseCreationOptionsFromJSON`
+//! and `parseRequestOptionsFromJSON` read) and keeps the server's half in
+//! `webauthn_ceremonies`; `finish` takes the browser's answer
+//! (`credential.toJSON()`), spends the ceremony with one conditional update
+//! and lets webauthn-rs check it: the origin against `WEBAUTHN_ORIGINS`, the
+//! relying-party id hash, the challenge, user verification, and a signature
+//! counter that must grow when the authenticator keeps one (a counter that
+//! goes back is a cloned credential, refused). The stored credential is
+//! updated when its counter or backup flags change, as webauthn-rs advises.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64URL};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Set, SqlErr,
+    sea_query::Expr,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+use webauthn_rs::prelude::{
+    DiscoverableAuthentication, Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential,
+    RegisterPublicKeyCredential, Webauthn,
+};
+use webauthn_rs_proto::ResidentKeyRequirement;
+
+use entity::{passkey, webauthn_ceremony};
+
+use super::{
+    ClientInfo, Issued, Services,
+    events::{self, Actor, Event, EventKind},
+    limits, mail,
+    second_factor::{self, Used},
+    store, users,
+};
+use crate::{
+    auth::{
+        principal::UserPrincipal,
+        rate_limit::{Action, IpKey},
+    },
+    db::{self, UniqueRow},
+    domain::UserId,
+    error::{AppError, AppResult, Reason},
+    mail::Kind,
+};
+
+/// How long a ceremony can be finished, in seconds (WebAuthn's recommended
+/// timeout for user verification is 5 minutes).
+pub const CEREMONY_TTL_SECS: i64 = 300;
+/// Passkeys one account may hold.
+pub const MAX_PASSKEYS: u64 = 20;
+/// A passkey's name: at most this many characters.
+const NAME_MAX: usize = 64;
+
+/// What a ceremony is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Register,
+    /// A sign-in with a discoverable passkey: the account comes from the answer.
+    Discoverable,
+    /// A login's second factor, for the account its challenge names.
+    SecondFactor,
+    /// The signed-in user proves themself again.
+    Reauthenticate,
+}
+
+impl Purpose {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Register => "register",
+            Purpose::Discoverable => "discoverable",
+            Purpose::SecondFactor => "second_factor",
+            Purpose::Reauthenticate => "reauthenticate",
+        }
+    }
+}
+
+/// The first request's answer: the ceremony to name in the second, and the
+/// options for the browser (`{"publicKey": {…}}`).
+pub struct Ceremony {
+    pub id: Uuid,
+    pub options: serde_json::Value,
+}
+
+/// A stored passkey, as its owner sees it.
+#[derive(Debug, Clone)]
+pub struct PasskeyInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl From<passkey::Model> for PasskeyInfo {
+    fn from(row: passkey::Model) -> Self {
+        Self { id: row.id, name: row.name, created_at: row.created_at, last_used_at: row.last_used_at }
+    }
+}
+
+fn refused(message: &str) -> AppError {
+    AppError::invalid_input(Reason::PasskeyRefused, "credential", message)
+}
+
+fn webauthn(svc: &Services) -> AppResult<&Webauthn> {
+    svc.second_factor.webauthn.as_ref().ok_or_else(|| {
+        AppError::Forbidden("Passkeys are off on this server: its relying party is an IP address (see WEBAUTHN_RP_ID)")
+    })
+}
+
+fn to_json<T: Serialize>(value: &T) -> AppResult<String> {
+    serde_json::to_string(value).map_err(|e| AppError::internal(format!("webauthn state: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(text: &str) -> AppResult<T> {
+    serde_json::from_str(text).map_err(|e| AppError::internal(format!("webauthn state: {e}")))
+}
+
+/// The browser's answer, parsed; `PASSKEY_REFUSED` when it is not one.
+fn parse_answer<T: DeserializeOwned>(credential: serde_json::Value) -> AppResult<T> {
+    serde_json::from_value(credential).map_err(|_| refused("`credential` is not a WebAuthn credential's JSON"))
+}
+
+/// How many passkeys `user_id` has.
+pub async fn count(svc: &Services, user_id: UserId) -> AppResult<u64> {
+    Ok(passkey::Entity::find().filter(passkey::Column::UserId.eq(user_id)).count(&svc.db).await?)
+}
+
+/// The passkeys of `user_id`, oldest first.
+pub async fn list(svc: &Services, user_id: UserId) -> AppResult<Vec<PasskeyInfo>> {
+    let rows = passkey::Entity::find()
+        .filter(passkey::Column::UserId.eq(user_id))
+        .order_by_asc(passkey::Column::CreatedAt)
+        .all(&svc.db)
+        .await?;
+    Ok(rows.into_iter().map(PasskeyInfo::from).collect())
+}
+
+/// Deletes every passkey of `user_id`, in `conn` (an admin's reset).
+pub(super) async fn delete_all(conn: &impl ConnectionTrait, user_id: UserId) -> AppResult<u64> {
+    Ok(passkey::Entity::delete_many().filter(passkey::Column::UserId.eq(user_id)).exec(conn).await?.rows_affected)
+}
+
+async fn stored(svc: &Services, user_id: UserId) -> AppResult<Vec<(passkey::Model, Passkey)>> {
+    let rows = passkey::Entity::find().filter(passkey::Column::UserId.eq(user_id)).all(&svc.db).await?;
+    rows.into_iter()
+        .map(|row| {
+            let key = from_json::<Passkey>(&row.credential)?;
+            Ok((row, key))
+        })
+        .collect()
+}
+
+async fn keep(
+    svc: &Services,
+    purpose: Purpose,
+    user_id: Option<UserId>,
+    challenge_id: Option<Uuid>,
+    state: String,
+    options: serde_json::Value,
+) -> AppResult<Ceremony> {
+    let now = svc.clock.now();
+    let id = Uuid::now_v7();
+    webauthn_ceremony::Entity::insert(webauthn_ceremony::ActiveModel {
+        id: Set(id),
+        purpose: Set(purpose.as_str().to_owned()),
+        user_id: Set(user_id.map(UserId::uuid)),
+        challenge_id: Set(challenge_id),
+        state: Set(state),
+        created_at: Set(now),
+        expires_at: Set(now + ChronoDuration::seconds(CEREMONY_TTL_SECS)),
+        used_at: Set(None),
+    })
+    .exec_without_returning(&svc.db)
+    .await?;
+    Ok(Ceremony { id, options })
+}
+
+/// Spends the ceremony `id` of `purpose` (for `user_id`, where it has one)
+/// with one conditional update, and returns it; `PASSKEY_REFUSED` when it is
+/// unknown, of another purpose or account, used or expired.
+async fn spend(
+    svc: &Services,
+    conn: &impl ConnectionTrait,
+    id: Uuid,
+    purpose: Purpose,
+    user_id: Option<UserId>,
+) -> AppResult<webauthn_ceremony::Model> {
+    let now = svc.clock.now();
+    let mut update = webauthn_ceremony::Entity::update_many()
+        .col_expr(webauthn_ceremony::Column::UsedAt, Expr::value(now))
+        .filter(webauthn_ceremony::Column::Id.eq(id))
+        .filter(webauthn_ceremony::Column::Purpose.eq(purpose.as_str()))
+        .filter(webauthn_ceremony::Column::UsedAt.is_null())
+        .filter(webauthn_ceremony::Column::ExpiresAt.gt(now));
+    update = match user_id {
+        Some(user) => update.filter(webauthn_ceremony::Column::UserId.eq(user.uuid())),
+        None => update.filter(webauthn_ceremony::Column::UserId.is_null()),
+    };
+    update
+        .exec_with_returning(conn)
+        .await?
+        .pop()
+        .ok_or_else(|| refused("The passkey ceremony is unknown, used or expired: start again"))
+}
+
+/// Starts registering a passkey for the caller. The options ask for a
+/// discoverable credential (resident key required) with user verification,
+/// and exclude the caller's passkeys.
+///
+/// Errors: `REAUTHENTICATION_REQUIRED`, `PASSKEY_REFUSED` past
+/// [`MAX_PASSKEYS`], FORBIDDEN when passkeys are off.
+#[tracing::instrument(skip_all)]
+pub async fn start_registration(svc: &Services, me: &UserPrincipal) -> AppResult<Ceremony> {
+    let webauthn = webauthn(svc)?;
+    second_factor::require_recent_auth(svc, me.session_id).await?;
+    let account = users::me(svc, me.user_id).await?;
+    let existing = stored(svc, me.user_id).await?;
+    if existing.len() as u64 >= MAX_PASSKEYS {
+        return Err(refused("The account has the most passkeys it may hold: remove one first"));
+    }
+    let exclude = existing.iter().map(|(_, key)| key.cred_id().clone()).collect::<Vec<_>>();
+    let (mut options, state) = webauthn
+        .start_passkey_registration(me.user_id.uuid(), account.email.display(), &account.name, Some(exclude))
+        .map_err(|e| AppError::internal(format!("webauthn: {e}")))?;
+    // Sign-in without a typed address needs a credential the authenticator
+    // keeps (discoverable); webauthn-rs leaves that to the relying party.
+    if let Some(selection) = options.public_key.authenticator_selection.as_mut() {
+        selection.resident_key = Some(ResidentKeyRequirement::Required);
+        selection.require_resident_key = true;
+    }
+    let options = serde_json::to_value(&options).map_err(|e| AppError::internal(format!("webauthn: {e}")))?;
+    keep(svc, Purpose::Register, Some(me.user_id), None, to_json::<PasskeyRegistration>(&state)?, options).await
+}
+
+/// Finishes a registration with the browser's answer and stores the passkey
+/// under `name` (default "Passkey"). Sends a notice and records
+/// `PASSKEY_ADDED`.
+///
+/// Errors: `REAUTHENTICATION_REQUIRED`, `PASSKEY_REFUSED` (a bad answer, a
+/// used or expired ceremony, a credential another account holds),
+/// `INVALID_NAME`.
+#[tracing::instrument(skip_all)]
+pub async fn finish_registration(
+    svc: &Services,
+    me: &UserPrincipal,
+    client: &ClientInfo,
+    ceremony: Uuid,
+    credential: serde_json::Value,
+    name: Option<&str>,
+) -> AppResult<PasskeyInfo> {
+    let webauthn = webauthn(svc)?;
+    second_factor::require_recent_auth(svc, me.session_id).await?;
+    let name = match name.map(str::trim) {
+        None | Some("") => "Passkey".to_owned(),
+        Some(name) if name.chars().count() > NAME_MAX || name.chars().any(char::is_control) => {
+            return Err(AppError::invalid_input(
+                Reason::InvalidName,
+                "name",
+                format!("A passkey's name is at most {NAME_MAX} characters, without control characters"),
+            ));
+        }
+        Some(name) => name.to_owned(),
+    };
+    let answer: RegisterPublicKeyCredential = parse_answer(credential)?;
+    let account = users::me(svc, me.user_id).await?;
+    let tx = db::begin_write(&svc.db).await?;
+    let row = spend(svc, &tx, ceremony, Purpose::Register, Some(me.user_id)).await?;
+    let state: PasskeyRegistration = from_json(&row.state)?;
+    let key = match webauthn.finish_passkey_registration(&answer, &state) {
+        Ok(key) => key,
+        Err(e) => {
+            // The ceremony stays spent: an answer is checked once.
+            tx.commit().await?;
+            tracing::info!(user_id = %me.user_id, error = %e, "passkey registration refused");
+            return Err(refused("The passkey's answer does not verify"));
+        }
+    };
+    let now = svc.clock.now();
+    let id = Uuid::now_v7();
+    let inserted = passkey::Entity::insert(passkey::ActiveModel {
+        id: Set(id),
+        user_id: Set(me.user_id.uuid()),
+        credential_id: Set(B64URL.encode(key.cred_id())),
+        name: Set(name.clone()),
+        credential: Set(to_json(&key)?),
+        created_at: Set(now),
+        last_used_at: Set(None),
+    })
+    .exec_without_returning(&tx)
+    .await;
+    if let Err(e) = inserted {
+        tx.rollback().await?;
+        return Err(match e.sql_err() {
+            Some(SqlErr::UniqueConstraintViolation(_)) => refused("This passkey is registered already"),
+            _ => e.into(),
+        });
+    }
+    mail::enqueue(svc, &tx, Kind::PasskeyAdded, Some(me.user_id), &account.email, None).await?;
+    let event = Event::new(EventKind::PasskeyAdded, Some(me.user_id), Actor::User(me.user_id), client)
+        .session(me.session_id)
+        .detail(name.clone());
+    events::record(svc, &tx, event).await?;
+    tx.commit().await?;
+    mail::queued(svc);
+    tracing::info!(user_id = %me.user_id, "passkey added");
+    Ok(PasskeyInfo { id, name, created_at: now, last_used_at: None })
+}
+
+/// Removes one of the caller's passkeys. Records `PASSKEY_REMOVED`.
+///
+/// Errors: `REAUTHENTICATION_REQUIRED`, `NOT_FOUND` (not one of theirs).
+#[tracing::instrument(skip_all)]
+pub async fn remove(svc: &Services, me: &UserPrincipal, client: &ClientInfo, id: Uuid) -> AppResult<()> {
+    second_factor::require_recent_auth(svc, me.session_id).await?;
+    let tx = db::begin_write(&svc.db).await?;
+    let gone = passkey::Entity::delete_many()
+        .filter(passkey::Column::Id.eq(id))
+        .filter(passkey::Column::UserId.eq(me.user_id))
+        .exec_with_returning(&tx)
+        .await?
+        .pop();
+    let Some(gone) = gone else {
+        tx.rollback().await?;
+        return Err(AppError::invalid_input(Reason::NotFound, "id", "No such passkey"));
+    };
+    let event = Event::new(EventKind::PasskeyRemoved, Some(me.user_id), Actor::User(me.user_id), client)
+        .session(me.session_id)
+        .detail(gone.name);
+    events::record(svc, &tx, event).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Starts a sign-in with a passkey: with a login's `challenge`
+/// (`SECOND_FACTOR_REQUIRED`), for that account's passkeys; without, for any
+/// discoverable passkey (the browser offers the ones it has for this site).
+/// (The request guard spends one unit of the client's login budget for it.)
+///
+/// Errors: `INVALID_SECOND_FACTOR` (a bad challenge), `PASSKEY_REFUSED` (the
+/// challenge's account has no passkey), `RATE_LIMITED`, FORBIDDEN when
+/// passkeys are off.
+#[tracing::instrument(skip_all)]
+pub async fn start_login(svc: &Services, challenge: Option<&str>) -> AppResult<Ceremony> {
+    let webauthn = webauthn(svc)?;
+    match challenge {
+        None => {
+            let (mut options, state) = webauthn
+                .start_discoverable_authentication()
+                .map_err(|e| AppError::internal(format!("webauthn: {e}")))?;
+            // A button's modal prompt, not an autofill (conditional) one.
+            options.mediation = None;
+            let options = serde_json::to_value(&options).map_err(|e| AppError::internal(format!("webauthn: {e}")))?;
+            keep(svc, Purpose::Discoverable, None, None, to_json::<DiscoverableAuthentication>(&state)?, options).await
+        }
+        Some(challenge) => {
+            let (challenge, user) = second_factor::open_challenge(svc, challenge).await?;
+            let user_id = UserId::from(user.id);
+            start_for_account(svc, webauthn, user_id, Purpose::SecondFactor, Some(challenge.id)).await
+        }
+    }
+}
+
+async fn start_for_account(
+    svc: &Services,
+    webauthn: &Webauthn,
+    user_id: UserId,
+    purpose: Purpose,
+    challenge_id: Option<Uuid>,
+) -> AppResult<Ceremony> {
+    let keys: Vec<Passkey> = stored(svc, user_id).await?.into_iter().map(|(_, key)| key).collect();
+    if keys.is_empty() {
+        return Err(refused("The account has no passkey"));
+    }
+    let (options, state) =
+        webauthn.start_passkey_authentication(&keys).map_err(|e| AppError::internal(format!("webauthn: {e}")))?;
+    let options = serde_json::to_value(&options).map_err(|e| AppError::internal(format!("webauthn: {e}")))?;
+    keep(svc, purpose, Some(user_id), challenge_id, to_json::<PasskeyAuthentication>(&state)?, options).await
+}
+
+/// Checks an answer against the ceremony's state and the account's stored
+/// passkey, and saves the passkey's new counter or backup flags. Returns the
+/// account. In `tx`, which spent the ceremony.
+async fn check_assertion(
+    svc: &Services,
+    conn: &impl ConnectionTrait,
+    webauthn: &Webauthn,
+    row: &webauthn_ceremony::Model,
+    answer: &PublicKeyCredential,
+) -> AppResult<Option<UserId>> {
+    let used_id = B64URL.encode(answer.get_credential_id());
+    let stored_key =
+        passkey::Entity::find().filter(passkey::Column::CredentialId.eq(used_id.as_str())).unique_row(conn).await?;
+    let Some(stored_key) = stored_key else { return Ok(None) };
+    let owner = UserId::from(stored_key.user_id);
+    if row.user_id.is_some_and(|u| u != owner.uuid()) {
+        return Ok(None);
+    }
+    let mut key: Passkey = from_json(&stored_key.credential)?;
+    let result = if row.purpose == Purpose::Discoverable.as_str() {
+        // The user handle in the answer must be the account the credential is stored under.
+        match webauthn.identify_discoverable_authentication(answer) {
+            Ok((handle, _)) if handle == owner.uuid() => {}
+            _ => return Ok(None),
+        }
+        let state: DiscoverableAuthentication = from_json(&row.state)?;
+        webauthn.finish_discoverable_authentication_v2(answer, state, &key)
+    } else {
+        let state: PasskeyAuthentication = from_json(&row.state)?;
+        webauthn.finish_passkey_authentication(answer, &state)
+    };
+    let result = match result {
+        Ok(result) => result,
+        Err(e) => {
+            tracing::info!(user_id = %owner, error = %e, "passkey assertion refused");
+            return Ok(None);
+        }
+    };
+    let now = svc.clock.now();
+    let mut update = passkey::Entity::update_many()
+        .col_expr(passkey::Column::LastUsedAt, Expr::value(now))
+        .filter(passkey::Column::Id.eq(stored_key.id));
+    if key.update_credential(&result) == Some(true) {
+        update = update.col_expr(passkey::Column::Credential, Expr::value(to_json(&key)?));
+    }
+    update.exec(conn).await?;
+    Ok(Some(owner))
+}
+
+/// Finishes a sign-in started by [`start_login`] and starts a session. A
+/// second-factor ceremony spends its login challenge too. Each try spends
+/// the client's login budget, and the account's once it is known.
+///
+/// Errors: `PASSKEY_REFUSED` (a bad, replayed or foreign answer; an unknown,
+/// used or expired ceremony), `INVALID_SECOND_FACTOR` (the login's challenge
+/// was spent meanwhile), `EMAIL_NOT_VERIFIED`, `RATE_LIMITED`.
+#[tracing::instrument(skip_all)]
+pub async fn finish_login(
+    svc: &Services,
+    client: &ClientInfo,
+    ceremony: Uuid,
+    credential: serde_json::Value,
+) -> AppResult<Issued> {
+    let webauthn = webauthn(svc)?;
+    limits::spend_ip(svc, Action::Login, IpKey::from(client.ip)).await?;
+    let answer: PublicKeyCredential = parse_answer(credential)?;
+    let found = webauthn_ceremony::Entity::find_by_id(ceremony).unique_row(&svc.db).await?;
+    let Some(found) = found.filter(|c| {
+        c.purpose == Purpose::Discoverable.as_str() || c.purpose == Purpose::SecondFactor.as_str()
+    }) else {
+        return Err(refused("The passkey ceremony is unknown, used or expired: start again"));
+    };
+    let purpose = if found.user_id.is_some() { Purpose::SecondFactor } else { Purpose::Discoverable };
+    let user_id = found.user_id.map(UserId::from);
+    if let Some(user_id) = user_id
+        && let Some(user) = users::row(svc, user_id).await?
+    {
+        limits::spend_account(svc, &user.email_normalized).await?;
+    }
+    let tx = store::Write::begin(svc).await?;
+    let row = spend(svc, tx.conn(), ceremony, purpose, user_id).await?;
+    let Some(owner) = check_assertion(svc, tx.conn(), webauthn, &row, &answer).await? else {
+        // The ceremony stays spent: an answer is checked once.
+        tx.commit().await?;
+        let event = Event::new(EventKind::LoginFailed, user_id, Actor::Anonymous, client).detail("PASSKEY_REFUSED");
+        events::record(svc, &svc.db, event).await?;
+        return Err(refused("The passkey's answer does not verify"));
+    };
+    if let Some(challenge_id) = row.challenge_id {
+        let challenge = entity::second_factor_challenge::Entity::find_by_id(challenge_id).unique_row(tx.conn()).await?;
+        let claimed = match &challenge {
+            Some(challenge) => second_factor::claim_challenge(svc, tx.conn(), challenge).await?,
+            None => false,
+        };
+        if !claimed {
+            tx.rollback().await?;
+            return Err(AppError::InvalidSecondFactor);
+        }
+    }
+    let Some(user) = users::row(svc, owner).await? else {
+        tx.rollback().await?;
+        return Err(refused("The passkey's account is gone"));
+    };
+    if svc.mail.config.require_verification && user.email_verified_at.is_none() {
+        tx.rollback().await?;
+        return Err(AppError::EmailNotVerified);
+    }
+    second_factor::finish_login(svc, tx, user, Used::Passkey, client).await
+}
+
+/// Starts a re-authentication of the caller with one of their passkeys.
+///
+/// Errors: `PASSKEY_REFUSED` (no passkey), FORBIDDEN when passkeys are off.
+pub async fn start_reauthentication(svc: &Services, me: &UserPrincipal) -> AppResult<Ceremony> {
+    let webauthn = webauthn(svc)?;
+    start_for_account(svc, webauthn, me.user_id, Purpose::Reauthenticate, None).await
+}
+
+/// Finishes a re-authentication: the caller's session counts as just
+/// signed in. Spends the client's login budget. Records `REAUTHENTICATED`.
+///
+/// Errors: `PASSKEY_REFUSED`, `RATE_LIMITED`.
+#[tracing::instrument(skip_all)]
+pub async fn finish_reauthentication(
+    svc: &Services,
+    me: &UserPrincipal,
+    client: &ClientInfo,
+    ceremony: Uuid,
+    credential: serde_json::Value,
+) -> AppResult<()> {
+    let webauthn = webauthn(svc)?;
+    limits::spend_ip(svc, Action::Login, IpKey::from(client.ip)).await?;
+    let answer: PublicKeyCredential = parse_answer(credential)?;
+    let tx = db::begin_write(&svc.db).await?;
+    let row = spend(svc, &tx, ceremony, Purpose::Reauthenticate, Some(me.user_id)).await?;
+    if check_assertion(svc, &tx, webauthn, &row, &answer).await?.is_none() {
+        tx.commit().await?;
+        let event = Event::new(EventKind::ReauthenticationFailed, Some(me.user_id), Actor::User(me.user_id), client)
+            .session(me.session_id)
+            .detail("PASSKEY_REFUSED");
+        events::record(svc, &svc.db, event).await?;
+        return Err(refused("The passkey's answer does not verify"));
+    }
+    second_factor::stamp_authenticated(&tx, me.session_id, svc.clock.now()).await?;
+    let event = Event::new(EventKind::Reauthenticated, Some(me.user_id), Actor::User(me.user_id), client)
+        .session(me.session_id)
+        .detail("PASSKEY");
+    events::record(svc, &tx, event).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Deletes ceremonies that ended or expired before `now`. Returns how many.
+pub async fn purge(svc: &Services, now: DateTime<Utc>) -> AppResult<u64> {
+    Ok(webauthn_ceremony::Entity::delete_many()
+        .filter(webauthn_ceremony::Column::ExpiresAt.lt(now))
+        .exec(&svc.db)
+        .await?
+        .rows_affected)
+}
