@@ -22,6 +22,7 @@ mod logging;
 mod mail;
 mod metrics;
 mod resilience;
+mod second_factor;
 mod sessions;
 mod signing_keys;
 mod smtp;
