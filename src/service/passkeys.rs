@@ -481,7 +481,8 @@ pub async fn finish_login(
             return Err(AppError::InvalidSecondFactor);
         }
     }
-    let Some(user) = users::row(svc, owner).await? else {
+    // Read in the transaction: on SQLite it holds the only connection.
+    let Some(user) = entity::user::Entity::find_by_id(owner.uuid()).unique_row(tx.conn()).await? else {
         tx.rollback().await?;
         return Err(refused("The passkey's account is gone"));
     };

@@ -736,8 +736,9 @@ pub async fn reauthenticate(
     };
     stamp_authenticated(&tx, me.session_id, svc.clock.now()).await?;
     if used == Some(Used::RecoveryCode) {
-        let account = Account::from(users::row(svc, me.user_id).await?.ok_or(AppError::TokenRevoked)?);
-        recovery_code_used(svc, &tx, &account, Some(me.session_id), client).await?;
+        // Read in the transaction: on SQLite it holds the only connection.
+        let row = user::Entity::find_by_id(me.user_id.uuid()).unique_row(&tx).await?.ok_or(AppError::TokenRevoked)?;
+        recovery_code_used(svc, &tx, &Account::from(row), Some(me.session_id), client).await?;
     }
     let event = Event::new(EventKind::Reauthenticated, Some(me.user_id), Actor::User(me.user_id), client)
         .session(me.session_id)

@@ -344,6 +344,21 @@ async fn sensitive_operations_need_a_recent_sign_in() {
     assert!(types.contains(&"REAUTHENTICATED".to_owned()) && types.contains(&"REAUTHENTICATION_FAILED".to_owned()));
 }
 
+/// SQLite's default pool has one connection: every read a transaction makes
+/// must go through it, or the request waits for itself until the pool times out.
+#[tokio::test]
+async fn second_factor_writes_work_on_a_single_connection() {
+    let app = spawn_with(|c| c.database_max_connections = 1).await;
+    let user = app.user("oneconn@example.com").await;
+    let (secret, codes) = enable_totp(&app, &user).await;
+    app.clock.advance(Duration::from_secs(11 * 60));
+    ok(&app, &user.access_token, REAUTH, json!({ "p": PASSWORD, "c": codes[0] })).await;
+    let session = challenge_session(&app, "oneconn@example.com", &secret).await;
+    let ch = challenge(&app, "oneconn@example.com").await;
+    assert!(verify(&app, &ch, &codes[1]).await["errors"].is_null());
+    ok(&app, &session, DISABLE, json!({ "c": codes[2] })).await;
+}
+
 #[tokio::test]
 async fn an_admin_sees_and_resets_a_users_factors_with_a_recent_sign_in() {
     let app = spawn_app().await;

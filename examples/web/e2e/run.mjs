@@ -15,7 +15,13 @@
 // app's /reset-password page. The sessionEvents subscription (a WebSocket on
 // /graphql) is followed across two tabs of one session: a logout in one must
 // show in the other within a second; an admin made with `authgraph
-// create-admin` changes the user's role for ROLE_CHANGED.
+// create-admin` changes the user's role for ROLE_CHANGED. A second factor:
+// password + TOTP (codes computed here from the enrolled secret) and a recovery
+// code, then passkeys in Chromium's virtual authenticator (DevTools WebAuthn
+// domain) on an http://localhost origin: added, used alone, and used as the
+// second factor of a password login.
+// authgraph runs on a temporary SQLite file, or on the empty PostgreSQL
+// database E2E_DATABASE_URL names.
 // Prints "N passed, M failed" last and exits non-zero on any failure.
 
 import { spawn } from 'node:child_process';
@@ -183,7 +189,7 @@ async function startStatic(getDir, proxyTo) {
   return url;
 }
 
-async function startAuthgraph(allowedOrigins, appUrl) {
+async function startAuthgraph(allowedOrigins, appUrl, extraEnv = {}) {
   const logFile = path.join(tmp, 'authgraph.log');
   const out = fs.openSync(logFile, 'w');
   // No SMTP_URL: every mail is written to MAIL_DIR as an .eml file, with links
@@ -191,7 +197,8 @@ async function startAuthgraph(allowedOrigins, appUrl) {
   const { SMTP_URL: _smtp, ...inherited } = process.env;
   const env = {
     ...inherited,
-    DATABASE_URL: `sqlite://${path.join(tmp, 'e2e.db')}?mode=rwc`,
+    // E2E_DATABASE_URL: an empty PostgreSQL database instead (CI runs the suite on both).
+    DATABASE_URL: process.env.E2E_DATABASE_URL || `sqlite://${path.join(tmp, 'e2e.db')}?mode=rwc`,
     LISTEN_ADDR: '127.0.0.1:0',
     JWT_SECRET: 'e2e-secret-0123456789abcdef0123456789abcdef',
     APP_ENV: 'development',
@@ -209,6 +216,7 @@ async function startAuthgraph(allowedOrigins, appUrl) {
     RESET_PASSWORD_PATH: '/reset-password',
     RUST_LOG: process.env.RUST_LOG || 'info',
     NO_COLOR: '1',
+    ...extraEnv,
   };
   // An admin (for setUserRole -> ROLE_CHANGED), made as an operator would.
   const admin = spawn(AUTHGRAPH_BIN, ['create-admin', '--email', ADMIN_EMAIL], {
@@ -1077,6 +1085,183 @@ async function resetFlow(browser, appUrl, client, step) {
   }
 }
 
+// ---------------------------------------------------------------- second factor
+
+/** RFC 4648 base32 (no padding) to bytes. */
+function base32Decode(text) {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  let bits = 0;
+  let value = 0;
+  const out = [];
+  for (const c of text.replace(/=+$/, '').toUpperCase()) {
+    value = (value << 5) | alphabet.indexOf(c);
+    bits += 5;
+    if (bits >= 8) {
+      out.push((value >>> (bits - 8)) & 0xff);
+      bits -= 8;
+    }
+  }
+  return Buffer.from(out);
+}
+
+/** The code an authenticator app shows for `secret` at `ms` (RFC 6238: SHA-1, 6 digits, 30 s). */
+function totp(secret, ms = Date.now()) {
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(Math.floor(ms / 1000 / 30)));
+  const mac = crypto.createHmac('sha1', base32Decode(secret)).update(counter).digest();
+  const offset = mac[mac.length - 1] & 0xf;
+  return String((mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).padStart(6, '0');
+}
+
+/** One GraphQL call from here (no browser, no Origin): a native client's. */
+async function gqlDirect(apiUrl, query, variables = {}, token = null) {
+  const res = await fetch(`${apiUrl}/graphql`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    body: JSON.stringify({ query, variables }),
+  });
+  return res.json();
+}
+
+/** The second step typed into the page: the form shows, the code goes in, the session starts. */
+async function secondStep(page, email, code, step, what) {
+  await page.fill('#email', email);
+  await page.fill('#password', PASSWORD);
+  await page.click('#login');
+  await waitIdle(page);
+  let s = await uiState(page);
+  assert(s.state === 'logged-out' && s.reason === 'SECOND_FACTOR_REQUIRED' && s.hasToken === 'false', `password login should stop at the second factor: ${JSON.stringify(s)}`);
+  assert(await page.isVisible('#second-factor-form'), 'the second-factor form is not shown');
+  step(`password login answers SECOND_FACTOR_REQUIRED, no token; the page asks for ${what}`);
+  await page.fill('#second-factor-code', code);
+  await page.click('#second-factor-submit');
+  await waitIdle(page);
+  s = await uiState(page);
+  assert(s.state === 'logged-in' && s.email === email && s.hasToken === 'true', `${what} did not sign in: ${JSON.stringify(s)}`);
+  assert(!(await page.isVisible('#second-factor-form')), 'the second-factor form stays after the sign-in');
+  step(`${what} finishes the login`);
+}
+
+/** Password + TOTP, then password + recovery code, through the page; the account is set up as a native app would. */
+async function totpFlow(browser, appUrl, apiUrl, client, step) {
+  const context = await browser.newContext();
+  try {
+    const page = await context.newPage();
+    const pageErrors = [];
+    page.on('pageerror', (e) => pageErrors.push(String(e)));
+    const email = `e2e-totp-${client}-${Date.now()}@example.com`;
+    const reg = await gqlDirect(apiUrl, 'mutation($i: RegisterInput!) { register(input: $i) { accessToken } }', { i: { email, password: PASSWORD, transport: 'BODY' } });
+    const token = reg.data.register.accessToken;
+    const enrolled = await gqlDirect(apiUrl, 'mutation { enrollTotp { secret otpauthUri qrCodeSvg } }', {}, token);
+    const { secret, otpauthUri, qrCodeSvg } = enrolled.data.enrollTotp;
+    assert(otpauthUri.startsWith('otpauth://totp/') && qrCodeSvg.startsWith('data:image/svg+xml;base64,'), JSON.stringify(enrolled));
+    const confirmed = await gqlDirect(apiUrl, 'mutation($c: String!) { confirmTotp(code: $c) }', { c: totp(secret) }, token);
+    const recovery = confirmed.data?.confirmTotp;
+    assert(Array.isArray(recovery) && recovery.length === 10, `confirmTotp: ${JSON.stringify(confirmed)}`);
+    step('authenticator enrolled with a code computed from the secret; ten recovery codes');
+
+    await page.goto(`${appUrl}/?client=${client}`);
+    await waitIdle(page);
+    // The confirming code's step is spent: the next step's code (+30 s, within the skew).
+    await secondStep(page, email, totp(secret, Date.now() + 30_000), step, 'a TOTP code');
+    await page.reload();
+    await waitIdle(page);
+    let s = await uiState(page);
+    assert(s.state === 'logged-in' && s.email === email, `the session did not survive a reload: ${JSON.stringify(s)}`);
+    step('the session survives a reload (the cookie came with verifySecondFactor)');
+    await click(page, 'logout');
+
+    await secondStep(page, email, recovery[0], step, 'a recovery code');
+    await click(page, 'logout');
+    await page.fill('#email', email);
+    await page.fill('#password', PASSWORD);
+    await page.click('#login');
+    await waitIdle(page);
+    await page.fill('#second-factor-code', recovery[0]);
+    await page.click('#second-factor-submit');
+    await waitIdle(page);
+    s = await uiState(page);
+    assert(s.state === 'logged-out' && s.reason === 'INVALID_SECOND_FACTOR', `a used recovery code worked again: ${JSON.stringify(s)}`);
+    step('a used recovery code is refused with INVALID_SECOND_FACTOR');
+    assert(pageErrors.length === 0, `page errors: ${pageErrors.join('; ')}`);
+  } finally {
+    await context.close();
+  }
+}
+
+/** Passkeys in Chromium's virtual authenticator (DevTools WebAuthn domain): add
+ *  one, sign in with it alone, and as a password login's second factor. */
+async function passkeyFlow(browser, appUrl, otherUrl, client, step) {
+  const context = await browser.newContext();
+  try {
+    const page = await context.newPage();
+    const pageErrors = [];
+    page.on('pageerror', (e) => pageErrors.push(String(e)));
+    const cdp = await context.newCDPSession(page);
+    await cdp.send('WebAuthn.enable');
+    const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
+      options: { protocol: 'ctap2', transport: 'internal', hasResidentKey: true, hasUserVerification: true, isUserVerified: true, automaticPresenceSimulation: true },
+    });
+    const email = `e2e-passkey-${client}-${Date.now()}@example.com`;
+    await page.goto(`${appUrl}/?client=${client}`);
+    await waitIdle(page);
+    await page.fill('#email', email);
+    await page.fill('#password', PASSWORD);
+    await click(page, 'register');
+    let s = await uiState(page);
+    assert(s.state === 'logged-in' && s.email === email, `register failed: ${JSON.stringify(s)}`);
+
+    await page.click('#add-passkey');
+    await page.waitForFunction(() => document.getElementById('passkey-status')?.dataset.state !== 'busy', null, { timeout: 15_000 });
+    const added = await page.evaluate(() => ({ state: document.getElementById('passkey-status').dataset.state, text: document.getElementById('passkey-status').textContent }));
+    assert(added.state === 'added', `adding a passkey failed: ${JSON.stringify(added)}`);
+    const { credentials } = await cdp.send('WebAuthn.getCredentials', { authenticatorId });
+    assert(credentials.length === 1 && credentials[0].isResidentCredential, `expected one discoverable credential: ${JSON.stringify(credentials.map((c) => ({ rk: c.isResidentCredential, rp: c.rpId })))}`);
+    assert(credentials[0].rpId === 'localhost', `credential bound to ${credentials[0].rpId}`);
+    step('a passkey is added: one discoverable credential for rpId localhost in the authenticator');
+
+    await click(page, 'logout');
+    await click(page, 'passkey-login');
+    s = await uiState(page);
+    assert(s.state === 'logged-in' && s.email === email && s.hasToken === 'true', `passkey sign-in failed: ${JSON.stringify(s)}`);
+    const { credentials: after } = await cdp.send('WebAuthn.getCredentials', { authenticatorId });
+    assert(after[0].signCount >= 1, `the authenticator's counter did not move: ${after[0].signCount}`);
+    step('"Sign in with a passkey" signs in with no address typed');
+    await page.reload();
+    await waitIdle(page);
+    s = await uiState(page);
+    assert(s.state === 'logged-in' && s.email === email, `the passkey session did not survive a reload: ${JSON.stringify(s)}`);
+    step('the passkey session survives a reload (refresh cookie)');
+
+    await click(page, 'logout');
+    await page.fill('#email', email);
+    await page.fill('#password', PASSWORD);
+    await page.click('#login');
+    await waitIdle(page);
+    s = await uiState(page);
+    assert(s.reason === 'SECOND_FACTOR_REQUIRED' && s.hasToken === 'false', `a passkey is a second factor: ${JSON.stringify(s)}`);
+    await click(page, 'second-factor-passkey');
+    s = await uiState(page);
+    assert(s.state === 'logged-in' && s.email === email, `passkey as the second factor failed: ${JSON.stringify(s)}`);
+    step('password + passkey: the passkey finishes a login that answered SECOND_FACTOR_REQUIRED');
+
+    // The same app on an origin outside WEBAUTHN_ORIGINS (127.0.0.1: an IP, not
+    // the relying party's domain) gets options for rpId localhost, which the
+    // browser refuses there: no sign-in.
+    const other = await context.newPage();
+    await other.goto(`${otherUrl}/?client=${client}`);
+    await waitIdle(other);
+    await other.click('#passkey-login');
+    await waitIdle(other);
+    s = await uiState(other);
+    assert(s.state === 'logged-out' && /SecurityError|invalid domain|relying party/i.test(s.error), `a foreign origin used the passkey: ${JSON.stringify(s)}`);
+    step(`on another origin the passkey is refused (${s.error.slice(0, 80)})`);
+    assert(pageErrors.length === 0, `page errors: ${pageErrors.join('; ')}`);
+  } finally {
+    await context.close();
+  }
+}
+
 /** GraphiQL, served by authgraph from its own binary, loads and runs a query with
  *  no request leaving 127.0.0.1 (no CDN). */
 async function graphiqlFlow(browser, apiUrl, step) {
@@ -1130,8 +1315,11 @@ async function main() {
   // One same-origin server per client for the two-tab scenario, whose
   // WebSockets it cuts to simulate a network drop without touching the others.
   const liveUrls = { apollo: await startStatic(() => DIST, () => apiUrl), urql: await startStatic(() => DIST, () => apiUrl) };
+  // Passkeys need a domain (WebAuthn refuses an IP address as relying party):
+  // the same-origin app once more, opened as http://localhost (a secure context).
+  const passkeyUrl = (await startStatic(() => DIST, () => apiUrl)).replace('127.0.0.1', 'localhost');
   // Mailed links open the same-origin app (APP_URL).
-  const ag = await startAuthgraph([crossUrl], sameUrl);
+  const ag = await startAuthgraph([crossUrl], sameUrl, { WEBAUTHN_RP_ID: 'localhost', WEBAUTHN_ORIGINS: passkeyUrl });
   apiUrl = ag.url;
   log(`authgraph ${apiUrl} | same-origin app ${sameUrl} | cross-origin app ${crossUrl} (allowed) | unlisted app ${unlistedUrl} | MAIL_DIR ${MAIL_DIR}`);
 
@@ -1156,6 +1344,8 @@ async function main() {
     scenarios.push([`${client} password reset`, (step) => resetFlow(browser, sameUrl, client, step)]);
     scenarios.push([`${client} live logout, same-origin`, (step) => liveFlow(browser, liveUrls[client], apiUrl, client, 'same', step)]);
     scenarios.push([`${client} live logout, cross-origin`, (step) => liveFlow(browser, crossUrl, apiUrl, client, 'cross', step)]);
+    scenarios.push([`${client} password + TOTP, recovery code`, (step) => totpFlow(browser, sameUrl, apiUrl, client, step)]);
+    scenarios.push([`${client} passkeys`, (step) => passkeyFlow(browser, passkeyUrl, sameUrl, client, step)]);
   }
 
   // The scenarios are independent (own browser context, own user), so they run

@@ -14,7 +14,18 @@ export type SessionEvent = SessionEventsSubscription['sessionEvents'];
 export interface AuthApi {
   readonly name: 'apollo' | 'urql';
   register(email: string, password: string): Promise<Viewer>;
+  /**
+   * Rejects with an ApiError whose reason is SECOND_FACTOR_REQUIRED (and whose
+   * `challenge` is set) when the account has a second factor: finish with
+   * `verifySecondFactor`, or `passkeyLogin(challenge)`.
+   */
   login(email: string, password: string): Promise<Viewer>;
+  /** `verifySecondFactor`: the login's challenge and a TOTP or recovery code. */
+  verifySecondFactor(challenge: string, code: string): Promise<Viewer>;
+  /** A sign-in with a passkey: any the browser holds for this site, or, with a login's challenge, its second factor. */
+  passkeyLogin(challenge?: string): Promise<Viewer>;
+  /** Registers a passkey for the signed-in user (needs a recent sign-in). */
+  addPasskey(name: string): Promise<void>;
   me(): Promise<Viewer>;
   logout(): Promise<void>;
   /** `requestPasswordReset`: true for every well-formed address, registered or not. */
@@ -33,14 +44,25 @@ export interface AuthApi {
 
 /** An error with the GraphQL `extensions.code` / `extensions.reason` kept for the UI. */
 export class ApiError extends Error {
-  constructor(message: string, readonly code?: string, readonly reason?: string) {
+  constructor(
+    message: string,
+    readonly code?: string,
+    readonly reason?: string,
+    /** With SECOND_FACTOR_REQUIRED: the login's challenge (memory only, single use, 5 minutes). */
+    readonly challenge?: string,
+  ) {
     super(message);
   }
   static from(errors: readonly { message: string; extensions?: Record<string, unknown> }[] | undefined, fallback: unknown): ApiError {
     const first = errors?.[0];
     if (first) {
       const ext = first.extensions ?? {};
-      return new ApiError(first.message, ext.code as string | undefined, ext.reason as string | undefined);
+      return new ApiError(
+        first.message,
+        ext.code as string | undefined,
+        ext.reason as string | undefined,
+        typeof ext.challenge === 'string' ? ext.challenge : undefined,
+      );
     }
     return new ApiError(fallback instanceof Error ? fallback.message : String(fallback));
   }

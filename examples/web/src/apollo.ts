@@ -5,7 +5,13 @@ import { getMainDefinition } from '@apollo/client/utilities';
 import { GRAPHQL_URL } from './config';
 import { getAccessToken, isRefreshableError, refreshAccessToken, setAccessToken } from './auth';
 import { createSessionSocket, followSession } from './live';
+import { createPasskey, usePasskey } from './passkeys';
 import {
+  FinishPasskeyLoginDocument,
+  FinishPasskeyRegistrationDocument,
+  StartPasskeyLoginDocument,
+  StartPasskeyRegistrationDocument,
+  VerifySecondFactorDocument,
   LoginDocument,
   LogoutDocument,
   MeDocument,
@@ -78,6 +84,27 @@ export function createApolloApi(): AuthApi {
       const { data } = await client.mutate({ mutation: LoginDocument, variables: { input: { email, password } } }).catch(fail);
       setAccessToken(data!.login.accessToken, data!.login.expiresIn);
       return data!.login.user;
+    },
+    async verifySecondFactor(challenge, code) {
+      const { data } = await client.mutate({ mutation: VerifySecondFactorDocument, variables: { challenge, code } }).catch(fail);
+      setAccessToken(data!.verifySecondFactor.accessToken, data!.verifySecondFactor.expiresIn);
+      return data!.verifySecondFactor.user;
+    },
+    async passkeyLogin(challenge) {
+      const { data: start } = await client.mutate({ mutation: StartPasskeyLoginDocument, variables: { challenge } }).catch(fail);
+      const credential = await usePasskey(start!.startPasskeyLogin.options).catch(fail);
+      const { data } = await client
+        .mutate({ mutation: FinishPasskeyLoginDocument, variables: { ceremony: start!.startPasskeyLogin.id, credential } })
+        .catch(fail);
+      setAccessToken(data!.finishPasskeyLogin.accessToken, data!.finishPasskeyLogin.expiresIn);
+      return data!.finishPasskeyLogin.user;
+    },
+    async addPasskey(name) {
+      const { data: start } = await client.mutate({ mutation: StartPasskeyRegistrationDocument }).catch(fail);
+      const credential = await createPasskey(start!.startPasskeyRegistration.options).catch(fail);
+      await client
+        .mutate({ mutation: FinishPasskeyRegistrationDocument, variables: { ceremony: start!.startPasskeyRegistration.id, credential, name } })
+        .catch(fail);
     },
     async me() {
       const { data } = await client.query({ query: MeDocument, fetchPolicy: 'network-only' }).catch(fail);

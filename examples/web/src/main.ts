@@ -58,6 +58,11 @@ function homePage(): void {
   const status = $<HTMLOutputElement>('status');
   const errorOut = $<HTMLOutputElement>('error');
   const meView = $<HTMLElement>('me-view');
+  const secondFactorForm = $<HTMLFormElement>('second-factor-form');
+  const secondFactorCode = $<HTMLInputElement>('second-factor-code');
+  const passkeyStatus = $<HTMLOutputElement>('passkey-status');
+  // A login's second-factor challenge: in memory only, for the second step.
+  let challenge: string | null = null;
   const liveOut = $<HTMLOutputElement>('live');
 
   function show(viewer: Viewer | null, error?: unknown): void {
@@ -136,11 +141,48 @@ function homePage(): void {
   async function run(action: () => Promise<Viewer | null>): Promise<void> {
     status.dataset.state = 'busy';
     try {
-      show(await action());
+      const viewer = await action();
+      askSecondFactor(null);
+      show(viewer);
     } catch (e) {
+      // The password held; the session waits for the second factor.
+      if (e instanceof ApiError && e.reason === 'SECOND_FACTOR_REQUIRED' && e.challenge) askSecondFactor(e.challenge);
+      // A dead challenge (five wrong codes, expired): back to the password.
+      else if (e instanceof ApiError && e.reason === 'INVALID_SECOND_FACTOR' && !secondFactorForm.hidden) secondFactorCode.select();
       show(null, e);
     }
   }
+
+  /** Shows (with a challenge) or hides the second-factor step. */
+  function askSecondFactor(next: string | null): void {
+    challenge = next;
+    secondFactorForm.hidden = next === null;
+    secondFactorCode.value = '';
+    if (next !== null) secondFactorCode.focus();
+  }
+
+  secondFactorForm.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const current = challenge;
+    if (!current) return;
+    void run(() => api.verifySecondFactor(current, secondFactorCode.value));
+  });
+  $('second-factor-passkey').addEventListener('click', () => {
+    const current = challenge;
+    if (current) void run(() => api.passkeyLogin(current));
+  });
+  $('passkey-login').addEventListener('click', () => {
+    stopFollowing();
+    void run(() => api.passkeyLogin());
+  });
+  $('add-passkey').addEventListener('click', () => {
+    say(passkeyStatus, 'busy', 'Waiting for the passkey…');
+    void api.addPasskey('Passkey on this device').then(
+      () => say(passkeyStatus, 'added', 'Passkey added: you can sign in with it.'),
+      // REAUTHENTICATION_REQUIRED: the sign-in is older than the server allows for this.
+      (e) => say(passkeyStatus, 'error', describe(e), e instanceof ApiError ? (e.reason ?? e.code) : ''),
+    );
+  });
 
   // A login or registration starts another session: the socket of the one
   // before (if any) is closed first, and the new one follows the new session.

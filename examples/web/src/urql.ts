@@ -3,7 +3,13 @@ import { authExchange } from '@urql/exchange-auth';
 import { GRAPHQL_URL } from './config';
 import { getAccessToken, isRefreshableError, refreshAccessToken, setAccessToken } from './auth';
 import { createSessionSocket, followSession } from './live';
+import { createPasskey, usePasskey } from './passkeys';
 import {
+  FinishPasskeyLoginDocument,
+  FinishPasskeyRegistrationDocument,
+  StartPasskeyLoginDocument,
+  StartPasskeyRegistrationDocument,
+  VerifySecondFactorDocument,
   LoginDocument,
   LogoutDocument,
   MeDocument,
@@ -69,6 +75,23 @@ export function createUrqlApi(): AuthApi {
       const data = check(await client.mutation(LoginDocument, { input: { email, password } }).toPromise());
       setAccessToken(data.login.accessToken, data.login.expiresIn);
       return data.login.user;
+    },
+    async verifySecondFactor(challenge, code) {
+      const data = check(await client.mutation(VerifySecondFactorDocument, { challenge, code }).toPromise());
+      setAccessToken(data.verifySecondFactor.accessToken, data.verifySecondFactor.expiresIn);
+      return data.verifySecondFactor.user;
+    },
+    async passkeyLogin(challenge) {
+      const start = check(await client.mutation(StartPasskeyLoginDocument, { challenge }).toPromise()).startPasskeyLogin;
+      const credential = await usePasskey(start.options);
+      const data = check(await client.mutation(FinishPasskeyLoginDocument, { ceremony: start.id, credential }).toPromise());
+      setAccessToken(data.finishPasskeyLogin.accessToken, data.finishPasskeyLogin.expiresIn);
+      return data.finishPasskeyLogin.user;
+    },
+    async addPasskey(name) {
+      const start = check(await client.mutation(StartPasskeyRegistrationDocument, {}).toPromise()).startPasskeyRegistration;
+      const credential = await createPasskey(start.options);
+      check(await client.mutation(FinishPasskeyRegistrationDocument, { ceremony: start.id, credential, name }).toPromise());
     },
     async me() {
       return check(await client.query(MeDocument, {}).toPromise()).me;
