@@ -813,6 +813,7 @@ async fn seed_bulk(url: &str, n: usize) -> Vec<(usize, uuid::Uuid, uuid::Uuid)> 
             revoked_at: Set(None),
             user_agent: Set(Some("seeded".into())),
             ip: Set(Some("127.0.0.1".into())),
+            authenticated_at: Set(Some(now)),
         });
         let tokens = ids.iter().map(|(_, session_id)| refresh_token::ActiveModel {
             id: Set(uuid::Uuid::now_v7()),

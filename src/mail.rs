@@ -37,10 +37,12 @@ pub enum Kind {
     RecoveryCodeUsed,
     /// A passkey was added to the account.
     PasskeyAdded,
+    /// A passkey was removed from the account.
+    PasskeyRemoved,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::VerifyEmail,
         Kind::ResetPassword,
         Kind::ConfirmEmailChange,
@@ -50,6 +52,7 @@ impl Kind {
         Kind::SecondFactorDisabled,
         Kind::RecoveryCodeUsed,
         Kind::PasskeyAdded,
+        Kind::PasskeyRemoved,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -63,6 +66,7 @@ impl Kind {
             Kind::SecondFactorDisabled => "second_factor_disabled",
             Kind::RecoveryCodeUsed => "recovery_code_used",
             Kind::PasskeyAdded => "passkey_added",
+            Kind::PasskeyRemoved => "passkey_removed",
         }
     }
 
@@ -108,9 +112,12 @@ impl Kind {
                 include_str!("../assets/mail/recovery_code_used.txt"),
                 include_str!("../assets/mail/recovery_code_used.html"),
             ),
-            Kind::PasskeyAdded => (
-                include_str!("../assets/mail/passkey_added.txt"),
-                include_str!("../assets/mail/passkey_added.html"),
+            Kind::PasskeyAdded => {
+                (include_str!("../assets/mail/passkey_added.txt"), include_str!("../assets/mail/passkey_added.html"))
+            }
+            Kind::PasskeyRemoved => (
+                include_str!("../assets/mail/passkey_removed.txt"),
+                include_str!("../assets/mail/passkey_removed.html"),
             ),
         }
     }

@@ -68,7 +68,11 @@ enum SecondFactorChallenges {
 }
 
 fn owned_by_user<T: IntoIden + Clone>(table: T, column: T) -> ForeignKeyCreateStatement {
-    ForeignKey::create().from(table.clone(), column).to(Users::Table, Users::Id).on_delete(ForeignKeyAction::Cascade).to_owned()
+    ForeignKey::create()
+        .from(table.clone(), column)
+        .to(Users::Table, Users::Id)
+        .on_delete(ForeignKeyAction::Cascade)
+        .to_owned()
 }
 
 #[async_trait::async_trait]

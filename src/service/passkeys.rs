@@ -18,8 +18,7 @@
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64URL};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Set, SqlErr,
-    sea_query::Expr,
+    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Set, SqlErr, sea_query::Expr,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use uuid::Uuid;
@@ -311,12 +310,14 @@ pub async fn finish_registration(
     Ok(PasskeyInfo { id, name, created_at: now, last_used_at: None })
 }
 
-/// Removes one of the caller's passkeys. Records `PASSKEY_REMOVED`.
+/// Removes one of the caller's passkeys. Sends a notice and records
+/// `PASSKEY_REMOVED`.
 ///
 /// Errors: `REAUTHENTICATION_REQUIRED`, `NOT_FOUND` (not one of theirs).
 #[tracing::instrument(skip_all)]
 pub async fn remove(svc: &Services, me: &UserPrincipal, client: &ClientInfo, id: Uuid) -> AppResult<()> {
     second_factor::require_recent_auth(svc, me.session_id).await?;
+    let account = users::me(svc, me.user_id).await?;
     let tx = db::begin_write(&svc.db).await?;
     let gone = passkey::Entity::delete_many()
         .filter(passkey::Column::Id.eq(id))
@@ -331,8 +332,10 @@ pub async fn remove(svc: &Services, me: &UserPrincipal, client: &ClientInfo, id:
     let event = Event::new(EventKind::PasskeyRemoved, Some(me.user_id), Actor::User(me.user_id), client)
         .session(me.session_id)
         .detail(gone.name);
+    mail::enqueue(svc, &tx, Kind::PasskeyRemoved, Some(me.user_id), &account.email, None).await?;
     events::record(svc, &tx, event).await?;
     tx.commit().await?;
+    mail::queued(svc);
     Ok(())
 }
 
@@ -449,9 +452,9 @@ pub async fn finish_login(
     limits::spend_ip(svc, Action::Login, IpKey::from(client.ip)).await?;
     let answer: PublicKeyCredential = parse_answer(credential)?;
     let found = webauthn_ceremony::Entity::find_by_id(ceremony).unique_row(&svc.db).await?;
-    let Some(found) = found.filter(|c| {
-        c.purpose == Purpose::Discoverable.as_str() || c.purpose == Purpose::SecondFactor.as_str()
-    }) else {
+    let Some(found) =
+        found.filter(|c| c.purpose == Purpose::Discoverable.as_str() || c.purpose == Purpose::SecondFactor.as_str())
+    else {
         return Err(refused("The passkey ceremony is unknown, used or expired: start again"));
     };
     let purpose = if found.user_id.is_some() { Purpose::SecondFactor } else { Purpose::Discoverable };

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     auth::{keys::Sealer, password::Verified, principal::UserPrincipal, refresh::hash_token},
-    config::{Secret, SecondFactorConfig},
+    config::{SecondFactorConfig, Secret},
     db::UniqueRow,
     domain::{Account, Email, SessionId, UserId},
     error::{AppError, AppResult, Redacted},
@@ -609,7 +609,8 @@ pub(super) async fn challenge_failed(
         .exec(&tx)
         .await?;
     let user = UserId::from(challenge.user_id);
-    let event = Event::new(EventKind::LoginFailed, Some(user), Actor::Anonymous, client).detail("INVALID_SECOND_FACTOR");
+    let event =
+        Event::new(EventKind::LoginFailed, Some(user), Actor::Anonymous, client).detail("INVALID_SECOND_FACTOR");
     events::record(svc, &tx, event).await?;
     tx.commit().await?;
     Ok(invalid())
@@ -763,9 +764,9 @@ pub async fn reset(
     client: &ClientInfo,
 ) -> AppResult<FactorStatus> {
     let before = status(svc, user_id).await?;
-    let user = users::row(svc, user_id).await?.ok_or_else(|| {
-        AppError::invalid_input(crate::error::Reason::NotFound, "userId", "No such user")
-    })?;
+    let user = users::row(svc, user_id)
+        .await?
+        .ok_or_else(|| AppError::invalid_input(crate::error::Reason::NotFound, "userId", "No such user"))?;
     let email = Email::from_parts(user.email, user.email_normalized);
     let tx = crate::db::begin_write(&svc.db).await?;
     totp_factor::Entity::delete_by_id(user_id.uuid()).exec(&tx).await?;
@@ -773,7 +774,8 @@ pub async fn reset(
     super::passkeys::delete_all(&tx, user_id).await?;
     void_challenges(&tx, user_id, svc.clock.now()).await?;
     mail::enqueue(svc, &tx, Kind::SecondFactorDisabled, Some(user_id), &email, None).await?;
-    let detail = format!("authenticator: {}, passkeys: {}", if before.totp { "removed" } else { "none" }, before.passkeys);
+    let detail =
+        format!("authenticator: {}, passkeys: {}", if before.totp { "removed" } else { "none" }, before.passkeys);
     let event = Event::new(EventKind::SecondFactorReset, Some(user_id), Actor::from(admin), client).detail(detail);
     events::record(svc, &tx, event).await?;
     tx.commit().await?;

@@ -303,14 +303,7 @@ async fn sensitive_operations_need_a_recent_sign_in() {
     let change_password = "mutation($c: String!, $n: String!) { changePassword(currentPassword: $c, newPassword: $n) }";
     // A session eleven minutes old, refreshed or not, is not a recent sign-in.
     app.clock.advance(Duration::from_secs(11 * 60));
-    let refreshed = app
-        .gql(
-            &app.client(),
-            None,
-            crate::ops::REFRESH_BODY,
-            json!({ "t": user.refresh_token }),
-        )
-        .await;
+    let refreshed = app.gql(&app.client(), None, crate::ops::REFRESH_BODY, json!({ "t": user.refresh_token })).await;
     let token = refreshed["data"]["refreshToken"]["accessToken"].as_str().unwrap().to_owned();
     for (query, variables) in [
         (ENROLL, json!({})),
@@ -375,9 +368,8 @@ async fn an_admin_sees_and_resets_a_users_factors_with_a_recent_sign_in() {
     .await;
     assert_eq!(seen["user"]["secondFactor"], json!({ "totp": true, "required": true, "recoveryCodesLeft": 10 }));
     let other = app.user("nosy@example.com").await;
-    let v = other
-        .gql(&app, "query($id: ID!) { user(id: $id) { secondFactor { totp } } }", json!({ "id": user.id }))
-        .await;
+    let v =
+        other.gql(&app, "query($id: ID!) { user(id: $id) { secondFactor { totp } } }", json!({ "id": user.id })).await;
     assert_eq!(code(&v), "FORBIDDEN", "{v}");
     let reset = "mutation($id: ID!) { resetSecondFactors(userId: $id) { totp passkeys } }";
     let v = other.gql(&app, reset, json!({ "id": user.id })).await;
@@ -505,9 +497,7 @@ async fn passkey_endpoints_refuse_what_does_not_verify() {
         .await;
     assert_eq!(reason(&v), "PASSKEY_REFUSED", "{v}");
     // Without passkeys, a login's challenge cannot start a passkey ceremony.
-    let v = app
-        .gql(&app.client(), None, "mutation { startPasskeyLogin(challenge: \"nope\") { id } }", json!({}))
-        .await;
+    let v = app.gql(&app.client(), None, "mutation { startPasskeyLogin(challenge: \"nope\") { id } }", json!({})).await;
     assert_eq!(reason(&v), "INVALID_SECOND_FACTOR", "{v}");
 }
 
@@ -519,4 +509,57 @@ async fn passkeys_are_off_when_the_origin_is_an_ip_address() {
     let v = user.gql(&app, "mutation { startPasskeyRegistration { id } }", json!({})).await;
     assert_eq!(code(&v), "FORBIDDEN", "{v}");
     assert!(v["errors"][0]["message"].as_str().unwrap().contains("WEBAUTHN_RP_ID"), "{v}");
+}
+
+/// A passkey (a row as a registration leaves it; its ceremonies run in
+/// Chromium) makes the password alone insufficient: for a login, and for a
+/// re-authentication. Removing it takes a recent sign-in and is mailed about.
+#[tokio::test]
+async fn a_passkey_is_a_second_factor_for_logins_and_reauthentication() {
+    use sea_orm::EntityTrait;
+    let app = spawn_with(|c| c.second_factor = authgraph::config::SecondFactorConfig::local()).await;
+    let user = app.user("passkeyonly@example.com").await;
+    let other = app.user("someoneelse@example.com").await;
+    // `user`'s first session grows old; a second one is fresh.
+    app.clock.advance(Duration::from_secs(11 * 60));
+    let fresh = user.login(&app).await;
+    let id = uuid::Uuid::now_v7();
+    entity::passkey::Entity::insert(entity::passkey::ActiveModel {
+        id: sea_orm::Set(id),
+        user_id: sea_orm::Set(user.id.parse().unwrap()),
+        credential_id: sea_orm::Set("c2VlZGVk".into()),
+        name: sea_orm::Set("Laptop".into()),
+        credential: sea_orm::Set("{}".into()),
+        created_at: sea_orm::Set(now(&app)),
+        last_used_at: sea_orm::Set(None),
+    })
+    .exec_without_returning(&app.state().services.db)
+    .await
+    .unwrap();
+
+    let ch = challenge(&app, "passkeyonly@example.com").await;
+    assert_eq!(reason(&verify(&app, &ch, "123456").await), "INVALID_SECOND_FACTOR", "no TOTP to answer with");
+    let status = ok(&app, &fresh.access_token, STATUS, json!({})).await;
+    assert_eq!(
+        status["me"]["secondFactor"],
+        json!({ "totp": false, "recoveryCodesLeft": 0, "passkeys": 1, "required": true })
+    );
+    let listed = ok(&app, &fresh.access_token, "{ me { passkeys { id name } } }", json!({})).await;
+    assert_eq!(listed["me"]["passkeys"], json!([{ "id": id.to_string(), "name": "Laptop" }]));
+
+    let v = user.gql(&app, REAUTH, json!({ "p": PASSWORD })).await;
+    assert_eq!(reason(&v), "INVALID_SECOND_FACTOR", "the password alone does not re-authenticate: {v}");
+
+    let remove = "mutation($id: ID!) { removePasskey(id: $id) }";
+    let v = other.gql(&app, remove, json!({ "id": id.to_string() })).await;
+    assert_eq!(reason(&v), "REAUTHENTICATION_REQUIRED", "{v}");
+    let v = user.gql(&app, remove, json!({ "id": id.to_string() })).await;
+    assert_eq!(reason(&v), "REAUTHENTICATION_REQUIRED", "{v}");
+    let another = app.user("fresh.other@example.com").await;
+    let v = another.gql(&app, remove, json!({ "id": id.to_string() })).await;
+    assert_eq!(reason(&v), "NOT_FOUND", "not theirs: {v}");
+    ok(&app, &fresh.access_token, remove, json!({ "id": id.to_string() })).await;
+    let notice = app.wait_mail_file("passkeyonly@example.com", 1).await;
+    assert!(notice.subject().contains("passkey was removed"), "{}", notice.subject());
+    assert!(app.login_body("passkeyonly@example.com", PASSWORD).await["errors"].is_null(), "a password login again");
 }
