@@ -150,7 +150,8 @@ pub fn sdl() -> String {
 
 pub fn build_schema(limits: Limits, documents: Arc<documents::DocumentCache>, services: Services) -> AppSchema {
     let sessions = async_graphql::dataloader::DataLoader::new(types::SessionsByUser(services.clone()), tokio::spawn);
-    schema_builder(limits, documents).data(services).data(sessions).finish()
+    let factors = async_graphql::dataloader::DataLoader::new(types::FactorsByUser(services.clone()), tokio::spawn);
+    schema_builder(limits, documents).data(services).data(sessions).data(factors).finish()
 }
 
 /// A string extension of an error the engine reports (`code`, `reason`).

@@ -367,6 +367,20 @@ async fn an_admin_sees_and_resets_a_users_factors_with_a_recent_sign_in() {
     )
     .await;
     assert_eq!(seen["user"]["secondFactor"], json!({ "totp": true, "required": true, "recoveryCodesLeft": 10 }));
+    // A listing page loads every user's factors at once.
+    let page =
+        ok(&app, &admin, "{ users(first: 10) { edges { node { email secondFactor { totp } } } } }", json!({})).await;
+    let flags: Vec<(String, bool)> = page["users"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (e["node"]["email"].as_str().unwrap().to_owned(), e["node"]["secondFactor"]["totp"].as_bool().unwrap())
+        })
+        .collect();
+    assert!(
+        flags.contains(&("locked@example.com".into(), true)) && flags.contains(&("root@example.com".into(), false))
+    );
     let other = app.user("nosy@example.com").await;
     let v =
         other.gql(&app, "query($id: ID!) { user(id: $id) { secondFactor { totp } } }", json!({ "id": user.id })).await;
