@@ -91,7 +91,7 @@ reasons! {
     TotpNotEnrolled => ("TOTP_NOT_ENROLLED", BadUserInput, None, "No authenticator waits for confirmation (call `enrollTotp` first), or none is active (for `disableTotp` and `regenerateRecoveryCodes`)."),
     PasskeyRefused => ("PASSKEY_REFUSED", BadUserInput, None, "The passkey's answer does not verify: another origin or relying party, a replayed or expired ceremony, an unknown or cloned credential (field `credential`)."),
     TooManyAliases => ("TOO_MANY_ALIASES", BadUserInput, None, "The operation has more aliases than the server allows."),
-    TooManyCredentialFields => ("TOO_MANY_CREDENTIAL_FIELDS", BadUserInput, None, "More than one credential-checking field (login, register, changePassword, resetPassword, verifySecondFactor, confirmTotp, disableTotp, reauthenticate, finishPasskeyLogin, finishPasskeyRegistration, finishPasskeyReauthentication) in one HTTP request."),
+    TooManyCredentialFields => ("TOO_MANY_CREDENTIAL_FIELDS", BadUserInput, None, "More than one credential-checking field (login, register, changePassword, resetPassword, verifySecondFactor, confirmTotp, disableTotp, regenerateRecoveryCodes, reauthenticate, finishPasskeyLogin, finishPasskeyRegistration, finishPasskeyReauthentication) in one HTTP request."),
     IntrospectionDisabled => ("INTROSPECTION_DISABLED", BadUserInput, None, "Introspection is off on this server."),
     GraphqlValidationFailed => ("GRAPHQL_VALIDATION_FAILED", BadUserInput, None, "The document does not parse or validate against the schema, or exceeds the depth or complexity limit."),
 }

@@ -35,6 +35,8 @@ pub enum Kind {
     SecondFactorDisabled,
     /// A recovery code was used to sign in or re-authenticate.
     RecoveryCodeUsed,
+    /// A new set of recovery codes replaced the old one.
+    RecoveryCodesRegenerated,
     /// A passkey was added to the account.
     PasskeyAdded,
     /// A passkey was removed from the account.
@@ -42,7 +44,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::VerifyEmail,
         Kind::ResetPassword,
         Kind::ConfirmEmailChange,
@@ -51,6 +53,7 @@ impl Kind {
         Kind::SecondFactorEnabled,
         Kind::SecondFactorDisabled,
         Kind::RecoveryCodeUsed,
+        Kind::RecoveryCodesRegenerated,
         Kind::PasskeyAdded,
         Kind::PasskeyRemoved,
     ];
@@ -65,6 +68,7 @@ impl Kind {
             Kind::SecondFactorEnabled => "second_factor_enabled",
             Kind::SecondFactorDisabled => "second_factor_disabled",
             Kind::RecoveryCodeUsed => "recovery_code_used",
+            Kind::RecoveryCodesRegenerated => "recovery_codes_regenerated",
             Kind::PasskeyAdded => "passkey_added",
             Kind::PasskeyRemoved => "passkey_removed",
         }
@@ -115,6 +119,10 @@ impl Kind {
             Kind::PasskeyAdded => {
                 (include_str!("../assets/mail/passkey_added.txt"), include_str!("../assets/mail/passkey_added.html"))
             }
+            Kind::RecoveryCodesRegenerated => (
+                include_str!("../assets/mail/recovery_codes_regenerated.txt"),
+                include_str!("../assets/mail/recovery_codes_regenerated.html"),
+            ),
             Kind::PasskeyRemoved => (
                 include_str!("../assets/mail/passkey_removed.txt"),
                 include_str!("../assets/mail/passkey_removed.html"),

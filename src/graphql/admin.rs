@@ -10,7 +10,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use uuid::Uuid;
 
 use super::{
-    request, services,
+    request, require_recent_admin, services,
     types::{ApiKey, ApiKeySecret, ApiScope, Role, SigningKey, TokenInfo, User, parse_id},
 };
 use crate::{
@@ -136,9 +136,10 @@ pub struct AdminMutation;
 #[Object]
 impl AdminMutation {
     /// Changes a user's role, effective at once for their live tokens. The last
-    /// admin cannot be demoted. ADMIN.
+    /// admin cannot be demoted. ADMIN, with a recent sign-in (`REAUTHENTICATION_MAX_AGE`). with a recent sign-in (`REAUTHENTICATION_MAX_AGE`).
     async fn set_user_role(&self, ctx: &Context<'_>, id: ID, role: Role) -> Result<User> {
         let proof = request(ctx)?.principal.grant::<AdminOnly>()?;
+        require_recent_admin(ctx).await?;
         let id = parse_id(&id, "id")?;
         Ok(User::new(admin::set_role(services(ctx)?, &proof, id, role.into(), &request(ctx)?.client).await?))
     }
@@ -171,10 +172,7 @@ impl AdminMutation {
         expires_in_days: Option<i32>,
     ) -> Result<ApiKeySecret> {
         let proof = request(ctx)?.principal.grant::<AdminOnly>()?;
-        if let Some(admin) = request(ctx)?.principal.user() {
-            // A key outlives the session: minting one needs a recent sign-in.
-            crate::service::second_factor::require_recent_auth(services(ctx)?, admin.session_id).await?;
-        }
+        require_recent_admin(ctx).await?;
         let scopes: Vec<_> = scopes.into_iter().map(Into::into).collect();
         let (key, secret) =
             api_keys::create(services(ctx)?, &proof, &name, &scopes, expires_in_days, &request(ctx)?.client).await?;
@@ -182,7 +180,7 @@ impl AdminMutation {
     }
 
     /// Issues a new secret for a key; the old one keeps working for `graceDays`.
-    /// ADMIN.
+    /// ADMIN, with a recent sign-in (`REAUTHENTICATION_MAX_AGE`).
     async fn rotate_api_key(
         &self,
         ctx: &Context<'_>,
@@ -190,6 +188,7 @@ impl AdminMutation {
         #[graphql(default_with = "Some(30)")] grace_days: Option<i32>,
     ) -> Result<ApiKeySecret> {
         let proof = request(ctx)?.principal.grant::<AdminOnly>()?;
+        require_recent_admin(ctx).await?;
         let id = parse_id(&id, "id")?;
         let (key, secret) =
             api_keys::rotate(services(ctx)?, &proof, id, grace_days.unwrap_or(30), &request(ctx)?.client).await?;

@@ -81,7 +81,7 @@ pub const BUDGETS: &[(&str, Budget)] = &[
     ("enrollTotp", Budget::Unmetered(TOKEN)),
     ("confirmTotp", Budget::PasswordCheck),
     ("disableTotp", Budget::PasswordCheck),
-    ("regenerateRecoveryCodes", Budget::Unmetered(TOKEN)),
+    ("regenerateRecoveryCodes", Budget::PasswordCheck),
     ("verifySecondFactor", Budget::PasswordCheck),
     ("reauthenticate", Budget::PasswordCheck),
     ("startPasskeyRegistration", Budget::Unmetered(TOKEN)),

@@ -42,7 +42,7 @@ use crate::{
 
 /// Fields that verify or set a password, or check a second factor: one per
 /// HTTP request, so that aliases and batches cannot multiply guesses.
-const CREDENTIAL_FIELDS: [&str; 11] = [
+const CREDENTIAL_FIELDS: [&str; 12] = [
     "login",
     "register",
     "changePassword",
@@ -50,6 +50,7 @@ const CREDENTIAL_FIELDS: [&str; 11] = [
     "verifySecondFactor",
     "confirmTotp",
     "disableTotp",
+    "regenerateRecoveryCodes",
     "reauthenticate",
     "finishPasskeyLogin",
     "finishPasskeyReauthentication",

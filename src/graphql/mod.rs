@@ -170,6 +170,17 @@ pub(crate) fn request<'a>(ctx: &Context<'a>) -> Result<&'a RequestCtx, AppError>
     ctx.data::<SharedRequestCtx>().map(|r| r.as_ref()).map_err(|_| AppError::internal("request context missing"))
 }
 
+/// Step-up for what outlives a stolen session (an API key, a role, a factor
+/// reset): an admin's session must have signed in within
+/// `REAUTHENTICATION_MAX_AGE`. API keys are not sessions and pass.
+/// Errors: `REAUTHENTICATION_REQUIRED`, `TOKEN_REVOKED`.
+pub(crate) async fn require_recent_admin(ctx: &Context<'_>) -> Result<(), AppError> {
+    match request(ctx)?.principal.user() {
+        Some(admin) => crate::service::second_factor::require_recent_auth(services(ctx)?, admin.session_id).await,
+        None => Ok(()),
+    }
+}
+
 /// Cookie-reading and cookie-setting mutations refuse cross-site callers.
 pub(crate) fn require_same_site(req: &RequestCtx) -> Result<(), AppError> {
     if req.cross_site { Err(AppError::CrossSiteRequest) } else { Ok(()) }

@@ -5,7 +5,7 @@ use async_graphql::{Context, ID, Json, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
 use super::{
-    deliver, request, require_same_site, services,
+    deliver, request, require_recent_admin, require_same_site, services,
     types::{AuthPayload, TokenTransport, parse_id},
 };
 use crate::{
@@ -125,11 +125,16 @@ impl SecondFactorMutation {
     }
 
     /// Replaces the recovery codes with ten new ones (the old ones stop
-    /// working). Needs a recent sign-in.
-    async fn regenerate_recovery_codes(&self, ctx: &Context<'_>) -> Result<Vec<String>> {
+    /// working), with a code from the authenticator or a recovery code, and a
+    /// recent sign-in.
+    async fn regenerate_recovery_codes(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(secret)] code: String,
+    ) -> Result<Vec<String>> {
         let req = request(ctx)?;
         let me = req.principal.require_user()?;
-        Ok(second_factor::regenerate_recovery_codes(services(ctx)?, me, &req.client).await?)
+        Ok(second_factor::regenerate_recovery_codes(services(ctx)?, me, &req.client, &code).await?)
     }
 
     /// Finishes a login that answered `SECOND_FACTOR_REQUIRED`: its
@@ -244,16 +249,13 @@ impl SecondFactorMutation {
 
     /// Removes every second factor of a user (a lost device): authenticator,
     /// recovery codes and passkeys. The user is told by mail. ADMIN (or an API
-    /// key with USERS_WRITE); an admin needs a recent sign-in. Returns what
-    /// the user had.
+    /// key with USERS_WRITE, for a user with role USER); an admin needs a
+    /// recent sign-in. Returns what the user had.
     async fn reset_second_factors(&self, ctx: &Context<'_>, user_id: ID) -> Result<SecondFactorStatus> {
         let req = request(ctx)?;
         let proof = req.principal.grant::<UsersWrite>()?;
-        let svc = services(ctx)?;
-        if let Some(admin) = req.principal.user() {
-            second_factor::require_recent_auth(svc, admin.session_id).await?;
-        }
+        require_recent_admin(ctx).await?;
         let id = parse_id(&user_id, "userId")?;
-        Ok(second_factor::reset(svc, proof.actor, id, &req.client).await?.into())
+        Ok(second_factor::reset(services(ctx)?, proof.actor, id, &req.client).await?.into())
     }
 }

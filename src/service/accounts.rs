@@ -192,7 +192,7 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
         }
         // The password held; the session waits for the second factor.
         if second_factor::required(svc, UserId::from(user.id)).await? {
-            let refusal = second_factor::challenge(svc, UserId::from(user.id)).await?;
+            let refusal = second_factor::challenge(svc, &user).await?;
             return failed_login(svc, client, Some(UserId::from(user.id)), refusal).await;
         }
         let now = svc.clock.now();

@@ -279,6 +279,11 @@ pub async fn finish_registration(
             return Err(refused("The passkey's answer does not verify"));
         }
     };
+    // Counted again here: ceremonies started side by side must not pass the limit.
+    if passkey::Entity::find().filter(passkey::Column::UserId.eq(me.user_id)).count(&tx).await? >= MAX_PASSKEYS {
+        tx.rollback().await?;
+        return Err(refused("The account has the most passkeys it may hold: remove one first"));
+    }
     let now = svc.clock.now();
     let id = Uuid::now_v7();
     let inserted = passkey::Entity::insert(passkey::ActiveModel {

@@ -451,6 +451,14 @@ pub(super) async fn spend_code(
         return Ok((taken == 1).then_some(Used::Totp));
     }
     if code.len() == 16 && code.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        // Recovery codes stand in for an active authenticator only.
+        let active = totp_factor::Entity::find_by_id(user_id.uuid())
+            .filter(totp_factor::Column::ConfirmedAt.is_not_null())
+            .count(conn)
+            .await?;
+        if active == 0 {
+            return Ok(None);
+        }
         let spent = recovery_code::Entity::update_many()
             .col_expr(recovery_code::Column::UsedAt, Expr::value(now))
             .filter(recovery_code::Column::UserId.eq(user_id))
@@ -520,45 +528,80 @@ pub async fn disable_totp(svc: &Services, me: &UserPrincipal, client: &ClientInf
 }
 
 /// Replaces the caller's recovery codes with ten new ones (the old set stops
-/// working) and returns them. Records `RECOVERY_CODES_REGENERATED`.
+/// working) and returns them, with a code from the authenticator or a
+/// recovery code (new codes are a new factor: a session alone does not make
+/// them). Sends a notice and records `RECOVERY_CODES_REGENERATED`. The code
+/// spends the password-check budget.
 ///
-/// Errors: `REAUTHENTICATION_REQUIRED`, `TOTP_NOT_ENROLLED` (none active).
+/// Errors: `REAUTHENTICATION_REQUIRED`, `RATE_LIMITED`, `TOTP_NOT_ENROLLED`
+/// (none active), `INVALID_SECOND_FACTOR`.
 #[tracing::instrument(skip_all)]
 pub async fn regenerate_recovery_codes(
     svc: &Services,
     me: &UserPrincipal,
     client: &ClientInfo,
+    code: &str,
 ) -> AppResult<Vec<String>> {
     require_recent_auth(svc, me.session_id).await?;
+    let account = users::me(svc, me.user_id).await?;
+    accounts::spend_password_budget(svc, client, account.email.key()).await?;
     if !status(svc, me.user_id).await?.totp {
         return Err(not_enrolled("No authenticator is active"));
     }
     let now = svc.clock.now();
     let tx = crate::db::begin_write(&svc.db).await?;
+    // Checked in the transaction: an authenticator removed meanwhile takes no new codes.
+    let Some(used) = spend_code(svc, &tx, me.user_id, code).await? else {
+        tx.rollback().await?;
+        return Err(invalid());
+    };
     let codes = replace_recovery_codes(&tx, me.user_id, now).await?;
+    mail::enqueue(svc, &tx, Kind::RecoveryCodesRegenerated, Some(me.user_id), &account.email, None).await?;
     let event = Event::new(EventKind::RecoveryCodesRegenerated, Some(me.user_id), Actor::User(me.user_id), client)
-        .session(me.session_id);
+        .session(me.session_id)
+        .detail(format!("proven with {}", used.as_str()));
     events::record(svc, &tx, event).await?;
     tx.commit().await?;
+    mail::queued(svc);
     Ok(codes)
 }
 
-/// A new challenge for `user_id`, as the error a login answers with
-/// (`SECOND_FACTOR_REQUIRED`, the challenge in `extensions.challenge`).
-pub(super) async fn challenge(svc: &Services, user_id: UserId) -> AppResult<AppError> {
+/// A new challenge for `user`, as the error a login answers with
+/// (`SECOND_FACTOR_REQUIRED`, the challenge in `extensions.challenge`);
+/// `INVALID_CREDENTIALS` when the password changed since `user` was read.
+///
+/// It is written only while the stored hash is still the one the login
+/// verified (a compare-and-set in the same transaction): a password change
+/// or reset either commits first, and no challenge is made, or after, and
+/// voids it ([`void_challenges`]).
+pub(super) async fn challenge(svc: &Services, user: &user::Model) -> AppResult<AppError> {
     let challenge = svc.refresh.generate()?;
     let now = svc.clock.now();
+    let tx = crate::db::begin_write(&svc.db).await?;
+    let unchanged = user::Entity::update_many()
+        .col_expr(user::Column::PasswordHash, Expr::col(user::Column::PasswordHash))
+        .filter(user::Column::Id.eq(user.id))
+        .filter(user::Column::PasswordHash.eq(user.password_hash.as_str()))
+        .exec(&tx)
+        .await?
+        .rows_affected
+        == 1;
+    if !unchanged {
+        tx.rollback().await?;
+        return Ok(AppError::InvalidCredentials);
+    }
     second_factor_challenge::Entity::insert(second_factor_challenge::ActiveModel {
         id: Set(Uuid::now_v7()),
-        user_id: Set(user_id.uuid()),
+        user_id: Set(user.id),
         challenge_hash: Set(hash_token(&challenge)),
         created_at: Set(now),
         expires_at: Set(now + ChronoDuration::seconds(CHALLENGE_TTL_SECS)),
         failures: Set(0),
         used_at: Set(None),
     })
-    .exec_without_returning(&svc.db)
+    .exec_without_returning(&tx)
     .await?;
+    tx.commit().await?;
     Ok(AppError::SecondFactorRequired { challenge: Redacted(challenge) })
 }
 
@@ -607,15 +650,32 @@ pub(super) async fn claim_challenge(
         .filter(second_factor_challenge::Column::Id.eq(challenge.id))
         .filter(second_factor_challenge::Column::UsedAt.is_null())
         .filter(second_factor_challenge::Column::ExpiresAt.gt(now))
-        .filter(second_factor_challenge::Column::Failures.lt(CHALLENGE_MAX_FAILURES))
         .exec(conn)
         .await?
         .rows_affected
         == 1)
 }
 
-/// Counts a wrong answer against the challenge, ends it at the
-/// [`CHALLENGE_MAX_FAILURES`]th, and records `LOGIN_FAILED`.
+/// Takes one of the challenge's tries, with one conditional update: `false`
+/// when none is left, or it was spent or expired.
+async fn take_try(svc: &Services, challenge: &second_factor_challenge::Model) -> AppResult<bool> {
+    Ok(second_factor_challenge::Entity::update_many()
+        .col_expr(
+            second_factor_challenge::Column::Failures,
+            Expr::col(second_factor_challenge::Column::Failures).add(1),
+        )
+        .filter(second_factor_challenge::Column::Id.eq(challenge.id))
+        .filter(second_factor_challenge::Column::UsedAt.is_null())
+        .filter(second_factor_challenge::Column::ExpiresAt.gt(svc.clock.now()))
+        .filter(second_factor_challenge::Column::Failures.lt(CHALLENGE_MAX_FAILURES))
+        .exec(&svc.db)
+        .await?
+        .rows_affected
+        == 1)
+}
+
+/// After a wrong code: ends the challenge once its tries are used up, and
+/// records `LOGIN_FAILED`.
 pub(super) async fn challenge_failed(
     svc: &Services,
     challenge: &second_factor_challenge::Model,
@@ -623,14 +683,6 @@ pub(super) async fn challenge_failed(
 ) -> AppResult<AppError> {
     let now = svc.clock.now();
     let tx = crate::db::begin_write(&svc.db).await?;
-    second_factor_challenge::Entity::update_many()
-        .col_expr(
-            second_factor_challenge::Column::Failures,
-            Expr::col(second_factor_challenge::Column::Failures).add(1),
-        )
-        .filter(second_factor_challenge::Column::Id.eq(challenge.id))
-        .exec(&tx)
-        .await?;
     second_factor_challenge::Entity::update_many()
         .col_expr(second_factor_challenge::Column::UsedAt, Expr::value(now))
         .filter(second_factor_challenge::Column::Id.eq(challenge.id))
@@ -686,7 +738,8 @@ pub(super) async fn finish_login(
 
 /// Exchanges a login's challenge and a TOTP or recovery code for a session.
 /// Each try spends the password-check budget (the client's and the
-/// account's); a challenge dies at its fifth wrong code. A recovery code's
+/// account's); a challenge takes [`CHALLENGE_MAX_FAILURES`] tries, and dies
+/// at the last if it is wrong. A recovery code's
 /// use is mailed to the account's address and recorded.
 ///
 /// Errors: `INVALID_SECOND_FACTOR` (a wrong, replayed or used code; a
@@ -701,15 +754,20 @@ pub async fn verify_second_factor(
     let (challenge, user) = open_challenge(svc, challenge).await?;
     accounts::spend_password_budget(svc, client, &user.email_normalized).await?;
     let user_id = UserId::from(user.id);
-    let tx = store::Write::begin(svc).await?;
-    if !claim_challenge(svc, tx.conn(), &challenge).await? {
-        tx.rollback().await?;
+    // One of the challenge's tries is taken, and committed, before the code is
+    // looked at: concurrent guesses cannot share a try.
+    if !take_try(svc, &challenge).await? {
         return Err(invalid());
     }
+    let tx = store::Write::begin(svc).await?;
     let Some(used) = spend_code(svc, tx.conn(), user_id, code).await? else {
         tx.rollback().await?;
         return Err(challenge_failed(svc, &challenge, client).await?);
     };
+    if !claim_challenge(svc, tx.conn(), &challenge).await? {
+        tx.rollback().await?;
+        return Err(invalid());
+    }
     finish_login(svc, tx, user, used, client).await
 }
 
@@ -786,17 +844,22 @@ pub async fn reauthenticate(
 /// authenticator, recovery codes and passkeys; open challenges end. The
 /// owner is told by mail; `SECOND_FACTOR_RESET` is recorded with the admin.
 ///
-/// Errors: `NOT_FOUND` (no such user).
+/// Errors: `NOT_FOUND` (no such user), FORBIDDEN for an API key on an
+/// admin's account.
 pub async fn reset(
     svc: &Services,
     admin: crate::auth::access::Actor,
     user_id: UserId,
     client: &ClientInfo,
 ) -> AppResult<FactorStatus> {
-    let before = status(svc, user_id).await?;
     let user = users::row(svc, user_id)
         .await?
         .ok_or_else(|| AppError::invalid_input(crate::error::Reason::NotFound, "userId", "No such user"))?;
+    // As for deleting one: a leaked key must not strip an admin's protection.
+    if user.role == entity::user::Role::Admin && !matches!(admin, crate::auth::access::Actor::Admin(_)) {
+        return Err(AppError::Forbidden("Only an admin can reset an admin's second factors"));
+    }
+    let before = status(svc, user_id).await?;
     let email = Email::from_parts(user.email, user.email_normalized);
     let tx = crate::db::begin_write(&svc.db).await?;
     totp_factor::Entity::delete_by_id(user_id.uuid()).exec(&tx).await?;

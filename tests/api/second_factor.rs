@@ -228,6 +228,28 @@ async fn challenge_session(app: &TestApp, email: &str, secret: &str) -> String {
     v["data"]["verifySecondFactor"]["accessToken"].as_str().unwrap().to_owned()
 }
 
+/// A challenge takes five tries, however many arrive at once: each is taken,
+/// and committed, before its code is looked at.
+#[tokio::test]
+async fn concurrent_guesses_share_five_tries() {
+    use sea_orm::EntityTrait;
+    let app = spawn_app().await;
+    let user = app.user("burst@example.com").await;
+    let (secret, _) = enable_totp(&app, &user).await;
+    next_step(&app);
+    let ch = challenge(&app, "burst@example.com").await;
+    let right = code_at(&secret, now(&app));
+    let wrong: Vec<String> =
+        (0..12).map(|i| format!("{:06}", (right.parse::<u32>().unwrap() + 1 + i) % 1_000_000)).collect();
+    let results = futures_util::future::join_all(wrong.iter().map(|w| verify(&app, &ch, w))).await;
+    assert!(results.iter().all(|v| reason(v) == "INVALID_SECOND_FACTOR"), "{results:?}");
+    let rows = entity::second_factor_challenge::Entity::find().all(&app.state().services.db).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].failures, 5, "twelve guesses at once got {} tries", rows[0].failures);
+    assert!(rows[0].used_at.is_some(), "the challenge is dead");
+    assert_eq!(reason(&verify(&app, &ch, &right).await), "INVALID_SECOND_FACTOR");
+}
+
 #[tokio::test]
 async fn two_requests_with_one_challenge_and_code_start_one_session() {
     let app = spawn_app().await;
@@ -271,10 +293,15 @@ async fn recovery_codes_stand_in_once_and_regeneration_voids_the_old_set() {
     assert!(types.contains(&"RECOVERY_CODE_USED".to_owned()), "{types:?}");
 
     // Regenerating needs a recent sign-in, which this session has.
-    let fresh = ok(&app, &session, "mutation { regenerateRecoveryCodes }", json!({})).await;
+    let regenerate = "mutation($c: String!) { regenerateRecoveryCodes(code: $c) }";
+    let v = app.gql(&app.client(), Some(&session), regenerate, json!({ "c": codes[3] })).await;
+    assert_eq!(reason(&v), "INVALID_SECOND_FACTOR", "new codes need a live code: {v}");
+    let fresh = ok(&app, &session, regenerate, json!({ "c": codes[4] })).await;
     let fresh: Vec<String> =
         fresh["regenerateRecoveryCodes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().into()).collect();
     assert_eq!(fresh.len(), 10);
+    let notice = app.wait_mail_file("lostphone@example.com", 3).await;
+    assert!(notice.subject().contains("New recovery codes"), "{}", notice.subject());
     let ch = challenge(&app, "lostphone@example.com").await;
     assert_eq!(reason(&verify(&app, &ch, &codes[5]).await), "INVALID_SECOND_FACTOR", "the old set is void");
     assert!(verify(&app, &ch, &fresh[0]).await["errors"].is_null());
@@ -291,8 +318,8 @@ async fn recovery_codes_stand_in_once_and_regeneration_voids_the_old_set() {
     assert!(app.login_body("lostphone@example.com", PASSWORD).await["errors"].is_null(), "a password login again");
     let again = app.gql(&app.client(), Some(&session), DISABLE, json!({ "c": code_at(&secret, now(&app)) })).await;
     assert_eq!(reason(&again), "TOTP_NOT_ENROLLED", "{again}");
-    // Mail: enabled, two recovery codes used, turned off.
-    let notice = app.wait_mail_file("lostphone@example.com", 4).await;
+    // Mail: enabled, a recovery code used, new codes, a recovery code used, turned off.
+    let notice = app.wait_mail_file("lostphone@example.com", 5).await;
     assert!(notice.subject().contains("turned off"), "{}", notice.subject());
 }
 
@@ -401,7 +428,43 @@ async fn an_admin_sees_and_resets_a_users_factors_with_a_recent_sign_in() {
         )
         .await;
     assert_eq!(reason(&v), "REAUTHENTICATION_REQUIRED", "an admin's API key needs a recent sign-in too: {v}");
+    let v = app
+        .gql(
+            &app.client(),
+            Some(&admin),
+            "mutation($id: ID!) { setUserRole(id: $id, role: ADMIN) { role } }",
+            json!({ "id": user.id }),
+        )
+        .await;
+    assert_eq!(reason(&v), "REAUTHENTICATION_REQUIRED", "and so does a new admin: {v}");
     ok(&app, &admin, REAUTH, json!({ "p": PASSWORD })).await;
+
+    // A key with USERS_WRITE resets a user's factors, never an admin's.
+    let key =
+        ok(&app, &admin, "mutation { createApiKey(name: \"support\", scopes: [USERS_WRITE]) { secret } }", json!({}))
+            .await;
+    let key = key["createApiKey"]["secret"].as_str().unwrap().to_owned();
+    let (admin_user, _) = enable_totp(
+        &app,
+        &TestUser {
+            id: String::new(),
+            email: "root@example.com".into(),
+            access_token: admin.clone(),
+            refresh_token: String::new(),
+        },
+    )
+    .await;
+    assert!(!admin_user.is_empty());
+    let admin_id = ok(&app, &admin, "{ me { id } }", json!({})).await["me"]["id"].as_str().unwrap().to_owned();
+    let with_key = |id: String| {
+        app.client()
+            .post(app.url("/graphql"))
+            .header("x-api-key", key.clone())
+            .json(&json!({ "query": reset, "variables": { "id": id } }))
+            .send()
+    };
+    let v: Value = with_key(admin_id).await.unwrap().json().await.unwrap();
+    assert_eq!(code(&v), "FORBIDDEN", "a key on an admin: {v}");
     let done = ok(&app, &admin, reset, json!({ "id": user.id })).await;
     assert_eq!(done["resetSecondFactors"], json!({ "totp": true, "passkeys": 0 }));
     assert!(app.login_body("locked@example.com", PASSWORD).await["errors"].is_null());
