@@ -274,8 +274,9 @@ pub struct ServeArgs {
     #[arg(long, env = "REAUTHENTICATION_MAX_AGE", default_value = "10m", value_parser = parse_duration)]
     pub reauthentication_max_age: Duration,
 
-    /// WebAuthn relying-party id: the domain passkeys are bound to (APP_URL's
-    /// host, or a parent domain of it) [default: APP_URL's host]
+    /// WebAuthn relying-party id: the domain passkeys are bound to (the host of
+    /// every origin, or a parent domain of them) [default: the host of the
+    /// first of WEBAUTHN_ORIGINS, which default to APP_URL's origin]
     #[arg(long, env = "WEBAUTHN_RP_ID")]
     pub webauthn_rp_id: Option<String>,
 
@@ -446,7 +447,22 @@ pub struct SecondFactorConfig {
     pub webauthn_rp_name: String,
 }
 
+/// Whether browsers run WebAuthn on a page of `origin`: https, or http on
+/// localhost (a secure context, W3C Secure Contexts §3.1), and a domain,
+/// not an IP address (WebAuthn L3 §5.1.3: the RP id is a domain).
+fn webauthn_origin(origin: &url::Url) -> bool {
+    let host = origin.host_str().unwrap_or_default();
+    let domain = matches!(origin.host(), Some(url::Host::Domain(_)));
+    let local = host == "localhost" || host.ends_with(".localhost");
+    domain && (origin.scheme() == "https" || (origin.scheme() == "http" && local))
+}
+
 impl SecondFactorConfig {
+    /// Whether passkeys can be served: every origin is one WebAuthn runs on.
+    pub fn passkeys_possible(&self) -> bool {
+        self.webauthn_origins.iter().all(webauthn_origin)
+    }
+
     /// What tests and tools use: passkeys for `http://localhost:8000`.
     pub fn local() -> Self {
         Self {
@@ -749,9 +765,18 @@ fn second_factor_config(args: &ServeArgs, app_url: &str) -> Result<SecondFactorC
         url::Url::parse(text.trim()).map_err(|e| bad(format!("{name} `{text}` is not an origin: {e}")))
     };
     let origins = if args.webauthn_origins.is_empty() {
+        // APP_URL's origin: passkeys are off when it is not one WebAuthn runs on.
         vec![parse("APP_URL", app_url)?]
     } else {
-        args.webauthn_origins.iter().map(|o| parse("WEBAUTHN_ORIGINS", o)).collect::<Result<Vec<_>, _>>()?
+        let origins =
+            args.webauthn_origins.iter().map(|o| parse("WEBAUTHN_ORIGINS", o)).collect::<Result<Vec<_>, _>>()?;
+        if let Some(wrong) = origins.iter().find(|o| !webauthn_origin(o)) {
+            return Err(bad(format!(
+                "WEBAUTHN_ORIGINS: {wrong} is not an origin browsers run WebAuthn on (https://…, or \
+                 http://localhost…, with a domain rather than an IP address)"
+            )));
+        }
+        origins
     };
     let rp_id = match &args.webauthn_rp_id {
         Some(id) => id.trim().to_ascii_lowercase(),
@@ -1079,5 +1104,39 @@ mod tests {
         let c = parse(&["--jwt-secret", &secret, "--jwt-algorithm", "EdDSA"]).unwrap();
         assert_eq!(c.jwt_algorithm, SigningAlgorithm::EdDsa);
         assert!(format!("{:?}", Secret::new(b"topsecret".to_vec())).contains("redacted"));
+    }
+
+    /// Passkeys: the origins must be ones browsers run WebAuthn on, and the
+    /// relying-party id must cover every one; an APP_URL that is not one
+    /// leaves passkeys off rather than stopping the server.
+    #[test]
+    fn webauthn_settings_are_checked() {
+        for (args, var) in [
+            (&["--webauthn-origins", "http://myapp.test:3000"][..], "WEBAUTHN_ORIGINS"),
+            (&["--webauthn-origins", "https://10.0.0.1"], "WEBAUTHN_ORIGINS"),
+            (&["--webauthn-origins", "https://app.example.com", "--webauthn-rp-id", "other.com"], "WEBAUTHN_RP_ID"),
+            (&["--totp-issuer", "Acme: Inc"], "TOTP_ISSUER"),
+            (&["--reauthentication-max-age", "0s"], "REAUTHENTICATION_MAX_AGE"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains(var), "{args:?}: {e}");
+        }
+        let c = parse(&["--app-url", "https://app.example.com"]).unwrap();
+        assert_eq!(c.second_factor.webauthn_rp_id, "app.example.com");
+        assert!(c.second_factor.passkeys_possible());
+        let c = parse(&[
+            "--webauthn-origins",
+            "https://app.example.com,https://admin.example.com",
+            "--webauthn-rp-id",
+            "example.com",
+        ])
+        .unwrap();
+        assert_eq!(c.second_factor.webauthn_origins.len(), 2);
+        let c = parse(&["--app-url", "http://localhost:5173"]).unwrap();
+        assert!(c.second_factor.passkeys_possible());
+        for url in ["http://127.0.0.1:8000", "http://myapp.test"] {
+            let c = parse(&["--app-url", url]).unwrap();
+            assert!(!c.second_factor.passkeys_possible(), "{url}");
+        }
     }
 }

@@ -89,6 +89,7 @@ reasons! {
     ReauthenticationRequired => ("REAUTHENTICATION_REQUIRED", Forbidden, None, "A sensitive operation needs a sign-in within `REAUTHENTICATION_MAX_AGE` (10 minutes by default): call `reauthenticate`, then retry."),
     TotpAlreadyEnabled => ("TOTP_ALREADY_ENABLED", BadUserInput, None, "The account has an authenticator already: disable it first to enrol another."),
     TotpNotEnrolled => ("TOTP_NOT_ENROLLED", BadUserInput, None, "No authenticator waits for confirmation (call `enrollTotp` first), or none is active (for `disableTotp` and `regenerateRecoveryCodes`)."),
+    PasskeysUnavailable => ("PASSKEYS_UNAVAILABLE", Forbidden, None, "Passkeys are off on this server: its origin is not one WebAuthn allows (an IP address, or plain http other than localhost); see `WEBAUTHN_RP_ID` and `WEBAUTHN_ORIGINS`."),
     PasskeyRefused => ("PASSKEY_REFUSED", BadUserInput, None, "The passkey's answer does not verify: another origin or relying party, a replayed or expired ceremony, an unknown or cloned credential (field `credential`)."),
     TooManyAliases => ("TOO_MANY_ALIASES", BadUserInput, None, "The operation has more aliases than the server allows."),
     TooManyCredentialFields => ("TOO_MANY_CREDENTIAL_FIELDS", BadUserInput, None, "More than one credential-checking field (login, register, changePassword, resetPassword, verifySecondFactor, confirmTotp, disableTotp, regenerateRecoveryCodes, reauthenticate, finishPasskeyLogin, finishPasskeyRegistration, finishPasskeyReauthentication) in one HTTP request."),
@@ -179,8 +180,10 @@ pub enum AppError {
     /// A bad argument: `field` names it (GraphQL's argument name).
     #[error("{message}")]
     InvalidInput { reason: Reason, field: &'static str, message: String },
-    /// A request the guard refuses for its shape (aliases, credential fields,
-    /// introspection), or the engine for its document; no field.
+    /// A refusal with a reason and no argument to blame: a request the guard
+    /// refuses for its shape (aliases, credential fields, introspection), the
+    /// engine for its document, or the service for the account's state (an
+    /// authenticator active already, none enrolled, no passkey).
     #[error("{message}")]
     Refused { reason: Reason, message: String },
     /// A malformed HTTP request, refused before GraphQL runs (wrong media type,

@@ -31,8 +31,10 @@ pub enum Kind {
     PasswordChanged,
     /// An authenticator app was set up as a second factor.
     SecondFactorEnabled,
-    /// The authenticator was removed (by the owner, or an admin's reset).
+    /// The owner removed the authenticator.
     SecondFactorDisabled,
+    /// An admin (or a service) removed every second factor of the account.
+    SecondFactorsReset,
     /// A recovery code was used to sign in or re-authenticate.
     RecoveryCodeUsed,
     /// A new set of recovery codes replaced the old one.
@@ -44,7 +46,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::VerifyEmail,
         Kind::ResetPassword,
         Kind::ConfirmEmailChange,
@@ -52,6 +54,7 @@ impl Kind {
         Kind::PasswordChanged,
         Kind::SecondFactorEnabled,
         Kind::SecondFactorDisabled,
+        Kind::SecondFactorsReset,
         Kind::RecoveryCodeUsed,
         Kind::RecoveryCodesRegenerated,
         Kind::PasskeyAdded,
@@ -67,6 +70,7 @@ impl Kind {
             Kind::PasswordChanged => "password_changed",
             Kind::SecondFactorEnabled => "second_factor_enabled",
             Kind::SecondFactorDisabled => "second_factor_disabled",
+            Kind::SecondFactorsReset => "second_factors_reset",
             Kind::RecoveryCodeUsed => "recovery_code_used",
             Kind::RecoveryCodesRegenerated => "recovery_codes_regenerated",
             Kind::PasskeyAdded => "passkey_added",
@@ -119,6 +123,10 @@ impl Kind {
             Kind::PasskeyAdded => {
                 (include_str!("../assets/mail/passkey_added.txt"), include_str!("../assets/mail/passkey_added.html"))
             }
+            Kind::SecondFactorsReset => (
+                include_str!("../assets/mail/second_factors_reset.txt"),
+                include_str!("../assets/mail/second_factors_reset.html"),
+            ),
             Kind::RecoveryCodesRegenerated => (
                 include_str!("../assets/mail/recovery_codes_regenerated.txt"),
                 include_str!("../assets/mail/recovery_codes_regenerated.html"),

@@ -14,7 +14,7 @@ pub struct Model {
     pub challenge_hash: String,
     pub created_at: DateTimeUtc,
     pub expires_at: DateTimeUtc,
-    /// Wrong codes tried against it.
+    /// Codes tried against it (a try is counted before its code is checked).
     pub failures: i32,
     /// Set once it was exchanged, or died of too many wrong codes.
     pub used_at: Option<DateTimeUtc>,

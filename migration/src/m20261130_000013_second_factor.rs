@@ -10,9 +10,9 @@
 //! - `recovery_codes`: ten per account, each the SHA-256 (base64) of an 80-bit
 //!   random code, used once (`used_at`).
 //! - `second_factor_challenges`: handed out by a login whose password held;
-//!   the SHA-256 (base64) of the challenge, its expiry, the wrong codes tried
-//!   against it, and `used_at` once it was exchanged, or once it died of
-//!   too many wrong codes.
+//!   the SHA-256 (base64) of the challenge, its expiry, the codes tried
+//!   against it (`failures`: a try is counted before its code is checked),
+//!   and `used_at` once it was exchanged, or once its tries ran out.
 //! - `sessions.authenticated_at`: when the session's holder last proved who
 //!   they are (the login, or a re-authentication); sensitive operations need
 //!   it to be recent. `NULL` on sessions older than this column: they count as

@@ -133,7 +133,9 @@ impl RequestGuardExtension {
             if so_far + counts.credential_fields > 1 {
                 return Err(refuse(
                     Reason::TooManyCredentialFields,
-                    "At most one login, register, changePassword or resetPassword per request".to_owned(),
+                    "At most one credential-checking field (a login, a password, a second-factor code or a \
+                     passkey's answer) per request"
+                        .to_owned(),
                 ));
             }
         }

@@ -105,9 +105,26 @@ fn refused(message: &str) -> AppError {
     AppError::invalid_input(Reason::PasskeyRefused, "credential", message)
 }
 
+/// A refusal about the ceremony named, not the answer.
+fn unknown_ceremony() -> AppError {
+    AppError::invalid_input(
+        Reason::PasskeyRefused,
+        "ceremony",
+        "The passkey ceremony is unknown, used or expired: start again",
+    )
+}
+
+/// A refusal about the account, with no argument to blame.
+fn account_refused(message: &str) -> AppError {
+    AppError::Refused { reason: Reason::PasskeyRefused, message: message.to_owned() }
+}
+
 fn webauthn(svc: &Services) -> AppResult<&Webauthn> {
-    svc.second_factor.webauthn.as_ref().ok_or_else(|| {
-        AppError::Forbidden("Passkeys are off on this server: its relying party is an IP address (see WEBAUTHN_RP_ID)")
+    svc.second_factor.webauthn.as_ref().ok_or_else(|| AppError::Refused {
+        reason: Reason::PasskeysUnavailable,
+        message: "Passkeys are off on this server: its origin is an IP address or plain http (see WEBAUTHN_RP_ID and \
+                  WEBAUTHN_ORIGINS)"
+            .to_owned(),
     })
 }
 
@@ -200,11 +217,7 @@ async fn spend(
         Some(user) => update.filter(webauthn_ceremony::Column::UserId.eq(user.uuid())),
         None => update.filter(webauthn_ceremony::Column::UserId.is_null()),
     };
-    update
-        .exec_with_returning(conn)
-        .await?
-        .pop()
-        .ok_or_else(|| refused("The passkey ceremony is unknown, used or expired: start again"))
+    update.exec_with_returning(conn).await?.pop().ok_or_else(unknown_ceremony)
 }
 
 /// Starts registering a passkey for the caller. The options ask for a
@@ -220,7 +233,7 @@ pub async fn start_registration(svc: &Services, me: &UserPrincipal) -> AppResult
     let account = users::me(svc, me.user_id).await?;
     let existing = stored(svc, me.user_id).await?;
     if existing.len() as u64 >= MAX_PASSKEYS {
-        return Err(refused("The account has the most passkeys it may hold: remove one first"));
+        return Err(account_refused("The account has the most passkeys it may hold: remove one first"));
     }
     let exclude = existing.iter().map(|(_, key)| key.cred_id().clone()).collect::<Vec<_>>();
     let (mut options, state) = webauthn
@@ -282,7 +295,7 @@ pub async fn finish_registration(
     // Counted again here: ceremonies started side by side must not pass the limit.
     if passkey::Entity::find().filter(passkey::Column::UserId.eq(me.user_id)).count(&tx).await? >= MAX_PASSKEYS {
         tx.rollback().await?;
-        return Err(refused("The account has the most passkeys it may hold: remove one first"));
+        return Err(account_refused("The account has the most passkeys it may hold: remove one first"));
     }
     let now = svc.clock.now();
     let id = Uuid::now_v7();
@@ -382,7 +395,7 @@ async fn start_for_account(
 ) -> AppResult<Ceremony> {
     let keys: Vec<Passkey> = stored(svc, user_id).await?.into_iter().map(|(_, key)| key).collect();
     if keys.is_empty() {
-        return Err(refused("The account has no passkey"));
+        return Err(account_refused("The account has no passkey"));
     }
     let (options, state) =
         webauthn.start_passkey_authentication(&keys).map_err(|e| AppError::internal(format!("webauthn: {e}")))?;
@@ -428,15 +441,35 @@ async fn check_assertion(
             return Ok(None);
         }
     };
+    // A ceremony's state holds the passkey as it was when the ceremony
+    // started; a use since then moved the stored counter on.
+    if counter_goes_back(&stored_key.credential, result.counter()) {
+        tracing::warn!(user_id = %owner, "passkey refused: its signature counter did not grow (a cloned authenticator?)");
+        return Ok(None);
+    }
     let now = svc.clock.now();
     let mut update = passkey::Entity::update_many()
         .col_expr(passkey::Column::LastUsedAt, Expr::value(now))
-        .filter(passkey::Column::Id.eq(stored_key.id));
+        .filter(passkey::Column::Id.eq(stored_key.id))
+        // Over the row as it was read, so two uses at once cannot move the counter back.
+        .filter(passkey::Column::Credential.eq(stored_key.credential.as_str()));
     if key.update_credential(&result) == Some(true) {
         update = update.col_expr(passkey::Column::Credential, Expr::value(to_json(&key)?));
     }
     update.exec(conn).await?;
     Ok(Some(owner))
+}
+
+/// Whether `counter`, from an assertion, shows a clone against the counter
+/// of the stored passkey (`stored`, webauthn-rs's JSON): when either is not
+/// zero, the new one must be greater (WebAuthn L3 §7.2, step 22).
+fn counter_goes_back(stored: &str, counter: u32) -> bool {
+    let stored = serde_json::from_str::<serde_json::Value>(stored)
+        .ok()
+        .and_then(|v| v.pointer("/cred/counter").and_then(serde_json::Value::as_u64))
+        .unwrap_or(0);
+    let counter = u64::from(counter);
+    (counter > 0 || stored > 0) && counter <= stored
 }
 
 /// Finishes a sign-in started by [`start_login`] and starts a session. A
@@ -460,7 +493,7 @@ pub async fn finish_login(
     let Some(found) =
         found.filter(|c| c.purpose == Purpose::Discoverable.as_str() || c.purpose == Purpose::SecondFactor.as_str())
     else {
-        return Err(refused("The passkey ceremony is unknown, used or expired: start again"));
+        return Err(unknown_ceremony());
     };
     let purpose = if found.user_id.is_some() { Purpose::SecondFactor } else { Purpose::Discoverable };
     let user_id = found.user_id.map(UserId::from);
@@ -550,4 +583,20 @@ pub async fn purge(svc: &Services, now: DateTime<Utc>) -> AppResult<u64> {
         .exec(&svc.db)
         .await?
         .rows_affected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counter_goes_back;
+
+    #[test]
+    fn a_counter_that_does_not_grow_is_a_clone() {
+        let stored = |n: u32| format!(r#"{{"cred":{{"cred_id":"AA","counter":{n}}}}}"#);
+        assert!(!counter_goes_back(&stored(0), 0), "authenticators without a counter send 0");
+        assert!(!counter_goes_back(&stored(4), 5));
+        assert!(counter_goes_back(&stored(5), 5));
+        assert!(counter_goes_back(&stored(5), 3));
+        assert!(counter_goes_back(&stored(5), 0), "a counter that stops is no better");
+        assert!(!counter_goes_back(&stored(0), 7));
+    }
 }

@@ -63,7 +63,8 @@ pub struct SecondFactors {
     /// `REAUTHENTICATION_MAX_AGE`.
     pub reauthentication_max_age: Duration,
     /// `None` when no relying party can be served (an IP address as the
-    /// origin's host: WebAuthn needs a domain); passkey operations then answer
+    /// origin's host, or plain http other than localhost: WebAuthn needs a
+    /// domain in a secure context); passkey operations then answer
     /// `PASSKEYS_UNAVAILABLE`.
     pub webauthn: Option<webauthn_rs::Webauthn>,
 }
@@ -71,11 +72,12 @@ pub struct SecondFactors {
 impl SecondFactors {
     /// Errors: a relying party webauthn-rs refuses (named).
     pub fn new(config: &SecondFactorConfig, secret: &Secret) -> Result<Self, String> {
-        let webauthn = if config.webauthn_rp_id.parse::<std::net::IpAddr>().is_ok() {
+        let webauthn = if !config.passkeys_possible() {
             tracing::warn!(
                 rp_id = %config.webauthn_rp_id,
-                "passkeys are off: WebAuthn needs a domain as its relying-party id, not an IP address \
-                 (set APP_URL to a https:// or http://localhost URL, or WEBAUTHN_RP_ID and WEBAUTHN_ORIGINS)"
+                "passkeys are off: WebAuthn needs a domain as its relying-party id, not an IP address, and \
+                 https origins (or http://localhost); set APP_URL to such a URL, or WEBAUTHN_RP_ID and \
+                 WEBAUTHN_ORIGINS"
             );
             None
         } else {
@@ -111,7 +113,7 @@ pub struct TotpEnrollment {
 /// How a code proved the factor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Used {
-    /// A TOTP code, of this time step.
+    /// A TOTP code (its time step is now spent).
     Totp,
     /// A recovery code (now spent).
     RecoveryCode,
@@ -156,15 +158,14 @@ fn invalid() -> AppError {
 }
 
 fn not_enrolled(message: &str) -> AppError {
-    AppError::invalid_input(crate::error::Reason::TotpNotEnrolled, "code", message)
+    AppError::Refused { reason: crate::error::Reason::TotpNotEnrolled, message: message.to_owned() }
 }
 
 fn already_enabled() -> AppError {
-    AppError::invalid_input(
-        crate::error::Reason::TotpAlreadyEnabled,
-        "code",
-        "An authenticator is active already; disable it first",
-    )
+    AppError::Refused {
+        reason: crate::error::Reason::TotpAlreadyEnabled,
+        message: "An authenticator is active already; disable it first".to_owned(),
+    }
 }
 
 /// The RFC 6238 generator for `key`; `account` (an address) labels it in
@@ -842,7 +843,8 @@ pub async fn reauthenticate(
 
 /// An admin removes every second factor of `user_id` (a lost device): the
 /// authenticator, recovery codes and passkeys; open challenges end. The
-/// owner is told by mail; `SECOND_FACTOR_RESET` is recorded with the admin.
+/// owner is told by mail when there was anything to remove;
+/// `SECOND_FACTOR_RESET` is recorded with the admin either way.
 ///
 /// Errors: `NOT_FOUND` (no such user), FORBIDDEN for an API key on an
 /// admin's account.
@@ -866,7 +868,10 @@ pub async fn reset(
     recovery_code::Entity::delete_many().filter(recovery_code::Column::UserId.eq(user_id)).exec(&tx).await?;
     super::passkeys::delete_all(&tx, user_id).await?;
     void_challenges(&tx, user_id, svc.clock.now()).await?;
-    mail::enqueue(svc, &tx, Kind::SecondFactorDisabled, Some(user_id), &email, None).await?;
+    // Told only when something was removed.
+    if before != FactorStatus::default() {
+        mail::enqueue(svc, &tx, Kind::SecondFactorsReset, Some(user_id), &email, None).await?;
+    }
     let detail =
         format!("authenticator: {}, passkeys: {}", if before.totp { "removed" } else { "none" }, before.passkeys);
     let event = Event::new(EventKind::SecondFactorReset, Some(user_id), Actor::from(admin), client).detail(detail);

@@ -467,6 +467,10 @@ async fn an_admin_sees_and_resets_a_users_factors_with_a_recent_sign_in() {
     assert_eq!(code(&v), "FORBIDDEN", "a key on an admin: {v}");
     let done = ok(&app, &admin, reset, json!({ "id": user.id })).await;
     assert_eq!(done["resetSecondFactors"], json!({ "totp": true, "passkeys": 0 }));
+    // Mail: enabled, then reset (by someone else: its own text).
+    let notice = app.wait_mail_file("locked@example.com", 2).await;
+    assert!(notice.subject().contains("second factors were removed"), "{}", notice.subject());
+    assert!(notice.text().contains("An administrator removed"), "{}", notice.text());
     assert!(app.login_body("locked@example.com", PASSWORD).await["errors"].is_null());
     let audit = ok(
         &app,
@@ -583,9 +587,12 @@ async fn passkeys_are_off_when_the_origin_is_an_ip_address() {
     // The tests' default APP_URL is http://127.0.0.1:8000: no relying party.
     let app = spawn_app().await;
     let user = app.user("noip@example.com").await;
-    let v = user.gql(&app, "mutation { startPasskeyRegistration { id } }", json!({})).await;
-    assert_eq!(code(&v), "FORBIDDEN", "{v}");
-    assert!(v["errors"][0]["message"].as_str().unwrap().contains("WEBAUTHN_RP_ID"), "{v}");
+    for query in ["mutation { startPasskeyRegistration { id } }", "mutation { startPasskeyLogin { id } }"] {
+        let v = app.gql(&app.client(), Some(&user.access_token), query, json!({})).await;
+        assert_eq!(code(&v), "FORBIDDEN", "{v}");
+        assert_eq!(reason(&v), "PASSKEYS_UNAVAILABLE", "{v}");
+        assert!(v["errors"][0]["message"].as_str().unwrap().contains("WEBAUTHN_RP_ID"), "{v}");
+    }
 }
 
 /// A passkey (a row as a registration leaves it; its ceremonies run in
