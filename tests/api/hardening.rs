@@ -626,7 +626,12 @@ async fn a_page_of_users_reads_their_sessions_in_one_query() {
     let edges = v["users"]["edges"].as_array().unwrap();
     assert_eq!(edges.len(), 31);
     assert!(edges.iter().all(|e| e["node"]["sessions"].as_array().unwrap().len() == 1), "{v}");
-    assert_eq!(reads() - before, 1, "one query for the page's sessions, not one per user");
+    // One batch, or two: async-graphql resolves a list of more than 30 items
+    // through FuturesOrdered, which may register the page's keys over two polls,
+    // and a thread preempted between them lets the loader's 1 ms window close
+    // (seen on PostgreSQL under CI load, before this change too). Never one per user.
+    let batches = reads() - before;
+    assert!((1..=2).contains(&batches), "{batches} queries for the page's sessions, not one or two");
 }
 
 #[tokio::test]
