@@ -248,7 +248,8 @@ impl SecondFactorMutation {
     }
 
     /// Removes every second factor of a user (a lost device): authenticator,
-    /// recovery codes and passkeys. The user is told by mail. ADMIN (or an API
+    /// recovery codes and passkeys, and ends all the user's sessions. The user
+    /// is told by mail. ADMIN (or an API
     /// key with USERS_WRITE, for a user with role USER); an admin needs a
     /// recent sign-in. Returns what the user had.
     async fn reset_second_factors(&self, ctx: &Context<'_>, user_id: ID) -> Result<SecondFactorStatus> {

@@ -842,7 +842,9 @@ pub async fn reauthenticate(
 }
 
 /// An admin removes every second factor of `user_id` (a lost device): the
-/// authenticator, recovery codes and passkeys; open challenges end. The
+/// authenticator, recovery codes and passkeys; every session of the account
+/// ends (the lost device may hold one), and so do open challenges and
+/// mailed links. The
 /// owner is told by mail when there was anything to remove;
 /// `SECOND_FACTOR_RESET` is recorded with the admin either way.
 ///
@@ -863,19 +865,25 @@ pub async fn reset(
     }
     let before = status(svc, user_id).await?;
     let email = Email::from_parts(user.email, user.email_normalized);
-    let tx = crate::db::begin_write(&svc.db).await?;
-    totp_factor::Entity::delete_by_id(user_id.uuid()).exec(&tx).await?;
-    recovery_code::Entity::delete_many().filter(recovery_code::Column::UserId.eq(user_id)).exec(&tx).await?;
-    super::passkeys::delete_all(&tx, user_id).await?;
-    void_challenges(&tx, user_id, svc.clock.now()).await?;
+    let mut tx = store::Write::begin(svc).await?;
+    totp_factor::Entity::delete_by_id(user_id.uuid()).exec(tx.conn()).await?;
+    recovery_code::Entity::delete_many().filter(recovery_code::Column::UserId.eq(user_id)).exec(tx.conn()).await?;
+    super::passkeys::delete_all(tx.conn(), user_id).await?;
+    // A lost device may still hold a session: every session ends, as do
+    // open challenges and links (`void_pending_links` ends both).
+    let ended = tx.end_user_sessions(user_id, None).await?;
+    mail::void_pending_links(svc, tx.conn(), user_id).await?;
     // Told only when something was removed.
     if before != FactorStatus::default() {
-        mail::enqueue(svc, &tx, Kind::SecondFactorsReset, Some(user_id), &email, None).await?;
+        mail::enqueue(svc, tx.conn(), Kind::SecondFactorsReset, Some(user_id), &email, None).await?;
     }
-    let detail =
-        format!("authenticator: {}, passkeys: {}", if before.totp { "removed" } else { "none" }, before.passkeys);
+    let detail = format!(
+        "authenticator: {}, passkeys: {}, {ended} sessions ended",
+        if before.totp { "removed" } else { "none" },
+        before.passkeys
+    );
     let event = Event::new(EventKind::SecondFactorReset, Some(user_id), Actor::from(admin), client).detail(detail);
-    events::record(svc, &tx, event).await?;
+    events::record(svc, tx.conn(), event).await?;
     tx.commit().await?;
     mail::queued(svc);
     tracing::info!(%user_id, "second factors reset by an admin");

@@ -471,6 +471,9 @@ async fn an_admin_sees_and_resets_a_users_factors_with_a_recent_sign_in() {
     let notice = app.wait_mail_file("locked@example.com", 2).await;
     assert!(notice.subject().contains("second factors were removed"), "{}", notice.subject());
     assert!(notice.text().contains("An administrator removed"), "{}", notice.text());
+    // The lost device's session ended with it.
+    let v = user.gql(&app, "{ me { id } }", json!({})).await;
+    assert_eq!(reason(&v), "TOKEN_REVOKED", "{v}");
     assert!(app.login_body("locked@example.com", PASSWORD).await["errors"].is_null());
     let audit = ok(
         &app,
