@@ -283,6 +283,21 @@ pub async fn status_for_users(svc: &Services, users: &[UserId]) -> AppResult<Has
     Ok(out)
 }
 
+/// What every operation that checks a code of the signed-in caller does
+/// first: a recent sign-in, the caller's account, and one unit of the
+/// password-check budget (the client's and the account's), as a login spends.
+/// Errors: `REAUTHENTICATION_REQUIRED`, `TOKEN_REVOKED`, `RATE_LIMITED`.
+async fn before_code_check(
+    svc: &Services,
+    me: &UserPrincipal,
+    client: &ClientInfo,
+) -> AppResult<std::sync::Arc<Account>> {
+    require_recent_auth(svc, me.session_id).await?;
+    let account = users::me(svc, me.user_id).await?;
+    accounts::spend_password_budget(svc, client, account.email.key()).await?;
+    Ok(account)
+}
+
 /// Refuses a sensitive operation unless the caller's session proved its
 /// holder within `REAUTHENTICATION_MAX_AGE` (NIST SP 800-63B §4.1.3 and
 /// OWASP ASVS V3.7.1: re-authenticate before sensitive changes), so that a
@@ -381,9 +396,7 @@ pub async fn confirm_totp(
     client: &ClientInfo,
     code: &str,
 ) -> AppResult<Vec<String>> {
-    require_recent_auth(svc, me.session_id).await?;
-    let account = users::me(svc, me.user_id).await?;
-    accounts::spend_password_budget(svc, client, account.email.key()).await?;
+    let account = before_code_check(svc, me, client).await?;
     let Some(factor) = totp_factor::Entity::find_by_id(me.user_id.uuid()).unique_row(&svc.db).await? else {
         return Err(not_enrolled("No authenticator is being enrolled: call enrollTotp first"));
     };
@@ -453,11 +466,7 @@ pub(super) async fn spend_code(
     }
     if code.len() == 16 && code.bytes().all(|b| b.is_ascii_alphanumeric()) {
         // Recovery codes stand in for an active authenticator only.
-        let active = totp_factor::Entity::find_by_id(user_id.uuid())
-            .filter(totp_factor::Column::ConfirmedAt.is_not_null())
-            .count(conn)
-            .await?;
-        if active == 0 {
+        if !totp_active(conn, user_id).await? {
             return Ok(None);
         }
         let spent = recovery_code::Entity::update_many()
@@ -503,10 +512,8 @@ async fn recovery_code_used(
 /// (none active), `INVALID_SECOND_FACTOR`.
 #[tracing::instrument(skip_all)]
 pub async fn disable_totp(svc: &Services, me: &UserPrincipal, client: &ClientInfo, code: &str) -> AppResult<()> {
-    require_recent_auth(svc, me.session_id).await?;
-    let account = users::me(svc, me.user_id).await?;
-    accounts::spend_password_budget(svc, client, account.email.key()).await?;
-    if !status(svc, me.user_id).await?.totp {
+    let account = before_code_check(svc, me, client).await?;
+    if !totp_active(&svc.db, me.user_id).await? {
         return Err(not_enrolled("No authenticator is active"));
     }
     let tx = store::Write::begin(svc).await?;
@@ -543,10 +550,8 @@ pub async fn regenerate_recovery_codes(
     client: &ClientInfo,
     code: &str,
 ) -> AppResult<Vec<String>> {
-    require_recent_auth(svc, me.session_id).await?;
-    let account = users::me(svc, me.user_id).await?;
-    accounts::spend_password_budget(svc, client, account.email.key()).await?;
-    if !status(svc, me.user_id).await?.totp {
+    let account = before_code_check(svc, me, client).await?;
+    if !totp_active(&svc.db, me.user_id).await? {
         return Err(not_enrolled("No authenticator is active"));
     }
     let now = svc.clock.now();
@@ -801,14 +806,14 @@ pub async fn reauthenticate(
         events::record(svc, &svc.db, refused("INVALID_CREDENTIALS")).await?;
         return Err(AppError::InvalidCredentials);
     }
-    let factors = status(svc, me.user_id).await?;
-    if !factors.totp && factors.passkeys > 0 {
+    let totp = totp_active(&svc.db, me.user_id).await?;
+    if !totp && super::passkeys::count(svc, me.user_id).await? > 0 {
         // A password alone signs this account in no more: neither does it re-authenticate.
         events::record(svc, &svc.db, refused("INVALID_SECOND_FACTOR")).await?;
         return Err(invalid());
     }
     let tx = crate::db::begin_write(&svc.db).await?;
-    let used = match (factors.totp, code) {
+    let used = match (totp, code) {
         (false, _) => None,
         (true, Some(code)) => match spend_code(svc, &tx, me.user_id, code).await? {
             Some(used) => Some(used),
@@ -902,11 +907,16 @@ pub async fn purge(svc: &Services, now: DateTime<Utc>) -> AppResult<u64> {
 /// Whether a password login of `user_id` needs a second factor (an active
 /// authenticator or a passkey).
 pub(super) async fn required(svc: &Services, user_id: UserId) -> AppResult<bool> {
-    let totp = totp_factor::Entity::find_by_id(user_id.uuid())
+    Ok(totp_active(&svc.db, user_id).await? || super::passkeys::count(svc, user_id).await? > 0)
+}
+
+/// Whether `user_id` has a confirmed authenticator, read through `conn`.
+async fn totp_active(conn: &impl ConnectionTrait, user_id: UserId) -> AppResult<bool> {
+    Ok(totp_factor::Entity::find_by_id(user_id.uuid())
         .filter(totp_factor::Column::ConfirmedAt.is_not_null())
-        .count(&svc.db)
-        .await?;
-    Ok(totp > 0 || super::passkeys::count(svc, user_id).await? > 0)
+        .count(conn)
+        .await?
+        > 0)
 }
 
 #[cfg(test)]

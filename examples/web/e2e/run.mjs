@@ -1113,16 +1113,6 @@ function totp(secret, ms = Date.now()) {
   return String((mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).padStart(6, '0');
 }
 
-/** One GraphQL call from here (no browser, no Origin): a native client's. */
-async function gqlDirect(apiUrl, query, variables = {}, token = null) {
-  const res = await fetch(`${apiUrl}/graphql`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
-    body: JSON.stringify({ query, variables }),
-  });
-  return res.json();
-}
-
 /** The second step typed into the page: the form shows, the code goes in, the session starts. */
 async function secondStep(page, email, code, step, what) {
   await page.fill('#email', email);
@@ -1150,14 +1140,13 @@ async function totpFlow(browser, appUrl, apiUrl, client, step) {
     const pageErrors = [];
     page.on('pageerror', (e) => pageErrors.push(String(e)));
     const email = `e2e-totp-${client}-${Date.now()}@example.com`;
-    const reg = await gqlDirect(apiUrl, 'mutation($i: RegisterInput!) { register(input: $i) { accessToken } }', { i: { email, password: PASSWORD, transport: 'BODY' } });
-    const token = reg.data.register.accessToken;
-    const enrolled = await gqlDirect(apiUrl, 'mutation { enrollTotp { secret otpauthUri qrCodeSvg } }', {}, token);
-    const { secret, otpauthUri, qrCodeSvg } = enrolled.data.enrollTotp;
-    assert(otpauthUri.startsWith('otpauth://totp/') && qrCodeSvg.startsWith('data:image/svg+xml;base64,'), JSON.stringify(enrolled));
-    const confirmed = await gqlDirect(apiUrl, 'mutation($c: String!) { confirmTotp(code: $c) }', { c: totp(secret) }, token);
-    const recovery = confirmed.data?.confirmTotp;
-    assert(Array.isArray(recovery) && recovery.length === 10, `confirmTotp: ${JSON.stringify(confirmed)}`);
+    const { register } = await gql(apiUrl, 'mutation($i: RegisterInput!) { register(input: $i) { accessToken } }', { i: { email, password: PASSWORD, transport: 'BODY' } });
+    const token = register.accessToken;
+    const { enrollTotp } = await gql(apiUrl, 'mutation { enrollTotp { secret otpauthUri qrCodeSvg } }', {}, token);
+    const { secret, otpauthUri, qrCodeSvg } = enrollTotp;
+    assert(otpauthUri.startsWith('otpauth://totp/') && qrCodeSvg.startsWith('data:image/svg+xml;base64,'), JSON.stringify(enrollTotp));
+    const { confirmTotp: recovery } = await gql(apiUrl, 'mutation($c: String!) { confirmTotp(code: $c) }', { c: totp(secret) }, token);
+    assert(Array.isArray(recovery) && recovery.length === 10, `confirmTotp: ${JSON.stringify(recovery)}`);
     step('authenticator enrolled with a code computed from the secret; ten recovery codes');
 
     await page.goto(`${appUrl}/?client=${client}`);
