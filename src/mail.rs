@@ -6,7 +6,7 @@
 use std::{path::Path, path::PathBuf, time::Duration};
 
 use lettre::{
-    AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
     message::{Mailbox, MultiPart},
 };
 use minijinja::Environment;
@@ -313,7 +313,7 @@ pub enum SendError {
 /// Where mail goes.
 enum Transport {
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
-    Files { dir: PathBuf, files: AsyncFileTransport<Tokio1Executor> },
+    Files(PathBuf),
 }
 
 /// How long one SMTP conversation may take, connection included.
@@ -351,7 +351,7 @@ impl Mailer {
             }
             MailDelivery::Files(dir) => {
                 create_private_dir(dir).map_err(|e| format!("MAIL_DIR: cannot create {}: {e}", dir.display()))?;
-                Transport::Files { dir: dir.clone(), files: AsyncFileTransport::<Tokio1Executor>::new(dir) }
+                Transport::Files(dir.clone())
             }
         };
         Ok(Self { transport, from, templates, queued: Notify::new(), config: config.clone() })
@@ -362,7 +362,7 @@ impl Mailer {
     /// URL's credentials.
     pub async fn report(&self) {
         match &self.transport {
-            Transport::Files { dir, .. } => tracing::info!(
+            Transport::Files(dir) => tracing::info!(
                 dir = %dir.display(),
                 "SMTP_URL is unset: mail (password resets, verification links) is written as .eml files to this folder"
             ),
@@ -435,19 +435,40 @@ impl Mailer {
                 // TLS, a time-out: retried.
                 Ok(Err(e)) => Err(SendError::Transient(smtp_error(&e))),
             },
-            Transport::Files { dir, files } => {
-                let id = files.send(message).await.map_err(|e| SendError::Transient(format!("writing mail: {e}")))?;
-                let file = dir.join(format!("{id}.eml"));
-                // The mail holds a live link: readable by the server's user only.
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    tokio::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
-                        .await
-                        .map_err(|e| SendError::Transient(format!("writing mail: {e}")))?;
-                }
-                Ok(Some(file))
-            }
+            Transport::Files(dir) => write_mail_file(dir, &message.formatted())
+                .await
+                .map(Some)
+                .map_err(|e| SendError::Transient(format!("writing mail: {e}"))),
+        }
+    }
+}
+
+/// Writes one mail as `<random UUID>.eml` in `dir`, whole or not at all: the
+/// bytes go to a hidden `.<UUID>.eml.part` first, created readable by the
+/// server's user only (mode 0600 on Unix: the mail holds a live link), then
+/// the file is renamed. A reader of the folder (a developer's mail viewer, a
+/// test) never sees half a mail or a readable one. Returns the file's path.
+async fn write_mail_file(dir: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    use tokio::io::AsyncWriteExt;
+    let name = uuid::Uuid::new_v4();
+    let part = dir.join(format!(".{name}.eml.part"));
+    let file = dir.join(format!("{name}.eml"));
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut out = options.open(&part).await?;
+    let written = async {
+        out.write_all(bytes).await?;
+        out.sync_all().await
+    }
+    .await;
+    drop(out);
+    match written {
+        Ok(()) => tokio::fs::rename(&part, &file).await.map(|()| file),
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&part).await;
+            Err(e)
         }
     }
 }
@@ -515,6 +536,25 @@ pub fn in_words(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A mail file appears whole, under its final name only, private from
+    /// its first byte; no part file is left behind.
+    #[tokio::test]
+    async fn a_mail_file_is_written_whole_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = b"To: a@example.com\r\nSubject: x\r\n\r\nbody\r\n".repeat(1000);
+        let file = write_mail_file(dir.path(), &bytes).await.unwrap();
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(names, [file.file_name().unwrap().to_str().unwrap()], "only the finished .eml");
+        assert!(names[0].ends_with(".eml") && !names[0].starts_with('.'), "{names:?}");
+        assert_eq!(std::fs::read(&file).unwrap(), bytes);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+    }
 
     fn ctx() -> MailContext {
         MailContext {
