@@ -29,6 +29,8 @@ pub const AUTH_ATTEMPTS_TOTAL: &str = "authgraph_auth_attempts_total";
 pub const SESSIONS_LIVE: &str = "authgraph_sessions_live";
 /// Sessions this instance holds in its cache.
 pub const SESSION_CACHE_ENTRIES: &str = "authgraph_session_cache_entries";
+/// `sessionEvents` subscriptions open on this instance.
+pub const SESSION_WATCHERS: &str = "authgraph_session_watchers";
 /// Password checks waiting for a hashing thread.
 pub const PASSWORD_QUEUE_DEPTH: &str = "authgraph_password_queue_depth";
 /// How long a password check waited for a hashing thread.
@@ -74,6 +76,7 @@ fn describe() {
     describe_counter!(AUTH_ATTEMPTS_TOTAL, "Logins, registrations and refreshes, by action and outcome");
     describe_gauge!(SESSIONS_LIVE, "Sessions neither ended nor expired (read from the database at scrape)");
     describe_gauge!(SESSION_CACHE_ENTRIES, "Sessions held in this instance's cache");
+    describe_gauge!(SESSION_WATCHERS, "sessionEvents subscriptions open on this instance");
     describe_gauge!(PASSWORD_QUEUE_DEPTH, "Password checks waiting for a hashing thread");
     describe_histogram!(PASSWORD_QUEUE_WAIT_SECONDS, metrics::Unit::Seconds, "Wait for a hashing thread");
     describe_gauge!(DB_POOL_CONNECTIONS, "Database connections of this instance's pool, by state");
@@ -106,6 +109,7 @@ pub fn operation(field: &'static str, outcome: &'static str, took: Duration) {
 pub struct Gauges {
     pub sessions_live: u64,
     pub session_cache_entries: usize,
+    pub session_watchers: usize,
     pub pool_in_use: u32,
     pub pool_idle: u32,
     pub outbox_pending: u64,
@@ -115,6 +119,7 @@ pub struct Gauges {
 pub fn set_gauges(g: &Gauges) {
     gauge!(SESSIONS_LIVE).set(g.sessions_live as f64);
     gauge!(SESSION_CACHE_ENTRIES).set(g.session_cache_entries as f64);
+    gauge!(SESSION_WATCHERS).set(g.session_watchers as f64);
     gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set(f64::from(g.pool_in_use));
     gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(f64::from(g.pool_idle));
     gauge!(MAIL_OUTBOX_PENDING).set(g.outbox_pending as f64);

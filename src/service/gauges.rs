@@ -33,6 +33,7 @@ pub async fn read(svc: &Services) -> AppResult<Gauges> {
     Ok(Gauges {
         sessions_live,
         session_cache_entries: svc.registry.sessions_cached(),
+        session_watchers: svc.registry.watchers(),
         pool_in_use: size.saturating_sub(idle),
         pool_idle: idle,
         outbox_pending,

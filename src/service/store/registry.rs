@@ -248,6 +248,12 @@ impl SessionRegistry {
         self.notices.subscribe()
     }
 
+    /// How many watchers (open `sessionEvents` subscriptions) this instance
+    /// holds now (the metrics).
+    pub fn watchers(&self) -> usize {
+        self.notices.receiver_count()
+    }
+
     /// How many sessions are cached (the metrics).
     pub fn sessions_cached(&self) -> usize {
         self.sessions.len()
