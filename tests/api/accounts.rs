@@ -645,7 +645,7 @@ async fn update_profile_changes_name_and_email() {
     // normalised for login and uniqueness.
     let v = app.gql(&c, Some(&token), UPDATE, json!({ "i": { "email": "  Frank.New@Example.ORG " } })).await;
     assert_eq!(v["data"]["updateProfile"]["email"], "frank@example.com", "not before it is confirmed: {v}");
-    let link = app.wait_mail_file("Frank.New@Example.ORG", 1).await.token();
+    let link = app.next_mail_file("Frank.New@Example.ORG", "Confirm your new email address").await.token();
     let v = app.gql(&c, None, "mutation($t: String!) { confirmEmailChange(token: $t) }", json!({ "t": link })).await;
     assert!(v["errors"].is_null(), "{v}");
     let v = app.gql(&c, Some(&token), ME, json!({})).await;

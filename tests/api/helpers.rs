@@ -42,6 +42,8 @@ pub struct TestApp {
     pub clock: ClockControl,
     /// Where the server writes mail while no SMTP server is configured.
     pub mail_dir: TempDir,
+    /// The mail files [`TestApp::next_mail_file`] handed out already.
+    taken_mail: std::sync::Mutex<std::collections::HashSet<std::path::PathBuf>>,
 }
 
 /// A database that exists for one test.
@@ -176,7 +178,15 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     config.clock = clock.clock();
     tweak(&mut config);
     let running = app::spawn(&config).await.expect("app starts");
-    TestApp { addr: running.addr, config, running: Some(running), database, clock, mail_dir }
+    TestApp {
+        addr: running.addr,
+        config,
+        running: Some(running),
+        database,
+        clock,
+        mail_dir,
+        taken_mail: Default::default(),
+    }
 }
 
 impl TestApp {
@@ -332,43 +342,93 @@ pub async fn gql_vars_at(addr: SocketAddr, token: Option<&str>, query: &str, var
     req.send().await.expect("request").json().await.expect("json body")
 }
 
+/// Calls `probe` until it answers `Some`, every 20 ms, for up to 15 s; then
+/// fails, saying what was awaited (`what` is asked only then). The one way
+/// the tests wait: for the thing itself, never for a time that is usually
+/// enough.
+pub async fn wait_until<T>(what: impl FnOnce() -> String, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "waited 15 s for {}", what());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the outbox holds mail and none of it is due or being sent:
+/// every row sent, given up or voided. After it, no sender can send again
+/// (a row is sent again only if its claim lapses, 90 s on), so what
+/// arrived is all that will.
+pub async fn wait_outbox_settled(db: &sea_orm::DatabaseConnection) {
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let all = entity::mail_outbox::Entity::find().count(db).await.unwrap();
+        let open = entity::mail_outbox::Entity::find()
+            .filter(entity::mail_outbox::Column::NextAttemptAt.is_not_null())
+            .count(db)
+            .await
+            .unwrap();
+        if all > 0 && open == 0 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the outbox did not settle: {open} of {all} rows open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 impl TestApp {
     /// The mail the server wrote to its mail folder (no SMTP configured) for
-    /// `to`, oldest first.
-    pub fn mail_files_to(&self, to: &str) -> Vec<crate::smtp::Delivered> {
-        let mut files: Vec<_> = std::fs::read_dir(self.mail_dir.path())
+    /// `to`, in no promised order (several mails are sent at once).
+    pub fn mail_files_to(&self, to: &str) -> Vec<(std::path::PathBuf, crate::smtp::Delivered)> {
+        std::fs::read_dir(self.mail_dir.path())
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|e| e == "eml"))
-            .map(|p| (std::fs::metadata(&p).unwrap().modified().unwrap(), p))
-            .collect();
-        files.sort();
-        files
-            .into_iter()
-            .map(|(_, p)| crate::smtp::Delivered { to: vec![], data: std::fs::read(p).unwrap() })
-            .filter(|m| m.recipient().eq_ignore_ascii_case(to))
+            .map(|p| {
+                let data = std::fs::read(&p).unwrap();
+                (p, crate::smtp::Delivered { to: vec![], data })
+            })
+            .filter(|(_, m)| m.recipient().eq_ignore_ascii_case(to))
             .collect()
     }
 
-    /// Waits (up to 15 s) for the `n`th mail to `to` in the mail folder.
-    pub async fn wait_mail_file(&self, to: &str, n: usize) -> crate::smtp::Delivered {
-        for _ in 0..300 {
-            if let Some(m) = self.mail_files_to(to).into_iter().nth(n - 1) {
-                return m;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("mail {n} to {to} was not written to the mail folder");
+    /// The subjects of the mail written for `to`, sorted.
+    pub fn mail_subjects_to(&self, to: &str) -> Vec<String> {
+        let mut subjects: Vec<_> = self.mail_files_to(to).iter().map(|(_, m)| m.subject()).collect();
+        subjects.sort();
+        subjects
+    }
+
+    /// Waits (up to 15 s) for a mail file for `to` whose subject contains
+    /// `subject` and that no earlier call took, and takes it. Names the mail
+    /// it waits for, never its rank: mails queued close together may be
+    /// written in either order.
+    pub async fn next_mail_file(&self, to: &str, subject: &str) -> crate::smtp::Delivered {
+        wait_until(
+            || format!("a mail to {to} about {subject:?}; the folder has {:?}", self.mail_subjects_to(to)),
+            || {
+                let mut taken = self.taken_mail.lock().unwrap();
+                let (path, mail) = self
+                    .mail_files_to(to)
+                    .into_iter()
+                    .find(|(p, m)| !taken.contains(p) && m.subject().contains(subject))?;
+                taken.insert(path);
+                Some(mail)
+            },
+        )
+        .await
     }
 
     /// Asks to move the account of `token` to `email`, and takes the
     /// confirmation link's token from the mail written for it (call
     /// `confirmEmailChange` with it to move).
     pub async fn request_address_change(&self, token: &str, email: &str) -> String {
-        let before = self.mail_files_to(email).len();
         ok(self, token, "mutation($e: String) { updateProfile(input: { email: $e }) { id } }", json!({ "e": email }))
             .await;
-        self.wait_mail_file(email, before + 1).await.token()
+        self.next_mail_file(email, "Confirm your new email address").await.token()
     }
 
     /// Moves the account of `token` to `email`, confirmed through the mailed link.

@@ -49,15 +49,19 @@ async fn receive(ws: &mut Socket) -> Result<Value, Option<u16>> {
     }
 }
 
-/// A socket of the session of `token`, acknowledged and subscribed.
-async fn subscribed(addr: SocketAddr, token: &str) -> Socket {
+/// A socket to the server at `addr` (whose state is `state`) of the session
+/// of `token`, acknowledged and subscribed: returns once the server watches
+/// the session, so a change the test makes next cannot come before it.
+async fn subscribed(addr: SocketAddr, state: &authgraph::http::AppState, token: &str) -> Socket {
+    let registry = &state.services.registry;
+    let before = registry.watchers();
     let mut ws = open(addr, None).await.unwrap();
     send(&mut ws, json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {token}") } }))
         .await;
     assert_eq!(receive(&mut ws).await.unwrap()["type"], "connection_ack");
     send(&mut ws, json!({ "id": "1", "type": "subscribe", "payload": { "query": SUBSCRIBE } })).await;
-    // The subscription starts on the server before the change the test makes.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until(|| "the server to watch the subscribed session".into(), || (registry.watchers() > before).then_some(()))
+        .await;
     ws
 }
 
@@ -85,27 +89,27 @@ async fn a_tab_learns_its_session_ended_elsewhere() {
 
     // A logout in another tab of the same session.
     let user = app.user("tabs@example.com").await;
-    let mut tab = subscribed(app.addr, &user.access_token).await;
+    let mut tab = subscribed(app.addr, app.state(), &user.access_token).await;
     ok(&app, &user.access_token, ops::LOGOUT, json!({})).await;
     ends(&mut tab).await;
 
     // An admin's revocation.
     let user = app.user("revoked@example.com").await;
-    let mut tab = subscribed(app.addr, &user.access_token).await;
+    let mut tab = subscribed(app.addr, app.state(), &user.access_token).await;
     ok(&app, &admin, ops::REVOKE_USER_SESSIONS, json!({ "id": user.id })).await;
     ends(&mut tab).await;
 
     // A password change on another device ends this one.
     let user = app.user("changed@example.com").await;
     let phone = user.login(&app).await;
-    let mut tab = subscribed(app.addr, &user.access_token).await;
+    let mut tab = subscribed(app.addr, app.state(), &user.access_token).await;
     let v = phone.gql(&app, ops::CHANGE_PASSWORD, json!({ "c": PASSWORD, "n": "another long passphrase" })).await;
     assert!(v["errors"].is_null(), "{v}");
     ends(&mut tab).await;
 
     // A role change is told, and the socket stays.
     let user = app.user("promoted@example.com").await;
-    let mut tab = subscribed(app.addr, &user.access_token).await;
+    let mut tab = subscribed(app.addr, app.state(), &user.access_token).await;
     let set_role = "mutation($id: ID!, $r: Role!) { setUserRole(id: $id, role: $r) { role } }";
     ok(&app, &admin, set_role, json!({ "id": user.id, "r": "ADMIN" })).await;
     let next = receive(&mut tab).await.unwrap();
@@ -193,7 +197,7 @@ async fn an_end_on_one_instance_reaches_a_socket_on_another() {
     }
     let other = authgraph::app::spawn(&app.config).await.expect("second instance");
     let user = app.user("far@example.com").await;
-    let mut tab = subscribed(other.addr, &user.access_token).await;
+    let mut tab = subscribed(other.addr, &other.state, &user.access_token).await;
     ok(&app, &user.access_token, ops::LOGOUT, json!({})).await;
     ends(&mut tab).await;
     other.stop().await.unwrap();
@@ -228,12 +232,25 @@ async fn sockets_have_limits() {
     let mut extra = open(app.addr, None).await.unwrap();
     send(&mut extra, init.clone()).await;
     assert_eq!(receive(&mut extra).await.expect_err("a 17th socket"), Some(4429));
-    // One closes: room for another.
-    drop(held.pop());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut again = open(app.addr, None).await.unwrap();
-    send(&mut again, init.clone()).await;
-    assert_eq!(receive(&mut again).await.unwrap()["type"], "connection_ack");
+    // One closes: room for another, once the server has seen it go (until
+    // then the cap still answers 4429).
+    held.pop().unwrap().close(None).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut again = loop {
+        let mut ws = open(app.addr, None).await.unwrap();
+        send(&mut ws, init.clone()).await;
+        match receive(&mut ws).await {
+            Ok(ack) => {
+                assert_eq!(ack["type"], "connection_ack", "{ack}");
+                break ws;
+            }
+            Err(code) => {
+                assert_eq!(code, Some(4429), "{code:?}");
+                assert!(tokio::time::Instant::now() < deadline, "a closed socket still counts after 15 s");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
 
     for i in 0..5 {
         send(&mut again, json!({ "id": i.to_string(), "type": "subscribe", "payload": { "query": SUBSCRIBE } })).await;
@@ -247,7 +264,7 @@ async fn sockets_have_limits() {
 async fn a_talking_socket_still_ends_with_its_session() {
     let app = spawn_with(|c| c.session_watch_recheck = Duration::from_millis(500)).await;
     let user = app.user("chatty@example.com").await;
-    let mut tab = subscribed(app.addr, &user.access_token).await;
+    let mut tab = subscribed(app.addr, app.state(), &user.access_token).await;
     // Past the session's seven days.
     app.clock.advance(Duration::from_secs(8 * 24 * 3600));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -279,7 +296,7 @@ async fn an_outage_is_not_a_session_end() {
         return;
     }
     let user = app.user("steady@example.com").await;
-    let mut tab = subscribed(app.addr, &user.access_token).await;
+    let mut tab = subscribed(app.addr, app.state(), &user.access_token).await;
     let outage = app.database.outage().await;
     // Past the five seconds after which the change log is called stale and
     // the cache cleared.

@@ -48,10 +48,10 @@ async fn anonymous(app: &TestApp, query: &str, variables: Value) -> Value {
     app.gql(&app.client(), None, query, variables).await
 }
 
-async fn reset_mail(app: &TestApp, sink: &SmtpSink, email: &str, n: usize) -> Delivered {
+async fn reset_mail(app: &TestApp, sink: &SmtpSink, email: &str) -> Delivered {
     let v = anonymous(app, REQUEST_RESET, json!({ "e": email })).await;
     assert_eq!(v, json!({ "data": { "requestPasswordReset": true } }));
-    sink.wait_for(email, n).await.pop().unwrap()
+    sink.next_mail(email, "Reset your password").await
 }
 
 #[track_caller]
@@ -69,7 +69,7 @@ async fn a_password_is_reset_through_a_delivered_link() {
     let user = app.user("reset@example.com").await;
     let other_device = user.login(&app).await;
 
-    let mail = reset_mail(&app, &sink, "reset@example.com", 1).await;
+    let mail = reset_mail(&app, &sink, "reset@example.com").await;
     assert_eq!(mail.subject(), "Reset your password");
     let link = mail.link();
     assert!(link.starts_with(&format!("{APP_URL}/reset-password?token=")), "{link}");
@@ -93,9 +93,14 @@ async fn a_password_is_reset_through_a_delivered_link() {
 
     let v = anonymous(&app, RESET, json!({ "t": mail.token(), "p": "yet another passphrase" })).await;
     assert_link_refused(&v, "a used reset token");
-    let notice = sink.wait_for("reset@example.com", 2).await.pop().unwrap();
-    assert_eq!(notice.subject(), "Your password was changed");
+    let notice = sink.next_mail("reset@example.com", "Your password was changed").await;
     assert!(crate::smtp::link_in(&notice.text()).is_none(), "a notice carries no token");
+    wait_outbox_settled(&app.state().services.db).await;
+    assert_eq!(
+        sink.subjects_to("reset@example.com"),
+        ["Reset your password", "Your password was changed"],
+        "each once"
+    );
 }
 
 /// Two uses of one token at once: exactly one succeeds.
@@ -103,7 +108,7 @@ async fn a_password_is_reset_through_a_delivered_link() {
 async fn a_token_used_twice_at_once_works_once() {
     let (app, sink) = app_with_sink().await;
     app.user("race@example.com").await;
-    let token = reset_mail(&app, &sink, "race@example.com", 1).await.token();
+    let token = reset_mail(&app, &sink, "race@example.com").await.token();
     let tries = (0..6).map(|i| {
         let (app, token) = (&app, token.clone());
         async move { anonymous(app, RESET, json!({ "t": token, "p": format!("{NEW_PASSWORD} {i}") })).await }
@@ -129,8 +134,8 @@ async fn late_foreign_replaced_and_forged_tokens_are_refused() {
     let user = app.user("late@example.com").await;
 
     // Replaced: the second mail's token voids the first's.
-    let first = reset_mail(&app, &sink, "late@example.com", 1).await.token();
-    let second = reset_mail(&app, &sink, "late@example.com", 2).await.token();
+    let first = reset_mail(&app, &sink, "late@example.com").await.token();
+    let second = reset_mail(&app, &sink, "late@example.com").await.token();
     assert_ne!(first, second);
     assert_link_refused(&anonymous(&app, RESET, json!({ "t": first, "p": NEW_PASSWORD })).await, "a replaced token");
 
@@ -163,7 +168,7 @@ async fn late_foreign_replaced_and_forged_tokens_are_refused() {
 
     // A weak password is refused before the token is looked at, and spends it not.
     app.clock.advance(Duration::from_secs(60));
-    let fresh = reset_mail(&app, &sink, "late@example.com", 3).await.token();
+    let fresh = reset_mail(&app, &sink, "late@example.com").await.token();
     let v = anonymous(&app, RESET, json!({ "t": fresh, "p": "short" })).await;
     assert_eq!(reason(&v), "WEAK_PASSWORD", "{v}");
     let v = anonymous(&app, RESET, json!({ "t": fresh, "p": NEW_PASSWORD })).await;
@@ -186,9 +191,9 @@ async fn unknown_addresses_are_indistinguishable() {
     assert_eq!(answers[0], answers[1], "the answers tell the addresses apart");
     assert_eq!(answers[0].0, r#"{"data":{"requestPasswordReset":true}}"#);
 
-    sink.wait_for("known@example.com", 1).await;
-    // The unknown address's row is handled after the known one's: give it time.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sink.next_mail("known@example.com", "Reset your password").await;
+    // Both rows ended (the unknown address's skipped): nothing more goes.
+    wait_outbox_settled(&app.state().services.db).await;
     assert!(sink.to("unknown@example.com").is_empty(), "mail went to an address without an account");
     assert_eq!(sink.messages().len(), 1);
     use sea_orm::EntityTrait;
@@ -211,8 +216,7 @@ async fn an_address_is_verified_through_a_delivered_link() {
     assert_eq!(me["data"]["me"]["emailVerifiedAt"], Value::Null, "{me}");
 
     assert_eq!(user.gql(&app, SEND_VERIFICATION, json!({})).await["data"]["sendVerificationEmail"], true);
-    let mail = sink.wait_for("verify@example.com", 1).await.pop().unwrap();
-    assert_eq!(mail.subject(), "Confirm your email address");
+    let mail = sink.next_mail("verify@example.com", "Confirm your email address").await;
     assert!(mail.link().starts_with(&format!("{APP_URL}/verify-email?token=")), "{}", mail.link());
     assert!(mail.text().contains("24 hours"), "{}", mail.text());
 
@@ -252,20 +256,20 @@ async fn required_verification_holds_back_every_session() {
     let v: Value = resp.json().await.unwrap();
     assert_all_errors(&v, "FORBIDDEN", Some("EMAIL_NOT_VERIFIED"), "register");
     assert_eq!(v["data"], Value::Null, "{v}");
-    let first = sink.wait_for("held@example.com", 1).await.pop().unwrap();
+    let first = sink.next_mail("held@example.com", "Confirm your email address").await;
 
     let v = app.login_body("held@example.com", PASSWORD).await;
     assert_all_errors(&v, "FORBIDDEN", Some("EMAIL_NOT_VERIFIED"), "login");
     assert_eq!(v["data"], Value::Null, "{v}");
     // A wrong password is told as before: the state of the address is not.
     assert_eq!(reason(&app.login_body("held@example.com", "wrong password!").await), "INVALID_CREDENTIALS");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_outbox_settled(&app.state().services.db).await;
     assert_eq!(sink.to("held@example.com").len(), 1, "a login right after registering mailed a second link");
 
     app.clock.advance(Duration::from_secs(61));
     let v = app.login_body("held@example.com", PASSWORD).await;
     assert_all_errors(&v, "FORBIDDEN", Some("EMAIL_NOT_VERIFIED"), "a later login");
-    let second = sink.wait_for("held@example.com", 2).await.pop().unwrap();
+    let second = sink.next_mail("held@example.com", "Confirm your email address").await;
     assert_link_refused(&anonymous(&app, VERIFY, json!({ "t": first.token() })).await, "the replaced link");
 
     let v = anonymous(&app, VERIFY, json!({ "t": second.token() })).await;
@@ -289,12 +293,13 @@ async fn an_address_changes_only_once_the_new_one_confirms() {
     // no notice, and the change is still asked for.
     let v = user.gql(&app, CHANGE_EMAIL, json!({ "e": "first@example.org" })).await;
     assert!(v["errors"].is_null(), "{v}");
-    sink.wait_for("first@example.org", 1).await;
+    sink.next_mail("first@example.org", "Confirm your new email address").await;
     assert_eq!(user.gql(&app, SEND_VERIFICATION, json!({})).await["data"]["sendVerificationEmail"], true);
-    let verify = sink.wait_for("old@example.com", 1).await.pop().unwrap();
-    assert_eq!(verify.subject(), "Confirm your email address", "no notice went to the unconfirmed address");
+    let verify = sink.next_mail("old@example.com", "Confirm your email address").await;
+    wait_outbox_settled(&app.state().services.db).await;
+    assert_eq!(sink.to("old@example.com").len(), 1, "a notice went to the unconfirmed address");
     assert!(anonymous(&app, VERIFY, json!({ "t": verify.token() })).await["errors"].is_null());
-    let reset_to_old = reset_mail(&app, &sink, "old@example.com", 2).await.token();
+    let reset_to_old = reset_mail(&app, &sink, "old@example.com").await.token();
 
     let v = user.gql(&app, CHANGE_EMAIL, json!({ "e": "taken@example.com" })).await;
     assert_eq!(reason(&v), "EMAIL_TAKEN", "{v}");
@@ -304,11 +309,9 @@ async fn an_address_changes_only_once_the_new_one_confirms() {
 
     let v = user.gql(&app, CHANGE_EMAIL, json!({ "e": "new@example.org" })).await;
     assert_eq!(v["data"]["updateProfile"]["email"], "Old@Example.com", "not moved yet: {v}");
-    let confirm = sink.wait_for("new@example.org", 1).await.pop().unwrap();
-    assert_eq!(confirm.subject(), "Confirm your new email address");
+    let confirm = sink.next_mail("new@example.org", "Confirm your new email address").await;
     assert!(confirm.link().starts_with(&format!("{APP_URL}/confirm-email-change?token=")));
-    let notice = sink.wait_for("old@example.com", 3).await.pop().unwrap();
-    assert_eq!(notice.subject(), "Your email address is being changed");
+    let notice = sink.next_mail("old@example.com", "Your email address is being changed").await;
     assert!(notice.text().contains("new@example.org"), "{}", notice.text());
     assert!(crate::smtp::link_in(&notice.text()).is_none(), "the old address gets no usable link");
 
@@ -379,8 +382,8 @@ async fn mail_waits_out_an_smtp_outage_and_arrives_once() {
 
     sink.refuse_temporarily(false);
     app.clock.advance(Duration::from_secs(11));
-    let mail = sink.wait_for("outage@example.com", 1).await.pop().unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mail = sink.next_mail("outage@example.com", "Reset your password").await;
+    wait_outbox_settled(&app.state().services.db).await;
     assert_eq!(sink.messages().len(), 1, "sent once");
     let v = anonymous(&app, RESET, json!({ "t": mail.token(), "p": NEW_PASSWORD })).await;
     assert!(v["errors"].is_null(), "the link of the mail that arrived works: {v}");
@@ -401,8 +404,8 @@ async fn mail_queued_before_a_restart_is_sent_after_it() {
     sink.restart().await;
     let again = authgraph::app::spawn(&app.config).await.expect("app restarts");
     app.clock.advance(Duration::from_secs(6));
-    let mail = sink.wait_for("restart@example.com", 1).await.pop().unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mail = sink.next_mail("restart@example.com", "Reset your password").await;
+    wait_outbox_settled(&again.state.services.db).await;
     assert_eq!(sink.messages().len(), 1, "sent once");
     let v = gql_vars_at(again.addr, None, RESET, json!({ "t": mail.token(), "p": NEW_PASSWORD })).await;
     assert!(v["errors"].is_null(), "{v}");
@@ -488,11 +491,11 @@ async fn a_recovery_kills_the_attackers_pending_address_change() {
         let theirs = format!("attacker{i}@evil.example");
         let v = attacker.gql(&app, CHANGE_EMAIL, json!({ "e": theirs })).await;
         assert!(v["errors"].is_null(), "{v}");
-        let link = sink.wait_for(&theirs, 1).await.pop().unwrap().token();
+        let link = sink.next_mail(&theirs, "Confirm your new email address").await.token();
 
         match recovery {
             "resetPassword" => {
-                let token = reset_mail(&app, &sink, &owner.email, 1).await.token();
+                let token = reset_mail(&app, &sink, &owner.email).await.token();
                 let v = anonymous(&app, RESET, json!({ "t": token, "p": NEW_PASSWORD })).await;
                 assert!(v["errors"].is_null(), "{v}");
             }
@@ -528,8 +531,8 @@ async fn a_recovery_ends_a_queued_address_change_unsent() {
     sink.restart().await;
     app.clock.advance(Duration::from_secs(60));
     // The password-changed notice goes; the attacker's link does not.
-    sink.wait_for("queued@example.com", 1).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sink.next_mail("queued@example.com", "Your password was changed").await;
+    wait_outbox_settled(&app.state().services.db).await;
     assert!(sink.to("thief@evil.example").is_empty(), "the voided confirmation was sent");
 }
 
@@ -545,7 +548,7 @@ async fn only_a_refused_recipient_is_final() {
     wait_for_attempts(&app.state().services.db, 1, "535").await;
     sink.answer_mail(None);
     app.clock.advance(Duration::from_secs(6));
-    sink.wait_for("kept@example.com", 1).await;
+    sink.next_mail("kept@example.com", "Reset your password").await;
 
     sink.refuse_recipient("gone@example.com", "550 5.1.1 no such mailbox");
     anonymous(&app, REQUEST_RESET, json!({ "e": "gone@example.com" })).await;
@@ -578,9 +581,9 @@ async fn one_slow_mail_does_not_delay_the_next() {
     sink.slow_for("target@example.com", Duration::from_secs(3));
     anonymous(&app, REQUEST_RESET, json!({ "e": "target@example.com" })).await;
     anonymous(&app, REQUEST_RESET, json!({ "e": "prober@example.com" })).await;
-    sink.wait_for("prober@example.com", 1).await;
+    sink.next_mail("prober@example.com", "Reset your password").await;
     assert!(sink.to("target@example.com").is_empty(), "the prober's mail waited for the target's");
-    sink.wait_for("target@example.com", 1).await;
+    sink.next_mail("target@example.com", "Reset your password").await;
 }
 
 /// A spelling of the address that only a case change away is taken at once;
@@ -594,7 +597,7 @@ async fn a_spelling_that_may_be_another_mailbox_is_confirmed() {
     assert_eq!(v["data"]["updateProfile"]["email"], "STRASSE@Example.com", "{v}");
     let v = user.gql(&app, CHANGE_EMAIL, json!({ "e": "straße@example.com" })).await;
     assert_eq!(v["data"]["updateProfile"]["email"], "STRASSE@Example.com", "not at once: {v}");
-    let confirm = sink.wait_for("straße@example.com", 1).await.pop().unwrap();
+    let confirm = sink.next_mail("straße@example.com", "Confirm your new email address").await;
     assert!(anonymous(&app, CONFIRM_CHANGE, json!({ "t": confirm.token() })).await["errors"].is_null());
     let me = user.gql(&app, ME_VERIFIED, json!({})).await;
     assert_eq!(me["data"]["me"]["email"], "straße@example.com", "{me}");
@@ -627,8 +630,8 @@ async fn mail_queued_when_the_server_is_killed_is_sent_after_a_restart() {
     sink.restart().await;
     let again = start_process(database.url(), dir.path(), &env);
     let addr: std::net::SocketAddr = again.base.trim_start_matches("http://").parse().unwrap();
-    let mail = sink.wait_for(email, 1).await.pop().unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mail = sink.next_mail(email, "Reset your password").await;
+    wait_outbox_settled(&db).await;
     assert_eq!(sink.messages().len(), 1, "sent once");
     let v = gql_vars_at(addr, None, RESET, json!({ "t": mail.token(), "p": NEW_PASSWORD })).await;
     assert!(v["errors"].is_null(), "{v}");

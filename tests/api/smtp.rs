@@ -9,7 +9,7 @@
 //! second TLS stack.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -86,6 +86,8 @@ struct Faults {
 pub struct SmtpSink {
     pub addr: SocketAddr,
     messages: Arc<Mutex<Vec<Delivered>>>,
+    /// The messages [`SmtpSink::next_mail`] handed out already (indexes).
+    taken: Mutex<HashSet<usize>>,
     faults: Arc<Mutex<Faults>>,
     tasks: Option<JoinSet<()>>,
 }
@@ -98,7 +100,8 @@ impl SmtpSink {
 
     /// Starts on `addr` (a port a stopped sink had: the server "back").
     pub async fn start_on(addr: SocketAddr) -> Self {
-        let mut sink = Self { addr, messages: Arc::default(), faults: Arc::default(), tasks: None };
+        let mut sink =
+            Self { addr, messages: Arc::default(), taken: Mutex::default(), faults: Arc::default(), tasks: None };
         sink.listen().await;
         sink
     }
@@ -164,19 +167,39 @@ impl SmtpSink {
         self.messages().into_iter().filter(|m| m.to.iter().any(|t| t.eq_ignore_ascii_case(to))).collect()
     }
 
-    /// Waits (up to 15 s) until `n` messages went to `to`; returns them.
-    pub async fn wait_for(&self, to: &str, n: usize) -> Vec<Delivered> {
-        for _ in 0..300 {
-            let got = self.to(to);
-            if got.len() >= n {
-                return got;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "{n} mail(s) to {to} did not arrive; the sink has {:?}",
-            self.messages().iter().map(|m| &m.to).collect::<Vec<_>>()
-        );
+    /// Waits (up to 15 s) for a message to `to` whose subject contains
+    /// `subject` and that no earlier call took, and takes it (the oldest such).
+    /// Mail is sent by several tasks at once, so two mails queued close
+    /// together may arrive in either order: a test names the mail it waits
+    /// for, never its rank.
+    pub async fn next_mail(&self, to: &str, subject: &str) -> Delivered {
+        crate::helpers::wait_until(
+            || format!("a mail to {to} about {subject:?}; the sink has {:?}", self.summary()),
+            || {
+                let messages = self.messages.lock().unwrap();
+                let mut taken = self.taken.lock().unwrap();
+                let i = (0..messages.len()).find(|i| {
+                    !taken.contains(i)
+                        && messages[*i].to.iter().any(|t| t.eq_ignore_ascii_case(to))
+                        && messages[*i].subject().contains(subject)
+                })?;
+                taken.insert(i);
+                Some(messages[i].clone())
+            },
+        )
+        .await
+    }
+
+    /// The subjects of the mail to `to`, sorted: what arrived, in no
+    /// promised order.
+    pub fn subjects_to(&self, to: &str) -> Vec<String> {
+        let mut subjects: Vec<_> = self.to(to).iter().map(Delivered::subject).collect();
+        subjects.sort();
+        subjects
+    }
+
+    fn summary(&self) -> Vec<(Vec<String>, String)> {
+        self.messages().iter().map(|m| (m.to.clone(), m.subject())).collect()
     }
 }
 
