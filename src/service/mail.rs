@@ -98,10 +98,20 @@ pub(super) fn queued(svc: &Services) {
 pub(super) async fn void_pending_links(svc: &Services, conn: &impl ConnectionTrait, user_id: UserId) -> AppResult<()> {
     let now = svc.clock.now();
     let links = [Kind::VerifyEmail, Kind::ResetPassword, Kind::ConfirmEmailChange].map(Kind::as_str);
-    // The outbox first, then the tokens: the order `mint` takes them in.
+    // The outbox first, then the tokens: the order `mint` takes them in. A
+    // reset asked for by address is queued before the account is looked up
+    // (no user id): the account's own address names it.
+    let address = sea_orm::sea_query::Query::select()
+        .column(user::Column::EmailNormalized)
+        .from(user::Entity)
+        .and_where(Expr::col(user::Column::Id).eq(user_id.uuid()))
+        .to_owned();
+    let by_address = mail_outbox::Column::UserId
+        .is_null()
+        .and(mail_outbox::Column::Kind.eq(Kind::ResetPassword.as_str()))
+        .and(mail_outbox::Column::RecipientKey.in_subquery(address));
     let pending = mail_outbox::Entity::update_many()
-        .filter(mail_outbox::Column::UserId.eq(user_id))
-        .filter(mail_outbox::Column::Kind.is_in(links))
+        .filter(mail_outbox::Column::UserId.eq(user_id).and(mail_outbox::Column::Kind.is_in(links)).or(by_address))
         .filter(mail_outbox::Column::NextAttemptAt.is_not_null());
     super::outbox::ended_unsent(pending, now, "not sent: the account's sessions were ended".to_owned())
         .exec(conn)

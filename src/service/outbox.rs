@@ -91,10 +91,15 @@ pub(super) fn ended_unsent(
         .col_expr(mail_outbox::Column::LastError, Expr::value(why))
 }
 
-/// Writes how the claimed `row` ended, if the claim is still this sender's
-/// (fenced by its attempt). A reset asked for an address without an account
-/// (the rows without a user) keeps no trace of the address once skipped.
-async fn finish(svc: &Services, row: &mail_outbox::Model, end: End) -> AppResult<()> {
+/// Writes how the claimed `row` ended, if the claim is still this sender's:
+/// fenced by its attempt (a lapsed claim whose row was claimed again writes
+/// nothing) and by the row being open (`next_attempt_at` set: a row that
+/// something else ended meanwhile, such as a recovery voiding the account's
+/// links while this send was in flight, never returns to the queue, whatever
+/// the send's outcome). A reset asked for an address without an account (the
+/// rows without a user) keeps no trace of the address once skipped. Returns
+/// whether the end was written.
+async fn finish(svc: &Services, row: &mail_outbox::Model, end: End) -> AppResult<bool> {
     let now = svc.clock.now();
     // A retry past the give-up time is a failure.
     let give_up = now - row.created_at > ChronoDuration::from_std(GIVE_UP_AFTER).unwrap_or_default();
@@ -104,7 +109,8 @@ async fn finish(svc: &Services, row: &mail_outbox::Model, end: End) -> AppResult
     };
     let fenced = mail_outbox::Entity::update_many()
         .filter(mail_outbox::Column::Id.eq(row.id))
-        .filter(mail_outbox::Column::Attempts.eq(row.attempts));
+        .filter(mail_outbox::Column::Attempts.eq(row.attempts))
+        .filter(mail_outbox::Column::NextAttemptAt.is_not_null());
     let (outcome, update) = match end {
         End::Sent => {
             tracing::info!(mail_id = %row.id, kind = %row.kind, attempts = row.attempts, "mail sent");
@@ -141,9 +147,16 @@ async fn finish(svc: &Services, row: &mail_outbox::Model, end: End) -> AppResult
             ("skipped", update)
         }
     };
-    crate::metrics::mail(&row.kind, outcome);
-    update.exec(&svc.db).await?;
-    Ok(())
+    let written = update.exec(&svc.db).await?.rows_affected == 1;
+    if !written {
+        tracing::info!(
+            mail_id = %row.id, kind = %row.kind, attempts = row.attempts, outcome,
+            "the row was ended or claimed again while this attempt ran; its end is not written"
+        );
+    }
+    // A mail that went counts as sent, whoever ended its row.
+    crate::metrics::mail(&row.kind, if written || outcome == "sent" { outcome } else { "superseded" });
+    Ok(written)
 }
 
 fn clip(s: &str) -> String {
@@ -168,7 +181,7 @@ async fn handle(svc: &Services, row: &mail_outbox::Model) -> AppResult<()> {
             }
         }
     };
-    finish(svc, row, end).await
+    finish(svc, row, end).await.map(drop)
 }
 
 /// How many mails one instance sends at once. Each is sent by a task of its
@@ -249,6 +262,48 @@ mod tests {
         assert!(ended.sent_at.is_some() && ended.next_attempt_at.is_none());
         kit.clock.advance(LEASE * 2);
         assert!(claim(&kit.svc).await.unwrap().is_none(), "a sent row is never due again");
+    }
+
+    /// A row ended while its send was in flight (a recovery voided the
+    /// account's links) stays ended, whatever the send's outcome: a
+    /// temporary failure does not put it back in the queue, where its retry
+    /// would mint a fresh link.
+    #[tokio::test]
+    async fn a_row_ended_during_its_send_never_returns_to_the_queue() {
+        for end in [End::Retry("451 try later".into()), End::Sent, End::Failed("550 no".into())] {
+            let kit = TestKit::new().await;
+            let a = kit.register("voided@example.com").await;
+            let thief = super::super::validate::email("thief@evil.example").unwrap();
+            let kind = Kind::ConfirmEmailChange;
+            super::super::mail::enqueue(&kit.svc, &kit.svc.db, kind, Some(a.user.id), &thief, Some(&thief))
+                .await
+                .unwrap();
+            let claimed = claim(&kit.svc).await.unwrap().expect("due");
+            super::super::mail::void_pending_links(&kit.svc, &kit.svc.db, a.user.id).await.unwrap();
+            assert!(!finish(&kit.svc, &claimed, end).await.unwrap(), "an end written over a voided row");
+            let ended = row(&kit).await;
+            assert!(ended.next_attempt_at.is_none() && ended.sent_at.is_none(), "{ended:?}");
+            assert!(ended.last_error.as_deref().unwrap().contains("sessions were ended"), "{ended:?}");
+            kit.clock.advance(LEASE + backoff(9));
+            assert!(claim(&kit.svc).await.unwrap().is_none(), "the voided row is due again");
+        }
+    }
+
+    /// A reset asked for by address (queued before the account is looked
+    /// up) dies with the account's other links when its sessions are ended;
+    /// another address's does not.
+    #[tokio::test]
+    async fn a_recovery_voids_a_reset_queued_by_address() {
+        let kit = TestKit::new().await;
+        let a = kit.register("owner@example.com").await;
+        for address in ["Owner@Example.com", "other@example.com"] {
+            let email = super::super::validate::email(address).unwrap();
+            super::super::mail::enqueue(&kit.svc, &kit.svc.db, Kind::ResetPassword, None, &email, None).await.unwrap();
+        }
+        super::super::mail::void_pending_links(&kit.svc, &kit.svc.db, a.user.id).await.unwrap();
+        let rows = mail_outbox::Entity::find().all(&kit.svc.db).await.unwrap();
+        let open: Vec<_> = rows.iter().filter(|r| r.next_attempt_at.is_some()).map(|r| r.recipient.as_str()).collect();
+        assert_eq!(open, ["other@example.com"], "{rows:?}");
     }
 
     /// A temporary failure is retried after the backoff; after a day of them

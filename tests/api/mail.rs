@@ -515,6 +515,48 @@ async fn a_recovery_kills_the_attackers_pending_address_change() {
     }
 }
 
+/// The same, with the confirmation on its way when the owner recovers: the
+/// SMTP server holds its answer while she resets her password, then answers
+/// 451 (try again later). The voided row stays ended: it is never tried
+/// again, so no fresh link is minted for the attacker's address.
+#[tokio::test]
+async fn a_send_in_flight_during_a_recovery_is_never_retried() {
+    let (app, sink) = app_with_sink_and(|c| c.metrics_addr = Some("127.0.0.1:0".parse().unwrap())).await;
+    // The attempts at the confirmation that ended (superseded, or retried).
+    let ended = async || {
+        let scrape = crate::metrics::scrape(&app).await;
+        ["superseded", "retried"]
+            .map(|o| {
+                let labels = [("kind", "confirm_email_change"), ("outcome", o)];
+                crate::metrics::value(&scrape, "authgraph_mails_total", &labels)
+            })
+            .iter()
+            .sum::<f64>()
+    };
+    let before = ended().await;
+    let owner = app.user("inflight@example.com").await;
+    let attacker = owner.login(&app).await;
+    sink.hold_next("thief@evil.example");
+    let v = attacker.gql(&app, CHANGE_EMAIL, json!({ "e": "thief@evil.example" })).await;
+    assert!(v["errors"].is_null(), "{v}");
+    sink.wait_held("thief@evil.example").await;
+
+    let token = reset_mail(&app, &sink, &owner.email).await.token();
+    let v = anonymous(&app, RESET, json!({ "t": token, "p": NEW_PASSWORD })).await;
+    assert!(v["errors"].is_null(), "{v}");
+    sink.release("thief@evil.example", "451 4.3.0 try again later").await;
+    // The sender takes the answer (and finds its row ended by the reset).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while ended().await <= before {
+        assert!(tokio::time::Instant::now() < deadline, "the in-flight attempt did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Past every backoff and lease: nothing is due.
+    app.clock.advance(Duration::from_secs(3600));
+    wait_outbox_settled(&app.state().services.db).await;
+    assert!(sink.to("thief@evil.example").is_empty(), "the voided confirmation was sent again");
+}
+
 /// The same, with the confirmation still queued when the owner recovers
 /// (the SMTP server is down): it is never sent.
 #[tokio::test]

@@ -13,7 +13,7 @@ use crate::{helpers::*, ops};
 
 /// The value of the series `name` whose labels include all of `labels`
 /// (summed over the series that match), or 0 when there is none.
-fn value(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub fn value(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -26,7 +26,7 @@ fn value(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-async fn scrape(app: &TestApp) -> String {
+pub async fn scrape(app: &TestApp) -> String {
     let resp = bare().get(app.metrics_url().expect("metrics are on")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let kind = resp.headers()["content-type"].to_str().unwrap().to_owned();

@@ -81,6 +81,13 @@ struct Faults {
     rcpt: HashMap<String, String>,
     /// How long to wait before accepting a message to an address.
     slow: HashMap<String, Duration>,
+    /// Addresses whose next message is held, its DATA read and unanswered,
+    /// until [`SmtpSink::release`] gives the answer.
+    hold: HashSet<String>,
+    /// Held messages waiting for their answer, by address.
+    held: HashMap<String, tokio::sync::oneshot::Sender<String>>,
+    /// Answers given to held messages, by address, once written.
+    answered: HashMap<String, usize>,
 }
 
 pub struct SmtpSink {
@@ -143,6 +150,40 @@ impl SmtpSink {
     /// Takes `wait` before accepting a message to `to`.
     pub fn slow_for(&self, to: &str, wait: Duration) {
         self.faults.lock().unwrap().slow.insert(to.to_ascii_lowercase(), wait);
+    }
+
+    /// Holds the next message to `to`: its DATA is read, and the answer
+    /// waits for [`SmtpSink::release`] (a send in flight, for as long as the
+    /// test needs).
+    pub fn hold_next(&self, to: &str) {
+        self.faults.lock().unwrap().hold.insert(to.to_ascii_lowercase());
+    }
+
+    /// Waits until a message to `to` is held.
+    pub async fn wait_held(&self, to: &str) {
+        let to = to.to_ascii_lowercase();
+        crate::helpers::wait_until(
+            || format!("a held message to {to}"),
+            || self.faults.lock().unwrap().held.contains_key(&to).then_some(()),
+        )
+        .await
+    }
+
+    /// Answers the held message to `to` with `reply` (`451 …` keeps it, `250
+    /// …` takes it) and waits until the answer is written.
+    pub async fn release(&self, to: &str, reply: &str) {
+        let to = to.to_ascii_lowercase();
+        let (answer, before) = {
+            let mut faults = self.faults.lock().unwrap();
+            let before = faults.answered.get(&to).copied().unwrap_or(0);
+            (faults.held.remove(&to).expect("a held message"), before)
+        };
+        answer.send(format!("{reply}\r\n")).unwrap();
+        crate::helpers::wait_until(
+            || format!("the answer to the held message to {to}"),
+            || (self.faults.lock().unwrap().answered.get(&to).copied().unwrap_or(0) > before).then_some(()),
+        )
+        .await
     }
 
     /// Closes the port and every open connection.
@@ -261,6 +302,28 @@ async fn session(stream: TcpStream, messages: Arc<Mutex<Vec<Delivered>>>, faults
                     to.iter().filter_map(|t| faults.lock().unwrap().slow.get(&t.to_ascii_lowercase()).copied()).max();
                 if let Some(wait) = wait {
                     tokio::time::sleep(wait).await;
+                }
+                let held = {
+                    let mut faults = faults.lock().unwrap();
+                    let address = to.iter().map(|t| t.to_ascii_lowercase()).find(|t| faults.hold.contains(t));
+                    address.map(|address| {
+                        faults.hold.remove(&address);
+                        let (answer, answered) = tokio::sync::oneshot::channel();
+                        faults.held.insert(address.clone(), answer);
+                        (address, answered)
+                    })
+                };
+                if let Some((address, answered)) = held {
+                    let answer_text = answered.await.unwrap_or_else(|_| "421 closing\r\n".to_owned());
+                    let written = reply(&mut write, &answer_text).await;
+                    *faults.lock().unwrap().answered.entry(address).or_default() += 1;
+                    if written.is_err() {
+                        return;
+                    }
+                    if answer_text.starts_with('2') {
+                        messages.lock().unwrap().push(Delivered { to: std::mem::take(&mut to), data });
+                    }
+                    continue;
                 }
                 messages.lock().unwrap().push(Delivered { to: std::mem::take(&mut to), data });
                 "250 OK queued\r\n".to_owned()
