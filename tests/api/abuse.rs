@@ -386,7 +386,7 @@ async fn one_account_attacked_from_many_ips_is_limited_alike_whether_it_exists_o
 // Recovery
 // ---------------------------------------------------------------------------
 
-/// Drains a "2/2s" budget with `cheap` calls (they count, but do no hashing, so
+/// Drains a "2/2h" budget with `cheap` calls (they count, but do no hashing, so
 /// the burst is spent well within a second), then checks that the answer's
 /// retryAfter is exactly enough: with the server's clock moved that far ahead,
 /// `real` passes.
@@ -396,9 +396,11 @@ async fn drain_and_recover(app: &TestApp, c: &Client, cheap: &Value, real: &Valu
         assert_ne!(code(&v), "RATE_LIMITED", "{v}");
     }
     let v = send_json(app, c, &[], cheap).await;
-    // "2/2s": one attempt comes back every second.
-    let ra = assert_limited(&v, 1);
-    assert_eq!(ra, 1);
+    // "2/2h": one attempt comes back every hour. (An hour, not a second: the
+    // limiters' clock runs in real time too, and a busy machine can take a
+    // second over three requests.)
+    let ra = assert_limited(&v, 3600);
+    assert!(ra > 3500, "{ra}");
 
     // Exactly retryAfter seconds later is enough.
     app.clock.advance(Duration::from_secs(ra));
@@ -407,15 +409,15 @@ async fn drain_and_recover(app: &TestApp, c: &Client, cheap: &Value, real: &Valu
     assert_eq!(code(&v), "UNAUTHENTICATED", "{v}");
 
     // Only one attempt came back, not the whole burst.
-    assert_limited(&send_json(app, c, &[], cheap).await, 1);
+    assert_limited(&send_json(app, c, &[], cheap).await, 3600);
 }
 
 #[tokio::test]
 async fn limits_recover_after_retry_after_seconds() {
     let app = spawn_with(|c| {
-        c.rate_limits.login_per_ip = spec("2/2s");
-        c.rate_limits.refresh_per_ip = spec("2/2s");
-        c.rate_limits.register_per_ip = spec("2/2s");
+        c.rate_limits.login_per_ip = spec("2/2h");
+        c.rate_limits.refresh_per_ip = spec("2/2h");
+        c.rate_limits.register_per_ip = spec("2/2h");
     })
     .await;
     let c = app.client();
@@ -431,7 +433,7 @@ async fn limits_recover_after_retry_after_seconds() {
     for _ in 0..2 {
         assert_eq!(reason(&send_json(&app, &c, &[], &bad).await), "INVALID_EMAIL");
     }
-    let ra = assert_limited(&send_json(&app, &c, &[], &bad).await, 1);
+    let ra = assert_limited(&send_json(&app, &c, &[], &bad).await, 3600);
     app.clock.advance(Duration::from_secs(ra));
     let v = send_json(&app, &c, &[], &register_req("recovered@example.com", PASSWORD)).await;
     assert!(v["data"]["register"]["accessToken"].is_string(), "after {ra} s: {v}");
