@@ -291,8 +291,12 @@ pub async fn verify_email(svc: &Services, token: &str, client: &ClientInfo) -> A
 
 /// `resetPassword`: sets a new password with a reset token, ends every
 /// session of the account (OWASP: invalidate sessions after a reset) and logs
-/// nobody in. The link also proves the address, which becomes confirmed. A
-/// notice goes to the address.
+/// nobody in. The link also proves the address, which becomes confirmed, and
+/// whoever proves the mailbox gets a clean account: second factors added
+/// while the address was unconfirmed (before it was last confirmed, or at
+/// all if it never was) are removed, since a stranger who registered the
+/// address, or held a session before the owner proved it, may have added
+/// them. A notice goes to the address.
 ///
 /// Errors: `WEAK_PASSWORD` (field `newPassword`), `LINK_INVALID_OR_EXPIRED`
 /// (field `token`), `RATE_LIMITED` when the hashing queue is full.
@@ -319,6 +323,7 @@ pub async fn reset_password(svc: &Services, token: &str, new_password: String, c
     let user_id = UserId::from(user.id);
     let now = svc.clock.now();
     let email = Email::from_parts(user.email.clone(), user.email_normalized.clone());
+    let confirmed_at = user.email_verified_at;
     let verified = user.email_verified_at.unwrap_or(now);
     let mut active: user::ActiveModel = user.into();
     active.password_hash = Set(hash);
@@ -327,6 +332,16 @@ pub async fn reset_password(svc: &Services, token: &str, new_password: String, c
     active.update(tx.conn()).await?;
     let ended = tx.end_user_sessions(user_id, None).await?;
     void_pending_links(svc, tx.conn(), user_id).await?;
+    let (totp, passkeys) = super::second_factor::remove_unproven_factors(tx.conn(), user_id, confirmed_at).await?;
+    if totp || passkeys > 0 {
+        let detail = format!(
+            "added before the address was confirmed; authenticator: {}, passkeys: {passkeys}",
+            if totp { "removed" } else { "none" }
+        );
+        let event =
+            Event::new(EventKind::SecondFactorReset, Some(user_id), Actor::User(user_id), client).detail(detail);
+        events::record(svc, tx.conn(), event).await?;
+    }
     enqueue(svc, tx.conn(), Kind::PasswordChanged, Some(user_id), &email, None).await?;
     let event = Event::new(EventKind::PasswordReset, Some(user_id), Actor::User(user_id), client)
         .detail(format!("{ended} sessions ended"));

@@ -158,7 +158,21 @@ pub async fn list(svc: &Services, user_id: UserId) -> AppResult<Vec<PasskeyInfo>
 
 /// Deletes every passkey of `user_id`, in `conn` (an admin's reset).
 pub(super) async fn delete_all(conn: &impl ConnectionTrait, user_id: UserId) -> AppResult<u64> {
-    Ok(passkey::Entity::delete_many().filter(passkey::Column::UserId.eq(user_id)).exec(conn).await?.rows_affected)
+    delete_added_before(conn, user_id, None).await
+}
+
+/// Deletes the passkeys of `user_id` added before `cutoff` (every one with
+/// `None`), in `conn`. Returns how many.
+pub(super) async fn delete_added_before(
+    conn: &impl ConnectionTrait,
+    user_id: UserId,
+    cutoff: Option<chrono::DateTime<chrono::Utc>>,
+) -> AppResult<u64> {
+    let mut delete = passkey::Entity::delete_many().filter(passkey::Column::UserId.eq(user_id));
+    if let Some(cutoff) = cutoff {
+        delete = delete.filter(passkey::Column::CreatedAt.lt(cutoff));
+    }
+    Ok(delete.exec(conn).await?.rows_affected)
 }
 
 async fn stored(svc: &Services, user_id: UserId) -> AppResult<Vec<(passkey::Model, Passkey)>> {

@@ -895,6 +895,31 @@ pub async fn reset(
     Ok(before)
 }
 
+/// Removes, in `conn`, the second factors of `user_id` that were added while
+/// its address was unconfirmed: before `confirmed_at`, the time the address
+/// was last confirmed, or every one when it never was (`None`). Called by a
+/// password reset, where someone proves the mailbox: a factor added before
+/// that (by whoever registered the address, or took a session of the
+/// account, before its owner proved it) must not stay a way in that the
+/// owner never set up. The authenticator goes with its recovery codes.
+/// Returns whether an authenticator was removed, and how many passkeys.
+pub(super) async fn remove_unproven_factors(
+    conn: &impl ConnectionTrait,
+    user_id: UserId,
+    confirmed_at: Option<DateTime<Utc>>,
+) -> AppResult<(bool, u64)> {
+    let mut totp = totp_factor::Entity::delete_many().filter(totp_factor::Column::UserId.eq(user_id));
+    if let Some(cutoff) = confirmed_at {
+        totp = totp.filter(totp_factor::Column::CreatedAt.lt(cutoff));
+    }
+    let totp_removed = totp.exec(conn).await?.rows_affected > 0;
+    if totp_removed {
+        recovery_code::Entity::delete_many().filter(recovery_code::Column::UserId.eq(user_id)).exec(conn).await?;
+    }
+    let passkeys = super::passkeys::delete_added_before(conn, user_id, confirmed_at).await?;
+    Ok((totp_removed, passkeys))
+}
+
 /// Deletes challenges that expired or ended before `now`. Returns how many.
 pub async fn purge(svc: &Services, now: DateTime<Utc>) -> AppResult<u64> {
     Ok(second_factor_challenge::Entity::delete_many()

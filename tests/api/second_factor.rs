@@ -655,3 +655,79 @@ async fn a_passkey_is_a_second_factor_for_logins_and_reauthentication() {
     app.next_mail_file("passkeyonly@example.com", "A passkey was removed").await;
     assert!(app.login_body("passkeyonly@example.com", PASSWORD).await["errors"].is_null(), "a password login again");
 }
+
+/// A stored passkey row for `user_id`, made `created_at` (the ceremony itself
+/// runs in Chromium, in examples/web's end-to-end test).
+async fn insert_passkey(app: &TestApp, user_id: &str, created_at: chrono::DateTime<chrono::Utc>) {
+    use sea_orm::EntityTrait;
+    let id = uuid::Uuid::now_v7();
+    entity::passkey::Entity::insert(entity::passkey::ActiveModel {
+        id: sea_orm::Set(id),
+        user_id: sea_orm::Set(user_id.parse().unwrap()),
+        credential_id: sea_orm::Set(id.simple().to_string()),
+        name: sea_orm::Set("Stranger's key".into()),
+        credential: sea_orm::Set("{}".into()),
+        created_at: sea_orm::Set(created_at),
+        last_used_at: sea_orm::Set(None),
+    })
+    .exec_without_returning(&app.state().services.db)
+    .await
+    .unwrap();
+}
+
+/// Resets the password of `email` through the mailed link.
+async fn reset_by_mail(app: &TestApp, email: &str, password: &str) {
+    let ask = "mutation($e: String!) { requestPasswordReset(email: $e) }";
+    assert!(app.gql(&app.client(), None, ask, json!({ "e": email })).await["errors"].is_null());
+    let token = app.next_mail_file(email, "Reset your password").await.token();
+    let reset = "mutation($t: String!, $p: String!) { resetPassword(token: $t, newPassword: $p) }";
+    let v = app.gql(&app.client(), None, reset, json!({ "t": token, "p": password })).await;
+    assert!(v["errors"].is_null(), "{v}");
+}
+
+/// A stranger registers someone else's address (nothing confirms it by
+/// default), adds an authenticator and a passkey from that fresh session,
+/// and waits. The owner meets EMAIL_TAKEN and recovers the account through
+/// her mailbox: she signs in with her new password alone, and neither of
+/// the stranger's factors is left. A factor added once the address is
+/// confirmed stays through a later reset.
+#[tokio::test]
+async fn whoever_proves_the_mailbox_gets_a_clean_account() {
+    let app = spawn_with(|c| c.second_factor = authgraph::config::SecondFactorConfig::local()).await;
+    let stranger = app.user("taken@example.com").await;
+    enable_totp(&app, &stranger).await;
+    insert_passkey(&app, &stranger.id, now(&app)).await;
+    challenge(&app, "taken@example.com").await;
+
+    let v = register_raw(&app, "taken@example.com", "the owner's own passphrase", None).await;
+    assert_eq!(reason(&v), "EMAIL_TAKEN", "{v}");
+    app.clock.advance(Duration::from_secs(1));
+    reset_by_mail(&app, "taken@example.com", "the owner's new passphrase").await;
+    let v = app.login_body("taken@example.com", "the owner's new passphrase").await;
+    assert!(v["errors"].is_null(), "the owner is asked for a factor she never added: {v}");
+    let owner = v["data"]["login"]["accessToken"].as_str().unwrap().to_owned();
+    let status = ok(&app, &owner, STATUS, json!({})).await;
+    assert_eq!(
+        status["me"]["secondFactor"],
+        json!({ "totp": false, "recoveryCodesLeft": 0, "passkeys": 0, "required": false })
+    );
+    let v = stranger.gql(&app, "{ me { id } }", json!({})).await;
+    assert_eq!(reason(&v), "TOKEN_REVOKED", "{v}");
+    let types = event_types(&ok(&app, &owner, EVENTS, json!({})).await);
+    assert!(types.contains(&"SECOND_FACTOR_RESET".to_owned()), "{types:?}");
+
+    // Added by the owner after she proved the address: kept through a reset.
+    app.clock.advance(Duration::from_secs(1));
+    let owner_user = TestUser {
+        id: stranger.id.clone(),
+        email: "taken@example.com".into(),
+        access_token: owner,
+        refresh_token: String::new(),
+    };
+    enable_totp(&app, &owner_user).await;
+    insert_passkey(&app, &stranger.id, now(&app)).await;
+    app.clock.advance(Duration::from_secs(1));
+    reset_by_mail(&app, "taken@example.com", "yet another passphrase").await;
+    let v = app.login_body("taken@example.com", "yet another passphrase").await;
+    assert_eq!(reason(&v), "SECOND_FACTOR_REQUIRED", "the owner's own factor was removed: {v}");
+}
