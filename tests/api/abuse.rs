@@ -386,8 +386,8 @@ async fn one_account_attacked_from_many_ips_is_limited_alike_whether_it_exists_o
 // Recovery
 // ---------------------------------------------------------------------------
 
-/// Drains a "2/2h" budget with `cheap` calls (they count, but do no hashing, so
-/// the burst is spent well within a second), then checks that the answer's
+/// Drains a "2/2h" budget with `cheap` calls (they count, but do no
+/// hashing), then checks that the answer's
 /// retryAfter is exactly enough: with the server's clock moved that far ahead,
 /// `real` passes.
 async fn drain_and_recover(app: &TestApp, c: &Client, cheap: &Value, real: &Value) {
