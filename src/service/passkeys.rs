@@ -461,17 +461,35 @@ async fn check_assertion(
         tracing::warn!(user_id = %owner, "passkey refused: its signature counter did not grow (a cloned authenticator?)");
         return Ok(None);
     }
-    let now = svc.clock.now();
+    let updated = if key.update_credential(&result) == Some(true) { Some(to_json(&key)?) } else { None };
+    if !record_use(conn, &stored_key, updated, svc.clock.now()).await? {
+        tracing::warn!(user_id = %owner, "passkey refused: its row changed while the answer was checked");
+        return Ok(None);
+    }
+    Ok(Some(owner))
+}
+
+/// Records a use of the passkey `stored` (the row as it was read before the
+/// answer was checked), with its `updated` credential (webauthn-rs's JSON,
+/// when the counter or backup flags moved), as a compare-and-set over the
+/// row as read. Returns false, writing nothing, when the row changed or went
+/// since: another assertion moved it on (an authenticator and its clone at
+/// the same moment: only one of them may sign in), or the passkey was
+/// removed. The answer is then refused.
+async fn record_use(
+    conn: &impl ConnectionTrait,
+    stored: &passkey::Model,
+    updated: Option<String>,
+    now: DateTime<Utc>,
+) -> AppResult<bool> {
     let mut update = passkey::Entity::update_many()
         .col_expr(passkey::Column::LastUsedAt, Expr::value(now))
-        .filter(passkey::Column::Id.eq(stored_key.id))
-        // Over the row as it was read, so two uses at once cannot move the counter back.
-        .filter(passkey::Column::Credential.eq(stored_key.credential.as_str()));
-    if key.update_credential(&result) == Some(true) {
-        update = update.col_expr(passkey::Column::Credential, Expr::value(to_json(&key)?));
+        .filter(passkey::Column::Id.eq(stored.id))
+        .filter(passkey::Column::Credential.eq(stored.credential.as_str()));
+    if let Some(credential) = updated {
+        update = update.col_expr(passkey::Column::Credential, Expr::value(credential));
     }
-    update.exec(conn).await?;
-    Ok(Some(owner))
+    Ok(update.exec(conn).await?.rows_affected == 1)
 }
 
 /// Whether `counter`, from an assertion, shows a clone against the counter
@@ -602,6 +620,36 @@ pub async fn purge(svc: &Services, now: DateTime<Utc>) -> AppResult<u64> {
 #[cfg(test)]
 mod tests {
     use super::counter_goes_back;
+
+    /// Two answers checked against the same read of a passkey (an
+    /// authenticator and its clone, same counter, at the same moment): the
+    /// first use is recorded, the second finds the row moved on and is
+    /// refused; a use of a removed passkey is refused too.
+    #[tokio::test]
+    async fn two_uses_over_one_read_record_one() {
+        use sea_orm::{ActiveModelTrait, EntityTrait, Set};
+        let kit = crate::service::testkit::TestKit::new().await;
+        let a = kit.register("clone@example.com").await;
+        let now = kit.svc.clock.now();
+        let read = entity::passkey::ActiveModel {
+            id: Set(uuid::Uuid::now_v7()),
+            user_id: Set(a.user.id.uuid()),
+            credential_id: Set("Y2xvbmU".into()),
+            name: Set("Key".into()),
+            credential: Set(r#"{"cred":{"counter":5}}"#.into()),
+            created_at: Set(now),
+            last_used_at: Set(None),
+        }
+        .insert(&kit.svc.db)
+        .await
+        .unwrap();
+        let moved = Some(r#"{"cred":{"counter":6}}"#.to_owned());
+        assert!(super::record_use(&kit.svc.db, &read, moved.clone(), now).await.unwrap(), "the first use");
+        assert!(!super::record_use(&kit.svc.db, &read, moved, now).await.unwrap(), "the clone's use, same counter");
+        let fresh = entity::passkey::Entity::find_by_id(read.id).one(&kit.svc.db).await.unwrap().unwrap();
+        entity::passkey::Entity::delete_by_id(read.id).exec(&kit.svc.db).await.unwrap();
+        assert!(!super::record_use(&kit.svc.db, &fresh, None, now).await.unwrap(), "a removed passkey's use");
+    }
 
     #[test]
     fn a_counter_that_does_not_grow_is_a_clone() {
