@@ -366,6 +366,10 @@ pub async fn change_password(
         };
         let now = svc.clock.now();
         let mut tx = store::Write::begin(svc).await?;
+        // Links and challenges first: a second-factor login takes its
+        // challenge, then the user's row; taken in the same order here, the
+        // two cannot deadlock, and one waits for the other.
+        mail::void_pending_links(svc, tx.conn(), user_id).await?;
         let changed = user::Entity::update_many()
             .col_expr(user::Column::PasswordHash, Expr::value(hash.clone()))
             .col_expr(user::Column::UpdatedAt, Expr::value(now))
@@ -386,7 +390,6 @@ pub async fn change_password(
             }
         };
         let ended = tx.end_user_sessions(user_id, Some(current_session)).await?;
-        mail::void_pending_links(svc, tx.conn(), user_id).await?;
         let email = Email::from_parts(changed.email.clone(), changed.email_normalized.clone());
         mail::enqueue(svc, tx.conn(), Kind::PasswordChanged, Some(user_id), &email, None).await?;
         let event = Event::new(EventKind::PasswordChanged, Some(user_id), Actor::User(user_id), client)

@@ -253,8 +253,9 @@ pub async fn revoke_user_sessions(
         tx.rollback().await?;
         return Err(AppError::Forbidden("Only an admin can end an admin's sessions"));
     }
-    let ended = tx.end_user_sessions(id, None).await?;
+    // Challenges before sessions, the order a second-factor login takes them.
     super::mail::void_pending_links(svc, tx.conn(), id).await?;
+    let ended = tx.end_user_sessions(id, None).await?;
     let event = Event::new(EventKind::SessionsRevoked, Some(id), proof.actor.into(), client)
         .detail(format!("{ended} sessions ended"));
     events::record(svc, tx.conn(), event).await?;

@@ -325,13 +325,14 @@ pub async fn reset_password(svc: &Services, token: &str, new_password: String, c
     let email = Email::from_parts(user.email.clone(), user.email_normalized.clone());
     let confirmed_at = user.email_verified_at;
     let verified = user.email_verified_at.unwrap_or(now);
+    // Challenges before the user's row, the order a second-factor login takes them.
+    void_pending_links(svc, tx.conn(), user_id).await?;
     let mut active: user::ActiveModel = user.into();
     active.password_hash = Set(hash);
     active.email_verified_at = Set(Some(verified));
     active.updated_at = Set(now);
     active.update(tx.conn()).await?;
     let ended = tx.end_user_sessions(user_id, None).await?;
-    void_pending_links(svc, tx.conn(), user_id).await?;
     let (totp, passkeys) = super::second_factor::remove_unproven_factors(tx.conn(), user_id, confirmed_at).await?;
     if totp || passkeys > 0 {
         let detail = format!(

@@ -246,6 +246,14 @@ pub async fn status(svc: &Services, user_id: UserId) -> AppResult<FactorStatus> 
 /// What factors each of `users` has, in three queries whatever their number
 /// (an admin's listing page); a user without any is missing from the map.
 pub async fn status_for_users(svc: &Services, users: &[UserId]) -> AppResult<HashMap<UserId, FactorStatus>> {
+    status_for_users_in(&svc.db, users).await
+}
+
+/// [`status_for_users`], read through `conn` (inside a transaction).
+async fn status_for_users_in(
+    conn: &impl ConnectionTrait,
+    users: &[UserId],
+) -> AppResult<HashMap<UserId, FactorStatus>> {
     let ids: Vec<Uuid> = users.iter().map(|u| u.uuid()).collect();
     let mut out: HashMap<UserId, FactorStatus> = HashMap::new();
     let totp: Vec<Uuid> = totp_factor::Entity::find()
@@ -254,7 +262,7 @@ pub async fn status_for_users(svc: &Services, users: &[UserId]) -> AppResult<Has
         .filter(totp_factor::Column::UserId.is_in(ids.clone()))
         .filter(totp_factor::Column::ConfirmedAt.is_not_null())
         .into_tuple()
-        .all(&svc.db)
+        .all(conn)
         .await?;
     for user in totp {
         out.entry(UserId::from(user)).or_default().totp = true;
@@ -265,7 +273,7 @@ pub async fn status_for_users(svc: &Services, users: &[UserId]) -> AppResult<Has
         .filter(recovery_code::Column::UserId.is_in(ids.clone()))
         .filter(recovery_code::Column::UsedAt.is_null())
         .into_tuple()
-        .all(&svc.db)
+        .all(conn)
         .await?;
     for user in codes {
         out.entry(UserId::from(user)).or_default().recovery_codes_left += 1;
@@ -275,7 +283,7 @@ pub async fn status_for_users(svc: &Services, users: &[UserId]) -> AppResult<Has
         .column(passkey::Column::UserId)
         .filter(passkey::Column::UserId.is_in(ids))
         .into_tuple()
-        .all(&svc.db)
+        .all(conn)
         .await?;
     for user in keys {
         out.entry(UserId::from(user)).or_default().passkeys += 1;
@@ -313,18 +321,24 @@ pub async fn require_recent_auth(svc: &Services, session_id: SessionId) -> AppRe
     if svc.clock.now() - proven > max_age { Err(AppError::ReauthenticationRequired) } else { Ok(()) }
 }
 
-/// Marks the session as proven now (a re-authentication), in `conn`.
+/// Marks the session as proven now (a re-authentication), in `conn`, if it
+/// is still live. Errors: `TOKEN_REVOKED` when it ended (or expired) since
+/// the request's token was checked: a re-authentication of an ended session
+/// does not answer true.
 pub(super) async fn stamp_authenticated(
     conn: &impl ConnectionTrait,
     session_id: SessionId,
     now: DateTime<Utc>,
 ) -> AppResult<()> {
-    session::Entity::update_many()
+    let stamped = session::Entity::update_many()
         .col_expr(session::Column::AuthenticatedAt, Expr::value(now))
         .filter(session::Column::Id.eq(session_id.uuid()))
+        .filter(session::Column::RevokedAt.is_null())
+        .filter(session::Column::ExpiresAt.gt(now))
         .exec(conn)
-        .await?;
-    Ok(())
+        .await?
+        .rows_affected;
+    if stamped == 1 { Ok(()) } else { Err(AppError::TokenRevoked) }
 }
 
 /// Starts enrolling an authenticator for the caller: a new key, kept sealed
@@ -715,9 +729,15 @@ pub(super) async fn finish_login(
     client: &ClientInfo,
 ) -> AppResult<Issued> {
     let now = svc.clock.now();
+    // Over the password the row had when the login began (the one that let
+    // the challenge out, or the row a passkey sign-in read): a password
+    // changed or reset meanwhile refuses this login, as it refuses a
+    // password login. Writing the row also orders this session against any
+    // end of the account's sessions (`store::Write::end_user_sessions`).
     let current = user::Entity::update_many()
         .col_expr(user::Column::LastLoginAt, Expr::value(now))
         .filter(user::Column::Id.eq(user.id))
+        .filter(user::Column::PasswordHash.eq(user.password_hash.as_str()))
         .exec_with_returning(tx.conn())
         .await?
         .pop();
@@ -868,16 +888,17 @@ pub async fn reset(
     if user.role == entity::user::Role::Admin && !matches!(admin, crate::auth::access::Actor::Admin(_)) {
         return Err(AppError::Forbidden("Only an admin can reset an admin's second factors"));
     }
-    let before = status(svc, user_id).await?;
     let email = Email::from_parts(user.email, user.email_normalized);
     let mut tx = store::Write::begin(svc).await?;
+    // What is removed, read in the transaction that removes it.
+    let before = status_for_users_in(tx.conn(), &[user_id]).await?.remove(&user_id).unwrap_or_default();
     totp_factor::Entity::delete_by_id(user_id.uuid()).exec(tx.conn()).await?;
     recovery_code::Entity::delete_many().filter(recovery_code::Column::UserId.eq(user_id)).exec(tx.conn()).await?;
     super::passkeys::delete_all(tx.conn(), user_id).await?;
     // A lost device may still hold a session: every session ends, as do
     // open challenges and links (`void_pending_links` ends both).
-    let ended = tx.end_user_sessions(user_id, None).await?;
     mail::void_pending_links(svc, tx.conn(), user_id).await?;
+    let ended = tx.end_user_sessions(user_id, None).await?;
     // Told only when something was removed.
     if before != FactorStatus::default() {
         mail::enqueue(svc, tx.conn(), Kind::SecondFactorsReset, Some(user_id), &email, None).await?;
@@ -947,6 +968,21 @@ async fn totp_active(conn: &impl ConnectionTrait, user_id: UserId) -> AppResult<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A re-authentication stamps a live session only: one that ended after
+    /// its token was checked is refused, not stamped.
+    #[tokio::test]
+    async fn an_ended_session_is_not_stamped() {
+        let kit = crate::service::testkit::TestKit::new().await;
+        let a = kit.register("stamp@example.com").await;
+        let now = kit.svc.clock.now();
+        stamp_authenticated(&kit.svc.db, a.session_id, now).await.expect("a live session");
+        let mut tx = crate::service::store::Write::begin(&kit.svc).await.unwrap();
+        tx.end_user_sessions(a.user.id, None).await.unwrap();
+        tx.commit().await.unwrap();
+        let e = stamp_authenticated(&kit.svc.db, a.session_id, now).await.expect_err("an ended session stamped");
+        assert!(matches!(e, AppError::TokenRevoked), "{e:?}");
+    }
 
     /// RFC 6238 Appendix B's SHA-1 vectors (the 8-digit codes' last six digits
     /// are the 6-digit codes): the generator and the step arithmetic agree

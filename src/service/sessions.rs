@@ -141,11 +141,28 @@ fn ended(svc: &Services, row: &refresh_token::Model, session: &session::Model, n
     if session.revoked_at.is_some() {
         return Some(Ended::Revoked);
     }
-    if session.expires_at <= now || row.expires_at <= now {
+    if row.expires_at <= now {
         return Some(Ended::Expired);
     }
-    let idle = svc.policy.idle_timeout.map(|t| ChronoDuration::from_std(t).unwrap_or(ChronoDuration::MAX));
+    timed_out(&svc.policy, session, now)
+}
+
+/// Whether `session` is over by time at `now`: past its absolute lifetime,
+/// or unused for longer than `SESSION_IDLE_TIMEOUT`; `None` while it is not.
+/// Whether it was revoked is not looked at.
+fn timed_out(policy: &super::SessionPolicy, session: &session::Model, now: DateTime<Utc>) -> Option<Ended> {
+    if session.expires_at <= now {
+        return Some(Ended::Expired);
+    }
+    let idle = policy.idle_timeout.map(|t| ChronoDuration::from_std(t).unwrap_or(ChronoDuration::MAX));
     idle.filter(|idle| session.last_used_at + *idle <= now).map(|_| Ended::Idle)
+}
+
+/// Whether `session` was still live at `now` as far as time goes (neither
+/// past its lifetime nor idle too long): what a count of sessions ended
+/// counts.
+pub(super) fn live_by_time(policy: &super::SessionPolicy, session: &session::Model, now: DateTime<Utc>) -> bool {
+    timed_out(policy, session, now).is_none()
 }
 
 /// One write transaction: mark the token rotated (only if nobody else did),
@@ -248,9 +265,9 @@ pub async fn logout(
     let mut tx = store::Write::begin(svc).await?;
     for (session_id, user_id) in targets {
         let ended = if everywhere {
-            let n = tx.end_user_sessions(user_id, None).await?;
+            // Challenges before sessions, the order a second-factor login takes them.
             super::mail::void_pending_links(svc, tx.conn(), user_id).await?;
-            n
+            tx.end_user_sessions(user_id, None).await?
         } else {
             u64::from(tx.end_session(session_id, None).await?)
         };

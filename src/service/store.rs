@@ -116,8 +116,21 @@ impl<'a> Write<'a> {
         Ok(self.end_where(which).await? > 0)
     }
 
-    /// Ends every live session of `user_id` but `except`. Returns how many.
+    /// Ends every live session of `user_id` but `except`. Returns how many
+    /// were live (not expired by age or idleness) and are now ended.
+    ///
+    /// The user's row is written first (a no-op update, which on PostgreSQL
+    /// takes its row lock): every path that starts a session writes that row
+    /// in its transaction too (`last_login_at`), so a session started beside
+    /// this end either commits before it, and is ended here, or waits for
+    /// it and starts after. No session started beside a password change,
+    /// reset or logout everywhere outlives it.
     pub async fn end_user_sessions(&mut self, user_id: UserId, except: Option<SessionId>) -> AppResult<u64> {
+        user::Entity::update_many()
+            .col_expr(user::Column::Id, Expr::col(user::Column::Id))
+            .filter(user::Column::Id.eq(user_id))
+            .exec(&self.txn)
+            .await?;
         let mut which = Condition::all().add(session::Column::UserId.eq(user_id));
         if let Some(keep) = except {
             which = which.add(session::Column::Id.ne(keep));
@@ -125,16 +138,19 @@ impl<'a> Write<'a> {
         self.end_where(which).await
     }
 
-    /// Ends the live sessions that match `which`, and records each end (with
-    /// the id the database returns). Returns how many.
+    /// Ends the sessions that match `which` and were not ended yet, and
+    /// records each end (with the id the database returns). Returns how many
+    /// of them were live: a session past its age or idle time was over
+    /// already, and is ended here without being counted.
     async fn end_where(&mut self, which: Condition) -> AppResult<u64> {
+        let now = self.svc.clock.now();
         let ended = session::Entity::update_many()
-            .col_expr(session::Column::RevokedAt, Expr::value(self.svc.clock.now()))
+            .col_expr(session::Column::RevokedAt, Expr::value(now))
             .filter(which)
             .filter(session::Column::RevokedAt.is_null())
             .exec_with_returning(&self.txn)
             .await?;
-        let n = ended.len() as u64;
+        let n = ended.iter().filter(|s| super::sessions::live_by_time(&self.svc.policy, s, now)).count() as u64;
         self.changes.extend(
             ended
                 .into_iter()

@@ -731,3 +731,45 @@ async fn whoever_proves_the_mailbox_gets_a_clean_account() {
     let v = app.login_body("taken@example.com", "yet another passphrase").await;
     assert_eq!(reason(&v), "SECOND_FACTOR_REQUIRED", "the owner's own factor was removed: {v}");
 }
+
+/// Second-factor logins finishing a few milliseconds apart, with a password
+/// change among them (on PostgreSQL they run at once): once the change has
+/// returned, no session one of them started is alive, whichever committed
+/// first.
+#[tokio::test]
+async fn no_second_factor_login_outlives_a_password_change_beside_it() {
+    let app = spawn_with(|c| c.second_factor = authgraph::config::SecondFactorConfig::local()).await;
+    for round in 0..3 {
+        let email = format!("beside{round}@example.com");
+        let user = app.user(&email).await;
+        let (_, codes) = enable_totp(&app, &user).await;
+        let mut challenges = Vec::new();
+        for _ in 0..8 {
+            challenges.push(challenge(&app, &email).await);
+        }
+        let finishes = challenges.iter().zip(&codes).enumerate().map(|(i, (ch, code))| {
+            let app = &app;
+            async move {
+                tokio::time::sleep(Duration::from_millis(4 * i as u64)).await;
+                verify(app, ch, code).await
+            }
+        });
+        let change = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            user.gql(&app, crate::ops::CHANGE_PASSWORD, json!({ "c": PASSWORD, "n": "the new passphrase" })).await
+        };
+        let (results, changed) = tokio::join!(futures_util::future::join_all(finishes), change);
+        assert_eq!(changed["data"]["changePassword"], true, "{changed}");
+        for v in &results {
+            if !v["errors"].is_null() {
+                assert_eq!(reason(v), "INVALID_SECOND_FACTOR", "{v}");
+                continue;
+            }
+            let p = &v["data"]["verifySecondFactor"];
+            let me = app.gql(&app.client(), p["accessToken"].as_str(), "{ me { id } }", json!({})).await;
+            assert_eq!(code(&me), "UNAUTHENTICATED", "round {round}: a session started beside the change lives: {me}");
+            let r = app.gql(&app.client(), None, crate::ops::REFRESH_BODY, json!({ "t": p["refreshToken"] })).await;
+            assert_eq!(code(&r), "UNAUTHENTICATED", "round {round}: it still refreshes: {r}");
+        }
+    }
+}
