@@ -136,7 +136,7 @@ pub struct AdminMutation;
 #[Object]
 impl AdminMutation {
     /// Changes a user's role, effective at once for their live tokens. The last
-    /// admin cannot be demoted. ADMIN, with a recent sign-in (`REAUTHENTICATION_MAX_AGE`). with a recent sign-in (`REAUTHENTICATION_MAX_AGE`).
+    /// admin cannot be demoted. ADMIN, with a recent sign-in (`REAUTHENTICATION_MAX_AGE`).
     async fn set_user_role(&self, ctx: &Context<'_>, id: ID, role: Role) -> Result<User> {
         let proof = request(ctx)?.principal.grant::<AdminOnly>()?;
         require_recent_admin(ctx).await?;
@@ -204,7 +204,8 @@ impl AdminMutation {
         Ok(SigningKey(signing_keys::rotate_key(services(ctx)?, &proof).await?))
     }
 
-    /// Revokes a key, effective at once. ADMIN.
+    /// Revokes a key, effective at once. True when a working key stopped
+    /// working; false for an unknown, already revoked or expired one. ADMIN.
     async fn revoke_api_key(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let proof = request(ctx)?.principal.grant::<AdminOnly>()?;
         let id = parse_id(&id, "id")?;

@@ -257,24 +257,27 @@ pub async fn rotate(
     Ok(created)
 }
 
-/// Revokes a key at once. False when it was unknown or already revoked.
+/// Revokes a key at once. False when it was unknown, already revoked or
+/// already expired: true says a working key stopped working.
 pub async fn revoke(svc: &Services, proof: &Granted<AdminOnly>, id: ApiKeyId, client: &ClientInfo) -> AppResult<bool> {
     let txn = db::begin_write(&svc.db).await?;
-    let res = api_key::Entity::update_many()
-        .col_expr(api_key::Column::RevokedAt, Expr::value(svc.clock.now()))
+    let now = svc.clock.now();
+    let revoked = api_key::Entity::update_many()
+        .col_expr(api_key::Column::RevokedAt, Expr::value(now))
         .filter(api_key::Column::Id.eq(id))
         .filter(api_key::Column::RevokedAt.is_null())
-        .exec(&txn)
+        .exec_with_returning(&txn)
         .await?;
-    if res.rows_affected > 0 {
+    let live = revoked.iter().any(|k| k.expires_at.is_none_or(|at| at > now));
+    if live {
         let event = Event::new(EventKind::ApiKeyRevoked, None, proof.actor.into(), client).detail(id.to_string());
         events::record(svc, &txn, event).await?;
     }
     txn.commit().await?;
-    if res.rows_affected > 0 {
+    if live {
         tracing::info!(api_key_id = %id, "API key revoked");
     }
-    Ok(res.rows_affected > 0)
+    Ok(live)
 }
 
 /// All keys, newest first, with last-use times that may not be written yet.

@@ -742,3 +742,26 @@ async fn create_admin_command_creates_and_promotes_admins() {
     assert!(!v.to_string().contains("weak@example.com"), "{v}");
     running.stop().await.unwrap();
 }
+
+/// A count or flag that a mutation returns counts what was live and is now
+/// ended: a session past its seven days is not counted by
+/// `revokeUserSessions`, and revoking an expired key answers false.
+#[tokio::test]
+async fn counts_count_only_what_was_live() {
+    let app = spawn_app().await;
+    make_admin(&app, ADMIN_EMAIL).await;
+    let user = app.user("counted@example.com").await;
+    app.clock.advance(std::time::Duration::from_secs(8 * 24 * 3600));
+    user.login(&app).await;
+    let admin = login_token(&app, ADMIN_EMAIL).await;
+    let revoke = "mutation($id: ID!) { revokeUserSessions(id: $id) }";
+    let v = ok(&app, &admin, revoke, json!({ "id": user.id })).await;
+    assert_eq!(v["revokeUserSessions"], 1, "the session past its age was counted: {v}");
+
+    let create = "mutation { createApiKey(name: \"short\", scopes: [USERS_READ], expiresInDays: 1) { apiKey { id } } }";
+    let key = ok(&app, &admin, create, json!({})).await["createApiKey"]["apiKey"]["id"].as_str().unwrap().to_owned();
+    app.clock.advance(std::time::Duration::from_secs(2 * 24 * 3600));
+    let admin = login_token(&app, ADMIN_EMAIL).await;
+    let v = ok(&app, &admin, "mutation($id: ID!) { revokeApiKey(id: $id) }", json!({ "id": key })).await;
+    assert_eq!(v["revokeApiKey"], false, "an expired key's revocation stopped nothing: {v}");
+}
