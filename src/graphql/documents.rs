@@ -39,6 +39,9 @@ pub struct Counts {
     pub credential_fields: usize,
     /// `__schema` or `__type` selections.
     pub introspection: usize,
+    /// The most root fields a subscription operation of the document selects
+    /// (through fragments too); the spec allows one.
+    pub subscription_roots: usize,
 }
 
 /// A document that parsed, passed the guard and validated at least once.

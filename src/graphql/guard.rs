@@ -28,7 +28,7 @@ use async_graphql::{
         Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest, NextResolve, NextValidation,
         ResolveInfo,
     },
-    parser::types::{ExecutableDocument, Selection, SelectionSet},
+    parser::types::{ExecutableDocument, OperationType, Selection, SelectionSet},
 };
 
 use super::{
@@ -119,6 +119,11 @@ impl RequestGuardExtension {
         if !self.introspection && counts.introspection > 0 {
             return Err(refuse(Reason::IntrospectionDisabled, "Introspection is disabled on this server".to_owned()));
         }
+        // GraphQL spec, 5.2.3.1 Single Root Field: one subscription, one
+        // stream. Without it one document could open fifty watchers.
+        if counts.subscription_roots > 1 {
+            return Err(ServerError::new("A subscription operation must select exactly one root field", None));
+        }
         if counts.aliases > self.max_aliases {
             return Err(refuse(
                 Reason::TooManyAliases,
@@ -159,6 +164,29 @@ fn outcome<T>(result: &ServerResult<T>) -> &'static str {
         Some("UNAUTHENTICATED") => "UNAUTHENTICATED",
         _ => "INTERNAL_SERVER_ERROR",
     }
+}
+
+/// How many root fields `set` selects, through inline fragments and
+/// fragment spreads (each named fragment entered once; a repeated or
+/// missing one is the engine's to refuse).
+fn root_fields(set: &SelectionSet, document: &ExecutableDocument, entered: &mut Vec<String>) -> usize {
+    set.items
+        .iter()
+        .map(|item| match &item.node {
+            Selection::Field(_) => 1,
+            Selection::InlineFragment(frag) => root_fields(&frag.node.selection_set.node, document, entered),
+            Selection::FragmentSpread(spread) => {
+                let name = spread.node.fragment_name.node.as_str();
+                match document.fragments.get(&spread.node.fragment_name.node) {
+                    Some(frag) if !entered.iter().any(|e| e == name) => {
+                        entered.push(name.to_owned());
+                        root_fields(&frag.node.selection_set.node, document, entered)
+                    }
+                    _ => 0,
+                }
+            }
+        })
+        .sum()
 }
 
 fn count(set: &SelectionSet, counts: &mut Counts) {
@@ -325,6 +353,10 @@ impl Extension for RequestGuardExtension {
         let mut counts = Counts::default();
         for (_, op) in document.operations.iter() {
             count(&op.node.selection_set.node, &mut counts);
+            if op.node.ty == OperationType::Subscription {
+                let roots = root_fields(&op.node.selection_set.node, &document, &mut Vec::new());
+                counts.subscription_roots = counts.subscription_roots.max(roots);
+            }
         }
         for frag in document.fragments.values() {
             count(&frag.node.selection_set.node, &mut counts);

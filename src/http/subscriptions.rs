@@ -33,7 +33,7 @@ use crate::{
         principal::{Principal, RejectReason},
         rate_limit::IpKey,
     },
-    domain::SessionId,
+    domain::{SessionId, UserId},
     error::AppError,
     graphql::{CookieChanges, RequestCtx},
     service::{
@@ -52,42 +52,69 @@ const INIT_WAIT: Duration = Duration::from_secs(10);
 /// handshake closes with 4429.
 pub const MAX_SOCKETS_PER_SESSION: usize = 16;
 
+/// Most sockets one account may hold open at once on an instance, over all
+/// its sessions; past it the handshake closes with 4429.
+pub const MAX_SOCKETS_PER_ACCOUNT: usize = 32;
+
 /// Most subscriptions one socket may run at once; past it the socket closes
-/// with 4429.
+/// with 4429. With one root field per subscription, an account holds at most
+/// `MAX_SOCKETS_PER_ACCOUNT × (1 + MAX_SUBSCRIPTIONS_PER_SOCKET)` session
+/// watchers on an instance (each socket watches its session too).
 pub const MAX_SUBSCRIPTIONS_PER_SOCKET: usize = 4;
 
-/// The sockets open per session, for [`MAX_SOCKETS_PER_SESSION`].
+/// The sockets open per session and per account, for
+/// [`MAX_SOCKETS_PER_SESSION`] and [`MAX_SOCKETS_PER_ACCOUNT`].
 #[derive(Default)]
-pub struct OpenSockets(std::sync::Mutex<std::collections::HashMap<SessionId, usize>>);
+pub struct OpenSockets(std::sync::Mutex<Counted>);
+
+#[derive(Default)]
+struct Counted {
+    sessions: std::collections::HashMap<SessionId, usize>,
+    accounts: std::collections::HashMap<UserId, usize>,
+}
+
+/// Why a socket was not let in.
+enum Full {
+    Session,
+    Account,
+}
 
 impl OpenSockets {
-    /// Counts one more socket of `session`, or `None` at the cap. The count
-    /// goes down when the returned guard is dropped.
-    fn enter(self: &Arc<Self>, session: SessionId) -> Option<OpenSocket> {
+    /// Counts one more socket of `session` of `user`, or says which cap it
+    /// meets. The counts go down when the returned guard is dropped.
+    fn enter(self: &Arc<Self>, session: SessionId, user: UserId) -> Result<OpenSocket, Full> {
         let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(session).or_default();
-        if *n >= MAX_SOCKETS_PER_SESSION {
-            return None;
+        if open.sessions.get(&session).copied().unwrap_or(0) >= MAX_SOCKETS_PER_SESSION {
+            return Err(Full::Session);
         }
-        *n += 1;
-        Some(OpenSocket { sockets: self.clone(), session })
+        if open.accounts.get(&user).copied().unwrap_or(0) >= MAX_SOCKETS_PER_ACCOUNT {
+            return Err(Full::Account);
+        }
+        *open.sessions.entry(session).or_default() += 1;
+        *open.accounts.entry(user).or_default() += 1;
+        Ok(OpenSocket { sockets: self.clone(), session, user })
     }
 }
 
 struct OpenSocket {
     sockets: Arc<OpenSockets>,
     session: SessionId,
+    user: UserId,
 }
 
 impl Drop for OpenSocket {
     fn drop(&mut self) {
-        let mut open = self.sockets.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.session) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.session);
+        fn leave<K: std::hash::Hash + Eq>(counts: &mut std::collections::HashMap<K, usize>, key: &K) {
+            if let Some(n) = counts.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(key);
+                }
             }
         }
+        let mut open = self.sockets.0.lock().unwrap_or_else(|e| e.into_inner());
+        leave(&mut open.sessions, &self.session);
+        leave(&mut open.accounts, &self.user);
     }
 }
 
@@ -173,14 +200,29 @@ fn bearer(payload: &serde_json::Value) -> Option<String> {
     (!token.is_empty()).then(|| token.to_owned())
 }
 
-/// What a client message is, for the subscription count: `subscribe` or
-/// `complete` with its id.
-fn subscription_change(bytes: &[u8]) -> Option<(bool, String)> {
+/// A client message after `connection_init`, as graphql-transport-ws
+/// defines them. Only these reach the protocol library, which would also
+/// start an operation for other spellings (the older protocol's `start`)
+/// that the subscription count would not see.
+enum ClientMessage {
+    Subscribe(String),
+    Complete(String),
+    /// `ping` or `pong`.
+    Keepalive,
+    /// A second `connection_init`.
+    Init,
+}
+
+/// What `bytes` is, or `None` for anything the protocol does not define
+/// from a client (closed with 4400).
+fn classify(bytes: &[u8]) -> Option<ClientMessage> {
     let message: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    let id = message["id"].as_str()?.to_owned();
+    let id = || message["id"].as_str().filter(|id| !id.is_empty()).map(str::to_owned);
     match message["type"].as_str()? {
-        "subscribe" => Some((true, id)),
-        "complete" => Some((false, id)),
+        "subscribe" if message["payload"]["query"].is_string() => id().map(ClientMessage::Subscribe),
+        "complete" => id().map(ClientMessage::Complete),
+        "ping" | "pong" => Some(ClientMessage::Keepalive),
+        "connection_init" => Some(ClientMessage::Init),
         _ => None,
     }
 }
@@ -233,9 +275,16 @@ async fn serve(socket: WebSocketStream, state: Arc<AppState>, client: ClientInfo
             return;
         }
     };
-    let Some(_open) = state.sockets.enter(me.session_id) else {
-        finish(&mut sink, 4429, "Too many sockets for this session").await;
-        return;
+    let _open = match state.sockets.enter(me.session_id, me.user_id) {
+        Ok(open) => open,
+        Err(Full::Session) => {
+            finish(&mut sink, 4429, "Too many sockets for this session").await;
+            return;
+        }
+        Err(Full::Account) => {
+            finish(&mut sink, 4429, "Too many sockets for this account").await;
+            return;
+        }
     };
     let Ok(mut watch) = SessionWatch::start(&state.services, me.user_id, me.session_id).await else {
         finish(&mut sink, 4403, "Forbidden: the session has ended").await;
@@ -269,14 +318,26 @@ async fn serve(socket: WebSocketStream, state: Arc<AppState>, client: ClientInfo
         tokio::select! {
             from = incoming.next() => {
                 let Some(bytes) = from else { return };
-                match subscription_change(&bytes) {
-                    Some((true, id)) => {
-                        running.insert(id);
+                // The closes the protocol names for each misstep.
+                match classify(&bytes) {
+                    Some(ClientMessage::Subscribe(id)) => {
+                        if !running.insert(id) {
+                            finish(&mut sink, 4409, "A subscriber with this id already exists").await;
+                            return;
+                        }
                     }
-                    Some((false, id)) => {
+                    Some(ClientMessage::Complete(id)) => {
                         running.remove(&id);
                     }
-                    None => {}
+                    Some(ClientMessage::Keepalive) => {}
+                    Some(ClientMessage::Init) => {
+                        finish(&mut sink, 4429, "Too many initialisation requests").await;
+                        return;
+                    }
+                    None => {
+                        finish(&mut sink, 4400, "Invalid message received").await;
+                        return;
+                    }
                 }
                 if running.len() > MAX_SUBSCRIPTIONS_PER_SOCKET {
                     finish(&mut sink, 4429, "Too many subscriptions on this socket").await;
@@ -293,6 +354,14 @@ async fn serve(socket: WebSocketStream, state: Arc<AppState>, client: ClientInfo
             }
             next = ws.next() => {
                 let Some(m) = next else { return };
+                // An operation the server ended (`complete`, `error`) no longer runs.
+                if let WsMessage::Text(text) = &m
+                    && let Ok(sent) = serde_json::from_str::<serde_json::Value>(text)
+                    && matches!(sent["type"].as_str(), Some("complete" | "error"))
+                    && let Some(id) = sent["id"].as_str()
+                {
+                    running.remove(id);
+                }
                 let closing = matches!(m, WsMessage::Close(..));
                 if sink.send(message(m)).await.is_err() || closing {
                     return;

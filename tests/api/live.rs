@@ -307,3 +307,110 @@ async fn an_outage_is_not_a_session_end() {
     let answer = receive(&mut tab).await.unwrap_or_else(|code| panic!("the socket closed: {code:?}"));
     assert_eq!(answer["type"], "pong", "{answer}");
 }
+
+/// A socket, acknowledged, of the session of `token`.
+async fn acknowledged(addr: SocketAddr, token: &str) -> Socket {
+    let mut ws = open(addr, None).await.unwrap();
+    send(&mut ws, json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {token}") } }))
+        .await;
+    assert_eq!(receive(&mut ws).await.unwrap()["type"], "connection_ack");
+    ws
+}
+
+/// Only graphql-transport-ws's own client messages are taken: the older
+/// protocol's `start`, which the protocol library would also run (and the
+/// subscription cap would not count), closes the socket with 4400, as does
+/// any other unknown message; a second init closes it with 4429, and an id
+/// in use with 4409.
+#[tokio::test]
+async fn every_message_that_starts_an_operation_is_counted() {
+    let app = spawn_app().await;
+    let user = app.user("spelling@example.com").await;
+    let registry = &app.state().services.registry;
+    let before = registry.watchers();
+    let mut ws = acknowledged(app.addr, &user.access_token).await;
+    for i in 0..10 {
+        // A send after the server's close may fail.
+        let start = json!({ "id": i.to_string(), "type": "start", "payload": { "query": SUBSCRIBE } });
+        let _ = ws.send(Message::text(start.to_string())).await;
+    }
+    assert_eq!(receive(&mut ws).await.expect_err("a legacy start was run"), Some(4400));
+    wait_until(|| "the closed socket's watch to go".into(), || (registry.watchers() == before).then_some(())).await;
+
+    for (message, close) in [
+        (json!({ "type": "connection_init", "payload": {} }), 4429),
+        (json!({ "type": "connection_terminate" }), 4400),
+        (json!({ "id": "1", "type": "subscribe" }), 4400),
+    ] {
+        let mut ws = acknowledged(app.addr, &user.access_token).await;
+        send(&mut ws, message.clone()).await;
+        assert_eq!(receive(&mut ws).await.expect_err("taken"), Some(close), "{message}");
+    }
+    let mut ws = acknowledged(app.addr, &user.access_token).await;
+    for _ in 0..2 {
+        let _ = ws
+            .send(Message::text(
+                json!({ "id": "same", "type": "subscribe", "payload": { "query": SUBSCRIBE } }).to_string(),
+            ))
+            .await;
+    }
+    assert_eq!(receive(&mut ws).await.expect_err("an id used twice"), Some(4409));
+}
+
+/// One subscription is one stream: a document selecting `sessionEvents`
+/// fifty times (aliases) is refused, and starts no watcher.
+#[tokio::test]
+async fn a_subscription_selects_one_root_field() {
+    let app = spawn_app().await;
+    let user = app.user("aliases@example.com").await;
+    let registry = &app.state().services.registry;
+    let mut ws = acknowledged(app.addr, &user.access_token).await;
+    let before = registry.watchers();
+    let fields: Vec<String> = (0..50).map(|i| format!("e{i}: sessionEvents {{ type }}")).collect();
+    for query in [
+        format!("subscription {{ {} }}", fields.join(" ")),
+        "subscription { sessionEvents { type } ...More } fragment More on Subscription { again: sessionEvents { type } }"
+            .to_owned(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        send(&mut ws, json!({ "id": query.0.to_string(), "type": "subscribe", "payload": { "query": query.1 } })).await;
+        // The refusal comes as the operation's result (`next` with errors, or
+        // `error`), and the operation is over.
+        let mut answers = Vec::new();
+        loop {
+            let answer = receive(&mut ws).await.unwrap();
+            answers.push(answer.to_string());
+            if answer["type"] == "complete" || answer["type"] == "error" {
+                break;
+            }
+        }
+        assert!(answers.iter().any(|a| a.contains("exactly one root field")), "{answers:?}");
+        assert_eq!(registry.watchers(), before, "watchers started for a refused subscription");
+    }
+    // Over HTTP the same document is refused alike.
+    let v = user.gql(&app, "subscription { a: sessionEvents { type } b: sessionEvents { type } }", json!({})).await;
+    assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
+}
+
+/// What sockets cost is bounded per account too: past 32 on an instance,
+/// over all of the account's sessions, a handshake closes with 4429.
+#[tokio::test]
+async fn sockets_are_bounded_per_account() {
+    let app = spawn_app().await;
+    let user = app.user("many.tabs@example.com").await;
+    let second = user.login(&app).await;
+    let third = user.login(&app).await;
+    let mut held = Vec::new();
+    for token in [&user.access_token, &second.access_token] {
+        for _ in 0..16 {
+            held.push(acknowledged(app.addr, token).await);
+        }
+    }
+    let mut extra = open(app.addr, None).await.unwrap();
+    let init =
+        json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {}", third.access_token) } });
+    send(&mut extra, init).await;
+    assert_eq!(receive(&mut extra).await.expect_err("a 33rd socket of one account"), Some(4429));
+}
