@@ -11,7 +11,7 @@ use crate::service::watch::{Change, SessionWatch};
 
 /// What happened to the caller's session.
 #[derive(Enum, Copy, Clone, Debug, Eq, PartialEq)]
-pub enum SessionEventType {
+pub enum SessionEventKind {
     /// The session ended (logout elsewhere, revocation, password change or
     /// reset, reuse detected, deletion, age); the socket closes after it.
     SessionEnded,
@@ -22,7 +22,9 @@ pub enum SessionEventType {
 /// One change of the caller's session.
 #[derive(SimpleObject)]
 pub struct SessionEvent {
-    pub r#type: SessionEventType,
+    pub kind: SessionEventKind,
+    /// The session it is about: the caller's own.
+    pub session_id: Option<async_graphql::ID>,
     /// The role now (`ROLE_CHANGED` only).
     pub role: Option<Role>,
     pub occurred_at: DateTime<Utc>,
@@ -40,15 +42,17 @@ impl Subscription {
         let svc = services(ctx)?;
         let watch = SessionWatch::start(svc, me.user_id, me.session_id).await?;
         let clock = svc.clock.clone();
+        let session_id = async_graphql::ID(me.session_id.to_string());
         Ok(futures_util::stream::unfold(Some(watch), move |watch| {
-            let clock = clock.clone();
+            let (clock, session_id) = (clock.clone(), session_id.clone());
             async move {
                 let mut watch = watch?;
-                let event = |r#type, role| SessionEvent { r#type, role, occurred_at: clock.now() };
+                let event =
+                    |kind, role| SessionEvent { kind, session_id: Some(session_id), role, occurred_at: clock.now() };
                 match watch.next().await {
-                    Change::Ended => Some((event(SessionEventType::SessionEnded, None), None)),
+                    Change::Ended => Some((event(SessionEventKind::SessionEnded, None), None)),
                     Change::RoleChanged(role) => {
-                        Some((event(SessionEventType::RoleChanged, Some(role.into())), Some(watch)))
+                        Some((event(SessionEventKind::RoleChanged, Some(role.into())), Some(watch)))
                     }
                 }
             }

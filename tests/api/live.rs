@@ -19,7 +19,7 @@ use crate::{helpers::*, ops};
 
 type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
-const SUBSCRIBE: &str = "subscription { sessionEvents { type role occurredAt } }";
+const SUBSCRIBE: &str = "subscription { sessionEvents { kind sessionId role occurredAt } }";
 /// How long a change may take to reach a socket.
 const WITHIN: Duration = Duration::from_secs(2);
 
@@ -69,7 +69,7 @@ async fn subscribed(addr: SocketAddr, state: &authgraph::http::AppState, token: 
 async fn ends(ws: &mut Socket) {
     let next = receive(ws).await.unwrap();
     assert_eq!(next["type"], "next", "{next}");
-    assert_eq!(next["payload"]["data"]["sessionEvents"]["type"], "SESSION_ENDED", "{next}");
+    assert_eq!(next["payload"]["data"]["sessionEvents"]["kind"], "SESSION_ENDED", "{next}");
     loop {
         match receive(ws).await {
             Ok(m) if m["type"] == "complete" => continue,
@@ -113,7 +113,8 @@ async fn a_tab_learns_its_session_ended_elsewhere() {
     let set_role = "mutation($id: ID!, $r: Role!) { setUserRole(id: $id, role: $r) { role } }";
     ok(&app, &admin, set_role, json!({ "id": user.id, "r": "ADMIN" })).await;
     let next = receive(&mut tab).await.unwrap();
-    assert_eq!(next["payload"]["data"]["sessionEvents"]["type"], "ROLE_CHANGED", "{next}");
+    assert_eq!(next["payload"]["data"]["sessionEvents"]["kind"], "ROLE_CHANGED", "{next}");
+    assert!(next["payload"]["data"]["sessionEvents"]["sessionId"].is_string(), "the session it is about: {next}");
     assert_eq!(next["payload"]["data"]["sessionEvents"]["role"], "ADMIN", "{next}");
     ok(&app, &admin, ops::DELETE_USER, json!({ "id": user.id })).await;
     ends(&mut tab).await;
@@ -366,10 +367,10 @@ async fn a_subscription_selects_one_root_field() {
     let registry = &app.state().services.registry;
     let mut ws = acknowledged(app.addr, &user.access_token).await;
     let before = registry.watchers();
-    let fields: Vec<String> = (0..50).map(|i| format!("e{i}: sessionEvents {{ type }}")).collect();
+    let fields: Vec<String> = (0..50).map(|i| format!("e{i}: sessionEvents {{ kind }}")).collect();
     for query in [
         format!("subscription {{ {} }}", fields.join(" ")),
-        "subscription { sessionEvents { type } ...More } fragment More on Subscription { again: sessionEvents { type } }"
+        "subscription { sessionEvents { kind } ...More } fragment More on Subscription { again: sessionEvents { kind } }"
             .to_owned(),
     ]
     .iter()
@@ -390,7 +391,7 @@ async fn a_subscription_selects_one_root_field() {
         assert_eq!(registry.watchers(), before, "watchers started for a refused subscription");
     }
     // Over HTTP the same document is refused alike.
-    let v = user.gql(&app, "subscription { a: sessionEvents { type } b: sessionEvents { type } }", json!({})).await;
+    let v = user.gql(&app, "subscription { a: sessionEvents { kind } b: sessionEvents { kind } }", json!({})).await;
     assert_eq!(code(&v), "BAD_USER_INPUT", "{v}");
 }
 

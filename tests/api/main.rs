@@ -11,6 +11,7 @@ mod accounts;
 mod admin;
 mod api_keys;
 mod commands;
+mod contract;
 mod cross_site;
 mod events;
 mod fuzz;

@@ -757,7 +757,7 @@ async function liveFlow(browser, appUrl, apiUrl, client, mode, step) {
       await setRole(apiUrl, userId, role);
       for (const [i, tab] of [first, second].entries()) {
         await waitState(tab.page, (x) => x.role === role, `tab ${i + 1} to show role ${role}`, 5000);
-        assert(sessionEventsIn(tab.sockets.at(-1)).some((e) => e.type === 'ROLE_CHANGED' && e.role === role), `tab ${i + 1}: no ROLE_CHANGED ${role} event`);
+        assert(sessionEventsIn(tab.sockets.at(-1)).some((e) => e.kind === 'ROLE_CHANGED' && e.role === role), `tab ${i + 1}: no ROLE_CHANGED ${role} event`);
       }
     }
     for (const [i, tab] of [first, second].entries()) {
@@ -802,7 +802,7 @@ async function liveFlow(browser, appUrl, apiUrl, client, mode, step) {
     assert(x2.hasToken === 'false' && x2.reason === 'SESSION_ENDED' && x2.live === 'ended', `tab 2 after the logout: ${JSON.stringify(x2)}`);
     assert(await p2.evaluate(() => window.__e2eNoReload === true), 'tab 2 reloaded');
     assert(second.calls.length === calls2, `tab 2 made requests: ${second.calls.slice(calls2).map((c) => c.op).join(' ')}`);
-    assert(sessionEventsIn(sock2).some((e) => e.type === 'SESSION_ENDED'), 'tab 2 received no SESSION_ENDED');
+    assert(sessionEventsIn(sock2).some((e) => e.kind === 'SESSION_ENDED'), 'tab 2 received no SESSION_ENDED');
     assert(await closedSoon(sock2), "tab 2's socket is still open");
     step('tab 2: SESSION_ENDED received, token dropped, logged-out view with the reason, socket closed by the server; no reload, no request');
 

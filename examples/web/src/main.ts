@@ -105,8 +105,8 @@ function homePage(): void {
     live('connecting');
     unfollow = api.sessionEvents({
       next(event) {
-        if (event.type === 'SESSION_ENDED') sessionEnded();
-        else if (event.type === 'ROLE_CHANGED' && event.role) $('me-role').textContent = event.role;
+        if (event.kind === 'SESSION_ENDED') sessionEnded();
+        else if (event.kind === 'ROLE_CHANGED' && event.role) $('me-role').textContent = event.role;
       },
       socket: live,
       error(closeCode, error) {

@@ -105,6 +105,6 @@ export const FinishPasskeyRegistrationDocument = graphql(`
 // carries the new role.
 export const SessionEventsDocument = graphql(`
   subscription SessionEvents {
-    sessionEvents { type role occurredAt }
+    sessionEvents { kind sessionId role occurredAt }
   }
 `);
