@@ -16,7 +16,8 @@
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, Set, SqlErr, sea_query::Expr,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, QuerySelect, Set, SqlErr,
+    sea_query::Expr,
 };
 use uuid::Uuid;
 
@@ -52,6 +53,12 @@ fn link_invalid() -> AppError {
 
 /// Queues a mail of `kind` to `recipient` on `conn` (the transaction of the
 /// change that causes it). Call [`queued`] once that commits.
+///
+/// A notice (a kind without a link) about an account goes only to a
+/// confirmed address: an unconfirmed one may be a stranger's (someone
+/// registered it, or mistyped it), who is sent its verification link, and a
+/// reset link when one is asked for, and nothing else. Such a notice is not
+/// queued; the sender checks again when it sends ([`prepare`]).
 pub(super) async fn enqueue(
     svc: &Services,
     conn: &impl ConnectionTrait,
@@ -60,6 +67,21 @@ pub(super) async fn enqueue(
     recipient: &Email,
     new_email: Option<&Email>,
 ) -> AppResult<()> {
+    if is_account_notice(kind)
+        && let Some(user_id) = user_id
+    {
+        let confirmed = user::Entity::find_by_id(user_id.uuid())
+            .select_only()
+            .column(user::Column::EmailVerifiedAt)
+            .into_tuple::<Option<DateTime<Utc>>>()
+            .one(conn)
+            .await?
+            .flatten()
+            .is_some();
+        if !confirmed {
+            return Ok(());
+        }
+    }
     let now = svc.clock.now();
     mail_outbox::Entity::insert(mail_outbox::ActiveModel {
         id: Set(Uuid::now_v7()),
@@ -78,6 +100,18 @@ pub(super) async fn enqueue(
     .exec_without_returning(conn)
     .await?;
     Ok(())
+}
+
+/// The key of a recipient's notice budget.
+fn notice_key(recipient_key: &str) -> String {
+    format!("notice:{recipient_key}")
+}
+
+/// Whether `kind` is a notice to the account's own address (no link; the
+/// address change's notice is judged where it is queued, against the
+/// address it goes to).
+fn is_account_notice(kind: Kind) -> bool {
+    !kind.has_link() && kind != Kind::EmailChangeNotice
 }
 
 /// Wakes this instance's sender after a queued mail committed (the others
@@ -424,6 +458,20 @@ pub(super) async fn prepare(svc: &Services, row: &mail_outbox::Model) -> AppResu
     }
     if kind == Kind::VerifyEmail && user.email_verified_at.is_some() {
         return Ok(Prepared::Skip("the address is confirmed already"));
+    }
+    if is_account_notice(kind) && user.email_verified_at.is_none() {
+        return Ok(Prepared::Skip("the address is not confirmed"));
+    }
+    // Notices spend a budget of the recipient's, with the quotas of
+    // `RATE_LIMIT_MAIL_PER_RECIPIENT` but apart from the one links spend, so
+    // that a flood of notices (a session toggling passkeys) neither reaches
+    // the mailbox nor stops its owner's reset link. Spent once, at the first
+    // attempt; past it the notice is dropped.
+    if !kind.has_link() && row.attempts == 1 {
+        match limits::spend_recipient(svc, &notice_key(&row.recipient_key)).await {
+            Err(AppError::RateLimited { .. }) => return Ok(Prepared::Skip("over the recipient's notice budget")),
+            other => other?,
+        }
     }
     // The account's own spelling of its address, for the mail to it.
     let to = if to_account { user.email.clone() } else { row.recipient.clone() };

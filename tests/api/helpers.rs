@@ -422,6 +422,14 @@ impl TestApp {
         .await
     }
 
+    /// Confirms `user`'s address through the verification link written to
+    /// the mail folder (notices go only to confirmed addresses).
+    pub async fn confirm_address(&self, user: &TestUser) {
+        ok(self, &user.access_token, "mutation { sendVerificationEmail }", json!({})).await;
+        let token = self.next_mail_file(&user.email, "Confirm your email address").await.token();
+        ok(self, &user.access_token, "mutation($t: String!) { verifyEmail(token: $t) }", json!({ "t": token })).await;
+    }
+
     /// Asks to move the account of `token` to `email`, and takes the
     /// confirmation link's token from the mail written for it (call
     /// `confirmEmailChange` with it to move).

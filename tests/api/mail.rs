@@ -54,6 +54,13 @@ async fn reset_mail(app: &TestApp, sink: &SmtpSink, email: &str) -> Delivered {
     sink.next_mail(email, "Reset your password").await
 }
 
+/// Confirms `user`'s address through the mailed verification link.
+async fn confirm(app: &TestApp, sink: &SmtpSink, user: &TestUser) {
+    assert_eq!(user.gql(app, SEND_VERIFICATION, json!({})).await["data"]["sendVerificationEmail"], true);
+    let token = sink.next_mail(&user.email, "Confirm your email address").await.token();
+    assert!(anonymous(app, VERIFY, json!({ "t": token })).await["errors"].is_null());
+}
+
 #[track_caller]
 fn assert_link_refused(v: &Value, what: &str) {
     assert_all_errors(v, "BAD_USER_INPUT", Some("LINK_INVALID_OR_EXPIRED"), what);
@@ -445,12 +452,13 @@ async fn without_smtp_mail_is_written_to_the_mail_folder() {
     assert!(v["errors"].is_null(), "{v}");
 }
 
-/// Waits until every queued mail was tried `n` times, the last failing with
-/// an error that says `error`.
+/// Waits until every queued mail not sent yet was tried `n` times, the last
+/// failing with an error that says `error`.
 async fn wait_for_attempts(db: &sea_orm::DatabaseConnection, n: i32, error: &str) {
     use sea_orm::EntityTrait;
     for _ in 0..300 {
-        let rows = entity::mail_outbox::Entity::find().all(db).await.unwrap();
+        let mut rows = entity::mail_outbox::Entity::find().all(db).await.unwrap();
+        rows.retain(|r| r.sent_at.is_none());
         if !rows.is_empty()
             && rows.iter().all(|r| r.attempts >= n && r.last_error.as_deref().is_some_and(|e| e.contains(error)))
         {
@@ -563,6 +571,7 @@ async fn a_send_in_flight_during_a_recovery_is_never_retried() {
 async fn a_recovery_ends_a_queued_address_change_unsent() {
     let (app, mut sink) = app_with_sink().await;
     let owner = app.user("queued@example.com").await;
+    confirm(&app, &sink, &owner).await;
     let attacker = owner.login(&app).await;
     sink.stop().await;
     let v = attacker.gql(&app, CHANGE_EMAIL, json!({ "e": "thief@evil.example" })).await;
@@ -679,4 +688,41 @@ async fn mail_queued_when_the_server_is_killed_is_sent_after_a_restart() {
     assert!(v["errors"].is_null(), "{v}");
     db.close().await.unwrap();
     again.stop();
+}
+
+/// Notices go only to a confirmed address: a stranger's address that
+/// someone registered gets its verification link (and a reset link when one
+/// is asked for), and no news of what the holder of the account does.
+#[tokio::test]
+async fn an_unconfirmed_address_gets_no_notices() {
+    let (app, sink) = app_with_sink().await;
+    let holder = app.user("not.mine@example.com").await;
+    let v = holder.gql(&app, ops::CHANGE_PASSWORD, json!({ "c": PASSWORD, "n": NEW_PASSWORD })).await;
+    assert!(v["errors"].is_null(), "{v}");
+    assert_eq!(holder.gql(&app, SEND_VERIFICATION, json!({})).await["data"]["sendVerificationEmail"], true);
+    reset_mail(&app, &sink, "not.mine@example.com").await;
+    wait_outbox_settled(&app.state().services.db).await;
+    assert_eq!(sink.subjects_to("not.mine@example.com"), ["Confirm your email address", "Reset your password"]);
+}
+
+/// Every notice spends a budget of its recipient's (the per-recipient
+/// quotas, kept apart from the links'): a session changing the password
+/// over and over reaches the mailbox three times in the hour, and the
+/// owner's reset link still goes.
+#[tokio::test]
+async fn notices_spend_the_recipients_budget_and_spare_the_links() {
+    let (app, sink) = app_with_sink_and(|c| c.rate_limits.mail_per_recipient = vec!["3/1h".parse().unwrap()]).await;
+    let user = app.user("flooded@example.com").await;
+    confirm(&app, &sink, &user).await;
+    let mut password = PASSWORD.to_owned();
+    for i in 0..6 {
+        let next = format!("{NEW_PASSWORD} {i}");
+        let v = user.gql(&app, ops::CHANGE_PASSWORD, json!({ "c": password, "n": next })).await;
+        assert!(v["errors"].is_null(), "{v}");
+        password = next;
+    }
+    wait_outbox_settled(&app.state().services.db).await;
+    let notices = sink.subjects_to("flooded@example.com").iter().filter(|s| *s == "Your password was changed").count();
+    assert_eq!(notices, 3, "{:?}", sink.subjects_to("flooded@example.com"));
+    reset_mail(&app, &sink, "flooded@example.com").await;
 }

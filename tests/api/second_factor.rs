@@ -77,6 +77,7 @@ fn event_types(v: &Value) -> Vec<String> {
 async fn totp_enrolment_gates_login_and_codes_work_once() {
     let app = spawn_app().await;
     let user = app.user("totp@example.com").await;
+    app.confirm_address(&user).await;
 
     let e = ok(&app, &user.access_token, ENROLL, json!({})).await;
     let secret = e["enrollTotp"]["secret"].as_str().unwrap().to_owned();
@@ -272,6 +273,7 @@ async fn two_requests_with_one_challenge_and_code_start_one_session() {
 async fn recovery_codes_stand_in_once_and_regeneration_voids_the_old_set() {
     let app = spawn_app().await;
     let user = app.user("lostphone@example.com").await;
+    app.confirm_address(&user).await;
     let (secret, codes) = enable_totp(&app, &user).await;
     assert_eq!(codes.len(), 10);
     assert!(codes.iter().all(|c| c.len() == 19 && c.matches('-').count() == 3), "{codes:?}");
@@ -323,6 +325,7 @@ async fn recovery_codes_stand_in_once_and_regeneration_voids_the_old_set() {
         [
             "A recovery code was used",
             "A recovery code was used",
+            "Confirm your email address",
             "New recovery codes were made",
             "Two-step sign-in was turned off",
             "Two-step sign-in was turned on",
@@ -391,6 +394,7 @@ async fn an_admin_sees_and_resets_a_users_factors_with_a_recent_sign_in() {
     let app = spawn_app().await;
     let (admin, _) = make_admin(&app, "root@example.com").await;
     let user = app.user("locked@example.com").await;
+    app.confirm_address(&user).await;
     let (_, _) = enable_totp(&app, &user).await;
 
     let seen = ok(
@@ -612,6 +616,7 @@ async fn a_passkey_is_a_second_factor_for_logins_and_reauthentication() {
     use sea_orm::EntityTrait;
     let app = spawn_with(|c| c.second_factor = authgraph::config::SecondFactorConfig::local()).await;
     let user = app.user("passkeyonly@example.com").await;
+    app.confirm_address(&user).await;
     let other = app.user("someoneelse@example.com").await;
     // `user`'s first session grows old; a second one is fresh.
     app.clock.advance(Duration::from_secs(11 * 60));
