@@ -120,6 +120,8 @@ impl Server {
             .env("RATE_LIMIT_REGISTER_PER_IP", "100000000/1s")
             .env("RATE_LIMIT_REFRESH_PER_IP", "100000000/1s")
             .env("RATE_LIMIT_LOGIN_PER_ACCOUNT", "100000000/1s")
+            .env("RATE_LIMIT_WRITE_PER_IP", "100000000/1s")
+            .env("RATE_LIMIT_WRITE_PER_ACCOUNT", "100000000/1s")
             .env("RUST_LOG", "warn,authgraph::app=info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())

@@ -207,6 +207,17 @@ pub struct ServeArgs {
     #[arg(long, env = "RATE_LIMIT_LINK_PER_IP", default_value = "30/1h")]
     pub rate_limit_link_per_ip: QuotaSpec,
 
+    /// Writes per client IP (IPv6 per /64) that check no credential: starting
+    /// a passkey ceremony, enrolling an authenticator, revoking a session or
+    /// a key, changing a profile or a role, as N/period
+    #[arg(long, env = "RATE_LIMIT_WRITE_PER_IP", default_value = "300/1m")]
+    pub rate_limit_write_per_ip: QuotaSpec,
+
+    /// The same writes per account (the signed-in user, or the service key),
+    /// as N/period
+    #[arg(long, env = "RATE_LIMIT_WRITE_PER_ACCOUNT", default_value = "60/1m")]
+    pub rate_limit_write_per_account: QuotaSpec,
+
     /// Base URL of the app that receives the links in mail (http or https, no
     /// query); a link is APP_URL + the purpose's path + ?token=…
     #[arg(long, env = "APP_URL", default_value = "http://127.0.0.1:8000")]
@@ -420,6 +431,10 @@ pub struct RateLimitConfig {
     pub mail_per_ip: QuotaSpec,
     /// Uses of mailed links per client.
     pub link_per_ip: QuotaSpec,
+    /// Writes that check no credential, per client.
+    pub write_per_ip: QuotaSpec,
+    /// The same writes, per account (user or service key).
+    pub write_per_account: QuotaSpec,
     /// Mail per recipient address: every quota must admit it.
     pub mail_per_recipient: Vec<QuotaSpec>,
 }
@@ -729,6 +744,8 @@ impl Config {
                 login_per_account: args.rate_limit_login_per_account,
                 mail_per_ip: args.rate_limit_mail_per_ip,
                 link_per_ip: args.rate_limit_link_per_ip,
+                write_per_ip: args.rate_limit_write_per_ip,
+                write_per_account: args.rate_limit_write_per_account,
                 mail_per_recipient: args.rate_limit_mail_per_recipient,
             },
             mail,

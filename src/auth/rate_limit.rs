@@ -51,6 +51,10 @@ pub enum Action {
     Mail,
     /// Using a mailed link's token.
     Link,
+    /// A write a signed-in caller (or a service) asks for that checks no
+    /// credential: a ceremony started, a factor enrolled, a session or key
+    /// revoked, a profile changed. Spent per client and per account.
+    Write,
 }
 
 impl Action {
@@ -61,6 +65,7 @@ impl Action {
             Action::Refresh => "refresh",
             Action::Mail => "mail",
             Action::Link => "link",
+            Action::Write => "write",
         }
     }
 }
@@ -102,6 +107,9 @@ pub struct RateLimits {
     login_account: Limiter<String>,
     mail_ip: Limiter<IpKey>,
     link_ip: Limiter<IpKey>,
+    write_ip: Limiter<IpKey>,
+    /// Writes per account (a user's id, or a service key's).
+    write_account: Limiter<String>,
     /// One limiter per quota of `RATE_LIMIT_MAIL_PER_RECIPIENT`.
     mail_recipient: Vec<Limiter<String>>,
     clock: Clock,
@@ -118,6 +126,8 @@ impl RateLimits {
             login_account: keyed(&c.login_per_account, &clock),
             mail_ip: keyed(&c.mail_per_ip, &clock),
             link_ip: keyed(&c.link_per_ip, &clock),
+            write_ip: keyed(&c.write_per_ip, &clock),
+            write_account: keyed(&c.write_per_account, &clock),
             mail_recipient: c.mail_per_recipient.iter().map(|spec| keyed(spec, &clock)).collect(),
             clock,
             config: c.clone(),
@@ -132,12 +142,24 @@ impl RateLimits {
             Action::Refresh => self.config.refresh_per_ip,
             Action::Mail => self.config.mail_per_ip,
             Action::Link => self.config.link_per_ip,
+            Action::Write => self.config.write_per_ip,
         }
     }
 
     /// The quotas of mail per recipient.
     pub fn per_recipient(&self) -> &[QuotaSpec] {
         &self.config.mail_per_recipient
+    }
+
+    /// The quota of writes per account.
+    pub fn write_per_account(&self) -> QuotaSpec {
+        self.config.write_per_account
+    }
+
+    /// Counts one write asked for by the account `account` (a user's id, or
+    /// a service key's).
+    pub fn check_write_account(&self, account: &str) -> Result<(), AppError> {
+        self.limited(self.write_account.check_key(&account.to_owned()))
     }
 
     /// The quota of password checks per account.
@@ -161,6 +183,7 @@ impl RateLimits {
             Action::Refresh => &self.refresh_ip,
             Action::Mail => &self.mail_ip,
             Action::Link => &self.link_ip,
+            Action::Write => &self.write_ip,
         };
         self.limited(limiter.check_key(&ip))
     }
@@ -184,11 +207,11 @@ impl RateLimits {
     /// Forgets keys whose quota is full again, so memory follows the number of
     /// recently active clients, not every client ever seen.
     pub fn forget_idle(&self) -> usize {
-        for l in [&self.login_ip, &self.register_ip, &self.refresh_ip, &self.mail_ip, &self.link_ip] {
+        for l in [&self.login_ip, &self.register_ip, &self.refresh_ip, &self.mail_ip, &self.link_ip, &self.write_ip] {
             l.retain_recent();
             l.shrink_to_fit();
         }
-        for l in std::iter::once(&self.login_account).chain(&self.mail_recipient) {
+        for l in [&self.login_account, &self.write_account].into_iter().chain(&self.mail_recipient) {
             l.retain_recent();
             l.shrink_to_fit();
         }
@@ -222,6 +245,8 @@ mod tests {
             login_per_account: spec("2/1h"),
             mail_per_ip: spec("5/1h"),
             link_per_ip: spec("5/1h"),
+            write_per_ip: spec("5/1h"),
+            write_per_account: spec("5/1h"),
             mail_per_recipient: vec![spec("1/1m"), spec("3/1h")],
         }
     }

@@ -41,7 +41,14 @@ pub enum Budget {
     /// or not), spent by the service (`service::mail`) once the address is known
     /// and only when a mail is queued.
     Mail,
-    /// Not rate limited; the reason is kept here for the reader.
+    /// A write that checks no credential: one unit of the client's write
+    /// budget (`RATE_LIMIT_WRITE_PER_IP`) and one of the caller's account's
+    /// (`RATE_LIMIT_WRITE_PER_ACCOUNT`, the signed-in user or the service
+    /// key), spent before the resolver runs. Every mutation is metered: a
+    /// credential check, a mail, a per-client budget, or this.
+    Write,
+    /// Not rate limited (queries and the subscription only); the reason is
+    /// kept here for the reader.
     Unmetered(&'static str),
 }
 
@@ -61,37 +68,37 @@ pub const BUDGETS: &[(&str, Budget)] = &[
     // Mutation
     ("register", Budget::PerIp(Action::Register)),
     ("login", Budget::PasswordCheck),
-    ("updateProfile", Budget::Mail),
+    ("updateProfile", Budget::Write),
     ("changePassword", Budget::PasswordCheck),
     ("refreshToken", Budget::PerIp(Action::Refresh)),
-    ("logout", Budget::Unmetered("ends sessions; a refresh token presented to it has only refresh's power")),
-    ("revokeSession", Budget::Unmetered(TOKEN)),
-    ("setUserRole", Budget::Unmetered(TOKEN)),
-    ("deleteUser", Budget::Unmetered(TOKEN)),
-    ("revokeUserSessions", Budget::Unmetered(TOKEN)),
-    ("createApiKey", Budget::Unmetered(TOKEN)),
-    ("rotateApiKey", Budget::Unmetered(TOKEN)),
-    ("revokeApiKey", Budget::Unmetered(TOKEN)),
-    ("rotateSigningKey", Budget::Unmetered(TOKEN)),
+    ("logout", Budget::Write),
+    ("revokeSession", Budget::Write),
+    ("setUserRole", Budget::Write),
+    ("deleteUser", Budget::Write),
+    ("revokeUserSessions", Budget::Write),
+    ("createApiKey", Budget::Write),
+    ("rotateApiKey", Budget::Write),
+    ("revokeApiKey", Budget::Write),
+    ("rotateSigningKey", Budget::Write),
     ("requestPasswordReset", Budget::Mail),
     ("resetPassword", Budget::PerIp(Action::Link)),
     ("sendVerificationEmail", Budget::Mail),
     ("verifyEmail", Budget::PerIp(Action::Link)),
     ("confirmEmailChange", Budget::PerIp(Action::Link)),
-    ("enrollTotp", Budget::Unmetered(TOKEN)),
+    ("enrollTotp", Budget::Write),
     ("confirmTotp", Budget::PasswordCheck),
     ("disableTotp", Budget::PasswordCheck),
     ("regenerateRecoveryCodes", Budget::PasswordCheck),
     ("verifySecondFactor", Budget::PasswordCheck),
     ("reauthenticate", Budget::PasswordCheck),
-    ("startPasskeyRegistration", Budget::Unmetered(TOKEN)),
-    ("finishPasskeyRegistration", Budget::Unmetered(TOKEN)),
-    ("removePasskey", Budget::Unmetered(TOKEN)),
+    ("startPasskeyRegistration", Budget::Write),
+    ("finishPasskeyRegistration", Budget::Write),
+    ("removePasskey", Budget::Write),
     ("startPasskeyLogin", Budget::PerIp(Action::Login)),
     ("finishPasskeyLogin", Budget::PasswordCheck),
-    ("startPasskeyReauthentication", Budget::Unmetered(TOKEN)),
+    ("startPasskeyReauthentication", Budget::Write),
     ("finishPasskeyReauthentication", Budget::PasswordCheck),
-    ("resetSecondFactors", Budget::Unmetered(TOKEN)),
+    ("resetSecondFactors", Budget::Write),
     // Subscription
     ("sessionEvents", Budget::Unmetered("needs a live access token in connection_init; watches its own session")),
 ];
@@ -104,12 +111,32 @@ pub fn of(field: &str) -> Option<Budget> {
 /// Spends the budget of the field being resolved, if it is a root field.
 /// Errors: `RATE_LIMITED` past the budget; `INTERNAL_SERVER_ERROR` for a root
 /// field missing from [`BUDGETS`] (fails closed).
-pub(super) async fn spend(info: &ResolveInfo<'_>, svc: &Services, ip: IpKey) -> ServerResult<()> {
+pub(super) async fn spend(
+    info: &ResolveInfo<'_>,
+    svc: &Services,
+    ip: IpKey,
+    principal: &crate::auth::principal::Principal,
+) -> ServerResult<()> {
     if info.path_node.parent.is_some() || info.is_for_introspection || info.name.starts_with("__") {
         return Ok(());
     }
     let outcome = match of(info.name) {
         Some(Budget::PerIp(action)) => limits::spend_ip(svc, action, ip).await,
+        Some(Budget::Write) => {
+            use crate::auth::principal::Principal;
+            let account = match principal {
+                Principal::User(me) => Some(format!("user:{}", me.user_id)),
+                Principal::Service(key) => Some(format!("key:{}", key.key_id)),
+                Principal::Anonymous | Principal::Rejected(_) => None,
+            };
+            match limits::spend_ip(svc, Action::Write, ip).await {
+                Ok(()) => match account {
+                    Some(account) => limits::spend_write(svc, &account).await,
+                    None => Ok(()),
+                },
+                refused => refused,
+            }
+        }
         Some(Budget::PasswordCheck | Budget::Mail | Budget::Unmetered(_)) => Ok(()),
         None => Err(AppError::internal(format!("no rate-limit budget is declared for `{}`", info.name))),
     };
@@ -163,5 +190,16 @@ mod tests {
         for (name, _) in BUDGETS {
             assert!(fields.iter().any(|f| f == name), "BUDGETS lists `{name}`, which the schema does not have");
         }
+
+        // Every mutation the schema has is a credential check or metered: a
+        // write a caller can trigger, aliased or batched, spends a budget.
+        let unmetered: Vec<&str> = v["__schema"]["mutationType"]["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|f| f["name"].as_str())
+            .filter(|name| matches!(of(name), Some(Budget::Unmetered(_)) | None))
+            .collect();
+        assert!(unmetered.is_empty(), "mutations that are neither a credential check nor metered: {unmetered:?}");
     }
 }

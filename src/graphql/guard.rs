@@ -272,7 +272,7 @@ impl Extension for RequestGuardExtension {
             && info.path_node.parent.is_none()
             && let (Some(services), Some(req)) = (ctx.data_opt::<Services>(), ctx.data_opt::<SharedRequestCtx>())
         {
-            result = budget::spend(&info, services, req.ip_key).await;
+            result = budget::spend(&info, services, req.ip_key, &req.principal).await;
         }
         let result = match result {
             Ok(()) => next.run(ctx, info).await,

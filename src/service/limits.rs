@@ -35,6 +35,24 @@ pub async fn spend_ip(svc: &Services, action: Action, ip: IpKey) -> AppResult<()
     spent
 }
 
+/// One write that checks no credential, asked for by `account` (a user's
+/// id, or a service key's: `RATE_LIMIT_WRITE_PER_ACCOUNT`).
+/// Errors: `RATE_LIMITED` with `retryAfter` (seconds).
+pub async fn spend_write(svc: &Services, account: &str) -> AppResult<()> {
+    let spent = async {
+        svc.limits.check_write_account(account)?;
+        if svc.shared_database() {
+            spend_shared(svc, &format!("write:{account}"), svc.limits.write_per_account()).await?;
+        }
+        Ok(())
+    }
+    .await;
+    if matches!(spent, Err(AppError::RateLimited { .. })) {
+        svc.events.refused("write_account", None);
+    }
+    spent
+}
+
 /// One unit of an account's password-check budget
 /// (`RATE_LIMIT_LOGIN_PER_ACCOUNT`), keyed by the address's key.
 /// Errors: `RATE_LIMITED` with `retryAfter` (seconds).

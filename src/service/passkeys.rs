@@ -18,7 +18,8 @@
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64URL};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Set, SqlErr, sea_query::Expr,
+    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, SqlErr,
+    sea_query::Expr,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use uuid::Uuid;
@@ -195,6 +196,9 @@ async fn keep(
 ) -> AppResult<Ceremony> {
     let now = svc.clock.now();
     let id = Uuid::now_v7();
+    if let Some(user_id) = user_id {
+        close_oldest_ceremonies(svc, user_id, now).await?;
+    }
     webauthn_ceremony::Entity::insert(webauthn_ceremony::ActiveModel {
         id: Set(id),
         purpose: Set(purpose.as_str().to_owned()),
@@ -208,6 +212,35 @@ async fn keep(
     .exec_without_returning(&svc.db)
     .await?;
     Ok(Ceremony { id, options })
+}
+
+/// Most ceremonies one account may have open at once (started, not finished,
+/// not expired): its tabs. Starting one more closes the oldest, so the rows an
+/// account can make this way stay bounded whatever it sends.
+pub const MAX_OPEN_CEREMONIES: usize = 5;
+
+/// Closes (deletes) `user_id`'s oldest open ceremonies so that one more
+/// leaves at most [`MAX_OPEN_CEREMONIES`] open.
+async fn close_oldest_ceremonies(svc: &Services, user_id: UserId, now: DateTime<Utc>) -> AppResult<()> {
+    let open: Vec<Uuid> = webauthn_ceremony::Entity::find()
+        .select_only()
+        .column(webauthn_ceremony::Column::Id)
+        .filter(webauthn_ceremony::Column::UserId.eq(user_id.uuid()))
+        .filter(webauthn_ceremony::Column::UsedAt.is_null())
+        .filter(webauthn_ceremony::Column::ExpiresAt.gt(now))
+        .order_by_desc(webauthn_ceremony::Column::CreatedAt)
+        .order_by_desc(webauthn_ceremony::Column::Id)
+        .into_tuple()
+        .all(&svc.db)
+        .await?;
+    let oldest: Vec<Uuid> = open.into_iter().skip(MAX_OPEN_CEREMONIES - 1).collect();
+    if !oldest.is_empty() {
+        webauthn_ceremony::Entity::delete_many()
+            .filter(webauthn_ceremony::Column::Id.is_in(oldest))
+            .exec(&svc.db)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Spends the ceremony `id` of `purpose` (for `user_id`, where it has one)

@@ -89,6 +89,8 @@ impl TestKit {
                     login_per_account: unlimited,
                     mail_per_ip: unlimited,
                     link_per_ip: unlimited,
+                    write_per_ip: unlimited,
+                    write_per_account: unlimited,
                     mail_per_recipient: vec![unlimited],
                 },
                 clock.clock(),

@@ -639,3 +639,48 @@ async fn the_server_stays_healthy_through_a_flood() {
     let v = app.gql(&c, Some(&token), ops::ME_EMAIL, json!({})).await;
     assert_eq!(v["data"]["me"]["email"], "survivor@example.com", "{v}");
 }
+
+/// Writes that check no credential are metered per account and per client:
+/// twenty aliased `enrollTotp` in one request write five times, then answer
+/// RATE_LIMITED; another account from another client is not held back.
+#[tokio::test]
+async fn writes_without_a_credential_check_spend_a_budget() {
+    let app = spawn_with(|c| {
+        c.second_factor = authgraph::config::SecondFactorConfig::local();
+        c.rate_limits.write_per_account = spec("5/1h");
+    })
+    .await;
+    let user = app.user("writer@example.com").await;
+    let many = format!("mutation {{ {} }}", aliased(20, |_| "enrollTotp { secret }".to_owned()));
+    let v = user.gql(&app, &many, json!({})).await;
+    let limited = all_errors(&v).iter().filter(|e| e["extensions"]["code"] == "RATE_LIMITED").count();
+    let written = (0..20).filter(|i| v["data"][format!("a{i}")]["secret"].is_string()).count();
+    assert_eq!((written, limited), (5, 15), "{v}");
+    let other = app.user("other.writer@example.com").await;
+    let v = other.gql(&app, "mutation { enrollTotp { secret } }", json!({})).await;
+    assert!(v["errors"].is_null(), "{v}");
+}
+
+/// Open passkey ceremonies are capped per account: starting one more closes
+/// the oldest, so an account keeps at most five rows open.
+#[tokio::test]
+async fn open_ceremonies_are_capped_per_account() {
+    use sea_orm::{EntityTrait, PaginatorTrait};
+    let app = spawn_with(|c| c.second_factor = authgraph::config::SecondFactorConfig::local()).await;
+    let user = app.user("ceremonies@example.com").await;
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        let v = user.gql(&app, "mutation { startPasskeyRegistration { id } }", json!({})).await;
+        ids.push(v["data"]["startPasskeyRegistration"]["id"].as_str().expect("a ceremony").to_owned());
+    }
+    let open = entity::webauthn_ceremony::Entity::find().count(&app.state().services.db).await.unwrap();
+    assert_eq!(open, authgraph::service::passkeys::MAX_OPEN_CEREMONIES as u64);
+    let kept: Vec<String> = entity::webauthn_ceremony::Entity::find()
+        .all(&app.state().services.db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.id.to_string())
+        .collect();
+    assert!(ids[7..].iter().all(|id| kept.contains(id)), "the newest were closed: {kept:?}");
+}

@@ -170,6 +170,10 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         "100000/1s",
         "--rate-limit-link-per-ip",
         "100000/1s",
+        "--rate-limit-write-per-ip",
+        "100000/1s",
+        "--rate-limit-write-per-account",
+        "100000/1s",
         "--mail-dir",
         &mail_dir_arg,
     ])

@@ -211,6 +211,8 @@ async function startAuthgraph(allowedOrigins, appUrl, extraEnv = {}) {
     RATE_LIMIT_LOGIN_PER_ACCOUNT: '100000/1s',
     RATE_LIMIT_MAIL_PER_IP: '100000/1s',
     RATE_LIMIT_LINK_PER_IP: '100000/1s',
+    RATE_LIMIT_WRITE_PER_IP: '100000/1s',
+    RATE_LIMIT_WRITE_PER_ACCOUNT: '100000/1s',
     MAIL_DIR,
     APP_URL: appUrl,
     RESET_PASSWORD_PATH: '/reset-password',
