@@ -230,11 +230,12 @@ mod tests {
     use super::*;
     use crate::{mail::Kind, service::testkit::TestKit};
 
-    /// A fresh database with one notice queued.
+    /// A fresh database with one mail queued (a verification link: notices
+    /// go to confirmed addresses only).
     async fn kit_with_one_mail() -> TestKit {
         let kit = TestKit::new().await;
         let a = kit.register("a@example.com").await;
-        super::super::mail::enqueue(&kit.svc, &kit.svc.db, Kind::PasswordChanged, Some(a.user.id), &a.user.email, None)
+        super::super::mail::enqueue(&kit.svc, &kit.svc.db, Kind::VerifyEmail, Some(a.user.id), &a.user.email, None)
             .await
             .unwrap();
         kit
