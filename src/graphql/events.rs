@@ -122,7 +122,9 @@ impl SecurityEvent {
             _ => ActorType::Anonymous,
         }
     }
-    /// The admin's user id, or the API key's id.
+    /// The admin's user id, or the API key's id. Left out, with `ip` and
+    /// `userAgent`, when the account's holder reads an event an admin or a
+    /// service caused: they see who acted, not where from.
     async fn actor_id(&self) -> Option<ID> {
         self.0.actor_id.map(|id| ID(id.to_string()))
     }

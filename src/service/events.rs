@@ -259,9 +259,31 @@ async fn list(svc: &Services, filter: &EventFilter, first: u64, after: Option<Uu
     Ok(EventPage { events, has_next })
 }
 
-/// `me.securityEvents`: the caller's own events.
-pub async fn own(svc: &Services, user: UserId, first: u64, after: Option<Uuid>) -> AppResult<EventPage> {
-    list(svc, &EventFilter { user: Some(user), ..EventFilter::default() }, first, after).await
+/// `User.securityEvents`: the events of `user`'s account, for its holder or
+/// an admin.
+///
+/// `as_owner`: the account's holder is reading. An event an administrator
+/// or a service caused on the account then says who acted (`actorType`), not
+/// where from: the actor's address, user agent and id are left out (an
+/// admin reading the account, or `auditEvents`, sees them).
+pub async fn own(
+    svc: &Services,
+    user: UserId,
+    first: u64,
+    after: Option<Uuid>,
+    as_owner: bool,
+) -> AppResult<EventPage> {
+    let mut page = list(svc, &EventFilter { user: Some(user), ..EventFilter::default() }, first, after).await?;
+    if as_owner {
+        for event in &mut page.events {
+            if matches!(event.actor_kind.as_str(), "admin" | "service") {
+                event.ip = None;
+                event.user_agent = None;
+                event.actor_id = None;
+            }
+        }
+    }
+    Ok(page)
 }
 
 /// `auditEvents`: every event matching `filter` (admins, and API keys with

@@ -81,8 +81,17 @@ async fn the_log_records_what_happened_and_who_may_read_it() {
         "{mine}"
     );
     let node = |i: usize| list["edges"][i]["node"].clone();
+    // What an admin did: the user sees that an administrator acted, not who
+    // or from where; an admin reading the account sees both.
     assert_eq!(node(1)["actorType"], "ADMIN");
-    assert_eq!(node(1)["actorId"], admin_id.as_str());
+    for hidden in ["actorId", "ip", "userAgent"] {
+        assert_eq!(node(1)[hidden], Value::Null, "the owner sees the admin's {hidden}: {}", node(1));
+    }
+    let theirs = "query($id: ID!) { user(id: $id) { securityEvents(first: 2) { edges { node { type actorType actorId ip } } } } }";
+    let seen = ok(&app, &admin, theirs, json!({ "id": user.id })).await;
+    let by_admin = &seen["user"]["securityEvents"]["edges"][1]["node"];
+    assert_eq!(by_admin["actorId"], admin_id.as_str(), "{seen}");
+    assert_eq!(by_admin["ip"], "127.0.0.1", "{seen}");
     assert_eq!(node(2)["detail"], "ADMIN -> USER");
     assert_eq!(node(3)["detail"], "USER -> ADMIN");
     assert_eq!(node(5)["detail"], "INVALID_CREDENTIALS", "a guess of the password, for the owner to see");
