@@ -26,6 +26,9 @@ pub struct Model {
     pub failed_at: Option<DateTimeUtc>,
     /// Why the last attempt failed (never the message or a token).
     pub last_error: Option<String>,
+    /// While a sender holds the row: when its claim lapses (renewed while
+    /// the send is in flight). Null while the row waits, due or backing off.
+    pub claimed_until: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

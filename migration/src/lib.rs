@@ -17,6 +17,7 @@ mod m20261129_000011_mail;
 mod m20261130_000012_security_events;
 mod m20261130_000013_second_factor;
 mod m20261130_000014_passkeys;
+mod m20261207_000015_mail_claims;
 
 pub struct Migrator;
 
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000012_security_events::Migration),
             Box::new(m20261130_000013_second_factor::Migration),
             Box::new(m20261130_000014_passkeys::Migration),
+            Box::new(m20261207_000015_mail_claims::Migration),
         ]
     }
 }

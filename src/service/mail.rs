@@ -96,6 +96,7 @@ pub(super) async fn enqueue(
         sent_at: Set(None),
         failed_at: Set(None),
         last_error: Set(None),
+        claimed_until: Set(None),
     })
     .exec_without_returning(conn)
     .await?;

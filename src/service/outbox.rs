@@ -2,17 +2,22 @@
 //! queued mail once in the normal case.
 //!
 //! A sender claims a due row with a single conditional update that moves the
-//! row's `next_attempt_at` a lease ahead and counts the attempt (on
-//! PostgreSQL the row is picked with `FOR UPDATE SKIP LOCKED`, so instances
-//! never wait for, nor take, each other's rows), and sends it in a task of its
-//! own, up to [`PARALLEL`] at once. The task makes the mail (`mail::prepare`),
-//! sends it, and ends the row, fenced by the attempt it counted, so a sender
-//! whose lease lapsed cannot overwrite a newer attempt. A sender that dies
-//! mid-send leaves the row to be claimed again when the lease ends: the mail
-//! may then go twice (at-least-once), never zero times. A temporary failure
-//! (the server unreachable, a 4xx answer, a time-out, a 5xx about the server
-//! rather than the recipient) is retried with exponential backoff, for up to
-//! a day; a refused recipient ends the row as failed.
+//! row's `next_attempt_at` and `claimed_until` a [`LEASE`] ahead and counts
+//! the attempt (on PostgreSQL the row is picked with `FOR UPDATE SKIP
+//! LOCKED`, so instances never wait for, nor take, each other's rows), and
+//! sends it in a task of its own, up to [`PARALLEL`] at once. The task
+//! renews the lease every [`RENEW_EVERY`] while it works, makes the mail
+//! (`mail::prepare`), sends it, and ends the row, fenced by the attempt it
+//! counted, so a sender whose lease lapsed cannot overwrite a newer attempt.
+//! A sender that dies mid-send stops renewing, and the row is claimed again
+//! by a restarted instance or a peer within a lease: the mail may then go
+//! twice (at-least-once), never zero times. A temporary failure (the server
+//! unreachable, a 4xx answer, a time-out, a 5xx about the server rather than
+//! the recipient) is retried with exponential backoff, for up to a day; a
+//! refused recipient ends the row as failed. Once the mail server answers
+//! again (a mail went, or a probe every [`PROBE_EVERY`] while mail waits out
+//! a backoff), every row backing off is due at once: a queue built up during
+//! an outage drains in seconds, not at each row's own backoff.
 
 use std::time::Duration;
 
@@ -30,9 +35,16 @@ use super::{
 };
 use crate::{error::AppResult, mail::SendError};
 
-/// How long a claim holds a row: longer than one send may take
-/// ([`crate::mail::SEND_TIMEOUT`]) and the making of the mail.
-const LEASE: Duration = Duration::from_secs(90);
+/// How long a claim holds a row without being renewed: a dead sender's rows
+/// are taken over this long after its last renewal.
+const LEASE: Duration = Duration::from_secs(15);
+
+/// How often a sender renews the claims it is working on.
+const RENEW_EVERY: Duration = Duration::from_secs(5);
+
+/// How often a sender with mail backing off asks the mail server whether it
+/// answers again.
+pub const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// How long a mail is retried before it is given up.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -62,6 +74,7 @@ async fn claim(svc: &Services) -> AppResult<Option<mail_outbox::Model>> {
     }
     Ok(mail_outbox::Entity::update_many()
         .col_expr(mail_outbox::Column::NextAttemptAt, Expr::value(lease))
+        .col_expr(mail_outbox::Column::ClaimedUntil, Expr::value(lease))
         .col_expr(mail_outbox::Column::Attempts, Expr::col(mail_outbox::Column::Attempts).add(1))
         .filter(mail_outbox::Column::Id.in_subquery(due.into_query()))
         .exec_with_returning(&svc.db)
@@ -108,6 +121,7 @@ async fn finish(svc: &Services, row: &mail_outbox::Model, end: End) -> AppResult
         other => other,
     };
     let fenced = mail_outbox::Entity::update_many()
+        .col_expr(mail_outbox::Column::ClaimedUntil, Expr::value(Option::<DateTime<Utc>>::None))
         .filter(mail_outbox::Column::Id.eq(row.id))
         .filter(mail_outbox::Column::Attempts.eq(row.attempts))
         .filter(mail_outbox::Column::NextAttemptAt.is_not_null());
@@ -163,6 +177,61 @@ fn clip(s: &str) -> String {
     s.chars().take(500).collect()
 }
 
+/// Moves the claim on `row` a lease ahead, if it is still this attempt's
+/// and the row still open (a voided row stays ended).
+async fn renew(svc: &Services, row: &mail_outbox::Model) -> AppResult<()> {
+    let lease = svc.clock.now() + ChronoDuration::from_std(LEASE).unwrap_or_default();
+    mail_outbox::Entity::update_many()
+        .col_expr(mail_outbox::Column::NextAttemptAt, Expr::value(lease))
+        .col_expr(mail_outbox::Column::ClaimedUntil, Expr::value(lease))
+        .filter(mail_outbox::Column::Id.eq(row.id))
+        .filter(mail_outbox::Column::Attempts.eq(row.attempts))
+        .filter(mail_outbox::Column::NextAttemptAt.is_not_null())
+        .exec(&svc.db)
+        .await?;
+    Ok(())
+}
+
+/// Makes rows backing off after a failure due now (not the rows being
+/// sent): every one, or with `oldest_only` the one due soonest (a probe: if
+/// it goes, the rest follow). Returns how many.
+async fn release_backlog(svc: &Services, oldest_only: bool) -> AppResult<u64> {
+    let now = svc.clock.now();
+    let mut backing_off = mail_outbox::Entity::find()
+        .select_only()
+        .column(mail_outbox::Column::Id)
+        .filter(mail_outbox::Column::NextAttemptAt.gt(now))
+        .filter(mail_outbox::Column::ClaimedUntil.is_null())
+        .order_by_asc(mail_outbox::Column::NextAttemptAt);
+    if oldest_only {
+        backing_off = backing_off.limit(1);
+    }
+    Ok(mail_outbox::Entity::update_many()
+        .col_expr(mail_outbox::Column::NextAttemptAt, Expr::value(now))
+        .filter(mail_outbox::Column::Id.in_subquery(backing_off.into_query()))
+        .filter(mail_outbox::Column::ClaimedUntil.is_null())
+        .exec(&svc.db)
+        .await?
+        .rows_affected)
+}
+
+/// Sends one claimed row, renewing its claim while it works.
+async fn handle_renewing(svc: &Services, row: &mail_outbox::Model) -> AppResult<()> {
+    let work = handle(svc, row);
+    tokio::pin!(work);
+    let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = renewals.tick() => {
+                if let Err(e) = renew(svc, row).await {
+                    tracing::warn!(mail_id = %row.id, error = %e.detail(), "mail outbox: a claim could not be renewed");
+                }
+            }
+        }
+    }
+}
+
 /// Sends one claimed row.
 async fn handle(svc: &Services, row: &mail_outbox::Model) -> AppResult<()> {
     let end = match prepare(svc, row).await {
@@ -173,6 +242,10 @@ async fn handle(svc: &Services, row: &mail_outbox::Model) -> AppResult<()> {
                 Ok(file) => {
                     if let Some(file) = file {
                         tracing::info!(file = %file.display(), "mail written as an .eml file (SMTP_URL is unset)");
+                    }
+                    // The server answers: what waits out a backoff goes now.
+                    if release_backlog(svc, false).await.is_ok_and(|n| n > 0) {
+                        svc.mail.queued.notify_one();
                     }
                     End::Sent
                 }
@@ -198,13 +271,15 @@ pub fn spawn_sender(svc: Services) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         svc.mail.report().await;
         let mut in_flight = tokio::task::JoinSet::new();
+        let mut probe = tokio::time::interval(PROBE_EVERY);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             while in_flight.len() < PARALLEL {
                 match claim(&svc).await {
                     Ok(Some(row)) => {
                         let svc = svc.clone();
                         in_flight.spawn(async move {
-                            if let Err(e) = handle(&svc, &row).await {
+                            if let Err(e) = handle_renewing(&svc, &row).await {
                                 tracing::warn!(mail_id = %row.id, error = %e.detail(), "mail outbox: the row stays due");
                             }
                         });
@@ -220,6 +295,13 @@ pub fn spawn_sender(svc: Services) -> tokio::task::JoinHandle<()> {
                 () = svc.mail.queued.notified() => {}
                 () = tokio::time::sleep(POLL) => {}
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                _ = probe.tick(), if in_flight.is_empty() => {
+                    // A probe: the mail backing off longest is tried now; if
+                    // the server takes it, the rest follow at once.
+                    if release_backlog(&svc, true).await.is_ok_and(|n| n > 0) {
+                        continue;
+                    }
+                }
             }
         }
     })

@@ -453,14 +453,19 @@ async fn without_smtp_mail_is_written_to_the_mail_folder() {
 }
 
 /// Waits until every queued mail not sent yet was tried `n` times, the last
-/// failing with an error that says `error`.
+/// failing with an error that says `error`, and is not being tried again
+/// (no sender holds it).
 async fn wait_for_attempts(db: &sea_orm::DatabaseConnection, n: i32, error: &str) {
     use sea_orm::EntityTrait;
     for _ in 0..300 {
         let mut rows = entity::mail_outbox::Entity::find().all(db).await.unwrap();
         rows.retain(|r| r.sent_at.is_none());
         if !rows.is_empty()
-            && rows.iter().all(|r| r.attempts >= n && r.last_error.as_deref().is_some_and(|e| e.contains(error)))
+            && rows.iter().all(|r| {
+                r.attempts >= n
+                    && r.claimed_until.is_none()
+                    && r.last_error.as_deref().is_some_and(|e| e.contains(error))
+            })
         {
             return;
         }
@@ -725,4 +730,52 @@ async fn notices_spend_the_recipients_budget_and_spare_the_links() {
     let notices = sink.subjects_to("flooded@example.com").iter().filter(|s| *s == "Your password was changed").count();
     assert_eq!(notices, 3, "{:?}", sink.subjects_to("flooded@example.com"));
     reset_mail(&app, &sink, "flooded@example.com").await;
+}
+
+/// Mail that failed again and again backs off for minutes; once the SMTP
+/// server answers again it goes within seconds (a probe tries the oldest
+/// every 5 s, and a mail that goes brings the rest forward), not when each
+/// row's backoff ends: the clock is not moved after the server returns.
+#[tokio::test]
+async fn a_backlog_drains_as_soon_as_the_server_answers_again() {
+    let (app, mut sink) = app_with_sink().await;
+    let emails = ["backlog1@example.com", "backlog2@example.com", "backlog3@example.com"];
+    for email in emails {
+        app.user(email).await;
+    }
+    sink.stop().await;
+    for email in emails {
+        assert!(anonymous(&app, REQUEST_RESET, json!({ "e": email })).await["errors"].is_null());
+    }
+    let db = &app.state().services.db;
+    for attempt in 1..=5 {
+        wait_for_attempts(db, attempt, "").await;
+        app.clock.advance(authgraph::service::outbox::backoff(attempt) + Duration::from_secs(1));
+    }
+    wait_for_attempts(db, 6, "").await;
+    // Each row now waits 160 s or more on the server's clock, which stays put.
+    sink.restart().await;
+    for email in emails {
+        sink.next_mail(email, "Reset your password").await;
+    }
+}
+
+/// A sender that dies with a mail in flight (its SMTP answer never came)
+/// leaves a claim nobody renews: a restarted instance takes the row over
+/// once the lease lapses (15 s after the last renewal, not 90), and the
+/// mail goes.
+#[tokio::test]
+async fn a_dead_senders_claim_is_taken_over_after_its_lease() {
+    let (mut app, sink) = app_with_sink().await;
+    app.user("orphan@example.com").await;
+    sink.hold_next("orphan@example.com");
+    assert!(anonymous(&app, REQUEST_RESET, json!({ "e": "orphan@example.com" })).await["errors"].is_null());
+    sink.wait_held("orphan@example.com").await;
+    app.stop().await;
+    let again = authgraph::app::spawn(&app.config).await.expect("app restarts");
+    app.clock.advance(Duration::from_secs(16));
+    let mail = sink.next_mail("orphan@example.com", "Reset your password").await;
+    let v = gql_vars_at(again.addr, None, RESET, json!({ "t": mail.token(), "p": NEW_PASSWORD })).await;
+    assert!(v["errors"].is_null(), "{v}");
+    again.stop().await.unwrap();
 }
