@@ -39,16 +39,30 @@ pub async fn spend_ip(svc: &Services, action: Action, ip: IpKey) -> AppResult<()
 /// id, or a service key's: `RATE_LIMIT_WRITE_PER_ACCOUNT`).
 /// Errors: `RATE_LIMITED` with `retryAfter` (seconds).
 pub async fn spend_write(svc: &Services, account: &str) -> AppResult<()> {
+    let checked = svc.limits.check_write_account(account);
+    spend_per_account(svc, checked, &format!("write:{account}"), svc.limits.write_per_account(), "write_account").await
+}
+
+/// The shared half of a per-account budget, after this instance's own
+/// `checked` it: the row `shared_key` under `spec` on a shared database. A
+/// refusal is tallied as `tally`, without the account (a tally names no one).
+async fn spend_per_account(
+    svc: &Services,
+    checked: AppResult<()>,
+    shared_key: &str,
+    spec: crate::config::QuotaSpec,
+    tally: &'static str,
+) -> AppResult<()> {
     let spent = async {
-        svc.limits.check_write_account(account)?;
+        checked?;
         if svc.shared_database() {
-            spend_shared(svc, &format!("write:{account}"), svc.limits.write_per_account()).await?;
+            spend_shared(svc, shared_key, spec).await?;
         }
         Ok(())
     }
     .await;
     if matches!(spent, Err(AppError::RateLimited { .. })) {
-        svc.events.refused("write_account", None);
+        svc.events.refused(tally, None);
     }
     spent
 }
@@ -57,19 +71,8 @@ pub async fn spend_write(svc: &Services, account: &str) -> AppResult<()> {
 /// (`RATE_LIMIT_LOGIN_PER_ACCOUNT`), keyed by the address's key.
 /// Errors: `RATE_LIMITED` with `retryAfter` (seconds).
 pub async fn spend_account(svc: &Services, email_key: &str) -> AppResult<()> {
-    let spent = async {
-        svc.limits.check_account(email_key)?;
-        if svc.shared_database() {
-            spend_shared(svc, &format!("account:{email_key}"), svc.limits.per_account()).await?;
-        }
-        Ok(())
-    }
-    .await;
-    if matches!(spent, Err(AppError::RateLimited { .. })) {
-        // Per account, without the address (a tally names no one).
-        svc.events.refused("account", None);
-    }
-    spent
+    let checked = svc.limits.check_account(email_key);
+    spend_per_account(svc, checked, &format!("account:{email_key}"), svc.limits.per_account(), "account").await
 }
 
 /// One mail to the address whose key is `recipient_key`, registered or not,
