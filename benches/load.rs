@@ -804,6 +804,7 @@ async fn seed_bulk(url: &str, n: usize) -> Vec<(usize, uuid::Uuid, uuid::Uuid)> 
                 updated_at: Set(now),
                 last_login_at: Set(None),
                 email_verified_at: Set(Some(now)),
+                address_proven_at: Set(Some(now)),
             }
         });
         let sessions = ids.iter().map(|(user_id, session_id)| session::ActiveModel {

@@ -42,7 +42,8 @@ pub const DB_QUERY_SECONDS: &str = "authgraph_db_query_duration_seconds";
 /// Mails waiting in the outbox (queued, or waiting to be retried; read at scrape).
 pub const MAIL_OUTBOX_PENDING: &str = "authgraph_mail_outbox_pending";
 /// Mails handled by this instance's sender, by `kind` and `outcome` (`sent`,
-/// `retried`, `failed`, `skipped`, or `superseded`: the row was ended
+/// `retried`, `failed`, `skipped`, `deferred` (a notice over its recipient's
+/// budget, sent later), or `superseded`: the row was ended
 /// elsewhere while the attempt ran, as when a recovery voids an account's
 /// links, and the attempt's outcome was dropped).
 pub const MAILS_TOTAL: &str = "authgraph_mails_total";

@@ -24,6 +24,10 @@ pub struct Model {
     /// When the current address was confirmed (a verification, reset or
     /// address-change link); `None` until then.
     pub email_verified_at: Option<DateTimeUtc>,
+    /// When a mailbox of the account was first proven; never moved after (an
+    /// address change moves `email_verified_at`, not this). A password reset
+    /// removes the second factors added before it.
+    pub address_proven_at: Option<DateTimeUtc>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]

@@ -18,6 +18,7 @@ mod m20261130_000012_security_events;
 mod m20261130_000013_second_factor;
 mod m20261130_000014_passkeys;
 mod m20261207_000015_mail_claims;
+mod m20261207_000016_address_proven;
 
 pub struct Migrator;
 
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000013_second_factor::Migration),
             Box::new(m20261130_000014_passkeys::Migration),
             Box::new(m20261207_000015_mail_claims::Migration),
+            Box::new(m20261207_000016_address_proven::Migration),
         ]
     }
 }

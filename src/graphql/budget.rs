@@ -71,8 +71,11 @@ pub const BUDGETS: &[(&str, Budget)] = &[
     ("updateProfile", Budget::Write),
     ("changePassword", Budget::PasswordCheck),
     ("refreshToken", Budget::PerIp(Action::Refresh)),
-    ("logout", Budget::Write),
-    ("revokeSession", Budget::Write),
+    // Ending sessions spends the client's write budget only: a stolen
+    // session draining the account's budget must not stop its owner
+    // logging it out.
+    ("logout", Budget::PerIp(Action::Write)),
+    ("revokeSession", Budget::PerIp(Action::Write)),
     ("setUserRole", Budget::Write),
     ("deleteUser", Budget::Write),
     ("revokeUserSessions", Budget::Write),

@@ -79,6 +79,7 @@ pub(super) fn new_user_row(
         updated_at: Set(now),
         last_login_at: Set(last_login_at),
         email_verified_at: Set(None),
+        address_proven_at: Set(None),
     }
 }
 

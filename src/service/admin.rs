@@ -295,6 +295,7 @@ pub async fn create_or_promote_admin(
     // The operator typed the address: an admin made here is not locked out by
     // REQUIRE_EMAIL_VERIFICATION before any mail could reach them.
     row.email_verified_at = Set(Some(now));
+    row.address_proven_at = Set(Some(now));
     let user = row.insert(&svc.db).await?;
     Ok((user.into(), true))
 }

@@ -16,8 +16,8 @@
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, QuerySelect, Set, SqlErr,
-    sea_query::Expr,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, PaginatorTrait, QueryFilter, QuerySelect,
+    Set, SqlErr, sea_query::Expr,
 };
 use uuid::Uuid;
 
@@ -306,8 +306,10 @@ pub async fn verify_email(svc: &Services, token: &str, client: &ClientInfo) -> A
     let user = holder(tx.conn(), &used).await?;
     if user.email_verified_at.is_none() {
         let now = svc.clock.now();
+        let proven = user.address_proven_at.unwrap_or(now);
         let mut active: user::ActiveModel = user.into();
         active.email_verified_at = Set(Some(now));
+        active.address_proven_at = Set(Some(proven));
         active.updated_at = Set(now);
         active.update(tx.conn()).await?;
         let user_id = UserId::from(used.user_id);
@@ -328,10 +330,10 @@ pub async fn verify_email(svc: &Services, token: &str, client: &ClientInfo) -> A
 /// session of the account (OWASP: invalidate sessions after a reset) and logs
 /// nobody in. The link also proves the address, which becomes confirmed, and
 /// whoever proves the mailbox gets a clean account: second factors added
-/// while the address was unconfirmed (before it was last confirmed, or at
-/// all if it never was) are removed, since a stranger who registered the
-/// address, or held a session before the owner proved it, may have added
-/// them. A notice goes to the address.
+/// before a mailbox of the account was first proven (`address_proven_at`,
+/// or all of them if none ever was) are removed, since a stranger who
+/// registered the address may have added them. Factors added after stay,
+/// whatever address changes came since. A notice goes to the address.
 ///
 /// Errors: `WEAK_PASSWORD` (field `newPassword`), `LINK_INVALID_OR_EXPIRED`
 /// (field `token`), `RATE_LIMITED` when the hashing queue is full.
@@ -354,21 +356,33 @@ pub async fn reset_password(svc: &Services, token: &str, new_password: String, c
     let hash = svc.hasher.hash(new_password).await?;
     let mut tx = store::Write::begin(svc).await?;
     let used = consume(svc, tx.conn(), Kind::ResetPassword, token).await?;
+    let user_id = UserId::from(used.user_id);
+    // Rows are taken in the order a second-factor or passkey login takes
+    // them (its factor, its challenge, then the user's row), so the two
+    // wait for each other and never deadlock: the factors added before the
+    // address was first proven go first, then the links and challenges, and
+    // the user's row last.
+    let proven_at = user::Entity::find_by_id(used.user_id)
+        .select_only()
+        .column(user::Column::AddressProvenAt)
+        .into_tuple::<Option<DateTime<Utc>>>()
+        .one(tx.conn())
+        .await?
+        .flatten();
+    let (totp, passkeys) = super::second_factor::remove_unproven_factors(tx.conn(), user_id, proven_at).await?;
+    void_pending_links(svc, tx.conn(), user_id).await?;
     let user = holder(tx.conn(), &used).await?;
-    let user_id = UserId::from(user.id);
     let now = svc.clock.now();
     let email = Email::from_parts(user.email.clone(), user.email_normalized.clone());
-    let confirmed_at = user.email_verified_at;
     let verified = user.email_verified_at.unwrap_or(now);
-    // Challenges before the user's row, the order a second-factor login takes them.
-    void_pending_links(svc, tx.conn(), user_id).await?;
+    let proven = user.address_proven_at.unwrap_or(now);
     let mut active: user::ActiveModel = user.into();
     active.password_hash = Set(hash);
     active.email_verified_at = Set(Some(verified));
+    active.address_proven_at = Set(Some(proven));
     active.updated_at = Set(now);
     active.update(tx.conn()).await?;
     let ended = tx.end_user_sessions(user_id, None).await?;
-    let (totp, passkeys) = super::second_factor::remove_unproven_factors(tx.conn(), user_id, confirmed_at).await?;
     if totp || passkeys > 0 {
         let detail = format!(
             "added before the address was confirmed; authenticator: {}, passkeys: {passkeys}",
@@ -407,11 +421,13 @@ pub async fn confirm_email_change(svc: &Services, token: &str, client: &ClientIn
     };
     let now = svc.clock.now();
     let search_key = entity::keys::search_key(&user.name, &display);
+    let proven = user.address_proven_at.unwrap_or(now);
     let mut active: user::ActiveModel = user.into();
     active.email = Set(display);
     active.email_normalized = Set(used.email_key.clone());
     active.search_key = Set(search_key);
     active.email_verified_at = Set(Some(now));
+    active.address_proven_at = Set(Some(proven));
     active.updated_at = Set(now);
     active.update(tx.conn()).await.map_err(|e| match e.sql_err() {
         Some(SqlErr::UniqueConstraintViolation(_)) => AppError::EmailTaken,
@@ -432,6 +448,8 @@ pub(super) enum Prepared {
     Send { to: String, to_key: String, mail: Rendered },
     /// Send nothing, for this reason (kept on the row for an operator).
     Skip(&'static str),
+    /// Send it after this wait (a notice over its recipient's budget).
+    Defer(std::time::Duration),
 }
 
 /// Makes the mail of an outbox row, with a fresh token for the kinds that
@@ -467,10 +485,26 @@ pub(super) async fn prepare(svc: &Services, row: &mail_outbox::Model) -> AppResu
     // `RATE_LIMIT_MAIL_PER_RECIPIENT` but apart from the one links spend, so
     // that a flood of notices (a session toggling passkeys) neither reaches
     // the mailbox nor stops its owner's reset link. Spent once, at the first
-    // attempt; past it the notice is dropped.
+    // attempt. Past it a notice is never lost: it is coalesced with a notice
+    // of the same kind already on its way to the same address (which tells
+    // the same news), or else deferred until the budget admits it.
     if !kind.has_link() && row.attempts == 1 {
         match limits::spend_recipient(svc, &notice_key(&row.recipient_key)).await {
-            Err(AppError::RateLimited { .. }) => return Ok(Prepared::Skip("over the recipient's notice budget")),
+            Err(AppError::RateLimited { retry_after }) => {
+                let same_on_its_way = mail_outbox::Entity::find()
+                    .filter(mail_outbox::Column::RecipientKey.eq(row.recipient_key.as_str()))
+                    .filter(mail_outbox::Column::Kind.eq(row.kind.as_str()))
+                    .filter(mail_outbox::Column::Id.ne(row.id))
+                    .filter(mail_outbox::Column::NextAttemptAt.is_not_null())
+                    .count(&svc.db)
+                    .await?
+                    > 0;
+                return Ok(if same_on_its_way {
+                    Prepared::Skip("coalesced with the same notice on its way")
+                } else {
+                    Prepared::Defer(std::time::Duration::from_secs(retry_after))
+                });
+            }
             other => other?,
         }
     }

@@ -77,6 +77,7 @@ async fn claim(svc: &Services) -> AppResult<Option<mail_outbox::Model>> {
         .col_expr(mail_outbox::Column::ClaimedUntil, Expr::value(lease))
         .col_expr(mail_outbox::Column::Attempts, Expr::col(mail_outbox::Column::Attempts).add(1))
         .filter(mail_outbox::Column::Id.in_subquery(due.into_query()))
+        .filter(mail_outbox::Column::NextAttemptAt.lte(now))
         .exec_with_returning(&svc.db)
         .await?
         .pop())
@@ -89,6 +90,9 @@ enum End {
     Failed(String),
     /// Not to be sent, for this reason.
     Skipped(&'static str),
+    /// Not yet: to be sent after this wait (a notice over its recipient's
+    /// budget).
+    Deferred(Duration),
 }
 
 /// `update` ending a row unsent: no next attempt, `failed_at` now, and why.
@@ -121,14 +125,31 @@ async fn finish(svc: &Services, row: &mail_outbox::Model, end: End) -> AppResult
         other => other,
     };
     let fenced = mail_outbox::Entity::update_many()
-        .col_expr(mail_outbox::Column::ClaimedUntil, Expr::value(Option::<DateTime<Utc>>::None))
         .filter(mail_outbox::Column::Id.eq(row.id))
         .filter(mail_outbox::Column::Attempts.eq(row.attempts))
         .filter(mail_outbox::Column::NextAttemptAt.is_not_null());
+    // Every end but a deferral lets go of the claim.
+    let released = |update: sea_orm::UpdateMany<mail_outbox::Entity>| {
+        update.col_expr(mail_outbox::Column::ClaimedUntil, Expr::value(Option::<DateTime<Utc>>::None))
+    };
     let (outcome, update) = match end {
+        End::Deferred(wait) => {
+            tracing::info!(
+                mail_id = %row.id, kind = %row.kind, send_in_secs = wait.as_secs(),
+                "notice deferred: over the recipient's notice budget"
+            );
+            // Held (`claimed_until`) until then: not a failure's backoff, so a
+            // server that answers again does not bring it forward.
+            let next = now + ChronoDuration::from_std(wait).unwrap_or_default();
+            let update = fenced
+                .col_expr(mail_outbox::Column::NextAttemptAt, Expr::value(next))
+                .col_expr(mail_outbox::Column::ClaimedUntil, Expr::value(next))
+                .col_expr(mail_outbox::Column::LastError, Expr::value("deferred: over the recipient's notice budget"));
+            ("deferred", update)
+        }
         End::Sent => {
             tracing::info!(mail_id = %row.id, kind = %row.kind, attempts = row.attempts, "mail sent");
-            let update = fenced
+            let update = released(fenced)
                 .col_expr(mail_outbox::Column::SentAt, Expr::value(now))
                 .col_expr(mail_outbox::Column::NextAttemptAt, Expr::value(Option::<DateTime<Utc>>::None))
                 .col_expr(mail_outbox::Column::LastError, Expr::value(Option::<String>::None));
@@ -141,18 +162,18 @@ async fn finish(svc: &Services, row: &mail_outbox::Model, end: End) -> AppResult
                 retry_in_secs = wait.as_secs(), "mail not sent; will retry"
             );
             let next = now + ChronoDuration::from_std(wait).unwrap_or_default();
-            let update = fenced
+            let update = released(fenced)
                 .col_expr(mail_outbox::Column::NextAttemptAt, Expr::value(next))
                 .col_expr(mail_outbox::Column::LastError, Expr::value(clip(&error)));
             ("retried", update)
         }
         End::Failed(error) => {
             tracing::error!(mail_id = %row.id, kind = %row.kind, attempts = row.attempts, %error, "mail given up");
-            ("failed", ended_unsent(fenced, now, clip(&error)))
+            ("failed", ended_unsent(released(fenced), now, clip(&error)))
         }
         End::Skipped(why) => {
             tracing::info!(mail_id = %row.id, kind = %row.kind, reason = why, "mail not sent");
-            let mut update = ended_unsent(fenced, now, format!("not sent: {why}"));
+            let mut update = ended_unsent(released(fenced), now, format!("not sent: {why}"));
             if row.user_id.is_none() {
                 update = update
                     .col_expr(mail_outbox::Column::Recipient, Expr::value(""))
@@ -177,8 +198,9 @@ fn clip(s: &str) -> String {
     s.chars().take(500).collect()
 }
 
-/// Moves the claim on `row` a lease ahead, if it is still this attempt's
-/// and the row still open (a voided row stays ended).
+/// Moves the claim on `row` a lease ahead, if it is still this attempt's,
+/// still claimed (an end written a moment ago stays) and the row still open
+/// (a voided row stays ended).
 async fn renew(svc: &Services, row: &mail_outbox::Model) -> AppResult<()> {
     let lease = svc.clock.now() + ChronoDuration::from_std(LEASE).unwrap_or_default();
     mail_outbox::Entity::update_many()
@@ -187,6 +209,7 @@ async fn renew(svc: &Services, row: &mail_outbox::Model) -> AppResult<()> {
         .filter(mail_outbox::Column::Id.eq(row.id))
         .filter(mail_outbox::Column::Attempts.eq(row.attempts))
         .filter(mail_outbox::Column::NextAttemptAt.is_not_null())
+        .filter(mail_outbox::Column::ClaimedUntil.is_not_null())
         .exec(&svc.db)
         .await?;
     Ok(())
@@ -206,9 +229,13 @@ async fn release_backlog(svc: &Services, oldest_only: bool) -> AppResult<u64> {
     if oldest_only {
         backing_off = backing_off.limit(1);
     }
+    // The conditions again on the row itself: on PostgreSQL a row the
+    // subquery saw backing off may have been ended (voided) since, and only
+    // the outer conditions are checked again on the row as it is now.
     Ok(mail_outbox::Entity::update_many()
         .col_expr(mail_outbox::Column::NextAttemptAt, Expr::value(now))
         .filter(mail_outbox::Column::Id.in_subquery(backing_off.into_query()))
+        .filter(mail_outbox::Column::NextAttemptAt.gt(now))
         .filter(mail_outbox::Column::ClaimedUntil.is_null())
         .exec(&svc.db)
         .await?
@@ -237,6 +264,7 @@ async fn handle(svc: &Services, row: &mail_outbox::Model) -> AppResult<()> {
     let end = match prepare(svc, row).await {
         Err(e) => End::Retry(e.detail()),
         Ok(Prepared::Skip(why)) => End::Skipped(why),
+        Ok(Prepared::Defer(wait)) => End::Deferred(wait),
         Ok(Prepared::Send { to, to_key, mail }) => {
             match svc.mail.send(&row.id.simple().to_string(), &to, &to_key, mail).await {
                 Ok(file) => {

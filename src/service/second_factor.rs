@@ -916,9 +916,10 @@ pub async fn reset(
     Ok(before)
 }
 
-/// Removes, in `conn`, the second factors of `user_id` that were added while
-/// its address was unconfirmed: before `confirmed_at`, the time the address
-/// was last confirmed, or every one when it never was (`None`). Called by a
+/// Removes, in `conn`, the second factors of `user_id` that were added before
+/// a mailbox of the account was first proven: before `confirmed_at`
+/// (`users.address_proven_at`), or every one when none ever was (`None`).
+/// Called by a
 /// password reset, where someone proves the mailbox: a factor added before
 /// that (by whoever registered the address, or took a session of the
 /// account, before its owner proved it) must not stay a way in that the

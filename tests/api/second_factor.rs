@@ -721,20 +721,27 @@ async fn whoever_proves_the_mailbox_gets_a_clean_account() {
     let types = event_types(&ok(&app, &owner, EVENTS, json!({})).await);
     assert!(types.contains(&"SECOND_FACTOR_RESET".to_owned()), "{types:?}");
 
-    // Added by the owner after she proved the address: kept through a reset.
+    // Added by the owner after she proved the address: kept through a reset,
+    // even after a move to another address (which someone who later gets
+    // into that mailbox must not turn into a way around her factors).
     app.clock.advance(Duration::from_secs(1));
     let owner_user = TestUser {
         id: stranger.id.clone(),
         email: "taken@example.com".into(),
-        access_token: owner,
+        access_token: owner.clone(),
         refresh_token: String::new(),
     };
     enable_totp(&app, &owner_user).await;
     insert_passkey(&app, &stranger.id, now(&app)).await;
     app.clock.advance(Duration::from_secs(1));
-    reset_by_mail(&app, "taken@example.com", "yet another passphrase").await;
-    let v = app.login_body("taken@example.com", "yet another passphrase").await;
-    assert_eq!(reason(&v), "SECOND_FACTOR_REQUIRED", "the owner's own factor was removed: {v}");
+    app.change_address(&owner, "moved@example.com").await;
+    app.clock.advance(Duration::from_secs(1));
+    reset_by_mail(&app, "moved@example.com", "yet another passphrase").await;
+    let v = app.login_body("moved@example.com", "yet another passphrase").await;
+    assert_eq!(reason(&v), "SECOND_FACTOR_REQUIRED", "the owner's own factors were removed: {v}");
+    use sea_orm::{EntityTrait, PaginatorTrait};
+    let passkeys = entity::passkey::Entity::find().count(&app.state().services.db).await.unwrap();
+    assert_eq!(passkeys, 1, "the owner's passkey was removed");
 }
 
 /// Second-factor logins finishing a few milliseconds apart, with a password
