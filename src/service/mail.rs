@@ -369,7 +369,7 @@ pub async fn reset_password(svc: &Services, token: &str, new_password: String, c
         .one(tx.conn())
         .await?
         .flatten();
-    let (totp, passkeys) = super::second_factor::remove_unproven_factors(tx.conn(), user_id, proven_at).await?;
+    let (totp, passkeys) = super::second_factor::remove_factors_added_before(tx.conn(), user_id, proven_at).await?;
     void_pending_links(svc, tx.conn(), user_id).await?;
     let user = holder(tx.conn(), &used).await?;
     let now = svc.clock.now();

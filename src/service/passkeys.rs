@@ -157,11 +157,6 @@ pub async fn list(svc: &Services, user_id: UserId) -> AppResult<Vec<PasskeyInfo>
     Ok(rows.into_iter().map(PasskeyInfo::from).collect())
 }
 
-/// Deletes every passkey of `user_id`, in `conn` (an admin's reset).
-pub(super) async fn delete_all(conn: &impl ConnectionTrait, user_id: UserId) -> AppResult<u64> {
-    delete_added_before(conn, user_id, None).await
-}
-
 /// Deletes the passkeys of `user_id` added before `cutoff` (every one with
 /// `None`), in `conn`. Returns how many.
 pub(super) async fn delete_added_before(

@@ -238,11 +238,6 @@ async fn replace_recovery_codes(
     Ok(codes)
 }
 
-/// What factors `user_id` has.
-pub async fn status(svc: &Services, user_id: UserId) -> AppResult<FactorStatus> {
-    Ok(status_for_users(svc, &[user_id]).await?.remove(&user_id).unwrap_or_default())
-}
-
 /// What factors each of `users` has, in three queries whatever their number
 /// (an admin's listing page); a user without any is missing from the map.
 pub async fn status_for_users(svc: &Services, users: &[UserId]) -> AppResult<HashMap<UserId, FactorStatus>> {
@@ -892,9 +887,7 @@ pub async fn reset(
     let mut tx = store::Write::begin(svc).await?;
     // What is removed, read in the transaction that removes it.
     let before = status_for_users_in(tx.conn(), &[user_id]).await?.remove(&user_id).unwrap_or_default();
-    totp_factor::Entity::delete_by_id(user_id.uuid()).exec(tx.conn()).await?;
-    recovery_code::Entity::delete_many().filter(recovery_code::Column::UserId.eq(user_id)).exec(tx.conn()).await?;
-    super::passkeys::delete_all(tx.conn(), user_id).await?;
+    remove_factors_added_before(tx.conn(), user_id, None).await?;
     // A lost device may still hold a session: every session ends, as do
     // open challenges and links (`void_pending_links` ends both).
     mail::void_pending_links(svc, tx.conn(), user_id).await?;
@@ -916,29 +909,28 @@ pub async fn reset(
     Ok(before)
 }
 
-/// Removes, in `conn`, the second factors of `user_id` that were added before
-/// a mailbox of the account was first proven: before `confirmed_at`
-/// (`users.address_proven_at`), or every one when none ever was (`None`).
-/// Called by a
-/// password reset, where someone proves the mailbox: a factor added before
-/// that (by whoever registered the address, or took a session of the
-/// account, before its owner proved it) must not stay a way in that the
-/// owner never set up. The authenticator goes with its recovery codes.
-/// Returns whether an authenticator was removed, and how many passkeys.
-pub(super) async fn remove_unproven_factors(
+/// Removes, in `conn`, the second factors of `user_id` added before
+/// `cutoff`, or every one with `None` (an admin's reset). A password reset
+/// passes `users.address_proven_at`, when a mailbox of the account was first
+/// proven: a factor added before that (by whoever registered the address
+/// before its owner proved it) must not stay a way in that the owner never
+/// set up. The authenticator goes with its recovery codes (with `None`, the
+/// codes go whatever else there is). Returns whether an authenticator was
+/// removed, and how many passkeys.
+pub(super) async fn remove_factors_added_before(
     conn: &impl ConnectionTrait,
     user_id: UserId,
-    confirmed_at: Option<DateTime<Utc>>,
+    cutoff: Option<DateTime<Utc>>,
 ) -> AppResult<(bool, u64)> {
     let mut totp = totp_factor::Entity::delete_many().filter(totp_factor::Column::UserId.eq(user_id));
-    if let Some(cutoff) = confirmed_at {
+    if let Some(cutoff) = cutoff {
         totp = totp.filter(totp_factor::Column::CreatedAt.lt(cutoff));
     }
     let totp_removed = totp.exec(conn).await?.rows_affected > 0;
-    if totp_removed {
+    if totp_removed || cutoff.is_none() {
         recovery_code::Entity::delete_many().filter(recovery_code::Column::UserId.eq(user_id)).exec(conn).await?;
     }
-    let passkeys = super::passkeys::delete_added_before(conn, user_id, confirmed_at).await?;
+    let passkeys = super::passkeys::delete_added_before(conn, user_id, cutoff).await?;
     Ok((totp_removed, passkeys))
 }
 
