@@ -42,8 +42,8 @@ const LEASE: Duration = Duration::from_secs(15);
 /// How often a sender renews the claims it is working on.
 const RENEW_EVERY: Duration = Duration::from_secs(5);
 
-/// How often a sender with mail backing off asks the mail server whether it
-/// answers again.
+/// How often an idle sender tries the mail that has backed off longest (a
+/// probe: if the server takes it, everything backing off follows at once).
 pub const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// How long a mail is retried before it is given up.
@@ -324,10 +324,8 @@ pub fn spawn_sender(svc: Services) -> tokio::task::JoinHandle<()> {
                 () = tokio::time::sleep(POLL) => {}
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 _ = probe.tick(), if in_flight.is_empty() => {
-                    // A probe: the mail backing off longest is tried now; if
-                    // the server takes it, the rest follow at once.
-                    if release_backlog(&svc, true).await.is_ok_and(|n| n > 0) {
-                        continue;
+                    if let Err(e) = release_backlog(&svc, true).await {
+                        tracing::warn!(error = %e.detail(), "mail outbox: database unavailable; will retry");
                     }
                 }
             }
