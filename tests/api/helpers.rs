@@ -350,10 +350,10 @@ pub async fn gql_vars_at(addr: SocketAddr, token: Option<&str>, query: &str, var
 /// fails, saying what was awaited (`what` is asked only then). The one way
 /// the tests wait: for the thing itself, never for a time that is usually
 /// enough.
-pub async fn wait_until<T>(what: impl FnOnce() -> String, mut probe: impl FnMut() -> Option<T>) -> T {
+pub async fn wait_until<T>(what: impl FnOnce() -> String, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        if let Some(found) = probe() {
+        if let Some(found) = probe().await {
             return found;
         }
         assert!(tokio::time::Instant::now() < deadline, "waited 15 s for {}", what());
@@ -361,26 +361,26 @@ pub async fn wait_until<T>(what: impl FnOnce() -> String, mut probe: impl FnMut(
     }
 }
 
-/// Waits until the outbox holds mail and none of it is due or being sent:
-/// every row sent, given up or voided. After it, no sender can send again
-/// (a row is sent again only if its claim lapses, 90 s on), so what
-/// arrived is all that will.
+/// Waits until the outbox holds mail and none of it is due, backing off or
+/// being sent: every row sent, given up, skipped or voided. A row without a
+/// next attempt is never claimed again, so what arrived is all that will.
 pub async fn wait_outbox_settled(db: &sea_orm::DatabaseConnection) {
     use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let all = entity::mail_outbox::Entity::find().count(db).await.unwrap();
-        let open = entity::mail_outbox::Entity::find()
-            .filter(entity::mail_outbox::Column::NextAttemptAt.is_not_null())
-            .count(db)
-            .await
-            .unwrap();
-        if all > 0 && open == 0 {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the outbox did not settle: {open} of {all} rows open");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let last = std::cell::Cell::new((0, 0));
+    wait_until(
+        || format!("the outbox to settle: {} of {} rows open", last.get().1, last.get().0),
+        async || {
+            let all = entity::mail_outbox::Entity::find().count(db).await.unwrap();
+            let open = entity::mail_outbox::Entity::find()
+                .filter(entity::mail_outbox::Column::NextAttemptAt.is_not_null())
+                .count(db)
+                .await
+                .unwrap();
+            last.set((all, open));
+            (all > 0 && open == 0).then_some(())
+        },
+    )
+    .await
 }
 
 impl TestApp {
@@ -413,7 +413,7 @@ impl TestApp {
     pub async fn next_mail_file(&self, to: &str, subject: &str) -> crate::smtp::Delivered {
         wait_until(
             || format!("a mail to {to} about {subject:?}; the folder has {:?}", self.mail_subjects_to(to)),
-            || {
+            async || {
                 let mut taken = self.taken_mail.lock().unwrap();
                 let (path, mail) = self
                     .mail_files_to(to)

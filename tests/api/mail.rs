@@ -457,21 +457,20 @@ async fn without_smtp_mail_is_written_to_the_mail_folder() {
 /// (no sender holds it).
 async fn wait_for_attempts(db: &sea_orm::DatabaseConnection, n: i32, error: &str) {
     use sea_orm::EntityTrait;
-    for _ in 0..300 {
-        let mut rows = entity::mail_outbox::Entity::find().all(db).await.unwrap();
-        rows.retain(|r| r.sent_at.is_none());
-        if !rows.is_empty()
-            && rows.iter().all(|r| {
+    wait_until(
+        || format!("the queued mail to be tried {n} times"),
+        async || {
+            let mut rows = entity::mail_outbox::Entity::find().all(db).await.unwrap();
+            rows.retain(|r| r.sent_at.is_none());
+            let tried = rows.iter().all(|r| {
                 r.attempts >= n
                     && r.claimed_until.is_none()
                     && r.last_error.as_deref().is_some_and(|e| e.contains(error))
-            })
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the queued mail was not tried {n} times");
+            });
+            (!rows.is_empty() && tried).then_some(())
+        },
+    )
+    .await
 }
 
 /// Asking whether addresses are taken through address changes spends the
@@ -559,11 +558,7 @@ async fn a_send_in_flight_during_a_recovery_is_never_retried() {
     assert!(v["errors"].is_null(), "{v}");
     sink.release("thief@evil.example", "451 4.3.0 try again later").await;
     // The sender takes the answer (and finds its row ended by the reset).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while ended().await <= before {
-        assert!(tokio::time::Instant::now() < deadline, "the in-flight attempt did not end");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(|| "the in-flight attempt to end".into(), async || (ended().await > before).then_some(())).await;
     // Past every backoff and lease: nothing is due.
     app.clock.advance(Duration::from_secs(3600));
     wait_outbox_settled(&app.state().services.db).await;
@@ -752,15 +747,16 @@ async fn wait_until_rows(
     done: impl Fn(&[entity::mail_outbox::Model]) -> bool,
 ) -> Vec<entity::mail_outbox::Model> {
     use sea_orm::EntityTrait;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let rows = entity::mail_outbox::Entity::find().all(db).await.unwrap();
-        if done(&rows) {
-            return rows;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the outbox did not reach the state awaited: {rows:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let last = std::cell::RefCell::new(String::new());
+    wait_until(
+        || format!("the outbox to reach the state awaited: {}", last.borrow()),
+        async || {
+            let rows = entity::mail_outbox::Entity::find().all(db).await.unwrap();
+            *last.borrow_mut() = format!("{rows:?}");
+            done(&rows).then_some(rows)
+        },
+    )
+    .await
 }
 
 /// Mail that failed again and again backs off for minutes; once the SMTP

@@ -184,7 +184,7 @@ async fn sigkill_during_writes_loses_no_acknowledged_registration() {
             let registered = &registered;
             wait_until(
                 || format!("three registrations acknowledged in round {round}"),
-                || (registered.lock().unwrap().len() >= before + 3).then_some(()),
+                async || (registered.lock().unwrap().len() >= before + 3).then_some(()),
             )
             .await;
             server.child.kill().expect("SIGKILL");

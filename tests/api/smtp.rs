@@ -164,7 +164,7 @@ impl SmtpSink {
         let to = to.to_ascii_lowercase();
         crate::helpers::wait_until(
             || format!("a held message to {to}"),
-            || self.faults.lock().unwrap().held.contains_key(&to).then_some(()),
+            async || self.faults.lock().unwrap().held.contains_key(&to).then_some(()),
         )
         .await
     }
@@ -181,7 +181,7 @@ impl SmtpSink {
         answer.send(format!("{reply}\r\n")).unwrap();
         crate::helpers::wait_until(
             || format!("the answer to the held message to {to}"),
-            || (self.faults.lock().unwrap().answered.get(&to).copied().unwrap_or(0) > before).then_some(()),
+            async || (self.faults.lock().unwrap().answered.get(&to).copied().unwrap_or(0) > before).then_some(()),
         )
         .await
     }
@@ -216,7 +216,7 @@ impl SmtpSink {
     pub async fn next_mail(&self, to: &str, subject: &str) -> Delivered {
         crate::helpers::wait_until(
             || format!("a mail to {to} about {subject:?}; the sink has {:?}", self.summary()),
-            || {
+            async || {
                 let messages = self.messages.lock().unwrap();
                 let mut taken = self.taken.lock().unwrap();
                 let i = (0..messages.len()).find(|i| {
