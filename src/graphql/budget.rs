@@ -132,13 +132,14 @@ pub(super) async fn spend(
                 Principal::Service(key) => Some(format!("key:{}", key.key_id)),
                 Principal::Anonymous | Principal::Rejected(_) => None,
             };
-            match limits::spend_ip(svc, Action::Write, ip).await {
-                Ok(()) => match account {
+            async {
+                limits::spend_ip(svc, Action::Write, ip).await?;
+                match account {
                     Some(account) => limits::spend_write(svc, &account).await,
                     None => Ok(()),
-                },
-                refused => refused,
+                }
             }
+            .await
         }
         Some(Budget::PasswordCheck | Budget::Mail | Budget::Unmetered(_)) => Ok(()),
         None => Err(AppError::internal(format!("no rate-limit budget is declared for `{}`", info.name))),
