@@ -191,23 +191,27 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
             mail::resend_verification_on_login(svc, &user).await?;
             return failed_login(svc, client, Some(UserId::from(user.id)), AppError::EmailNotVerified).await;
         }
-        // The password held; the session waits for the second factor.
-        if second_factor::required(svc, UserId::from(user.id)).await? {
-            let refusal = second_factor::challenge(svc, &user).await?;
-            return failed_login(svc, client, Some(UserId::from(user.id)), refusal).await;
-        }
         let now = svc.clock.now();
         let mut tx = store::Write::begin(svc).await?;
+        // One statement decides it: the hash is still the one verified, and the
+        // account has no second factor (the common case, without a read of
+        // its own).
         let mut update = user::Entity::update_many()
             .col_expr(user::Column::LastLoginAt, Expr::value(now))
             .filter(user::Column::Id.eq(user.id))
-            .filter(user::Column::PasswordHash.eq(user.password_hash.as_str()));
+            .filter(user::Column::PasswordHash.eq(user.password_hash.as_str()))
+            .filter(second_factor::not_required());
         if let Some(h) = &new_hash {
             update = update.col_expr(user::Column::PasswordHash, Expr::value(h.clone()));
         }
         let Some(current) = update.exec_with_returning(tx.conn()).await?.pop() else {
-            // Deleted, or the hash changed, between the check and now.
             tx.rollback().await?;
+            // The password held; the session waits for the second factor.
+            if second_factor::required(svc, UserId::from(user.id)).await? {
+                let refusal = second_factor::challenge(svc, &user).await?;
+                return failed_login(svc, client, Some(UserId::from(user.id)), refusal).await;
+            }
+            // Deleted, or the hash changed, between the check and now.
             if attempt == 0 {
                 continue;
             }

@@ -943,6 +943,28 @@ pub async fn purge(svc: &Services, now: DateTime<Utc>) -> AppResult<u64> {
         .rows_affected)
 }
 
+/// A condition on a `users` row: the account has no second factor (no
+/// confirmed authenticator and no passkey), as [`required`] would answer.
+/// A write that starts a session on the password alone carries it, so that a
+/// factor confirmed while the password was being checked is not skipped; the
+/// write then changes no row and the caller asks [`required`].
+pub(super) fn not_required() -> sea_orm::sea_query::SimpleExpr {
+    use sea_orm::sea_query::Query;
+    let user_id = Expr::col((user::Entity, user::Column::Id));
+    let authenticator = Query::select()
+        .expr(Expr::val(1))
+        .from(totp_factor::Entity)
+        .and_where(Expr::col((totp_factor::Entity, totp_factor::Column::UserId)).eq(user_id.clone()))
+        .and_where(Expr::col((totp_factor::Entity, totp_factor::Column::ConfirmedAt)).is_not_null())
+        .to_owned();
+    let passkey = Query::select()
+        .expr(Expr::val(1))
+        .from(passkey::Entity)
+        .and_where(Expr::col((passkey::Entity, passkey::Column::UserId)).eq(user_id))
+        .to_owned();
+    Expr::exists(authenticator).not().and(Expr::exists(passkey).not())
+}
+
 /// Whether a password login of `user_id` needs a second factor (an active
 /// authenticator or a passkey).
 pub(super) async fn required(svc: &Services, user_id: UserId) -> AppResult<bool> {
