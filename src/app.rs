@@ -21,8 +21,12 @@ use crate::{
     graphql::{self, Limits},
     http::{self, AppState, cookies::CookiePolicy, site::SitePolicy},
     service::{
-        Services, SessionPolicy, api_keys, outbox, sessions, signing_keys,
-        store::{self, SessionRegistry},
+        Services, SessionPolicy, api_keys,
+        core::{
+            signing_keys,
+            store::{self, SessionRegistry},
+        },
+        outbox, sessions,
     },
 };
 
@@ -81,7 +85,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         limits: Arc::new(RateLimits::new(&config.rate_limits, config.clock.clone())),
         api_key_usage: Arc::default(),
         mail: Arc::new(mailer),
-        events: Arc::new(crate::service::events::EventLog::new(config.security_event_retention)),
+        events: Arc::new(crate::service::core::events::EventLog::new(config.security_event_retention)),
         second_factor: Arc::new(
             crate::service::second_factor::SecondFactors::new(
                 &config.second_factor,
@@ -239,7 +243,7 @@ async fn bind_and_serve(
         loop {
             tick.tick().await;
             services.limits.forget_idle();
-            if let Err(e) = crate::service::events::flush_refusals(&services).await {
+            if let Err(e) = crate::service::core::events::flush_refusals(&services).await {
                 tracing::warn!(error = %e.detail(), "writing the rate-limit refusal tally failed; those counts are lost");
             }
             if let Err(e) = api_keys::flush_usage(&services).await {

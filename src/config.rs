@@ -315,7 +315,7 @@ pub struct ServeArgs {
 
     /// Live sessions (and as many user profiles) each instance keeps in memory;
     /// others are read from the database on first use
-    #[arg(long, env = "SESSION_CACHE_CAPACITY", default_value_t = crate::service::store::DEFAULT_CAPACITY)]
+    #[arg(long, env = "SESSION_CACHE_CAPACITY", default_value_t = crate::service::core::store::DEFAULT_CAPACITY)]
     pub session_cache_capacity: usize,
 }
 
@@ -662,14 +662,14 @@ impl Config {
         // A verifier may have fetched the set from an instance that had not yet
         // reloaded it (up to 30 s), keeps it for its max-age, and its clock
         // may be a little ahead.
-        let least_lead = Duration::from_secs(JWKS_MAX_AGE_SECS) + crate::service::signing_keys::REFRESH * 2;
+        let least_lead = Duration::from_secs(JWKS_MAX_AGE_SECS) + crate::service::core::signing_keys::REFRESH * 2;
         if args.jwt_key_lead_time < least_lead {
             return Err(bad(format!(
                 "JWT_KEY_LEAD_TIME must be at least {}s: the JWK Set is cached {}s and reloaded every {}s, \
                  and a key must be known to every verifier before it signs",
                 least_lead.as_secs(),
                 JWKS_MAX_AGE_SECS,
-                crate::service::signing_keys::REFRESH.as_secs()
+                crate::service::core::signing_keys::REFRESH.as_secs()
             )));
         }
         if args.jwt_key_rotation_interval.is_some_and(|every| every <= args.jwt_key_lead_time) {
@@ -709,7 +709,7 @@ impl Config {
             jwt_key_lead_time: args.jwt_key_lead_time,
             jwt_key_rotation_interval: args.jwt_key_rotation_interval,
             jwt_hasura_claims: args.jwt_hasura_claims,
-            key_refresh_interval: crate::service::signing_keys::REFRESH,
+            key_refresh_interval: crate::service::core::signing_keys::REFRESH,
             database_timeout,
             database_max_connections,
             listen_addr: args.listen_addr,
@@ -752,7 +752,7 @@ impl Config {
             second_factor,
             metrics_addr: args.metrics_addr,
             security_event_retention: positive("SECURITY_EVENT_RETENTION", args.security_event_retention)?,
-            session_watch_recheck: crate::service::watch::RECHECK,
+            session_watch_recheck: crate::service::core::watch::RECHECK,
             cleanup_interval,
             session_cache_capacity: args.session_cache_capacity,
             clock: Clock::system(),

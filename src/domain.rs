@@ -89,7 +89,7 @@ pub struct Email {
 }
 
 impl Email {
-    /// Both forms, already checked (`service::validate::email`) or read from a
+    /// Both forms, already checked (`service::core::validate::email`) or read from a
     /// stored row.
     pub(crate) fn from_parts(display: String, key: String) -> Self {
         Self { display, key }
@@ -215,7 +215,7 @@ impl From<api_key::Model> for ApiKey {
     }
 }
 
-/// Where a signing key is in its life (see `service::signing_keys`).
+/// Where a signing key is in its life (see `service::core::signing_keys`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyState {
     /// Published; signs from `signs_from`.

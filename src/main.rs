@@ -110,7 +110,7 @@ async fn create_admin(args: authgraph::cli::CreateAdminArgs) -> Result<(), Strin
 
 /// `authgraph keys list | rotate | retire KID`.
 async fn keys(command: KeysCommand) -> Result<(), String> {
-    use authgraph::service::signing_keys;
+    use authgraph::service::core::signing_keys;
     let args = match &command {
         KeysCommand::List(args) | KeysCommand::Rotate(args) => args.clone(),
         KeysCommand::Retire(retire) => retire.serve.clone(),

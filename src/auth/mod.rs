@@ -1,6 +1,6 @@
 //! Authentication building blocks: password hashing, access tokens (JWT), refresh
 //! tokens, who is calling (principal), rate limits, and the client's address.
-//! The live-session registry belongs to the session store (`service::store`).
+//! The live-session registry belongs to the session store (`service::core::store`).
 
 pub mod access;
 pub mod client_ip;

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::service::{
     accounts::{self, NewAccount, ProfileChange},
-    users,
+    core::users,
 };
 
 #[derive(Default)]

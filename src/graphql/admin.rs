@@ -19,7 +19,9 @@ use crate::{
     error::{AppError, Reason},
     service::{
         admin::{self, PAGE_DEFAULT, PAGE_MAX, PageRequest, UserFilter},
-        api_keys, sessions, signing_keys,
+        api_keys,
+        core::signing_keys,
+        sessions,
     },
 };
 

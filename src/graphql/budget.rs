@@ -17,7 +17,7 @@ use async_graphql::{PathSegment, ServerError, ServerResult, extensions::ResolveI
 use crate::{
     auth::rate_limit::{Action, IpKey},
     error::AppError,
-    service::{Services, limits},
+    service::{Services, core::limits},
 };
 
 /// What a root field costs its caller.

@@ -18,7 +18,7 @@ use crate::{
     error::{AppError, Reason},
     service::{
         admin::{PAGE_DEFAULT, PAGE_MAX},
-        events::{self, EventFilter, EventKind, EventPage},
+        core::events::{self, EventFilter, EventKind, EventPage},
     },
 };
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use futures_util::Stream;
 
 use super::{request, services, types::Role};
-use crate::service::watch::{Change, SessionWatch};
+use crate::service::core::watch::{Change, SessionWatch};
 
 /// What happened to the caller's session.
 #[derive(Enum, Copy, Clone, Debug, Eq, PartialEq)]

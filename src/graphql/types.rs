@@ -145,7 +145,8 @@ impl User {
         let as_owner =
             self.own_session.is_some() || request(ctx)?.principal.user().is_some_and(|u| u.user_id == self.model.id);
         let (first, cursor) = super::events::paging(first, after.as_deref())?;
-        let page = crate::service::events::own(super::services(ctx)?, self.model.id, first, cursor, as_owner).await?;
+        let page =
+            crate::service::core::events::own(super::services(ctx)?, self.model.id, first, cursor, as_owner).await?;
         Ok(super::events::connection(page, cursor.is_some()))
     }
     /// Visible to the user themself and to admins only.

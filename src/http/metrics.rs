@@ -6,7 +6,7 @@ use std::sync::Arc;
 use poem::{Endpoint, EndpointExt, Response, Route, get, handler, web::Data};
 
 use super::AppState;
-use crate::service::gauges;
+use crate::service::core::gauges;
 
 /// The routes of the metrics listener: `/metrics` and nothing else.
 pub fn routes(state: Arc<AppState>, handle: metrics_exporter_prometheus::PrometheusHandle) -> impl Endpoint {

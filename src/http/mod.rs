@@ -57,7 +57,7 @@ pub struct AppState {
     pub max_batch_size: usize,
     pub graphiql: bool,
     /// On a database several instances share, where this one follows the
-    /// session change log from (see `service::store`).
+    /// session change log from (see `service::core::store`).
     pub feed_from: Option<i64>,
     /// The subscriptions' sockets open per session.
     pub sockets: Arc<subscriptions::OpenSockets>,

@@ -38,7 +38,7 @@ use crate::{
     graphql::{CookieChanges, RequestCtx},
     service::{
         ClientInfo,
-        watch::{Change, SessionWatch},
+        core::watch::{Change, SessionWatch},
     },
 };
 

@@ -7,8 +7,11 @@ use entity::user::{self, Role};
 
 use super::{
     ClientInfo, Issued, Services,
-    events::{self, Actor, Event, EventKind},
-    limits, mail, second_factor, sessions, store, users, validate,
+    core::{
+        events::{self, Actor, Event, EventKind},
+        limits, store, users, validate,
+    },
+    mail, second_factor, sessions,
 };
 use crate::{
     auth::{

@@ -11,8 +11,10 @@ use entity::user::{self, Role};
 
 use super::{
     ClientInfo, Services,
-    events::{self, Event, EventKind},
-    store,
+    core::{
+        events::{self, Event, EventKind},
+        store,
+    },
 };
 use crate::{
     auth::access::{Actor, AdminOnly, Granted, SessionsRevoke, UsersRead, UsersWrite},
@@ -272,7 +274,7 @@ pub async fn create_or_promote_admin(
     name: Option<&str>,
     password: impl FnOnce() -> AppResult<String>,
 ) -> AppResult<(Account, bool)> {
-    let email = super::validate::email(email)?;
+    let email = super::core::validate::email(email)?;
     if let Some(existing) =
         user::Entity::find().filter(user::Column::EmailNormalized.eq(email.key())).unique_row(&svc.db).await?
     {

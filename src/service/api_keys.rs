@@ -18,7 +18,7 @@ use entity::api_key;
 
 use super::{
     ClientInfo, Services,
-    events::{self, Event, EventKind},
+    core::events::{self, Event, EventKind},
 };
 use crate::{
     auth::{
@@ -171,7 +171,7 @@ pub async fn create(
 ) -> AppResult<(ApiKey, String)> {
     // Admins read key names in listings: the rules of a person's name apply, so
     // invisible and direction-changing characters are refused here too.
-    let name = super::validate::name(name)?;
+    let name = super::core::validate::name(name)?;
     if scopes.is_empty() {
         return Err(AppError::invalid_input(Reason::InvalidScopes, "scopes", "Give the key at least one scope"));
     }

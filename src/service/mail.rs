@@ -25,8 +25,10 @@ use entity::{mail_outbox, mail_token, user};
 
 use super::{
     ClientInfo, Services,
-    events::{self, Actor, Event, EventKind},
-    limits, store, users, validate,
+    core::{
+        events::{self, Actor, Event, EventKind},
+        limits, store, users, validate,
+    },
 };
 use crate::{
     auth::{

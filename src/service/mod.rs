@@ -5,19 +5,12 @@
 pub mod accounts;
 pub mod admin;
 pub mod api_keys;
-pub mod events;
-pub mod gauges;
-pub mod limits;
+pub mod core;
 pub mod mail;
 pub mod outbox;
 pub mod passkeys;
 pub mod second_factor;
 pub mod sessions;
-pub mod signing_keys;
-pub mod store;
-pub mod users;
-pub mod validate;
-pub mod watch;
 
 #[cfg(test)]
 mod race_tests;
@@ -54,19 +47,19 @@ pub struct Services {
     pub hasher: PasswordHasher,
     pub tokens: TokenKeys,
     /// The stored key pairs of an ES256 or EdDSA install (`None` on HS256).
-    pub signing: Option<Arc<signing_keys::SigningKeys>>,
+    pub signing: Option<Arc<self::core::signing_keys::SigningKeys>>,
     pub refresh: RefreshKeys,
-    /// Read by every request; changed only through [`store`].
-    pub registry: Arc<store::SessionRegistry>,
+    /// Read by every request; changed only through [`store`](self::core::store).
+    pub registry: Arc<self::core::store::SessionRegistry>,
     pub limits: Arc<RateLimits>,
     pub api_key_usage: Arc<api_keys::UsageTracker>,
     /// Makes and sends mail (templates, SMTP or files); its outbox is in the database.
     pub mail: Arc<crate::mail::Mailer>,
     /// The security event log's refusal tally and retention.
-    pub events: Arc<events::EventLog>,
+    pub events: Arc<self::core::events::EventLog>,
     /// TOTP's sealer and issuer, the step-up age, the WebAuthn relying party.
     pub second_factor: Arc<second_factor::SecondFactors>,
-    /// How often a watched session is looked at unprompted ([`watch::RECHECK`]
+    /// How often a watched session is looked at unprompted ([`self::core::watch::RECHECK`]
     /// on a server; tests shorten it).
     pub watch_recheck: Duration,
     pub policy: SessionPolicy,

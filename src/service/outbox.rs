@@ -382,7 +382,7 @@ mod tests {
         for end in [End::Retry("451 try later".into()), End::Sent, End::Failed("550 no".into())] {
             let kit = TestKit::new().await;
             let a = kit.register("voided@example.com").await;
-            let thief = super::super::validate::email("thief@evil.example").unwrap();
+            let thief = super::super::core::validate::email("thief@evil.example").unwrap();
             let kind = Kind::ConfirmEmailChange;
             super::super::mail::enqueue(&kit.svc, &kit.svc.db, kind, Some(a.user.id), &thief, Some(&thief))
                 .await
@@ -406,7 +406,7 @@ mod tests {
         let kit = TestKit::new().await;
         let a = kit.register("owner@example.com").await;
         for address in ["Owner@Example.com", "other@example.com"] {
-            let email = super::super::validate::email(address).unwrap();
+            let email = super::super::core::validate::email(address).unwrap();
             super::super::mail::enqueue(&kit.svc, &kit.svc.db, Kind::ResetPassword, None, &email, None).await.unwrap();
         }
         super::super::mail::void_pending_links(&kit.svc, &kit.svc.db, a.user.id).await.unwrap();

@@ -33,10 +33,12 @@ use entity::{passkey, webauthn_ceremony};
 
 use super::{
     ClientInfo, Issued, Services,
-    events::{self, Actor, Event, EventKind},
-    limits, mail,
+    core::{
+        events::{self, Actor, Event, EventKind},
+        limits, store, users,
+    },
+    mail,
     second_factor::{self, Used},
-    store, users,
 };
 use crate::{
     auth::{

@@ -14,8 +14,8 @@ use entity::user::Role;
 
 use super::{
     ClientInfo, Issued, Pause, Services, accounts, admin,
+    core::store::{Lookup, SessionRegistry},
     sessions::{self, live_access},
-    store::{Lookup, SessionRegistry},
     testkit::{PASSWORD, TestKit},
 };
 use crate::auth::{

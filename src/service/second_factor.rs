@@ -23,8 +23,11 @@ use entity::{passkey, recovery_code, second_factor_challenge, session, totp_fact
 
 use super::{
     ClientInfo, Issued, Services, accounts,
-    events::{self, Actor, Event, EventKind},
-    mail, sessions, store, users,
+    core::{
+        events::{self, Actor, Event, EventKind},
+        store, users,
+    },
+    mail, sessions,
 };
 use crate::{
     auth::{keys::Sealer, password::Verified, principal::UserPrincipal, refresh::hash_token},
@@ -992,7 +995,7 @@ mod tests {
         let a = kit.register("stamp@example.com").await;
         let now = kit.svc.clock.now();
         stamp_authenticated(&kit.svc.db, a.session_id, now).await.expect("a live session");
-        let mut tx = crate::service::store::Write::begin(&kit.svc).await.unwrap();
+        let mut tx = crate::service::core::store::Write::begin(&kit.svc).await.unwrap();
         tx.end_user_sessions(a.user.id, None).await.unwrap();
         tx.commit().await.unwrap();
         let e = stamp_authenticated(&kit.svc.db, a.session_id, now).await.expect_err("an ended session stamped");

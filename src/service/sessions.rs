@@ -15,8 +15,10 @@ use entity::{refresh_token, session, user};
 
 use super::{
     ClientInfo, Issued, Services,
-    events::{self, Actor, Event, EventKind},
-    store, users,
+    core::{
+        events::{self, Actor, Event, EventKind},
+        store, users,
+    },
 };
 use crate::{
     auth::{
@@ -339,9 +341,9 @@ pub async fn purge(svc: &Services) -> AppResult<u64> {
         .exec(&svc.db)
         .await?;
     store::prune(svc, now).await?;
-    super::limits::purge(svc).await?;
+    super::core::limits::purge(svc).await?;
     super::mail::purge(svc, now).await?;
-    super::events::purge(svc, now).await?;
+    super::core::events::purge(svc, now).await?;
     super::second_factor::purge(svc, now).await?;
     super::passkeys::purge(svc, now).await?;
     Ok(res.rows_affected)

@@ -10,7 +10,7 @@ use sea_orm::{ConnectionTrait, Database};
 
 use entity::user::Role;
 
-use super::{ClientInfo, Issued, Services, SessionPolicy, accounts, admin, store};
+use super::{ClientInfo, Issued, Services, SessionPolicy, accounts, admin, core::store};
 use crate::{
     auth::{
         access::{Granted, Permission},
@@ -103,12 +103,12 @@ impl TestKit {
                 crate::mail::Mailer::new(&crate::config::MailConfig::files(mail_dir.path().to_path_buf()))
                     .expect("mailer"),
             ),
-            events: Arc::new(super::events::EventLog::new(Duration::from_secs(90 * 24 * 3600))),
+            events: Arc::new(super::core::events::EventLog::new(Duration::from_secs(90 * 24 * 3600))),
             second_factor: Arc::new(
                 super::second_factor::SecondFactors::new(&crate::config::SecondFactorConfig::local(), &secret)
                     .expect("second factors"),
             ),
-            watch_recheck: super::watch::RECHECK,
+            watch_recheck: super::core::watch::RECHECK,
             policy,
             clock: clock.clock(),
             hooks: Default::default(),

@@ -10,9 +10,9 @@ use entity::user::Role;
 
 use super::{
     ClientInfo, admin, api_keys,
+    core::users,
     sessions::{self, TokenInfo},
     testkit::{PASSWORD, TestKit},
-    users,
 };
 use crate::{
     auth::{
@@ -236,7 +236,7 @@ async fn the_purge_clears_what_has_ended() {
         role: Role::User,
     });
     sessions::logout(&kit.svc, &principal, None, false, &ClientInfo::default()).await.unwrap();
-    super::limits::spend_account(&kit.svc, "purged@example.com").await.unwrap();
+    super::core::limits::spend_account(&kit.svc, "purged@example.com").await.unwrap();
     kit.clock.advance(Duration::from_secs(25 * 3600));
     assert_eq!(sessions::purge(&kit.svc).await.unwrap(), 1);
     assert_eq!(sessions::purge(&kit.svc).await.unwrap(), 0);

@@ -179,7 +179,7 @@ async fn rate_limit_refusals_are_tallied() {
         app.login_body("flood@example.com", "whatever it is").await;
     }
     let svc = &app.state().services;
-    assert_eq!(authgraph::service::events::flush_refusals(svc).await.unwrap(), 1);
+    assert_eq!(authgraph::service::core::events::flush_refusals(svc).await.unwrap(), 1);
     // The admin logs in from the same client: its budget is full again an hour on.
     app.clock.advance(Duration::from_secs(3600));
     let (admin, _) = make_admin(&app, "root@example.com").await;

@@ -6,7 +6,7 @@
 
 use authgraph::{
     config::{Secret, SigningAlgorithm},
-    service::signing_keys,
+    service::core::signing_keys,
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};

@@ -11,7 +11,7 @@
 
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
-use super::Services;
+use crate::service::Services;
 use crate::{
     auth::rate_limit::{Action, IpKey},
     config::QuotaSpec,

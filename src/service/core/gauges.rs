@@ -5,7 +5,7 @@ use sea_orm::{ColumnTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter};
 
 use entity::{mail_outbox, session};
 
-use super::Services;
+use crate::service::Services;
 use crate::{error::AppResult, metrics::Gauges};
 
 /// Live sessions and pending mail (two counts on indexed columns), the

@@ -9,7 +9,7 @@ use sea_orm::EntityTrait;
 
 use entity::user;
 
-use super::Services;
+use crate::service::Services;
 use crate::{
     db::UniqueRow,
     domain::{Account, UserId},
@@ -18,7 +18,7 @@ use crate::{
 
 /// The stored row, password hash included: for the service layer only, which
 /// checks and replaces hashes. Everything else gets an [`Account`].
-pub(super) async fn row(svc: &Services, user_id: UserId) -> AppResult<Option<user::Model>> {
+pub(in crate::service) async fn row(svc: &Services, user_id: UserId) -> AppResult<Option<user::Model>> {
     Ok(user::Entity::find_by_id(user_id.uuid()).unique_row(&svc.db).await?)
 }
 

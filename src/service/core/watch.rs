@@ -12,10 +12,8 @@ use tokio::sync::broadcast::error::RecvError;
 
 use entity::user::Role;
 
-use super::{
-    Services,
-    store::{self, Notice},
-};
+use super::store::{self, Notice};
+use crate::service::Services;
 use crate::{
     domain::{SessionId, UserId},
     error::{AppError, AppResult},

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use entity::security_event;
 
-use super::{ClientInfo, Services};
+use crate::service::{ClientInfo, Services};
 use crate::{
     auth::access::{self, AuditRead, Granted},
     domain::{ApiKeyId, SessionId, UserId},

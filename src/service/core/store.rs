@@ -31,7 +31,7 @@ use entity::{refresh_token, session, user};
 
 use self::registry::SessionEvent;
 pub use self::registry::{DEFAULT_CAPACITY, Lookup, Notice, SessionRegistry, Ticket};
-use super::{ClientInfo, Services};
+use crate::service::{ClientInfo, Services};
 use crate::{
     auth::refresh::hash_token,
     db,
@@ -150,7 +150,8 @@ impl<'a> Write<'a> {
             .filter(session::Column::RevokedAt.is_null())
             .exec_with_returning(&self.txn)
             .await?;
-        let n = ended.iter().filter(|s| super::sessions::live_by_time(&self.svc.policy, s, now)).count() as u64;
+        let n =
+            ended.iter().filter(|s| crate::service::sessions::live_by_time(&self.svc.policy, s, now)).count() as u64;
         self.changes.extend(
             ended
                 .into_iter()
@@ -342,7 +343,11 @@ pub async fn prune(svc: &Services, now: DateTime<Utc>) -> AppResult<usize> {
 
 /// Statements that touch sessions outside a [`Write`] must not change what
 /// the registry believes; this one only moves `last_used_at`.
-pub(super) async fn touch(conn: &impl ConnectionTrait, session_id: SessionId, now: DateTime<Utc>) -> AppResult<bool> {
+pub(in crate::service) async fn touch(
+    conn: &impl ConnectionTrait,
+    session_id: SessionId,
+    now: DateTime<Utc>,
+) -> AppResult<bool> {
     let touched = session::Entity::update_many()
         .col_expr(session::Column::LastUsedAt, Expr::value(now))
         .filter(session::Column::Id.eq(session_id))

@@ -285,7 +285,7 @@ impl Freshness {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::{sessions::live_access, store::Lookup, testkit::TestKit};
+    use crate::service::{core::store::Lookup, sessions::live_access, testkit::TestKit};
 
     /// An instance that cannot read the log stops answering from its cache
     /// after STALE_AFTER: a revocation made elsewhere meanwhile would be

@@ -1,0 +1,12 @@
+//! What every feature stands on, importing no feature: the session store and
+//! its write transaction, the event log, budgets, account reads, validation,
+//! session watching, signing keys and the gauges.
+
+pub mod events;
+pub mod gauges;
+pub mod limits;
+pub mod signing_keys;
+pub mod store;
+pub mod users;
+pub mod validate;
+pub mod watch;
