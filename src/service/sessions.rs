@@ -17,7 +17,8 @@ use super::{
     ClientInfo, Issued, Services,
     core::{
         events::{self, Actor, Event, EventKind},
-        store, users,
+        store::{self, Ended, timed_out},
+        users,
     },
 };
 use crate::{
@@ -128,15 +129,6 @@ async fn reuse_event(
     events::record(svc, tx.conn(), event).await
 }
 
-/// Why a refresh token's session can no longer be refreshed.
-enum Ended {
-    Revoked,
-    /// Past the session's or the token's absolute lifetime.
-    Expired,
-    /// Unused for longer than `SESSION_IDLE_TIMEOUT`.
-    Idle,
-}
-
 /// Whether the session of a refresh token has ended, and how; `None` while it
 /// is live. The one judgement `refresh` and `logout` both apply.
 fn ended(svc: &Services, row: &refresh_token::Model, session: &session::Model, now: DateTime<Utc>) -> Option<Ended> {
@@ -147,24 +139,6 @@ fn ended(svc: &Services, row: &refresh_token::Model, session: &session::Model, n
         return Some(Ended::Expired);
     }
     timed_out(&svc.policy, session, now)
-}
-
-/// Whether `session` is over by time at `now`: past its absolute lifetime,
-/// or unused for longer than `SESSION_IDLE_TIMEOUT`; `None` while it is not.
-/// Whether it was revoked is not looked at.
-fn timed_out(policy: &super::SessionPolicy, session: &session::Model, now: DateTime<Utc>) -> Option<Ended> {
-    if session.expires_at <= now {
-        return Some(Ended::Expired);
-    }
-    let idle = policy.idle_timeout.map(|t| ChronoDuration::from_std(t).unwrap_or(ChronoDuration::MAX));
-    idle.filter(|idle| session.last_used_at + *idle <= now).map(|_| Ended::Idle)
-}
-
-/// Whether `session` was still live at `now` as far as time goes (neither
-/// past its lifetime nor idle too long): what a count of sessions ended
-/// counts.
-pub(super) fn live_by_time(policy: &super::SessionPolicy, session: &session::Model, now: DateTime<Utc>) -> bool {
-    timed_out(policy, session, now).is_none()
 }
 
 /// One write transaction: mark the token rotated (only if nobody else did),

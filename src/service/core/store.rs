@@ -31,7 +31,7 @@ use entity::{refresh_token, session, user};
 
 use self::registry::SessionEvent;
 pub use self::registry::{DEFAULT_CAPACITY, Lookup, Notice, SessionRegistry, Ticket};
-use crate::service::{ClientInfo, Services};
+use crate::service::{ClientInfo, Services, SessionPolicy};
 use crate::{
     auth::refresh::hash_token,
     db,
@@ -150,8 +150,7 @@ impl<'a> Write<'a> {
             .filter(session::Column::RevokedAt.is_null())
             .exec_with_returning(&self.txn)
             .await?;
-        let n =
-            ended.iter().filter(|s| crate::service::sessions::live_by_time(&self.svc.policy, s, now)).count() as u64;
+        let n = ended.iter().filter(|s| live_by_time(&self.svc.policy, s, now)).count() as u64;
         self.changes.extend(
             ended
                 .into_iter()
@@ -195,6 +194,33 @@ impl<'a> Write<'a> {
     pub async fn rollback(self) -> AppResult<()> {
         Ok(self.txn.rollback().await?)
     }
+}
+
+/// Why a session can no longer be used or refreshed.
+pub enum Ended {
+    Revoked,
+    /// Past the session's or the token's absolute lifetime.
+    Expired,
+    /// Unused for longer than `SESSION_IDLE_TIMEOUT`.
+    Idle,
+}
+
+/// Whether `session` is over by time at `now`: past its absolute lifetime,
+/// or unused for longer than `SESSION_IDLE_TIMEOUT`; `None` while it is not.
+/// Whether it was revoked is not looked at.
+pub fn timed_out(policy: &SessionPolicy, session: &session::Model, now: DateTime<Utc>) -> Option<Ended> {
+    if session.expires_at <= now {
+        return Some(Ended::Expired);
+    }
+    let idle = policy.idle_timeout.map(|t| ChronoDuration::from_std(t).unwrap_or(ChronoDuration::MAX));
+    idle.filter(|idle| session.last_used_at + *idle <= now).map(|_| Ended::Idle)
+}
+
+/// Whether `session` was still live at `now` as far as time goes (neither
+/// past its lifetime nor idle too long): what a count of sessions ended
+/// counts.
+pub fn live_by_time(policy: &SessionPolicy, session: &session::Model, now: DateTime<Utc>) -> bool {
+    timed_out(policy, session, now).is_none()
 }
 
 /// The test seam between a commit (or a read) and the registry update that
