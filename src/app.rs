@@ -21,12 +21,12 @@ use crate::{
     graphql::{self, Limits},
     http::{self, AppState, cookies::CookiePolicy, site::SitePolicy},
     service::{
-        Services, SessionPolicy, api_keys,
+        Services, SessionPolicy,
         core::{
             signing_keys,
             store::{self, SessionRegistry},
         },
-        outbox, sessions,
+        jobs,
     },
 };
 
@@ -227,52 +227,18 @@ async fn bind_and_serve(
         None => None,
     };
     let metrics_addr = metrics.as_ref().map(|(bound, _)| *bound);
-    let purger = sessions::spawn_purger(state.services.clone(), config.cleanup_interval);
-    let follower = state.feed_from.map(|from| store::follow(&state.services, &config.database_url, from));
-    let key_refresher = state
-        .services
-        .signing
-        .clone()
-        .map(|keys| signing_keys::spawn_refresher(state.services.clone(), keys, config.key_refresh_interval));
-    let mail_sender = outbox::spawn_sender(state.services.clone());
-    let services = state.services.clone();
-    // Once a minute: forget idle rate-limit keys and write API key last-use times.
-    let minutely = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            services.limits.forget_idle();
-            if let Err(e) = crate::service::core::events::flush_refusals(&services).await {
-                tracing::warn!(error = %e.detail(), "writing the rate-limit refusal tally failed; those counts are lost");
-            }
-            if let Err(e) = api_keys::flush_usage(&services).await {
-                tracing::warn!(error = %e, "writing API key last-use times failed; will retry");
-            }
-        }
-    });
-    let services = state.services.clone();
+    let feed = state.feed_from.map(|from| (config.database_url.as_str(), from));
+    let jobs = jobs::Jobs::start(&state.services, config.cleanup_interval, feed, config.key_refresh_interval);
     let app = http::routes(state);
     let handle = tokio::spawn(async move {
         let result = Server::new_with_acceptor(acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(std::time::Duration::from_secs(30)))
             .await;
-        purger.abort();
-        minutely.abort();
-        mail_sender.abort();
         if let Some((_, server)) = metrics {
             server.abort();
         }
-        if let Some(follower) = follower {
-            follower.abort();
-        }
-        if let Some(refresher) = key_refresher {
-            refresher.abort();
-        }
-        // Keep the last-use times gathered since the last tick.
-        if let Err(e) = api_keys::flush_usage(&services).await {
-            tracing::warn!(error = %e, "writing API key last-use times at shutdown failed");
-        }
+        // Stopped once no request is left; what only memory holds is written.
+        jobs.stop().await;
         // Held until the server has stopped.
         drop(lock);
         result

@@ -115,18 +115,16 @@ pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) ->
             Ok(()) | Err(AppError::RateLimited { .. }) => {}
             Err(e) => return Err(e),
         }
-        mail::enqueue(svc, tx.conn(), Kind::VerifyEmail, Some(user.id), &user.email, None).await?;
-        let registered = Event::new(EventKind::Registered, Some(user.id), Actor::User(user.id), client);
-        events::record(svc, tx.conn(), registered).await?;
+        tx.enqueue_mail(Kind::VerifyEmail, Some(user.id), &user.email, None).await?;
+        tx.record(Event::new(EventKind::Registered, Some(user.id), Actor::User(user.id), client)).await?;
         tx.commit().await?;
-        mail::queued(svc);
         tracing::info!(user_id = %user.id, "account registered; waiting for its address to be confirmed");
         return Err(AppError::EmailNotVerified);
     }
     let (session, refresh) = tx.start_session(&user, client, now).await?;
     let registered = Event::new(EventKind::Registered, Some(user.id), Actor::User(user.id), client)
         .session(SessionId::from(session.id));
-    events::record(svc, tx.conn(), registered).await?;
+    tx.record(registered).await?;
     tx.commit().await?;
     tracing::info!(user_id = %user.id, "account registered");
     sessions::issue(svc, user, &session, refresh, now)
@@ -224,7 +222,7 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
         let (session, refresh) = tx.start_session(&current, client, now).await?;
         let logged_in = Event::new(EventKind::LoginSucceeded, Some(current.id), Actor::User(current.id), client)
             .session(SessionId::from(session.id));
-        events::record(svc, tx.conn(), logged_in).await?;
+        tx.record(logged_in).await?;
         tx.commit().await?;
         if new_hash.is_some() {
             tracing::info!(user_id = %current.id, "password hash upgraded to current parameters");
@@ -295,7 +293,7 @@ pub async fn update_profile(
         same => (same, None),
     };
     if let Some(new) = &moving_to {
-        mail::request_email_change(svc, tx.conn(), client, &user, new).await?;
+        mail::request_email_change(svc, &mut tx, client, &user, new).await?;
     }
     let search_key = entity::keys::search_key(
         name.as_deref().unwrap_or(&user.name),
@@ -315,7 +313,6 @@ pub async fn update_profile(
     tx.user_changed(user.id);
     tx.commit().await?;
     if moving_to.is_some() {
-        mail::queued(svc);
         tracing::info!(%user_id, "address change asked for; waiting for its confirmation");
     }
     Ok(user)
@@ -377,7 +374,7 @@ pub async fn change_password(
         // Links and challenges first: a second-factor login takes its
         // challenge, then the user's row; taken in the same order here, the
         // two cannot deadlock, and one waits for the other.
-        mail::void_pending_links(svc, tx.conn(), user_id).await?;
+        let ended = tx.revoke_user(user_id, Some(current_session)).await?;
         let changed = user::Entity::update_many()
             .col_expr(user::Column::PasswordHash, Expr::value(hash.clone()))
             .col_expr(user::Column::UpdatedAt, Expr::value(now))
@@ -397,16 +394,14 @@ pub async fn change_password(
                 None => return Err(AppError::TokenRevoked),
             }
         };
-        let ended = tx.end_user_sessions(user_id, Some(current_session)).await?;
         let email = Email::from_parts(changed.email.clone(), changed.email_normalized.clone());
-        mail::enqueue(svc, tx.conn(), Kind::PasswordChanged, Some(user_id), &email, None).await?;
+        tx.enqueue_mail(Kind::PasswordChanged, Some(user_id), &email, None).await?;
         let event = Event::new(EventKind::PasswordChanged, Some(user_id), Actor::User(user_id), client)
             .session(current_session)
             .detail(format!("{ended} other sessions ended"));
-        events::record(svc, tx.conn(), event).await?;
+        tx.record(event).await?;
         tx.user_changed(UserId::from(changed.id));
         tx.commit().await?;
-        mail::queued(svc);
         tracing::info!(%user_id, other_sessions_ended = ended, "password changed");
         return Ok(());
     }

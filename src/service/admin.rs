@@ -12,7 +12,7 @@ use entity::user::{self, Role};
 use super::{
     ClientInfo, Services,
     core::{
-        events::{self, Event, EventKind},
+        events::{Event, EventKind},
         store,
     },
 };
@@ -183,12 +183,7 @@ pub async fn set_role(
     active.updated_at = Set(svc.clock.now());
     let user = Account::from(active.update(tx.conn()).await?);
     let change = format!("{} -> {}", crate::domain::role_name(before), crate::domain::role_name(role));
-    events::record(
-        svc,
-        tx.conn(),
-        Event::new(EventKind::RoleChanged, Some(id), proof.actor.into(), client).detail(change),
-    )
-    .await?;
+    tx.record(Event::new(EventKind::RoleChanged, Some(id), proof.actor.into(), client).detail(change)).await?;
     tx.user_changed(user.id);
     tx.commit().await?;
     tracing::info!(user_id = %id, role = ?role, "role changed");
@@ -228,7 +223,7 @@ pub async fn delete_user(
     // with the user (cascade).
     tx.end_user_sessions(id, None).await?;
     let deleted = user::Entity::delete_by_id(id.uuid()).exec(tx.conn()).await?.rows_affected;
-    events::record(svc, tx.conn(), Event::new(EventKind::UserDeleted, Some(id), proof.actor.into(), client)).await?;
+    tx.record(Event::new(EventKind::UserDeleted, Some(id), proof.actor.into(), client)).await?;
     tx.user_deleted(id);
     tx.commit().await?;
     tracing::info!(user_id = %id, "user deleted");
@@ -256,11 +251,10 @@ pub async fn revoke_user_sessions(
         return Err(AppError::Forbidden("Only an admin can end an admin's sessions"));
     }
     // Challenges before sessions, the order a second-factor login takes them.
-    super::mail::void_pending_links(svc, tx.conn(), id).await?;
-    let ended = tx.end_user_sessions(id, None).await?;
+    let ended = tx.revoke_user(id, None).await?;
     let event = Event::new(EventKind::SessionsRevoked, Some(id), proof.actor.into(), client)
         .detail(format!("{ended} sessions ended"));
-    events::record(svc, tx.conn(), event).await?;
+    tx.record(event).await?;
     tx.commit().await?;
     tracing::info!(user_id = %id, sessions = ended, "sessions revoked by an administrator");
     Ok(ended)

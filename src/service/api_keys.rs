@@ -18,14 +18,17 @@ use entity::api_key;
 
 use super::{
     ClientInfo, Services,
-    core::events::{self, Event, EventKind},
+    core::{
+        events::{Event, EventKind},
+        store,
+    },
 };
 use crate::{
     auth::{
         access::{Actor, AdminOnly, ApiScope, Granted},
         principal::{RejectReason, ServicePrincipal},
     },
-    db::{self, UniqueRow},
+    db::UniqueRow,
     domain::{ApiKey, ApiKeyId, UserId},
     error::{AppError, AppResult, Reason},
 };
@@ -176,10 +179,10 @@ pub async fn create(
         return Err(AppError::invalid_input(Reason::InvalidScopes, "scopes", "Give the key at least one scope"));
     }
     let expires_at = lifetime(expires_in_days)?.map(|d| svc.clock.now() + d);
-    let txn = db::begin_write(&svc.db).await?;
-    let created = insert_key(svc, &txn, name, scopes, admin_id(proof), expires_at).await?;
+    let txn = store::Write::begin(svc).await?;
+    let created = insert_key(svc, txn.conn(), name, scopes, admin_id(proof), expires_at).await?;
     let event = Event::new(EventKind::ApiKeyCreated, None, proof.actor.into(), client).detail(created.0.id.to_string());
-    events::record(svc, &txn, event).await?;
+    txn.record(event).await?;
     txn.commit().await?;
     tracing::info!(api_key_id = %created.0.id, "API key created");
     Ok(created)
@@ -232,8 +235,8 @@ pub async fn rotate(
     let scopes = ApiScope::parse_list(&old.scopes);
     let grace_end = now + ChronoDuration::days(i64::from(grace_days));
     let old_end = old.expires_at.map_or(grace_end, |at| Ord::min(at, grace_end));
-    let txn = db::begin_write(&svc.db).await?;
-    let created = insert_key(svc, &txn, old.name.clone(), &scopes, admin_id(proof), expires_at).await?;
+    let txn = store::Write::begin(svc).await?;
+    let created = insert_key(svc, txn.conn(), old.name.clone(), &scopes, admin_id(proof), expires_at).await?;
     let marked = api_key::Entity::update_many()
         .col_expr(api_key::Column::ExpiresAt, Expr::value(old_end))
         .col_expr(api_key::Column::ReplacedBy, Expr::value(created.0.id))
@@ -241,7 +244,7 @@ pub async fn rotate(
         .filter(api_key::Column::ReplacedBy.is_null())
         .filter(api_key::Column::RevokedAt.is_null())
         .filter(api_key::Column::ExpiresAt.is_null().or(api_key::Column::ExpiresAt.gt(now)))
-        .exec(&txn)
+        .exec(txn.conn())
         .await?;
     if marked.rows_affected != 1 {
         // Rotated (or revoked) by someone else since the read: nothing is kept.
@@ -251,7 +254,7 @@ pub async fn rotate(
     }
     let event = Event::new(EventKind::ApiKeyRotated, None, proof.actor.into(), client)
         .detail(format!("{} -> {}", old.id, created.0.id));
-    events::record(svc, &txn, event).await?;
+    txn.record(event).await?;
     txn.commit().await?;
     tracing::info!(old = %old.id, new = %created.0.id, grace_days, "API key rotated");
     Ok(created)
@@ -260,18 +263,18 @@ pub async fn rotate(
 /// Revokes a key at once. False when it was unknown, already revoked or
 /// already expired: true says a working key stopped working.
 pub async fn revoke(svc: &Services, proof: &Granted<AdminOnly>, id: ApiKeyId, client: &ClientInfo) -> AppResult<bool> {
-    let txn = db::begin_write(&svc.db).await?;
+    let txn = store::Write::begin(svc).await?;
     let now = svc.clock.now();
     let revoked = api_key::Entity::update_many()
         .col_expr(api_key::Column::RevokedAt, Expr::value(now))
         .filter(api_key::Column::Id.eq(id))
         .filter(api_key::Column::RevokedAt.is_null())
-        .exec_with_returning(&txn)
+        .exec_with_returning(txn.conn())
         .await?;
     let live = revoked.iter().any(|k| k.expires_at.is_none_or(|at| at > now));
     if live {
         let event = Event::new(EventKind::ApiKeyRevoked, None, proof.actor.into(), client).detail(id.to_string());
-        events::record(svc, &txn, event).await?;
+        txn.record(event).await?;
     }
     txn.commit().await?;
     if live {

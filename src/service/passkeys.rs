@@ -37,7 +37,6 @@ use super::{
         events::{self, Actor, Event, EventKind},
         limits, store, users,
     },
-    mail,
     second_factor::{self, Used},
 };
 use crate::{
@@ -45,7 +44,7 @@ use crate::{
         principal::UserPrincipal,
         rate_limit::{Action, IpKey},
     },
-    db::{self, UniqueRow},
+    db::UniqueRow,
     domain::UserId,
     error::{AppError, AppResult, Reason},
     mail::Kind,
@@ -324,8 +323,8 @@ pub async fn finish_registration(
     };
     let answer: RegisterPublicKeyCredential = parse_answer(credential)?;
     let account = users::me(svc, me.user_id).await?;
-    let tx = db::begin_write(&svc.db).await?;
-    let row = spend(svc, &tx, ceremony, Purpose::Register, Some(me.user_id)).await?;
+    let mut tx = store::Write::begin(svc).await?;
+    let row = spend(svc, tx.conn(), ceremony, Purpose::Register, Some(me.user_id)).await?;
     let state: PasskeyRegistration = from_json(&row.state)?;
     let key = match webauthn.finish_passkey_registration(&answer, &state) {
         Ok(key) => key,
@@ -337,7 +336,7 @@ pub async fn finish_registration(
         }
     };
     // Counted again here: ceremonies started side by side must not pass the limit.
-    if passkey::Entity::find().filter(passkey::Column::UserId.eq(me.user_id)).count(&tx).await? >= MAX_PASSKEYS {
+    if passkey::Entity::find().filter(passkey::Column::UserId.eq(me.user_id)).count(tx.conn()).await? >= MAX_PASSKEYS {
         tx.rollback().await?;
         return Err(account_refused("The account has the most passkeys it may hold: remove one first"));
     }
@@ -352,7 +351,7 @@ pub async fn finish_registration(
         created_at: Set(now),
         last_used_at: Set(None),
     })
-    .exec_without_returning(&tx)
+    .exec_without_returning(tx.conn())
     .await;
     if let Err(e) = inserted {
         tx.rollback().await?;
@@ -361,13 +360,12 @@ pub async fn finish_registration(
             _ => e.into(),
         });
     }
-    mail::enqueue(svc, &tx, Kind::PasskeyAdded, Some(me.user_id), &account.email, None).await?;
+    tx.enqueue_mail(Kind::PasskeyAdded, Some(me.user_id), &account.email, None).await?;
     let event = Event::new(EventKind::PasskeyAdded, Some(me.user_id), Actor::User(me.user_id), client)
         .session(me.session_id)
         .detail(name.clone());
-    events::record(svc, &tx, event).await?;
+    tx.record(event).await?;
     tx.commit().await?;
-    mail::queued(svc);
     tracing::info!(user_id = %me.user_id, "passkey added");
     Ok(PasskeyInfo { id, name, created_at: now, last_used_at: None })
 }
@@ -380,11 +378,11 @@ pub async fn finish_registration(
 pub async fn remove(svc: &Services, me: &UserPrincipal, client: &ClientInfo, id: Uuid) -> AppResult<()> {
     second_factor::require_recent_auth(svc, me.session_id).await?;
     let account = users::me(svc, me.user_id).await?;
-    let tx = db::begin_write(&svc.db).await?;
+    let mut tx = store::Write::begin(svc).await?;
     let gone = passkey::Entity::delete_many()
         .filter(passkey::Column::Id.eq(id))
         .filter(passkey::Column::UserId.eq(me.user_id))
-        .exec_with_returning(&tx)
+        .exec_with_returning(tx.conn())
         .await?
         .pop();
     let Some(gone) = gone else {
@@ -394,10 +392,9 @@ pub async fn remove(svc: &Services, me: &UserPrincipal, client: &ClientInfo, id:
     let event = Event::new(EventKind::PasskeyRemoved, Some(me.user_id), Actor::User(me.user_id), client)
         .session(me.session_id)
         .detail(gone.name);
-    mail::enqueue(svc, &tx, Kind::PasskeyRemoved, Some(me.user_id), &account.email, None).await?;
-    events::record(svc, &tx, event).await?;
+    tx.enqueue_mail(Kind::PasskeyRemoved, Some(me.user_id), &account.email, None).await?;
+    tx.record(event).await?;
     tx.commit().await?;
-    mail::queued(svc);
     Ok(())
 }
 
@@ -619,9 +616,9 @@ pub async fn finish_reauthentication(
     let webauthn = webauthn(svc)?;
     limits::spend_ip(svc, Action::Login, IpKey::from(client.ip)).await?;
     let answer: PublicKeyCredential = parse_answer(credential)?;
-    let tx = db::begin_write(&svc.db).await?;
-    let row = spend(svc, &tx, ceremony, Purpose::Reauthenticate, Some(me.user_id)).await?;
-    if check_assertion(svc, &tx, webauthn, &row, &answer).await?.is_none() {
+    let tx = store::Write::begin(svc).await?;
+    let row = spend(svc, tx.conn(), ceremony, Purpose::Reauthenticate, Some(me.user_id)).await?;
+    if check_assertion(svc, tx.conn(), webauthn, &row, &answer).await?.is_none() {
         tx.commit().await?;
         let event = Event::new(EventKind::ReauthenticationFailed, Some(me.user_id), Actor::User(me.user_id), client)
             .session(me.session_id)
@@ -629,22 +626,13 @@ pub async fn finish_reauthentication(
         events::record(svc, &svc.db, event).await?;
         return Err(refused("The passkey's answer does not verify"));
     }
-    second_factor::stamp_authenticated(&tx, me.session_id, svc.clock.now()).await?;
+    second_factor::stamp_authenticated(tx.conn(), me.session_id, svc.clock.now()).await?;
     let event = Event::new(EventKind::Reauthenticated, Some(me.user_id), Actor::User(me.user_id), client)
         .session(me.session_id)
         .detail("PASSKEY");
-    events::record(svc, &tx, event).await?;
+    tx.record(event).await?;
     tx.commit().await?;
     Ok(())
-}
-
-/// Deletes ceremonies that ended or expired before `now`. Returns how many.
-pub async fn purge(svc: &Services, now: DateTime<Utc>) -> AppResult<u64> {
-    Ok(webauthn_ceremony::Entity::delete_many()
-        .filter(webauthn_ceremony::Column::ExpiresAt.lt(now))
-        .exec(&svc.db)
-        .await?
-        .rows_affected)
 }
 
 #[cfg(test)]

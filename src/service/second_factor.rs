@@ -25,9 +25,9 @@ use super::{
     ClientInfo, Issued, Services, accounts,
     core::{
         events::{self, Actor, Event, EventKind},
-        store, users,
+        one_time, store, users,
     },
-    mail, sessions,
+    sessions,
 };
 use crate::{
     auth::{keys::Sealer, password::Verified, principal::UserPrincipal, refresh::hash_token},
@@ -353,11 +353,11 @@ pub async fn enroll_totp(svc: &Services, me: &UserPrincipal) -> AppResult<TotpEn
     getrandom::fill(&mut key).map_err(|e| AppError::internal(format!("getrandom: {e}")))?;
     let sealed = svc.second_factor.sealer.seal(&seal_identity(me.user_id), &key)?;
     let now = svc.clock.now();
-    let tx = crate::db::begin_write(&svc.db).await?;
+    let tx = store::Write::begin(svc).await?;
     totp_factor::Entity::delete_many()
         .filter(totp_factor::Column::UserId.eq(me.user_id))
         .filter(totp_factor::Column::ConfirmedAt.is_null())
-        .exec(&tx)
+        .exec(tx.conn())
         .await?;
     let inserted = totp_factor::Entity::insert(totp_factor::ActiveModel {
         user_id: Set(me.user_id.uuid()),
@@ -366,7 +366,7 @@ pub async fn enroll_totp(svc: &Services, me: &UserPrincipal) -> AppResult<TotpEn
         confirmed_at: Set(None),
         last_used_step: Set(0),
     })
-    .exec_without_returning(&tx)
+    .exec_without_returning(tx.conn())
     .await;
     match inserted {
         Ok(_) => {}
@@ -418,7 +418,7 @@ pub async fn confirm_totp(
     let key = svc.second_factor.sealer.open(&seal_identity(me.user_id), &factor.secret)?;
     let now = svc.clock.now();
     let Some(step) = matching_step(&key, &canonical(code), now)? else { return Err(invalid()) };
-    let tx = store::Write::begin(svc).await?;
+    let mut tx = store::Write::begin(svc).await?;
     let confirmed = totp_factor::Entity::update_many()
         .col_expr(totp_factor::Column::ConfirmedAt, Expr::value(now))
         .col_expr(totp_factor::Column::LastUsedStep, Expr::value(step))
@@ -434,13 +434,12 @@ pub async fn confirm_totp(
         return Err(invalid());
     }
     let codes = replace_recovery_codes(tx.conn(), me.user_id, now).await?;
-    mail::enqueue(svc, tx.conn(), Kind::SecondFactorEnabled, Some(me.user_id), &account.email, None).await?;
+    tx.enqueue_mail(Kind::SecondFactorEnabled, Some(me.user_id), &account.email, None).await?;
     let event = Event::new(EventKind::SecondFactorEnabled, Some(me.user_id), Actor::User(me.user_id), client)
         .session(me.session_id)
         .detail("TOTP");
-    events::record(svc, tx.conn(), event).await?;
+    tx.record(event).await?;
     tx.commit().await?;
-    mail::queued(svc);
     tracing::info!(user_id = %me.user_id, "authenticator enrolled");
     Ok(codes)
 }
@@ -494,10 +493,9 @@ pub(super) async fn spend_code(
     Ok(None)
 }
 
-/// Records a recovery code's use and tells the account's address, in `conn`.
+/// Records a recovery code's use and tells the account's address, in `tx`.
 async fn recovery_code_used(
-    svc: &Services,
-    conn: &impl ConnectionTrait,
+    tx: &mut store::Write<'_>,
     account: &Account,
     session: Option<SessionId>,
     client: &ClientInfo,
@@ -505,15 +503,15 @@ async fn recovery_code_used(
     let left = recovery_code::Entity::find()
         .filter(recovery_code::Column::UserId.eq(account.id))
         .filter(recovery_code::Column::UsedAt.is_null())
-        .count(conn)
+        .count(tx.conn())
         .await?;
-    mail::enqueue(svc, conn, Kind::RecoveryCodeUsed, Some(account.id), &account.email, None).await?;
+    tx.enqueue_mail(Kind::RecoveryCodeUsed, Some(account.id), &account.email, None).await?;
     let mut event = Event::new(EventKind::RecoveryCodeUsed, Some(account.id), Actor::User(account.id), client)
         .detail(format!("{left} left"));
     if let Some(session) = session {
         event = event.session(session);
     }
-    events::record(svc, conn, event).await
+    tx.record(event).await
 }
 
 /// Removes the caller's authenticator and recovery codes, with a code from
@@ -528,21 +526,20 @@ pub async fn disable_totp(svc: &Services, me: &UserPrincipal, client: &ClientInf
     if !totp_active(&svc.db, me.user_id).await? {
         return Err(not_enrolled("No authenticator is active"));
     }
-    let tx = store::Write::begin(svc).await?;
+    let mut tx = store::Write::begin(svc).await?;
     let Some(used) = spend_code(svc, tx.conn(), me.user_id, code).await? else {
         tx.rollback().await?;
         return Err(invalid());
     };
     totp_factor::Entity::delete_by_id(me.user_id.uuid()).exec(tx.conn()).await?;
     recovery_code::Entity::delete_many().filter(recovery_code::Column::UserId.eq(me.user_id)).exec(tx.conn()).await?;
-    void_challenges(tx.conn(), me.user_id, svc.clock.now()).await?;
-    mail::enqueue(svc, tx.conn(), Kind::SecondFactorDisabled, Some(me.user_id), &account.email, None).await?;
+    one_time::void_challenges(tx.conn(), me.user_id, svc.clock.now()).await?;
+    tx.enqueue_mail(Kind::SecondFactorDisabled, Some(me.user_id), &account.email, None).await?;
     let event = Event::new(EventKind::SecondFactorDisabled, Some(me.user_id), Actor::User(me.user_id), client)
         .session(me.session_id)
         .detail(format!("TOTP, proven with {}", used.as_str()));
-    events::record(svc, tx.conn(), event).await?;
+    tx.record(event).await?;
     tx.commit().await?;
-    mail::queued(svc);
     tracing::info!(user_id = %me.user_id, "authenticator removed");
     Ok(())
 }
@@ -567,20 +564,19 @@ pub async fn regenerate_recovery_codes(
         return Err(not_enrolled("No authenticator is active"));
     }
     let now = svc.clock.now();
-    let tx = crate::db::begin_write(&svc.db).await?;
+    let mut tx = store::Write::begin(svc).await?;
     // Checked in the transaction: an authenticator removed meanwhile takes no new codes.
-    let Some(used) = spend_code(svc, &tx, me.user_id, code).await? else {
+    let Some(used) = spend_code(svc, tx.conn(), me.user_id, code).await? else {
         tx.rollback().await?;
         return Err(invalid());
     };
-    let codes = replace_recovery_codes(&tx, me.user_id, now).await?;
-    mail::enqueue(svc, &tx, Kind::RecoveryCodesRegenerated, Some(me.user_id), &account.email, None).await?;
+    let codes = replace_recovery_codes(tx.conn(), me.user_id, now).await?;
+    tx.enqueue_mail(Kind::RecoveryCodesRegenerated, Some(me.user_id), &account.email, None).await?;
     let event = Event::new(EventKind::RecoveryCodesRegenerated, Some(me.user_id), Actor::User(me.user_id), client)
         .session(me.session_id)
         .detail(format!("proven with {}", used.as_str()));
-    events::record(svc, &tx, event).await?;
+    tx.record(event).await?;
     tx.commit().await?;
-    mail::queued(svc);
     Ok(codes)
 }
 
@@ -595,12 +591,12 @@ pub async fn regenerate_recovery_codes(
 pub(super) async fn challenge(svc: &Services, user: &user::Model) -> AppResult<AppError> {
     let challenge = svc.refresh.generate()?;
     let now = svc.clock.now();
-    let tx = crate::db::begin_write(&svc.db).await?;
+    let tx = store::Write::begin(svc).await?;
     let unchanged = user::Entity::update_many()
         .col_expr(user::Column::PasswordHash, Expr::col(user::Column::PasswordHash))
         .filter(user::Column::Id.eq(user.id))
         .filter(user::Column::PasswordHash.eq(user.password_hash.as_str()))
-        .exec(&tx)
+        .exec(tx.conn())
         .await?
         .rows_affected
         == 1;
@@ -617,22 +613,10 @@ pub(super) async fn challenge(svc: &Services, user: &user::Model) -> AppResult<A
         failures: Set(0),
         used_at: Set(None),
     })
-    .exec_without_returning(&tx)
+    .exec_without_returning(tx.conn())
     .await?;
     tx.commit().await?;
     Ok(AppError::SecondFactorRequired { challenge: Redacted(challenge) })
-}
-
-/// Ends every open challenge of `user_id` (a password change or reset, a
-/// factor removed, all sessions ended), in `conn`.
-pub(super) async fn void_challenges(conn: &impl ConnectionTrait, user_id: UserId, now: DateTime<Utc>) -> AppResult<()> {
-    second_factor_challenge::Entity::update_many()
-        .col_expr(second_factor_challenge::Column::UsedAt, Expr::value(now))
-        .filter(second_factor_challenge::Column::UserId.eq(user_id))
-        .filter(second_factor_challenge::Column::UsedAt.is_null())
-        .exec(conn)
-        .await?;
-    Ok(())
 }
 
 /// The open challenge `challenge` names and its account, or
@@ -700,18 +684,18 @@ pub(super) async fn challenge_failed(
     client: &ClientInfo,
 ) -> AppResult<AppError> {
     let now = svc.clock.now();
-    let tx = crate::db::begin_write(&svc.db).await?;
+    let tx = store::Write::begin(svc).await?;
     second_factor_challenge::Entity::update_many()
         .col_expr(second_factor_challenge::Column::UsedAt, Expr::value(now))
         .filter(second_factor_challenge::Column::Id.eq(challenge.id))
         .filter(second_factor_challenge::Column::UsedAt.is_null())
         .filter(second_factor_challenge::Column::Failures.gte(CHALLENGE_MAX_FAILURES))
-        .exec(&tx)
+        .exec(tx.conn())
         .await?;
     let user = UserId::from(challenge.user_id);
     let event =
         Event::new(EventKind::LoginFailed, Some(user), Actor::Anonymous, client).detail("INVALID_SECOND_FACTOR");
-    events::record(svc, &tx, event).await?;
+    tx.record(event).await?;
     tx.commit().await?;
     Ok(invalid())
 }
@@ -747,16 +731,13 @@ pub(super) async fn finish_login(
     let (session, refresh) = tx.start_session(&current, client, now).await?;
     let session_id = SessionId::from(session.id);
     if used == Used::RecoveryCode {
-        recovery_code_used(svc, tx.conn(), &current, Some(session_id), client).await?;
+        recovery_code_used(&mut tx, &current, Some(session_id), client).await?;
     }
     let logged_in = Event::new(EventKind::LoginSucceeded, Some(current.id), Actor::User(current.id), client)
         .session(session_id)
         .detail(used.as_str());
-    events::record(svc, tx.conn(), logged_in).await?;
+    tx.record(logged_in).await?;
     tx.commit().await?;
-    if used == Used::RecoveryCode {
-        mail::queued(svc);
-    }
     sessions::issue(svc, current, &session, refresh, now)
 }
 
@@ -830,10 +811,10 @@ pub async fn reauthenticate(
         events::record(svc, &svc.db, refused("INVALID_SECOND_FACTOR")).await?;
         return Err(invalid());
     }
-    let tx = crate::db::begin_write(&svc.db).await?;
+    let mut tx = store::Write::begin(svc).await?;
     let used = match (totp, code) {
         (false, _) => None,
-        (true, Some(code)) => match spend_code(svc, &tx, me.user_id, code).await? {
+        (true, Some(code)) => match spend_code(svc, tx.conn(), me.user_id, code).await? {
             Some(used) => Some(used),
             None => {
                 tx.rollback().await?;
@@ -847,20 +828,18 @@ pub async fn reauthenticate(
             return Err(invalid());
         }
     };
-    stamp_authenticated(&tx, me.session_id, svc.clock.now()).await?;
+    stamp_authenticated(tx.conn(), me.session_id, svc.clock.now()).await?;
     if used == Some(Used::RecoveryCode) {
         // Read in the transaction: on SQLite it holds the only connection.
-        let row = user::Entity::find_by_id(me.user_id.uuid()).unique_row(&tx).await?.ok_or(AppError::TokenRevoked)?;
-        recovery_code_used(svc, &tx, &Account::from(row), Some(me.session_id), client).await?;
+        let row =
+            user::Entity::find_by_id(me.user_id.uuid()).unique_row(tx.conn()).await?.ok_or(AppError::TokenRevoked)?;
+        recovery_code_used(&mut tx, &Account::from(row), Some(me.session_id), client).await?;
     }
     let event = Event::new(EventKind::Reauthenticated, Some(me.user_id), Actor::User(me.user_id), client)
         .session(me.session_id)
         .detail(used.map_or("PASSWORD", Used::as_str));
-    events::record(svc, &tx, event).await?;
+    tx.record(event).await?;
     tx.commit().await?;
-    if used == Some(Used::RecoveryCode) {
-        mail::queued(svc);
-    }
     Ok(())
 }
 
@@ -892,12 +871,11 @@ pub async fn reset(
     let before = status_for_users_in(tx.conn(), &[user_id]).await?.remove(&user_id).unwrap_or_default();
     remove_factors_added_before(tx.conn(), user_id, None).await?;
     // A lost device may still hold a session: every session ends, as do
-    // open challenges and links (`void_pending_links` ends both).
-    mail::void_pending_links(svc, tx.conn(), user_id).await?;
-    let ended = tx.end_user_sessions(user_id, None).await?;
+    // open challenges and links.
+    let ended = tx.revoke_user(user_id, None).await?;
     // Told only when something was removed.
     if before != FactorStatus::default() {
-        mail::enqueue(svc, tx.conn(), Kind::SecondFactorsReset, Some(user_id), &email, None).await?;
+        tx.enqueue_mail(Kind::SecondFactorsReset, Some(user_id), &email, None).await?;
     }
     let detail = format!(
         "authenticator: {}, passkeys: {}, {ended} sessions ended",
@@ -905,9 +883,8 @@ pub async fn reset(
         before.passkeys
     );
     let event = Event::new(EventKind::SecondFactorReset, Some(user_id), Actor::from(admin), client).detail(detail);
-    events::record(svc, tx.conn(), event).await?;
+    tx.record(event).await?;
     tx.commit().await?;
-    mail::queued(svc);
     tracing::info!(%user_id, "second factors reset by an admin");
     Ok(before)
 }
@@ -935,15 +912,6 @@ pub(super) async fn remove_factors_added_before(
     }
     let passkeys = super::passkeys::delete_added_before(conn, user_id, cutoff).await?;
     Ok((totp_removed, passkeys))
-}
-
-/// Deletes challenges that expired or ended before `now`. Returns how many.
-pub async fn purge(svc: &Services, now: DateTime<Utc>) -> AppResult<u64> {
-    Ok(second_factor_challenge::Entity::delete_many()
-        .filter(second_factor_challenge::Column::ExpiresAt.lt(now))
-        .exec(&svc.db)
-        .await?
-        .rows_affected)
 }
 
 /// A condition on a `users` row: the account has no second factor (no

@@ -8,7 +8,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use sea_orm::{ColumnTrait, EntityTrait, ExprTrait, QueryFilter, QueryOrder, Set, sea_query::Expr};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, sea_query::Expr};
 use uuid::Uuid;
 
 use entity::{refresh_token, session, user};
@@ -16,7 +16,7 @@ use entity::{refresh_token, session, user};
 use super::{
     ClientInfo, Issued, Services,
     core::{
-        events::{self, Actor, Event, EventKind},
+        events::{Actor, Event, EventKind},
         store::{self, Ended, timed_out},
         users,
     },
@@ -27,7 +27,7 @@ use crate::{
         refresh::{hash_token, well_formed},
         tokens::Verified,
     },
-    db::{self, UniqueRow},
+    db::UniqueRow,
     domain::{Account, SessionId, UserId},
     error::{AppError, AppResult},
 };
@@ -35,10 +35,6 @@ use crate::{
 /// How many successors a presented token may be followed through inside the
 /// grace window (tab A refreshed twice while tab B still held the first token).
 const MAX_GRACE_HOPS: usize = 4;
-
-/// How long ended sessions are kept before the purge deletes them, so that their
-/// tokens still answer TOKEN_REVOKED rather than INVALID_TOKEN for a while.
-const ENDED_SESSION_RETENTION_HOURS: i64 = 24;
 
 /// Mints the access token of a session that is live (its start committed and
 /// applied by the [`store`]).
@@ -119,14 +115,14 @@ pub async fn refresh(svc: &Services, presented: &str, client: &ClientInfo) -> Ap
 /// §4.14.2): the session was ended by the system, for the account's holder
 /// to see.
 async fn reuse_event(
-    svc: &Services,
+    _svc: &Services,
     tx: &store::Write<'_>,
     session: &session::Model,
     client: &ClientInfo,
 ) -> AppResult<()> {
     let user = UserId::from(session.user_id);
     let event = Event::new(EventKind::RefreshTokenReused, Some(user), Actor::System, client).session(session.id.into());
-    events::record(svc, tx.conn(), event).await
+    tx.record(event).await
 }
 
 /// Whether the session of a refresh token has ended, and how; `None` while it
@@ -152,19 +148,19 @@ async fn rotate(
 ) -> AppResult<Option<String>> {
     let successor = svc.refresh.successor(presented);
     let successor_id = Uuid::now_v7();
-    let txn = db::begin_write(&svc.db).await?;
+    let txn = store::Write::begin(svc).await?;
     let marked = refresh_token::Entity::update_many()
         .col_expr(refresh_token::Column::RotatedAt, Expr::value(now))
         .col_expr(refresh_token::Column::ReplacedBy, Expr::value(successor_id))
         .filter(refresh_token::Column::Id.eq(row.id))
         .filter(refresh_token::Column::RotatedAt.is_null())
-        .exec(&txn)
+        .exec(txn.conn())
         .await?;
     if marked.rows_affected != 1 {
         txn.rollback().await?;
         return Ok(None);
     }
-    if !store::touch(&txn, session.id.into(), now).await? {
+    if !store::touch(txn.conn(), session.id.into(), now).await? {
         txn.rollback().await?;
         return Err(AppError::TokenRevoked);
     }
@@ -177,7 +173,7 @@ async fn rotate(
         rotated_at: Set(None),
         replaced_by: Set(None),
     })
-    .exec_without_returning(&txn)
+    .exec_without_returning(txn.conn())
     .await?;
     txn.commit().await?;
     Ok(Some(successor))
@@ -242,8 +238,7 @@ pub async fn logout(
     for (session_id, user_id) in targets {
         let ended = if everywhere {
             // Challenges before sessions, the order a second-factor login takes them.
-            super::mail::void_pending_links(svc, tx.conn(), user_id).await?;
-            tx.end_user_sessions(user_id, None).await?
+            tx.revoke_user(user_id, None).await?
         } else {
             u64::from(tx.end_session(session_id, None).await?)
         };
@@ -253,7 +248,7 @@ pub async fn logout(
             if everywhere {
                 event = event.detail(format!("everywhere: {ended} sessions ended"));
             }
-            events::record(svc, tx.conn(), event).await?;
+            tx.record(event).await?;
         }
     }
     if let Some(session) = &reused {
@@ -281,7 +276,7 @@ pub async fn revoke_own(
     if ended {
         let event =
             Event::new(EventKind::SessionRevoked, Some(user_id), Actor::User(user_id), client).session(session_id);
-        events::record(svc, tx.conn(), event).await?;
+        tx.record(event).await?;
     }
     tx.commit().await?;
     Ok(ended)
@@ -304,40 +299,6 @@ pub async fn list_for_users(svc: &Services, user_ids: &[UserId]) -> AppResult<Ha
         by_user.entry(row.user_id.into()).or_default().push(row);
     }
     Ok(by_user)
-}
-
-/// Deletes sessions (and, by cascade, their tokens) that ended over a day ago.
-pub async fn purge(svc: &Services) -> AppResult<u64> {
-    let now = svc.clock.now();
-    let cutoff = now - ChronoDuration::hours(ENDED_SESSION_RETENTION_HOURS);
-    let res = session::Entity::delete_many()
-        .filter(session::Column::ExpiresAt.lt(cutoff).or(session::Column::RevokedAt.lt(cutoff)))
-        .exec(&svc.db)
-        .await?;
-    store::prune(svc, now).await?;
-    super::core::limits::purge(svc).await?;
-    super::mail::purge(svc, now).await?;
-    super::core::events::purge(svc, now).await?;
-    super::second_factor::purge(svc, now).await?;
-    super::passkeys::purge(svc, now).await?;
-    Ok(res.rows_affected)
-}
-
-/// Runs [`purge`] every `interval` until the process ends. Failures are logged
-/// and retried at the next tick; requests never wait for it.
-pub fn spawn_purger(svc: Services, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            match purge(&svc).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(sessions = n, "purged ended sessions"),
-                Err(e) => tracing::warn!(error = %e, "session purge failed; will retry"),
-            }
-        }
-    })
 }
 
 /// What `tokenInfo` reports about an access token.

@@ -777,7 +777,7 @@ async fn a_backlog_drains_as_soon_as_the_server_answers_again() {
     let db = &app.state().services.db;
     for attempt in 1..=5 {
         wait_for_attempts(db, attempt, "").await;
-        app.clock.advance(authgraph::service::outbox::backoff(attempt) + Duration::from_secs(1));
+        app.clock.advance(authgraph::service::core::outbox::backoff(attempt) + Duration::from_secs(1));
     }
     wait_for_attempts(db, 6, "").await;
     // Each row now waits 160 s or more on the server's clock, which stays put.

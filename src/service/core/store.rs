@@ -23,7 +23,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, Set, sea_query::Expr,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, ExprTrait, QueryFilter, Set,
+    sea_query::Expr,
 };
 use uuid::Uuid;
 
@@ -31,12 +32,17 @@ use entity::{refresh_token, session, user};
 
 use self::registry::SessionEvent;
 pub use self::registry::{DEFAULT_CAPACITY, Lookup, Notice, SessionRegistry, Ticket};
+use super::{
+    events::{self, Event},
+    one_time, outbox,
+};
 use crate::service::{ClientInfo, Services, SessionPolicy};
 use crate::{
     auth::refresh::hash_token,
     db,
-    domain::{Account, SessionId, UserId},
+    domain::{Account, Email, SessionId, UserId},
     error::{AppError, AppResult},
+    mail::Kind,
 };
 
 /// A write transaction and the registry changes it implies (see the module
@@ -47,18 +53,56 @@ pub struct Write<'a> {
     /// The registry's position when the transaction began.
     ticket: Ticket,
     changes: Vec<SessionEvent>,
+    /// Whether mail was queued: the sender is woken after the commit.
+    mail_queued: bool,
 }
 
 impl<'a> Write<'a> {
     /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite).
     pub async fn begin(svc: &'a Services) -> AppResult<Self> {
         let ticket = svc.registry.ticket();
-        Ok(Self { svc, txn: db::begin_write(&svc.db).await?, ticket, changes: Vec::new() })
+        Ok(Self { svc, txn: db::begin_write(&svc.db).await?, ticket, changes: Vec::new(), mail_queued: false })
     }
 
     /// The transaction, for rows other than sessions (users, API keys).
     pub fn conn(&self) -> &DatabaseTransaction {
         &self.txn
+    }
+
+    /// Queues a mail of `kind` to `recipient` about `user` (the rules are
+    /// [`outbox::enqueue`]'s); this instance's sender is woken once the
+    /// transaction commits, and the others find it within a second.
+    pub async fn enqueue_mail(
+        &mut self,
+        kind: Kind,
+        user: Option<UserId>,
+        recipient: &Email,
+        new_email: Option<&Email>,
+    ) -> AppResult<()> {
+        outbox::enqueue(self.svc, &self.txn, kind, user, recipient, new_email).await?;
+        self.mail_queued = true;
+        Ok(())
+    }
+
+    /// Records `event` with the change it records: both commit, or neither.
+    pub async fn record(&self, event: Event<'_>) -> AppResult<()> {
+        events::record(self.svc, &self.txn, event).await
+    }
+
+    /// Ends what a recovery ends (a password reset or change, logout
+    /// everywhere, an admin's revocation, a second-factor reset): every
+    /// session of `user_id` but `except`, its queued and unused links, and its
+    /// open second-factor challenges, so that whoever held a session keeps
+    /// nothing through it (a pending address change, a reset link, a login's
+    /// second step the old password let out). Rows are taken in the order the
+    /// sender takes them (the outbox, then the tokens), the user's row last.
+    /// Returns how many live sessions ended.
+    pub async fn revoke_user(&mut self, user_id: UserId, except: Option<SessionId>) -> AppResult<u64> {
+        let now = self.svc.clock.now();
+        outbox::void_links(&self.txn, user_id, now).await?;
+        one_time::void_mail_tokens(&self.txn, user_id, now).await?;
+        one_time::void_challenges(&self.txn, user_id, now).await?;
+        self.end_user_sessions(user_id, except).await
     }
 
     /// Inserts a session for `user` and its first refresh token; it goes live
@@ -186,6 +230,9 @@ impl<'a> Write<'a> {
         let now = self.svc.clock.unix();
         for change in self.changes {
             self.svc.registry.apply(change, now);
+        }
+        if self.mail_queued {
+            self.svc.mail.queued.notify_one();
         }
         Ok(())
     }
@@ -358,13 +405,28 @@ pub async fn end_session(svc: &Services, session_id: SessionId) -> AppResult<boo
     Ok(ended)
 }
 
-/// Forgets cached sessions past their end and ends past their window, and
-/// prunes the change log. Returns how many cached sessions went.
-pub async fn prune(svc: &Services, now: DateTime<Utc>) -> AppResult<usize> {
-    if svc.shared_database() {
-        feed::prune(svc).await?;
-    }
-    Ok(svc.registry.prune_expired(now.timestamp()))
+/// How long ended sessions are kept before the purge deletes them, so that their
+/// tokens still answer TOKEN_REVOKED rather than INVALID_TOKEN for a while.
+pub const ENDED_SESSION_RETENTION_HOURS: i64 = 24;
+
+/// Deletes sessions (and, by cascade, their refresh tokens) that ended
+/// more than [`ENDED_SESSION_RETENTION_HOURS`] before `now`. Returns how many.
+pub async fn purge_ended_sessions(svc: &Services, now: DateTime<Utc>) -> AppResult<u64> {
+    let cutoff = now - ChronoDuration::hours(ENDED_SESSION_RETENTION_HOURS);
+    Ok(session::Entity::delete_many()
+        .filter(session::Column::ExpiresAt.lt(cutoff).or(session::Column::RevokedAt.lt(cutoff)))
+        .exec(&svc.db)
+        .await?
+        .rows_affected)
+}
+
+/// Prunes the change log (PostgreSQL: rows older than an hour, never the
+/// newest), and forgets cached sessions past their end and ends past their
+/// window. Returns how many change-log rows went.
+pub async fn prune(svc: &Services, now: DateTime<Utc>) -> AppResult<u64> {
+    let rows = if svc.shared_database() { feed::prune(svc).await? } else { 0 };
+    svc.registry.prune_expired(now.timestamp());
+    Ok(rows)
 }
 
 /// Statements that touch sessions outside a [`Write`] must not change what

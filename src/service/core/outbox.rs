@@ -1,57 +1,44 @@
-//! The outbox's sender: every instance runs one, and together they send each
-//! queued mail once in the normal case.
+//! The mail outbox as a queue of rows (`mail_outbox`): what a change queues
+//! in its own transaction ([`enqueue`]), how a sender claims a due row under a
+//! lease ([`claim`], [`renew`]) and ends it, fenced by the attempt it counted
+//! ([`finish`]), how a recovery voids an account's queued links
+//! ([`void_links`]), and how a backlog is made due at once
+//! ([`release_backlog`]). The sender that sends them is `service::delivery`.
 //!
-//! A sender claims a due row with a single conditional update that moves the
-//! row's `next_attempt_at` and `claimed_until` a [`LEASE`] ahead and counts
-//! the attempt (on PostgreSQL the row is picked with `FOR UPDATE SKIP
-//! LOCKED`, so instances never wait for, nor take, each other's rows), and
-//! sends it in a task of its own, up to [`PARALLEL`] at once. The task
-//! renews the lease every [`RENEW_EVERY`] while it works, makes the mail
-//! (`mail::prepare`), sends it, and ends the row, fenced by the attempt it
-//! counted, so a sender whose lease lapsed cannot overwrite a newer attempt.
-//! A sender that dies mid-send stops renewing, and the row is claimed again
-//! by a restarted instance or a peer within a lease: the mail may then go
-//! twice (at-least-once), never zero times. A temporary failure (the server
-//! unreachable, a 4xx answer, a time-out, a 5xx about the server rather than
-//! the recipient) is retried with exponential backoff, for up to a day; a
-//! refused recipient ends the row as failed. Once the mail server answers
-//! again (a mail went, or a probe every [`PROBE_EVERY`] while mail waits out
-//! a backoff), every row backing off is due at once: a queue built up during
-//! an outage drains in seconds, not at each row's own backoff.
+//! A claim moves the row's `next_attempt_at` and `claimed_until` a [`LEASE`]
+//! ahead and counts the attempt in one conditional update (on PostgreSQL the
+//! row is picked with `FOR UPDATE SKIP LOCKED`, so instances never wait for,
+//! nor take, each other's rows). An end is written only while the claim is
+//! still the writer's, so a sender whose lease lapsed cannot overwrite a newer
+//! attempt, and a row that something else ended never returns to the queue. A
+//! temporary failure is retried with exponential backoff ([`backoff`]) for up
+//! to a day; a refused recipient ends the row as failed.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sea_orm::{
-    ColumnTrait, DbBackend, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, ExprTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, Set,
     sea_query::{Expr, LockBehavior, LockType},
 };
+use uuid::Uuid;
 
-use entity::mail_outbox;
+use entity::{mail_outbox, user};
 
-use super::{
-    Services,
-    mail::{Prepared, prepare},
+use crate::{
+    domain::{Email, UserId},
+    error::AppResult,
+    mail::Kind,
+    service::Services,
 };
-use crate::{error::AppResult, mail::SendError};
 
 /// How long a claim holds a row without being renewed: a dead sender's rows
 /// are taken over this long after its last renewal.
 const LEASE: Duration = Duration::from_secs(15);
 
-/// How often a sender renews the claims it is working on.
-const RENEW_EVERY: Duration = Duration::from_secs(5);
-
-/// How often an idle sender tries the mail that has backed off longest (a
-/// probe: if the server takes it, everything backing off follows at once).
-pub const PROBE_EVERY: Duration = Duration::from_secs(5);
-
 /// How long a mail is retried before it is given up.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
-
-/// How often an idle sender looks for mail queued by other instances, or due
-/// again after a failure.
-pub const POLL: Duration = Duration::from_secs(1);
 
 /// The wait before attempt `attempts + 1`: 5 s, doubling, at most 10 min.
 pub fn backoff(attempts: i32) -> Duration {
@@ -59,8 +46,144 @@ pub fn backoff(attempts: i32) -> Duration {
     Ord::min(Duration::from_secs(5).saturating_mul(1 << doublings), Duration::from_secs(600))
 }
 
+/// Queues a mail of `kind` to `recipient` on `conn` (the transaction of the
+/// change that causes it; [`Write::enqueue_mail`] calls it and wakes the
+/// sender once that commits).
+///
+/// [`Write::enqueue_mail`]: super::store::Write::enqueue_mail
+///
+/// A notice (a kind without a link) about an account goes only to a
+/// confirmed address: an unconfirmed one may be a stranger's (someone
+/// registered it, or mistyped it), who is sent its verification link, and a
+/// reset link when one is asked for, and nothing else. Such a notice is not
+/// queued; the sender checks again when it sends.
+pub(in crate::service) async fn enqueue(
+    svc: &Services,
+    conn: &impl ConnectionTrait,
+    kind: Kind,
+    user_id: Option<UserId>,
+    recipient: &Email,
+    new_email: Option<&Email>,
+) -> AppResult<()> {
+    if is_account_notice(kind)
+        && let Some(user_id) = user_id
+    {
+        let confirmed = user::Entity::find_by_id(user_id.uuid())
+            .select_only()
+            .column(user::Column::EmailVerifiedAt)
+            .into_tuple::<Option<DateTime<Utc>>>()
+            .one(conn)
+            .await?
+            .flatten()
+            .is_some();
+        if !confirmed {
+            return Ok(());
+        }
+    }
+    let now = svc.clock.now();
+    mail_outbox::Entity::insert(mail_outbox::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        kind: Set(kind.as_str().to_owned()),
+        user_id: Set(user_id.map(UserId::uuid)),
+        recipient: Set(recipient.display().to_owned()),
+        recipient_key: Set(recipient.key().to_owned()),
+        new_email: Set(new_email.map(|e| e.display().to_owned())),
+        created_at: Set(now),
+        next_attempt_at: Set(Some(now)),
+        attempts: Set(0),
+        sent_at: Set(None),
+        failed_at: Set(None),
+        last_error: Set(None),
+        claimed_until: Set(None),
+    })
+    .exec_without_returning(conn)
+    .await?;
+    Ok(())
+}
+
+/// The key of a recipient's notice budget.
+pub(in crate::service) fn notice_key(recipient_key: &str) -> String {
+    format!("notice:{recipient_key}")
+}
+
+/// Whether `kind` is a notice to the account's own address (no link; the
+/// address change's notice is judged where it is queued, against the
+/// address it goes to).
+pub(in crate::service) fn is_account_notice(kind: Kind) -> bool {
+    !kind.has_link() && kind != Kind::EmailChangeNotice
+}
+
+/// Ends unsent every queued mail of `user_id` that carries a link, and a
+/// reset queued by address before the account was looked up (no user id:
+/// the account's own address names it). A sender that claimed such a row
+/// already finds it ended before it makes a token ([`still_claimed`]).
+pub(in crate::service) async fn void_links(
+    conn: &impl ConnectionTrait,
+    user_id: UserId,
+    now: DateTime<Utc>,
+) -> AppResult<()> {
+    let links: Vec<&str> = Kind::ALL.into_iter().filter(|k| k.has_link()).map(Kind::as_str).collect();
+    let address = sea_orm::sea_query::Query::select()
+        .column(user::Column::EmailNormalized)
+        .from(user::Entity)
+        .and_where(Expr::col(user::Column::Id).eq(user_id.uuid()))
+        .to_owned();
+    let by_address = mail_outbox::Column::UserId
+        .is_null()
+        .and(mail_outbox::Column::Kind.eq(Kind::ResetPassword.as_str()))
+        .and(mail_outbox::Column::RecipientKey.in_subquery(address));
+    let pending = mail_outbox::Entity::update_many()
+        .filter(mail_outbox::Column::UserId.eq(user_id).and(mail_outbox::Column::Kind.is_in(links)).or(by_address))
+        .filter(mail_outbox::Column::NextAttemptAt.is_not_null());
+    ended_unsent(pending, now, "not sent: the account's sessions were ended".to_owned()).exec(conn).await?;
+    Ok(())
+}
+
+/// Whether the claimed `row` is still this claim's to send (the same
+/// attempt, still open), checked on `conn` with a no-op update that also locks
+/// the row on PostgreSQL until that transaction ends: a link's token is made
+/// in it, so a recovery that voids the row waits, or finds the token.
+pub(in crate::service) async fn still_claimed(
+    conn: &impl ConnectionTrait,
+    row: &mail_outbox::Model,
+) -> AppResult<bool> {
+    Ok(mail_outbox::Entity::update_many()
+        .col_expr(mail_outbox::Column::Attempts, Expr::col(mail_outbox::Column::Attempts))
+        .filter(mail_outbox::Column::Id.eq(row.id))
+        .filter(mail_outbox::Column::Attempts.eq(row.attempts))
+        .filter(mail_outbox::Column::NextAttemptAt.is_not_null())
+        .exec(conn)
+        .await?
+        .rows_affected
+        == 1)
+}
+
+/// Whether another row of `row`'s kind to its recipient is still on its way
+/// (a notice over budget is then coalesced with it).
+pub(in crate::service) async fn same_on_its_way(svc: &Services, row: &mail_outbox::Model) -> AppResult<bool> {
+    Ok(mail_outbox::Entity::find()
+        .filter(mail_outbox::Column::RecipientKey.eq(row.recipient_key.as_str()))
+        .filter(mail_outbox::Column::Kind.eq(row.kind.as_str()))
+        .filter(mail_outbox::Column::Id.ne(row.id))
+        .filter(mail_outbox::Column::NextAttemptAt.is_not_null())
+        .count(&svc.db)
+        .await?
+        > 0)
+}
+
+/// Deletes the rows that ended (sent, failed or not sent) before `cutoff`.
+/// Returns how many.
+pub async fn purge_ended(svc: &Services, cutoff: DateTime<Utc>) -> AppResult<u64> {
+    Ok(mail_outbox::Entity::delete_many()
+        .filter(mail_outbox::Column::NextAttemptAt.is_null())
+        .filter(mail_outbox::Column::SentAt.lt(cutoff).or(mail_outbox::Column::FailedAt.lt(cutoff)))
+        .exec(&svc.db)
+        .await?
+        .rows_affected)
+}
+
 /// Claims the next due row, if any.
-async fn claim(svc: &Services) -> AppResult<Option<mail_outbox::Model>> {
+pub(in crate::service) async fn claim(svc: &Services) -> AppResult<Option<mail_outbox::Model>> {
     let now = svc.clock.now();
     let lease = now + ChronoDuration::from_std(LEASE).unwrap_or_default();
     let mut due = mail_outbox::Entity::find()
@@ -84,7 +207,7 @@ async fn claim(svc: &Services) -> AppResult<Option<mail_outbox::Model>> {
 }
 
 /// How a claimed row ends.
-enum End {
+pub(in crate::service) enum End {
     Sent,
     Retry(String),
     Failed(String),
@@ -116,7 +239,7 @@ pub(super) fn ended_unsent(
 /// the send's outcome). A reset asked for an address without an account (the
 /// rows without a user) keeps no trace of the address once skipped. Returns
 /// whether the end was written.
-async fn finish(svc: &Services, row: &mail_outbox::Model, end: End) -> AppResult<bool> {
+pub(in crate::service) async fn finish(svc: &Services, row: &mail_outbox::Model, end: End) -> AppResult<bool> {
     let now = svc.clock.now();
     // A retry past the give-up time is a failure.
     let give_up = now - row.created_at > ChronoDuration::from_std(GIVE_UP_AFTER).unwrap_or_default();
@@ -201,7 +324,7 @@ fn clip(s: &str) -> String {
 /// Moves the claim on `row` a lease ahead, if it is still this attempt's,
 /// still claimed (an end written a moment ago stays) and the row still open
 /// (a voided row stays ended).
-async fn renew(svc: &Services, row: &mail_outbox::Model) -> AppResult<()> {
+pub(in crate::service) async fn renew(svc: &Services, row: &mail_outbox::Model) -> AppResult<()> {
     let lease = svc.clock.now() + ChronoDuration::from_std(LEASE).unwrap_or_default();
     mail_outbox::Entity::update_many()
         .col_expr(mail_outbox::Column::NextAttemptAt, Expr::value(lease))
@@ -218,7 +341,7 @@ async fn renew(svc: &Services, row: &mail_outbox::Model) -> AppResult<()> {
 /// Makes rows backing off after a failure due now (not the rows being
 /// sent): every one, or with `oldest_only` the one due soonest (a probe: if
 /// it goes, the rest follow). Returns how many.
-async fn release_backlog(svc: &Services, oldest_only: bool) -> AppResult<u64> {
+pub(in crate::service) async fn release_backlog(svc: &Services, oldest_only: bool) -> AppResult<u64> {
     let now = svc.clock.now();
     let mut backing_off = mail_outbox::Entity::find()
         .select_only()
@@ -242,97 +365,6 @@ async fn release_backlog(svc: &Services, oldest_only: bool) -> AppResult<u64> {
         .rows_affected)
 }
 
-/// Sends one claimed row, renewing its claim while it works.
-async fn handle_renewing(svc: &Services, row: &mail_outbox::Model) -> AppResult<()> {
-    let work = handle(svc, row);
-    tokio::pin!(work);
-    let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
-    loop {
-        tokio::select! {
-            done = &mut work => return done,
-            _ = renewals.tick() => {
-                if let Err(e) = renew(svc, row).await {
-                    tracing::warn!(mail_id = %row.id, error = %e.detail(), "mail outbox: a claim could not be renewed");
-                }
-            }
-        }
-    }
-}
-
-/// Sends one claimed row.
-async fn handle(svc: &Services, row: &mail_outbox::Model) -> AppResult<()> {
-    let end = match prepare(svc, row).await {
-        Err(e) => End::Retry(e.detail()),
-        Ok(Prepared::Skip(why)) => End::Skipped(why),
-        Ok(Prepared::Defer(wait)) => End::Deferred(wait),
-        Ok(Prepared::Send { to, to_key, mail }) => {
-            match svc.mail.send(&row.id.simple().to_string(), &to, &to_key, mail).await {
-                Ok(file) => {
-                    if let Some(file) = file {
-                        tracing::info!(file = %file.display(), "mail written as an .eml file (SMTP_URL is unset)");
-                    }
-                    // The server answers: what waits out a backoff goes now.
-                    if release_backlog(svc, false).await.is_ok_and(|n| n > 0) {
-                        svc.mail.queued.notify_one();
-                    }
-                    End::Sent
-                }
-                Err(SendError::Transient(e)) => End::Retry(e),
-                Err(SendError::Permanent(e)) => End::Failed(e),
-            }
-        }
-    };
-    finish(svc, row, end).await.map(drop)
-}
-
-/// How many mails one instance sends at once. Each is sent by a task of its
-/// own, so a slow answer to one mail (a reset for a registered address) does
-/// not delay the next one (the requester's own mail to an unknown address's
-/// neighbour): the time a mail takes to arrive tells nothing about another.
-pub const PARALLEL: usize = 8;
-
-/// Runs the sender until the process ends: claims due mail while fewer than
-/// [`PARALLEL`] are in flight, each sent by a task of its own, then waits for
-/// a mail queued here, one in flight to end, or [`POLL`]. Failures are
-/// logged; the rows stay due.
-pub fn spawn_sender(svc: Services) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        svc.mail.report().await;
-        let mut in_flight = tokio::task::JoinSet::new();
-        let mut probe = tokio::time::interval(PROBE_EVERY);
-        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            while in_flight.len() < PARALLEL {
-                match claim(&svc).await {
-                    Ok(Some(row)) => {
-                        let svc = svc.clone();
-                        in_flight.spawn(async move {
-                            if let Err(e) = handle_renewing(&svc, &row).await {
-                                tracing::warn!(mail_id = %row.id, error = %e.detail(), "mail outbox: the row stays due");
-                            }
-                        });
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e.detail(), "mail outbox: database unavailable; will retry");
-                        break;
-                    }
-                }
-            }
-            tokio::select! {
-                () = svc.mail.queued.notified() => {}
-                () = tokio::time::sleep(POLL) => {}
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-                _ = probe.tick(), if in_flight.is_empty() => {
-                    if let Err(e) = release_backlog(&svc, true).await {
-                        tracing::warn!(error = %e.detail(), "mail outbox: database unavailable; will retry");
-                    }
-                }
-            }
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,9 +375,7 @@ mod tests {
     async fn kit_with_one_mail() -> TestKit {
         let kit = TestKit::new().await;
         let a = kit.register("a@example.com").await;
-        super::super::mail::enqueue(&kit.svc, &kit.svc.db, Kind::VerifyEmail, Some(a.user.id), &a.user.email, None)
-            .await
-            .unwrap();
+        enqueue(&kit.svc, &kit.svc.db, Kind::VerifyEmail, Some(a.user.id), &a.user.email, None).await.unwrap();
         kit
     }
 
@@ -382,13 +412,11 @@ mod tests {
         for end in [End::Retry("451 try later".into()), End::Sent, End::Failed("550 no".into())] {
             let kit = TestKit::new().await;
             let a = kit.register("voided@example.com").await;
-            let thief = super::super::core::validate::email("thief@evil.example").unwrap();
+            let thief = super::super::validate::email("thief@evil.example").unwrap();
             let kind = Kind::ConfirmEmailChange;
-            super::super::mail::enqueue(&kit.svc, &kit.svc.db, kind, Some(a.user.id), &thief, Some(&thief))
-                .await
-                .unwrap();
+            enqueue(&kit.svc, &kit.svc.db, kind, Some(a.user.id), &thief, Some(&thief)).await.unwrap();
             let claimed = claim(&kit.svc).await.unwrap().expect("due");
-            super::super::mail::void_pending_links(&kit.svc, &kit.svc.db, a.user.id).await.unwrap();
+            void_links(&kit.svc.db, a.user.id, kit.svc.clock.now()).await.unwrap();
             assert!(!finish(&kit.svc, &claimed, end).await.unwrap(), "an end written over a voided row");
             let ended = row(&kit).await;
             assert!(ended.next_attempt_at.is_none() && ended.sent_at.is_none(), "{ended:?}");
@@ -406,10 +434,10 @@ mod tests {
         let kit = TestKit::new().await;
         let a = kit.register("owner@example.com").await;
         for address in ["Owner@Example.com", "other@example.com"] {
-            let email = super::super::core::validate::email(address).unwrap();
-            super::super::mail::enqueue(&kit.svc, &kit.svc.db, Kind::ResetPassword, None, &email, None).await.unwrap();
+            let email = super::super::validate::email(address).unwrap();
+            enqueue(&kit.svc, &kit.svc.db, Kind::ResetPassword, None, &email, None).await.unwrap();
         }
-        super::super::mail::void_pending_links(&kit.svc, &kit.svc.db, a.user.id).await.unwrap();
+        void_links(&kit.svc.db, a.user.id, kit.svc.clock.now()).await.unwrap();
         let rows = mail_outbox::Entity::find().all(&kit.svc.db).await.unwrap();
         let open: Vec<_> = rows.iter().filter(|r| r.next_attempt_at.is_some()).map(|r| r.recipient.as_str()).collect();
         assert_eq!(open, ["other@example.com"], "{rows:?}");
