@@ -9,14 +9,8 @@ use thiserror::Error;
 use tokio::{sync::oneshot, task::JoinHandle};
 
 use crate::{
-    auth::{
-        keys::{Sealer, SigningAlgorithm},
-        password::PasswordHasher,
-        rate_limit::RateLimits,
-        refresh::RefreshKeys,
-        tokens::TokenKeys,
-    },
-    config::{Config, JWT_SECRET_MIN_BYTES, JwtKeySource, Secret},
+    auth::{keys::Sealer, password::PasswordHasher, rate_limit::RateLimits, refresh::RefreshKeys, tokens::TokenKeys},
+    config::{Config, JWT_SECRET_MIN_BYTES, JwtKeySource, Secret, SigningAlgorithm},
     db,
     graphql::{self, Limits},
     http::{self, AppState, cookies::CookiePolicy, site::SitePolicy},

@@ -8,14 +8,58 @@ use clap::{ArgAction, Args, ValueEnum};
 use ipnet::IpNet;
 use thiserror::Error;
 
-use crate::auth::keys::JWKS_MAX_AGE_SECS;
-pub use crate::auth::keys::SigningAlgorithm;
 use crate::clock::Clock;
 
 /// The smallest argon2id parameters authgraph accepts (OWASP's minimum for argon2id).
 pub const ARGON2_MIN_MEMORY_KIB: u32 = 19 * 1024;
 pub const ARGON2_MIN_ITERATIONS: u32 = 2;
 pub const JWT_SECRET_MIN_BYTES: usize = 32;
+
+/// How often a serving instance reloads the signing keys: 30 s.
+pub const KEY_REFRESH: Duration = Duration::from_secs(30);
+
+/// How many live sessions, and as many profiles, an instance caches by
+/// default (`SESSION_CACHE_CAPACITY`).
+pub const SESSION_CACHE_CAPACITY: usize = 100_000;
+
+/// How often a subscription's watcher looks at its session without being
+/// told (`Services::watch_recheck`): 30 s.
+pub const SESSION_WATCH_RECHECK: Duration = Duration::from_secs(30);
+
+/// How long a verifier may cache the JWK Set (seconds; its `Cache-Control:
+/// max-age`). A new key is published longer than this before it signs
+/// (`JWT_KEY_LEAD_TIME` is at least this).
+pub const JWKS_MAX_AGE_SECS: u64 = 300;
+
+/// The algorithms authgraph signs access tokens with (`JWT_ALGORITHM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SigningAlgorithm {
+    /// ECDSA P-256 with SHA-256: the default for a new install.
+    #[value(name = "ES256")]
+    Es256,
+    /// Ed25519.
+    #[value(name = "EdDSA")]
+    EdDsa,
+    /// HMAC with SHA-256 under `JWT_SECRET`: no public key to publish.
+    #[value(name = "HS256")]
+    Hs256,
+}
+
+impl SigningAlgorithm {
+    /// The JOSE `alg` name (RFC 7518 section 3.1, RFC 8037 section 3.1).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Es256 => "ES256",
+            Self::EdDsa => "EdDSA",
+            Self::Hs256 => "HS256",
+        }
+    }
+
+    /// The algorithm by its JOSE name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Es256, Self::EdDsa, Self::Hs256].into_iter().find(|a| a.name() == name)
+    }
+}
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum AppEnv {
@@ -315,7 +359,7 @@ pub struct ServeArgs {
 
     /// Live sessions (and as many user profiles) each instance keeps in memory;
     /// others are read from the database on first use
-    #[arg(long, env = "SESSION_CACHE_CAPACITY", default_value_t = crate::service::core::store::DEFAULT_CAPACITY)]
+    #[arg(long, env = "SESSION_CACHE_CAPACITY", default_value_t = SESSION_CACHE_CAPACITY)]
     pub session_cache_capacity: usize,
 }
 
@@ -662,14 +706,14 @@ impl Config {
         // A verifier may have fetched the set from an instance that had not yet
         // reloaded it (up to 30 s), keeps it for its max-age, and its clock
         // may be a little ahead.
-        let least_lead = Duration::from_secs(JWKS_MAX_AGE_SECS) + crate::service::core::signing_keys::REFRESH * 2;
+        let least_lead = Duration::from_secs(JWKS_MAX_AGE_SECS) + KEY_REFRESH * 2;
         if args.jwt_key_lead_time < least_lead {
             return Err(bad(format!(
                 "JWT_KEY_LEAD_TIME must be at least {}s: the JWK Set is cached {}s and reloaded every {}s, \
                  and a key must be known to every verifier before it signs",
                 least_lead.as_secs(),
                 JWKS_MAX_AGE_SECS,
-                crate::service::core::signing_keys::REFRESH.as_secs()
+                KEY_REFRESH.as_secs()
             )));
         }
         if args.jwt_key_rotation_interval.is_some_and(|every| every <= args.jwt_key_lead_time) {
@@ -709,7 +753,7 @@ impl Config {
             jwt_key_lead_time: args.jwt_key_lead_time,
             jwt_key_rotation_interval: args.jwt_key_rotation_interval,
             jwt_hasura_claims: args.jwt_hasura_claims,
-            key_refresh_interval: crate::service::core::signing_keys::REFRESH,
+            key_refresh_interval: KEY_REFRESH,
             database_timeout,
             database_max_connections,
             listen_addr: args.listen_addr,
@@ -752,7 +796,7 @@ impl Config {
             second_factor,
             metrics_addr: args.metrics_addr,
             security_event_retention: positive("SECURITY_EVENT_RETENTION", args.security_event_retention)?,
-            session_watch_recheck: crate::service::core::watch::RECHECK,
+            session_watch_recheck: SESSION_WATCH_RECHECK,
             cleanup_interval,
             session_cache_capacity: args.session_cache_capacity,
             clock: Clock::system(),

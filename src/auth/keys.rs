@@ -17,48 +17,17 @@ use hmac::Mac;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use serde_json::{Value, json};
 
-use crate::{config::Secret, error::AppError};
+use crate::{
+    config::{Secret, SigningAlgorithm},
+    error::AppError,
+};
 
-/// How long a verifier may cache the JWK Set (seconds; its `Cache-Control:
-/// max-age`). A new key is published longer than this before it signs
-/// (`JWT_KEY_LEAD_TIME` is at least this).
-pub const JWKS_MAX_AGE_SECS: u64 = 300;
-
-/// The algorithms authgraph signs access tokens with (`JWT_ALGORITHM`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SigningAlgorithm {
-    /// ECDSA P-256 with SHA-256: the default for a new install.
-    #[value(name = "ES256")]
-    Es256,
-    /// Ed25519.
-    #[value(name = "EdDSA")]
-    EdDsa,
-    /// HMAC with SHA-256 under `JWT_SECRET`: no public key to publish.
-    #[value(name = "HS256")]
-    Hs256,
-}
-
-impl SigningAlgorithm {
-    /// The JOSE `alg` name (RFC 7518 section 3.1, RFC 8037 section 3.1).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Es256 => "ES256",
-            Self::EdDsa => "EdDSA",
-            Self::Hs256 => "HS256",
-        }
-    }
-
-    /// The algorithm by its JOSE name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        [Self::Es256, Self::EdDsa, Self::Hs256].into_iter().find(|a| a.name() == name)
-    }
-
-    pub(crate) fn jwt(self) -> Algorithm {
-        match self {
-            Self::Es256 => Algorithm::ES256,
-            Self::EdDsa => Algorithm::EdDSA,
-            Self::Hs256 => Algorithm::HS256,
-        }
+/// The `jsonwebtoken` algorithm of `alg`.
+pub(crate) fn jwt_algorithm(alg: SigningAlgorithm) -> Algorithm {
+    match alg {
+        SigningAlgorithm::Es256 => Algorithm::ES256,
+        SigningAlgorithm::EdDsa => Algorithm::EdDSA,
+        SigningAlgorithm::Hs256 => Algorithm::HS256,
     }
 }
 
@@ -251,9 +220,9 @@ mod tests {
             assert_eq!(jwk["use"], "sig");
             assert!(!jwk.contains_key("d"), "{alg:?}: the private part was published");
             let (enc, dec) = jwt_keys(alg, &g.pkcs8, &g.public_jwk).unwrap();
-            let header = jsonwebtoken::Header::new(alg.jwt());
+            let header = jsonwebtoken::Header::new(jwt_algorithm(alg));
             let token = jsonwebtoken::encode(&header, &json!({"sub": "x", "exp": 4_000_000_000u64}), &enc).unwrap();
-            let mut validation = jsonwebtoken::Validation::new(alg.jwt());
+            let mut validation = jsonwebtoken::Validation::new(jwt_algorithm(alg));
             validation.required_spec_claims.clear();
             validation.validate_aud = false;
             jsonwebtoken::decode::<Value>(&token, &dec, &validation).unwrap();

@@ -35,8 +35,8 @@ use uuid::Uuid;
 use entity::user::Role;
 
 use crate::{
-    auth::keys::SigningAlgorithm,
     config::Secret,
+    config::SigningAlgorithm,
     domain::{SessionId, UserId, role_name},
     error::AppError,
 };
@@ -223,13 +223,20 @@ impl TokenKeys {
         let mut signers: Vec<Signer> = set
             .signers
             .into_iter()
-            .map(|(kid, alg, encoding, signs_from)| Signer { signs_from, encoding, header: header(alg.jwt(), &kid) })
+            .map(|(kid, alg, encoding, signs_from)| Signer {
+                signs_from,
+                encoding,
+                header: header(crate::auth::keys::jwt_algorithm(alg), &kid),
+            })
             .collect();
         signers.sort_by_key(|s| s.signs_from);
         let mut verifiers = HashMap::new();
         let mut published = Vec::new();
         for (kid, alg, decoding, jwk) in set.published {
-            verifiers.insert(kid, Verifier { decoding, validation: validation(alg.jwt(), issuer, audience) });
+            verifiers.insert(
+                kid,
+                Verifier { decoding, validation: validation(crate::auth::keys::jwt_algorithm(alg), issuer, audience) },
+            );
             published.push(jwk);
         }
         Keys { signers, verifiers, unnamed: None, published }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use poem::{Request, Response, handler, http::header, web::Data};
 
 use super::AppState;
-use crate::auth::keys::JWKS_MAX_AGE_SECS;
+use crate::config::JWKS_MAX_AGE_SECS;
 
 /// `GET /.well-known/jwks.json`: the public keys, each with `kid`, `alg` and
 /// `use: sig`; `{"keys": []}` on an HS256 install (its secret is never shown).

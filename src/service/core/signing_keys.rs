@@ -30,9 +30,10 @@ use entity::signing_key;
 use crate::{
     auth::{
         access::{AdminOnly, Granted},
-        keys::{self, Sealer, SigningAlgorithm},
+        keys::{self, Sealer},
         tokens::KeySet,
     },
+    config::SigningAlgorithm,
     db, domain,
     error::{AppError, AppResult, Reason},
     service::Services,
@@ -42,7 +43,7 @@ use crate::{
 const KEYS_LOCK: i64 = 0x6167_6b65_7973;
 
 /// How often a serving instance reloads the key set.
-pub const REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
+pub use crate::config::KEY_REFRESH as REFRESH;
 
 pub const STATE_NEXT: &str = "next";
 pub const STATE_CURRENT: &str = "current";

@@ -6,8 +6,6 @@
 //! ends by age), asks again whether its session is live and what its role is;
 //! a database that does not answer is not taken for an ended session.
 
-use std::time::Duration;
-
 use tokio::sync::broadcast::error::RecvError;
 
 use entity::user::Role;
@@ -20,7 +18,7 @@ use crate::{
 };
 
 /// How often a watcher asks again without being told (`Services::watch_recheck`).
-pub const RECHECK: Duration = Duration::from_secs(30);
+pub use crate::config::SESSION_WATCH_RECHECK as RECHECK;
 
 /// What changed for the watched session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -54,7 +54,7 @@ pub(super) enum SessionEvent {
 pub struct Ticket(u64);
 
 /// How many live sessions, and as many profiles, an instance keeps by default.
-pub const DEFAULT_CAPACITY: usize = 100_000;
+pub use crate::config::SESSION_CACHE_CAPACITY as DEFAULT_CAPACITY;
 
 /// How much longer than an access token lives an end is remembered (seconds):
 /// room for the time between a session's commit and the signing of its token.
