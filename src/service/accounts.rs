@@ -1,6 +1,5 @@
 //! Accounts: register, login, profile and password.
 
-use chrono::{DateTime, Utc};
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, SqlErr, sea_query::Expr};
 
 use entity::user::{self, Role};
@@ -9,9 +8,9 @@ use super::{
     ClientInfo, Issued, Services,
     core::{
         events::{self, Actor, Event, EventKind},
-        limits, store, users, validate,
+        factors, limits, store, users, validate,
     },
-    mail, second_factor, sessions,
+    second_factor,
 };
 use crate::{
     auth::{
@@ -47,45 +46,6 @@ async fn email_in_use(svc: &Services, normalized: &str) -> AppResult<bool> {
     Ok(user::Entity::find().filter(user::Column::EmailNormalized.eq(normalized)).unique_row(&svc.db).await?.is_some())
 }
 
-/// A new account's input, validated.
-pub(super) struct ValidNewUser {
-    email: Email,
-    name: String,
-}
-
-/// Checks a new account's email, password and name (default: the part of the
-/// email before the @), before any hashing or database work.
-pub(super) fn validate_new_user(email: &str, password: &str, name: Option<&str>) -> AppResult<ValidNewUser> {
-    let email = validate::email(email)?;
-    validate::new_password(password, "password")?;
-    let name = validate::name(name.unwrap_or_else(|| email.display().split('@').next().unwrap_or_default()))?;
-    Ok(ValidNewUser { email, name })
-}
-
-/// The row of a new account.
-pub(super) fn new_user_row(
-    new: ValidNewUser,
-    password_hash: String,
-    role: Role,
-    now: DateTime<Utc>,
-    last_login_at: Option<DateTime<Utc>>,
-) -> user::ActiveModel {
-    user::ActiveModel {
-        id: Set(UserId::new().uuid()),
-        search_key: Set(entity::keys::search_key(&new.name, new.email.display())),
-        email_normalized: Set(new.email.key().to_owned()),
-        email: Set(new.email.display().to_owned()),
-        name: Set(new.name),
-        password_hash: Set(password_hash),
-        role: Set(role),
-        created_at: Set(now),
-        updated_at: Set(now),
-        last_login_at: Set(last_login_at),
-        email_verified_at: Set(None),
-        address_proven_at: Set(None),
-    }
-}
-
 /// Creates an account with role USER and starts its first session.
 ///
 /// With `REQUIRE_EMAIL_VERIFICATION`, the account is created with a
@@ -97,7 +57,7 @@ pub(super) fn new_user_row(
 /// `EMAIL_NOT_VERIFIED` (the account was created).
 #[tracing::instrument(skip_all)]
 pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) -> AppResult<Issued> {
-    let new = validate_new_user(&input.email, &input.password, input.name.as_deref())?;
+    let new = users::validate_new_user(&input.email, &input.password, input.name.as_deref())?;
     // Cheap early answer; the unique index below is what really decides.
     if email_in_use(svc, new.email.key()).await? {
         return Err(AppError::EmailTaken);
@@ -105,8 +65,10 @@ pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) ->
     let password_hash = svc.hasher.hash(input.password).await?;
     let now = svc.clock.now();
     let mut tx = store::Write::begin(svc).await?;
-    let row =
-        new_user_row(new, password_hash, Role::User, now, Some(now)).insert(tx.conn()).await.map_err(map_unique)?;
+    let row = users::new_user_row(new, password_hash, Role::User, now, Some(now))
+        .insert(tx.conn())
+        .await
+        .map_err(map_unique)?;
     let user = Account::from(row);
     if svc.mail.config.require_verification {
         // Counted, so that a login right after it mails no second link (which
@@ -127,7 +89,7 @@ pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) ->
     tx.record(registered).await?;
     tx.commit().await?;
     tracing::info!(user_id = %user.id, "account registered");
-    sessions::issue(svc, user, &session, refresh, now)
+    store::issue(svc, user, &session, refresh, now)
 }
 
 /// Spends one unit of the password-check budget ([`Budget::PasswordCheck`]):
@@ -189,7 +151,7 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
         };
         // Told only to whoever knows the password; nothing is issued.
         if svc.mail.config.require_verification && user.email_verified_at.is_none() {
-            mail::resend_verification_on_login(svc, &user).await?;
+            resend_verification_on_login(svc, &user).await?;
             return failed_login(svc, client, Some(UserId::from(user.id)), AppError::EmailNotVerified).await;
         }
         let now = svc.clock.now();
@@ -201,14 +163,14 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
             .col_expr(user::Column::LastLoginAt, Expr::value(now))
             .filter(user::Column::Id.eq(user.id))
             .filter(user::Column::PasswordHash.eq(user.password_hash.as_str()))
-            .filter(second_factor::not_required());
+            .filter(factors::not_required());
         if let Some(h) = &new_hash {
             update = update.col_expr(user::Column::PasswordHash, Expr::value(h.clone()));
         }
         let Some(current) = update.exec_with_returning(tx.conn()).await?.pop() else {
             tx.rollback().await?;
             // The password held; the session waits for the second factor.
-            if second_factor::required(svc, UserId::from(user.id)).await? {
+            if factors::required(svc, UserId::from(user.id)).await? {
                 let refusal = second_factor::challenge(svc, &user).await?;
                 return failed_login(svc, client, Some(UserId::from(user.id)), refusal).await;
             }
@@ -227,7 +189,7 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
         if new_hash.is_some() {
             tracing::info!(user_id = %current.id, "password hash upgraded to current parameters");
         }
-        return sessions::issue(svc, current, &session, refresh, now);
+        return store::issue(svc, current, &session, refresh, now);
     }
     failed_login(svc, client, None, AppError::InvalidCredentials).await
 }
@@ -239,6 +201,55 @@ async fn failed_login<T>(svc: &Services, client: &ClientInfo, user: Option<UserI
     events::record(svc, &svc.db, Event::new(EventKind::LoginFailed, user, Actor::Anonymous, client).detail(reason))
         .await?;
     Err(refusal)
+}
+
+/// A login refused for an unconfirmed address (`REQUIRE_EMAIL_VERIFICATION`)
+/// sends a fresh verification link, within the recipient's budget (a login
+/// already spent the client's); past it, nothing is sent.
+async fn resend_verification_on_login(svc: &Services, user: &user::Model) -> AppResult<()> {
+    if limits::spend_recipient(svc, &user.email_normalized).await.is_err() {
+        return Ok(());
+    }
+    let email = Email::from_parts(user.email.clone(), user.email_normalized.clone());
+    let mut tx = store::Write::begin(svc).await?;
+    tx.enqueue_mail(Kind::VerifyEmail, Some(UserId::from(user.id)), &email, None).await?;
+    tx.commit().await
+}
+
+/// The start of an address change (`updateProfile(email:)` with another
+/// mailbox): in `tx`, queues the confirmation link to `new` and, when the
+/// current address is confirmed, a notice to it. The address changes only when the link is used
+/// (`recovery::confirm_email_change`).
+///
+/// The budgets are spent before the address is looked up, so that asking
+/// whether addresses are taken costs as much as asking for mail.
+///
+/// Errors: `RATE_LIMITED`, `EMAIL_TAKEN` when `new` has an account.
+async fn request_email_change(
+    svc: &Services,
+    tx: &mut store::Write<'_>,
+    client: &ClientInfo,
+    user: &user::Model,
+    new: &Email,
+) -> AppResult<()> {
+    limits::spend_mail(svc, client, new.key()).await?;
+    let taken = user::Entity::find()
+        .filter(user::Column::EmailNormalized.eq(new.key()))
+        .filter(user::Column::Id.ne(user.id))
+        .unique_row(tx.conn())
+        .await?;
+    if taken.is_some() {
+        return Err(AppError::EmailTaken);
+    }
+    let user_id = UserId::from(user.id);
+    let current = Email::from_parts(user.email.clone(), user.email_normalized.clone());
+    tx.enqueue_mail(Kind::ConfirmEmailChange, Some(user_id), new, Some(new)).await?;
+    // The notice goes only to an address known to be the account's: an
+    // unconfirmed one may be a stranger's (a typo), who would learn the new one.
+    if user.email_verified_at.is_some() {
+        tx.enqueue_mail(Kind::EmailChangeNotice, Some(user_id), &current, Some(new)).await?;
+    }
+    Ok(())
 }
 
 /// Whether `new` is a spelling of the account's address that reaches the
@@ -293,7 +304,7 @@ pub async fn update_profile(
         same => (same, None),
     };
     if let Some(new) = &moving_to {
-        mail::request_email_change(svc, &mut tx, client, &user, new).await?;
+        request_email_change(svc, &mut tx, client, &user, new).await?;
     }
     let search_key = entity::keys::search_key(
         name.as_deref().unwrap_or(&user.name),

@@ -13,7 +13,7 @@ use super::{
     ClientInfo, Services,
     core::{
         events::{Event, EventKind},
-        store,
+        store, users,
     },
 };
 use crate::{
@@ -284,10 +284,10 @@ pub async fn create_or_promote_admin(
         return Ok((promoted, false));
     }
     let password = password()?;
-    let new = super::accounts::validate_new_user(email.display(), &password, name)?;
+    let new = users::validate_new_user(email.display(), &password, name)?;
     let hash = svc.hasher.hash(password).await?;
     let now = svc.clock.now();
-    let mut row = super::accounts::new_user_row(new, hash, Role::Admin, now, None);
+    let mut row = users::new_user_row(new, hash, Role::Admin, now, None);
     // The operator typed the address: an admin made here is not locked out by
     // REQUIRE_EMAIL_VERIFICATION before any mail could reach them.
     row.email_verified_at = Set(Some(now));

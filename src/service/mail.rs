@@ -25,14 +25,11 @@ use super::{
     ClientInfo, Services,
     core::{
         events::{Actor, Event, EventKind},
-        limits, store, users, validate,
+        factors, limits, store, users, validate,
     },
 };
 use crate::{
-    auth::{
-        rate_limit::{Action, IpKey},
-        refresh::hash_token,
-    },
+    auth::refresh::hash_token,
     db::{self, UniqueRow},
     domain::{Email, UserId},
     error::{AppError, AppResult, Reason},
@@ -54,14 +51,6 @@ async fn enqueue_alone(svc: &Services, kind: Kind, user_id: Option<UserId>, reci
     tx.commit().await
 }
 
-/// Spends one mail of the client's budget and one of the recipient's
-/// (`RATE_LIMIT_MAIL_PER_IP`, `RATE_LIMIT_MAIL_PER_RECIPIENT`).
-/// Errors: `RATE_LIMITED` with `retryAfter` (seconds).
-async fn spend_mail_budget(svc: &Services, client: &ClientInfo, recipient_key: &str) -> AppResult<()> {
-    limits::spend_ip(svc, Action::Mail, IpKey::from(client.ip)).await?;
-    limits::spend_recipient(svc, recipient_key).await
-}
-
 /// `requestPasswordReset`: queues a reset for `email`, registered or not, with
 /// the same work, answer and budgets either way (OWASP Forgot Password Cheat
 /// Sheet: "return a consistent message for both existent and non-existent
@@ -71,7 +60,7 @@ async fn spend_mail_budget(svc: &Services, client: &ClientInfo, recipient_key: &
 #[tracing::instrument(skip_all)]
 pub async fn request_password_reset(svc: &Services, client: &ClientInfo, email: &str) -> AppResult<()> {
     let email = validate::email(email)?;
-    spend_mail_budget(svc, client, email.key()).await?;
+    limits::spend_mail(svc, client, email.key()).await?;
     enqueue_alone(svc, Kind::ResetPassword, None, &email).await
 }
 
@@ -86,57 +75,10 @@ pub async fn send_verification(svc: &Services, user_id: UserId, client: &ClientI
     if user.email_verified_at.is_some() {
         return Ok(false);
     }
-    spend_mail_budget(svc, client, &user.email_normalized).await?;
+    limits::spend_mail(svc, client, &user.email_normalized).await?;
     let email = Email::from_parts(user.email, user.email_normalized);
     enqueue_alone(svc, Kind::VerifyEmail, Some(user_id), &email).await?;
     Ok(true)
-}
-
-/// A login refused for an unconfirmed address (`REQUIRE_EMAIL_VERIFICATION`)
-/// sends a fresh verification link, within the recipient's budget (a login
-/// already spent the client's); past it, nothing is sent.
-pub(super) async fn resend_verification_on_login(svc: &Services, user: &user::Model) -> AppResult<()> {
-    if limits::spend_recipient(svc, &user.email_normalized).await.is_err() {
-        return Ok(());
-    }
-    let email = Email::from_parts(user.email.clone(), user.email_normalized.clone());
-    enqueue_alone(svc, Kind::VerifyEmail, Some(UserId::from(user.id)), &email).await
-}
-
-/// The start of an address change (`updateProfile(email:)` with another
-/// mailbox): in `tx`, queues the confirmation link to `new` and, when the
-/// current address is confirmed, a notice to it. The address changes only when the link is used
-/// ([`confirm_email_change`]).
-///
-/// The budgets are spent before the address is looked up, so that asking
-/// whether addresses are taken costs as much as asking for mail.
-///
-/// Errors: `RATE_LIMITED`, `EMAIL_TAKEN` when `new` has an account.
-pub(super) async fn request_email_change(
-    svc: &Services,
-    tx: &mut store::Write<'_>,
-    client: &ClientInfo,
-    user: &user::Model,
-    new: &Email,
-) -> AppResult<()> {
-    spend_mail_budget(svc, client, new.key()).await?;
-    let taken = user::Entity::find()
-        .filter(user::Column::EmailNormalized.eq(new.key()))
-        .filter(user::Column::Id.ne(user.id))
-        .unique_row(tx.conn())
-        .await?;
-    if taken.is_some() {
-        return Err(AppError::EmailTaken);
-    }
-    let user_id = UserId::from(user.id);
-    let current = Email::from_parts(user.email.clone(), user.email_normalized.clone());
-    tx.enqueue_mail(Kind::ConfirmEmailChange, Some(user_id), new, Some(new)).await?;
-    // The notice goes only to an address known to be the account's: an
-    // unconfirmed one may be a stranger's (a typo), who would learn the new one.
-    if user.email_verified_at.is_some() {
-        tx.enqueue_mail(Kind::EmailChangeNotice, Some(user_id), &current, Some(new)).await?;
-    }
-    Ok(())
 }
 
 /// A token as the mutations take it: what [`RefreshKeys::generate`] makes
@@ -252,7 +194,7 @@ pub async fn reset_password(svc: &Services, token: &str, new_password: String, c
         .one(tx.conn())
         .await?
         .flatten();
-    let (totp, passkeys) = super::second_factor::remove_factors_added_before(tx.conn(), user_id, proven_at).await?;
+    let (totp, passkeys) = factors::remove_factors_added_before(tx.conn(), user_id, proven_at).await?;
     let ended = tx.revoke_user(user_id, None).await?;
     let user = holder(tx.conn(), &used).await?;
     let now = svc.clock.now();

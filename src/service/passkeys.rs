@@ -143,11 +143,6 @@ fn parse_answer<T: DeserializeOwned>(credential: serde_json::Value) -> AppResult
     serde_json::from_value(credential).map_err(|_| refused("`credential` is not a WebAuthn credential's JSON"))
 }
 
-/// How many passkeys `user_id` has.
-pub async fn count(svc: &Services, user_id: UserId) -> AppResult<u64> {
-    Ok(passkey::Entity::find().filter(passkey::Column::UserId.eq(user_id)).count(&svc.db).await?)
-}
-
 /// The passkeys of `user_id`, oldest first.
 pub async fn list(svc: &Services, user_id: UserId) -> AppResult<Vec<PasskeyInfo>> {
     let rows = passkey::Entity::find()
@@ -156,20 +151,6 @@ pub async fn list(svc: &Services, user_id: UserId) -> AppResult<Vec<PasskeyInfo>
         .all(&svc.db)
         .await?;
     Ok(rows.into_iter().map(PasskeyInfo::from).collect())
-}
-
-/// Deletes the passkeys of `user_id` added before `cutoff` (every one with
-/// `None`), in `conn`. Returns how many.
-pub(super) async fn delete_added_before(
-    conn: &impl ConnectionTrait,
-    user_id: UserId,
-    cutoff: Option<chrono::DateTime<chrono::Utc>>,
-) -> AppResult<u64> {
-    let mut delete = passkey::Entity::delete_many().filter(passkey::Column::UserId.eq(user_id));
-    if let Some(cutoff) = cutoff {
-        delete = delete.filter(passkey::Column::CreatedAt.lt(cutoff));
-    }
-    Ok(delete.exec(conn).await?.rows_affected)
 }
 
 async fn stored(svc: &Services, user_id: UserId) -> AppResult<Vec<(passkey::Model, Passkey)>> {

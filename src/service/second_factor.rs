@@ -25,9 +25,8 @@ use super::{
     ClientInfo, Issued, Services, accounts,
     core::{
         events::{self, Actor, Event, EventKind},
-        one_time, store, users,
+        factors, one_time, store, users,
     },
-    sessions,
 };
 use crate::{
     auth::{keys::Sealer, password::Verified, principal::UserPrincipal, refresh::hash_token},
@@ -477,7 +476,7 @@ pub(super) async fn spend_code(
     }
     if code.len() == 16 && code.bytes().all(|b| b.is_ascii_alphanumeric()) {
         // Recovery codes stand in for an active authenticator only.
-        if !totp_active(conn, user_id).await? {
+        if !factors::totp_active(conn, user_id).await? {
             return Ok(None);
         }
         let spent = recovery_code::Entity::update_many()
@@ -523,7 +522,7 @@ async fn recovery_code_used(
 #[tracing::instrument(skip_all)]
 pub async fn disable_totp(svc: &Services, me: &UserPrincipal, client: &ClientInfo, code: &str) -> AppResult<()> {
     let account = before_code_check(svc, me, client).await?;
-    if !totp_active(&svc.db, me.user_id).await? {
+    if !factors::totp_active(&svc.db, me.user_id).await? {
         return Err(not_enrolled("No authenticator is active"));
     }
     let mut tx = store::Write::begin(svc).await?;
@@ -560,7 +559,7 @@ pub async fn regenerate_recovery_codes(
     code: &str,
 ) -> AppResult<Vec<String>> {
     let account = before_code_check(svc, me, client).await?;
-    if !totp_active(&svc.db, me.user_id).await? {
+    if !factors::totp_active(&svc.db, me.user_id).await? {
         return Err(not_enrolled("No authenticator is active"));
     }
     let now = svc.clock.now();
@@ -738,7 +737,7 @@ pub(super) async fn finish_login(
         .detail(used.as_str());
     tx.record(logged_in).await?;
     tx.commit().await?;
-    sessions::issue(svc, current, &session, refresh, now)
+    store::issue(svc, current, &session, refresh, now)
 }
 
 /// Exchanges a login's challenge and a TOTP or recovery code for a session.
@@ -805,8 +804,8 @@ pub async fn reauthenticate(
         events::record(svc, &svc.db, refused("INVALID_CREDENTIALS")).await?;
         return Err(AppError::InvalidCredentials);
     }
-    let totp = totp_active(&svc.db, me.user_id).await?;
-    if !totp && super::passkeys::count(svc, me.user_id).await? > 0 {
+    let totp = factors::totp_active(&svc.db, me.user_id).await?;
+    if !totp && factors::passkey_count(&svc.db, me.user_id).await? > 0 {
         // A password alone signs this account in no more: neither does it re-authenticate.
         events::record(svc, &svc.db, refused("INVALID_SECOND_FACTOR")).await?;
         return Err(invalid());
@@ -869,7 +868,7 @@ pub async fn reset(
     let mut tx = store::Write::begin(svc).await?;
     // What is removed, read in the transaction that removes it.
     let before = status_for_users_in(tx.conn(), &[user_id]).await?.remove(&user_id).unwrap_or_default();
-    remove_factors_added_before(tx.conn(), user_id, None).await?;
+    factors::remove_factors_added_before(tx.conn(), user_id, None).await?;
     // A lost device may still hold a session: every session ends, as do
     // open challenges and links.
     let ended = tx.revoke_user(user_id, None).await?;
@@ -887,68 +886,6 @@ pub async fn reset(
     tx.commit().await?;
     tracing::info!(%user_id, "second factors reset by an admin");
     Ok(before)
-}
-
-/// Removes, in `conn`, the second factors of `user_id` added before
-/// `cutoff`, or every one with `None` (an admin's reset). A password reset
-/// passes `users.address_proven_at`, when a mailbox of the account was first
-/// proven: a factor added before that (by whoever registered the address
-/// before its owner proved it) must not stay a way in that the owner never
-/// set up. The authenticator goes with its recovery codes (with `None`, the
-/// codes go whatever else there is). Returns whether an authenticator was
-/// removed, and how many passkeys.
-pub(super) async fn remove_factors_added_before(
-    conn: &impl ConnectionTrait,
-    user_id: UserId,
-    cutoff: Option<DateTime<Utc>>,
-) -> AppResult<(bool, u64)> {
-    let mut totp = totp_factor::Entity::delete_many().filter(totp_factor::Column::UserId.eq(user_id));
-    if let Some(cutoff) = cutoff {
-        totp = totp.filter(totp_factor::Column::CreatedAt.lt(cutoff));
-    }
-    let totp_removed = totp.exec(conn).await?.rows_affected > 0;
-    if totp_removed || cutoff.is_none() {
-        recovery_code::Entity::delete_many().filter(recovery_code::Column::UserId.eq(user_id)).exec(conn).await?;
-    }
-    let passkeys = super::passkeys::delete_added_before(conn, user_id, cutoff).await?;
-    Ok((totp_removed, passkeys))
-}
-
-/// A condition on a `users` row: the account has no second factor (no
-/// confirmed authenticator and no passkey), as [`required`] would answer.
-/// A write that starts a session on the password alone carries it, so that a
-/// factor confirmed while the password was being checked is not skipped; the
-/// write then changes no row and the caller asks [`required`].
-pub(super) fn not_required() -> sea_orm::sea_query::SimpleExpr {
-    use sea_orm::sea_query::Query;
-    let user_id = Expr::col((user::Entity, user::Column::Id));
-    let authenticator = Query::select()
-        .expr(Expr::val(1))
-        .from(totp_factor::Entity)
-        .and_where(Expr::col((totp_factor::Entity, totp_factor::Column::UserId)).eq(user_id.clone()))
-        .and_where(Expr::col((totp_factor::Entity, totp_factor::Column::ConfirmedAt)).is_not_null())
-        .to_owned();
-    let passkey = Query::select()
-        .expr(Expr::val(1))
-        .from(passkey::Entity)
-        .and_where(Expr::col((passkey::Entity, passkey::Column::UserId)).eq(user_id))
-        .to_owned();
-    Expr::exists(authenticator).not().and(Expr::exists(passkey).not())
-}
-
-/// Whether a password login of `user_id` needs a second factor (an active
-/// authenticator or a passkey).
-pub(super) async fn required(svc: &Services, user_id: UserId) -> AppResult<bool> {
-    Ok(totp_active(&svc.db, user_id).await? || super::passkeys::count(svc, user_id).await? > 0)
-}
-
-/// Whether `user_id` has a confirmed authenticator, read through `conn`.
-async fn totp_active(conn: &impl ConnectionTrait, user_id: UserId) -> AppResult<bool> {
-    Ok(totp_factor::Entity::find_by_id(user_id.uuid())
-        .filter(totp_factor::Column::ConfirmedAt.is_not_null())
-        .count(conn)
-        .await?
-        > 0)
 }
 
 #[cfg(test)]

@@ -36,21 +36,6 @@ use crate::{
 /// grace window (tab A refreshed twice while tab B still held the first token).
 const MAX_GRACE_HOPS: usize = 4;
 
-/// Mints the access token of a session that is live (its start committed and
-/// applied by the [`store`]).
-pub fn issue(
-    svc: &Services,
-    user: Account,
-    session: &session::Model,
-    refresh_token: String,
-    now: DateTime<Utc>,
-) -> AppResult<Issued> {
-    let expires_at = session.expires_at.timestamp();
-    let access =
-        svc.tokens.issue(user.id, user.email.display(), user.role, session.id.into(), now.timestamp(), expires_at)?;
-    Ok(Issued { user, session_id: session.id.into(), access, refresh_token, refresh_expires_at: session.expires_at })
-}
-
 /// Exchanges a refresh token for a new access token and the token's successor.
 #[tracing::instrument(skip_all)]
 pub async fn refresh(svc: &Services, presented: &str, client: &ClientInfo) -> AppResult<Issued> {
@@ -82,7 +67,7 @@ pub async fn refresh(svc: &Services, presented: &str, client: &ClientInfo) -> Ap
                 Some(successor) => {
                     let user = load_user(svc, session.user_id.into()).await?;
                     store::refreshed(svc, &session, ticket).await;
-                    return issue(svc, user, &session, successor, now);
+                    return store::issue(svc, user, &session, successor, now);
                 }
                 // Someone rotated it between our read and our write: look again.
                 None => continue,
@@ -91,7 +76,7 @@ pub async fn refresh(svc: &Services, presented: &str, client: &ClientInfo) -> Ap
             None => {
                 let user = load_user(svc, session.user_id.into()).await?;
                 store::refreshed(svc, &session, ticket).await;
-                return issue(svc, user, &session, current, now);
+                return store::issue(svc, user, &session, current, now);
             }
             Some(rotated_at) if now - rotated_at <= grace && hops < MAX_GRACE_HOPS => {
                 hops += 1;

@@ -145,6 +145,14 @@ async fn spend_shared(svc: &Services, key: &str, spec: QuotaSpec) -> AppResult<(
     Err(AppError::RateLimited { retry_after: wait_us.div_ceil(1_000_000).max(1) })
 }
 
+/// Spends one mail of the client's budget and one of the recipient's
+/// (`RATE_LIMIT_MAIL_PER_IP`, `RATE_LIMIT_MAIL_PER_RECIPIENT`).
+/// Errors: `RATE_LIMITED` with `retryAfter` (seconds).
+pub async fn spend_mail(svc: &Services, client: &crate::service::ClientInfo, recipient_key: &str) -> AppResult<()> {
+    spend_ip(svc, Action::Mail, IpKey::from(client.ip)).await?;
+    spend_recipient(svc, recipient_key).await
+}
+
 /// Deletes shared budgets that are full again (their arrival time has passed):
 /// a row then says nothing a missing row would not.
 pub async fn purge(svc: &Services) -> AppResult<u64> {

@@ -4,6 +4,7 @@
 //! and the gauges.
 
 pub mod events;
+pub mod factors;
 pub mod gauges;
 pub mod limits;
 pub mod one_time;

@@ -36,7 +36,7 @@ use super::{
     events::{self, Event},
     one_time, outbox,
 };
-use crate::service::{ClientInfo, Services, SessionPolicy};
+use crate::service::{ClientInfo, Issued, Services, SessionPolicy};
 use crate::{
     auth::refresh::hash_token,
     db,
@@ -280,6 +280,21 @@ async fn pause(svc: &Services) {
 
 fn clip(s: Option<&str>, max: usize) -> Option<String> {
     s.map(|s| s.chars().filter(|c| !c.is_control()).take(max).collect())
+}
+
+/// Mints the access token of a session that is live (its start committed and
+/// applied by this store).
+pub fn issue(
+    svc: &Services,
+    user: Account,
+    session: &session::Model,
+    refresh_token: String,
+    now: DateTime<Utc>,
+) -> AppResult<Issued> {
+    let expires_at = session.expires_at.timestamp();
+    let access =
+        svc.tokens.issue(user.id, user.email.display(), user.role, session.id.into(), now.timestamp(), expires_at)?;
+    Ok(Issued { user, session_id: session.id.into(), access, refresh_token, refresh_expires_at: session.expires_at })
 }
 
 /// After a refresh's rotation committed: the session is live (unless it has
