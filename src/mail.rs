@@ -1,6 +1,6 @@
 //! Mail: what is sent (templates) and how (SMTP, or `.eml` files in
 //! development). The rules of who gets which mail and when are in
-//! `service::mail`; the outbox that makes delivery survive restarts and
+//! `service::recovery`; the outbox that makes delivery survive restarts and
 //! outages is `service::outbox`.
 
 use std::{path::Path, path::PathBuf, time::Duration};

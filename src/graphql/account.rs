@@ -7,8 +7,8 @@ use super::{
     types::{AuthPayload, LoginInput, RegisterInput, TokenTransport, UpdateProfileInput, User},
 };
 use crate::service::{
-    accounts::{self, NewAccount, ProfileChange},
     core::users,
+    signin::accounts::{self, NewAccount, ProfileChange},
 };
 
 #[derive(Default)]

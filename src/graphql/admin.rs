@@ -18,8 +18,8 @@ use crate::{
     domain::UserId,
     error::{AppError, Reason},
     service::{
+        admin::api_keys,
         admin::{self, PAGE_DEFAULT, PAGE_MAX, PageRequest, UserFilter},
-        api_keys,
         core::signing_keys,
         sessions,
     },

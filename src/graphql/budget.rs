@@ -32,13 +32,13 @@ pub enum Budget {
     /// registered or not; a discoverable passkey's answer, whose account is not
     /// known before it is checked, spends the client's only), spent by the
     /// service before it hashes or checks
-    /// (`service::accounts::spend_password_budget`), where the account is known
+    /// (`service::signin::accounts::spend_password_budget`), where the account is known
     /// and after the checks that cost nothing (same-site, the caller's token).
     PasswordCheck,
     /// A mail asked for: one unit of the client's mail budget
     /// (`RATE_LIMIT_MAIL_PER_IP`) and one of the recipient's
     /// (`RATE_LIMIT_MAIL_PER_RECIPIENT`, keyed by the address's key, registered
-    /// or not), spent by the service (`service::mail`) once the address is known
+    /// or not), spent by the service (`service::recovery`) once the address is known
     /// and only when a mail is queued.
     Mail,
     /// A write that checks no credential: one unit of the client's write

@@ -5,7 +5,7 @@
 use async_graphql::{Context, Object, Result};
 
 use super::{request, services};
-use crate::service::mail;
+use crate::service::recovery;
 
 #[derive(Default)]
 pub struct MailMutation;
@@ -19,7 +19,7 @@ impl MailMutation {
     /// `retryAfter`, for registered and unknown addresses alike.
     async fn request_password_reset(&self, ctx: &Context<'_>, email: String) -> Result<bool> {
         let req = request(ctx)?;
-        mail::request_password_reset(services(ctx)?, &req.client, &email).await?;
+        recovery::request_password_reset(services(ctx)?, &req.client, &email).await?;
         Ok(true)
     }
 
@@ -31,7 +31,7 @@ impl MailMutation {
         #[graphql(secret)] token: String,
         #[graphql(secret)] new_password: String,
     ) -> Result<bool> {
-        mail::reset_password(services(ctx)?, &token, new_password, &request(ctx)?.client).await?;
+        recovery::reset_password(services(ctx)?, &token, new_password, &request(ctx)?.client).await?;
         Ok(true)
     }
 
@@ -40,19 +40,19 @@ impl MailMutation {
     async fn send_verification_email(&self, ctx: &Context<'_>) -> Result<bool> {
         let req = request(ctx)?;
         let me = req.principal.require_user()?;
-        Ok(mail::send_verification(services(ctx)?, me.user_id, &req.client).await?)
+        Ok(recovery::send_verification(services(ctx)?, me.user_id, &req.client).await?)
     }
 
     /// Confirms the address with the token of a verification link.
     async fn verify_email(&self, ctx: &Context<'_>, #[graphql(secret)] token: String) -> Result<bool> {
-        mail::verify_email(services(ctx)?, &token, &request(ctx)?.client).await?;
+        recovery::verify_email(services(ctx)?, &token, &request(ctx)?.client).await?;
         Ok(true)
     }
 
     /// Moves the account to its new address with the token of the link sent
     /// there by `updateProfile(input: {email})`.
     async fn confirm_email_change(&self, ctx: &Context<'_>, #[graphql(secret)] token: String) -> Result<bool> {
-        mail::confirm_email_change(services(ctx)?, &token, &request(ctx)?.client).await?;
+        recovery::confirm_email_change(services(ctx)?, &token, &request(ctx)?.client).await?;
         Ok(true)
     }
 }

@@ -176,7 +176,9 @@ pub(crate) fn request<'a>(ctx: &Context<'a>) -> Result<&'a RequestCtx, AppError>
 /// Errors: `REAUTHENTICATION_REQUIRED`, `TOKEN_REVOKED`.
 pub(crate) async fn require_recent_admin(ctx: &Context<'_>) -> Result<(), AppError> {
     match request(ctx)?.principal.user() {
-        Some(admin) => crate::service::second_factor::require_recent_auth(services(ctx)?, admin.session_id).await,
+        Some(admin) => {
+            crate::service::signin::second_factor::require_recent_auth(services(ctx)?, admin.session_id).await
+        }
         None => Ok(()),
     }
 }

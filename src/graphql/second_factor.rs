@@ -11,8 +11,8 @@ use super::{
 use crate::{
     auth::access::UsersWrite,
     service::{
-        passkeys::{self, Ceremony, PasskeyInfo},
-        second_factor::{self, FactorStatus, TotpEnrollment as Enrollment},
+        signin::passkeys::{self, Ceremony, PasskeyInfo},
+        signin::second_factor::{self, FactorStatus, TotpEnrollment as Enrollment},
     },
 };
 

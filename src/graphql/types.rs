@@ -120,7 +120,7 @@ impl User {
     /// to admins only.
     async fn passkeys(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<super::second_factor::Passkey>> {
         self.private_view(ctx)?;
-        let list = crate::service::passkeys::list(super::services(ctx)?, self.model.id).await?;
+        let list = crate::service::signin::passkeys::list(super::services(ctx)?, self.model.id).await?;
         Ok(list.into_iter().map(Into::into).collect())
     }
     /// The user's live sessions. Visible to the user themself and to admins only.
@@ -175,11 +175,11 @@ impl Loader<UserId> for SessionsByUser {
 pub struct FactorsByUser(pub Services);
 
 impl Loader<UserId> for FactorsByUser {
-    type Value = crate::service::second_factor::FactorStatus;
+    type Value = crate::service::signin::second_factor::FactorStatus;
     type Error = std::sync::Arc<AppError>;
 
     async fn load(&self, keys: &[UserId]) -> Result<std::collections::HashMap<UserId, Self::Value>, Self::Error> {
-        crate::service::second_factor::status_for_users(&self.0, keys).await.map_err(std::sync::Arc::new)
+        crate::service::signin::second_factor::status_for_users(&self.0, keys).await.map_err(std::sync::Arc::new)
     }
 }
 

@@ -31,7 +31,7 @@ use crate::{
     http::{AppState, error_text::cap_client_text, log::request_client_ip},
     service::{
         ClientInfo, Services,
-        api_keys::{self, AuthFailure},
+        admin::api_keys::{self, AuthFailure},
         sessions,
     },
 };

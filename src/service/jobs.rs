@@ -13,7 +13,8 @@ use std::{sync::Arc, time::Duration};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 
 use super::{
-    Services, api_keys,
+    Services,
+    admin::api_keys,
     core::{events, limits, one_time, outbox, signing_keys, store},
     delivery,
 };

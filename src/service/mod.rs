@@ -2,16 +2,13 @@
 //! `AppResult`; nothing here knows about HTTP or GraphQL, so the rules can be
 //! tested on their own.
 
-pub mod accounts;
 pub mod admin;
-pub mod api_keys;
 pub mod core;
 pub mod delivery;
 pub mod jobs;
-pub mod mail;
-pub mod passkeys;
-pub mod second_factor;
+pub mod recovery;
 pub mod sessions;
+pub mod signin;
 
 #[cfg(test)]
 mod race_tests;
@@ -53,13 +50,13 @@ pub struct Services {
     /// Read by every request; changed only through [`store`](self::core::store).
     pub registry: Arc<self::core::store::SessionRegistry>,
     pub limits: Arc<RateLimits>,
-    pub api_key_usage: Arc<api_keys::UsageTracker>,
+    pub api_key_usage: Arc<admin::api_keys::UsageTracker>,
     /// Makes and sends mail (templates, SMTP or files); its outbox is in the database.
     pub mail: Arc<crate::mail::Mailer>,
     /// The security event log's refusal tally and retention.
     pub events: Arc<self::core::events::EventLog>,
     /// TOTP's sealer and issuer, the step-up age, the WebAuthn relying party.
-    pub second_factor: Arc<second_factor::SecondFactors>,
+    pub second_factor: Arc<signin::second_factor::SecondFactors>,
     /// How often a watched session is looked at unprompted ([`self::core::watch::RECHECK`]
     /// on a server; tests shorten it).
     pub watch_recheck: Duration,

@@ -13,9 +13,10 @@ use tokio::sync::oneshot;
 use entity::user::Role;
 
 use super::{
-    ClientInfo, Issued, Pause, Services, accounts, admin,
+    ClientInfo, Issued, Pause, Services, admin,
     core::store::{Lookup, SessionRegistry},
     sessions::{self, live_access},
+    signin::accounts,
     testkit::{PASSWORD, TestKit},
 };
 use crate::auth::{

@@ -10,7 +10,7 @@ use sea_orm::{ConnectionTrait, Database};
 
 use entity::user::Role;
 
-use super::{ClientInfo, Issued, Services, SessionPolicy, accounts, admin, core::store};
+use super::{ClientInfo, Issued, Services, SessionPolicy, admin, core::store, signin::accounts};
 use crate::{
     auth::{
         access::{Granted, Permission},
@@ -105,7 +105,7 @@ impl TestKit {
             ),
             events: Arc::new(super::core::events::EventLog::new(Duration::from_secs(90 * 24 * 3600))),
             second_factor: Arc::new(
-                super::second_factor::SecondFactors::new(&crate::config::SecondFactorConfig::local(), &secret)
+                super::signin::second_factor::SecondFactors::new(&crate::config::SecondFactorConfig::local(), &secret)
                     .expect("second factors"),
             ),
             watch_recheck: super::core::watch::RECHECK,

@@ -9,7 +9,8 @@ use std::time::Duration;
 use entity::user::Role;
 
 use super::{
-    ClientInfo, admin, api_keys,
+    ClientInfo, admin,
+    admin::api_keys,
     core::users,
     sessions::{self, TokenInfo},
     testkit::{PASSWORD, TestKit},
@@ -152,7 +153,7 @@ async fn the_registry_follows_every_change() {
     let kit = TestKit::new().await;
     let (_, root) = kit.admin("root@example.com").await;
     let a = kit.register("alice@example.com").await;
-    let a2 = super::accounts::login(&kit.svc, "alice@example.com", PASSWORD.to_owned(), &ClientInfo::default())
+    let a2 = super::signin::accounts::login(&kit.svc, "alice@example.com", PASSWORD.to_owned(), &ClientInfo::default())
         .await
         .unwrap();
     assert!(kit.live(&a, a.session_id).await && kit.live(&a, a2.session_id).await);
@@ -168,16 +169,16 @@ async fn the_registry_follows_every_change() {
     assert!(kit.live(&a, a2.session_id).await);
 
     // A profile change replaces the registry's copy.
-    let change = super::accounts::ProfileChange { name: Some("Alice".into()), email: None };
+    let change = super::signin::accounts::ProfileChange { name: Some("Alice".into()), email: None };
     let me = crate::auth::principal::UserPrincipal { user_id: a.user.id, session_id: a.session_id, role: Role::User };
-    super::accounts::update_profile(&kit.svc, &me, &ClientInfo::default(), change).await.unwrap();
+    super::signin::accounts::update_profile(&kit.svc, &me, &ClientInfo::default(), change).await.unwrap();
     assert_eq!(users::me(&kit.svc, a.user.id).await.unwrap().name, "Alice");
 
     // A password change ends every other session.
-    let a3 = super::accounts::login(&kit.svc, "alice@example.com", PASSWORD.to_owned(), &ClientInfo::default())
+    let a3 = super::signin::accounts::login(&kit.svc, "alice@example.com", PASSWORD.to_owned(), &ClientInfo::default())
         .await
         .unwrap();
-    super::accounts::change_password(
+    super::signin::accounts::change_password(
         &kit.svc,
         a.user.id,
         a3.session_id,

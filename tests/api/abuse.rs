@@ -674,7 +674,7 @@ async fn open_ceremonies_are_capped_per_account() {
         ids.push(v["data"]["startPasskeyRegistration"]["id"].as_str().expect("a ceremony").to_owned());
     }
     let open = entity::webauthn_ceremony::Entity::find().count(&app.state().services.db).await.unwrap();
-    assert_eq!(open, authgraph::service::passkeys::MAX_OPEN_CEREMONIES as u64);
+    assert_eq!(open, authgraph::service::signin::passkeys::MAX_OPEN_CEREMONIES as u64);
     let kept: Vec<String> = entity::webauthn_ceremony::Entity::find()
         .all(&app.state().services.db)
         .await

@@ -585,7 +585,7 @@ async fn a_written_last_use_never_moves_backwards() {
         .await
         .unwrap();
     assert!(with_key(&app, &key.secret, USERS, json!({})).await["errors"].is_null());
-    assert_eq!(authgraph::service::api_keys::flush_usage(&app.state().services).await.unwrap(), 1);
+    assert_eq!(authgraph::service::admin::api_keys::flush_usage(&app.state().services).await.unwrap(), 1);
     let stored = stored_key(&conn, &key.id).await.last_used_at.unwrap();
     assert!((stored - newer).num_milliseconds().abs() < 1000, "moved back from {newer} to {stored}");
     conn.close().await.ok();

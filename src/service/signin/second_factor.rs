@@ -21,8 +21,9 @@ use uuid::Uuid;
 
 use entity::{passkey, recovery_code, second_factor_challenge, session, totp_factor, user};
 
-use super::{
-    ClientInfo, Issued, Services, accounts,
+use super::accounts;
+use crate::service::{
+    ClientInfo, Issued, Services,
     core::{
         events::{self, Actor, Event, EventKind},
         factors, one_time, store, users,

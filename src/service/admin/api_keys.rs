@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use entity::api_key;
 
-use super::{
+use crate::service::{
     ClientInfo, Services,
     core::{
         events::{Event, EventKind},
@@ -174,7 +174,7 @@ pub async fn create(
 ) -> AppResult<(ApiKey, String)> {
     // Admins read key names in listings: the rules of a person's name apply, so
     // invisible and direction-changing characters are refused here too.
-    let name = super::core::validate::name(name)?;
+    let name = crate::service::core::validate::name(name)?;
     if scopes.is_empty() {
         return Err(AppError::invalid_input(Reason::InvalidScopes, "scopes", "Give the key at least one scope"));
     }

@@ -1,6 +1,8 @@
 //! Administration of users: listing, roles, deletion, forced logout. Each
 //! function takes the proof of the permission it needs.
 
+pub mod api_keys;
+
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, ExprTrait, PaginatorTrait, QueryFilter,
     QueryOrder, QuerySelect, Select, Set,

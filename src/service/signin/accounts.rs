@@ -4,13 +4,13 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, SqlE
 
 use entity::user::{self, Role};
 
-use super::{
+use super::second_factor;
+use crate::service::{
     ClientInfo, Issued, Services,
     core::{
         events::{self, Actor, Event, EventKind},
         factors, limits, store, users, validate,
     },
-    second_factor,
 };
 use crate::{
     auth::{

@@ -31,13 +31,13 @@ use webauthn_rs_proto::ResidentKeyRequirement;
 
 use entity::{passkey, webauthn_ceremony};
 
-use super::{
+use super::second_factor::{self, Used};
+use crate::service::{
     ClientInfo, Issued, Services,
     core::{
         events::{self, Actor, Event, EventKind},
         limits, store, users,
     },
-    second_factor::{self, Used},
 };
 use crate::{
     auth::{
