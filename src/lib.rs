@@ -17,3 +17,6 @@ pub mod mail;
 pub mod metrics;
 pub mod service;
 pub mod telemetry;
+
+#[cfg(test)]
+mod layering_tests;
