@@ -11,11 +11,11 @@
 
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
-use crate::service::Services;
 use crate::{
     auth::rate_limit::{Action, IpKey},
     config::QuotaSpec,
     error::{AppError, AppResult},
+    service::{ClientInfo, Services},
 };
 
 /// One unit of `action`'s per-client budget (`RATE_LIMIT_*_PER_IP`).
@@ -148,9 +148,27 @@ async fn spend_shared(svc: &Services, key: &str, spec: QuotaSpec) -> AppResult<(
 /// Spends one mail of the client's budget and one of the recipient's
 /// (`RATE_LIMIT_MAIL_PER_IP`, `RATE_LIMIT_MAIL_PER_RECIPIENT`).
 /// Errors: `RATE_LIMITED` with `retryAfter` (seconds).
-pub async fn spend_mail(svc: &Services, client: &crate::service::ClientInfo, recipient_key: &str) -> AppResult<()> {
+pub async fn spend_mail(svc: &Services, client: &ClientInfo, recipient_key: &str) -> AppResult<()> {
     spend_ip(svc, Action::Mail, IpKey::from(client.ip)).await?;
     spend_recipient(svc, recipient_key).await
+}
+
+/// Spends one unit of the password-check budget (`Budget::PasswordCheck` of the GraphQL layer):
+/// the client's (IPv4 address or IPv6 /64) and the account's (by its email key,
+/// existing or not). Every operation that verifies a password spends it before
+/// hashing, so no mutation is a way around the quota (OWASP ASVS V2.2.1);
+/// `login` spends the client's unit before the address is even validated.
+///
+/// Errors: `RATE_LIMITED` with `retryAfter` (seconds) past either budget.
+pub async fn spend_password(svc: &Services, client: &ClientInfo, email_key: &str) -> AppResult<()> {
+    spend_password_client(svc, client).await?;
+    spend_account(svc, email_key).await
+}
+
+/// The client's half of [`spend_password`], spent alone where the account is
+/// not known yet.
+pub async fn spend_password_client(svc: &Services, client: &ClientInfo) -> AppResult<()> {
+    spend_ip(svc, Action::Login, IpKey::from(client.ip)).await
 }
 
 /// Deletes shared budgets that are full again (their arrival time has passed):

@@ -13,11 +13,7 @@ use crate::service::{
     },
 };
 use crate::{
-    auth::{
-        password::Verified,
-        principal::UserPrincipal,
-        rate_limit::{Action, IpKey},
-    },
+    auth::{password::Verified, principal::UserPrincipal},
     db::{self, UniqueRow},
     domain::{Account, Email, SessionId, UserId},
     error::{AppError, AppResult},
@@ -92,24 +88,6 @@ pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) ->
     store::issue(svc, user, &session, refresh, now)
 }
 
-/// Spends one unit of the password-check budget ([`Budget::PasswordCheck`]):
-/// the client's (IPv4 address or IPv6 /64) and the account's (by its email key,
-/// existing or not). Every operation that verifies a password spends it before
-/// hashing, so no mutation is a way around the quota (OWASP ASVS V2.2.1);
-/// `login` spends the client's unit before the address is even validated.
-///
-/// Errors: `RATE_LIMITED` with `retryAfter` (seconds) past either budget.
-///
-/// [`Budget::PasswordCheck`]: crate::graphql::budget::Budget::PasswordCheck
-pub async fn spend_password_budget(svc: &Services, client: &ClientInfo, email_key: &str) -> AppResult<()> {
-    spend_client_password_budget(svc, client).await?;
-    limits::spend_account(svc, email_key).await
-}
-
-async fn spend_client_password_budget(svc: &Services, client: &ClientInfo) -> AppResult<()> {
-    limits::spend_ip(svc, Action::Login, IpKey::from(client.ip)).await
-}
-
 /// Checks the credentials and starts a session. A wrong password and an
 /// unknown email take the same time and give the same error.
 ///
@@ -124,7 +102,7 @@ async fn spend_client_password_budget(svc: &Services, client: &ClientInfo) -> Ap
 /// during the check is the role the session sees.
 #[tracing::instrument(skip_all)]
 pub async fn login(svc: &Services, email: &str, password: String, client: &ClientInfo) -> AppResult<Issued> {
-    spend_client_password_budget(svc, client).await?;
+    limits::spend_password_client(svc, client).await?;
     let email = validate::email(email)?;
     // Counted for every address, registered or not, before any hashing.
     limits::spend_account(svc, email.key()).await?;
@@ -332,7 +310,7 @@ pub async fn update_profile(
 /// Changes the password after checking the current one, and ends every other
 /// session of the user (a stolen session must not survive a password change).
 ///
-/// The check spends the same budget as a login ([`spend_password_budget`]). The
+/// The check spends the same budget as a login (`limits::spend_password`). The
 /// new hash is written only over the hash that was verified (compare-and-set in
 /// the transaction that ends the other sessions), so of two concurrent changes
 /// only one succeeds, and no session authenticated with the old password
@@ -357,7 +335,7 @@ pub async fn change_password(
     validate::new_password(&new, "newPassword")?;
     second_factor::require_recent_auth(svc, current_session).await?;
     let user = users::row(svc, user_id).await?.ok_or(AppError::TokenRevoked)?;
-    spend_password_budget(svc, client, &user.email_normalized).await?;
+    limits::spend_password(svc, client, &user.email_normalized).await?;
     let mut stored = user.password_hash;
     let mut hash: Option<String> = None;
     // A hash that changed under the check is looked at once more: a login may

@@ -21,12 +21,11 @@ use uuid::Uuid;
 
 use entity::{passkey, recovery_code, second_factor_challenge, session, totp_factor, user};
 
-use super::accounts;
 use crate::service::{
     ClientInfo, Issued, Services,
     core::{
         events::{self, Actor, Event, EventKind},
-        factors, one_time, store, users,
+        factors, limits, one_time, store, users,
     },
 };
 use crate::{
@@ -300,7 +299,7 @@ async fn before_code_check(
 ) -> AppResult<std::sync::Arc<Account>> {
     require_recent_auth(svc, me.session_id).await?;
     let account = users::me(svc, me.user_id).await?;
-    accounts::spend_password_budget(svc, client, account.email.key()).await?;
+    limits::spend_password(svc, client, account.email.key()).await?;
     Ok(account)
 }
 
@@ -757,7 +756,7 @@ pub async fn verify_second_factor(
     client: &ClientInfo,
 ) -> AppResult<Issued> {
     let (challenge, user) = open_challenge(svc, challenge).await?;
-    accounts::spend_password_budget(svc, client, &user.email_normalized).await?;
+    limits::spend_password(svc, client, &user.email_normalized).await?;
     let user_id = UserId::from(user.id);
     // One of the challenge's tries is taken, and committed, before the code is
     // looked at: concurrent guesses cannot share a try.
@@ -795,7 +794,7 @@ pub async fn reauthenticate(
     code: Option<&str>,
 ) -> AppResult<()> {
     let user = users::row(svc, me.user_id).await?.ok_or(AppError::TokenRevoked)?;
-    accounts::spend_password_budget(svc, client, &user.email_normalized).await?;
+    limits::spend_password(svc, client, &user.email_normalized).await?;
     let refused = |reason: &'static str| {
         Event::new(EventKind::ReauthenticationFailed, Some(me.user_id), Actor::User(me.user_id), client)
             .session(me.session_id)
