@@ -45,6 +45,17 @@ pub enum Kind {
     PasskeyRemoved,
 }
 
+/// The mails that carry a link with a one-time token; each has its app path
+/// (`VERIFY_EMAIL_PATH`, `RESET_PASSWORD_PATH`, `CONFIRM_EMAIL_CHANGE_PATH`)
+/// and its lifetime (`EMAIL_VERIFICATION_TTL`, `PASSWORD_RESET_TTL`,
+/// `EMAIL_CHANGE_TTL`): [`Mailer::link`], [`Mailer::link_ttl`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    VerifyEmail,
+    ResetPassword,
+    ConfirmEmailChange,
+}
+
 impl Kind {
     pub const ALL: [Kind; 12] = [
         Kind::VerifyEmail,
@@ -82,10 +93,29 @@ impl Kind {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
-    /// Whether the mail carries a link with a one-time token (whose purpose is
-    /// the kind's name).
+    /// The link with a one-time token this kind of mail carries (the token's
+    /// purpose is the kind's name), if any. Every kind is named here, so a new
+    /// kind must say whether it carries one.
+    pub const fn link(self) -> Option<LinkKind> {
+        match self {
+            Kind::VerifyEmail => Some(LinkKind::VerifyEmail),
+            Kind::ResetPassword => Some(LinkKind::ResetPassword),
+            Kind::ConfirmEmailChange => Some(LinkKind::ConfirmEmailChange),
+            Kind::EmailChangeNotice
+            | Kind::PasswordChanged
+            | Kind::SecondFactorEnabled
+            | Kind::SecondFactorDisabled
+            | Kind::SecondFactorsReset
+            | Kind::RecoveryCodeUsed
+            | Kind::RecoveryCodesRegenerated
+            | Kind::PasskeyAdded
+            | Kind::PasskeyRemoved => None,
+        }
+    }
+
+    /// Whether the mail carries a link ([`Kind::link`]).
     pub const fn has_link(self) -> bool {
-        matches!(self, Kind::VerifyEmail | Kind::ResetPassword | Kind::ConfirmEmailChange)
+        self.link().is_some()
     }
 
     fn builtin(self) -> (&'static str, &'static str) {
@@ -389,21 +419,21 @@ impl Mailer {
 
     /// The app's link for `kind` carrying `token`: `APP_URL` + the kind's path
     /// + `?token=…` (the token is base64url: nothing to escape).
-    pub fn link(&self, kind: Kind, token: &str) -> String {
+    pub fn link(&self, kind: LinkKind, token: &str) -> String {
         let path = match kind {
-            Kind::ResetPassword => &self.config.reset_password_path,
-            Kind::ConfirmEmailChange => &self.config.confirm_email_change_path,
-            _ => &self.config.verify_email_path,
+            LinkKind::VerifyEmail => &self.config.verify_email_path,
+            LinkKind::ResetPassword => &self.config.reset_password_path,
+            LinkKind::ConfirmEmailChange => &self.config.confirm_email_change_path,
         };
         format!("{}{}?token={token}", self.config.app_url, path)
     }
 
     /// How long a link of `kind` works.
-    pub fn link_ttl(&self, kind: Kind) -> Duration {
+    pub fn link_ttl(&self, kind: LinkKind) -> Duration {
         match kind {
-            Kind::ResetPassword => self.config.password_reset_ttl,
-            Kind::ConfirmEmailChange => self.config.email_change_ttl,
-            _ => self.config.email_verification_ttl,
+            LinkKind::VerifyEmail => self.config.email_verification_ttl,
+            LinkKind::ResetPassword => self.config.password_reset_ttl,
+            LinkKind::ConfirmEmailChange => self.config.email_change_ttl,
         }
     }
 

@@ -207,12 +207,12 @@ async fn prepare(svc: &Services, row: &mail_outbox::Model) -> AppResult<Prepared
         expires_in: None,
         app_url: svc.mail.config.app_url.clone(),
     };
-    if kind.has_link() {
-        let ttl = svc.mail.link_ttl(kind);
+    if let Some(link) = kind.link() {
+        let ttl = svc.mail.link_ttl(link);
         let Some(token) = mint(svc, row, kind, &user, ttl).await? else {
             return Ok(Prepared::Skip("the row was ended while it was being sent"));
         };
-        ctx.link = Some(svc.mail.link(kind, &token));
+        ctx.link = Some(svc.mail.link(link, &token));
         ctx.expires_in = Some(in_words(ttl));
     }
     let mail = svc.mail.templates().render(kind, &ctx).map_err(AppError::internal)?;
