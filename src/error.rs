@@ -360,18 +360,7 @@ mod tests {
     /// write it after adding a reason.
     #[test]
     fn reasons_table_matches_the_readme() {
-        const BEGIN: &str = "<!-- reasons:begin (generated: cargo test reasons_table_matches_the_readme) -->\n";
-        const END: &str = "<!-- reasons:end -->";
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
-        let readme = std::fs::read_to_string(path).unwrap();
-        let start = readme.find(BEGIN).expect("the README marks where the table goes") + BEGIN.len();
-        let end = readme[start..].find(END).expect("the README marks where the table ends") + start;
-        let table = Reason::markdown_table();
-        if std::env::var_os("UPDATE_README").is_some() {
-            std::fs::write(path, format!("{}{table}{}", &readme[..start], &readme[end..])).unwrap();
-            return;
-        }
-        assert_eq!(&readme[start..end], table, "README's table of reasons is stale: run with UPDATE_README=1");
+        crate::readme_sections::check("reasons", &Reason::markdown_table());
     }
 
     #[test]

@@ -149,7 +149,7 @@ fn names_after(code: &str, prefix: &str) -> BTreeSet<String> {
 fn top_of(path: &Path) -> Option<String> {
     let rel = path.strip_prefix(src()).ok()?;
     let first = rel.components().next()?.as_os_str().to_str()?.trim_end_matches(".rs").to_owned();
-    (!matches!(first.as_str(), "lib" | "main" | "layering_tests")).then_some(first)
+    (!matches!(first.as_str(), "lib" | "main" | "layering_tests" | "readme_sections")).then_some(first)
 }
 
 #[test]

@@ -20,3 +20,5 @@ pub mod telemetry;
 
 #[cfg(test)]
 mod layering_tests;
+#[cfg(test)]
+mod readme_sections;

@@ -183,17 +183,6 @@ mod tests {
     /// The README lists what the purge deletes as [`super::RETENTION`] says.
     #[test]
     fn retention_table_matches_the_readme() {
-        const BEGIN: &str = "<!-- retention:begin (generated: cargo test retention_table_matches_the_readme) -->\n";
-        const END: &str = "<!-- retention:end -->";
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
-        let readme = std::fs::read_to_string(path).unwrap();
-        let start = readme.find(BEGIN).expect("the README marks where the table goes") + BEGIN.len();
-        let end = readme[start..].find(END).expect("the README marks where the table ends") + start;
-        let table = super::retention_markdown_table();
-        if std::env::var_os("UPDATE_README").is_some() {
-            std::fs::write(path, format!("{}{table}{}", &readme[..start], &readme[end..])).unwrap();
-            return;
-        }
-        assert_eq!(&readme[start..end], table, "README's retention table is stale: run with UPDATE_README=1");
+        crate::readme_sections::check("retention", &super::retention_markdown_table());
     }
 }
