@@ -50,7 +50,7 @@ impl AccountMutation {
         if transport == TokenTransport::Cookie {
             require_same_site(req)?;
         }
-        let issued = accounts::login(svc, &input.email, input.password, &req.client).await?;
+        let issued = accounts::login(svc, &input.email, input.password, &req.client).await?.into_issued()?;
         Ok(deliver(ctx, issued, transport)?)
     }
 

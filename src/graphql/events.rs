@@ -51,6 +51,7 @@ macro_rules! event_types {
 event_types! {
     LoginSucceeded,
     LoginFailed,
+    SecondFactorRequired,
     Registered,
     RefreshTokenReused,
     LoggedOut,

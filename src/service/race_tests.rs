@@ -16,7 +16,7 @@ use super::{
     ClientInfo, Issued, Pause, Services, admin,
     core::store::{Lookup, SessionRegistry},
     sessions::{self, live_access},
-    signin::accounts,
+    signin::{LoginOutcome, accounts},
     testkit::{PASSWORD, TestKit},
 };
 use crate::auth::{
@@ -80,7 +80,9 @@ async fn a_login_revoked_between_its_commit_and_going_live_stays_revoked() {
         let alice = kit.register("alice@example.com").await;
         let (svc, reached, release) = paused(&kit.svc);
         let login = tokio::spawn(async move {
-            accounts::login(&svc, "alice@example.com", PASSWORD.to_owned(), &ClientInfo::default()).await
+            accounts::login(&svc, "alice@example.com", PASSWORD.to_owned(), &ClientInfo::default())
+                .await
+                .and_then(LoginOutcome::into_issued)
         });
         reached.await.unwrap();
         revoke(&kit, &root, &alice, how).await;
@@ -135,7 +137,11 @@ async fn logins_and_refreshes_racing_revocations_leave_memory_and_database_in_ag
             let email = format!("r{round}-{how:?}@example.com").to_lowercase();
             let victim = kit.register(&email).await;
             let client = ClientInfo::default();
-            let login = accounts::login(&kit.svc, &email, PASSWORD.to_owned(), &client);
+            let login = async {
+                accounts::login(&kit.svc, &email, PASSWORD.to_owned(), &client)
+                    .await
+                    .and_then(LoginOutcome::into_issued)
+            };
             let (login, ()) = tokio::join!(login, revoke(&kit, &root, &victim, how));
             if let Ok(late) = login {
                 agree(&kit, &late).await.map_err(|e| format!("round {round}, {how:?}: {e}")).unwrap();

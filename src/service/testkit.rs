@@ -127,8 +127,10 @@ impl TestKit {
         let (account, _) = admin::create_or_promote_admin(&self.svc, email, None, || Ok(PASSWORD.to_owned()))
             .await
             .expect("create admin");
-        let issued =
-            accounts::login(&self.svc, email, PASSWORD.to_owned(), &ClientInfo::default()).await.expect("admin login");
+        let issued = accounts::login(&self.svc, email, PASSWORD.to_owned(), &ClientInfo::default())
+            .await
+            .and_then(crate::service::signin::LoginOutcome::into_issued)
+            .expect("admin login");
         (account, issued)
     }
 

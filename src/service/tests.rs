@@ -155,6 +155,7 @@ async fn the_registry_follows_every_change() {
     let a = kit.register("alice@example.com").await;
     let a2 = super::signin::accounts::login(&kit.svc, "alice@example.com", PASSWORD.to_owned(), &ClientInfo::default())
         .await
+        .and_then(super::signin::LoginOutcome::into_issued)
         .unwrap();
     assert!(kit.live(&a, a.session_id).await && kit.live(&a, a2.session_id).await);
 
@@ -177,6 +178,7 @@ async fn the_registry_follows_every_change() {
     // A password change ends every other session.
     let a3 = super::signin::accounts::login(&kit.svc, "alice@example.com", PASSWORD.to_owned(), &ClientInfo::default())
         .await
+        .and_then(super::signin::LoginOutcome::into_issued)
         .unwrap();
     super::signin::accounts::change_password(
         &kit.svc,

@@ -51,6 +51,7 @@ macro_rules! kinds {
 kinds! {
     LoginSucceeded => "LOGIN_SUCCEEDED",
     LoginFailed => "LOGIN_FAILED",
+    SecondFactorRequired => "SECOND_FACTOR_REQUIRED",
     Registered => "REGISTERED",
     RefreshTokenReused => "REFRESH_TOKEN_REUSED",
     LoggedOut => "LOGGED_OUT",

@@ -4,7 +4,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, SqlE
 
 use entity::user::{self, Role};
 
-use super::second_factor;
+use super::{LoginOutcome, second_factor};
 use crate::service::{
     ClientInfo, Issued, Services,
     core::{
@@ -101,7 +101,7 @@ pub async fn register(svc: &Services, input: NewAccount, client: &ClientInfo) ->
 /// goes live with the row as the compare-and-set left it, so a role changed
 /// during the check is the role the session sees.
 #[tracing::instrument(skip_all)]
-pub async fn login(svc: &Services, email: &str, password: String, client: &ClientInfo) -> AppResult<Issued> {
+pub async fn login(svc: &Services, email: &str, password: String, client: &ClientInfo) -> AppResult<LoginOutcome> {
     limits::spend_password_client(svc, client).await?;
     let email = validate::email(email)?;
     // Counted for every address, registered or not, before any hashing.
@@ -149,8 +149,10 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
             tx.rollback().await?;
             // The password held; the session waits for the second factor.
             if factors::required(svc, UserId::from(user.id)).await? {
-                let refusal = second_factor::challenge(svc, &user).await?;
-                return failed_login(svc, client, Some(UserId::from(user.id)), refusal).await;
+                return match second_factor::challenge(svc, &user, client).await? {
+                    Some(challenge) => Ok(LoginOutcome::SecondFactorRequired { challenge }),
+                    None => failed_login(svc, client, Some(UserId::from(user.id)), AppError::InvalidCredentials).await,
+                };
             }
             // Deleted, or the hash changed, between the check and now.
             if attempt == 0 {
@@ -167,7 +169,7 @@ pub async fn login(svc: &Services, email: &str, password: String, client: &Clien
         if new_hash.is_some() {
             tracing::info!(user_id = %current.id, "password hash upgraded to current parameters");
         }
-        return store::issue(svc, current, &session, refresh, now);
+        return store::issue(svc, current, &session, refresh, now).map(|issued| LoginOutcome::Issued(Box::new(issued)));
     }
     failed_login(svc, client, None, AppError::InvalidCredentials).await
 }

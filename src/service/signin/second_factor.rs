@@ -579,15 +579,15 @@ pub async fn regenerate_recovery_codes(
     Ok(codes)
 }
 
-/// A new challenge for `user`, as the error a login answers with
-/// (`SECOND_FACTOR_REQUIRED`, the challenge in `extensions.challenge`);
-/// `INVALID_CREDENTIALS` when the password changed since `user` was read.
+/// A new challenge for `user`, whose password `client` just proved, with
+/// `SECOND_FACTOR_REQUIRED` recorded; `None`, and nothing written, when the
+/// password changed since `user` was read.
 ///
 /// It is written only while the stored hash is still the one the login
 /// verified (a compare-and-set in the same transaction): a password change
 /// or reset either commits first, and no challenge is made, or after, and
 /// voids it ([`void_challenges`]).
-pub(super) async fn challenge(svc: &Services, user: &user::Model) -> AppResult<AppError> {
+pub(super) async fn challenge(svc: &Services, user: &user::Model, client: &ClientInfo) -> AppResult<Option<Redacted>> {
     let challenge = svc.refresh.generate()?;
     let now = svc.clock.now();
     let tx = store::Write::begin(svc).await?;
@@ -601,7 +601,7 @@ pub(super) async fn challenge(svc: &Services, user: &user::Model) -> AppResult<A
         == 1;
     if !unchanged {
         tx.rollback().await?;
-        return Ok(AppError::InvalidCredentials);
+        return Ok(None);
     }
     second_factor_challenge::Entity::insert(second_factor_challenge::ActiveModel {
         id: Set(Uuid::now_v7()),
@@ -614,8 +614,10 @@ pub(super) async fn challenge(svc: &Services, user: &user::Model) -> AppResult<A
     })
     .exec_without_returning(tx.conn())
     .await?;
+    let user_id = UserId::from(user.id);
+    tx.record(Event::new(EventKind::SecondFactorRequired, Some(user_id), Actor::User(user_id), client)).await?;
     tx.commit().await?;
-    Ok(AppError::SecondFactorRequired { challenge: Redacted(challenge) })
+    Ok(Some(Redacted(challenge)))
 }
 
 /// The open challenge `challenge` names and its account, or
