@@ -9,7 +9,7 @@ pub mod documents;
 pub mod events;
 mod guard;
 pub mod live;
-mod mail;
+mod recovery;
 pub mod second_factor;
 mod session;
 pub mod types;
@@ -32,7 +32,7 @@ pub struct Mutation(
     account::AccountMutation,
     session::SessionMutation,
     admin::AdminMutation,
-    mail::MailMutation,
+    recovery::RecoveryMutation,
     second_factor::SecondFactorMutation,
 );
 
@@ -176,9 +176,7 @@ pub(crate) fn request<'a>(ctx: &Context<'a>) -> Result<&'a RequestCtx, AppError>
 /// Errors: `REAUTHENTICATION_REQUIRED`, `TOKEN_REVOKED`.
 pub(crate) async fn require_recent_admin(ctx: &Context<'_>) -> Result<(), AppError> {
     match request(ctx)?.principal.user() {
-        Some(admin) => {
-            crate::service::signin::second_factor::require_recent_auth(services(ctx)?, admin.session_id).await
-        }
+        Some(admin) => crate::service::core::factors::require_recent_auth(services(ctx)?, admin.session_id).await,
         None => Ok(()),
     }
 }

@@ -8,10 +8,10 @@ use super::{request, services};
 use crate::service::recovery;
 
 #[derive(Default)]
-pub struct MailMutation;
+pub struct RecoveryMutation;
 
 #[Object]
-impl MailMutation {
+impl RecoveryMutation {
     /// Sends a password-reset link to `email` if it has an account. The answer
     /// is `true` for every well-formed address, registered or not, and takes
     /// the same time and budgets either way: past the budgets (one mail a
