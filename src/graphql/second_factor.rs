@@ -11,8 +11,9 @@ use super::{
 use crate::{
     auth::access::UsersWrite,
     service::{
+        signin::authenticator::{self, TotpEnrollment as Enrollment},
         signin::passkeys::{self, Ceremony, PasskeyInfo},
-        signin::second_factor::{self, FactorStatus, TotpEnrollment as Enrollment},
+        signin::second_factor::{self, FactorStatus},
     },
 };
 
@@ -104,7 +105,7 @@ impl SecondFactorMutation {
     /// sign-in). Nothing changes for logins until `confirmTotp`.
     async fn enroll_totp(&self, ctx: &Context<'_>) -> Result<TotpEnrollment> {
         let me = request(ctx)?.principal.require_user()?;
-        Ok(second_factor::enroll_totp(services(ctx)?, me).await?.into())
+        Ok(authenticator::enroll_totp(services(ctx)?, me).await?.into())
     }
 
     /// Activates the authenticator with a code from it. Returns ten recovery
@@ -112,7 +113,7 @@ impl SecondFactorMutation {
     async fn confirm_totp(&self, ctx: &Context<'_>, #[graphql(secret)] code: String) -> Result<Vec<String>> {
         let req = request(ctx)?;
         let me = req.principal.require_user()?;
-        Ok(second_factor::confirm_totp(services(ctx)?, me, &req.client, &code).await?)
+        Ok(authenticator::confirm_totp(services(ctx)?, me, &req.client, &code).await?)
     }
 
     /// Removes the authenticator and the recovery codes, with a code from the
@@ -120,7 +121,7 @@ impl SecondFactorMutation {
     async fn disable_totp(&self, ctx: &Context<'_>, #[graphql(secret)] code: String) -> Result<bool> {
         let req = request(ctx)?;
         let me = req.principal.require_user()?;
-        second_factor::disable_totp(services(ctx)?, me, &req.client, &code).await?;
+        authenticator::disable_totp(services(ctx)?, me, &req.client, &code).await?;
         Ok(true)
     }
 
@@ -134,7 +135,7 @@ impl SecondFactorMutation {
     ) -> Result<Vec<String>> {
         let req = request(ctx)?;
         let me = req.principal.require_user()?;
-        Ok(second_factor::regenerate_recovery_codes(services(ctx)?, me, &req.client, &code).await?)
+        Ok(authenticator::regenerate_recovery_codes(services(ctx)?, me, &req.client, &code).await?)
     }
 
     /// Finishes a login that answered `SECOND_FACTOR_REQUIRED`: its

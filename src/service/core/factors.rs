@@ -1,13 +1,19 @@
 //! Which second factors an account has, read and removed the same way by
 //! every feature: an authenticator app (`totp_factors`, confirmed), its
-//! recovery codes, and passkeys.
+//! recovery codes, and passkeys; and step-up: whether the caller's session
+//! proved its holder recently, and marking that it just did.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, PaginatorTrait, QueryFilter, sea_query::Expr};
 
-use entity::{passkey, recovery_code, totp_factor, user};
+use entity::{passkey, recovery_code, session, totp_factor, user};
 
-use crate::{domain::UserId, error::AppResult, service::Services};
+use crate::{
+    db::UniqueRow,
+    domain::{SessionId, UserId},
+    error::{AppError, AppResult},
+    service::Services,
+};
 
 /// Whether a password login of `user_id` needs a second factor (an active
 /// authenticator or a passkey).
@@ -17,9 +23,13 @@ pub(in crate::service) async fn required(svc: &Services, user_id: UserId) -> App
 
 /// A condition on a `users` row: the account has no second factor (no
 /// confirmed authenticator and no passkey), as [`required`] would answer.
-/// A write that starts a session on the password alone carries it, so that a
-/// factor confirmed while the password was being checked is not skipped; the
-/// write then changes no row and the caller asks [`required`].
+/// A write that starts a session on the password alone carries it, so the
+/// factors are judged in the statement that starts the session rather than in
+/// a read before it. On SQLite, where writers take turns, a factor confirmed
+/// while the password was being checked is always seen; on PostgreSQL a
+/// confirmation that commits while that statement runs is not (the statement
+/// reads its own snapshot): the window is that statement, not the hash.
+/// When the write changes no row the caller asks [`required`].
 pub(in crate::service) fn not_required() -> sea_orm::sea_query::SimpleExpr {
     use sea_orm::sea_query::Query;
     let user_id = Expr::col((user::Entity, user::Column::Id));
@@ -88,4 +98,59 @@ pub(in crate::service) async fn delete_passkeys_added_before(
 /// How many passkeys `user_id` has, read through `conn`.
 pub(in crate::service) async fn passkey_count(conn: &impl ConnectionTrait, user_id: UserId) -> AppResult<u64> {
     Ok(passkey::Entity::find().filter(passkey::Column::UserId.eq(user_id)).count(conn).await?)
+}
+
+/// Refuses a sensitive operation unless the caller's session proved its
+/// holder within `REAUTHENTICATION_MAX_AGE` (NIST SP 800-63B §4.1.3 and
+/// OWASP ASVS V3.7.1: re-authenticate before sensitive changes), so that a
+/// stolen access token alone cannot take over or lock out the account.
+///
+/// Errors: `REAUTHENTICATION_REQUIRED`, `TOKEN_REVOKED` when the session is gone.
+pub async fn require_recent_auth(svc: &Services, session_id: SessionId) -> AppResult<()> {
+    let row = session::Entity::find_by_id(session_id.uuid()).unique_row(&svc.db).await?;
+    let Some(row) = row.filter(|s| s.revoked_at.is_none()) else { return Err(AppError::TokenRevoked) };
+    let proven = row.authenticated_at.unwrap_or(row.created_at);
+    let max_age = ChronoDuration::from_std(svc.second_factor.reauthentication_max_age)
+        .map_err(|e| AppError::internal(format!("reauthentication age: {e}")))?;
+    if svc.clock.now() - proven > max_age { Err(AppError::ReauthenticationRequired) } else { Ok(()) }
+}
+
+/// Marks the session as proven now (a re-authentication), in `conn`, if it
+/// is still live. Errors: `TOKEN_REVOKED` when it ended (or expired) since
+/// the request's token was checked: a re-authentication of an ended session
+/// does not answer true.
+pub(in crate::service) async fn stamp_authenticated(
+    conn: &impl ConnectionTrait,
+    session_id: SessionId,
+    now: DateTime<Utc>,
+) -> AppResult<()> {
+    let stamped = session::Entity::update_many()
+        .col_expr(session::Column::AuthenticatedAt, Expr::value(now))
+        .filter(session::Column::Id.eq(session_id.uuid()))
+        .filter(session::Column::RevokedAt.is_null())
+        .filter(session::Column::ExpiresAt.gt(now))
+        .exec(conn)
+        .await?
+        .rows_affected;
+    if stamped == 1 { Ok(()) } else { Err(AppError::TokenRevoked) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A re-authentication stamps a live session only: one that ended after
+    /// its token was checked is refused, not stamped.
+    #[tokio::test]
+    async fn an_ended_session_is_not_stamped() {
+        let kit = crate::service::testkit::TestKit::new().await;
+        let a = kit.register("stamp@example.com").await;
+        let now = kit.svc.clock.now();
+        stamp_authenticated(&kit.svc.db, a.session_id, now).await.expect("a live session");
+        let mut tx = crate::service::core::store::Write::begin(&kit.svc).await.unwrap();
+        tx.end_user_sessions(a.user.id, None).await.unwrap();
+        tx.commit().await.unwrap();
+        let e = stamp_authenticated(&kit.svc.db, a.session_id, now).await.expect_err("an ended session stamped");
+        assert!(matches!(e, AppError::TokenRevoked), "{e:?}");
+    }
 }

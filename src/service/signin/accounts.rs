@@ -267,7 +267,7 @@ pub async fn update_profile(
     let email = change.email.as_deref().map(validate::email).transpose()?;
     if email.is_some() {
         // Whoever changes the address can take the account over by a reset.
-        second_factor::require_recent_auth(svc, me.session_id).await?;
+        factors::require_recent_auth(svc, me.session_id).await?;
     }
     // The row is read and written in one write transaction (and locked on
     // PostgreSQL), so the stored search key always matches the stored name and
@@ -335,7 +335,7 @@ pub async fn change_password(
     new: String,
 ) -> AppResult<()> {
     validate::new_password(&new, "newPassword")?;
-    second_factor::require_recent_auth(svc, current_session).await?;
+    factors::require_recent_auth(svc, current_session).await?;
     let user = users::row(svc, user_id).await?.ok_or(AppError::TokenRevoked)?;
     limits::spend_password(svc, client, &user.email_normalized).await?;
     let mut stored = user.password_hash;

@@ -1,8 +1,10 @@
 //! Signing in and what a signed-in user sets up: registration and the
-//! password (`accounts`), the second factor and its challenges
-//! (`second_factor`), and passkeys (`passkeys`).
+//! password (`accounts`), the authenticator app and recovery codes
+//! (`authenticator`), the second step and its challenges (`second_factor`),
+//! and passkeys (`passkeys`).
 
 pub mod accounts;
+pub mod authenticator;
 pub mod passkeys;
 pub mod second_factor;
 

@@ -31,12 +31,12 @@ use webauthn_rs_proto::ResidentKeyRequirement;
 
 use entity::{passkey, webauthn_ceremony};
 
-use super::second_factor::{self, Used};
+use super::{authenticator::Used, second_factor};
 use crate::service::{
     ClientInfo, Issued, Services,
     core::{
         events::{self, Actor, Event, EventKind},
-        limits, store, users,
+        factors, limits, store, users,
     },
 };
 use crate::{
@@ -253,7 +253,7 @@ async fn spend(
 #[tracing::instrument(skip_all)]
 pub async fn start_registration(svc: &Services, me: &UserPrincipal) -> AppResult<Ceremony> {
     let webauthn = webauthn(svc)?;
-    second_factor::require_recent_auth(svc, me.session_id).await?;
+    factors::require_recent_auth(svc, me.session_id).await?;
     let account = users::me(svc, me.user_id).await?;
     let existing = stored(svc, me.user_id).await?;
     if existing.len() as u64 >= MAX_PASSKEYS {
@@ -290,7 +290,7 @@ pub async fn finish_registration(
     name: Option<&str>,
 ) -> AppResult<PasskeyInfo> {
     let webauthn = webauthn(svc)?;
-    second_factor::require_recent_auth(svc, me.session_id).await?;
+    factors::require_recent_auth(svc, me.session_id).await?;
     let name = match name.map(str::trim) {
         None | Some("") => "Passkey".to_owned(),
         Some(name) if name.chars().count() > NAME_MAX || name.chars().any(char::is_control) => {
@@ -357,7 +357,7 @@ pub async fn finish_registration(
 /// Errors: `REAUTHENTICATION_REQUIRED`, `NOT_FOUND` (not one of theirs).
 #[tracing::instrument(skip_all)]
 pub async fn remove(svc: &Services, me: &UserPrincipal, client: &ClientInfo, id: Uuid) -> AppResult<()> {
-    second_factor::require_recent_auth(svc, me.session_id).await?;
+    factors::require_recent_auth(svc, me.session_id).await?;
     let account = users::me(svc, me.user_id).await?;
     let mut tx = store::Write::begin(svc).await?;
     let gone = passkey::Entity::delete_many()
@@ -607,7 +607,7 @@ pub async fn finish_reauthentication(
         events::record(svc, &svc.db, event).await?;
         return Err(refused("The passkey's answer does not verify"));
     }
-    second_factor::stamp_authenticated(tx.conn(), me.session_id, svc.clock.now()).await?;
+    factors::stamp_authenticated(tx.conn(), me.session_id, svc.clock.now()).await?;
     let event = Event::new(EventKind::Reauthenticated, Some(me.user_id), Actor::User(me.user_id), client)
         .session(me.session_id)
         .detail("PASSKEY");
