@@ -54,16 +54,94 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The file's code without comments and without its `#[cfg(test)]` items
+/// `text` with comments removed and the insides of string and character
+/// literals blanked (their line breaks kept), so that neither a `//` nor a
+/// brace inside a literal is read as code.
+fn blank_comments_and_literals(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let keep_breaks = |from: usize, to: usize, out: &mut String| {
+        out.extend(chars[from..to.min(chars.len())].iter().filter(|c| **c == '\n'));
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        let after_ident = i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_');
+        if c == '/' && next == Some('/') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '/' && next == Some('*') {
+            let (start, mut depth) = (i, 0);
+            while i < chars.len() {
+                if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
+                    depth += 1;
+                    i += 2;
+                } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            keep_breaks(start, i, &mut out);
+        } else if c == 'r' && !after_ident && matches!(next, Some('"' | '#')) {
+            // A raw string: r"…", r#"…"#.
+            let hashes = chars[i + 1..].iter().take_while(|c| **c == '#').count();
+            if chars.get(i + 1 + hashes) != Some(&'"') {
+                out.push(c);
+                i += 1;
+                continue;
+            }
+            let start = i;
+            i += hashes + 2;
+            while i < chars.len() && !(chars[i] == '"' && chars[i + 1..].iter().take(hashes).all(|c| *c == '#')) {
+                i += 1;
+            }
+            i += 1 + hashes;
+            out.push_str("\"\"");
+            keep_breaks(start, i, &mut out);
+        } else if c == '"' {
+            let start = i;
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+            out.push_str("\"\"");
+            keep_breaks(start, i, &mut out);
+        } else if c == '\'' && next == Some('\\') {
+            // '\n', '\'', '\u{…}'
+            i += 2;
+            while i < chars.len() && chars[i] != '\'' {
+                i += 1;
+            }
+            i += 1;
+            out.push_str("' '");
+        } else if c == '\'' && chars.get(i + 2) == Some(&'\'') {
+            i += 3;
+            out.push_str("' '");
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The file's code without comments, literals and its `#[cfg(test)]` items
 /// (a test may reach anywhere).
 fn code_of(text: &str) -> String {
     let mut code = String::new();
     let mut skip_depth: Option<i32> = None;
     let mut depth = 0i32;
     let mut pending_test = false;
-    for line in text.lines() {
-        let trimmed = line.trim_start();
-        let line = trimmed.split("//").next().unwrap_or("");
+    for line in blank_comments_and_literals(text).lines() {
+        let line = line.trim();
         if skip_depth.is_none() && line.starts_with("#[cfg(test)]") {
             pending_test = true;
             continue;
@@ -81,7 +159,7 @@ fn code_of(text: &str) -> String {
         }
         depth += opens - closes;
         match skip_depth {
-            Some(d) if depth <= d && (opens > 0 || closes > 0) => skip_depth = None,
+            Some(d) if depth <= d && (opens > 0 || closes > 0 || line.ends_with(';')) => skip_depth = None,
             Some(_) => {}
             None => {
                 code.push_str(line);
@@ -184,18 +262,29 @@ fn feature_of(path: &Path) -> Option<String> {
     (!matches!(first.as_str(), "mod" | "jobs" | "testkit" | "tests" | "race_tests")).then_some(first)
 }
 
-/// The service parts a file refers to, by `crate::service::x` or, from a
-/// file directly under `service/` (whose `super` is `service`), `super::x`.
+/// The service parts a file refers to: by `crate::service::x`, by a
+/// `service::{x, …}` group inside `use crate::{…}`, by `super::x` from a file
+/// whose `super` is `service` (one directly under it, or a folder's
+/// `mod.rs`), and by `super::super::x` from a file inside a folder.
 fn service_parts(path: &Path, code: &str) -> BTreeSet<String> {
+    let service = src().join("service");
     let mut parts = names_after(code, "crate::service::");
-    let direct = path.parent() == Some(src().join("service").as_path());
-    let folder_root = path.file_name().is_some_and(|n| n == "mod.rs")
-        && path.parent().and_then(Path::parent) == Some(src().join("service").as_path());
+    parts.extend(names_after(code, "service::"));
+    let parent = path.parent();
+    let direct = parent == Some(service.as_path());
+    let folder_root =
+        path.file_name().is_some_and(|n| n == "mod.rs") && parent.and_then(Path::parent) == Some(&service);
     if direct || folder_root {
         parts.extend(names_after(code, "super::"));
+    } else if parent.and_then(Path::parent) == Some(&service) {
+        parts.extend(names_after(code, "super::super::"));
     }
     parts
 }
+
+/// The files at the top of `service` (no feature's): features and the core
+/// take only the shared types of `service/mod.rs` from the top, never these.
+const TOP_FILES: [&str; 4] = ["jobs", "testkit", "tests", "race_tests"];
 
 #[test]
 fn features_import_the_core_and_never_each_other() {
@@ -207,14 +296,14 @@ fn features_import_the_core_and_never_each_other() {
         let Some(own) = feature_of(path) else { continue };
         let code = code_of(&std::fs::read_to_string(path).expect("read"));
         for part in service_parts(path, &code) {
-            let climbs = if own == "core" {
-                parts.contains(&part) && part != "core"
-            } else {
-                parts.contains(&part) && part != "core" && part != own
-            };
-            if climbs {
+            let above = (parts.contains(&part) || TOP_FILES.contains(&part.as_str())) && part != "core";
+            if above && part != own {
                 wrong.push(format!("{} ({own}) imports service::{part}", shown(path)));
             }
+        }
+        // A glob would hide what it brings in.
+        if code.contains("service::*") || code.contains("super::super::*") {
+            wrong.push(format!("{} ({own}) imports a whole module with *", shown(path)));
         }
     }
     assert!(wrong.is_empty(), "imports between features, or from the core up:\n{}", wrong.join("\n"));
@@ -236,4 +325,12 @@ fn the_reader_sees_imports_and_skips_tests_and_comments() {
         names_after("use crate::service::{core::x, sessions::{a, b}};", "crate::service::"),
         ["core", "sessions"].map(String::from).into_iter().collect()
     );
+    // Nested in `use crate::{…}`, and literals that look like code.
+    let code = code_of(
+        "use crate::{config::X, service::{Services, recovery}};\n\
+         fn f() { let url = \"smtp://x\"; if a { b(\"{\", '{'); } }\n\
+         #[cfg(test)]\nmod tests {\n    fn g() { crate::app::run(); }\n}\n",
+    );
+    assert_eq!(names_after(&code, "service::"), ["Services", "recovery"].map(String::from).into_iter().collect());
+    assert_eq!(names_after(&code, "crate::"), ["config", "service"].map(String::from).into_iter().collect());
 }

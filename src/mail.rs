@@ -1,7 +1,8 @@
 //! Mail: what is sent (templates) and how (SMTP, or `.eml` files in
 //! development). The rules of who gets which mail and when are in
-//! `service::recovery`; the outbox that makes delivery survive restarts and
-//! outages is `service::outbox`.
+//! the service layer (`service::recovery` for the links); the outbox that
+//! makes delivery survive restarts and outages is `service::core::outbox`,
+//! sent by `service::delivery`.
 
 use std::{path::Path, path::PathBuf, time::Duration};
 

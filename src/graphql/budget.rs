@@ -32,7 +32,7 @@ pub enum Budget {
     /// registered or not; a discoverable passkey's answer, whose account is not
     /// known before it is checked, spends the client's only), spent by the
     /// service before it hashes or checks
-    /// (`service::signin::accounts::spend_password_budget`), where the account is known
+    /// (`service::core::limits::spend_password`), where the account is known
     /// and after the checks that cost nothing (same-site, the caller's token).
     PasswordCheck,
     /// A mail asked for: one unit of the client's mail budget
