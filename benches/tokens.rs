@@ -10,7 +10,7 @@ use std::time::Duration;
 use authgraph::domain::{SessionId, UserId};
 use authgraph::{
     auth::{
-        refresh::{RefreshKeys, hash_token},
+        secrets::{OneTimeSecrets, hash_token},
         tokens::TokenKeys,
     },
     config::Secret,
@@ -35,7 +35,7 @@ fn tokens(c: &mut Criterion) {
     c.bench_function("access token issue (HS256)", |b| {
         b.iter(|| keys.issue(UserId::new(), "ada@example.com", Role::User, SessionId::new(), now, now + 3600).unwrap())
     });
-    let refresh = RefreshKeys::new(&secret);
+    let refresh = OneTimeSecrets::new(&secret);
     let rt = refresh.generate().unwrap();
     c.bench_function("refresh token hash (SHA-256)", |b| b.iter(|| hash_token(std::hint::black_box(&rt))));
     c.bench_function("refresh token successor (HMAC-SHA256)", |b| {

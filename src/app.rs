@@ -9,7 +9,9 @@ use thiserror::Error;
 use tokio::{sync::oneshot, task::JoinHandle};
 
 use crate::{
-    auth::{keys::Sealer, password::PasswordHasher, rate_limit::RateLimits, refresh::RefreshKeys, tokens::TokenKeys},
+    auth::{
+        keys::Sealer, password::PasswordHasher, rate_limit::RateLimits, secrets::OneTimeSecrets, tokens::TokenKeys,
+    },
     config::{Config, JWT_SECRET_MIN_BYTES, JwtKeySource, Secret, SigningAlgorithm},
     db,
     graphql::{self, Limits},
@@ -74,7 +76,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         hasher,
         tokens,
         signing,
-        refresh: RefreshKeys::new(&secret),
+        secrets: OneTimeSecrets::new(&secret),
         registry: Arc::new(SessionRegistry::for_access_tokens(config.session_cache_capacity, config.access_token_ttl)),
         limits: Arc::new(RateLimits::new(&config.rate_limits, config.clock.clone())),
         api_key_usage: Arc::default(),

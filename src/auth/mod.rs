@@ -1,4 +1,4 @@
-//! Authentication building blocks: password hashing, access tokens (JWT), refresh
+//! Authentication building blocks: password hashing, access tokens (JWT), one-time
 //! tokens, who is calling (principal), rate limits, and the client's address.
 //! The live-session registry belongs to the session store (`service::core::store`).
 
@@ -8,5 +8,5 @@ pub mod keys;
 pub mod password;
 pub mod principal;
 pub mod rate_limit;
-pub mod refresh;
+pub mod secrets;
 pub mod tokens;

@@ -231,7 +231,7 @@ async fn mint(
     user: &user::Model,
     ttl: std::time::Duration,
 ) -> AppResult<Option<String>> {
-    let token = svc.refresh.generate()?;
+    let token = svc.secrets.generate()?;
     let now = svc.clock.now();
     let ttl = ChronoDuration::from_std(ttl).map_err(|e| AppError::internal(format!("link lifetime: {e}")))?;
     let tx = store::Write::begin(svc).await?;

@@ -22,7 +22,7 @@ use std::{sync::Arc, time::Duration};
 use crate::auth::{
     password::PasswordHasher,
     rate_limit::RateLimits,
-    refresh::RefreshKeys,
+    secrets::OneTimeSecrets,
     tokens::{IssuedAccessToken, TokenKeys},
 };
 use crate::clock::Clock;
@@ -46,7 +46,7 @@ pub struct Services {
     pub tokens: TokenKeys,
     /// The stored key pairs of an ES256 or EdDSA install (`None` on HS256).
     pub signing: Option<Arc<self::core::signing_keys::SigningKeys>>,
-    pub refresh: RefreshKeys,
+    pub secrets: OneTimeSecrets,
     /// Read by every request; changed only through [`store`](self::core::store).
     pub registry: Arc<self::core::store::SessionRegistry>,
     pub limits: Arc<RateLimits>,

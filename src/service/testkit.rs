@@ -17,7 +17,7 @@ use crate::{
         password::PasswordHasher,
         principal::{Principal, UserPrincipal},
         rate_limit::RateLimits,
-        refresh::RefreshKeys,
+        secrets::OneTimeSecrets,
         tokens::TokenKeys,
     },
     clock::ClockControl,
@@ -82,7 +82,7 @@ impl TestKit {
             .expect("hasher"),
             tokens: TokenKeys::new(&secret, "authgraph", "authgraph", Duration::from_secs(900)),
             signing: None,
-            refresh: RefreshKeys::new(&secret),
+            secrets: OneTimeSecrets::new(&secret),
             registry: Arc::default(),
             limits: Arc::new(RateLimits::new(
                 &RateLimitConfig {

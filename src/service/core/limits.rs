@@ -6,7 +6,7 @@
 //! database, a call that passes them is also counted in `rate_limit_counters`
 //! with one conditional upsert (GCRA: the row holds the budget's theoretical
 //! arrival time), so N instances together admit what one would. Keys are
-//! stored as a keyed HMAC (`RefreshKeys::fingerprint`), so the table holds no
+//! stored as a keyed HMAC (`OneTimeSecrets::fingerprint`), so the table holds no
 //! address or IP that could be recovered without the server's secret.
 
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
@@ -108,7 +108,7 @@ async fn spend_shared(svc: &Services, key: &str, spec: QuotaSpec) -> AppResult<(
     let t = micros(spec.period / spec.count.get()).max(1);
     let burst = t.saturating_mul(i64::from(spec.count.get()));
     let offset = svc.clock.offset_micros();
-    let key = svc.refresh.fingerprint(key);
+    let key = svc.secrets.fingerprint(key);
     let pg = DbBackend::Postgres;
     let now = now_us(2);
     let admitted = svc

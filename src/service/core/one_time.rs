@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use entity::{mail_outbox, mail_token, second_factor_challenge, webauthn_ceremony};
 
-use crate::{auth::refresh::hash_token, domain::UserId, error::AppResult, mail::Kind, service::Services};
+use crate::{auth::secrets::hash_token, domain::UserId, error::AppResult, mail::Kind, service::Services};
 
 /// Voids every unused link token of `user_id`, in `conn`.
 pub(in crate::service) async fn void_mail_tokens(

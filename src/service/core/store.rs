@@ -38,7 +38,7 @@ use super::{
 };
 use crate::service::{ClientInfo, Issued, Services, SessionPolicy};
 use crate::{
-    auth::refresh::hash_token,
+    auth::secrets::hash_token,
     db,
     domain::{Account, Email, SessionId, UserId},
     error::{AppError, AppResult},
@@ -129,7 +129,7 @@ impl<'a> Write<'a> {
         };
         // Every column is set here: nothing to read back (no RETURNING, no row to decode).
         session::Entity::insert(session::ActiveModel::from(session.clone())).exec_without_returning(&self.txn).await?;
-        let token = self.svc.refresh.generate()?;
+        let token = self.svc.secrets.generate()?;
         refresh_token::Entity::insert(refresh_token::ActiveModel {
             id: Set(Uuid::now_v7()),
             session_id: Set(session.id),

@@ -29,7 +29,7 @@ use super::{
     },
 };
 use crate::{
-    auth::refresh::hash_token,
+    auth::secrets::hash_token,
     db::{self, UniqueRow},
     domain::{Email, UserId},
     error::{AppError, AppResult, Reason},
@@ -81,10 +81,10 @@ pub async fn send_verification(svc: &Services, user_id: UserId, client: &ClientI
     Ok(true)
 }
 
-/// A token as the mutations take it: what [`RefreshKeys::generate`] makes
+/// A token as the mutations take it: what [`OneTimeSecrets::generate`] makes
 /// (43 characters of base64url). Anything else is refused before any lookup.
 ///
-/// [`RefreshKeys::generate`]: crate::auth::refresh::RefreshKeys::generate
+/// [`OneTimeSecrets::generate`]: crate::auth::secrets::OneTimeSecrets::generate
 fn well_formed(token: &str) -> AppResult<()> {
     let ok = token.len() == 43 && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if ok { Ok(()) } else { Err(link_invalid()) }

@@ -24,7 +24,7 @@ use super::{
 use crate::{
     auth::{
         principal::{Principal, RejectReason},
-        refresh::{hash_token, well_formed},
+        secrets::{hash_token, well_formed},
         tokens::Verified,
     },
     db::UniqueRow,
@@ -80,7 +80,7 @@ pub async fn refresh(svc: &Services, presented: &str, client: &ClientInfo) -> Ap
             }
             Some(rotated_at) if now - rotated_at <= grace && hops < MAX_GRACE_HOPS => {
                 hops += 1;
-                current = svc.refresh.successor(&current);
+                current = svc.secrets.successor(&current);
             }
             Some(_) => {
                 // A rotated token came back after its window: it was copied. End
@@ -131,7 +131,7 @@ async fn rotate(
     presented: &str,
     now: DateTime<Utc>,
 ) -> AppResult<Option<String>> {
-    let successor = svc.refresh.successor(presented);
+    let successor = svc.secrets.successor(presented);
     let successor_id = Uuid::now_v7();
     let txn = store::Write::begin(svc).await?;
     let marked = refresh_token::Entity::update_many()

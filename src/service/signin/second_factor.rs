@@ -26,7 +26,7 @@ use crate::service::{
     },
 };
 use crate::{
-    auth::{keys::Sealer, password::Verified, principal::UserPrincipal, refresh::hash_token},
+    auth::{keys::Sealer, password::Verified, principal::UserPrincipal, secrets::hash_token},
     config::{SecondFactorConfig, Secret},
     db::UniqueRow,
     domain::{Account, Email, SessionId, UserId},
@@ -155,7 +155,7 @@ async fn status_for_users_in(
 /// or reset either commits first, and no challenge is made, or after, and
 /// voids it ([`void_challenges`]).
 pub(super) async fn challenge(svc: &Services, user: &user::Model, client: &ClientInfo) -> AppResult<Option<Redacted>> {
-    let challenge = svc.refresh.generate()?;
+    let challenge = svc.secrets.generate()?;
     let now = svc.clock.now();
     let tx = store::Write::begin(svc).await?;
     let unchanged = user::Entity::update_many()
@@ -193,7 +193,7 @@ pub(super) async fn open_challenge(
     svc: &Services,
     challenge: &str,
 ) -> AppResult<(second_factor_challenge::Model, user::Model)> {
-    if !crate::auth::refresh::well_formed(challenge) {
+    if !crate::auth::secrets::well_formed(challenge) {
         return Err(invalid());
     }
     let found = second_factor_challenge::Entity::find()

@@ -1,11 +1,16 @@
-//! Refresh tokens: 256 random bits, stored only as a SHA-256 digest.
+//! One-time secrets: every token authgraph hands out once and keeps only as a
+//! SHA-256 digest ([`hash_token`]): refresh tokens, mailed links' tokens and
+//! second-factor challenges (256 random bits each, [`OneTimeSecrets::generate`]);
+//! and the keyed fingerprints under which the shared rate-limit budgets store a
+//! client address or an email key ([`OneTimeSecrets::fingerprint`]).
 //!
-//! A rotated token's successor is not random but derived: HMAC-SHA256 of the old
-//! token under a server key. Whoever presents the old token again inside the
-//! grace window (two tabs, a retried request whose answer was lost) is handed the
-//! very same successor, so there are never two live successors, and no plaintext
-//! token has to be stored to make that possible. Without the old token and the
-//! server key the successor cannot be computed.
+//! A rotated refresh token's successor is not random but derived: HMAC-SHA256
+//! of the old token under a server key ([`OneTimeSecrets::successor`]). Whoever
+//! presents the old token again inside the grace window (two tabs, a retried
+//! request whose answer was lost) is handed the very same successor, so there
+//! are never two live successors, and no plaintext token has to be stored to
+//! make that possible. Without the old token and the server key the successor
+//! cannot be computed.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use hmac::{Hmac, Mac};
@@ -13,13 +18,14 @@ use sha2::{Digest, Sha256};
 
 use crate::{config::Secret, error::AppError};
 
+/// The keys one-time secrets are derived under, from the server's secret.
 #[derive(Clone)]
-pub struct RefreshKeys {
+pub struct OneTimeSecrets {
     successor_key: Secret,
     fingerprint_key: Secret,
 }
 
-impl RefreshKeys {
+impl OneTimeSecrets {
     /// Derives the successor key from the signing secret, so that one secret is
     /// all an operator manages, while the two uses never share a key.
     pub fn new(master: &Secret) -> Self {
@@ -44,7 +50,9 @@ impl RefreshKeys {
         mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// A fresh random token (the start of a session).
+    /// A fresh random token: 32 bytes from the system's generator, as 43
+    /// characters of base64url (a session's first refresh token, a link's
+    /// token, a challenge).
     pub fn generate(&self) -> Result<String, AppError> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| AppError::internal(format!("getrandom: {e}")))?;
@@ -81,7 +89,7 @@ mod tests {
 
     #[test]
     fn tokens_are_random_and_successors_deterministic() {
-        let k = RefreshKeys::new(&Secret::new(vec![1; 32]));
+        let k = OneTimeSecrets::new(&Secret::new(vec![1; 32]));
         let a = k.generate().unwrap();
         let b = k.generate().unwrap();
         assert_ne!(a, b);
@@ -91,7 +99,7 @@ mod tests {
         assert_ne!(k.successor(&a), k.successor(&b));
         assert!(well_formed(&k.successor(&a)));
         // A different server key gives a different successor.
-        let other = RefreshKeys::new(&Secret::new(vec![2; 32]));
+        let other = OneTimeSecrets::new(&Secret::new(vec![2; 32]));
         assert_ne!(other.successor(&a), k.successor(&a));
         assert_eq!(hash_token(&a).len(), 43);
         assert_ne!(hash_token(&a), a);
