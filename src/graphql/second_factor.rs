@@ -12,6 +12,7 @@ use crate::{
     auth::access::UsersWrite,
     service::{
         signin::authenticator::{self, TotpEnrollment as Enrollment},
+        signin::passkey_login,
         signin::passkeys::{self, Ceremony, PasskeyInfo},
         signin::second_factor::{self, FactorStatus},
     },
@@ -208,7 +209,7 @@ impl SecondFactorMutation {
         ctx: &Context<'_>,
         #[graphql(secret)] challenge: Option<String>,
     ) -> Result<PasskeyCeremony> {
-        Ok(passkeys::start_login(services(ctx)?, challenge.as_deref()).await?.into())
+        Ok(passkey_login::start_login(services(ctx)?, challenge.as_deref()).await?.into())
     }
 
     /// Finishes a passkey sign-in with `credential.toJSON()` and starts a session.
@@ -224,14 +225,14 @@ impl SecondFactorMutation {
             require_same_site(req)?;
         }
         let id = ceremony_id(&ceremony)?;
-        let issued = passkeys::finish_login(services(ctx)?, &req.client, id, credential.0).await?;
+        let issued = passkey_login::finish_login(services(ctx)?, &req.client, id, credential.0).await?;
         Ok(deliver(ctx, issued, transport)?)
     }
 
     /// Starts re-authenticating the caller with one of their passkeys.
     async fn start_passkey_reauthentication(&self, ctx: &Context<'_>) -> Result<PasskeyCeremony> {
         let me = request(ctx)?.principal.require_user()?;
-        Ok(passkeys::start_reauthentication(services(ctx)?, me).await?.into())
+        Ok(passkey_login::start_reauthentication(services(ctx)?, me).await?.into())
     }
 
     /// Finishes a re-authentication with `credential.toJSON()`.
@@ -244,7 +245,7 @@ impl SecondFactorMutation {
         let req = request(ctx)?;
         let me = req.principal.require_user()?;
         let id = ceremony_id(&ceremony)?;
-        passkeys::finish_reauthentication(services(ctx)?, me, &req.client, id, credential.0).await?;
+        passkey_login::finish_reauthentication(services(ctx)?, me, &req.client, id, credential.0).await?;
         Ok(true)
     }
 

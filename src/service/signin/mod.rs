@@ -1,10 +1,11 @@
 //! Signing in and what a signed-in user sets up: registration and the
 //! password (`accounts`), the authenticator app and recovery codes
 //! (`authenticator`), the second step and its challenges (`second_factor`),
-//! and passkeys (`passkeys`).
+//! passkeys (`passkeys`) and signing in with them (`passkey_login`).
 
 pub mod accounts;
 pub mod authenticator;
+pub mod passkey_login;
 pub mod passkeys;
 pub mod second_factor;
 

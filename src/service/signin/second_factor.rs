@@ -27,11 +27,12 @@ use crate::service::{
 };
 use crate::{
     auth::{keys::Sealer, password::Verified, principal::UserPrincipal, secrets::hash_token},
-    config::{SecondFactorConfig, Secret},
+    config::SecondFactorConfig,
     db::UniqueRow,
     domain::{Account, Email, SessionId, UserId},
     error::{AppError, AppResult, Redacted},
     mail::Kind,
+    secret::Secret,
 };
 
 /// How long a login's challenge can be exchanged, in seconds.
@@ -347,7 +348,7 @@ pub async fn verify_second_factor(
 /// Proves the caller again (password, and a code when an authenticator is
 /// active), so that sensitive operations work for `REAUTHENTICATION_MAX_AGE`.
 /// An account whose second factor is a passkey alone re-authenticates with
-/// the passkey (`passkeys::finish_reauthentication`): its password alone
+/// the passkey (`passkey_login::finish_reauthentication`): its password alone
 /// no longer signs it in, so it does not re-authenticate it either.
 /// Spends the password-check budget. Records `REAUTHENTICATED`, or
 /// `REAUTHENTICATION_FAILED` with the reason.
