@@ -987,8 +987,8 @@ const COLD_SESSIONS: usize = 200_000;
 fn mint_tokens(seeded: &[(usize, uuid::Uuid, uuid::Uuid)]) -> Vec<String> {
     use authgraph::{
         auth::tokens::TokenKeys,
-        config::Secret,
         domain::{SessionId, UserId},
+        secret::Secret,
     };
     let keys = TokenKeys::new(
         &Secret::new(JWT_SECRET.as_bytes().to_vec()),

@@ -13,7 +13,7 @@ use authgraph::{
         secrets::{OneTimeSecrets, hash_token},
         tokens::TokenKeys,
     },
-    config::Secret,
+    secret::Secret,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 use entity::user::Role;

@@ -12,10 +12,11 @@ use crate::{
     auth::{
         keys::Sealer, password::PasswordHasher, rate_limit::RateLimits, secrets::OneTimeSecrets, tokens::TokenKeys,
     },
-    config::{Config, JWT_SECRET_MIN_BYTES, JwtKeySource, Secret, SigningAlgorithm},
+    config::{Config, JWT_SECRET_MIN_BYTES, JwtKeySource, SigningAlgorithm},
     db,
     graphql::{self, Limits},
     http::{self, AppState, cookies::CookiePolicy, site::SitePolicy},
+    secret::Secret,
     service::{
         Services, SessionPolicy,
         core::{

@@ -2,13 +2,13 @@
 //! into typed values at start. A bad value stops the process with a message that
 //! names the variable, instead of surfacing at the first request.
 
-use std::{fmt, net::SocketAddr, num::NonZeroU32, path::PathBuf, str::FromStr, time::Duration};
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{ArgAction, Args, ValueEnum};
 use ipnet::IpNet;
 use thiserror::Error;
 
-use crate::clock::Clock;
+use crate::{clock::Clock, secret::Secret};
 
 /// The smallest argon2id parameters authgraph accepts (OWASP's minimum for argon2id).
 pub const ARGON2_MIN_MEMORY_KIB: u32 = 19 * 1024;
@@ -367,25 +367,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (expected a duration such as 30s, 15m, 12h or 7d)"))
 }
 
-/// A secret value: never printed, not even by `{:?}`.
-#[derive(Clone)]
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    pub fn new(bytes: Vec<u8>) -> Self {
-        Self(bytes)
-    }
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
-
 /// Where the signing key comes from.
 #[derive(Debug, Clone)]
 pub enum JwtKeySource {
@@ -617,149 +598,221 @@ fn bad(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
 }
 
+/// The signing keys' section: the algorithm, the secret that seals stored key
+/// pairs, and where the server secret comes from.
+struct SigningSection {
+    jwt_algorithm: SigningAlgorithm,
+    key_encryption_secret: Option<Secret>,
+    jwt_key: JwtKeySource,
+}
+
+fn signing_section(args: &mut ServeArgs, production: bool) -> Result<SigningSection, ConfigError> {
+    let jwt_algorithm = args.jwt_algorithm.unwrap_or(if args.jwt_secret.is_some() {
+        SigningAlgorithm::Hs256
+    } else {
+        SigningAlgorithm::Es256
+    });
+    let key_encryption_secret = match args.key_encryption_secret.take() {
+        Some(secret) if secret.len() >= JWT_SECRET_MIN_BYTES => Some(Secret::new(secret.into_bytes())),
+        Some(_) => {
+            return Err(bad(format!("KEY_ENCRYPTION_SECRET must be at least {JWT_SECRET_MIN_BYTES} bytes long")));
+        }
+        None if production && jwt_algorithm != SigningAlgorithm::Hs256 => {
+            return Err(bad(format!(
+                "KEY_ENCRYPTION_SECRET is required when APP_ENV=production with JWT_ALGORITHM={} \
+                 (at least 32 random bytes)",
+                jwt_algorithm.name()
+            )));
+        }
+        None => None,
+    };
+    let jwt_key = match (args.jwt_secret.take(), &key_encryption_secret) {
+        (Some(secret), _) if secret.len() >= JWT_SECRET_MIN_BYTES => {
+            JwtKeySource::Configured(Secret::new(secret.into_bytes()))
+        }
+        (Some(_), _) => {
+            return Err(bad(format!("JWT_SECRET must be at least {JWT_SECRET_MIN_BYTES} bytes long")));
+        }
+        // The one-time secrets' keys derive from it instead.
+        (None, Some(kek)) if jwt_algorithm != SigningAlgorithm::Hs256 => JwtKeySource::Configured(kek.clone()),
+        (None, _) if production => {
+            return Err(bad("JWT_SECRET is required when APP_ENV=production (at least 32 random bytes)"));
+        }
+        (None, _) => JwtKeySource::GeneratedFile(generated_key_path(&args.db.database_url)),
+    };
+    Ok(SigningSection { jwt_algorithm, key_encryption_secret, jwt_key })
+}
+
+/// A duration that must be longer than zero.
+fn positive(name: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() { Err(bad(format!("{name} must be longer than zero"))) } else { Ok(d) }
+}
+
+/// Lifetimes and intervals: each longer than zero, a refresh token not
+/// shorter than an access token.
+fn check_lifetimes(args: &ServeArgs) -> Result<(), ConfigError> {
+    let access = positive("ACCESS_TOKEN_TTL", args.access_token_ttl)?;
+    if positive("REFRESH_TOKEN_TTL", args.refresh_token_ttl)? < access {
+        return Err(bad("REFRESH_TOKEN_TTL must not be shorter than ACCESS_TOKEN_TTL"));
+    }
+    positive("DATABASE_TIMEOUT", args.db.database_timeout)?;
+    positive("CLEANUP_INTERVAL", args.cleanup_interval)?;
+    if let Some(idle) = args.session_idle_timeout {
+        positive("SESSION_IDLE_TIMEOUT", idle)?;
+    }
+    Ok(())
+}
+
+/// Who may call from a browser (`CORS_ALLOWED_ORIGINS`) and whose
+/// `X-Forwarded-For` is believed (`TRUSTED_PROXIES`).
+fn network_section(args: &ServeArgs) -> Result<(Vec<Origin>, Vec<IpNet>), ConfigError> {
+    let cors_allowed_origins = args
+        .cors_allowed_origins
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| Origin::parse(s).map_err(|e| bad(format!("CORS_ALLOWED_ORIGINS: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let trusted_proxies = args
+        .trusted_proxies
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| parse_cidr(s.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((cors_allowed_origins, trusted_proxies))
+}
+
+/// argon2id's parameters (at least OWASP's minimum) and the hashing pool.
+fn password_section(args: &ServeArgs) -> Result<PasswordParams, ConfigError> {
+    if args.argon2_memory_kib < ARGON2_MIN_MEMORY_KIB {
+        return Err(bad(format!("ARGON2_MEMORY_KIB must be at least {ARGON2_MIN_MEMORY_KIB}")));
+    }
+    if args.argon2_iterations < ARGON2_MIN_ITERATIONS {
+        return Err(bad(format!("ARGON2_ITERATIONS must be at least {ARGON2_MIN_ITERATIONS}")));
+    }
+    if args.argon2_parallelism < 1 {
+        return Err(bad("ARGON2_PARALLELISM must be at least 1"));
+    }
+    let queue_depth = match args.password_queue_depth {
+        Some(0) => return Err(bad("PASSWORD_QUEUE_DEPTH must be at least 1")),
+        Some(n) => n,
+        None => PASSWORD_QUEUE_PER_THREAD * cores(),
+    };
+    Ok(PasswordParams {
+        memory_kib: args.argon2_memory_kib,
+        iterations: args.argon2_iterations,
+        parallelism: args.argon2_parallelism,
+        threads: cores(),
+        queue_depth,
+    })
+}
+
+/// Key rotation's schedule: a new key is published long enough before it
+/// signs for every verifier to know it.
+fn check_key_schedule(args: &ServeArgs) -> Result<(), ConfigError> {
+    // A verifier may have fetched the set from an instance that had not yet
+    // reloaded it (up to 30 s), keeps it for its max-age, and its clock
+    // may be a little ahead.
+    let least_lead = Duration::from_secs(JWKS_MAX_AGE_SECS) + KEY_REFRESH * 2;
+    if args.jwt_key_lead_time < least_lead {
+        return Err(bad(format!(
+            "JWT_KEY_LEAD_TIME must be at least {}s: the JWK Set is cached {}s and reloaded every {}s, \
+             and a key must be known to every verifier before it signs",
+            least_lead.as_secs(),
+            JWKS_MAX_AGE_SECS,
+            KEY_REFRESH.as_secs()
+        )));
+    }
+    if args.jwt_key_rotation_interval.is_some_and(|every| every <= args.jwt_key_lead_time) {
+        return Err(bad("JWT_KEY_ROTATION_INTERVAL must be longer than JWT_KEY_LEAD_TIME"));
+    }
+    Ok(())
+}
+
+/// Sizes that must be at least something: the session cache, a batch, a
+/// request body.
+fn check_sizes(args: &ServeArgs) -> Result<(), ConfigError> {
+    if args.session_cache_capacity < 1 {
+        return Err(bad("SESSION_CACHE_CAPACITY must be at least 1"));
+    }
+    if args.max_batch_size < 1 {
+        return Err(bad("MAX_BATCH_SIZE must be at least 1"));
+    }
+    if args.max_body_bytes < 1024 {
+        return Err(bad("MAX_BODY_BYTES must be at least 1024"));
+    }
+    Ok(())
+}
+
+/// The pool's size: as given, or one on SQLite and 16 on PostgreSQL.
+fn database_connections(args: &ServeArgs) -> Result<u32, ConfigError> {
+    match args.db.database_max_connections {
+        Some(0) => Err(bad("DATABASE_MAX_CONNECTIONS must be at least 1")),
+        Some(n) => Ok(n),
+        // SQLite lets one connection write at a time. More connections only wait
+        // for its lock (sleeping in the busy handler) and re-read the pages each
+        // other changed; one connection serves every request in turn.
+        None if args.db.database_url.starts_with("sqlite:") => Ok(1),
+        None => Ok(16),
+    }
+}
+
+/// The budgets, as given (`RATE_LIMIT_*`).
+fn rate_limits_section(args: &ServeArgs) -> Result<RateLimitConfig, ConfigError> {
+    if args.rate_limit_mail_per_recipient.is_empty() {
+        return Err(bad("RATE_LIMIT_MAIL_PER_RECIPIENT needs at least one N/period quota"));
+    }
+    Ok(RateLimitConfig {
+        login_per_ip: args.rate_limit_login_per_ip,
+        register_per_ip: args.rate_limit_register_per_ip,
+        refresh_per_ip: args.rate_limit_refresh_per_ip,
+        login_per_account: args.rate_limit_login_per_account,
+        mail_per_ip: args.rate_limit_mail_per_ip,
+        link_per_ip: args.rate_limit_link_per_ip,
+        write_per_ip: args.rate_limit_write_per_ip,
+        write_per_account: args.rate_limit_write_per_account,
+        mail_per_recipient: args.rate_limit_mail_per_recipient.clone(),
+    })
+}
+
 impl Config {
-    pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
+    /// Checks `serve`'s options section by section, in the order an operator
+    /// should fix them (the database, then the secrets, then the rest), and
+    /// builds the configuration. Errors: the first option that is wrong, named.
+    pub fn from_args(mut args: ServeArgs) -> Result<Self, ConfigError> {
         let production = args.app_env == AppEnv::Production;
         check_database_url(&args.db.database_url)?;
-
         // Told after the secrets' errors, which matter more.
         let mail = mail_config(&args, production);
         let second_factor = second_factor_config(&args, &mail.as_ref().map(|m| m.app_url.clone()).unwrap_or_default());
-        let jwt_algorithm = args.jwt_algorithm.unwrap_or(if args.jwt_secret.is_some() {
-            SigningAlgorithm::Hs256
-        } else {
-            SigningAlgorithm::Es256
-        });
-        let key_encryption_secret = match args.key_encryption_secret {
-            Some(secret) if secret.len() >= JWT_SECRET_MIN_BYTES => Some(Secret::new(secret.into_bytes())),
-            Some(_) => {
-                return Err(bad(format!("KEY_ENCRYPTION_SECRET must be at least {JWT_SECRET_MIN_BYTES} bytes long")));
-            }
-            None if production && jwt_algorithm != SigningAlgorithm::Hs256 => {
-                return Err(bad(format!(
-                    "KEY_ENCRYPTION_SECRET is required when APP_ENV=production with JWT_ALGORITHM={} \
-                     (at least 32 random bytes)",
-                    jwt_algorithm.name()
-                )));
-            }
-            None => None,
-        };
-        let jwt_key = match (args.jwt_secret, &key_encryption_secret) {
-            (Some(secret), _) if secret.len() >= JWT_SECRET_MIN_BYTES => {
-                JwtKeySource::Configured(Secret::new(secret.into_bytes()))
-            }
-            (Some(_), _) => {
-                return Err(bad(format!("JWT_SECRET must be at least {JWT_SECRET_MIN_BYTES} bytes long")));
-            }
-            // The refresh-token and fingerprint keys derive from it instead.
-            (None, Some(kek)) if jwt_algorithm != SigningAlgorithm::Hs256 => JwtKeySource::Configured(kek.clone()),
-            (None, _) if production => {
-                return Err(bad("JWT_SECRET is required when APP_ENV=production (at least 32 random bytes)"));
-            }
-            (None, _) => JwtKeySource::GeneratedFile(generated_key_path(&args.db.database_url)),
-        };
+        let signing = signing_section(&mut args, production)?;
         if production && !args.cookie_secure {
             return Err(bad("COOKIE_SECURE=false is refused when APP_ENV=production"));
         }
-
-        let positive = |name: &str, d: Duration| {
-            if d.is_zero() { Err(bad(format!("{name} must be longer than zero"))) } else { Ok(d) }
-        };
-        let access_token_ttl = positive("ACCESS_TOKEN_TTL", args.access_token_ttl)?;
-        let refresh_token_ttl = positive("REFRESH_TOKEN_TTL", args.refresh_token_ttl)?;
-        if refresh_token_ttl < access_token_ttl {
-            return Err(bad("REFRESH_TOKEN_TTL must not be shorter than ACCESS_TOKEN_TTL"));
-        }
-        let database_timeout = positive("DATABASE_TIMEOUT", args.db.database_timeout)?;
-        let cleanup_interval = positive("CLEANUP_INTERVAL", args.cleanup_interval)?;
-        if let Some(idle) = args.session_idle_timeout {
-            positive("SESSION_IDLE_TIMEOUT", idle)?;
-        }
-
-        let cors_allowed_origins = args
-            .cors_allowed_origins
-            .iter()
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| Origin::parse(s).map_err(|e| bad(format!("CORS_ALLOWED_ORIGINS: {e}"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        let trusted_proxies = args
-            .trusted_proxies
-            .iter()
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| parse_cidr(s.trim()))
-            .collect::<Result<Vec<_>, _>>()?;
-
-        if args.argon2_memory_kib < ARGON2_MIN_MEMORY_KIB {
-            return Err(bad(format!("ARGON2_MEMORY_KIB must be at least {ARGON2_MIN_MEMORY_KIB}")));
-        }
-        if args.argon2_iterations < ARGON2_MIN_ITERATIONS {
-            return Err(bad(format!("ARGON2_ITERATIONS must be at least {ARGON2_MIN_ITERATIONS}")));
-        }
-        if args.argon2_parallelism < 1 {
-            return Err(bad("ARGON2_PARALLELISM must be at least 1"));
-        }
-        let password_queue_depth = match args.password_queue_depth {
-            Some(0) => return Err(bad("PASSWORD_QUEUE_DEPTH must be at least 1")),
-            Some(n) => n,
-            None => PASSWORD_QUEUE_PER_THREAD * cores(),
-        };
-        // A verifier may have fetched the set from an instance that had not yet
-        // reloaded it (up to 30 s), keeps it for its max-age, and its clock
-        // may be a little ahead.
-        let least_lead = Duration::from_secs(JWKS_MAX_AGE_SECS) + KEY_REFRESH * 2;
-        if args.jwt_key_lead_time < least_lead {
-            return Err(bad(format!(
-                "JWT_KEY_LEAD_TIME must be at least {}s: the JWK Set is cached {}s and reloaded every {}s, \
-                 and a key must be known to every verifier before it signs",
-                least_lead.as_secs(),
-                JWKS_MAX_AGE_SECS,
-                KEY_REFRESH.as_secs()
-            )));
-        }
-        if args.jwt_key_rotation_interval.is_some_and(|every| every <= args.jwt_key_lead_time) {
-            return Err(bad("JWT_KEY_ROTATION_INTERVAL must be longer than JWT_KEY_LEAD_TIME"));
-        }
-        if args.session_cache_capacity < 1 {
-            return Err(bad("SESSION_CACHE_CAPACITY must be at least 1"));
-        }
-        if args.max_batch_size < 1 {
-            return Err(bad("MAX_BATCH_SIZE must be at least 1"));
-        }
-        if args.max_body_bytes < 1024 {
-            return Err(bad("MAX_BODY_BYTES must be at least 1024"));
-        }
-        let database_max_connections = match args.db.database_max_connections {
-            Some(0) => return Err(bad("DATABASE_MAX_CONNECTIONS must be at least 1")),
-            Some(n) => n,
-            // SQLite lets one connection write at a time. More connections only wait
-            // for its lock (sleeping in the busy handler) and re-read the pages each
-            // other changed; one connection serves every request in turn.
-            None if args.db.database_url.starts_with("sqlite:") => 1,
-            None => 16,
-        };
+        check_lifetimes(&args)?;
+        let (cors_allowed_origins, trusted_proxies) = network_section(&args)?;
+        let password = password_section(&args)?;
+        check_key_schedule(&args)?;
+        check_sizes(&args)?;
+        let database_max_connections = database_connections(&args)?;
         if args.jwt_issuer.is_empty() || args.jwt_audience.is_empty() {
             return Err(bad("JWT_ISSUER and JWT_AUDIENCE must not be empty"));
         }
-        let mail = mail?;
-        let second_factor = second_factor?;
-        if args.rate_limit_mail_per_recipient.is_empty() {
-            return Err(bad("RATE_LIMIT_MAIL_PER_RECIPIENT needs at least one N/period quota"));
-        }
-
+        let (mail, second_factor) = (mail?, second_factor?);
+        let rate_limits = rate_limits_section(&args)?;
         Ok(Self {
             database_url: args.db.database_url,
-            jwt_algorithm,
-            key_encryption_secret,
+            jwt_algorithm: signing.jwt_algorithm,
+            key_encryption_secret: signing.key_encryption_secret,
             jwt_key_lead_time: args.jwt_key_lead_time,
             jwt_key_rotation_interval: args.jwt_key_rotation_interval,
             jwt_hasura_claims: args.jwt_hasura_claims,
             key_refresh_interval: KEY_REFRESH,
-            database_timeout,
+            database_timeout: args.db.database_timeout,
             database_max_connections,
             listen_addr: args.listen_addr,
-            jwt_key,
-            access_token_ttl,
-            refresh_token_ttl,
+            jwt_key: signing.jwt_key,
+            access_token_ttl: args.access_token_ttl,
+            refresh_token_ttl: args.refresh_token_ttl,
             refresh_reuse_grace: args.refresh_reuse_grace,
             session_idle_timeout: args.session_idle_timeout,
             cookie_secure: args.cookie_secure,
@@ -767,13 +820,7 @@ impl Config {
             trusted_proxies,
             jwt_issuer: args.jwt_issuer,
             jwt_audience: args.jwt_audience,
-            password: PasswordParams {
-                memory_kib: args.argon2_memory_kib,
-                iterations: args.argon2_iterations,
-                parallelism: args.argon2_parallelism,
-                threads: cores(),
-                queue_depth: password_queue_depth,
-            },
+            password,
             graphiql: args.graphiql.unwrap_or(!production),
             introspection: args.introspection.unwrap_or(!production),
             max_body_bytes: args.max_body_bytes,
@@ -781,23 +828,13 @@ impl Config {
             query_complexity_limit: args.query_complexity_limit,
             max_batch_size: args.max_batch_size,
             query_alias_limit: args.query_alias_limit,
-            rate_limits: RateLimitConfig {
-                login_per_ip: args.rate_limit_login_per_ip,
-                register_per_ip: args.rate_limit_register_per_ip,
-                refresh_per_ip: args.rate_limit_refresh_per_ip,
-                login_per_account: args.rate_limit_login_per_account,
-                mail_per_ip: args.rate_limit_mail_per_ip,
-                link_per_ip: args.rate_limit_link_per_ip,
-                write_per_ip: args.rate_limit_write_per_ip,
-                write_per_account: args.rate_limit_write_per_account,
-                mail_per_recipient: args.rate_limit_mail_per_recipient,
-            },
+            rate_limits,
             mail,
             second_factor,
             metrics_addr: args.metrics_addr,
             security_event_retention: positive("SECURITY_EVENT_RETENTION", args.security_event_retention)?,
             session_watch_recheck: SESSION_WATCH_RECHECK,
-            cleanup_interval,
+            cleanup_interval: args.cleanup_interval,
             session_cache_capacity: args.session_cache_capacity,
             clock: Clock::system(),
         })

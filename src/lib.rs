@@ -15,6 +15,7 @@ pub mod graphql;
 pub mod http;
 pub mod mail;
 pub mod metrics;
+pub mod secret;
 pub mod service;
 pub mod telemetry;
 

@@ -17,10 +17,7 @@ use hmac::Mac;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use serde_json::{Value, json};
 
-use crate::{
-    config::{Secret, SigningAlgorithm},
-    error::AppError,
-};
+use crate::{config::SigningAlgorithm, error::AppError, secret::Secret};
 
 /// The `jsonwebtoken` algorithm of `alg`.
 pub(crate) fn jwt_algorithm(alg: SigningAlgorithm) -> Algorithm {

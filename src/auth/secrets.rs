@@ -16,7 +16,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::{config::Secret, error::AppError};
+use crate::{error::AppError, secret::Secret};
 
 /// The keys one-time secrets are derived under, from the server's secret.
 #[derive(Clone)]

@@ -35,10 +35,10 @@ use uuid::Uuid;
 use entity::user::Role;
 
 use crate::{
-    config::Secret,
     config::SigningAlgorithm,
     domain::{SessionId, UserId, role_name},
     error::AppError,
+    secret::Secret,
 };
 
 pub const TOKEN_TYPE: &str = "at+jwt";

@@ -21,9 +21,10 @@ use crate::{
         tokens::TokenKeys,
     },
     clock::ClockControl,
-    config::{PasswordParams, QuotaSpec, RateLimitConfig, Secret},
+    config::{PasswordParams, QuotaSpec, RateLimitConfig},
     db,
     domain::{Account, SessionId},
+    secret::Secret,
 };
 
 pub const PASSWORD: &str = "correct horse battery";

@@ -334,7 +334,7 @@ async fn instances_share_the_outbox_without_sending_twice() {
     let sink = crate::smtp::SmtpSink::start().await;
     let app = spawn_with(|c| {
         c.mail.delivery =
-            authgraph::config::MailDelivery::Smtp(authgraph::config::Secret::new(sink.url().into_bytes()));
+            authgraph::config::MailDelivery::Smtp(authgraph::secret::Secret::new(sink.url().into_bytes()));
         c.rate_limits.mail_per_recipient = vec!["1/1h".parse().unwrap()];
     })
     .await;

@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use authgraph::config::{Config, MailDelivery, Secret};
+use authgraph::{
+    config::{Config, MailDelivery},
+    secret::Secret,
+};
 use serde_json::{Value, json};
 
 use crate::{

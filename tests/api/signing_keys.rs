@@ -4,10 +4,7 @@
 //! key, the `kid` or a key carried in the token are refused; an HS256 install
 //! publishes nothing.
 
-use authgraph::{
-    config::{Secret, SigningAlgorithm},
-    service::core::signing_keys,
-};
+use authgraph::{config::SigningAlgorithm, secret::Secret, service::core::signing_keys};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use sea_orm::EntityTrait;
