@@ -17,7 +17,7 @@
 use std::{sync::Arc, sync::atomic::AtomicUsize, time::Duration};
 
 use async_graphql::http::{WebSocketProtocols, WsMessage};
-use futures_util::{FutureExt, SinkExt, StreamExt, future, stream};
+use futures_util::{SinkExt, StreamExt, future, stream};
 use poem::{
     Endpoint, IntoResponse, Request, Response, Result, handler,
     http::{HeaderMap, HeaderValue, StatusCode, header},
@@ -227,6 +227,18 @@ fn classify(bytes: &[u8]) -> Option<ClientMessage> {
     }
 }
 
+/// How long the subscriptions of a socket whose session ended get to send
+/// their last events before the socket closes.
+const LAST_WORDS: Duration = Duration::from_secs(1);
+
+/// The id of the operation `m` ends (`complete` or `error` sent by the
+/// server): it no longer runs.
+fn ended_operation(m: &WsMessage) -> Option<String> {
+    let WsMessage::Text(text) = m else { return None };
+    let sent = serde_json::from_str::<serde_json::Value>(text).ok()?;
+    matches!(sent["type"].as_str(), Some("complete" | "error")).then(|| sent["id"].as_str().map(str::to_owned))?
+}
+
 async fn serve(socket: WebSocketStream, state: Arc<AppState>, client: ClientInfo) {
     let (mut sink, source) = socket.split();
     // Text and binary messages; `None` once the client is gone.
@@ -354,13 +366,8 @@ async fn serve(socket: WebSocketStream, state: Arc<AppState>, client: ClientInfo
             }
             next = ws.next() => {
                 let Some(m) = next else { return };
-                // An operation the server ended (`complete`, `error`) no longer runs.
-                if let WsMessage::Text(text) = &m
-                    && let Ok(sent) = serde_json::from_str::<serde_json::Value>(text)
-                    && matches!(sent["type"].as_str(), Some("complete" | "error"))
-                    && let Some(id) = sent["id"].as_str()
-                {
-                    running.remove(id);
+                if let Some(id) = ended_operation(&m) {
+                    running.remove(&id);
                 }
                 let closing = matches!(m, WsMessage::Close(..));
                 if sink.send(message(m)).await.is_err() || closing {
@@ -371,12 +378,24 @@ async fn serve(socket: WebSocketStream, state: Arc<AppState>, client: ClientInfo
                 if change != Change::Ended {
                     continue;
                 }
-                // What the subscriptions have to say of it goes first.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                while let Some(Some(m)) = ws.next().now_or_never() {
-                    if sink.send(message(m)).await.is_err() {
-                        return;
+                // What the subscriptions have to say of it goes first: each
+                // sees the same end, sends its last event and completes. They
+                // are waited for (a second at most), not guessed at.
+                let forwarded = tokio::time::timeout(LAST_WORDS, async {
+                    while !running.is_empty() {
+                        let Some(m) = ws.next().await else { break };
+                        if let Some(id) = ended_operation(&m) {
+                            running.remove(&id);
+                        }
+                        if sink.send(message(m)).await.is_err() {
+                            return false;
+                        }
                     }
+                    true
+                })
+                .await;
+                if forwarded == Ok(false) {
+                    return;
                 }
                 finish(&mut sink, 4403, "Forbidden: the session ended").await;
                 // The closing handshake: read what the client still sends until
