@@ -84,7 +84,7 @@ pub async fn build(config: &Config) -> Result<Arc<AppState>, StartError> {
         mail: Arc::new(mailer),
         events: Arc::new(crate::service::core::events::EventLog::new(config.security_event_retention)),
         second_factor: Arc::new(
-            crate::service::signin::second_factor::SecondFactors::new(
+            crate::service::core::factors::SecondFactors::new(
                 &config.second_factor,
                 config.key_encryption_secret.as_ref().unwrap_or(&secret),
             )

@@ -50,13 +50,13 @@ pub struct Services {
     /// Read by every request; changed only through [`store`](self::core::store).
     pub registry: Arc<self::core::store::SessionRegistry>,
     pub limits: Arc<RateLimits>,
-    pub api_key_usage: Arc<admin::api_keys::UsageTracker>,
+    pub api_key_usage: Arc<self::core::usage::UsageTracker>,
     /// Makes and sends mail (templates, SMTP or files); its outbox is in the database.
     pub mail: Arc<crate::mail::Mailer>,
     /// The security event log's refusal tally and retention.
     pub events: Arc<self::core::events::EventLog>,
     /// TOTP's sealer and issuer, the step-up age, the WebAuthn relying party.
-    pub second_factor: Arc<signin::second_factor::SecondFactors>,
+    pub second_factor: Arc<self::core::factors::SecondFactors>,
     /// How often a watched session is looked at unprompted ([`self::core::watch::RECHECK`]
     /// on a server; tests shorten it).
     pub watch_recheck: Duration,

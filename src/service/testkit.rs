@@ -106,7 +106,7 @@ impl TestKit {
             ),
             events: Arc::new(super::core::events::EventLog::new(Duration::from_secs(90 * 24 * 3600))),
             second_factor: Arc::new(
-                super::signin::second_factor::SecondFactors::new(&crate::config::SecondFactorConfig::local(), &secret)
+                super::core::factors::SecondFactors::new(&crate::config::SecondFactorConfig::local(), &secret)
                     .expect("second factors"),
             ),
             watch_recheck: super::core::watch::RECHECK,

@@ -4,8 +4,6 @@
 //! every use. `lastUsedAt` is kept in memory and written in batches, so using a
 //! key costs no database write; a write never moves it backwards.
 
-use std::{collections::HashMap, sync::Mutex};
-
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sea_orm::{
@@ -38,28 +36,6 @@ const LOOKUP_HEX_LEN: usize = 16;
 const SECRET_LEN: usize = 43;
 const MAX_LIFETIME_DAYS: i32 = 3650;
 const MAX_GRACE_DAYS: i32 = 365;
-
-/// Last-use times not yet written to the database.
-#[derive(Default)]
-pub struct UsageTracker {
-    pending: Mutex<HashMap<ApiKeyId, DateTime<Utc>>>,
-}
-
-impl UsageTracker {
-    /// Records a use at `at`; an older time never replaces a newer one (a
-    /// failed write puts its times back after newer uses may have come in).
-    fn touch(&self, id: ApiKeyId, at: DateTime<Utc>) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = pending.entry(id).or_insert(at);
-        *slot = Ord::max(*slot, at);
-    }
-    fn peek(&self, id: ApiKeyId) -> Option<DateTime<Utc>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).get(&id).copied()
-    }
-    fn take(&self) -> HashMap<ApiKeyId, DateTime<Utc>> {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
 
 fn hash_key(raw: &str) -> String {
     B64.encode(Sha256::digest(raw.as_bytes()))
@@ -326,20 +302,6 @@ pub async fn flush_usage(svc: &Services) -> AppResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_pending_use_time_never_moves_backwards() {
-        let t = UsageTracker::default();
-        let id = ApiKeyId::new();
-        let newer = Utc::now();
-        let older = newer - ChronoDuration::seconds(30);
-        t.touch(id, newer);
-        // What a failed flush puts back after a newer use arrived.
-        t.touch(id, older);
-        assert_eq!(t.peek(id), Some(newer));
-        t.touch(id, newer + ChronoDuration::seconds(1));
-        assert_eq!(t.peek(id), Some(newer + ChronoDuration::seconds(1)));
-    }
 
     #[test]
     fn keys_have_a_fixed_shape() {

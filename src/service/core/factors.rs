@@ -1,7 +1,10 @@
 //! Which second factors an account has, read and removed the same way by
 //! every feature: an authenticator app (`totp_factors`, confirmed), its
-//! recovery codes, and passkeys; and step-up: whether the caller's session
-//! proved its holder recently, and marking that it just did.
+//! recovery codes, and passkeys; what they need beyond the database
+//! ([`SecondFactors`]); and step-up: whether the caller's session proved its
+//! holder recently, and marking that it just did.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, PaginatorTrait, QueryFilter, sea_query::Expr};
@@ -9,11 +12,58 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, PaginatorTra
 use entity::{passkey, recovery_code, session, totp_factor, user};
 
 use crate::{
+    auth::keys::Sealer,
+    config::SecondFactorConfig,
     db::UniqueRow,
     domain::{SessionId, UserId},
     error::{AppError, AppResult},
+    secret::Secret,
     service::Services,
 };
+
+/// What second factors need beyond the database: the sealer of TOTP keys,
+/// the issuer, the step-up age and the WebAuthn relying party.
+pub struct SecondFactors {
+    pub(in crate::service) sealer: Sealer,
+    pub totp_issuer: String,
+    /// `REAUTHENTICATION_MAX_AGE`.
+    pub reauthentication_max_age: Duration,
+    /// `None` when no relying party can be served (an IP address as the
+    /// origin's host, or plain http other than localhost: WebAuthn needs a
+    /// domain in a secure context); passkey operations then answer
+    /// `PASSKEYS_UNAVAILABLE`.
+    pub webauthn: Option<webauthn_rs::Webauthn>,
+}
+
+impl SecondFactors {
+    /// Errors: a relying party webauthn-rs refuses (named).
+    pub fn new(config: &SecondFactorConfig, secret: &Secret) -> Result<Self, String> {
+        let webauthn = if !config.passkeys_possible() {
+            tracing::warn!(
+                rp_id = %config.webauthn_rp_id,
+                "passkeys are off: WebAuthn needs a domain as its relying-party id, not an IP address, and \
+                 https origins (or http://localhost); set APP_URL to such a URL, or WEBAUTHN_RP_ID and \
+                 WEBAUTHN_ORIGINS"
+            );
+            None
+        } else {
+            let first = &config.webauthn_origins[0];
+            let mut builder = webauthn_rs::WebauthnBuilder::new(&config.webauthn_rp_id, first)
+                .map_err(|e| format!("WEBAUTHN_RP_ID / WEBAUTHN_ORIGINS: {e}"))?
+                .rp_name(&config.webauthn_rp_name);
+            for origin in &config.webauthn_origins[1..] {
+                builder = builder.append_allowed_origin(origin);
+            }
+            Some(builder.build().map_err(|e| format!("WEBAUTHN_RP_ID / WEBAUTHN_ORIGINS: {e}"))?)
+        };
+        Ok(Self {
+            sealer: Sealer::for_second_factors(secret),
+            totp_issuer: config.totp_issuer.clone(),
+            reauthentication_max_age: config.reauthentication_max_age,
+            webauthn,
+        })
+    }
+}
 
 /// Whether a password login of `user_id` needs a second factor (an active
 /// authenticator or a passkey).

@@ -11,6 +11,7 @@ pub mod one_time;
 pub mod outbox;
 pub mod signing_keys;
 pub mod store;
+pub mod usage;
 pub mod users;
 pub mod validate;
 pub mod watch;

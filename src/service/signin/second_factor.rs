@@ -9,7 +9,7 @@
 //! recovery code must be unused, a challenge must be unspent. Of two requests
 //! with the same code, one wins.
 
-use std::{collections::HashMap, time::Duration};
+use std::collections::HashMap;
 
 use chrono::Duration as ChronoDuration;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter, QuerySelect, Set, sea_query::Expr};
@@ -26,63 +26,17 @@ use crate::service::{
     },
 };
 use crate::{
-    auth::{keys::Sealer, password::Verified, principal::UserPrincipal, secrets::hash_token},
-    config::SecondFactorConfig,
+    auth::{password::Verified, principal::UserPrincipal, secrets::hash_token},
     db::UniqueRow,
     domain::{Account, Email, SessionId, UserId},
     error::{AppError, AppResult, Redacted},
     mail::Kind,
-    secret::Secret,
 };
 
 /// How long a login's challenge can be exchanged, in seconds.
 pub const CHALLENGE_TTL_SECS: i64 = 300;
 /// Wrong codes a challenge survives; the next one ends it.
 pub const CHALLENGE_MAX_FAILURES: i32 = 5;
-
-/// What second factors need beyond the database: the sealer of TOTP keys,
-/// the issuer, the step-up age and the WebAuthn relying party.
-pub struct SecondFactors {
-    pub(super) sealer: Sealer,
-    pub totp_issuer: String,
-    /// `REAUTHENTICATION_MAX_AGE`.
-    pub reauthentication_max_age: Duration,
-    /// `None` when no relying party can be served (an IP address as the
-    /// origin's host, or plain http other than localhost: WebAuthn needs a
-    /// domain in a secure context); passkey operations then answer
-    /// `PASSKEYS_UNAVAILABLE`.
-    pub webauthn: Option<webauthn_rs::Webauthn>,
-}
-
-impl SecondFactors {
-    /// Errors: a relying party webauthn-rs refuses (named).
-    pub fn new(config: &SecondFactorConfig, secret: &Secret) -> Result<Self, String> {
-        let webauthn = if !config.passkeys_possible() {
-            tracing::warn!(
-                rp_id = %config.webauthn_rp_id,
-                "passkeys are off: WebAuthn needs a domain as its relying-party id, not an IP address, and \
-                 https origins (or http://localhost); set APP_URL to such a URL, or WEBAUTHN_RP_ID and \
-                 WEBAUTHN_ORIGINS"
-            );
-            None
-        } else {
-            let first = &config.webauthn_origins[0];
-            let mut builder = webauthn_rs::WebauthnBuilder::new(&config.webauthn_rp_id, first)
-                .map_err(|e| format!("WEBAUTHN_RP_ID / WEBAUTHN_ORIGINS: {e}"))?
-                .rp_name(&config.webauthn_rp_name);
-            for origin in &config.webauthn_origins[1..] {
-                builder = builder.append_allowed_origin(origin);
-            }
-            Some(builder.build().map_err(|e| format!("WEBAUTHN_RP_ID / WEBAUTHN_ORIGINS: {e}"))?)
-        };
-        Ok(Self {
-            sealer: Sealer::for_second_factors(secret),
-            totp_issuer: config.totp_issuer.clone(),
-            reauthentication_max_age: config.reauthentication_max_age,
-            webauthn,
-        })
-    }
-}
 
 /// What the account has, for its owner and admins.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
