@@ -411,6 +411,15 @@ async fn clear_cached(svc: &Services) -> AppResult<i64> {
     Ok(head)
 }
 
+/// Queues one mail of `kind` to `recipient` about `user` in a write
+/// transaction of its own ([`Write::enqueue_mail`]), for a request that
+/// changes nothing else.
+pub async fn queue_mail(svc: &Services, kind: Kind, user: Option<UserId>, recipient: &Email) -> AppResult<()> {
+    let mut tx = Write::begin(svc).await?;
+    tx.enqueue_mail(kind, user, recipient, None).await?;
+    tx.commit().await
+}
+
 /// Ends one session (any owner) in a transaction of its own. Returns whether
 /// it was live.
 pub async fn end_session(svc: &Services, session_id: SessionId) -> AppResult<bool> {

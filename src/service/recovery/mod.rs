@@ -44,13 +44,6 @@ fn link_invalid() -> AppError {
     )
 }
 
-/// Queues one mail in a write transaction of its own.
-async fn enqueue_alone(svc: &Services, kind: Kind, user_id: Option<UserId>, recipient: &Email) -> AppResult<()> {
-    let mut tx = store::Write::begin(svc).await?;
-    tx.enqueue_mail(kind, user_id, recipient, None).await?;
-    tx.commit().await
-}
-
 /// `requestPasswordReset`: queues a reset for `email`, registered or not, with
 /// the same work, answer and budgets either way (OWASP Forgot Password Cheat
 /// Sheet: "return a consistent message for both existent and non-existent
@@ -61,7 +54,7 @@ async fn enqueue_alone(svc: &Services, kind: Kind, user_id: Option<UserId>, reci
 pub async fn request_password_reset(svc: &Services, client: &ClientInfo, email: &str) -> AppResult<()> {
     let email = validate::email(email)?;
     limits::spend_mail(svc, client, email.key()).await?;
-    enqueue_alone(svc, Kind::ResetPassword, None, &email).await
+    store::queue_mail(svc, Kind::ResetPassword, None, &email).await
 }
 
 /// `sendVerificationEmail`: queues a verification link to the caller's
@@ -77,7 +70,7 @@ pub async fn send_verification(svc: &Services, user_id: UserId, client: &ClientI
     }
     limits::spend_mail(svc, client, &user.email_normalized).await?;
     let email = Email::from_parts(user.email, user.email_normalized);
-    enqueue_alone(svc, Kind::VerifyEmail, Some(user_id), &email).await?;
+    store::queue_mail(svc, Kind::VerifyEmail, Some(user_id), &email).await?;
     Ok(true)
 }
 

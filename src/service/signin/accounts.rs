@@ -191,9 +191,7 @@ async fn resend_verification_on_login(svc: &Services, user: &user::Model) -> App
         return Ok(());
     }
     let email = Email::from_parts(user.email.clone(), user.email_normalized.clone());
-    let mut tx = store::Write::begin(svc).await?;
-    tx.enqueue_mail(Kind::VerifyEmail, Some(UserId::from(user.id)), &email, None).await?;
-    tx.commit().await
+    store::queue_mail(svc, Kind::VerifyEmail, Some(UserId::from(user.id)), &email).await
 }
 
 /// The start of an address change (`updateProfile(email:)` with another
